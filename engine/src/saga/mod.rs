@@ -1,0 +1,5 @@
+//! Sagas: definitions, state and the pure state machine.
+
+pub mod definition;
+pub mod machine;
+pub mod state;

@@ -1,0 +1,425 @@
+//! Saga and step state: what the store keeps and the state machine changes.
+//!
+//! States are enums whose variants carry their data, so an illegal state (a
+//! running step without an attempt, a failed saga without a reason) cannot be
+//! written down.
+
+use jetsaga_worker::protocol::{Outcome, TaskKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Milliseconds since the Unix epoch. The state machine never reads a clock:
+/// the current time comes in with every event.
+pub type Millis = u64;
+
+/// One saga instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saga {
+    /// Instance id (a UUIDv7, so ids sort by creation time).
+    pub id: String,
+    /// Definition name.
+    pub name: String,
+    /// Definition version the instance runs; fixed at start.
+    pub definition_version: u32,
+    /// The saga's input.
+    pub input: Value,
+    /// Idempotency key the saga was started with, if any.
+    pub idempotency_key: Option<String>,
+    /// Where the saga stands.
+    pub status: SagaStatus,
+    /// One entry per step of the definition, in the definition's order.
+    pub steps: Vec<StepState>,
+    /// When the saga was created.
+    pub created_at: Millis,
+    /// When the saga last changed.
+    pub updated_at: Millis,
+    /// When the saga reached a terminal state.
+    pub finished_at: Option<Millis>,
+}
+
+/// Where a saga stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Accepted, not started yet.
+    Pending,
+    /// Steps are being run.
+    Running,
+    /// A step failed for good, the saga timed out or was cancelled: completed
+    /// steps are being compensated.
+    Compensating {
+        /// Why the saga rolls back.
+        reason: String,
+    },
+    /// Every step succeeded. Terminal.
+    Completed,
+    /// Rolled back: every completed step with a compensation was compensated. Terminal.
+    Compensated {
+        /// Why the saga rolled back.
+        reason: String,
+    },
+    /// Failed with nothing to compensate. Terminal.
+    Failed {
+        /// Why the saga failed.
+        reason: String,
+    },
+    /// Rolled back only in part: some compensation failed for good (or could
+    /// not run because a dependent's compensation failed). A person must act.
+    /// Terminal.
+    PartiallyCompensated {
+        /// Why the saga rolled back.
+        reason: String,
+        /// Ids of the steps whose compensation failed or could not run.
+        stuck_steps: Vec<String>,
+    },
+    /// Cancelled without compensation: in-flight results are ignored. Terminal.
+    Cancelled {
+        /// Why it was cancelled.
+        reason: String,
+    },
+}
+
+impl SagaStatus {
+    /// Stable lowercase name (`running`, `partially_compensated`, ...), as used
+    /// by the CLI, the API and the store's state index.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SagaStatus::Pending => "pending",
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating { .. } => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated { .. } => "compensated",
+            SagaStatus::Failed { .. } => "failed",
+            SagaStatus::PartiallyCompensated { .. } => "partially_compensated",
+            SagaStatus::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// Every state name, in lifecycle order.
+    pub const NAMES: [&'static str; 8] = [
+        "pending",
+        "running",
+        "compensating",
+        "completed",
+        "compensated",
+        "failed",
+        "partially_compensated",
+        "cancelled",
+    ];
+
+    /// Whether nothing will change any more.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(
+            self,
+            SagaStatus::Pending | SagaStatus::Running | SagaStatus::Compensating { .. }
+        )
+    }
+}
+
+/// One step of one saga instance.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepState {
+    /// Where the step stands.
+    pub status: StepStatus,
+    /// Every attempt of the action and of the compensation, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Output of the action, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Waiting for its dependencies.
+    #[default]
+    Pending,
+    /// The action's attempt `attempt` is dispatched.
+    Running {
+        /// Current attempt number, from 1.
+        attempt: u32,
+    },
+    /// The action failed retryably; attempt `attempt` runs at `due`.
+    RetryWaiting {
+        /// Next attempt number.
+        attempt: u32,
+        /// When it is dispatched.
+        due: Millis,
+    },
+    /// The action's effect happened.
+    Succeeded,
+    /// The action failed for good (no effect).
+    Failed {
+        /// Last error.
+        error: String,
+    },
+    /// Never ran: the saga rolled back or was cancelled first.
+    Skipped,
+    /// The compensation's attempt `attempt` is dispatched.
+    Compensating {
+        /// Current compensation attempt number, from 1.
+        attempt: u32,
+    },
+    /// The compensation failed retryably; attempt `attempt` runs at `due`.
+    CompensationRetryWaiting {
+        /// Next compensation attempt number.
+        attempt: u32,
+        /// When it is dispatched.
+        due: Millis,
+    },
+    /// The compensation's effect happened: the action is undone.
+    Compensated,
+    /// The step succeeded but defines no compensation; nothing to undo.
+    NotCompensable,
+    /// The compensation failed for good, or could not run; a person must act.
+    CompensationFailed {
+        /// Last error.
+        error: String,
+    },
+}
+
+impl StepStatus {
+    /// Stable lowercase name of the state.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running { .. } => "running",
+            StepStatus::RetryWaiting { .. } => "retry_waiting",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed { .. } => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Compensating { .. } => "compensating",
+            StepStatus::CompensationRetryWaiting { .. } => "compensation_retry_waiting",
+            StepStatus::Compensated => "compensated",
+            StepStatus::NotCompensable => "not_compensable",
+            StepStatus::CompensationFailed { .. } => "compensation_failed",
+        }
+    }
+}
+
+/// One attempt at a step's action or compensation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Action or compensation.
+    pub kind: TaskKind,
+    /// Attempt number within its kind, from 1.
+    pub number: u32,
+    /// When the task was dispatched.
+    pub started_at: Millis,
+    /// When the attempt ended (result or timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Millis>,
+    /// How it ended; `None` while in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The worker reported success.
+    Ok,
+    /// The worker reported a retryable error.
+    Retryable {
+        /// The error.
+        error: String,
+    },
+    /// The worker reported a fatal error.
+    Fatal {
+        /// The error.
+        error: String,
+    },
+    /// No result arrived within the step's timeout.
+    TimedOut,
+    /// The saga was cancelled without compensation while it ran.
+    Abandoned,
+}
+
+/// A durable timer of a saga. Timers are fenced by attempt: a timer for an
+/// attempt that is no longer current does nothing when it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "timer", rename_all = "snake_case")]
+pub enum TimerKind {
+    /// Dispatch the next attempt of a step's action or compensation.
+    Retry {
+        /// Step index.
+        step: usize,
+        /// Action or compensation.
+        kind: TaskKind,
+        /// Attempt to dispatch.
+        attempt: u32,
+    },
+    /// An attempt's time is up.
+    StepTimeout {
+        /// Step index.
+        step: usize,
+        /// Action or compensation.
+        kind: TaskKind,
+        /// Attempt that times out.
+        attempt: u32,
+    },
+    /// The whole saga's time is up.
+    SagaTimeout,
+}
+
+/// Something that happened to a saga; the only way its state changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Start a pending saga.
+    Start,
+    /// A worker's result for an attempt.
+    TaskResult {
+        /// Step index.
+        step: usize,
+        /// Action or compensation.
+        kind: TaskKind,
+        /// Attempt the result is for.
+        attempt: u32,
+        /// What the worker reported.
+        outcome: Outcome,
+    },
+    /// A durable timer is due.
+    TimerFired(TimerKind),
+    /// An operator (or API client) asked to cancel.
+    Cancel {
+        /// Compensate the completed steps (`true`) or just stop (`false`).
+        compensate: bool,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Inputs from the outside world that a transition may use: the machine has
+/// no clock and no randomness of its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inputs {
+    /// The current time.
+    pub now: Millis,
+    /// A sample drawn uniformly from `[0, 1)`, for retry jitter.
+    pub random: f64,
+}
+
+/// What the engine must do because of a transition. The partition writes all
+/// effects of one transition in the same store transaction as the new state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Publish a task for attempt `attempt` of a step's action or compensation.
+    Dispatch {
+        /// Step index.
+        step: usize,
+        /// Action or compensation.
+        kind: TaskKind,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// Arm a durable timer.
+    ScheduleTimer {
+        /// Which timer.
+        timer: TimerKind,
+        /// When it fires.
+        due: Millis,
+    },
+    /// Disarm a durable timer that is no longer needed.
+    CancelTimer {
+        /// Which timer.
+        timer: TimerKind,
+    },
+    /// Something other systems may want to hear about.
+    Lifecycle(LifecycleEvent),
+}
+
+/// A lifecycle event of a saga or one of its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LifecycleEvent {
+    /// The saga started running.
+    SagaStarted,
+    /// The saga began compensating.
+    SagaCompensating {
+        /// Why.
+        reason: String,
+    },
+    /// The saga reached a terminal state (see its status for which).
+    SagaFinished {
+        /// Name of the terminal state.
+        state: String,
+    },
+    /// A step's action succeeded.
+    StepSucceeded {
+        /// Step index.
+        step: usize,
+    },
+    /// A step's action or compensation will be retried.
+    StepRetrying {
+        /// Step index.
+        step: usize,
+        /// Action or compensation.
+        kind: TaskKind,
+        /// Attempt that comes next.
+        next_attempt: u32,
+        /// Why the last attempt failed.
+        error: String,
+    },
+    /// A step's action failed for good.
+    StepFailed {
+        /// Step index.
+        step: usize,
+        /// Why.
+        error: String,
+    },
+    /// A step's compensation succeeded.
+    StepCompensated {
+        /// Step index.
+        step: usize,
+    },
+    /// A step's compensation failed for good.
+    StepCompensationFailed {
+        /// Step index.
+        step: usize,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Why an event was not applied. Rejections change nothing; the engine logs
+/// and counts them and acknowledges the message that carried them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The saga is terminal; nothing applies any more.
+    #[error("the saga is already {0}")]
+    Terminal(&'static str),
+    /// The step index is not part of the definition.
+    #[error("step index {0} is not part of the saga's definition")]
+    UnknownStep(usize),
+    /// A result or timer for an attempt that is not the step's current one
+    /// (a stale attempt or a duplicate delivery).
+    #[error("stale or duplicate: step {step} {kind} attempt {attempt} is not in flight")]
+    Stale {
+        /// Step id.
+        step: String,
+        /// Action or compensation.
+        kind: TaskKind,
+        /// Attempt named by the event.
+        attempt: u32,
+    },
+    /// The event makes no sense in the saga's current state (for example
+    /// `Start` on a running saga).
+    #[error("{0}")]
+    NotApplicable(String),
+}
+
+impl Rejection {
+    /// Stable short reason, used as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Terminal(_) => "terminal",
+            Rejection::UnknownStep(_) => "unknown_step",
+            Rejection::Stale { .. } => "stale",
+            Rejection::NotApplicable(_) => "not_applicable",
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The store: everything the engine must not lose, behind a small interface.
+//!
+//! [`Store`] is the interface the engine programs against; [`sled_store`]
+//! implements it on sled 0.34. Each state change is one [`Change`], written by
+//! [`Store::commit`] in a single atomic transaction together with the outbox
+//! rows and timers its effects need; [`Store::flush`] makes every commit so
+//! far durable at once (group commit).
+
+use crate::saga::definition::SagaDefinition;
+use crate::saga::state::{Millis, Saga, TimerKind};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub mod sled_store;
+
+
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the store directory.
+    #[error(
+        "E-STORE-LOCKED: the store at {path} is in use by another process; stop the other engine or choose another --data-dir"
+    )]
+    Locked {
+        /// Store directory.
+        path: String,
+    },
+    /// The store could not be opened (unreadable or corrupt).
+    #[error("E-STORE-OPEN: cannot open the store at {path}: {source}")]
+    Open {
+        /// Store directory.
+        path: String,
+        /// Cause.
+        source: sled::Error,
+    },
+    /// A read or write failed.
+    #[error("E-STORE-IO: store operation failed: {0}")]
+    Io(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("E-STORE-CORRUPT: stored record {key} cannot be decoded: {source}")]
+    Corrupt {
+        /// Record key, printable.
+        key: String,
+        /// Cause.
+        source: serde_json::Error,
+    },
+}
+
+/// A message to publish to JetStream, written to the outbox in the same
+/// transaction as the state change that caused it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxMessage {
+    /// Subject to publish on.
+    pub subject: String,
+    /// `Nats-Msg-Id` header: JetStream drops a second publish with the same id.
+    pub msg_id: String,
+    /// Other headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Message body.
+    pub payload: Vec<u8>,
+}
+
+/// A durable timer row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRow {
+    /// Saga the timer belongs to.
+    pub saga_id: String,
+    /// Which timer.
+    pub timer: TimerKind,
+    /// When it fires.
+    pub due: Millis,
+}
+
+/// One atomic state change.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// The saga's new state (inserted or replaced). Indexes follow it.
+    pub saga: Option<Saga>,
+    /// Idempotency key to bind to `saga` (start requests only).
+    pub idempotency_key: Option<String>,
+    /// Messages to publish.
+    pub outbox: Vec<OutboxMessage>,
+    /// Timers to arm.
+    pub timers_add: Vec<TimerRow>,
+    /// Timers to disarm, by saga and kind (a missing one is no error).
+    pub timers_remove: Vec<(String, TimerKind)>,
+}
+
+/// Which sagas to list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SagaFilter {
+    /// Only sagas in this state (a [`crate::saga::state::SagaStatus::name`]).
+    pub state: Option<String>,
+    /// Only sagas of this definition.
+    pub name: Option<String>,
+    /// Only sagas created strictly before this id (cursor for the next page).
+    pub before: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// Result of storing a definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Definition name.
+    pub name: String,
+    /// Version now current.
+    pub version: u32,
+    /// Whether a new version was written (`false`: identical to the current one).
+    pub changed: bool,
+}
+
+/// The engine's durable state.
+///
+/// All writes of the engine go through one writer per partition, so
+/// implementations need not order concurrent commits; reads may happen from
+/// any task.
+pub trait Store: Send + Sync + 'static {
+    /// Stores `def` as a new version of its name, unless it equals the current
+    /// version (ignoring the `version` field). Returns the current version.
+    fn put_definition(&self, def: &SagaDefinition) -> Result<Applied, StoreError>;
+    /// A given version of a definition.
+    fn definition(&self, name: &str, version: u32) -> Result<Option<SagaDefinition>, StoreError>;
+    /// The current version of a definition.
+    fn latest_definition(&self, name: &str) -> Result<Option<SagaDefinition>, StoreError>;
+    /// The current version of every definition, by name.
+    fn list_definitions(&self) -> Result<Vec<SagaDefinition>, StoreError>;
+
+    /// One saga.
+    fn saga(&self, id: &str) -> Result<Option<Saga>, StoreError>;
+    /// The saga an idempotency key is bound to.
+    fn saga_by_idempotency_key(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sagas matching `filter`, newest first.
+    fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<Saga>, StoreError>;
+    /// Every saga that is not terminal.
+    fn unfinished_sagas(&self) -> Result<Vec<Saga>, StoreError>;
+
+    /// Writes one change atomically (not yet durable: see [`Store::flush`]).
+    fn commit(&self, change: Change) -> Result<(), StoreError>;
+    /// Makes every commit so far durable.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Up to `limit` outbox rows in commit order, starting after sequence `after`.
+    fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxMessage)>, StoreError>;
+    /// Removes published outbox rows.
+    fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError>;
+    /// Number of outbox rows.
+    fn outbox_len(&self) -> usize;
+
+    /// The earliest armed timer.
+    fn next_timer(&self) -> Result<Option<TimerRow>, StoreError>;
+    /// Up to `limit` timers due at or before `now`, earliest first.
+    fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<TimerRow>, StoreError>;
+    /// Number of armed timers.
+    fn timers_len(&self) -> usize;
+}

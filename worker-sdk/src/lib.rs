@@ -1,0 +1,3 @@
+//! jetsaga worker SDK.
+
+pub mod protocol;

@@ -1,0 +1,390 @@
+//! The wire protocol between the jetsaga engine, its workers and its clients.
+//!
+//! Everything that crosses NATS is defined here, once, so that the engine and
+//! the SDK can never disagree about a message. `docs/PROTOCOL.md` describes the
+//! same contract for workers written in other languages.
+//!
+//! All subjects, stream names and consumer names are derived from a
+//! [`Subjects`] value built from the installation's subject prefix (default
+//! `jetsaga`), so that several installations can share one NATS system.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Default subject prefix of an installation.
+pub const DEFAULT_PREFIX: &str = "jetsaga";
+
+/// Header carrying the JetStream de-duplication id of a message.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Header carrying the step's idempotency key on task messages.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "Jetsaga-Idempotency-Key";
+/// Header carrying the saga id on task and result messages.
+pub const HEADER_SAGA_ID: &str = "Jetsaga-Saga-Id";
+/// Header carrying a start request's idempotency key on the NATS request API.
+pub const HEADER_START_KEY: &str = "Idempotency-Key";
+
+/// Largest message the engine accepts by default (saga input, results), in bytes.
+pub const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024;
+
+/// Names of every subject, stream, consumer and bucket of one installation.
+///
+/// ```
+/// use jetsaga_worker::protocol::Subjects;
+/// let s = Subjects::new("jetsaga");
+/// assert_eq!(s.task("payments"), "jetsaga.task.payments");
+/// assert_eq!(s.tasks_stream(), "JETSAGA_TASKS");
+/// assert_eq!(s.service_consumer("payments"), "jetsaga-svc-payments");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+    stream_prefix: String,
+}
+
+impl Subjects {
+    /// Builds the names for `prefix`. The prefix must be a valid subject
+    /// token sequence (see [`validate_prefix`]).
+    pub fn new(prefix: &str) -> Self {
+        let stream_prefix = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Self {
+            prefix: prefix.to_string(),
+            stream_prefix,
+        }
+    }
+
+    /// The subject prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Subject a task for `service` is published on.
+    pub fn task(&self, service: &str) -> String {
+        format!("{}.task.{service}", self.prefix)
+    }
+    /// Wildcard of every task subject.
+    pub fn tasks_wildcard(&self) -> String {
+        format!("{}.task.>", self.prefix)
+    }
+    /// Work-queue stream holding tasks.
+    pub fn tasks_stream(&self) -> String {
+        format!("{}_TASKS", self.stream_prefix)
+    }
+    /// Durable pull consumer shared by every worker of `service`.
+    pub fn service_consumer(&self, service: &str) -> String {
+        format!("{}-svc-{service}", self.prefix.replace('.', "-"))
+    }
+
+    /// Subject a worker publishes the result of a task of `service` on.
+    pub fn result(&self, service: &str) -> String {
+        format!("{}.result.{service}", self.prefix)
+    }
+    /// Wildcard of every result subject.
+    pub fn results_wildcard(&self) -> String {
+        format!("{}.result.>", self.prefix)
+    }
+    /// Work-queue stream holding results.
+    pub fn results_stream(&self) -> String {
+        format!("{}_RESULTS", self.stream_prefix)
+    }
+
+    /// Durable start subject for saga `saga_name` (JetStream, `Nats-Msg-Id` = idempotency key).
+    pub fn start(&self, saga_name: &str) -> String {
+        format!("{}.start.{saga_name}", self.prefix)
+    }
+    /// Wildcard of every durable start subject.
+    pub fn starts_wildcard(&self) -> String {
+        format!("{}.start.>", self.prefix)
+    }
+    /// Work-queue stream holding durable starts.
+    pub fn starts_stream(&self) -> String {
+        format!("{}_STARTS", self.stream_prefix)
+    }
+
+    /// Name of the engine's durable consumer on the results and starts streams.
+    pub fn engine_consumer(&self) -> String {
+        format!("{}-engine", self.prefix.replace('.', "-"))
+    }
+
+    /// Request subject of the engine's NATS API for `op`
+    /// (for example `saga.start`, `saga.status`, `def.apply`).
+    pub fn api(&self, op: &str) -> String {
+        format!("{}.api.{op}", self.prefix)
+    }
+    /// Wildcard of every API subject.
+    pub fn api_wildcard(&self) -> String {
+        format!("{}.api.>", self.prefix)
+    }
+
+    /// Core-NATS subject the engine notifies on after every change of saga `saga_id`.
+    pub fn progress(&self, saga_id: &str) -> String {
+        format!("{}.progress.{saga_id}", self.prefix)
+    }
+
+    /// JetStream key-value bucket in which workers record handler results.
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}_IDEMPOTENCY", self.stream_prefix)
+    }
+}
+
+/// Checks that `prefix` is usable as a subject prefix: one or more tokens of
+/// ASCII letters, digits, `_` and `-`, separated by dots.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("the subject prefix is empty".into());
+    }
+    for token in prefix.split('.') {
+        validate_token(token).map_err(|e| format!("subject prefix {prefix:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks that `token` can stand as one subject token, a KV key part and a
+/// consumer name part: ASCII letters, digits, `_` and `-`, 1 to 64 characters.
+pub fn validate_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("is empty".into());
+    }
+    if token.len() > 64 {
+        return Err(format!("{token:?} is longer than 64 characters"));
+    }
+    if let Some(c) = token
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "{token:?} contains {c:?}; use letters, digits, '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a task asks for a step's action or its compensation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// The step's forward action.
+    Action,
+    /// The step's compensation (undo).
+    Compensation,
+}
+
+impl TaskKind {
+    /// Short lowercase name used in ids and keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Action => "action",
+            TaskKind::Compensation => "compensation",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The idempotency key of a step's action or compensation: stable across
+/// attempts, distinct for the compensation. It is a valid KV key.
+pub fn idempotency_key(saga_id: &str, step_id: &str, kind: TaskKind) -> String {
+    format!("{saga_id}.{step_id}.{}", kind.as_str())
+}
+
+/// `Nats-Msg-Id` of a task message.
+pub fn task_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32) -> String {
+    format!("task.{saga_id}.{step_id}.{}.{attempt}", kind.as_str())
+}
+
+/// `Nats-Msg-Id` of a result message.
+pub fn result_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32) -> String {
+    format!("result.{saga_id}.{step_id}.{}.{attempt}", kind.as_str())
+}
+
+/// A unit of work for a worker: run `operation` of `service` for one step of one saga.
+///
+/// Published by the engine on [`Subjects::task`] with `Nats-Msg-Id` =
+/// [`task_msg_id`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Saga instance id.
+    pub saga_id: String,
+    /// Saga definition name.
+    pub saga_name: String,
+    /// Step id within the definition.
+    pub step_id: String,
+    /// Action or compensation.
+    pub kind: TaskKind,
+    /// Service (work queue) the task is for.
+    pub service: String,
+    /// Operation to run: the step's `operation` or its `compensation`.
+    pub operation: String,
+    /// Attempt number, from 1. A result must echo it.
+    pub attempt: u32,
+    /// Key stable across attempts of this step and kind; pass it on to
+    /// downstream services to make their effects idempotent.
+    pub idempotency_key: String,
+    /// The saga's input.
+    pub input: Value,
+    /// Outputs of the saga's succeeded steps so far, by step id. For a
+    /// compensation this includes the compensated step's own output.
+    #[serde(default)]
+    pub context: BTreeMap<String, Value>,
+    /// Time the worker has for this attempt, in milliseconds; after it the
+    /// engine considers the attempt timed out.
+    pub timeout_ms: u64,
+}
+
+/// The outcome of running a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The effect happened; `output` is made available to later steps.
+    Ok {
+        /// Handler output.
+        #[serde(default)]
+        output: Value,
+    },
+    /// The effect did not happen and may succeed if tried again.
+    Retryable {
+        /// What went wrong.
+        error: String,
+        /// Earliest time to try again, if the handler knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// The effect did not happen and never will: the saga compensates.
+    Fatal {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Short name of the outcome (`ok`, `retryable`, `fatal`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Retryable { .. } => "retryable",
+            Outcome::Fatal { .. } => "fatal",
+        }
+    }
+}
+
+/// A worker's answer to a [`Task`], published on [`Subjects::result`] with
+/// `Nats-Msg-Id` = [`result_msg_id`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Saga instance id, copied from the task.
+    pub saga_id: String,
+    /// Step id, copied from the task.
+    pub step_id: String,
+    /// Action or compensation, copied from the task.
+    pub kind: TaskKind,
+    /// Attempt number, copied from the task.
+    pub attempt: u32,
+    /// Service the worker serves, copied from the task.
+    pub service: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Whether this result was replayed from the idempotency store rather
+    /// than produced by running the handler now.
+    #[serde(default)]
+    pub replayed: bool,
+    /// Free-form identity of the worker (host and process).
+    #[serde(default)]
+    pub worker: String,
+}
+
+/// Body of a start request (NATS API `saga.start`) and of a durable start
+/// message (whose subject names the saga, so `saga` may be omitted there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// Saga definition name.
+    #[serde(default)]
+    pub saga: String,
+    /// Saga input.
+    #[serde(default)]
+    pub input: Value,
+    /// Idempotency key: the same key always gives the same saga instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// Reply to a successful start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartReply {
+    /// Saga instance id.
+    pub saga_id: String,
+    /// `false` when the idempotency key named an existing saga.
+    pub created: bool,
+}
+
+/// Error reply of the NATS request API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable error code, documented in `docs/PROTOCOL.md`.
+    pub code: String,
+    /// Human-readable explanation with what to do.
+    pub message: String,
+}
+
+/// Envelope of every NATS API reply: either `{"ok": ...}` or `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiReply<T> {
+    /// Success.
+    Ok(T),
+    /// Failure.
+    Error(ApiError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_json_shape_is_tagged() {
+        let ok = Outcome::Ok {
+            output: serde_json::json!({"a": 1}),
+        };
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            serde_json::json!({"status": "ok", "output": {"a": 1}})
+        );
+        let r: Outcome = serde_json::from_str(r#"{"status":"retryable","error":"busy"}"#).unwrap();
+        assert_eq!(
+            r,
+            Outcome::Retryable {
+                error: "busy".into(),
+                retry_after_ms: None
+            }
+        );
+    }
+
+    #[test]
+    fn names_follow_prefix() {
+        let s = Subjects::new("acme.prod");
+        assert_eq!(s.tasks_stream(), "ACME_PROD_TASKS");
+        assert_eq!(s.service_consumer("x"), "acme-prod-svc-x");
+        assert_eq!(s.api("saga.start"), "acme.prod.api.saga.start");
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        assert!(validate_token("register_manifest").is_ok());
+        assert!(validate_token("a.b").is_err());
+        assert!(validate_token("").is_err());
+        assert!(validate_prefix("jetsaga").is_ok());
+        assert!(validate_prefix("a..b").is_err());
+    }
+}
