@@ -2,7 +2,37 @@
 //!
 //! The engine keeps saga state in an embedded sled store and dispatches step
 //! tasks to JetStream work queues, where workers built with the
-//! `jetsaga-worker` SDK pull them. See `docs/ARCHITECTURE.md` for the shape.
+//! `jetsaga-worker` SDK pull them. See `docs/ARCHITECTURE.md` for the shape:
+//!
+//! - [`saga`]: definitions, state and the pure state machine;
+//! - [`store`]: the durable state behind the [`store::Store`] interface;
+//! - [`partition`]: the single writer that applies events;
+//! - [`bus`]: streams, the outbox relay and the intake consumers;
+//! - [`api`]: the NATS request API, [`client`] its client;
+//! - [`engine`]: the wiring, [`cli`] the `jetsaga` command, [`dev`] the
+//!   embedded nats-server of `jetsaga dev`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = jetsaga_engine::config::Config {
+//!     nats_url: "nats://127.0.0.1:4222".into(),
+//!     data_dir: "/var/lib/jetsaga".into(),
+//!     ..Default::default()
+//! };
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! jetsaga_engine::engine::run(config, shutdown).await?;
+//! # Ok(()) }
+//! ```
 
+pub mod api;
+pub mod bus;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod engine;
+pub mod partition;
 pub mod saga;
 pub mod store;
+
+pub use engine::run;

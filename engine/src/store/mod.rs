@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod sled_store;
 
-
+pub use sled_store::SledStore;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,14 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("E-STORE-IO: store operation failed: {0}")]
     Io(#[from] sled::Error),
+    /// A record could not be encoded for storing (nothing was written).
+    #[error("E-STORE-ENCODE: record {key} cannot be encoded: {source}")]
+    Encode {
+        /// Record key, printable.
+        key: String,
+        /// Cause.
+        source: serde_json::Error,
+    },
     /// A stored record could not be decoded.
     #[error("E-STORE-CORRUPT: stored record {key} cannot be decoded: {source}")]
     Corrupt {
@@ -143,7 +151,11 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Up to `limit` outbox rows in commit order, starting after sequence `after`.
-    fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxMessage)>, StoreError>;
+    fn outbox(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboxMessage)>, StoreError>;
     /// Removes published outbox rows.
     fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError>;
     /// Number of outbox rows.

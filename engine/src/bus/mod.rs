@@ -1,0 +1,137 @@
+//! The bus: JetStream streams and consumers of the engine, the outbox relay
+//! that publishes what the store wrote, and the intake loops that turn
+//! results and durable starts into partition commands.
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use jetsaga_worker::protocol::Subjects;
+use std::time::Duration;
+
+pub mod intake;
+pub mod relay;
+
+/// Errors while setting up streams and consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A stream could not be created or updated.
+    #[error("E-NATS-STREAM: cannot create or update stream {stream}: {source}")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        source: jetstream::context::CreateStreamError,
+    },
+    /// A stream could not be looked up.
+    #[error("E-NATS-STREAM: cannot find stream {stream}: {source}")]
+    GetStream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        source: jetstream::context::GetStreamError,
+    },
+    /// A consumer could not be created.
+    #[error("E-NATS-CONSUMER: cannot create consumer {consumer} on {stream}: {source}")]
+    Consumer {
+        /// Stream name.
+        stream: String,
+        /// Consumer name.
+        consumer: String,
+        /// Cause.
+        source: jetstream::stream::ConsumerError,
+    },
+}
+
+/// Stream settings the engine applies.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Duplicate window (`Nats-Msg-Id` de-duplication).
+    pub duplicate_window: Duration,
+    /// Largest message accepted by the streams.
+    pub max_payload: usize,
+    /// Replicas (1 on a single server).
+    pub replicas: usize,
+}
+
+/// Creates (or updates to the current settings) the tasks, results and starts
+/// streams. Idempotent: every engine start calls it.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &StreamSettings,
+) -> Result<(), BusError> {
+    let streams = [
+        (
+            subjects.tasks_stream(),
+            subjects.tasks_wildcard(),
+            "step tasks, one durable consumer per service",
+        ),
+        (
+            subjects.results_stream(),
+            subjects.results_wildcard(),
+            "task results, consumed by the engine",
+        ),
+        (
+            subjects.starts_stream(),
+            subjects.starts_wildcard(),
+            "durable saga starts; Nats-Msg-Id is the idempotency key",
+        ),
+    ];
+    for (name, subject, description) in streams {
+        let config = stream::Config {
+            name: name.clone(),
+            description: Some(format!("jetsaga: {description}")),
+            subjects: vec![subject],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: settings.duplicate_window,
+            max_message_size: i32::try_from(settings.max_payload + 64 * 1024).unwrap_or(i32::MAX),
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| BusError::Stream {
+                stream: name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Gets or creates the engine's durable pull consumer on `stream`.
+pub async fn engine_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    stream: &str,
+    filter: String,
+    ack_wait: Duration,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+    let name = subjects.engine_consumer();
+    let err = |source| BusError::Consumer {
+        stream: stream.to_string(),
+        consumer: name.clone(),
+        source,
+    };
+    let stream_handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|source| BusError::GetStream {
+            stream: stream.to_string(),
+            source,
+        })?;
+    stream_handle
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some("jetsaga engine".into()),
+                filter_subject: filter,
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(err)
+}

@@ -1,0 +1,117 @@
+//! The outbox relay: publishes what the partition wrote to the outbox.
+//!
+//! Rows are published in commit order with their `Nats-Msg-Id`, pipelined
+//! (all publishes of a batch are sent before any acknowledgement is awaited),
+//! and removed once JetStream acknowledged them. A row is published only
+//! after it is durable: the relay flushes the store before publishing what it
+//! read, so no task ever leaves for a state change a crash could still undo.
+//! A crash after publishing and before removal republishes the row, which the
+//! stream's duplicate window (and, past it, the worker's idempotency record
+//! and the engine's attempt fencing) makes harmless.
+
+use crate::store::Store;
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use jetsaga_worker::protocol::HEADER_MSG_ID;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Most rows published per round.
+const BATCH: usize = 512;
+
+/// Runs the relay until `shutdown`, then publishes what is left (bounded by
+/// `drain_timeout`) and returns.
+pub async fn run(
+    store: Arc<dyn Store>,
+    js: jetstream::Context,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            let _ = tokio::time::timeout(drain_timeout, drain(&*store, &js)).await;
+            return;
+        }
+        match publish_round(&*store, &js).await {
+            Ok(0) => {
+                failures = 0;
+                metrics::gauge!("engine_outbox_backlog").set(store.outbox_len() as f64);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                tracing::warn!(error = %e, retry_in = ?delay, "outbox relay could not publish; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn drain(store: &dyn Store, js: &jetstream::Context) {
+    while let Ok(n) = publish_round(store, js).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Jittered exponential delay after `failures` consecutive failures: 100 ms
+/// doubling up to 5 s, ±20 %.
+fn backoff(failures: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << failures.min(6)).min(5_000) as f64;
+    Duration::from_millis((base * (0.8 + 0.4 * rand::random::<f64>())) as u64)
+}
+
+/// Publishes one batch; returns how many rows were published and removed.
+async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Result<usize> {
+    let rows = store.outbox(None, BATCH)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    store.flush().await?;
+    let mut pending = Vec::with_capacity(rows.len());
+    for (seq, msg) in rows {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_MSG_ID, msg.msg_id.as_str());
+        for (k, v) in &msg.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        let ack = js
+            .publish_with_headers(msg.subject.clone(), headers, msg.payload.into())
+            .await?;
+        pending.push((seq, ack));
+    }
+    let mut done = Vec::with_capacity(pending.len());
+    let mut error = None;
+    for (seq, ack) in pending {
+        match ack.await {
+            Ok(ack) => {
+                if ack.duplicate {
+                    metrics::counter!("engine_publish_duplicates_total").increment(1);
+                }
+                done.push(seq);
+            }
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    store.outbox_remove(&done)?;
+    match error {
+        Some(e) => Err(e.into()),
+        None => Ok(done.len()),
+    }
+}

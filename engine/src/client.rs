@@ -1,0 +1,253 @@
+//! A client of the engine's NATS request API, used by the CLI and by tests,
+//! and usable from any Rust program.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), jetsaga_engine::client::ClientError> {
+//! use jetsaga_engine::client::Client;
+//! let client = Client::connect("nats://127.0.0.1:4222", "jetsaga").await?;
+//! let started = client
+//!     .start("deploy_environment", serde_json::json!({"environment": "staging"}), Some("deploy-42"))
+//!     .await?;
+//! let done = client.wait_terminal(&started.saga_id, std::time::Duration::from_secs(60)).await?;
+//! println!("{} is {}", done.saga.id, done.saga.status.name());
+//! # Ok(()) }
+//! ```
+
+use crate::api::{
+    AppliedDefinition, ApplyRequest, CancelRequest, Op, SagaDetail, SagaRef, SagaSummary,
+};
+use crate::saga::definition::SagaDefinition;
+use crate::store::SagaFilter;
+use async_nats::client::{Request, RequestErrorKind};
+use futures::StreamExt;
+use jetsaga_worker::protocol::{ApiError, ApiReply, StartReply, StartRequest, Subjects};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Errors of the API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// NATS could not be reached.
+    #[error(
+        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; is nats-server running? (`jetsaga dev` starts one)"
+    )]
+    Connect {
+        /// URL tried.
+        url: String,
+        /// Cause.
+        source: async_nats::ConnectError,
+    },
+    /// Nobody serves the API on this prefix.
+    #[error(
+        "E-NO-ENGINE: no jetsaga engine answers on {subject}; start one with `jetsaga dev` or `jetsaga server`, and check --prefix"
+    )]
+    NoEngine {
+        /// Subject asked.
+        subject: String,
+    },
+    /// The engine did not answer in time.
+    #[error("E-TIMEOUT: the engine did not answer {subject} within {timeout:?}")]
+    Timeout {
+        /// Subject asked.
+        subject: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The engine answered with an error.
+    #[error("{}: {}", .0.code, .0.message)]
+    Api(ApiError),
+    /// Another NATS failure.
+    #[error("E-NATS: {0}")]
+    Nats(String),
+    /// The reply could not be decoded.
+    #[error("E-DECODE: cannot decode the engine's reply: {0}")]
+    Decode(serde_json::Error),
+}
+
+impl ClientError {
+    /// The stable error code.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Connect { .. } => "E-NATS-CONNECT",
+            ClientError::NoEngine { .. } => "E-NO-ENGINE",
+            ClientError::Timeout { .. } => "E-TIMEOUT",
+            ClientError::Api(e) => &e.code,
+            ClientError::Nats(_) => "E-NATS",
+            ClientError::Decode(_) => "E-DECODE",
+        }
+    }
+}
+
+/// A client of one installation's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    subjects: Subjects,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to NATS at `url` for the installation with subject `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, ClientError> {
+        let nats = async_nats::ConnectOptions::new()
+            .name("jetsaga-cli")
+            .connect(url)
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(Self::new(nats, prefix))
+    }
+
+    /// Wraps an existing NATS client.
+    pub fn new(nats: async_nats::Client, prefix: &str) -> Self {
+        Self {
+            nats,
+            subjects: Subjects::new(prefix),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets how long to wait for each reply (default 10 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The underlying NATS client.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        op: Op,
+        body: &Req,
+    ) -> Result<Resp, ClientError> {
+        let subject = self.subjects.api(op.name());
+        let payload = serde_json::to_vec(body).map_err(ClientError::Decode)?;
+        let request = Request::new()
+            .payload(payload.into())
+            .timeout(Some(self.timeout));
+        let msg = self
+            .nats
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => ClientError::NoEngine {
+                    subject: subject.clone(),
+                },
+                RequestErrorKind::TimedOut => ClientError::Timeout {
+                    subject: subject.clone(),
+                    timeout: self.timeout,
+                },
+                _ => ClientError::Nats(e.to_string()),
+            })?;
+        match serde_json::from_slice::<ApiReply<Resp>>(&msg.payload).map_err(ClientError::Decode)? {
+            ApiReply::Ok(v) => Ok(v),
+            ApiReply::Error(e) => Err(ClientError::Api(e)),
+        }
+    }
+
+    /// Starts saga `saga` with `input`; the same `idempotency_key` always
+    /// gives the same saga.
+    pub async fn start(
+        &self,
+        saga: &str,
+        input: serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<StartReply, ClientError> {
+        let req = StartRequest {
+            saga: saga.to_string(),
+            input,
+            idempotency_key: idempotency_key.map(str::to_string),
+        };
+        self.call(Op::SagaStart, &req).await
+    }
+
+    /// One saga with its definition.
+    pub async fn get(&self, id: &str) -> Result<SagaDetail, ClientError> {
+        self.call(Op::SagaGet, &SagaRef { id: id.to_string() })
+            .await
+    }
+
+    /// Sagas matching `filter`, newest first.
+    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>, ClientError> {
+        self.call(Op::SagaList, filter).await
+    }
+
+    /// Cancels a saga, compensating its completed steps if `compensate`.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        compensate: bool,
+        reason: Option<String>,
+    ) -> Result<SagaDetail, ClientError> {
+        let req = CancelRequest {
+            id: id.to_string(),
+            compensate,
+            reason,
+        };
+        self.call(Op::SagaCancel, &req).await
+    }
+
+    /// Applies definitions (stored as new versions where they changed).
+    pub async fn apply(
+        &self,
+        definitions: Vec<SagaDefinition>,
+    ) -> Result<Vec<AppliedDefinition>, ClientError> {
+        self.call(Op::DefApply, &ApplyRequest { definitions }).await
+    }
+
+    /// The current version of every definition.
+    pub async fn definitions(&self) -> Result<Vec<SagaDefinition>, ClientError> {
+        self.call(Op::DefList, &serde_json::json!({})).await
+    }
+
+    /// Calls `on_change` with the saga each time it changes, until it is
+    /// terminal or `timeout` passes; returns its last state.
+    pub async fn watch(
+        &self,
+        id: &str,
+        timeout: Duration,
+        mut on_change: impl FnMut(&SagaDetail),
+    ) -> Result<SagaDetail, ClientError> {
+        let mut progress = self
+            .nats
+            .subscribe(self.subjects.progress(id))
+            .await
+            .map_err(|e| ClientError::Nats(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last: Option<SagaDetail> = None;
+        loop {
+            let detail = self.get(id).await?;
+            if last.as_ref() != Some(&detail) {
+                on_change(&detail);
+            }
+            if detail.saga.status.is_terminal() {
+                return Ok(detail);
+            }
+            last = Some(detail);
+            // Progress notifications are best effort (core NATS); the
+            // periodic re-read covers a missed one.
+            tokio::select! {
+                _ = progress.next() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ClientError::Timeout { subject: self.subjects.progress(id), timeout });
+                }
+            }
+        }
+    }
+
+    /// Waits until the saga is terminal (or `timeout` passes).
+    pub async fn wait_terminal(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<SagaDetail, ClientError> {
+        self.watch(id, timeout, |_| {}).await
+    }
+}

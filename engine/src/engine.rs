@@ -1,0 +1,253 @@
+//! Wiring: opens the store, connects to NATS, sets up streams, and runs the
+//! partition, the relay, the intake consumers and the API until shutdown.
+//!
+//! Shutdown drains in a stated order: stop intake (API and consumers), let
+//! the partition apply what is queued and flush, let the relay publish what
+//! is left, flush the store once more, return.
+
+use crate::api;
+use crate::bus::{self, StreamSettings, intake, relay};
+use crate::config::{Config, ConfigError};
+use crate::partition::Partition;
+use crate::saga::definition;
+use crate::store::{SledStore, Store, StoreError};
+use async_nats::jetstream;
+use jetsaga_worker::protocol::Subjects;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Oldest nats-server the engine runs against.
+pub const MIN_NATS_VERSION: (u64, u64) = (2, 12);
+
+/// Errors that keep the engine from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// NATS is unreachable.
+    #[error(
+        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; is nats-server running? (`jetsaga dev` starts one)"
+    )]
+    Connect {
+        /// URL.
+        url: String,
+        /// Cause.
+        source: async_nats::ConnectError,
+    },
+    /// The server is too old.
+    #[error("E-NATS-VERSION: nats-server {found} is too old; jetsaga needs {}.{} or newer (scripts/install-nats installs one)", MIN_NATS_VERSION.0, MIN_NATS_VERSION.1)]
+    NatsVersion {
+        /// Version reported by the server.
+        found: String,
+    },
+    /// The server has no JetStream.
+    #[error("E-NATS-JETSTREAM: the NATS server has JetStream disabled; start it with -js")]
+    NoJetStream,
+    /// Streams or consumers could not be set up.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// A definition file is invalid.
+    #[error("{0}")]
+    Definition(String),
+    /// A component failed while running.
+    #[error("E-ENGINE: {0}")]
+    Runtime(String),
+}
+
+/// Whether `version` (e.g. `2.12.1`) is at least `min`.
+pub fn version_at_least(version: &str, min: (u64, u64)) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= min
+}
+
+/// Every definition file named by `paths` (directories are searched for
+/// `*.yaml`, `*.yml` and `*.json`, not recursively), sorted.
+pub fn definition_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                let p = entry?.path();
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default();
+                if matches!(ext, "yaml" | "yml" | "json") {
+                    files.push(p);
+                }
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn apply_definition_files(store: &dyn Store, paths: &[PathBuf]) -> Result<(), EngineError> {
+    let files = definition_files(paths)
+        .map_err(|e| EngineError::Definition(format!("E-DEF-IO: cannot list definitions: {e}")))?;
+    for file in files {
+        let parsed = definition::parse_file(Path::new(&file))
+            .map_err(|e| EngineError::Definition(e.to_string()))?;
+        for def in parsed.sagas {
+            let applied = store.put_definition(&def)?;
+            tracing::info!(file = %file.display(), saga = %applied.name, version = applied.version, changed = applied.changed, "definition loaded");
+        }
+    }
+    Ok(())
+}
+
+/// Connects to NATS and checks the server (version, JetStream).
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, EngineError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .connect(url)
+        .await
+        .map_err(|source| EngineError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+    let info = client.server_info();
+    if !version_at_least(&info.version, MIN_NATS_VERSION) {
+        return Err(EngineError::NatsVersion {
+            found: info.version,
+        });
+    }
+    Ok(client)
+}
+
+/// Runs the engine until `shutdown` is cancelled, then drains and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), EngineError> {
+    config.validate()?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+    apply_definition_files(&*store, &config.definitions)?;
+    let client = connect(&config.nats_url, "jetsaga-engine").await?;
+    let subjects = Subjects::new(&config.prefix);
+    let js = jetstream::new(client.clone());
+    if js.query_account().await.is_err() {
+        return Err(EngineError::NoJetStream);
+    }
+    let settings = StreamSettings {
+        duplicate_window: config.duplicate_window,
+        max_payload: config.max_payload,
+        replicas: 1,
+    };
+    bus::ensure_streams(&js, &subjects, &settings).await?;
+    let results = bus::engine_consumer(
+        &js,
+        &subjects,
+        &subjects.results_stream(),
+        subjects.results_wildcard(),
+        config.ack_wait,
+    )
+    .await?;
+    let starts = bus::engine_consumer(
+        &js,
+        &subjects,
+        &subjects.starts_stream(),
+        subjects.starts_wildcard(),
+        config.ack_wait,
+    )
+    .await?;
+
+    let relay_wake = Arc::new(Notify::new());
+    let (partition, handle) = Partition::new(
+        store.clone(),
+        subjects.clone(),
+        client.clone(),
+        relay_wake.clone(),
+        config.max_payload,
+        config.batch_size,
+    );
+    let intake_stop = CancellationToken::new();
+    let relay_stop = CancellationToken::new();
+    let intake_tasks = TaskTracker::new();
+    let prefix_tokens = config.prefix.split('.').count();
+    for (source, consumer) in [
+        (intake::Source::Results, results),
+        (intake::Source::Starts, starts),
+    ] {
+        intake_tasks.spawn(intake::run(
+            source,
+            consumer,
+            handle.clone(),
+            config.max_payload,
+            prefix_tokens,
+            intake_stop.clone(),
+        ));
+    }
+    {
+        let (client, subjects, store, handle, stop) = (
+            client.clone(),
+            subjects.clone(),
+            store.clone(),
+            handle.clone(),
+            intake_stop.clone(),
+        );
+        intake_tasks.spawn(async move {
+            if let Err(e) = api::serve(client, subjects, store, handle, stop).await {
+                tracing::error!(error = %e, "API stopped");
+            }
+        });
+    }
+    intake_tasks.close();
+    drop(handle);
+    let mut partition_task = tokio::spawn(partition.run());
+    let relay_task = tokio::spawn(relay::run(
+        store.clone(),
+        js.clone(),
+        relay_wake,
+        relay_stop.clone(),
+        Duration::from_secs(5),
+    ));
+    tracing::info!(prefix = %config.prefix, nats = %config.nats_url, data_dir = %config.data_dir.display(), "engine ready");
+
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut partition_task => Some(r),
+    };
+    tracing::info!("engine draining");
+    intake_stop.cancel();
+    intake_tasks.wait().await;
+    let partition_result = match early {
+        Some(r) => r,
+        None => partition_task.await,
+    };
+    relay_stop.cancel();
+    let _ = relay_task.await;
+    store.flush().await?;
+    let _ = client.flush().await;
+    match partition_result {
+        Ok(Ok(())) => {
+            tracing::info!("engine stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(EngineError::Runtime(e.to_string())),
+        Err(e) => Err(EngineError::Runtime(format!("partition task failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare() {
+        assert!(version_at_least("2.12.0", (2, 12)));
+        assert!(version_at_least("2.15.1", (2, 12)));
+        assert!(version_at_least("3.0.0", (2, 12)));
+        assert!(!version_at_least("2.9.25", (2, 12)));
+        assert!(!version_at_least("garbage", (2, 12)));
+    }
+}

@@ -1,0 +1,209 @@
+//! Shared pieces of the end-to-end tests: the engine as a real `jetsaga`
+//! process, in-process SDK workers, and definition helpers.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use jetsaga_engine::api::SagaDetail;
+use jetsaga_engine::client::Client;
+use jetsaga_engine::saga::definition::{self, Format};
+use jetsaga_engine::saga::state::StepStatus;
+use jetsaga_tests::{ChildProcess, NatsServer, bin_path};
+use jetsaga_worker::{Worker, WorkerBuilder};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for a process to be ready.
+pub const READY: Duration = Duration::from_secs(30);
+/// How long a test waits for a saga to finish.
+pub const FINISH: Duration = Duration::from_secs(60);
+
+/// The `jetsaga server` process with its own store directory.
+pub struct Engine {
+    pub process: ChildProcess,
+    pub data_dir: PathBuf,
+    nats_url: String,
+    extra: Vec<String>,
+}
+
+impl Engine {
+    /// Starts `jetsaga server` against `nats_url` with its store in `data_dir`.
+    pub fn start(nats_url: &str, data_dir: &Path, extra: &[&str]) -> Engine {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let process = spawn_engine(nats_url, data_dir, &extra);
+        Engine {
+            process,
+            data_dir: data_dir.to_path_buf(),
+            nats_url: nats_url.to_string(),
+            extra,
+        }
+    }
+
+    /// SIGKILLs the engine.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same store (after `kill` or `terminate`).
+    pub fn restart(&mut self) {
+        self.process = spawn_engine(&self.nats_url, &self.data_dir, &self.extra);
+    }
+}
+
+fn spawn_engine(nats_url: &str, data_dir: &Path, extra: &[String]) -> ChildProcess {
+    let mut args = vec![
+        "--nats-url".to_string(),
+        nats_url.to_string(),
+        "server".to_string(),
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let process = ChildProcess::spawn(
+        "engine",
+        &bin_path("jetsaga"),
+        &args,
+        &[("JETSAGA_LOG", "info,jetsaga_engine=debug")],
+    );
+    process.wait_for_log("engine ready", READY);
+    process
+}
+
+/// One test's world: a nats-server, an engine process, an API client.
+pub struct World {
+    pub nats: NatsServer,
+    pub engine: Engine,
+    pub client: Client,
+    pub dir: TempDir,
+}
+
+impl World {
+    /// Starts a server and an engine (with extra engine flags).
+    pub async fn start(extra: &[&str]) -> World {
+        jetsaga_tests::init_tracing();
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::start(&nats.url(), &dir.path().join("engine"), extra);
+        let client = Client::new(nats.client().await, "jetsaga");
+        World {
+            nats,
+            engine,
+            client,
+            dir,
+        }
+    }
+
+    /// Applies definitions written as YAML.
+    pub async fn apply_yaml(&self, yaml: &str) {
+        let parsed =
+            definition::parse_str("test.yaml", yaml, Format::Yaml).expect("valid test definition");
+        self.client
+            .apply(parsed.sagas)
+            .await
+            .expect("apply definitions");
+    }
+
+    /// Applies the example definition `name` (from examples/definitions).
+    pub async fn apply_example(&self, name: &str) {
+        let path = jetsaga_tests::workspace_root()
+            .join("examples/definitions")
+            .join(format!("{name}.yaml"));
+        let parsed = definition::parse_file(&path).expect("example definition parses");
+        self.client
+            .apply(parsed.sagas)
+            .await
+            .expect("apply definitions");
+    }
+
+    /// Ledger directory of this world's example workers.
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.dir.path().join("ledger")
+    }
+
+    /// Starts an example worker binary against this world.
+    pub fn example_workers(&self, binary: &str, extra: &[&str]) -> ChildProcess {
+        let ledger = self.ledger_dir();
+        let mut args = vec![
+            "--nats-url".to_string(),
+            self.nats.url(),
+            "--ledger-dir".to_string(),
+            ledger.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = ChildProcess::spawn(binary, &bin_path(binary), &args, &[("RUST_LOG", "info")]);
+        p.wait_for_log("workers ready", READY);
+        p
+    }
+
+    /// Runs an SDK worker in this test process until the returned token is cancelled.
+    pub async fn worker(&self, builder: WorkerBuilder) -> WorkerGuard {
+        let client = self.nats.client().await;
+        let worker: Worker = builder.build(client).await.expect("worker builds");
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(token.clone()));
+        WorkerGuard {
+            token,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until saga `id` is terminal.
+    pub async fn finished(&self, id: &str) -> SagaDetail {
+        self.client
+            .wait_terminal(id, FINISH)
+            .await
+            .expect("saga finishes")
+    }
+}
+
+/// Stops an in-process worker when dropped or stopped.
+pub struct WorkerGuard {
+    token: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), jetsaga_worker::WorkerError>>>,
+}
+
+impl WorkerGuard {
+    /// Stops the worker and waits until it drained.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("worker task").expect("worker stops cleanly");
+        }
+    }
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// The state name of every step, by step id.
+pub fn step_states(detail: &SagaDetail) -> Vec<(String, String)> {
+    detail
+        .saga
+        .steps
+        .iter()
+        .zip(&detail.definition.steps)
+        .map(|(s, d)| (d.id.clone(), s.status.name().to_string()))
+        .collect()
+}
+
+/// The state of step `id`.
+pub fn step<'a>(detail: &'a SagaDetail, id: &str) -> &'a jetsaga_engine::saga::state::StepState {
+    let i = detail.definition.step_index(id).expect("step exists");
+    &detail.saga.steps[i]
+}
+
+/// Whether step `id` is in state `name`.
+pub fn step_is(detail: &SagaDetail, id: &str, name: &str) -> bool {
+    step(detail, id).status.name() == name
+}
+
+/// Status shorthand.
+pub fn is_succeeded(s: &StepStatus) -> bool {
+    matches!(s, StepStatus::Succeeded)
+}

@@ -1,0 +1,453 @@
+//! Every door into the engine (API client, CLI, `nats req`, a JetStream
+//! publish) and what it does with bad input, all against a real engine
+//! process and nats-server.
+
+mod common;
+
+use common::{World, step_states};
+use futures::StreamExt;
+use jetsaga_engine::store::SagaFilter;
+use jetsaga_tests::{ChildProcess, NatsServer, bin_path, free_port, run_command};
+use jetsaga_worker::protocol::{ApiReply, StartReply};
+use jetsaga_worker::{TaskContext, Worker};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ONE_STEP: &str = r#"
+sagas:
+  one_step:
+    steps:
+      - id: only
+        service: echo
+        operation: echo
+        timeout: 10s
+"#;
+
+async fn echo_worker(world: &World) -> common::WorkerGuard {
+    world
+        .worker(Worker::builder("echo").handler(
+            "echo",
+            |_: TaskContext, input: Value| async move { Ok(input) },
+        ))
+        .await
+}
+
+fn cli(world: &World, args: &[&str]) -> std::process::Output {
+    let url = world.nats.url();
+    let mut all = vec!["--nats-url", url.as_str()];
+    all.extend_from_slice(args);
+    run_command(&bin_path("jetsaga"), &all, &[], Duration::from_secs(60))
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
+    let world = World::start(&[]).await;
+    world.apply_yaml(ONE_STEP).await;
+    let _w = echo_worker(&world).await;
+
+    // API client.
+    let a = world
+        .client
+        .start("one_step", json!({"n": 1}), Some("order-1"))
+        .await
+        .unwrap();
+    assert!(a.created);
+    let b = world
+        .client
+        .start("one_step", json!({"n": 1}), Some("order-1"))
+        .await
+        .unwrap();
+    assert_eq!((b.saga_id.as_str(), b.created), (a.saga_id.as_str(), false));
+
+    // CLI.
+    let out = cli(
+        &world,
+        &[
+            "saga",
+            "start",
+            "one_step",
+            "--input",
+            r#"{"n":1}"#,
+            "--idempotency-key",
+            "order-1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), a.saga_id);
+
+    // `nats req` equivalent: a core request with the Idempotency-Key header.
+    let nats = world.nats.client().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Idempotency-Key", "order-1");
+    let reply = nats
+        .request_with_headers(
+            "jetsaga.api.saga.start",
+            headers,
+            r#"{"saga":"one_step","input":{"n":1}}"#.into(),
+        )
+        .await
+        .unwrap();
+    let reply: ApiReply<StartReply> = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        reply,
+        ApiReply::Ok(StartReply {
+            saga_id: a.saga_id.clone(),
+            created: false
+        })
+    );
+
+    // JetStream publish with Nats-Msg-Id = key, twice: exactly one saga.
+    let js = async_nats::jetstream::new(nats.clone());
+    for _ in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "order-2");
+        js.publish_with_headers(
+            "jetsaga.start.one_step",
+            headers,
+            r#"{"input":{"n":2}}"#.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    // Wait for the durable start to be applied, then the API sees that key's saga.
+    let by_key =
+        jetsaga_tests::wait_until("durable start applied", Duration::from_secs(20), || {
+            let c = world.client.clone();
+            async move {
+                let r = c
+                    .start("one_step", json!({"n": 2}), Some("order-2"))
+                    .await
+                    .ok()?;
+                (!r.created).then_some(r)
+            }
+        })
+        .await;
+    world.finished(&by_key.saga_id).await;
+    world.finished(&a.saga_id).await;
+    let all = world
+        .client
+        .list(&SagaFilter {
+            name: Some("one_step".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2, "one saga per key: {all:?}");
+    assert!(all.iter().all(|s| s.state == "completed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
+    let world = World::start(&["--max-payload", "4096"]).await;
+    world.apply_yaml(ONE_STEP).await;
+    let _w = echo_worker(&world).await;
+
+    // Malformed YAML: validate names the file and the place.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "sagas:\n  x:\n    steps:\n      - id: a\n        service: s\n        operation: o\n        depends_on: [nope]\n").unwrap();
+    let out = cli(&world, &["def", "validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = stderr(&out);
+    assert!(
+        msg.contains("bad.yaml")
+            && msg.contains("`x`")
+            && msg.contains("depends_on")
+            && msg.contains("nope"),
+        "{msg}"
+    );
+    std::fs::write(&bad, "sagas: [unclosed").unwrap();
+    let out = cli(&world, &["def", "apply", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad.yaml: line"), "{}", stderr(&out));
+
+    // Unknown saga name.
+    let err = world
+        .client
+        .start("no_such_saga", json!({}), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "E-UNKNOWN-SAGA");
+    assert!(
+        err.to_string().contains("one_step"),
+        "lists the known sagas: {err}"
+    );
+
+    // Invalid JSON input, from the CLI and as a raw request.
+    let out = cli(
+        &world,
+        &["saga", "start", "one_step", "--input", "{not json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("E-BAD-INPUT"), "{}", stderr(&out));
+    let nats = world.nats.client().await;
+    let reply = nats
+        .request("jetsaga.api.saga.start", "\u{1}garbage".into())
+        .await
+        .unwrap();
+    let reply: ApiReply<StartReply> = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(matches!(reply, ApiReply::Error(e) if e.code == "E-BAD-REQUEST"));
+
+    // Input over the configured limit.
+    let big = "x".repeat(5000);
+    let err = world
+        .client
+        .start("one_step", json!({ "blob": big }), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "E-PAYLOAD-TOO-LARGE");
+
+    // Garbage on the results and starts streams is refused and counted in the log.
+    let js = async_nats::jetstream::new(nats.clone());
+    js.publish("jetsaga.result.echo", "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish("jetsaga.start.one_step", "{\"input\": ".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish(
+        "jetsaga.result.echo",
+        serde_json::to_vec(&json!({"saga_id": "nope", "step_id": "only", "kind": "action", "attempt": 1, "service": "echo", "outcome": {"status": "ok"}}))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    world
+        .engine
+        .process
+        .wait_for_log("reason=\"unknown_saga\"", Duration::from_secs(20));
+    let log = world.engine.process.log();
+    assert!(
+        log.contains("reason=\"malformed\""),
+        "garbage was not reported"
+    );
+
+    // Still serving.
+    let id = world
+        .client
+        .start("one_step", json!({"ok": true}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    let done = world.finished(&id).await;
+    assert_eq!(
+        done.saga.status.name(),
+        "completed",
+        "{:?}",
+        step_states(&done)
+    );
+}
+
+const V1: &str = r#"
+sagas:
+  versioned:
+    steps:
+      - id: a
+        service: gate
+        operation: wait
+        timeout: 30s
+"#;
+const V2: &str = r#"
+sagas:
+  versioned:
+    steps:
+      - id: a
+        service: gate
+        operation: wait
+        timeout: 30s
+      - id: b
+        service: gate
+        operation: wait
+        timeout: 30s
+        depends_on: [a]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_saga_keeps_the_definition_version_it_started_with() {
+    let world = World::start(&[]).await;
+    world.apply_yaml(V1).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let _w = world
+        .worker(
+            Worker::builder("gate").handler("wait", move |_: TaskContext, _: Value| {
+                let g = g.clone();
+                async move {
+                    g.acquire().await.expect("open").forget();
+                    Ok(json!("ok"))
+                }
+            }),
+        )
+        .await;
+    let old = world
+        .client
+        .start("versioned", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    world.apply_yaml(V2).await;
+    let defs = world.client.definitions().await.unwrap();
+    assert_eq!(
+        defs.iter().find(|d| d.name == "versioned").unwrap().version,
+        2
+    );
+    // Re-applying the same content is not a new version.
+    world.apply_yaml(V2).await;
+    assert_eq!(world.client.definitions().await.unwrap()[0].version, 2);
+    let new = world
+        .client
+        .start("versioned", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    gate.add_permits(3);
+    let old = world.finished(&old).await;
+    let new = world.finished(&new).await;
+    assert_eq!((old.saga.definition_version, old.saga.steps.len()), (1, 1));
+    assert_eq!((new.saga.definition_version, new.saga.steps.len()), (2, 2));
+    assert_eq!(old.saga.status.name(), "completed");
+    assert_eq!(new.saga.status.name(), "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_list_watch_and_cancel() {
+    let world = World::start(&[]).await;
+    world.apply_yaml(ONE_STEP).await;
+    let _w = echo_worker(&world).await;
+
+    let out = cli(
+        &world,
+        &[
+            "saga",
+            "start",
+            "one_step",
+            "--input",
+            r#"{"hello":"world"}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out);
+    let out = cli(&world, &["saga", "watch", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("completed"));
+    let out = cli(&world, &["saga", "status", &id]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    assert!(
+        table.contains("only") && table.contains("echo") && table.contains("succeeded"),
+        "{table}"
+    );
+    let out = cli(
+        &world,
+        &[
+            "--output",
+            "json",
+            "saga",
+            "list",
+            "--state",
+            "completed",
+            "--saga",
+            "one_step",
+        ],
+    );
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    let out = cli(&world, &["saga", "list", "--state", "bogus"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown state"), "{}", stderr(&out));
+    let out = cli(&world, &["saga", "cancel", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("E-NOT-APPLICABLE"));
+    let out = cli(&world, &["saga", "status", "does-not-exist"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("E-NOT-FOUND"));
+    let out = cli(&world, &["def", "list"]);
+    assert!(stdout(&out).contains("one_step"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetsaga_dev_starts_nats_and_engine_and_stops_cleanly_on_sigterm() {
+    jetsaga_tests::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let defs = jetsaga_tests::workspace_root().join("examples/definitions");
+    let server = jetsaga_tests::nats_server_binary();
+    let mut dev = ChildProcess::spawn(
+        "dev",
+        &bin_path("jetsaga"),
+        &[
+            "dev",
+            "--nats-port",
+            &port.to_string(),
+            "--nats-server",
+            server.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--definitions",
+            defs.to_str().unwrap(),
+        ],
+        &[],
+    );
+    dev.wait_for_log("engine ready", common::READY);
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = jetsaga_engine::client::Client::connect(&url, "jetsaga")
+        .await
+        .unwrap();
+    let names: Vec<String> = client
+        .definitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert!(
+        names.contains(&"deploy_environment".to_string()),
+        "{names:?}"
+    );
+    let mut progress = client.nats().subscribe("jetsaga.progress.>").await.unwrap();
+    let id = client
+        .start("deploy_environment", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    assert!(
+        progress
+            .next()
+            .await
+            .unwrap()
+            .subject
+            .as_str()
+            .ends_with(&id)
+    );
+    drop(client);
+    let status = dev.terminate();
+    assert!(
+        status.success(),
+        "dev exited with {status:?}\n{}",
+        dev.log()
+    );
+    assert!(dev.log().contains("engine stopped"));
+    // The nats-server child is gone with it: its port is free again.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nats-server still listening"
+    );
+    let _ = NatsServer::start; // the harness server is not used here: dev starts its own
+}
