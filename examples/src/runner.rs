@@ -1,0 +1,386 @@
+//! The `main` shared by the example worker binaries: flags, logging, NATS
+//! connection, signal handling, and running one [`Worker`] per service.
+//!
+//! A binary only lists its services:
+//!
+//! ```no_run
+//! use jetsaga_examples::{runner, services};
+//! fn main() -> anyhow::Result<()> {
+//!     runner::main(runner::Binary {
+//!         name: "deploy-workers",
+//!         about: "Workers of the deploy_environment saga",
+//!         services: &[services::manifest::SERVICE, services::gateway::SERVICE],
+//!     })
+//! }
+//! ```
+
+use crate::ledger::Ledger;
+use crate::services::{Service, ServiceEnv};
+use anyhow::{Context, bail};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use jetsaga_worker::Worker;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Flags of every example worker binary (each with an environment fallback).
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    /// NATS server URL (comma-separate several for a cluster).
+    #[arg(
+        long,
+        env = "JETSAGA_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// Subject prefix of the jetsaga installation.
+    #[arg(long, env = "JETSAGA_PREFIX", default_value = "jetsaga")]
+    pub prefix: String,
+
+    /// Directory of the per-service effect ledgers (`<dir>/<service>.jsonl`).
+    #[arg(long, env = "JETSAGA_LEDGER_DIR", default_value = ".jetsaga/ledger")]
+    pub ledger_dir: PathBuf,
+
+    /// Tasks each service's worker runs at once.
+    #[arg(long, env = "JETSAGA_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Name of this worker process, reported with results and written into
+    /// the ledger (default: `<binary>@<host>:<pid>`).
+    #[arg(long, env = "JETSAGA_WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// `ack_wait` of a service's consumer when this process creates it
+    /// (e.g. `30s`); bounds how long a crashed worker's task waits for another.
+    #[arg(long, env = "JETSAGA_ACK_WAIT", value_parser = humantime::parse_duration)]
+    pub ack_wait: Option<Duration>,
+
+    /// Replicas of the idempotency bucket when this process creates it
+    /// (3 on a clustered NATS).
+    #[arg(long, env = "JETSAGA_IDEMPOTENCY_REPLICAS", default_value_t = 1)]
+    pub idempotency_replicas: usize,
+
+    /// Run only this service (repeatable; default: every service of the binary).
+    #[arg(
+        long = "service",
+        value_name = "NAME",
+        env = "JETSAGA_SERVICES",
+        value_delimiter = ','
+    )]
+    pub services: Vec<String>,
+}
+
+/// What distinguishes one example binary from another.
+#[derive(Debug, Clone, Copy)]
+pub struct Binary {
+    /// Binary name (for `--help` and the default worker name).
+    pub name: &'static str,
+    /// One-line description for `--help`.
+    pub about: &'static str,
+    /// Services the binary runs.
+    pub services: &'static [Service],
+}
+
+/// Parses the command line, builds a tokio runtime and runs the binary's
+/// workers until SIGINT/SIGTERM (see [`run`]).
+pub fn main(bin: Binary) -> anyhow::Result<()> {
+    let names: Vec<&str> = bin.services.iter().map(|s| s.name).collect();
+    let after_help = format!(
+        "Services: {}\n\nSaga inputs may inject failures per step with a `faults` object; see examples/README.md.",
+        names.join(", ")
+    );
+    let matches = Args::command()
+        .name(bin.name)
+        .bin_name(bin.name)
+        .about(bin.about)
+        .after_help(after_help)
+        .get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(run(bin, args))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Picks the services to run: all of `available`, or the ones named.
+pub fn select_services(available: &[Service], wanted: &[String]) -> anyhow::Result<Vec<Service>> {
+    if wanted.is_empty() {
+        return Ok(available.to_vec());
+    }
+    let mut chosen: Vec<Service> = Vec::new();
+    for name in wanted {
+        let Some(service) = available.iter().find(|s| s.name == name) else {
+            let names: Vec<&str> = available.iter().map(|s| s.name).collect();
+            bail!(
+                "unknown service {name:?}; this binary runs: {}",
+                names.join(", ")
+            );
+        };
+        if !chosen.iter().any(|s| s.name == service.name) {
+            chosen.push(*service);
+        }
+    }
+    Ok(chosen)
+}
+
+/// Default worker name: `<binary>@<host>:<pid>`.
+pub fn default_worker_name(bin: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{bin}@{host}:{}", std::process::id())
+}
+
+/// Runs the selected services of `bin` until a signal: connects to NATS
+/// (retrying while it is not up), builds one worker per service, logs
+/// `workers ready`, then runs them. The first SIGINT/SIGTERM drains in-flight
+/// tasks and returns; a second one exits the process at once.
+pub async fn run(bin: Binary, args: Args) -> anyhow::Result<()> {
+    let services = select_services(bin.services, &args.services)?;
+    let worker_name: Arc<str> = Arc::from(
+        args.name
+            .clone()
+            .unwrap_or_else(|| default_worker_name(bin.name)),
+    );
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let Some(client) = connect(&args.nats_url, &worker_name, &shutdown).await? else {
+        info!("shut down before connecting");
+        return Ok(());
+    };
+
+    let mut workers: Vec<(&'static str, Worker)> = Vec::with_capacity(services.len());
+    for service in &services {
+        let ledger = Ledger::open(&args.ledger_dir, service.name).with_context(|| {
+            format!(
+                "cannot open the ledger of {} under {}",
+                service.name,
+                args.ledger_dir.display()
+            )
+        })?;
+        let env = ServiceEnv {
+            ledger: Arc::new(ledger),
+            worker: Arc::clone(&worker_name),
+        };
+        let mut builder = Worker::builder(service.name)
+            .prefix(&args.prefix)
+            .concurrency(args.concurrency)
+            .idempotency_replicas(args.idempotency_replicas)
+            .name(&worker_name);
+        if let Some(ack_wait) = args.ack_wait {
+            builder = builder.ack_wait(ack_wait);
+        }
+        let builder = (service.register)(builder, &env);
+        let worker = tokio::select! {
+            w = builder.build(client.clone()) => {
+                w.with_context(|| format!("cannot start the worker of service {}", service.name))?
+            }
+            _ = shutdown.cancelled() => {
+                info!("shut down while starting workers");
+                return Ok(());
+            }
+        };
+        workers.push((service.name, worker));
+    }
+    let names: Vec<&str> = workers.iter().map(|(n, _)| *n).collect();
+    info!(
+        binary = bin.name,
+        worker = &*worker_name,
+        prefix = %args.prefix,
+        services = %names.join(","),
+        ledger_dir = %args.ledger_dir.display(),
+        "workers ready"
+    );
+
+    let mut set = JoinSet::new();
+    for (name, worker) in workers {
+        let token = shutdown.clone();
+        set.spawn(async move { (name, worker.run(token).await) });
+    }
+    let mut failure: Option<anyhow::Error> = None;
+    while let Some(joined) = set.join_next().await {
+        let err = match joined {
+            Ok((name, Ok(()))) if shutdown.is_cancelled() => {
+                info!(service = name, "worker drained");
+                continue;
+            }
+            Ok((name, Ok(()))) => anyhow::anyhow!("worker of service {name} stopped unexpectedly"),
+            Ok((name, Err(e))) => {
+                anyhow::Error::new(e).context(format!("worker of service {name} failed"))
+            }
+            Err(e) => anyhow::Error::new(e).context("worker task panicked"),
+        };
+        error!("{err:#}; stopping the other workers");
+        shutdown.cancel();
+        failure.get_or_insert(err);
+    }
+    client.flush().await.ok();
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("all workers drained; bye");
+            Ok(())
+        }
+    }
+}
+
+/// Connects to NATS, retrying with backoff (capped at 5 s) while the server
+/// is unreachable. Returns `None` if `shutdown` fires first.
+async fn connect(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<async_nats::Client>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url);
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.cancelled() => return Ok(None),
+        };
+        match result {
+            Ok(client) => {
+                info!(url, "connected to NATS");
+                return Ok(Some(client));
+            }
+            Err(e) => {
+                use async_nats::ConnectErrorKind as K;
+                match e.kind() {
+                    K::Io | K::TimedOut | K::Dns | K::MaxReconnects => {
+                        warn!(url, "NATS is not reachable ({e}); retrying in {delay:?}");
+                    }
+                    _ => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("cannot connect to NATS at {url}")));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// First SIGINT/SIGTERM cancels `shutdown` (drain); the second exits at once.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::spawn(async move {
+            let first = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            info!("{first} received: draining in-flight tasks (signal again to exit now)");
+            shutdown.cancel();
+            let second = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            warn!("{second} received again: exiting without draining");
+            std::process::exit(130);
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                info!("Ctrl-C received: draining in-flight tasks (again to exit now)");
+                shutdown.cancel();
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services;
+
+    #[test]
+    fn args_have_the_documented_defaults() {
+        let args = Args::try_parse_from(["x"]).unwrap();
+        // Environment fallbacks may be set by whoever runs the tests.
+        if std::env::var_os("JETSAGA_NATS_URL").is_none() {
+            assert_eq!(args.nats_url, "nats://127.0.0.1:4222");
+        }
+        if std::env::var_os("JETSAGA_PREFIX").is_none() {
+            assert_eq!(args.prefix, "jetsaga");
+        }
+        let args = Args::try_parse_from([
+            "x",
+            "--service",
+            "manifest",
+            "--service",
+            "gateway",
+            "--concurrency",
+            "4",
+            "--name",
+            "w1",
+            "--ledger-dir",
+            "/tmp/l",
+        ])
+        .unwrap();
+        assert_eq!(args.services, vec!["manifest", "gateway"]);
+        assert_eq!(args.concurrency, 4);
+        assert_eq!(args.name.as_deref(), Some("w1"));
+        assert_eq!(args.ledger_dir, PathBuf::from("/tmp/l"));
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn service_selection() {
+        let avail = [services::manifest::SERVICE, services::gateway::SERVICE];
+        assert_eq!(select_services(&avail, &[]).unwrap().len(), 2);
+        let one = select_services(&avail, &["gateway".into(), "gateway".into()]).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].name, "gateway");
+        let err = select_services(&avail, &["email".into()]).unwrap_err();
+        assert!(err.to_string().contains("manifest, gateway"), "{err}");
+    }
+
+    #[test]
+    fn worker_name_has_binary_and_pid() {
+        let name = default_worker_name("deploy-workers");
+        assert!(name.starts_with("deploy-workers@"));
+        assert!(name.ends_with(&format!(":{}", std::process::id())));
+    }
+}
