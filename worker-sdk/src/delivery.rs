@@ -1,0 +1,308 @@
+//! One task message, from delivery to acknowledgement.
+//!
+//! The order is what makes effects happen once:
+//!
+//! 1. decode the [`Task`]; a message that is not one is terminated
+//!    (`AckKind::Term`) so that it is not redelivered forever;
+//! 2. look up the idempotency record under the task's key; if there is one,
+//!    skip the handler and report the recorded outcome (`replayed: true`);
+//! 3. otherwise run the handler (its own tokio task, the task's deadline,
+//!    panics caught) — see [`execute`];
+//! 4. record a terminal outcome (`ok` or `fatal`, never `retryable`) in the
+//!    bucket;
+//! 5. publish the [`TaskResult`] to JetStream with `Nats-Msg-Id` =
+//!    [`result_msg_id`] and wait for the stream's acknowledgement;
+//! 6. acknowledge the task with a double (confirmed) ack.
+//!
+//! In-progress acks are sent every `ack_wait / 3` from 2 to 5, so a long
+//! handler does not get its task redelivered. If 2, 4 or 5 still fail after
+//! retries, the task is not acknowledged but negatively acknowledged with a
+//! delay: it is delivered again, and the record (if 4 succeeded) makes the
+//! second delivery replay instead of running the effect again. A crash at
+//! any point has the same effect as that, after `ack_wait`.
+
+use crate::handler::{Handlers, execute};
+use crate::protocol::{
+    HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, Subjects, Task, TaskResult, result_msg_id,
+};
+use crate::store::{RecordError, Recorded, Records, is_valid_key};
+use crate::task::TaskContext;
+use async_nats::jetstream::{self, AckKind};
+use backon::{ExponentialBuilder, Retryable};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// Delay before a task this worker could not finish is delivered again.
+const RETRY_DELIVERY_AFTER: Duration = Duration::from_secs(5);
+/// Delay before a task with an unreadable record is delivered again: a
+/// person has to look at it, so do not spin.
+const UNREADABLE_RECORD_DELIVERY_AFTER: Duration = Duration::from_secs(60);
+
+/// What every task handled by one worker shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Service (work queue) served.
+    pub(crate) service: String,
+    /// Names of the installation's subjects.
+    pub(crate) subjects: Subjects,
+    /// Identity reported in results.
+    pub(crate) name: String,
+    /// Registered handlers.
+    pub(crate) handlers: Handlers,
+    /// JetStream context results are published with.
+    pub(crate) js: jetstream::Context,
+    /// Idempotency records.
+    pub(crate) records: Records,
+}
+
+/// Why a task could not be finished (and is therefore not acknowledged).
+#[derive(Debug, thiserror::Error)]
+enum Unfinished {
+    /// The idempotency record could not be read: running the handler
+    /// might repeat an effect, so it was not run.
+    #[error("could not look up the idempotency record, so the handler was not run: {0}")]
+    Lookup(RecordError),
+    /// The outcome could not be recorded.
+    #[error("could not record the outcome: {0}")]
+    Record(RecordError),
+    /// The result could not be published.
+    #[error("could not publish the result: {0}")]
+    Publish(async_nats::Error),
+}
+
+/// Backoff for the steps of one delivery: jittered, exponential, bounded.
+fn backoff(max_times: usize) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(max_times)
+}
+
+/// Handles one delivered message. `_permit` is one unit of the worker's
+/// concurrency, held until the task is acknowledged.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    msg: jetstream::Message,
+    ack_wait: Duration,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (stream_seq, delivered) = msg
+        .info()
+        .map(|i| (i.stream_sequence, i.delivered))
+        .unwrap_or((0, 0));
+    let task: Task = match serde_json::from_slice(&msg.payload) {
+        Ok(task) => task,
+        Err(e) => {
+            warn!(
+                service = %shared.service,
+                subject = %msg.subject,
+                stream_seq,
+                delivered,
+                reason = %e,
+                "message is not a jetsaga task; terminating it so that it is not redelivered"
+            );
+            if let Err(e) = msg.ack_with(AckKind::Term).await {
+                warn!(stream_seq, error = %e, "could not terminate the message");
+            }
+            return;
+        }
+    };
+    let span = info_span!(
+        "task",
+        saga_id = %task.saga_id,
+        step_id = %task.step_id,
+        attempt = task.attempt,
+        operation = %task.operation,
+        kind = %task.kind,
+        stream_seq,
+        delivered,
+    );
+    process(&shared, &msg, task, ack_wait)
+        .instrument(span)
+        .await;
+}
+
+/// Steps 2 to 6 for a decoded task.
+async fn process(shared: &Shared, msg: &jetstream::Message, task: Task, ack_wait: Duration) {
+    debug!("task received");
+    if task.service != shared.service {
+        warn!(
+            task_service = %task.service,
+            "task names service {} but came on the queue of {}; handling it here",
+            task.service,
+            shared.service
+        );
+    }
+    let ctx = TaskContext::received(Arc::new(task));
+    let work = async {
+        let (outcome, replayed) = produce_outcome(shared, &ctx).await?;
+        publish(shared, ctx.task(), &outcome, replayed).await?;
+        Ok::<_, Unfinished>(outcome)
+    };
+    match with_progress(msg, ack_wait, work).await {
+        Ok(outcome) => {
+            let ack = (|| msg.double_ack())
+                .retry(backoff(3))
+                .notify(|e, after| debug!(error = %e, ?after, "task ack failed; retrying"))
+                .await;
+            match ack {
+                Ok(()) => debug!(outcome = outcome.as_str(), "task acknowledged"),
+                Err(e) => warn!(
+                    error = %e,
+                    "result published but the task ack failed; the task will be redelivered and its result replayed"
+                ),
+            }
+        }
+        Err(e) => {
+            let delay = match &e {
+                Unfinished::Lookup(RecordError::Unreadable { .. }) => {
+                    UNREADABLE_RECORD_DELIVERY_AFTER
+                }
+                _ => RETRY_DELIVERY_AFTER,
+            };
+            error!(error = %e, redeliver_in = ?delay, "task not finished; leaving it for redelivery");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                debug!(error = %e, "nak failed; the task is redelivered after ack_wait");
+            }
+        }
+    }
+}
+
+/// Steps 2 to 4: the outcome to report, and whether it was replayed from
+/// the record rather than produced now.
+async fn produce_outcome(
+    shared: &Shared,
+    ctx: &TaskContext,
+) -> Result<(Outcome, bool), Unfinished> {
+    let key = ctx.idempotency_key();
+    if !is_valid_key(key) {
+        // Without a valid key there is no record, so no exactly-once: refuse.
+        let outcome = Outcome::Fatal {
+            error: format!(
+                "task has idempotency key {key:?}, which is not a valid key-value key; use protocol::idempotency_key"
+            ),
+        };
+        warn!(key = %key, "task has an invalid idempotency key; reporting it as fatal");
+        return Ok((outcome, false));
+    }
+
+    let found = (|| shared.records.lookup(key))
+        .retry(backoff(5))
+        .when(RecordError::is_transient)
+        .notify(|e, after| warn!(error = %e, ?after, "idempotency lookup failed; retrying"))
+        .await
+        .map_err(Unfinished::Lookup)?;
+    if let Some(outcome) = found {
+        info!(
+            outcome = outcome.as_str(),
+            "outcome already recorded; replaying it without running the handler"
+        );
+        return Ok((outcome, true));
+    }
+
+    let started = Instant::now();
+    let outcome = execute(&shared.handlers, &shared.name, &shared.service, ctx.clone()).await;
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match &outcome {
+        Outcome::Ok { .. } => info!(elapsed_ms, "handler succeeded"),
+        Outcome::Fatal { error } => info!(elapsed_ms, error = %error, "handler failed (fatal)"),
+        Outcome::Retryable { error, .. } => {
+            warn!(elapsed_ms, error = %error, "handler failed (retryable)")
+        }
+    }
+    if matches!(outcome, Outcome::Retryable { .. }) {
+        // Not recorded: the next attempt must run the handler again.
+        return Ok((outcome, false));
+    }
+
+    let recorded = (|| shared.records.record(key, &outcome))
+        .retry(backoff(8))
+        .when(RecordError::is_transient)
+        .notify(|e, after| warn!(error = %e, ?after, "recording the outcome failed; retrying"))
+        .await
+        .map_err(Unfinished::Record)?;
+    Ok(match recorded {
+        Recorded::Ours => (outcome, false),
+        Recorded::Theirs(theirs) => {
+            warn!(
+                ours = outcome.as_str(),
+                recorded = theirs.as_str(),
+                "another run of this step recorded its outcome first; reporting that one (pass ctx.idempotency_key() to downstream services to make concurrent runs harmless)"
+            );
+            (theirs, true)
+        }
+    })
+}
+
+/// Step 5: publishes the result and waits for the stream's ack.
+async fn publish(
+    shared: &Shared,
+    task: &Task,
+    outcome: &Outcome,
+    replayed: bool,
+) -> Result<(), Unfinished> {
+    let result = TaskResult {
+        saga_id: task.saga_id.clone(),
+        step_id: task.step_id.clone(),
+        kind: task.kind,
+        attempt: task.attempt,
+        service: task.service.clone(),
+        outcome: outcome.clone(),
+        replayed,
+        worker: shared.name.clone(),
+    };
+    let payload =
+        bytes::Bytes::from(serde_json::to_vec(&result).expect("a TaskResult always serializes"));
+    let subject = shared.subjects.result(&shared.service);
+    let msg_id = result_msg_id(&task.saga_id, &task.step_id, task.kind, task.attempt);
+    let send = || async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_MSG_ID, msg_id.as_str());
+        headers.insert(HEADER_SAGA_ID, task.saga_id.as_str());
+        let ack = shared
+            .js
+            .publish_with_headers(subject.clone(), headers, payload.clone())
+            .await?;
+        Ok::<bool, async_nats::Error>(ack.await?.duplicate)
+    };
+    let duplicate = send
+        .retry(backoff(8))
+        .notify(|e, after| warn!(error = %e, ?after, "publishing the result failed; retrying"))
+        .await
+        .map_err(Unfinished::Publish)?;
+    // `duplicate`: this attempt's result was published before (redelivery).
+    debug!(
+        outcome = outcome.as_str(),
+        replayed, duplicate, "result published"
+    );
+    Ok(())
+}
+
+/// Runs `work` while telling the server every `ack_wait / 3` that the task
+/// is still being worked on.
+async fn with_progress<T>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let period = (ack_wait / 3).max(Duration::from_millis(50));
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticker.tick() => {
+                match msg.ack_with(AckKind::Progress).await {
+                    Ok(()) => debug!("in-progress ack sent"),
+                    Err(e) => warn!(error = %e, "in-progress ack failed; the task may be redelivered meanwhile"),
+                }
+            }
+        }
+    }
+}

