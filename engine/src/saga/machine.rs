@@ -19,14 +19,21 @@
 //!   policy's backoff (or the worker's `retry_after_ms`, whichever is later).
 //!   A timed-out attempt's outcome is unknown, so the next attempt is
 //!   dispatched at once under the same idempotency key; workers deduplicate.
+//!   An action whose last attempt timed out is not `failed` (its effect may
+//!   be in place) but `compensation_failed` ("action outcome unknown after N
+//!   timed-out attempts"): while running, the saga rolls back as for a
+//!   failed step; while draining, the rollback goes on. Either way the step
+//!   blocks the compensation of the steps it depends on and the rollback
+//!   ends `partially_compensated` with the step among its `stuck_steps`.
 //! - **Rollback**: a step failing for good, a saga timeout or a cancel with
 //!   compensation makes the saga `compensating`. Pending steps are skipped,
 //!   steps waiting for a retry fail, in-flight steps are drained (their result
 //!   or timeout decides). A succeeded step is compensated once every step
 //!   that depends on it is undone or never did anything, which is reverse
 //!   dependency order; independent branches roll back in parallel. A
-//!   compensation that fails for good blocks the steps it depends on and
-//!   leaves the saga `partially_compensated` for a person to act on.
+//!   compensation that fails for good (or an action whose outcome is
+//!   unknown) blocks the steps it depends on and leaves the saga
+//!   `partially_compensated` for a person to act on.
 //!
 //! ```
 //! use jetsaga_engine::saga::definition::{RetryPolicy, SagaDefinition, StepDefinition};
@@ -422,10 +429,10 @@ impl Transition<'_> {
             return;
         }
         match kind {
-            TaskKind::Action if !self.is_compensating() => self.fail_step(
-                step,
-                format!("timed out after {timeout} on attempt {attempt} of {max_attempts}"),
-            ),
+            // Out of attempts, and the last one's effect may be in place: the
+            // step cannot be treated as failed (nothing to undo) nor
+            // compensated (nothing known to undo). It is left for a person,
+            // and blocks the compensation of the steps it depends on.
             TaskKind::Action => {
                 let timed_out = self.saga.steps[step]
                     .attempts
@@ -434,10 +441,15 @@ impl Transition<'_> {
                         a.kind == TaskKind::Action && a.outcome == Some(AttemptOutcome::TimedOut)
                     })
                     .count();
-                self.compensation_failed(
-                    step,
-                    format!("action outcome unknown after {timed_out} timed-out attempts"),
-                );
+                let error = format!("action outcome unknown after {timed_out} timed-out attempts");
+                // The step settles before the rollback starts (as in
+                // `fail_step`): its lifecycle event comes first, and
+                // `start_compensating` finds it no longer running.
+                self.compensation_failed(step, error.clone());
+                if self.saga.status == SagaStatus::Running {
+                    let id = &self.step_def(step).id;
+                    self.start_compensating(format!("step {id} failed: {error}"));
+                }
             }
             TaskKind::Compensation => self.compensation_failed(
                 step,
@@ -1368,33 +1380,114 @@ mod tests {
     }
 
     #[test]
-    fn exhausted_timeouts_of_a_running_action_fail_it_and_roll_back() {
-        let mut steps = chain(2);
+    fn exhausted_timeouts_of_a_running_action_leave_its_outcome_unknown_and_roll_back() {
+        // a -> b, c independent; b has 2 attempts, both time out.
+        let mut steps = vec![
+            step("a", &[], true),
+            step("b", &[0], true),
+            step("c", &[], true),
+        ];
         steps[1].retry = policy(2);
         let mut h = Harness::started(definition(steps, None));
-        h.result(0, A, 1, ok()).unwrap();
-        for attempt in 1..=2 {
-            h.fire(TimerKind::StepTimeout {
+        h.result(0, A, 1, ok()).unwrap(); // b dispatched
+        h.result(2, A, 1, ok()).unwrap();
+        h.now += STEP_TIMEOUT_MS;
+        let effects = h
+            .fire(TimerKind::StepTimeout {
                 step: 1,
                 kind: A,
-                attempt,
+                attempt: 1,
             })
             .unwrap();
-        }
-        let error = "timed out after 30s on attempt 2 of 2".to_owned();
-        assert_eq!(
-            *h.status(1),
-            StepStatus::Failed {
-                error: error.clone()
-            }
-        );
+        assert_eq!(dispatches(&effects), vec![(1, A, 2)]);
+        h.now += STEP_TIMEOUT_MS;
+        let effects = h
+            .fire(TimerKind::StepTimeout {
+                step: 1,
+                kind: A,
+                attempt: 2,
+            })
+            .unwrap();
+
+        // b may have done its work: not failed but stuck, and the saga rolls
+        // back. c is compensated; a waits for b, which blocks it.
+        let error = "action outcome unknown after 2 timed-out attempts".to_owned();
+        let reason = format!("step b failed: {error}");
+        let mut expected = vec![
+            lifecycle(LifecycleEvent::StepCompensationFailed {
+                step: 1,
+                error: error.clone(),
+            }),
+            lifecycle(LifecycleEvent::SagaCompensating {
+                reason: reason.clone(),
+            }),
+        ];
+        expected.extend(dispatch_effects(2, C, 1, h.now));
+        assert_eq!(effects, expected);
+        assert_eq!(*h.status(1), StepStatus::CompensationFailed { error });
         assert_eq!(
             h.saga.status,
             SagaStatus::Compensating {
-                reason: format!("step s1 failed: {error}")
+                reason: reason.clone()
             }
         );
-        assert_eq!(*h.status(0), StepStatus::Compensating { attempt: 1 });
+        assert_eq!(*h.status(0), StepStatus::Succeeded);
+        assert_eq!(*h.status(2), StepStatus::Compensating { attempt: 1 });
+
+        let effects = h.result(2, C, 1, ok()).unwrap();
+        assert!(effects.contains(&finished("partially_compensated")));
+        assert!(h.saga.steps[0].attempts.iter().all(|a| a.kind == A));
+        assert_eq!(
+            h.saga.status,
+            SagaStatus::PartiallyCompensated {
+                reason,
+                stuck_steps: vec!["a".into(), "b".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn an_action_out_of_attempts_after_a_timeout_stops_the_saga_at_once_when_nothing_else_runs() {
+        // s0 -> s1; s1's only attempt times out: nothing can be rolled back
+        // (s0 is blocked by s1), so the rollback ends in the same transition.
+        let mut steps = chain(2);
+        steps[1].retry = policy(1);
+        let mut h = Harness::started(definition(steps, Some(Duration::from_secs(90))));
+        h.result(0, A, 1, ok()).unwrap();
+        let effects = h
+            .fire(TimerKind::StepTimeout {
+                step: 1,
+                kind: A,
+                attempt: 1,
+            })
+            .unwrap();
+        let error = "action outcome unknown after 1 timed-out attempts".to_owned();
+        let reason = format!("step s1 failed: {error}");
+        assert_eq!(
+            effects,
+            vec![
+                lifecycle(LifecycleEvent::StepCompensationFailed {
+                    step: 1,
+                    error: error.clone(),
+                }),
+                lifecycle(LifecycleEvent::SagaCompensating {
+                    reason: reason.clone(),
+                }),
+                Effect::CancelTimer {
+                    timer: TimerKind::SagaTimeout
+                },
+                finished("partially_compensated"),
+            ]
+        );
+        assert_eq!(*h.status(0), StepStatus::Succeeded);
+        assert_eq!(*h.status(1), StepStatus::CompensationFailed { error });
+        assert_eq!(
+            h.saga.status,
+            SagaStatus::PartiallyCompensated {
+                reason,
+                stuck_steps: vec!["s0".into(), "s1".into()],
+            }
+        );
     }
 
     #[test]
@@ -2461,6 +2554,38 @@ mod properties {
                 }
                 if state.status == StepStatus::NotCompensable {
                     assert!(def.compensation.is_none());
+                }
+                // A timed-out attempt's outcome is unknown: a step is failed
+                // (nothing to undo) only if its last action attempt reported
+                // an error, and an action out of attempts after a timeout is
+                // left for a person, never silently dropped.
+                let actions: Vec<&Attempt> = state
+                    .attempts
+                    .iter()
+                    .filter(|a| a.kind == TaskKind::Action)
+                    .collect();
+                let last_action = actions.last().and_then(|a| a.outcome.as_ref());
+                if matches!(state.status, StepStatus::Failed { .. }) {
+                    assert!(
+                        matches!(
+                            last_action,
+                            Some(AttemptOutcome::Retryable { .. } | AttemptOutcome::Fatal { .. })
+                        ),
+                        "step {i} failed after {last_action:?}"
+                    );
+                }
+                if actions.len() == def.retry.max_attempts as usize
+                    && last_action == Some(&AttemptOutcome::TimedOut)
+                {
+                    assert!(
+                        matches!(
+                            &state.status,
+                            StepStatus::CompensationFailed { error }
+                                if error.starts_with("action outcome unknown after ")
+                        ),
+                        "step {i} ran out of attempts on a timeout but is {:?}",
+                        state.status
+                    );
                 }
                 assert_eq!(
                     self.compensated[i] == 1,
