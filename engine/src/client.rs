@@ -90,9 +90,13 @@ pub struct Client {
 impl Client {
     /// Connects to NATS at `url` for the installation with subject `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ClientError> {
+        let addrs = crate::engine::server_addrs(url).map_err(|e| ClientError::Connect {
+            url: url.to_string(),
+            source: e.into(),
+        })?;
         let nats = async_nats::ConnectOptions::new()
             .name("jetsaga-cli")
-            .connect(url)
+            .connect(addrs)
             .await
             .map_err(|source| ClientError::Connect {
                 url: url.to_string(),
