@@ -27,6 +27,8 @@ pub struct Config {
     pub ack_wait: Duration,
     /// Most events the partition applies before one group commit.
     pub batch_size: usize,
+    /// Replicas of the engine's streams (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
             batch_size: 256,
+            replicas: 1,
         }
     }
 }
@@ -60,6 +63,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "max_payload {} is below 1024 bytes",
                 self.max_payload
+            )));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(ConfigError(format!(
+                "replicas {} is out of range; JetStream allows 1 to 5",
+                self.replicas
             )));
         }
         if self.batch_size == 0 {

@@ -99,7 +99,7 @@ fn apply_definition_files(store: &dyn Store, paths: &[PathBuf]) -> Result<(), En
         .map_err(|e| EngineError::Definition(format!("E-DEF-IO: cannot list definitions: {e}")))?;
     for file in files {
         let parsed = definition::parse_file(Path::new(&file))
-            .map_err(|e| EngineError::Definition(e.to_string()))?;
+            .map_err(|e| EngineError::Definition(format!("{}: {e}", e.code())))?;
         for def in parsed.sagas {
             let applied = store.put_definition(&def)?;
             tracing::info!(file = %file.display(), saga = %applied.name, version = applied.version, changed = applied.changed, "definition loaded");
@@ -159,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     let settings = StreamSettings {
         duplicate_window: config.duplicate_window,
         max_payload: config.max_payload,
-        replicas: 1,
+        replicas: config.replicas,
     };
     bus::ensure_streams(&js, &subjects, &settings).await?;
     let results = bus::engine_consumer(

@@ -282,7 +282,7 @@ async fn handle(
             let mut out = Vec::new();
             for def in &req.definitions {
                 definition::validate(def)
-                    .map_err(|e| api_error("E-INVALID-DEFINITION", e.to_string()))?;
+                    .map_err(|e| api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code())))?;
             }
             for def in &req.definitions {
                 let applied = store.put_definition(def).map_err(internal)?;

@@ -75,6 +75,17 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis((base * (0.8 + 0.4 * rand::random::<f64>())) as u64)
 }
 
+/// Whether a publish error will repeat however often the row is retried.
+fn is_permanent(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind as K;
+    match e.kind() {
+        K::MaxPayloadExceeded => true,
+        // A JetStream API error (e.g. "message size exceeds maximum allowed").
+        K::Other => e.to_string().contains("maximum"),
+        _ => false,
+    }
+}
+
 /// Publishes one batch; returns how many rows were published and removed.
 async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Result<usize> {
     let rows = store.outbox(None, BATCH)?;
@@ -83,18 +94,33 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
     }
     store.flush().await?;
     let mut pending = Vec::with_capacity(rows.len());
+    let mut refused = Vec::new();
     for (seq, msg) in rows {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, msg.msg_id.as_str());
         for (k, v) in &msg.headers {
             headers.insert(k.as_str(), v.as_str());
         }
-        let ack = js
+        match js
             .publish_with_headers(msg.subject.clone(), headers, msg.payload.into())
-            .await?;
-        pending.push((seq, ack));
+            .await
+        {
+            Ok(ack) => pending.push((seq, ack)),
+            Err(e) if is_permanent(&e) => {
+                crate::partition::reject(
+                    "relay",
+                    "unpublishable",
+                    &format!(
+                        "outbox row {seq} for {} cannot be published: {e}",
+                        msg.subject
+                    ),
+                );
+                refused.push(seq);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    let mut done = Vec::with_capacity(pending.len());
+    let mut done = refused;
     let mut error = None;
     for (seq, ack) in pending {
         match ack.await {
@@ -102,6 +128,18 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
                 if ack.duplicate {
                     metrics::counter!("engine_publish_duplicates_total").increment(1);
                 }
+                done.push(seq);
+            }
+            Err(e) if is_permanent(&e) => {
+                // JetStream refuses this message for good (too large for the
+                // stream, say): retrying would block every row behind it. The
+                // step's timeout then takes its course and the saga ends in a
+                // state a person can see.
+                crate::partition::reject(
+                    "relay",
+                    "unpublishable",
+                    &format!("outbox row {seq} refused by JetStream: {e}"),
+                );
                 done.push(seq);
             }
             Err(e) => {

@@ -81,6 +81,15 @@ pub struct EngineArgs {
     /// JetStream duplicate window of the engine's streams (e.g. 2m).
     #[arg(long, env = "JETSAGA_DUPLICATE_WINDOW", value_parser = humantime::parse_duration)]
     pub duplicate_window: Option<Duration>,
+    /// Replicas of the engine's streams (3 in a 3-node cluster).
+    #[arg(long, env = "JETSAGA_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// Ack wait of the engine's own consumers (results, starts), e.g. 30s.
+    #[arg(long, env = "JETSAGA_ACK_WAIT", value_parser = humantime::parse_duration)]
+    pub ack_wait: Option<Duration>,
+    /// Most events applied per group commit.
+    #[arg(long, env = "JETSAGA_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
 }
 
 /// `jetsaga server`.
@@ -235,6 +244,15 @@ fn engine_config(cli: &Cli, args: &EngineArgs, default_dir: &str) -> Config {
     if let Some(v) = args.duplicate_window {
         config.duplicate_window = v;
     }
+    if let Some(v) = args.replicas {
+        config.replicas = v;
+    }
+    if let Some(v) = args.ack_wait {
+        config.ack_wait = v;
+    }
+    if let Some(v) = args.batch_size {
+        config.batch_size = v;
+    }
     config
 }
 
@@ -317,7 +335,7 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
                         failed = true;
                         report.push(serde_json::json!({"file": file, "ok": false, "code": e.code(), "error": e.to_string()}));
                         if cli.output == Output::Table {
-                            eprintln!("invalid {e}");
+                            eprintln!("invalid [{}] {e}", e.code());
                         }
                     }
                 }
@@ -330,7 +348,9 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
         DefCommand::Apply { files } => {
             let mut defs = Vec::new();
             for file in crate::engine::definition_files(files)? {
-                defs.extend(definition::parse_file(&file)?.sagas);
+                let parsed = definition::parse_file(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+                defs.extend(parsed.sagas);
             }
             let applied = client(cli).await?.apply(defs).await?;
             match cli.output {

@@ -96,8 +96,9 @@ pub struct Change {
     pub timers_remove: Vec<(String, TimerKind)>,
 }
 
-/// Which sagas to list.
+/// Which sagas to list. Every field is optional on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SagaFilter {
     /// Only sagas in this state (a [`crate::saga::state::SagaStatus::name`]).
     pub state: Option<String>,
