@@ -387,4 +387,208 @@ mod tests {
         assert!(validate_prefix("jetsaga").is_ok());
         assert!(validate_prefix("a..b").is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of JSON and of the protocol's field names: glued together
+        /// at random they give text that is mostly invalid, sometimes valid,
+        /// and often nearly valid.
+        const PIECES: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "\\",
+            " ",
+            "null",
+            "true",
+            "false",
+            "0",
+            "-1",
+            "4294967296",
+            "18446744073709551616",
+            "1e400",
+            "0.5",
+            "\"saga_id\"",
+            "\"saga_name\"",
+            "\"step_id\"",
+            "\"kind\"",
+            "\"action\"",
+            "\"compensation\"",
+            "\"service\"",
+            "\"operation\"",
+            "\"attempt\"",
+            "\"idempotency_key\"",
+            "\"input\"",
+            "\"context\"",
+            "\"timeout_ms\"",
+            "\"outcome\"",
+            "\"status\"",
+            "\"ok\"",
+            "\"retryable\"",
+            "\"fatal\"",
+            "\"error\"",
+            "\"output\"",
+            "\"retry_after_ms\"",
+            "\"replayed\"",
+            "\"worker\"",
+            "\"saga\"",
+            "\"created\"",
+            "\"code\"",
+            "\"message\"",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            "\u{1F600}",
+        ];
+
+        fn json_ish() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop::sample::select(PIECES), 0..48).prop_map(|p| p.concat())
+        }
+
+        /// Arbitrary JSON values (numbers limited to those JSON round-trips
+        /// exactly: integers, and floats with few significant bits).
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-1_000_000i32..1_000_000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn kind() -> impl Strategy<Value = TaskKind> {
+            prop_oneof![Just(TaskKind::Action), Just(TaskKind::Compensation)]
+        }
+
+        fn outcome() -> impl Strategy<Value = Outcome> {
+            prop_oneof![
+                json_value().prop_map(|output| Outcome::Ok { output }),
+                (".{0,16}", prop::option::of(any::<u64>())).prop_map(|(error, retry_after_ms)| {
+                    Outcome::Retryable {
+                        error,
+                        retry_after_ms,
+                    }
+                }),
+                ".{0,16}".prop_map(|error| Outcome::Fatal { error }),
+            ]
+        }
+
+        fn task_result() -> impl Strategy<Value = TaskResult> {
+            (
+                (".{0,16}", ".{0,16}", kind(), any::<u32>()),
+                (".{0,16}", outcome(), any::<bool>(), ".{0,16}"),
+            )
+                .prop_map(
+                    |((saga_id, step_id, kind, attempt), (service, outcome, replayed, worker))| {
+                        TaskResult {
+                            saga_id,
+                            step_id,
+                            kind,
+                            attempt,
+                            service,
+                            outcome,
+                            replayed,
+                            worker,
+                        }
+                    },
+                )
+        }
+
+        fn task() -> impl Strategy<Value = Task> {
+            (
+                (".{0,16}", ".{0,16}", ".{0,16}", kind()),
+                (".{0,16}", ".{0,16}", any::<u32>(), ".{0,16}"),
+                (
+                    json_value(),
+                    prop::collection::btree_map(".{0,8}", json_value(), 0..4),
+                    any::<u64>(),
+                ),
+            )
+                .prop_map(
+                    |(
+                        (saga_id, saga_name, step_id, kind),
+                        (service, operation, attempt, idempotency_key),
+                        (input, context, timeout_ms),
+                    )| Task {
+                        saga_id,
+                        saga_name,
+                        step_id,
+                        kind,
+                        service,
+                        operation,
+                        attempt,
+                        idempotency_key,
+                        input,
+                        context,
+                        timeout_ms,
+                    },
+                )
+        }
+
+        /// Decodes `bytes` as every message type of the protocol; a decoder
+        /// may refuse them but must not panic, and what it accepts must
+        /// encode again.
+        fn decode_all(bytes: &[u8]) {
+            if let Ok(v) = serde_json::from_slice::<Task>(bytes) {
+                serde_json::to_vec(&v).expect("a decoded task encodes");
+            }
+            if let Ok(v) = serde_json::from_slice::<TaskResult>(bytes) {
+                serde_json::to_vec(&v).expect("a decoded result encodes");
+            }
+            if let Ok(v) = serde_json::from_slice::<StartRequest>(bytes) {
+                serde_json::to_vec(&v).expect("a decoded start request encodes");
+            }
+            if let Ok(v) = serde_json::from_slice::<ApiReply<StartReply>>(bytes) {
+                serde_json::to_vec(&v).expect("a decoded reply encodes");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                decode_all(&bytes);
+            }
+
+            #[test]
+            fn json_ish_text_never_panics(text in json_ish()) {
+                decode_all(text.as_bytes());
+            }
+
+            #[test]
+            fn task_results_round_trip(result in task_result()) {
+                let bytes = serde_json::to_vec(&result).unwrap();
+                prop_assert_eq!(serde_json::from_slice::<TaskResult>(&bytes).unwrap(), result);
+            }
+
+            #[test]
+            fn tasks_round_trip(task in task()) {
+                let bytes = serde_json::to_vec(&task).unwrap();
+                prop_assert_eq!(serde_json::from_slice::<Task>(&bytes).unwrap(), task);
+            }
+
+            /// The `Value` form (what `Task.context` and handler outputs
+            /// pass through) round-trips too.
+            #[test]
+            fn task_results_round_trip_through_value(result in task_result()) {
+                let value = serde_json::to_value(&result).unwrap();
+                prop_assert_eq!(serde_json::from_value::<TaskResult>(value).unwrap(), result);
+            }
+        }
+    }
 }

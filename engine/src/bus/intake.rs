@@ -76,6 +76,10 @@ pub async fn run(
     }
 }
 
+/// Why a message is refused: the reason label logged and counted
+/// (`oversized`, `malformed`) and a detail for the log line.
+type Rejection = (&'static str, String);
+
 /// Decodes one message into a command, or rejects (acks, logs, counts) it.
 async fn decode(
     source: Source,
@@ -83,57 +87,103 @@ async fn decode(
     max_payload: usize,
     prefix_tokens: usize,
 ) -> Option<Command> {
-    if msg.payload.len() > max_payload {
-        let detail = format!(
-            "{} bytes on {}, over max_payload {max_payload}",
-            msg.payload.len(),
-            msg.subject
-        );
-        return drop_message(source, msg, "oversized", &detail).await;
-    }
     match source {
-        Source::Results => match serde_json::from_slice::<TaskResult>(&msg.payload) {
+        Source::Results => match decode_result(msg.subject.as_str(), &msg.payload, max_payload) {
             Ok(result) => Some(Command::Result { result, msg }),
-            Err(e) => {
-                let detail = format!("undecodable result on {}: {e}", msg.subject);
-                drop_message(source, msg, "malformed", &detail).await
-            }
+            Err((reason, detail)) => drop_message(source, msg, reason, &detail).await,
         },
         Source::Starts => {
-            // Subject: <prefix>.start.<saga>
-            let saga_from_subject = msg
-                .subject
-                .split('.')
-                .nth(prefix_tokens + 1)
-                .unwrap_or_default()
-                .to_string();
-            let request: StartRequest = match serde_json::from_slice(&msg.payload) {
-                Ok(r) => r,
-                Err(e) => {
-                    let detail = format!(
-                        "undecodable start on {}: {e}; expected {{\"input\": {{...}}}}",
-                        msg.subject
-                    );
-                    return drop_message(source, msg, "malformed", &detail).await;
-                }
-            };
-            let key = msg
+            let msg_id = msg
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(HEADER_MSG_ID))
-                .map(|v| v.as_str().to_string())
-                .or(request.idempotency_key);
-            Some(Command::Start {
-                start: StartCommand {
-                    saga: saga_from_subject,
-                    input: request.input,
-                    idempotency_key: key,
-                },
-                reply: None,
-                ack: Some(msg),
-            })
+                .map(|v| v.as_str().to_string());
+            match decode_start(
+                msg.subject.as_str(),
+                &msg.payload,
+                msg_id.as_deref(),
+                max_payload,
+                prefix_tokens,
+            ) {
+                Ok(mut start) => {
+                    // Without a key, the message's place in the stream stands
+                    // in for one, so a redelivery after a crash cannot start
+                    // a second saga.
+                    if start.idempotency_key.is_none() {
+                        start.idempotency_key = msg
+                            .info()
+                            .ok()
+                            .map(|i| format!("{}:{}", i.stream, i.stream_sequence));
+                    }
+                    Some(Command::Start {
+                        start,
+                        reply: None,
+                        ack: Some(msg),
+                    })
+                }
+                Err((reason, detail)) => drop_message(source, msg, reason, &detail).await,
+            }
         }
     }
+}
+
+/// Refuses a payload over `max_payload` bytes.
+fn check_size(subject: &str, payload: &[u8], max_payload: usize) -> Result<(), Rejection> {
+    if payload.len() > max_payload {
+        return Err((
+            "oversized",
+            format!(
+                "{} bytes on {subject}, over max_payload {max_payload}",
+                payload.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes the payload of a message on the results stream.
+fn decode_result(
+    subject: &str,
+    payload: &[u8],
+    max_payload: usize,
+) -> Result<TaskResult, Rejection> {
+    check_size(subject, payload, max_payload)?;
+    serde_json::from_slice::<TaskResult>(payload)
+        .map_err(|e| ("malformed", format!("undecodable result on {subject}: {e}")))
+}
+
+/// Decodes a message on the starts stream: the saga name comes from the
+/// subject (`<prefix>.start.<saga>`, the prefix being `prefix_tokens`
+/// tokens), the idempotency key from `msg_id` (the `Nats-Msg-Id` header),
+/// else from the body.
+fn decode_start(
+    subject: &str,
+    payload: &[u8],
+    msg_id: Option<&str>,
+    max_payload: usize,
+    prefix_tokens: usize,
+) -> Result<StartCommand, Rejection> {
+    check_size(subject, payload, max_payload)?;
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens.len() != prefix_tokens + 2 {
+        return Err((
+            "malformed",
+            format!("start subject {subject} is not <prefix>.start.<saga>"),
+        ));
+    }
+    let saga = tokens[prefix_tokens + 1].to_string();
+    let request: StartRequest = serde_json::from_slice(payload).map_err(|e| {
+        (
+            "malformed",
+            format!("undecodable start on {subject}: {e}; expected {{\"input\": {{...}}}}"),
+        )
+    })?;
+    let idempotency_key = msg_id.map(str::to_string).or(request.idempotency_key);
+    Ok(StartCommand {
+        saga,
+        input: request.input,
+        idempotency_key,
+    })
 }
 
 async fn drop_message(
@@ -147,4 +197,286 @@ async fn drop_message(
         tracing::warn!(error = %e, "could not terminate a rejected message");
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetsaga_worker::protocol::{Outcome, TaskKind};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Pieces of JSON and of the protocol's field names: glued together at
+    /// random they give text that is mostly invalid, sometimes valid, and
+    /// often nearly valid, which reaches deeper into the decoders than
+    /// random bytes do.
+    const PIECES: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        ",",
+        "\"",
+        "\\",
+        " ",
+        "null",
+        "true",
+        "false",
+        "0",
+        "-1",
+        "4294967296",
+        "18446744073709551616",
+        "1e400",
+        "0.5",
+        "\"saga_id\"",
+        "\"step_id\"",
+        "\"kind\"",
+        "\"action\"",
+        "\"compensation\"",
+        "\"attempt\"",
+        "\"service\"",
+        "\"outcome\"",
+        "\"status\"",
+        "\"ok\"",
+        "\"retryable\"",
+        "\"fatal\"",
+        "\"error\"",
+        "\"output\"",
+        "\"retry_after_ms\"",
+        "\"replayed\"",
+        "\"worker\"",
+        "\"saga\"",
+        "\"input\"",
+        "\"idempotency_key\"",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "\u{1F600}",
+    ];
+
+    fn json_ish() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..48).prop_map(|p| p.concat())
+    }
+
+    /// Arbitrary JSON values (numbers limited to those JSON round-trips
+    /// exactly).
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1_000_000i32..1_000_000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn task_result() -> impl Strategy<Value = TaskResult> {
+        let outcome = prop_oneof![
+            json_value().prop_map(|output| Outcome::Ok { output }),
+            (".{0,16}", prop::option::of(any::<u64>())).prop_map(|(error, retry_after_ms)| {
+                Outcome::Retryable {
+                    error,
+                    retry_after_ms,
+                }
+            }),
+            ".{0,16}".prop_map(|error| Outcome::Fatal { error }),
+        ];
+        (
+            (".{0,16}", ".{0,16}", any::<bool>(), any::<u32>()),
+            (".{0,16}", outcome, any::<bool>(), ".{0,16}"),
+        )
+            .prop_map(
+                |(
+                    (saga_id, step_id, compensation, attempt),
+                    (service, outcome, replayed, worker),
+                )| {
+                    TaskResult {
+                        saga_id,
+                        step_id,
+                        kind: if compensation {
+                            TaskKind::Compensation
+                        } else {
+                            TaskKind::Action
+                        },
+                        attempt,
+                        service,
+                        outcome,
+                        replayed,
+                        worker,
+                    }
+                },
+            )
+    }
+
+    /// What both decoders must do with any payload: refuse it as oversized
+    /// exactly when it is over the limit, else decode it or refuse it as
+    /// malformed; never panic.
+    fn check_any_payload(
+        subject: &str,
+        payload: &[u8],
+        msg_id: Option<&str>,
+        max_payload: usize,
+        prefix_tokens: usize,
+    ) -> Result<(), TestCaseError> {
+        let result = decode_result(subject, payload, max_payload);
+        let start = decode_start(subject, payload, msg_id, max_payload, prefix_tokens);
+        if payload.len() > max_payload {
+            let (reason, detail) = result.expect_err("an oversized result is refused");
+            prop_assert_eq!(reason, "oversized");
+            prop_assert!(
+                detail.starts_with(&format!("{} bytes on ", payload.len())),
+                "{}",
+                detail
+            );
+            let (reason, _) = start.expect_err("an oversized start is refused");
+            prop_assert_eq!(reason, "oversized");
+            return Ok(());
+        }
+        if let Err((reason, detail)) = &result {
+            prop_assert_eq!(*reason, "malformed");
+            prop_assert!(detail.starts_with("undecodable result on "), "{}", detail);
+        }
+        match &start {
+            Err((reason, detail)) => {
+                prop_assert_eq!(*reason, "malformed");
+                let well_shaped = subject.split('.').count() == prefix_tokens + 2;
+                if well_shaped {
+                    prop_assert!(detail.starts_with("undecodable start on "), "{}", detail);
+                } else {
+                    prop_assert!(detail.starts_with("start subject "), "{}", detail);
+                }
+            }
+            Ok(cmd) => {
+                let tokens: Vec<&str> = subject.split('.').collect();
+                prop_assert_eq!(tokens.len(), prefix_tokens + 2);
+                prop_assert_eq!(cmd.saga.as_str(), tokens[prefix_tokens + 1]);
+                if let Some(id) = msg_id {
+                    prop_assert_eq!(cmd.idempotency_key.as_deref(), Some(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            payload in prop::collection::vec(any::<u8>(), 0..512),
+            max_payload in 0usize..600,
+            subject in "[a-z.]{0,24}",
+            msg_id in prop::option::of(".{0,8}"),
+            prefix_tokens in 0usize..4,
+        ) {
+            check_any_payload(&subject, &payload, msg_id.as_deref(), max_payload, prefix_tokens)?;
+        }
+
+        #[test]
+        fn json_ish_text_never_panics(
+            text in json_ish(),
+            max_payload in prop_oneof![Just(usize::MAX), 0usize..256],
+            subject in prop_oneof![Just("jetsaga.start.order".to_string()), ".{0,24}"],
+            msg_id in prop::option::of(".{0,8}"),
+            prefix_tokens in 0usize..4,
+        ) {
+            check_any_payload(&subject, text.as_bytes(), msg_id.as_deref(), max_payload, prefix_tokens)?;
+        }
+
+        /// A well-formed result decodes to itself within the limit and is
+        /// refused as oversized one byte under it.
+        #[test]
+        fn results_decode_within_the_limit_and_are_oversized_beyond(result in task_result()) {
+            let payload = serde_json::to_vec(&result).unwrap();
+            let decoded = decode_result("jetsaga.result.svc", &payload, payload.len());
+            prop_assert_eq!(decoded, Ok(result));
+            let (reason, _) = decode_result("jetsaga.result.svc", &payload, payload.len() - 1)
+                .expect_err("one byte over the limit");
+            prop_assert_eq!(reason, "oversized");
+        }
+
+        /// A well-formed start takes the saga name from the subject and the
+        /// idempotency key from the header before the body; one byte over
+        /// the limit it is refused as oversized.
+        #[test]
+        fn starts_decode_within_the_limit_and_are_oversized_beyond(
+            prefix in prop::collection::vec("[a-z0-9_-]{1,8}", 1..4),
+            saga in "[a-z0-9_-]{1,16}",
+            input in json_value(),
+            body_key in prop::option::of(".{0,12}"),
+            header_key in prop::option::of(".{0,12}"),
+        ) {
+            let subject = format!("{}.start.{saga}", prefix.join("."));
+            let request = StartRequest {
+                saga: String::new(),
+                input: input.clone(),
+                idempotency_key: body_key.clone(),
+            };
+            let payload = serde_json::to_vec(&request).unwrap();
+            let start = decode_start(&subject, &payload, header_key.as_deref(), payload.len(), prefix.len())
+                .expect("a well-formed start decodes");
+            prop_assert_eq!(start.saga, saga);
+            prop_assert_eq!(start.input, input);
+            prop_assert_eq!(start.idempotency_key, header_key.clone().or(body_key));
+            let (reason, _) = decode_start(&subject, &payload, header_key.as_deref(), payload.len() - 1, prefix.len())
+                .expect_err("one byte over the limit");
+            prop_assert_eq!(reason, "oversized");
+        }
+    }
+
+    #[test]
+    fn examples() {
+        let ok = br#"{"saga_id":"s","step_id":"a","kind":"action","attempt":1,"service":"x","outcome":{"status":"ok"}}"#;
+        let result = decode_result("jetsaga.result.x", ok, 4096).unwrap();
+        assert_eq!(
+            result.outcome,
+            Outcome::Ok {
+                output: Value::Null
+            }
+        );
+        let (reason, detail) = decode_result("jetsaga.result.x", b"not json", 4096).unwrap_err();
+        assert_eq!(reason, "malformed");
+        assert!(
+            detail.starts_with("undecodable result on jetsaga.result.x: "),
+            "{detail}"
+        );
+        let (reason, detail) =
+            decode_start("jetsaga.start.order", b"{\"input\": ", None, 4096, 1).unwrap_err();
+        assert_eq!(reason, "malformed");
+        assert!(detail.ends_with("expected {\"input\": {...}}"), "{detail}");
+        let (reason, detail) =
+            decode_start("jetsaga.start.order", &[b' '; 11], None, 10, 1).unwrap_err();
+        assert_eq!(
+            (reason, detail.as_str()),
+            (
+                "oversized",
+                "11 bytes on jetsaga.start.order, over max_payload 10"
+            )
+        );
+        // An empty body is not a start; `{}` is one with null input.
+        assert!(decode_start("jetsaga.start.order", b"", None, 10, 1).is_err());
+        let start = decode_start("jetsaga.start.order", b"{}", Some("k"), 10, 1).unwrap();
+        assert_eq!(
+            (
+                start.saga.as_str(),
+                start.input,
+                start.idempotency_key.as_deref()
+            ),
+            ("order", Value::Null, Some("k"))
+        );
+        // A subject without a saga token, or with extra tokens, is refused.
+        for subject in ["jetsaga.start", "jetsaga.start.a.b"] {
+            let (reason, detail) = decode_start(subject, b"{}", None, 10, 1).unwrap_err();
+            assert_eq!(reason, "malformed");
+            assert!(detail.contains("is not <prefix>.start.<saga>"), "{detail}");
+        }
+    }
 }

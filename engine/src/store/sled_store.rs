@@ -87,6 +87,9 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// How long [`SledStore::open`] waits for a lock to be released.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SledStore {
     /// Opens the store in `dir`, creating the directory and an empty store
     /// if there is none yet.
@@ -96,12 +99,24 @@ impl SledStore {
     /// directory gives [`StoreError::Open`]; so does a directory that held a
     /// store whose data file is now missing or unreadable as a whole (sled
     /// itself would silently start empty there).
+    ///
+    /// sled's background threads release the directory's file lock a moment
+    /// after a store is dropped, so a lock held by this very process is
+    /// waited for (up to [`LOCK_WAIT`]) before `Locked` is reported.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        // sled writes `conf` when it creates a database.
-        let existed = dir.join("conf").exists();
-        let config = sled::Config::new().path(dir);
-        Self::from_config(config, path, existed)
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            // sled writes `conf` when it creates a database.
+            let existed = dir.join("conf").exists();
+            let config = sled::Config::new().path(dir);
+            match Self::from_config(config, path.clone(), existed) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A temporary store for tests, deleted when dropped.
@@ -127,7 +142,7 @@ impl SledStore {
         };
         // sled answers some kinds of damage with a panic instead of an error;
         // the engine must report those like any other unopenable store.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let opened = catch_unwind_quietly(|| config.open());
         let db = match opened {
             Ok(result) => result.map_err(open_error)?,
             Err(panic) => {
@@ -216,6 +231,31 @@ impl SledStore {
             None => Ok(None),
         }
     }
+}
+
+/// Runs `f`, catching a panic like [`std::panic::catch_unwind`] but without
+/// the panic hook printing it (message and backtrace, as if the process had
+/// crashed) when it comes from `f` on this thread. Panics of other threads,
+/// and of this one outside `f`, are reported by the hook as before.
+fn catch_unwind_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // `try_with`: a panic while this thread's locals are being
+            // destroyed is reported, not turned into an abort.
+            if !QUIET.try_with(std::cell::Cell::get).unwrap_or(false) {
+                report(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result
 }
 
 /// Whether `error` is sled's "could not acquire lock" from opening a
@@ -1340,6 +1380,19 @@ mod tests {
         std::fs::write(dir.path().join("db"), garbage).unwrap();
         let err = SledStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn panics_are_caught_quietly_and_only_inside() {
+        let caught = catch_unwind_quietly(|| -> u8 { panic!("sled-like damage") }).unwrap_err();
+        assert_eq!(caught.downcast_ref::<&str>(), Some(&"sled-like damage"));
+        assert_eq!(catch_unwind_quietly(|| 7).unwrap(), 7);
+        // Nested: the outer call stays quiet after the inner one returns.
+        let outer = catch_unwind_quietly(|| {
+            let _ = catch_unwind_quietly(|| ());
+            panic!("outer")
+        });
+        assert!(outer.is_err());
     }
 
     #[test]
