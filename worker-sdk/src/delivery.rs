@@ -83,13 +83,14 @@ fn backoff(max_times: usize) -> ExponentialBuilder {
         .with_max_times(max_times)
 }
 
-/// Handles one delivered message. `_permit` is one unit of the worker's
-/// concurrency, held until the task is acknowledged.
+/// Handles one delivered message. `permit` is one unit of the worker's
+/// concurrency, held until the result is published (or the task is handed
+/// back), not across the acknowledgement: see [`process`].
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     msg: jetstream::Message,
     ack_wait: Duration,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let (stream_seq, delivered) = msg
         .info()
@@ -122,13 +123,28 @@ pub(crate) async fn handle(
         stream_seq,
         delivered,
     );
-    process(&shared, &msg, task, ack_wait)
+    process(&shared, &msg, task, ack_wait, permit)
         .instrument(span)
         .await;
 }
 
 /// Steps 2 to 6 for a decoded task.
-async fn process(shared: &Shared, msg: &jetstream::Message, task: Task, ack_wait: Duration) {
+///
+/// The handler slot (`permit`) is given back before step 6: acknowledging
+/// runs no handler and may take long for nothing. After a nats-server crash
+/// that lost the consumer's latest delivery state, the server never answers
+/// a confirmed ack of a delivery it forgot (it ignores acks above its
+/// delivery pointer), so each such ack waits out every retry's timeout —
+/// some 20 s — while the server delivers the task again to whoever pulls.
+/// Holding the slot meanwhile stalled the whole worker (all its slots taken
+/// by such acks, nobody pulling) past the steps' timeouts.
+async fn process(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    task: Task,
+    ack_wait: Duration,
+    permit: OwnedSemaphorePermit,
+) {
     debug!("task received");
     if task.service != shared.service {
         warn!(
@@ -144,7 +160,9 @@ async fn process(shared: &Shared, msg: &jetstream::Message, task: Task, ack_wait
         publish(shared, ctx.task(), &outcome, replayed).await?;
         Ok::<_, Unfinished>(outcome)
     };
-    match with_progress(msg, ack_wait, work).await {
+    let finished = with_progress(msg, ack_wait, work).await;
+    drop(permit);
+    match finished {
         Ok(outcome) => {
             let ack = (|| msg.double_ack())
                 .retry(backoff(3))

@@ -19,7 +19,8 @@
 //! The worker reserves free handler slots (at most `concurrency`), sends one
 //! pull request for that many tasks (expiring after a few seconds), and
 //! hands each task it receives to its own tokio task, which holds one slot
-//! until the task is acknowledged. What happens to one task is described in
+//! until the task's result is published (the acknowledgement that follows
+//! does not hold it). What happens to one task is described in
 //! the `delivery` module: record before result, result before ack.
 //!
 //! # Shutdown, in order
