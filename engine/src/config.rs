@@ -22,7 +22,9 @@ pub struct Config {
     /// JetStream duplicate window of the engine's streams.
     #[serde(with = "humantime_serde_compat")]
     pub duplicate_window: Duration,
-    /// Ack wait of the engine's own consumers (results, starts).
+    /// Ack wait of the engine's own consumers (results, starts). The engine
+    /// acks within one group commit, so this only bounds how long messages a
+    /// crashed engine had pulled wait before they are delivered again.
     #[serde(with = "humantime_serde_compat")]
     pub ack_wait: Duration,
     /// Most events the partition applies before one group commit.
@@ -40,7 +42,7 @@ impl Default for Config {
             definitions: Vec::new(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             duplicate_window: Duration::from_secs(120),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(10),
             batch_size: 256,
             replicas: 1,
         }

@@ -233,6 +233,29 @@ async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
         .engine
         .process
         .wait_for_log("reason=\"unknown_saga\"", Duration::from_secs(20));
+
+    // A worker answering for a step of another service is refused too.
+    let other = world
+        .client
+        .start("one_step", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    world.finished(&other).await;
+    let forged = json!({"saga_id": other, "step_id": "only", "kind": "action", "attempt": 1,
+        "service": "payments", "outcome": {"status": "ok"}});
+    js.publish(
+        "jetsaga.result.payments",
+        serde_json::to_vec(&forged).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    world
+        .engine
+        .process
+        .wait_for_log("reason=\"wrong_service\"", Duration::from_secs(20));
     let log = world.engine.process.log();
     assert!(
         log.contains("reason=\"malformed\""),

@@ -84,7 +84,7 @@ pub struct EngineArgs {
     /// Replicas of the engine's streams (3 in a 3-node cluster).
     #[arg(long, env = "JETSAGA_REPLICAS")]
     pub replicas: Option<usize>,
-    /// Ack wait of the engine's own consumers (results, starts), e.g. 30s.
+    /// Ack wait of the engine's own consumers (results, starts), e.g. 10s.
     #[arg(long, env = "JETSAGA_ACK_WAIT", value_parser = humantime::parse_duration)]
     pub ack_wait: Option<Duration>,
     /// Most events applied per group commit.
