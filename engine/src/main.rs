@@ -18,5 +18,6 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    jetsaga_engine::crash_points::setup();
     std::process::exit(jetsaga_engine::cli::main(cli).await);
 }

@@ -11,6 +11,7 @@
 //! The key space already exists ([`partition_of`]); the engine runs one
 //! partition today.
 
+use crate::crash_points;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine;
 use crate::saga::state::{Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga};
@@ -253,7 +254,15 @@ impl Partition {
         }
         self.fire_timers(&mut after)?;
         if after.committed > 0 {
+            tracing::debug!(
+                transitions = after.committed,
+                acks = after.acks.len(),
+                replies = after.start_replies.len() + after.cancel_replies.len(),
+                "group commit"
+            );
+            crash_points::pass(crash_points::PARTITION_AFTER_COMMIT);
             self.store.flush().await?;
+            crash_points::pass(crash_points::PARTITION_AFTER_FLUSH);
             self.relay.notify_one();
         }
         for msg in after.acks {

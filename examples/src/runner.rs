@@ -102,6 +102,9 @@ pub fn main(bin: Binary) -> anyhow::Result<()> {
         .get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing();
+    // Tests kill workers at chosen places (`FAILPOINTS`); nothing happens
+    // unless the SDK was built with its `failpoints` feature.
+    jetsaga_worker::crash_points::setup();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,7 +20,12 @@
 //! delay: it is delivered again, and the record (if 4 succeeded) makes the
 //! second delivery replay instead of running the effect again. A crash at
 //! any point has the same effect as that, after `ack_wait`.
+//!
+//! The [`crash_points`] `worker.after_handler` (after 3),
+//! `worker.after_record` (after 4) and `worker.after_publish` (after 5) let
+//! tests kill the process at each of these places.
 
+use crate::crash_points;
 use crate::handler::{Handlers, execute};
 use crate::protocol::{
     HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, Subjects, Task, TaskResult, result_msg_id,
@@ -164,6 +169,7 @@ async fn process(
     drop(permit);
     match finished {
         Ok(outcome) => {
+            crash_points::pass(crash_points::AFTER_PUBLISH);
             let ack = (|| msg.double_ack())
                 .retry(backoff(3))
                 .notify(|e, after| debug!(error = %e, ?after, "task ack failed; retrying"))
@@ -233,6 +239,7 @@ async fn produce_outcome(
             warn!(elapsed_ms, error = %error, "handler failed (retryable)")
         }
     }
+    crash_points::pass(crash_points::AFTER_HANDLER);
     if matches!(outcome, Outcome::Retryable { .. }) {
         // Not recorded: the next attempt must run the handler again.
         return Ok((outcome, false));
@@ -244,6 +251,7 @@ async fn produce_outcome(
         .notify(|e, after| warn!(error = %e, ?after, "recording the outcome failed; retrying"))
         .await
         .map_err(Unfinished::Record)?;
+    crash_points::pass(crash_points::AFTER_RECORD);
     Ok(match recorded {
         Recorded::Ours => (outcome, false),
         Recorded::Theirs(theirs) => {

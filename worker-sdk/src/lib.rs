@@ -115,6 +115,7 @@
 //! The exact order of record, result and ack is in the `delivery` module
 //! docs; shutdown order is on [`Worker::run`] and in the `worker` module.
 
+pub mod crash_points;
 pub mod protocol;
 
 mod delivery;

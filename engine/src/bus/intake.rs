@@ -5,6 +5,7 @@
 //! is durable. Messages that cannot be decoded are acknowledged at once (so
 //! they are not redelivered forever), logged and counted.
 
+use crate::crash_points;
 use crate::partition::{Command, PartitionHandle, StartCommand, reject};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
@@ -61,9 +62,11 @@ pub async fn run(
             };
             match next {
                 Some(Ok(msg)) => {
-                    if let Some(cmd) = decode(source, msg, max_payload, prefix_tokens).await
-                        && partition.send(cmd).await.is_err()
-                    {
+                    let Some(cmd) = decode(source, msg, max_payload, prefix_tokens).await else {
+                        continue;
+                    };
+                    crash_points::pass(crash_points::INTAKE_BEFORE_SEND);
+                    if partition.send(cmd).await.is_err() {
                         return;
                     }
                 }

@@ -7,8 +7,10 @@
 //! read, so no task ever leaves for a state change a crash could still undo.
 //! A crash after publishing and before removal republishes the row, which the
 //! stream's duplicate window (and, past it, the worker's idempotency record
-//! and the engine's attempt fencing) makes harmless.
+//! and the engine's attempt fencing) makes harmless; the crash point
+//! `relay.after_publish` kills the engine exactly there.
 
+use crate::crash_points;
 use crate::store::Store;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -122,10 +124,12 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
     }
     let mut done = refused;
     let mut error = None;
+    let mut duplicates = 0usize;
     for (seq, ack) in pending {
         match ack.await {
             Ok(ack) => {
                 if ack.duplicate {
+                    duplicates += 1;
                     metrics::counter!("engine_publish_duplicates_total").increment(1);
                 }
                 done.push(seq);
@@ -147,6 +151,8 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
             }
         }
     }
+    tracing::debug!(published = done.len(), duplicates, "outbox rows published");
+    crash_points::pass(crash_points::RELAY_AFTER_PUBLISH);
     store.outbox_remove(&done)?;
     match error {
         Some(e) => Err(e.into()),

@@ -207,3 +207,87 @@ pub fn step_is(detail: &SagaDetail, id: &str, name: &str) -> bool {
 pub fn is_succeeded(s: &StepStatus) -> bool {
     matches!(s, StepStatus::Succeeded)
 }
+
+impl Engine {
+    /// Like [`Engine::start`], with extra environment variables for this
+    /// start only (`FAILPOINTS`, say); [`Engine::restart`] runs without them.
+    pub fn start_with_env(
+        nats_url: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Engine {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let process = spawn_engine_with_env(nats_url, data_dir, &extra, envs);
+        Engine {
+            process,
+            data_dir: data_dir.to_path_buf(),
+            nats_url: nats_url.to_string(),
+            extra,
+        }
+    }
+}
+
+fn spawn_engine_with_env(
+    nats_url: &str,
+    data_dir: &Path,
+    extra: &[String],
+    envs: &[(&str, &str)],
+) -> ChildProcess {
+    let mut args = vec![
+        "--nats-url".to_string(),
+        nats_url.to_string(),
+        "server".to_string(),
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut all_envs = vec![("JETSAGA_LOG", "info,jetsaga_engine=debug")];
+    all_envs.extend_from_slice(envs);
+    let process = ChildProcess::spawn("engine", &bin_path("jetsaga"), &args, &all_envs);
+    process.wait_for_log("engine ready", READY);
+    process
+}
+
+impl World {
+    /// Like [`World::start`], the engine started with extra environment
+    /// variables (`FAILPOINTS`, say); its restarts run without them.
+    pub async fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> World {
+        jetsaga_tests::init_tracing();
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::start_with_env(&nats.url(), &dir.path().join("engine"), extra, envs);
+        let client = Client::new(nats.client().await, "jetsaga");
+        World {
+            nats,
+            engine,
+            client,
+            dir,
+        }
+    }
+
+    /// Like [`World::example_workers`], with extra environment variables
+    /// (`FAILPOINTS`, `RUST_LOG`...; `RUST_LOG` defaults to `info`).
+    pub fn example_workers_with_env(
+        &self,
+        binary: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ChildProcess {
+        let ledger = self.ledger_dir();
+        let mut args = vec![
+            "--nats-url".to_string(),
+            self.nats.url(),
+            "--ledger-dir".to_string(),
+            ledger.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut all_envs = vec![("RUST_LOG", "info")];
+        all_envs.extend_from_slice(envs);
+        let p = ChildProcess::spawn(binary, &bin_path(binary), &args, &all_envs);
+        p.wait_for_log("workers ready", READY);
+        p
+    }
+}
