@@ -31,6 +31,10 @@ pub struct Config {
     pub batch_size: usize,
     /// Replicas of the engine's streams (1 on a single server, 3 in a cluster).
     pub replicas: usize,
+    /// Address (`HOST:PORT`) of the HTTP API; no HTTP API when absent.
+    /// Port 0 picks a free port (the engine logs the one it got).
+    #[serde(default)]
+    pub http_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             ack_wait: Duration::from_secs(10),
             batch_size: 256,
             replicas: 1,
+            http_listen: None,
         }
     }
 }
@@ -79,6 +84,14 @@ impl Config {
         if self.ack_wait < Duration::from_secs(1) {
             return Err(ConfigError("ack_wait must be at least 1s".into()));
         }
+        if let Some(addr) = &self.http_listen {
+            let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(ConfigError(format!(
+                    "http_listen {addr:?} is not HOST:PORT (such as 127.0.0.1:8080, or port 0 for any free port)"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -94,5 +107,26 @@ mod humantime_serde_compat {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_listen_is_host_and_port() {
+        let with = |addr: &str| Config {
+            http_listen: Some(addr.into()),
+            ..Config::default()
+        };
+        assert!(Config::default().validate().is_ok());
+        for good in ["127.0.0.1:8080", "0.0.0.0:0", "[::1]:8080", "localhost:80"] {
+            assert!(with(good).validate().is_ok(), "{good}");
+        }
+        for bad in ["127.0.0.1", "8080x", "host:99999", ""] {
+            let err = with(bad).validate().unwrap_err();
+            assert!(err.to_string().contains("http_listen"), "{bad}: {err}");
+        }
     }
 }

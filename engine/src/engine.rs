@@ -1,9 +1,10 @@
 //! Wiring: opens the store, connects to NATS, sets up streams, and runs the
 //! partition, the relay, the intake consumers and the API until shutdown.
 //!
-//! Shutdown drains in a stated order: stop intake (API and consumers), let
-//! the partition apply what is queued and flush, let the relay publish what
-//! is left, flush the store once more, return.
+//! Shutdown drains in a stated order: stop intake (the NATS and HTTP APIs,
+//! answering the requests in flight, and the consumers), let the partition
+//! apply what is queued and flush, let the relay publish what is left, flush
+//! the store once more, return.
 
 use crate::api;
 use crate::bus::{self, StreamSettings, intake, relay};
@@ -54,6 +55,16 @@ pub enum EngineError {
     /// Streams or consumers could not be set up.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
+    /// The HTTP API cannot listen on its address.
+    #[error(
+        "E-HTTP-LISTEN: cannot listen for HTTP on {addr}: {source}; choose another --http-listen address (or `off`)"
+    )]
+    HttpListen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A definition file is invalid.
     #[error("{0}")]
     Definition(String),
@@ -179,6 +190,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     )
     .await?;
 
+    let http_listener = match &config.http_listen {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr.as_str())
+                    .await
+                    .map_err(|source| EngineError::HttpListen {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+            let bound = listener
+                .local_addr()
+                .map_or_else(|_| addr.clone(), |a| a.to_string());
+            tracing::info!(addr = %bound, "http listening");
+            Some(listener)
+        }
+        None => None,
+    };
+
     let relay_wake = Arc::new(Notify::new());
     let (partition, handle) = Partition::new(
         store.clone(),
@@ -205,22 +234,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             intake_stop.clone(),
         ));
     }
+    // The service both API adapters call; it holds a partition handle, so
+    // every copy must be gone (dropped below, or with its adapter's task)
+    // before the partition can stop.
+    let service = api::Api::new(store.clone(), handle.clone());
     {
-        let (client, subjects, store, handle, stop) = (
+        let (client, subjects, service, stop) = (
             client.clone(),
             subjects.clone(),
-            store.clone(),
-            handle.clone(),
+            service.clone(),
             intake_stop.clone(),
         );
         intake_tasks.spawn(async move {
-            if let Err(e) = api::serve(client, subjects, store, handle, stop).await {
+            if let Err(e) = api::serve(client, subjects, service, stop).await {
                 tracing::error!(error = %e, "API stopped");
+            }
+        });
+    }
+    if let Some(listener) = http_listener {
+        let (client, service, max_payload, stop) = (
+            client.clone(),
+            service.clone(),
+            config.max_payload,
+            intake_stop.clone(),
+        );
+        intake_tasks.spawn(async move {
+            if let Err(e) = api::http::serve(listener, service, client, max_payload, stop).await {
+                tracing::error!(error = %e, "HTTP API stopped");
             }
         });
     }
     intake_tasks.close();
     drop(handle);
+    drop(service);
     let mut partition_task = tokio::spawn(partition.run());
     let relay_task = tokio::spawn(relay::run(
         store.clone(),

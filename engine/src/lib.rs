@@ -8,7 +8,8 @@
 //! - [`store`]: the durable state behind the [`store::Store`] interface;
 //! - [`partition`]: the single writer that applies events;
 //! - [`bus`]: streams, the outbox relay and the intake consumers;
-//! - [`api`]: the NATS request API, [`client`] its client;
+//! - [`api`]: the request API over NATS and HTTP, [`client`] its NATS client;
+//! - [`crash_points`]: where tests kill the engine on purpose;
 //! - [`engine`]: the wiring, [`cli`] the `jetsaga` command, [`dev`] the
 //!   embedded nats-server of `jetsaga dev`.
 //!
@@ -29,6 +30,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod crash_points;
 pub mod dev;
 pub mod engine;
 pub mod partition;

@@ -425,10 +425,14 @@ async fn jetsaga_dev_starts_nats_and_engine_and_stops_cleanly_on_sigterm() {
             dir.path().to_str().unwrap(),
             "--definitions",
             defs.to_str().unwrap(),
+            // dev serves HTTP on 127.0.0.1:8080 by default; any free port here.
+            "--http-listen",
+            "127.0.0.1:0",
         ],
         &[],
     );
     dev.wait_for_log("engine ready", common::READY);
+    assert!(dev.log().contains("http listening addr=127.0.0.1:"));
     let url = format!("nats://127.0.0.1:{port}");
     let client = jetsaga_engine::client::Client::connect(&url, "jetsaga")
         .await

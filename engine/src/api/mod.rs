@@ -1,22 +1,34 @@
-//! The engine's NATS request API: every client door (CLI, `nats req`, code)
-//! turns into the same partition commands and store reads.
+//! The engine's request API: one transport-agnostic service, [`Api`], and the
+//! adapters that turn requests into calls of it.
 //!
-//! Requests go to `<prefix>.api.<op>` (see [`Op`]); replies are
-//! [`ApiReply`] JSON envelopes. The engine serves them in the queue group
-//! `jetsaga-engine`, so several engines could share the load.
+//! - [`serve`]: NATS request/reply. Requests go to `<prefix>.api.<op>` (see
+//!   [`Op`]); replies are [`ApiReply`] JSON envelopes. The engine serves them
+//!   in the queue group `jetsaga-engine`, so several engines could share the
+//!   load.
+//! - [`http`]: JSON over HTTP under `/v1`, documented at `/openapi.json`.
+//!
+//! Both adapters only decode requests, call [`Api`] and encode what it
+//! returns, so a saga started over HTTP and one started over NATS with the
+//! same idempotency key are the same saga, and every error carries the same
+//! code through either door.
 
 use crate::partition::{PartitionHandle, StartCommand, api_error};
-use crate::saga::definition::{self, SagaDefinition};
-use crate::saga::state::{Millis, Saga};
-use crate::store::{SagaFilter, Store};
+use crate::saga::definition::{self, DefinitionError, DefinitionFile, Format, SagaDefinition};
+use crate::saga::state::{Millis, Saga, SagaStatus};
+use crate::store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
 use async_nats::Message;
 use futures::StreamExt;
-use jetsaga_worker::protocol::{ApiError, ApiReply, HEADER_START_KEY, StartRequest, Subjects};
+use jetsaga_worker::protocol::{
+    ApiError, ApiReply, HEADER_START_KEY, StartReply, StartRequest, Subjects,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use utoipa::ToSchema;
+
+pub mod http;
 
 /// Queue group of the API subscription.
 pub const QUEUE_GROUP: &str = "jetsaga-engine";
@@ -28,7 +40,7 @@ pub enum Op {
     SagaStart,
     /// `saga.get`: [`SagaRef`] → [`SagaDetail`].
     SagaGet,
-    /// `saga.list`: [`SagaFilter`] → `Vec<`[`SagaSummary`]`>`.
+    /// `saga.list`: [`ListRequest`] → `Vec<`[`SagaSummary`]`>`.
     SagaList,
     /// `saga.cancel`: [`CancelRequest`] → [`SagaDetail`].
     SagaCancel,
@@ -83,32 +95,35 @@ pub struct CancelRequest {
 }
 
 /// A saga with the definition version it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SagaDetail {
-    /// The saga.
+    /// The saga: state, every step's state and attempt history.
     pub saga: Saga,
-    /// Its definition.
+    /// The definition version it runs.
     pub definition: SagaDefinition,
 }
 
 /// One line of a saga listing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SagaSummary {
     /// Saga id.
     pub id: String,
     /// Definition name.
     pub name: String,
-    /// State name.
+    /// State name (`running`, `completed`, `partially_compensated`, ...).
     pub state: String,
     /// Steps succeeded or compensated so far / steps in all.
     pub steps_done: usize,
     /// Steps in all.
     pub steps_total: usize,
-    /// Created at.
+    /// Created at (milliseconds since the Unix epoch).
+    #[schema(value_type = u64)]
     pub created_at: Millis,
-    /// Last change.
+    /// Last change (milliseconds since the Unix epoch).
+    #[schema(value_type = u64)]
     pub updated_at: Millis,
-    /// Finished at.
+    /// Finished at (milliseconds since the Unix epoch), once terminal.
+    #[schema(value_type = Option<u64>)]
     pub finished_at: Option<Millis>,
 }
 
@@ -132,6 +147,49 @@ impl From<&Saga> for SagaSummary {
     }
 }
 
+/// Which sagas to list (`saga.list`, and `GET /v1/sagas` once its query is
+/// decoded). Every field is optional on the wire; the fields of
+/// [`SagaFilter`] plus a time range on `created_at`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListRequest {
+    /// Only sagas in this state (a [`SagaStatus::name`]).
+    pub state: Option<String>,
+    /// Only sagas of this definition.
+    pub name: Option<String>,
+    /// Only sagas created strictly before this id (the cursor of the next page).
+    pub before: Option<String>,
+    /// At most this many, newest first; `0` means [`DEFAULT_LIST_LIMIT`].
+    pub limit: usize,
+    /// Only sagas created at or after this time (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_after: Option<Millis>,
+    /// Only sagas created strictly before this time (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_before: Option<Millis>,
+}
+
+impl From<SagaFilter> for ListRequest {
+    fn from(f: SagaFilter) -> Self {
+        ListRequest {
+            state: f.state,
+            name: f.name,
+            before: f.before,
+            limit: f.limit,
+            ..ListRequest::default()
+        }
+    }
+}
+
+/// One page of a saga listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaPage {
+    /// The sagas, newest first.
+    pub sagas: Vec<SagaSummary>,
+    /// Cursor of the next page (pass it as `before`); absent on the last page.
+    pub next: Option<String>,
+}
+
 /// Definitions to apply (already parsed by the client; validated again here).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyRequest {
@@ -140,22 +198,270 @@ pub struct ApplyRequest {
 }
 
 /// The outcome of applying one definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AppliedDefinition {
     /// Definition name.
     pub name: String,
     /// Current version.
     pub version: u32,
-    /// Whether a new version was stored.
+    /// Whether a new version was stored (`false`: identical to the current one).
     pub changed: bool,
 }
 
-/// Serves the API until `shutdown`.
+/// How far a saga's `created_at` may lie before the time in its id (a
+/// UUIDv7 made right after `created_at` was read). Bounds the id range a
+/// `created_before` listing scans; generous, so that no saga is missed.
+const ID_CLOCK_SLACK_MS: Millis = 60_000;
+
+/// Sagas read from the store per round while a time range is filtered.
+const SCAN_PAGE: usize = 256;
+
+/// The API's business logic, shared by every transport: each method is one
+/// operation, returning the value to send or an [`ApiError`] with its stable
+/// code. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    store: Arc<dyn Store>,
+    partition: PartitionHandle,
+}
+
+impl Api {
+    /// The API over `store` (reads) and `partition` (state changes).
+    pub fn new(store: Arc<dyn Store>, partition: PartitionHandle) -> Self {
+        Self { store, partition }
+    }
+
+    /// Starts a saga, or answers the saga its idempotency key already
+    /// started (`created: false`); returns once the start is durable.
+    pub async fn start(&self, req: StartRequest) -> Result<StartReply, ApiError> {
+        if req.saga.is_empty() {
+            return Err(api_error(
+                "E-BAD-REQUEST",
+                "the start request names no saga (field `saga`)",
+            ));
+        }
+        self.partition
+            .start(StartCommand {
+                saga: req.saga,
+                input: req.input,
+                idempotency_key: req.idempotency_key,
+            })
+            .await
+    }
+
+    /// One saga with its steps, attempt history and definition.
+    pub async fn get(&self, id: &str) -> Result<SagaDetail, ApiError> {
+        let saga = self
+            .store
+            .saga(id)
+            .map_err(internal)?
+            .ok_or_else(|| api_error("E-NOT-FOUND", format!("no saga with id {id}")))?;
+        let definition = self
+            .store
+            .definition(&saga.name, saga.definition_version)
+            .map_err(internal)?
+            .ok_or_else(|| internal(format!("saga {id} has no stored definition")))?;
+        Ok(SagaDetail { saga, definition })
+    }
+
+    /// A page of sagas, newest first, with the cursor of the next page.
+    ///
+    /// The store indexes sagas by id, state and name, not by time. A time
+    /// range is applied to the sagas read, page by page, using that ids are
+    /// UUIDv7s made when the saga is created: `created_before` bounds the
+    /// ids scanned from above (with a minute to spare for clock skew) and the
+    /// scan stops at the first id older than `created_after`.
+    pub async fn list(&self, req: &ListRequest) -> Result<SagaPage, ApiError> {
+        if let Some(state) = &req.state
+            && !SagaStatus::NAMES.contains(&state.as_str())
+        {
+            return Err(api_error(
+                "E-BAD-REQUEST",
+                format!(
+                    "unknown state {state:?}; use one of {}",
+                    SagaStatus::NAMES.join(", ")
+                ),
+            ));
+        }
+        if let (Some(after), Some(before)) = (req.created_after, req.created_before)
+            && after >= before
+        {
+            return Err(api_error(
+                "E-BAD-REQUEST",
+                format!(
+                    "empty time range: created_after ({after}) must be earlier than created_before ({before})"
+                ),
+            ));
+        }
+        let limit = if req.limit == 0 {
+            DEFAULT_LIST_LIMIT
+        } else {
+            req.limit
+        };
+        // One more than asked tells whether there is a next page.
+        let want = limit.saturating_add(1);
+        let mut sagas = if req.created_after.is_none() && req.created_before.is_none() {
+            self.store
+                .list_sagas(&SagaFilter {
+                    state: req.state.clone(),
+                    name: req.name.clone(),
+                    before: req.before.clone(),
+                    limit: want,
+                })
+                .map_err(internal)?
+        } else {
+            self.list_in_time_range(req, want)?
+        };
+        let next = if sagas.len() > limit {
+            sagas.truncate(limit);
+            sagas.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        Ok(SagaPage {
+            sagas: sagas.iter().map(SagaSummary::from).collect(),
+            next,
+        })
+    }
+
+    fn list_in_time_range(&self, req: &ListRequest, want: usize) -> Result<Vec<Saga>, ApiError> {
+        let in_range = |s: &Saga| {
+            req.created_after.is_none_or(|a| s.created_at >= a)
+                && req.created_before.is_none_or(|b| s.created_at < b)
+        };
+        let mut cursor = req.before.clone();
+        if let Some(b) = req.created_before {
+            let bound = uuid_v7_floor(b.saturating_add(ID_CLOCK_SLACK_MS));
+            cursor = Some(match cursor {
+                Some(c) if c < bound => c,
+                _ => bound,
+            });
+        }
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .store
+                .list_sagas(&SagaFilter {
+                    state: req.state.clone(),
+                    name: req.name.clone(),
+                    before: cursor.clone(),
+                    limit: SCAN_PAGE,
+                })
+                .map_err(internal)?;
+            let exhausted = page.len() < SCAN_PAGE;
+            for saga in page {
+                cursor = Some(saga.id.clone());
+                // `created_at` is read before the id is made: an id older
+                // than `created_after` is a saga created before it, and so
+                // is every id after it in this newest-first scan.
+                if let (Some(after), Some(id_ms)) = (req.created_after, uuid_v7_millis(&saga.id))
+                    && id_ms < after
+                {
+                    return Ok(out);
+                }
+                if in_range(&saga) {
+                    out.push(saga);
+                    if out.len() >= want {
+                        return Ok(out);
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Cancels a saga (with or without compensating what completed) and
+    /// returns it as it is once the cancel is durable.
+    pub async fn cancel(&self, req: CancelRequest) -> Result<SagaDetail, ApiError> {
+        let reason = req.reason.unwrap_or_else(|| {
+            if req.compensate {
+                "cancelled with compensation".into()
+            } else {
+                "cancelled".into()
+            }
+        });
+        let saga = self
+            .partition
+            .cancel(req.id.clone(), req.compensate, reason)
+            .await?;
+        self.get(&saga.id).await
+    }
+
+    /// Validates every definition, then stores each as a new version of its
+    /// name (unless identical to the current one). Nothing is stored when
+    /// any definition is invalid.
+    pub async fn apply_definitions(
+        &self,
+        definitions: &[SagaDefinition],
+    ) -> Result<Vec<AppliedDefinition>, ApiError> {
+        for def in definitions {
+            definition::validate(def)
+                .map_err(|e| api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code())))?;
+        }
+        let mut out = Vec::new();
+        for def in definitions {
+            let applied = self.store.put_definition(def).map_err(internal)?;
+            tracing::info!(saga = %applied.name, version = applied.version, changed = applied.changed, "definition applied");
+            out.push(AppliedDefinition {
+                name: applied.name,
+                version: applied.version,
+                changed: applied.changed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The current version of every definition, by name.
+    pub async fn definitions(&self) -> Result<Vec<SagaDefinition>, ApiError> {
+        self.store.list_definitions().map_err(internal)
+    }
+
+    /// Parses and validates a definitions file sent as text (errors name
+    /// the source `request`). Pure: stores nothing, so it needs no engine.
+    pub fn validate_definitions(
+        text: &str,
+        format: Format,
+    ) -> Result<DefinitionFile, DefinitionError> {
+        definition::parse_str(definition::REQUEST_SOURCE, text, format)
+    }
+
+    /// Reads from the store, to tell that it is open and readable.
+    pub fn check_store(&self) -> Result<(), ApiError> {
+        self.store
+            .next_timer()
+            .map(|_| ())
+            .map_err(|e| api_error("E-UNAVAILABLE", format!("the store cannot be read: {e}")))
+    }
+}
+
+/// The smallest UUIDv7 string whose time is `ms`: every id made at `ms` or
+/// later sorts at or after it, every id made earlier before it.
+fn uuid_v7_floor(ms: Millis) -> String {
+    let ms = ms.min((1 << 48) - 1);
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    )
+}
+
+/// The time in a UUIDv7 id, in ms since the Unix epoch.
+fn uuid_v7_millis(id: &str) -> Option<Millis> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    if uuid.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// Serves the API over NATS until `shutdown`.
 pub async fn serve(
     client: async_nats::Client,
     subjects: Subjects,
-    store: Arc<dyn Store>,
-    partition: PartitionHandle,
+    api: Api,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut sub = client
@@ -173,20 +479,15 @@ pub async fn serve(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
-        let ctx = (
-            client.clone(),
-            store.clone(),
-            partition.clone(),
-            api_prefix.clone(),
-        );
+        let ctx = (client.clone(), api.clone(), api_prefix.clone());
         tracker.spawn(async move {
-            let (client, store, partition, api_prefix) = ctx;
+            let (client, api, api_prefix) = ctx;
             let Some(reply) = msg.reply.clone() else {
                 tracing::debug!(subject = %msg.subject, "API request without a reply subject ignored");
                 return;
             };
             let op = msg.subject.strip_prefix(api_prefix.as_str()).unwrap_or_default().to_string();
-            let body = handle(&op, &msg, &*store, &partition).await;
+            let body = handle(&op, &msg, &api).await;
             if let Err(e) = client.publish(reply, body.into()).await {
                 tracing::warn!(error = %e, "cannot send an API reply");
             }
@@ -228,85 +529,95 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     api_error("E-INTERNAL", e.to_string())
 }
 
-async fn handle(
-    op: &str,
-    msg: &Message,
-    store: &dyn Store,
-    partition: &PartitionHandle,
-) -> Vec<u8> {
+async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
     let payload = &msg.payload[..];
     match op {
-        "saga.start" => reply(async {
-            let mut req: StartRequest = parse(op, payload)?;
-            if let Some(key) = msg.headers.as_ref().and_then(|h| h.get(HEADER_START_KEY)) {
-                req.idempotency_key = Some(key.as_str().to_string());
+        "saga.start" => reply(
+            async {
+                let mut req: StartRequest = parse(op, payload)?;
+                if let Some(key) = msg.headers.as_ref().and_then(|h| h.get(HEADER_START_KEY)) {
+                    req.idempotency_key = Some(key.as_str().to_string());
+                }
+                api.start(req).await
             }
-            if req.saga.is_empty() {
-                return Err(api_error("E-BAD-REQUEST", "the start request names no saga (field `saga`)"));
+            .await,
+        ),
+        "saga.get" => reply(
+            async {
+                let req: SagaRef = parse(op, payload)?;
+                api.get(&req.id).await
             }
-            partition
-                .start(StartCommand {
-                    saga: req.saga,
-                    input: req.input,
-                    idempotency_key: req.idempotency_key,
-                })
-                .await
-        }.await),
-        "saga.get" => reply(async {
-            let req: SagaRef = parse(op, payload)?;
-            detail(store, &req.id)
-        }.await),
-        "saga.list" => reply(async {
-            let filter: SagaFilter = parse(op, payload)?;
-            if let Some(state) = &filter.state
-                && !crate::saga::state::SagaStatus::NAMES.contains(&state.as_str())
-            {
-                return Err(api_error(
-                    "E-BAD-REQUEST",
-                    format!("unknown state {state:?}; use one of {}", crate::saga::state::SagaStatus::NAMES.join(", ")),
-                ));
+            .await,
+        ),
+        "saga.list" => reply(
+            async {
+                let req: ListRequest = parse(op, payload)?;
+                Ok(api.list(&req).await?.sagas)
             }
-            let sagas = store.list_sagas(&filter).map_err(internal)?;
-            Ok(sagas.iter().map(SagaSummary::from).collect::<Vec<_>>())
-        }.await),
-        "saga.cancel" => reply(async {
-            let req: CancelRequest = parse(op, payload)?;
-            let reason = req.reason.unwrap_or_else(|| {
-                if req.compensate { "cancelled with compensation".into() } else { "cancelled".into() }
-            });
-            let saga = partition.cancel(req.id.clone(), req.compensate, reason).await?;
-            detail(store, &saga.id)
-        }.await),
-        "def.apply" => reply(async {
-            let req: ApplyRequest = parse(op, payload)?;
-            let mut out = Vec::new();
-            for def in &req.definitions {
-                definition::validate(def)
-                    .map_err(|e| api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code())))?;
+            .await,
+        ),
+        "saga.cancel" => reply(
+            async {
+                let req: CancelRequest = parse(op, payload)?;
+                api.cancel(req).await
             }
-            for def in &req.definitions {
-                let applied = store.put_definition(def).map_err(internal)?;
-                tracing::info!(saga = %applied.name, version = applied.version, changed = applied.changed, "definition applied");
-                out.push(AppliedDefinition { name: applied.name, version: applied.version, changed: applied.changed });
+            .await,
+        ),
+        "def.apply" => reply(
+            async {
+                let req: ApplyRequest = parse(op, payload)?;
+                api.apply_definitions(&req.definitions).await
             }
-            Ok(out)
-        }.await),
-        "def.list" => reply(store.list_definitions().map_err(internal)),
+            .await,
+        ),
+        "def.list" => reply(api.definitions().await),
         other => reply::<()>(Err(api_error(
             "E-UNKNOWN-OPERATION",
-            format!("no API operation {other:?}; known: {}", Op::ALL.map(Op::name).join(", ")),
+            format!(
+                "no API operation {other:?}; known: {}",
+                Op::ALL.map(Op::name).join(", ")
+            ),
         ))),
     }
 }
 
-fn detail(store: &dyn Store, id: &str) -> Result<SagaDetail, ApiError> {
-    let saga = store
-        .saga(id)
-        .map_err(internal)?
-        .ok_or_else(|| api_error("E-NOT-FOUND", format!("no saga with id {id}")))?;
-    let definition = store
-        .definition(&saga.name, saga.definition_version)
-        .map_err(internal)?
-        .ok_or_else(|| internal(format!("saga {id} has no stored definition")))?;
-    Ok(SagaDetail { saga, definition })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_v7_floor_orders_ids_by_time() {
+        let ms: Millis = 1_795_332_022_075;
+        let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            (ms % 1000) as u32 * 1_000_000,
+        ))
+        .to_string();
+        assert_eq!(uuid_v7_millis(&id), Some(ms));
+        assert!(uuid_v7_floor(ms) <= id);
+        assert!(id < uuid_v7_floor(ms + 1));
+        assert!(uuid_v7_floor(ms - 1) < uuid_v7_floor(ms));
+        assert_eq!(uuid_v7_millis("0001"), None);
+        assert_eq!(uuid_v7_millis("550e8400-e29b-41d4-a716-446655440000"), None);
+    }
+
+    #[test]
+    fn list_requests_read_the_old_filter_shape() {
+        let req: ListRequest =
+            serde_json::from_str(r#"{"state":"running","name":"n","before":"x","limit":3}"#)
+                .unwrap();
+        assert_eq!(
+            req,
+            ListRequest::from(SagaFilter {
+                state: Some("running".into()),
+                name: Some("n".into()),
+                before: Some("x".into()),
+                limit: 3,
+            })
+        );
+        let req: ListRequest =
+            serde_json::from_str(r#"{"created_after":5,"created_before":9}"#).unwrap();
+        assert_eq!((req.created_after, req.created_before), (Some(5), Some(9)));
+    }
 }

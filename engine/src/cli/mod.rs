@@ -90,7 +90,14 @@ pub struct EngineArgs {
     /// Most events applied per group commit.
     #[arg(long, env = "JETSAGA_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// Serve the HTTP API on HOST:PORT (port 0: any free port), or `off`.
+    /// Default: 127.0.0.1:8080 for `dev`, off for `server`.
+    #[arg(long, env = "JETSAGA_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
+
+/// Where `jetsaga dev` serves the HTTP API unless told otherwise.
+pub const DEV_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
 /// `jetsaga server`.
 #[derive(Debug, Args)]
@@ -227,7 +234,12 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-fn engine_config(cli: &Cli, args: &EngineArgs, default_dir: &str) -> Config {
+fn engine_config(
+    cli: &Cli,
+    args: &EngineArgs,
+    default_dir: &str,
+    default_http: Option<&str>,
+) -> Config {
     let mut config = Config {
         nats_url: cli.nats_url.clone(),
         prefix: cli.prefix.clone(),
@@ -253,6 +265,11 @@ fn engine_config(cli: &Cli, args: &EngineArgs, default_dir: &str) -> Config {
     if let Some(v) = args.batch_size {
         config.batch_size = v;
     }
+    config.http_listen = match args.http_listen.as_deref().map(str::trim) {
+        Some("off" | "") => None,
+        Some(addr) => Some(addr.to_string()),
+        None => default_http.map(str::to_string),
+    };
     config
 }
 
@@ -270,7 +287,7 @@ pub async fn main(cli: Cli) -> i32 {
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Server(args) => {
-            let config = engine_config(&cli, &args.engine, ".jetsaga/data");
+            let config = engine_config(&cli, &args.engine, ".jetsaga/data", None);
             crate::engine::run(config, shutdown_on_signals()).await?;
             Ok(0)
         }
@@ -281,7 +298,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn dev(cli: &Cli, args: &DevArgs) -> anyhow::Result<i32> {
-    let mut config = engine_config(cli, &args.engine, ".jetsaga/dev");
+    let mut config = engine_config(cli, &args.engine, ".jetsaga/dev", Some(DEV_HTTP_LISTEN));
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
     let nats = if args.external_nats {

@@ -54,26 +54,28 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 use jetsaga_worker::protocol::validate_token;
 
 /// A validated saga definition, one version of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SagaDefinition {
     /// Saga name (a subject token).
     pub name: String,
     /// Version, from 1; assigned by the store when the definition is applied.
     #[serde(default)]
     pub version: u32,
-    /// Whole-saga timeout: when it passes, the saga compensates.
+    /// Whole-saga timeout: when it passes, the saga compensates (milliseconds in JSON).
     #[serde(with = "humantime_millis::option")]
+    #[schema(value_type = Option<u64>)]
     pub timeout: Option<Duration>,
     /// Steps in file order. Indexes into this vector are step indexes.
     pub steps: Vec<StepDefinition>,
 }
 
 /// One step of a saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StepDefinition {
     /// Step id, unique within the saga (a subject token).
     pub id: String,
@@ -83,8 +85,9 @@ pub struct StepDefinition {
     pub operation: String,
     /// Operation the worker runs to undo the action, if any.
     pub compensation: Option<String>,
-    /// Time one attempt may take before it counts as timed out.
+    /// Time one attempt may take before it counts as timed out (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
+    #[schema(value_type = u64)]
     pub timeout: Duration,
     /// Retry policy of both the action and the compensation.
     pub retry: RetryPolicy,
@@ -93,15 +96,17 @@ pub struct StepDefinition {
 }
 
 /// How often and how far apart attempts are made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RetryPolicy {
     /// Attempts in all, including the first; at least 1.
     pub max_attempts: u32,
-    /// Delay before the second attempt.
+    /// Delay before the second attempt (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
+    #[schema(value_type = u64)]
     pub initial_delay: Duration,
-    /// Upper bound of any delay.
+    /// Upper bound of any delay (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
+    #[schema(value_type = u64)]
     pub max_delay: Duration,
     /// Factor by which the delay grows per attempt; at least 1.
     pub backoff_factor: f64,
@@ -223,7 +228,7 @@ pub const REQUEST_SOURCE: &str = "request";
 pub const DEFAULT_POLICY_NAME: &str = "default";
 
 /// Parsed and validated contents of one definition file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DefinitionFile {
     /// The file's sagas, sorted by name, each with `version` 0 (the store assigns versions).
     pub sagas: Vec<SagaDefinition>,

@@ -7,13 +7,14 @@
 use jetsaga_worker::protocol::{Outcome, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Milliseconds since the Unix epoch. The state machine never reads a clock:
 /// the current time comes in with every event.
 pub type Millis = u64;
 
 /// One saga instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Saga {
     /// Instance id (a UUIDv7, so ids sort by creation time).
     pub id: String,
@@ -30,15 +31,18 @@ pub struct Saga {
     /// One entry per step of the definition, in the definition's order.
     pub steps: Vec<StepState>,
     /// When the saga was created.
+    #[schema(value_type = u64)]
     pub created_at: Millis,
     /// When the saga last changed.
+    #[schema(value_type = u64)]
     pub updated_at: Millis,
     /// When the saga reached a terminal state.
+    #[schema(value_type = Option<u64>)]
     pub finished_at: Option<Millis>,
 }
 
 /// Where a saga stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum SagaStatus {
     /// Accepted, not started yet.
@@ -117,7 +121,7 @@ impl SagaStatus {
 }
 
 /// One step of one saga instance.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct StepState {
     /// Where the step stands.
     pub status: StepStatus,
@@ -129,7 +133,7 @@ pub struct StepState {
 }
 
 /// Where a step stands.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StepStatus {
     /// Waiting for its dependencies.
@@ -145,6 +149,7 @@ pub enum StepStatus {
         /// Next attempt number.
         attempt: u32,
         /// When it is dispatched.
+        #[schema(value_type = u64)]
         due: Millis,
     },
     /// The action's effect happened.
@@ -166,6 +171,7 @@ pub enum StepStatus {
         /// Next compensation attempt number.
         attempt: u32,
         /// When it is dispatched.
+        #[schema(value_type = u64)]
         due: Millis,
     },
     /// The compensation's effect happened: the action is undone.
@@ -199,16 +205,19 @@ impl StepStatus {
 }
 
 /// One attempt at a step's action or compensation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     /// Action or compensation.
+    #[schema(value_type = crate::api::http::schema::TaskKind)]
     pub kind: TaskKind,
     /// Attempt number within its kind, from 1.
     pub number: u32,
     /// When the task was dispatched.
+    #[schema(value_type = u64)]
     pub started_at: Millis,
     /// When the attempt ended (result or timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
     pub finished_at: Option<Millis>,
     /// How it ended; `None` while in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,7 +225,7 @@ pub struct Attempt {
 }
 
 /// How an attempt ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The worker reported success.

@@ -1,0 +1,1187 @@
+//! The engine's HTTP API: JSON under `/v1`, plus `/health`, `/ready` and
+//! `/openapi.json` (the OpenAPI document of all of it).
+//!
+//! Every `/v1` route decodes its request, calls [`Api`] (the same service the
+//! NATS request API calls) and encodes the answer; an error is
+//! `{"error": {"code": "E-...", "message": "..."}}`, the `error` of the NATS
+//! envelope, with the HTTP status [`status_of`] gives its code. One table of
+//! routes (`routes()`) builds the router, and a test checks it against the
+//! OpenAPI document ([`openapi`]) both ways.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /v1/sagas` | start a saga (`Idempotency-Key` header: 201 when created, 200 with the existing saga) |
+//! | `GET /v1/sagas` | list sagas, newest first, with filters and a `next` cursor |
+//! | `GET /v1/sagas/{id}` | one saga with its steps, attempts and definition |
+//! | `POST /v1/sagas/{id}/cancel` | cancel a saga, compensating or not |
+//! | `GET /v1/definitions` | the current version of every definition |
+//! | `POST /v1/definitions` | apply a definitions file (YAML or JSON) |
+//! | `POST /v1/definitions/validate` | check a definitions file, reporting every problem |
+//! | `GET /health` | the process serves (always 200) |
+//! | `GET /ready` | the store is readable and NATS connected (200), or why not (503) |
+//! | `GET /openapi.json` | the OpenAPI document |
+//!
+//! Request bodies must be sent with a JSON (or, for definitions, YAML)
+//! `Content-Type`: besides telling the formats apart, that keeps a web page
+//! from posting to an engine on `localhost` without a CORS preflight.
+
+use super::{Api, AppliedDefinition, CancelRequest, ListRequest, SagaDetail, SagaPage};
+use crate::saga::definition::{DefinitionError, DefinitionFile, Format, SagaDefinition};
+use crate::saga::state::{Millis, SagaStatus};
+use crate::store::sled_store::DEFAULT_LIST_LIMIT;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use jetsaga_worker::protocol::{ApiError, HEADER_START_KEY, StartRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::future::IntoFuture;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// Room for the JSON around a saga input: bodies may be this much larger
+/// than `max_payload` (inputs themselves are held to `max_payload`).
+pub const BODY_HEADROOM: usize = 64 * 1024;
+
+/// Most sagas one `GET /v1/sagas` page returns.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// How long requests in flight may take to finish once the engine drains.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share.
+#[derive(Clone)]
+struct HttpState {
+    /// The service; `None` once the server stopped, so that connections
+    /// still open then do not keep the partition alive.
+    api: watch::Receiver<Option<Api>>,
+    /// The engine's NATS connection, for `/ready`.
+    nats: async_nats::Client,
+    /// Cancelled when the engine drains.
+    shutdown: CancellationToken,
+    /// Largest request body, in bytes.
+    body_limit: usize,
+    /// The OpenAPI document, rendered once.
+    openapi: Bytes,
+}
+
+impl HttpState {
+    fn api(&self) -> Result<Api, HttpError> {
+        self.api.borrow().clone().ok_or_else(|| {
+            HttpError::new(
+                "E-UNAVAILABLE",
+                "the engine is shutting down; retry against a running engine",
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------
+
+/// One route: a method and a path, written as in the OpenAPI document, and
+/// the handler that serves it.
+struct Route {
+    /// HTTP method.
+    method: Method,
+    /// Path, with `{name}` for path parameters.
+    path: &'static str,
+    /// The handler, to be routed for a method.
+    handler: Box<dyn FnOnce(MethodFilter) -> MethodRouter<HttpState>>,
+}
+
+impl Route {
+    fn new<H, T>(method: Method, path: &'static str, handler: H) -> Route
+    where
+        H: Handler<T, HttpState>,
+        T: 'static,
+    {
+        Route {
+            method,
+            path,
+            handler: Box::new(move |filter| on(filter, handler)),
+        }
+    }
+}
+
+/// Every route the HTTP API serves. The router is built from this table,
+/// and a test checks that it and the OpenAPI document ([`openapi`]) name
+/// the same routes.
+fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::POST, "/v1/sagas", start_saga),
+        Route::new(Method::GET, "/v1/sagas", list_sagas),
+        Route::new(Method::GET, "/v1/sagas/{id}", get_saga),
+        Route::new(Method::POST, "/v1/sagas/{id}/cancel", cancel_saga),
+        // Not served yet: retrying a stuck saga and deleting a finished one
+        // need their own events in the state machine first.
+        Route::new(Method::GET, "/v1/definitions", list_definitions),
+        Route::new(Method::POST, "/v1/definitions", apply_definitions),
+        Route::new(
+            Method::POST,
+            "/v1/definitions/validate",
+            validate_definitions,
+        ),
+        Route::new(Method::GET, "/health", health),
+        Route::new(Method::GET, "/ready", ready),
+        Route::new(Method::GET, "/openapi.json", openapi_json),
+        // GET /metrics (Prometheus text format) belongs here, with its
+        // `#[utoipa::path]` listed in `ApiDoc`, once the engine exports metrics.
+    ]
+}
+
+/// The router over `api`, answering errors in the API's JSON shape (unknown
+/// routes and methods included) and refusing bodies over `max_payload` plus
+/// [`BODY_HEADROOM`].
+fn router(
+    api: watch::Receiver<Option<Api>>,
+    nats: async_nats::Client,
+    max_payload: usize,
+    shutdown: CancellationToken,
+) -> Router {
+    let body_limit = max_payload.saturating_add(BODY_HEADROOM);
+    let openapi = openapi()
+        .to_json()
+        .expect("the OpenAPI document encodes as JSON");
+    let state = HttpState {
+        api,
+        nats,
+        shutdown,
+        body_limit,
+        openapi: Bytes::from(openapi),
+    };
+    routed()
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// A router with every route of [`routes`], each under the method and
+/// path the table gives, waiting for its state.
+fn routed() -> Router<HttpState> {
+    routes().into_iter().fold(Router::new(), |router, route| {
+        let filter = MethodFilter::try_from(route.method.clone())
+            .unwrap_or_else(|e| panic!("route {} {}: {e}", route.method, route.path));
+        router.route(route.path, (route.handler)(filter))
+    })
+}
+
+/// Serves the HTTP API on `listener` until `shutdown`, then lets requests
+/// in flight finish (at most [`DRAIN_TIMEOUT`]) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    api: Api,
+    nats: async_nats::Client,
+    max_payload: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let (gate, api) = watch::channel(Some(api));
+    let app = router(api, nats, max_payload, shutdown.clone());
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let result = tokio::select! {
+        r = server => r,
+        _ = deadline => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "HTTP requests still open after the drain timeout; closing");
+            Ok(())
+        }
+    };
+    // Whatever connection lingers, it no longer holds the partition.
+    gate.send_replace(None);
+    result
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// The HTTP status of an error code.
+pub fn status_of(code: &str) -> StatusCode {
+    match code {
+        "E-BAD-REQUEST" | "E-BAD-INPUT" => StatusCode::BAD_REQUEST,
+        "E-NOT-FOUND" => StatusCode::NOT_FOUND,
+        "E-METHOD-NOT-ALLOWED" => StatusCode::METHOD_NOT_ALLOWED,
+        "E-NOT-APPLICABLE" | "E-IDEMPOTENCY-CONFLICT" => StatusCode::CONFLICT,
+        "E-PAYLOAD-TOO-LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
+        "E-UNSUPPORTED-MEDIA-TYPE" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "E-UNKNOWN-SAGA" | "E-INVALID-DEFINITION" => StatusCode::UNPROCESSABLE_ENTITY,
+        c if c.starts_with("E-DEF-") => StatusCode::UNPROCESSABLE_ENTITY,
+        "E-UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorInfo,
+}
+
+/// An error: the `error` of the NATS API's envelope, plus the problems of
+/// a definitions file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorInfo {
+    /// Stable code (docs/ERRORS.md); it decides the HTTP status.
+    pub code: String,
+    /// What happened and what to do, for people.
+    pub message: String,
+    /// For `E-INVALID-DEFINITION`: every problem found, each with its `E-DEF-*` code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Problem>,
+}
+
+/// One problem of a definitions file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// Its `E-DEF-*` code.
+    pub code: String,
+    /// The full message, naming the saga, step and field.
+    pub message: String,
+    /// The saga it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<String>,
+    /// The step it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The file-level retry policy it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<String>,
+    /// The field, as a dotted path within the saga, step or policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Line in the body (syntax errors), from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// Column in the body (syntax errors), from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+}
+
+impl From<&DefinitionError> for Problem {
+    fn from(e: &DefinitionError) -> Self {
+        let place = e.place();
+        let (line, column) = match e {
+            DefinitionError::Parse { line, column, .. } => (*line, *column),
+            _ => (None, None),
+        };
+        Problem {
+            code: e.code().to_string(),
+            message: e.to_string(),
+            saga: place.and_then(|p| p.saga.clone()),
+            step: place.and_then(|p| p.step.clone()),
+            retry_policy: place.and_then(|p| p.policy.clone()),
+            field: place.and_then(|p| p.field.clone()),
+            line,
+            column,
+        }
+    }
+}
+
+/// An error answer; its status follows its code ([`status_of`]).
+#[derive(Debug, Clone, PartialEq)]
+struct HttpError(ErrorInfo);
+
+impl HttpError {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        HttpError(ErrorInfo {
+            code: code.to_string(),
+            message: message.into(),
+            details: Vec::new(),
+        })
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new("E-BAD-REQUEST", message)
+    }
+
+    fn invalid_definitions(e: &DefinitionError) -> Self {
+        HttpError(ErrorInfo {
+            code: "E-INVALID-DEFINITION".into(),
+            message: e.to_string(),
+            details: e.errors().into_iter().map(Problem::from).collect(),
+        })
+    }
+}
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError::new(&e.code, e.message)
+    }
+}
+
+impl HttpError {
+    /// The answer, without logging it as a refused request.
+    fn quiet(self) -> Response {
+        json(status_of(&self.0.code), &ErrorBody { error: self.0 })
+    }
+}
+
+impl IntoResponse for HttpError {
+    /// The answer; refused requests are logged and counted like the NATS
+    /// API's (`rejected: ...`, `source="http"`), unknown ids and routes not.
+    fn into_response(self) -> Response {
+        if !matches!(self.0.code.as_str(), "E-NOT-FOUND" | "E-METHOD-NOT-ALLOWED") {
+            crate::partition::reject("http", &self.0.code, &self.0.message);
+        }
+        self.quiet()
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            serde_json::json!({"error": {"code": "E-INTERNAL", "message": format!("cannot encode the answer: {e}")}})
+                .to_string(),
+        )
+            .into_response(),
+    }
+}
+
+async fn no_route(method: Method, uri: Uri) -> HttpError {
+    HttpError::new(
+        "E-NOT-FOUND",
+        format!(
+            "no route {method} {}; the routes are listed in /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
+    HttpError::new(
+        "E-METHOD-NOT-ALLOWED",
+        format!(
+            "{} does not take {method}; see /openapi.json (the Allow header lists what it takes)",
+            uri.path()
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Extractors: every failure answers in the API's JSON error shape
+// ---------------------------------------------------------------------------
+
+/// The media type of a `Content-Type` header, lowercased, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+fn is_json(media_type: &str) -> bool {
+    media_type == "application/json"
+        || (media_type.starts_with("application/") && media_type.ends_with("+json"))
+}
+
+async fn body_bytes(req: Request, state: &HttpState) -> Result<Bytes, HttpError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::new(
+                "E-PAYLOAD-TOO-LARGE",
+                format!(
+                    "the request body is over the engine's limit of {} bytes (max_payload plus {BODY_HEADROOM} bytes); pass a reference to large data instead",
+                    state.body_limit
+                ),
+            )
+        } else {
+            HttpError::bad_request(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            ))
+        }
+    })
+}
+
+/// A JSON request body decoded into `T`. An empty body reads as `{}`.
+struct JsonBody<T>(T);
+
+impl<T> FromRequest<HttpState> for JsonBody<T>
+where
+    T: for<'de> Deserialize<'de> + Send,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &HttpState) -> Result<Self, HttpError> {
+        if !media_type(req.headers()).is_some_and(|m| is_json(&m)) {
+            return Err(HttpError::new(
+                "E-UNSUPPORTED-MEDIA-TYPE",
+                "send the request body as JSON, with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = body_bytes(req, state).await?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(JsonBody)
+            .map_err(|e| HttpError::bad_request(format!("malformed JSON body: {e}")))
+    }
+}
+
+/// A definitions file in the request body, YAML or JSON as its
+/// `Content-Type` says.
+struct DefinitionsBody {
+    /// The text.
+    text: String,
+    /// Its syntax.
+    format: Format,
+}
+
+impl FromRequest<HttpState> for DefinitionsBody {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &HttpState) -> Result<Self, HttpError> {
+        let format = match media_type(req.headers()).as_deref() {
+            Some("application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml") => {
+                Format::Yaml
+            }
+            Some(m) if is_json(m) => Format::Json,
+            _ => {
+                return Err(HttpError::new(
+                    "E-UNSUPPORTED-MEDIA-TYPE",
+                    "send a definitions file with `Content-Type: application/yaml` or `application/json`",
+                ));
+            }
+        };
+        let bytes = body_bytes(req, state).await?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|e| HttpError::bad_request(format!("the request body is not UTF-8: {e}")))?;
+        Ok(DefinitionsBody { text, format })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Request and response bodies
+// ---------------------------------------------------------------------------
+
+/// Starts a saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSagaRequest {
+    /// Definition name.
+    pub saga: String,
+    /// The saga's input, any JSON (`null` when absent).
+    #[serde(default)]
+    pub input: Value,
+    /// Idempotency key, 1 to 256 bytes; the `Idempotency-Key` header wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A started (or found) saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StartedSaga {
+    /// Saga id; `GET /v1/sagas/{saga_id}` (the `Location` header) reads it.
+    pub saga_id: String,
+    /// `false` when the idempotency key named an existing saga.
+    pub created: bool,
+}
+
+/// Cancels a saga.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelSagaRequest {
+    /// Compensate the steps that completed (`true`), or just stop (`false`).
+    #[serde(default)]
+    pub compensate: bool,
+    /// Why; recorded in the saga.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Query of `GET /v1/sagas`. Empty values count as absent.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only sagas in this state: pending, running, compensating, completed,
+    /// compensated, failed, partially_compensated or cancelled.
+    pub state: Option<String>,
+    /// Only sagas of this definition.
+    pub saga: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// Only sagas created before this saga id: the `next` of the previous page.
+    pub before: Option<String>,
+    /// Only sagas created at or after this time: RFC 3339 in UTC
+    /// (`2026-05-01T12:00:00Z`) or milliseconds since the Unix epoch.
+    pub created_after: Option<String>,
+    /// Only sagas created before this time: RFC 3339 in UTC or milliseconds.
+    pub created_before: Option<String>,
+}
+
+impl ListParams {
+    fn into_request(self) -> Result<ListRequest, HttpError> {
+        let some = |v: Option<String>| v.filter(|v| !v.is_empty());
+        let limit = match some(self.limit) {
+            None => DEFAULT_LIST_LIMIT,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+                _ => {
+                    return Err(HttpError::bad_request(format!(
+                        "limit {v:?} is not a number from 1 to {MAX_LIST_LIMIT}"
+                    )));
+                }
+            },
+        };
+        Ok(ListRequest {
+            state: some(self.state),
+            name: some(self.saga),
+            before: some(self.before),
+            limit,
+            created_after: some(self.created_after)
+                .map(|v| parse_time("created_after", &v))
+                .transpose()?,
+            created_before: some(self.created_before)
+                .map(|v| parse_time("created_before", &v))
+                .transpose()?,
+        })
+    }
+}
+
+/// A time in a query: milliseconds since the Unix epoch, or RFC 3339 in UTC.
+fn parse_time(name: &str, value: &str) -> Result<Millis, HttpError> {
+    if let Ok(ms) = value.parse::<Millis>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as Millis)
+        .ok_or_else(|| {
+            HttpError::bad_request(format!(
+                "{name} {value:?} is not a time: use RFC 3339 in UTC (2026-05-01T12:00:00Z) or milliseconds since the Unix epoch"
+            ))
+        })
+}
+
+/// The current definitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionList {
+    /// The current version of every definition, by name.
+    pub definitions: Vec<SagaDefinition>,
+}
+
+/// What applying a definitions file did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppliedDefinitions {
+    /// One entry per saga of the file, by name.
+    pub applied: Vec<AppliedDefinition>,
+}
+
+/// Liveness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Readiness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`.
+    pub status: String,
+    /// The NATS connection: `connected`.
+    pub nats: String,
+    /// The store: `open`.
+    pub store: String,
+}
+
+/// Stand-ins describing wire types of `jetsaga_worker::protocol` in the
+/// OpenAPI document (that crate does not depend on utoipa).
+pub mod schema {
+    use utoipa::ToSchema;
+
+    /// Whether a task runs a step's action or undoes it.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "snake_case")]
+    pub enum TaskKind {
+        /// The step's action.
+        Action,
+        /// The step's compensation.
+        Compensation,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------
+
+/// Start a saga.
+///
+/// With an `Idempotency-Key` (header, or `idempotency_key` in the body), the
+/// same key always answers the same saga, whichever door (HTTP, NATS, CLI,
+/// durable start) used it first: 201 when this request created it, 200 when
+/// it already existed. The answer comes once the start is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas",
+    tag = "sagas",
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key always gives the same saga (1 to 256 bytes)")),
+    request_body(content = StartSagaRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Started", body = StartedSaga,
+            headers(("Location" = String, description = "Path of the saga"))),
+        (status = 200, description = "The idempotency key's existing saga", body = StartedSaga,
+            headers(("Location" = String, description = "Path of the saga"))),
+        (status = 400, description = "E-BAD-REQUEST: malformed body, no saga named, bad key", body = ErrorBody),
+        (status = 409, description = "E-IDEMPOTENCY-CONFLICT: the key started a saga of another definition", body = ErrorBody),
+        (status = 413, description = "E-PAYLOAD-TOO-LARGE: input over max_payload", body = ErrorBody),
+        (status = 415, description = "E-UNSUPPORTED-MEDIA-TYPE: body not sent as JSON", body = ErrorBody),
+        (status = 422, description = "E-UNKNOWN-SAGA: no such definition", body = ErrorBody),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn start_saga(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<StartSagaRequest>,
+) -> Result<Response, HttpError> {
+    let api = state.api()?;
+    let mut idempotency_key = body.idempotency_key;
+    if let Some(value) = headers.get(HEADER_START_KEY) {
+        let key = value.to_str().map_err(|_| {
+            HttpError::bad_request("the Idempotency-Key header must be visible ASCII")
+        })?;
+        idempotency_key = Some(key.to_string());
+    }
+    let reply = api
+        .start(StartRequest {
+            saga: body.saga,
+            input: body.input,
+            idempotency_key,
+        })
+        .await?;
+    let status = if reply.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = HeaderValue::from_str(&format!("/v1/sagas/{}", reply.saga_id))
+        .map_err(|e| HttpError::new("E-INTERNAL", format!("bad saga id: {e}")))?;
+    let mut response = json(
+        status,
+        &StartedSaga {
+            saga_id: reply.saga_id,
+            created: reply.created,
+        },
+    );
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// List sagas, newest first.
+///
+/// Filters combine. Pass the answer's `next` as `before` for the next page;
+/// no `next` means the last page. A time range is applied to the sagas read
+/// from the store (which indexes by id, state and name), bounded by the time
+/// in the saga ids.
+#[utoipa::path(
+    get,
+    path = "/v1/sagas",
+    tag = "sagas",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of sagas", body = SagaPage),
+        (status = 400, description = "E-BAD-REQUEST: unknown state, bad limit or time, unknown parameter", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn list_sagas(
+    State(state): State<HttpState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = query.map_err(|e| {
+        HttpError::bad_request(format!(
+            "{}; known parameters: state, saga, limit, before, created_after, created_before",
+            e.body_text()
+        ))
+    })?;
+    let request = params.into_request()?;
+    let page = state.api()?.list(&request).await?;
+    Ok(json(StatusCode::OK, &page))
+}
+
+/// One saga: its state, every step's state and attempt history, and the
+/// definition version it runs.
+#[utoipa::path(
+    get,
+    path = "/v1/sagas/{id}",
+    tag = "sagas",
+    params(("id" = String, Path, description = "Saga id")),
+    responses(
+        (status = 200, description = "The saga", body = SagaDetail),
+        (status = 404, description = "E-NOT-FOUND: no saga with this id", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn get_saga(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let id = saga_id(path)?;
+    let detail = state.api()?.get(&id).await?;
+    Ok(json(StatusCode::OK, &detail))
+}
+
+/// Cancel a saga: stop it (`compensate: false`, state `cancelled`) or roll
+/// back what completed (`compensate: true`). Answers the saga once the
+/// cancel is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/{id}/cancel",
+    tag = "sagas",
+    params(("id" = String, Path, description = "Saga id")),
+    request_body(content = CancelSagaRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The saga after the cancel", body = SagaDetail),
+        (status = 400, description = "E-BAD-REQUEST: malformed body", body = ErrorBody),
+        (status = 404, description = "E-NOT-FOUND: no saga with this id", body = ErrorBody),
+        (status = 409, description = "E-NOT-APPLICABLE: the saga is finished, or already compensating", body = ErrorBody),
+        (status = 415, description = "E-UNSUPPORTED-MEDIA-TYPE: body not sent as JSON", body = ErrorBody),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn cancel_saga(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<CancelSagaRequest>,
+) -> Result<Response, HttpError> {
+    let id = saga_id(path)?;
+    let detail = state
+        .api()?
+        .cancel(CancelRequest {
+            id,
+            compensate: body.compensate,
+            reason: body.reason,
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &detail))
+}
+
+fn saga_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    path.map(|Path(id)| id)
+        .map_err(|e| HttpError::bad_request(format!("bad saga id: {}", e.body_text())))
+}
+
+/// The current version of every definition.
+#[utoipa::path(
+    get,
+    path = "/v1/definitions",
+    tag = "definitions",
+    responses(
+        (status = 200, description = "The definitions", body = DefinitionList),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn list_definitions(State(state): State<HttpState>) -> Result<Response, HttpError> {
+    let definitions = state.api()?.definitions().await?;
+    Ok(json(StatusCode::OK, &DefinitionList { definitions }))
+}
+
+/// Apply a definitions file: each saga whose definition changed gets a new
+/// version; running sagas keep theirs. Nothing is stored when the file has
+/// a problem.
+#[utoipa::path(
+    post,
+    path = "/v1/definitions",
+    tag = "definitions",
+    request_body(description = "A definitions file, as `jetsaga def apply` reads (README: A definition)",
+        content((String = "application/yaml"), (String = "application/json"))),
+    responses(
+        (status = 200, description = "Applied", body = AppliedDefinitions),
+        (status = 400, description = "E-BAD-REQUEST: the body is not UTF-8", body = ErrorBody),
+        (status = 413, description = "E-PAYLOAD-TOO-LARGE: body over the limit", body = ErrorBody),
+        (status = 415, description = "E-UNSUPPORTED-MEDIA-TYPE: neither YAML nor JSON", body = ErrorBody),
+        (status = 422, description = "E-INVALID-DEFINITION: every problem in `details`, each with its E-DEF-* code", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn apply_definitions(
+    State(state): State<HttpState>,
+    body: DefinitionsBody,
+) -> Result<Response, HttpError> {
+    let file = parse_definitions(&body)?;
+    let applied = state.api()?.apply_definitions(&file.sagas).await?;
+    Ok(json(StatusCode::OK, &AppliedDefinitions { applied }))
+}
+
+/// Check a definitions file without storing anything.
+#[utoipa::path(
+    post,
+    path = "/v1/definitions/validate",
+    tag = "definitions",
+    request_body(description = "A definitions file",
+        content((String = "application/yaml"), (String = "application/json"))),
+    responses(
+        (status = 200, description = "Valid: the sagas as the engine would store them", body = DefinitionFile),
+        (status = 400, description = "E-BAD-REQUEST: the body is not UTF-8", body = ErrorBody),
+        (status = 413, description = "E-PAYLOAD-TOO-LARGE: body over the limit", body = ErrorBody),
+        (status = 415, description = "E-UNSUPPORTED-MEDIA-TYPE: neither YAML nor JSON", body = ErrorBody),
+        (status = 422, description = "E-INVALID-DEFINITION: every problem in `details`, each with its E-DEF-* code", body = ErrorBody),
+    )
+)]
+async fn validate_definitions(body: DefinitionsBody) -> Result<Response, HttpError> {
+    let file = parse_definitions(&body)?;
+    Ok(json(StatusCode::OK, &file))
+}
+
+fn parse_definitions(body: &DefinitionsBody) -> Result<DefinitionFile, HttpError> {
+    Api::validate_definitions(&body.text, body.format)
+        .map_err(|e| HttpError::invalid_definitions(&e))
+}
+
+/// Liveness: 200 while the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+async fn health() -> Response {
+    json(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+        },
+    )
+}
+
+/// Readiness: 200 when the engine's store is readable and its NATS
+/// connection is up; 503 saying what is not, otherwise (NATS down, engine
+/// draining).
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "E-UNAVAILABLE: not ready; the message says why", body = ErrorBody),
+    )
+)]
+async fn ready(State(state): State<HttpState>) -> Response {
+    let mut reasons = Vec::new();
+    if state.shutdown.is_cancelled() {
+        reasons.push("the engine is shutting down".to_string());
+    }
+    // Without the service the server has stopped, which shutdown explains.
+    if let Ok(api) = state.api()
+        && let Err(e) = api.check_store()
+    {
+        reasons.push(e.message);
+    }
+    use async_nats::connection::State as Nats;
+    match state.nats.connection_state() {
+        Nats::Connected => {}
+        Nats::Disconnected => {
+            reasons.push("the NATS connection is down (reconnecting)".to_string())
+        }
+        Nats::Pending => reasons.push("the NATS connection is not established yet".to_string()),
+    }
+    if reasons.is_empty() {
+        json(
+            StatusCode::OK,
+            &Readiness {
+                status: "ready".into(),
+                nats: "connected".into(),
+                store: "open".into(),
+            },
+        )
+    } else {
+        // Probes poll this: a 503 is an answer, not a refused request to log.
+        HttpError::new(
+            "E-UNAVAILABLE",
+            format!("not ready: {}", reasons.join("; ")),
+        )
+        .quiet()
+    }
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Value))
+)]
+async fn openapi_json(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        state.openapi.clone(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------
+// The OpenAPI document
+// ---------------------------------------------------------------------------
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "jetsaga engine",
+        description = "The HTTP API of the jetsaga saga engine. Errors are `{\"error\": {\"code\", \"message\"}}` with stable codes (docs/ERRORS.md). The same operations are served over NATS (docs/PROTOCOL.md)."
+    ),
+    paths(
+        start_saga,
+        list_sagas,
+        get_saga,
+        cancel_saga,
+        list_definitions,
+        apply_definitions,
+        validate_definitions,
+        health,
+        ready,
+        openapi_json,
+    ),
+    components(schemas(SagaStatus, ErrorBody)),
+    tags(
+        (name = "sagas", description = "Saga instances"),
+        (name = "definitions", description = "Saga definitions"),
+        (name = "operations", description = "Health, readiness, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the HTTP API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    fn document() -> Value {
+        serde_json::to_value(openapi()).expect("the document encodes")
+    }
+
+    /// (method, path) of every operation in the OpenAPI document.
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc = document();
+        let mut out = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in METHODS {
+                if item.get(method).is_some() {
+                    out.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_route_table_and_the_openapi_document_name_the_same_routes() {
+        let table = routes();
+        let served: BTreeSet<(String, String)> = table
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(served.len(), table.len(), "a route is listed twice");
+        let documented = documented();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the OpenAPI document: {undocumented:?}"
+        );
+        assert!(
+            unserved.is_empty(),
+            "documented routes the router does not serve: {unserved:?}"
+        );
+        // Building the router checks that no two routes overlap.
+        let _ = routed();
+    }
+
+    #[test]
+    fn documented_error_statuses_are_the_statuses_of_their_codes() {
+        let doc = document();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in METHODS {
+                let Some(responses) = item.get(method).and_then(|op| op["responses"].as_object())
+                else {
+                    continue;
+                };
+                for (status, response) in responses {
+                    let description = response["description"].as_str().unwrap_or_default();
+                    let Some(code) = description
+                        .split(':')
+                        .next()
+                        .filter(|c| c.starts_with("E-"))
+                    else {
+                        continue;
+                    };
+                    assert_eq!(
+                        status_of(code).as_str(),
+                        status,
+                        "{method} {path}: {code} is documented under {status}"
+                    );
+                    if status != "200" {
+                        let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                        assert_eq!(
+                            schema, "#/components/schemas/ErrorBody",
+                            "{method} {path} {status} answers an ErrorBody"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20, "only {checked} error responses documented");
+    }
+
+    #[test]
+    fn the_document_describes_the_saga_detail() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "SagaDetail",
+            "Saga",
+            "SagaStatus",
+            "StepState",
+            "StepStatus",
+            "Attempt",
+            "AttemptOutcome",
+            "SagaDefinition",
+            "StepDefinition",
+            "RetryPolicy",
+            "TaskKind",
+            "SagaPage",
+            "ErrorBody",
+        ] {
+            assert!(schemas.get(name).is_some(), "no schema {name}");
+        }
+        assert_eq!(
+            schemas["TaskKind"]["enum"],
+            serde_json::json!(["action", "compensation"])
+        );
+    }
+
+    #[test]
+    fn codes_map_to_statuses() {
+        for (code, status) in [
+            ("E-BAD-REQUEST", 400),
+            ("E-BAD-INPUT", 400),
+            ("E-NOT-FOUND", 404),
+            ("E-NOT-APPLICABLE", 409),
+            ("E-IDEMPOTENCY-CONFLICT", 409),
+            ("E-PAYLOAD-TOO-LARGE", 413),
+            ("E-UNSUPPORTED-MEDIA-TYPE", 415),
+            ("E-UNKNOWN-SAGA", 422),
+            ("E-INVALID-DEFINITION", 422),
+            ("E-DEF-CYCLE", 422),
+            ("E-UNAVAILABLE", 503),
+            ("E-INTERNAL", 500),
+            ("E-SOMETHING-NEW", 500),
+        ] {
+            assert_eq!(status_of(code).as_u16(), status, "{code}");
+        }
+    }
+
+    #[test]
+    fn content_types_are_read_without_parameters() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(media_type(&headers), None);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert_eq!(media_type(&headers).as_deref(), Some("application/json"));
+        assert!(is_json("application/json"));
+        assert!(is_json("application/merge-patch+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn list_queries_are_checked() {
+        let params = |f: fn(&mut ListParams)| {
+            let mut p = ListParams::default();
+            f(&mut p);
+            p.into_request()
+        };
+        let req = params(|_| {}).unwrap();
+        assert_eq!(req.limit, DEFAULT_LIST_LIMIT);
+        let req = params(|p| {
+            p.state = Some(String::new());
+            p.saga = Some("order".into());
+            p.limit = Some("5".into());
+            p.created_after = Some("2026-05-01T12:00:00Z".into());
+            p.created_before = Some("1777640400001".into());
+        })
+        .unwrap();
+        assert_eq!(req.state, None, "an empty value is absent");
+        assert_eq!(req.name.as_deref(), Some("order"));
+        assert_eq!(req.limit, 5);
+        assert_eq!(req.created_after, Some(1_777_636_800_000));
+        assert_eq!(req.created_before, Some(1_777_640_400_001));
+        for bad in ["0", "1001", "ten"] {
+            let e = params_limit(bad).unwrap_err();
+            assert_eq!(e.0.code, "E-BAD-REQUEST", "{bad}");
+        }
+        let e = params(|p| p.created_after = Some("yesterday".into())).unwrap_err();
+        assert!(e.0.message.contains("created_after"), "{}", e.0.message);
+    }
+
+    fn params_limit(limit: &str) -> Result<ListRequest, HttpError> {
+        ListParams {
+            limit: Some(limit.into()),
+            ..ListParams::default()
+        }
+        .into_request()
+    }
+
+    #[test]
+    fn definition_problems_carry_their_codes_and_places() {
+        let text = "sagas:\n  x:\n    steps:\n      - id: a\n        service: s\n        operation: o\n        depends_on: [nope]\n      - id: a\n        service: s\n        operation: o\n";
+        let e = Api::validate_definitions(text, Format::Yaml).unwrap_err();
+        let HttpError(info) = HttpError::invalid_definitions(&e);
+        assert_eq!(info.code, "E-INVALID-DEFINITION");
+        let codes: Vec<&str> = info.details.iter().map(|p| p.code.as_str()).collect();
+        assert!(codes.contains(&"E-DEF-UNKNOWN-DEPENDENCY"), "{codes:?}");
+        assert!(codes.contains(&"E-DEF-DUPLICATE-STEP"), "{codes:?}");
+        assert!(info.details.iter().all(|p| p.saga.as_deref() == Some("x")));
+        let e = Api::validate_definitions("sagas: [unclosed", Format::Yaml).unwrap_err();
+        let HttpError(info) = HttpError::invalid_definitions(&e);
+        assert_eq!(info.details[0].code, "E-DEF-PARSE");
+        assert!(info.details[0].line.is_some());
+    }
+}
