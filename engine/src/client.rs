@@ -1,5 +1,6 @@
 //! A client of the engine's NATS request API, used by the CLI and by tests,
-//! and usable from any Rust program.
+//! and usable from any Rust program. [`Client::connect`] takes a URL;
+//! [`Client::connect_with`] a [`NatsConfig`] with credentials and TLS.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), jetsaga_engine::client::ClientError> {
@@ -14,8 +15,10 @@
 //! ```
 
 use crate::api::{
-    AppliedDefinition, ApplyRequest, CancelRequest, Op, SagaDetail, SagaRef, SagaSummary,
+    AppliedDefinition, ApplyRequest, CancelRequest, Op, RetryRequest, SagaDetail, SagaRef,
+    SagaSummary,
 };
+use crate::config::{ConfigError, NatsConfig, connect_hint, connect_options};
 use crate::saga::definition::SagaDefinition;
 use crate::store::SagaFilter;
 use async_nats::client::{Request, RequestErrorKind};
@@ -28,9 +31,10 @@ use std::time::Duration;
 /// Errors of the API client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// NATS could not be reached.
+    /// NATS could not be reached, or refused the credentials or TLS.
     #[error(
-        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; is nats-server running? (`jetsaga dev` starts one)"
+        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; {}",
+        connect_hint(source)
     )]
     Connect {
         /// URL tried.
@@ -63,6 +67,10 @@ pub enum ClientError {
     /// The reply could not be decoded.
     #[error("E-DECODE: cannot decode the engine's reply: {0}")]
     Decode(serde_json::Error),
+    /// The connection settings cannot work (two authentication methods, an
+    /// unreadable credentials file, ...).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl ClientError {
@@ -75,6 +83,7 @@ impl ClientError {
             ClientError::Api(e) => &e.code,
             ClientError::Nats(_) => "E-NATS",
             ClientError::Decode(_) => "E-DECODE",
+            ClientError::Config(e) => e.code(),
         }
     }
 }
@@ -88,13 +97,34 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to NATS at `url` for the installation with subject `prefix`.
+    /// Connects to NATS at `url` (one URL or a comma-separated list) for the
+    /// installation with subject `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ClientError> {
+        Self::connect_with(&NatsConfig::new(url), prefix).await
+    }
+
+    /// Connects to NATS as `nats` says (URLs, credentials, TLS) for the
+    /// installation with subject `prefix`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), jetsaga_engine::client::ClientError> {
+    /// use jetsaga_engine::client::Client;
+    /// use jetsaga_engine::config::{NatsConfig, Secret};
+    /// let nats = NatsConfig {
+    ///     user: Some("app".into()),
+    ///     password: Some(Secret::new(std::env::var("NATS_PASSWORD").unwrap_or_default())),
+    ///     ..NatsConfig::new("nats://nats.internal:4222")
+    /// };
+    /// let client = Client::connect_with(&nats, "jetsaga").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with(nats: &NatsConfig, prefix: &str) -> Result<Self, ClientError> {
+        let url = &nats.url;
         let addrs = crate::engine::server_addrs(url).map_err(|e| ClientError::Connect {
             url: url.to_string(),
             source: e.into(),
         })?;
-        let nats = async_nats::ConnectOptions::new()
+        let nats = connect_options(nats)?
             .name("jetsaga-cli")
             .connect(addrs)
             .await
@@ -195,6 +225,35 @@ impl Client {
             reason,
         };
         self.call(Op::SagaCancel, &req).await
+    }
+
+    /// Retries a finished saga: a `partially_compensated` one resumes its
+    /// rollback, a `failed` or `compensated` one runs forward again from
+    /// the start. Returns the saga once the retry is durable.
+    pub async fn retry(&self, id: &str) -> Result<SagaDetail, ClientError> {
+        let req = RetryRequest {
+            id: id.to_string(),
+            compensation_only: false,
+        };
+        self.call(Op::SagaRetry, &req).await
+    }
+
+    /// Resumes the rollback of a `partially_compensated` saga; any other
+    /// state is refused (`E-NOT-APPLICABLE`).
+    pub async fn retry_compensation(&self, id: &str) -> Result<SagaDetail, ClientError> {
+        let req = RetryRequest {
+            id: id.to_string(),
+            compensation_only: true,
+        };
+        self.call(Op::SagaRetry, &req).await
+    }
+
+    /// Deletes a finished saga (its idempotency key may then start a new one).
+    pub async fn delete(&self, id: &str) -> Result<(), ClientError> {
+        let _: SagaRef = self
+            .call(Op::SagaDelete, &SagaRef { id: id.to_string() })
+            .await?;
+        Ok(())
     }
 
     /// Applies definitions (stored as new versions where they changed).

@@ -1,16 +1,57 @@
-//! Engine configuration: one struct, defaults, then flags and `JETSAGA_*`
-//! environment variables (through clap), then [`Config::validate`].
+//! Engine configuration: one struct, [`Config`], resolved from sources in a
+//! fixed order, each overriding the one before:
+//!
+//! 1. built-in defaults ([`Config::default`]; `jetsaga dev` changes two);
+//! 2. a configuration file (`--config FILE` or `JETSAGA_CONFIG`), YAML or
+//!    JSON by its extension, whose keys are the field paths below
+//!    (`nats.tls.ca`); an unknown key is an error;
+//! 3. `JETSAGA_*` environment variables, one per key ([`env_var`]:
+//!    `nats.tls.ca` → `JETSAGA_NATS_TLS_CA`);
+//! 4. command-line flags, one per key ([`flag_name`]: `--nats-tls-ca`);
+//!
+//! then [`Config::validate`] checks the result. [`Config::resolve`] does the
+//! layering and records where each value came from, which
+//! `jetsaga config check` prints.
+//!
+//! ```
+//! use jetsaga_engine::config::{Config, Env, FileFormat, Layer, Source};
+//!
+//! let file = Layer::parse_str("replicas: 3\nbatch_size: 64\nnats:\n  user: app\n  password: s3cret\n", FileFormat::Yaml)?;
+//! let env = Env::from_pairs([("JETSAGA_REPLICAS", "1")]);
+//! let loaded = Config::resolve(Config::default(), Some(("jetsaga.yaml".into(), file)), &env, Layer::default())?;
+//! assert_eq!(loaded.config.replicas, 1); // the environment beats the file
+//! assert_eq!(loaded.config.batch_size, 64);
+//! assert_eq!(loaded.sources.get("replicas"), Source::Env { var: "JETSAGA_REPLICAS".into() });
+//! assert!(!format!("{:?}", loaded.config).contains("s3cret")); // secrets are masked
+//! loaded.config.validate()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod load;
+mod nats;
+mod show;
+
+pub use load::{
+    Env, FileFormat, Layer, Loaded, NatsLayer, Origin, Source, Sources, TlsLayer, env_var,
+    flag_name,
+};
+pub use nats::{
+    DEFAULT_NATS_URL, MASK, NatsAuth, NatsConfig, Nkey, Secret, TlsConfig, connect_hint,
+    connect_options,
+};
+pub use show::KEYS;
 
 use jetsaga_worker::protocol::{self, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything the engine needs to run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything the engine needs to run. Its `Debug` and `Serialize` show
+/// secrets as `***`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
-    /// NATS server URL(s), comma separated.
-    pub nats_url: String,
+    /// How to reach NATS: servers, credentials, TLS.
+    pub nats: NatsConfig,
     /// Subject prefix of this installation.
     pub prefix: String,
     /// Directory of the sled store.
@@ -20,27 +61,33 @@ pub struct Config {
     /// Largest accepted saga input or result, in bytes.
     pub max_payload: usize,
     /// JetStream duplicate window of the engine's streams.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(serialize_with = "serialize_duration")]
     pub duplicate_window: Duration,
     /// Ack wait of the engine's own consumers (results, starts). The engine
     /// acks within one group commit, so this only bounds how long messages a
     /// crashed engine had pulled wait before they are delivered again.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(serialize_with = "serialize_duration")]
     pub ack_wait: Duration,
     /// Most events the partition applies before one group commit.
     pub batch_size: usize,
     /// Replicas of the engine's streams (1 on a single server, 3 in a cluster).
     pub replicas: usize,
-    /// Address (`HOST:PORT`) of the HTTP API; no HTTP API when absent.
-    /// Port 0 picks a free port (the engine logs the one it got).
-    #[serde(default)]
+    /// Address (`HOST:PORT`) of the HTTP API; no HTTP API when absent (`off`
+    /// in a file, variable or flag). Port 0 picks a free port (the engine
+    /// logs the one it got).
     pub http_listen: Option<String>,
+    /// How log lines look: `text` for people, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// Which log lines to keep, in `tracing`'s filter syntax (`info`,
+    /// `warn,jetsaga_engine=debug`); when absent, `info` for `server` and
+    /// `dev`, `warn` for the client commands.
+    pub log: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".into(),
+            nats: NatsConfig::default(),
             prefix: DEFAULT_PREFIX.into(),
             data_dir: PathBuf::from(".jetsaga/data"),
             definitions: Vec::new(),
@@ -50,83 +97,116 @@ impl Default for Config {
             batch_size: 256,
             replicas: 1,
             http_listen: None,
+            log_format: LogFormat::Text,
+            log: None,
         }
     }
 }
 
-/// A configuration that cannot work.
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event for people (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, the event's fields (`saga_id`, ...) at the
+    /// top level next to `timestamp`, `level`, `target` and `message`.
+    Json,
+}
+
+/// A configuration that cannot work or cannot be read. Messages never
+/// contain a secret.
 #[derive(Debug, thiserror::Error)]
-#[error("E-CONFIG: {0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// A value, or a combination of values, that cannot work.
+    #[error("E-CONFIG: {0}")]
+    Invalid(String),
+    /// The configuration file cannot be read or parsed, or has a key that
+    /// does not exist.
+    #[error("E-CONFIG-FILE: {}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line and column when known.
+        message: String,
+    },
+    /// A `JETSAGA_*` environment variable does not parse.
+    #[error("E-CONFIG-ENV: {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid(_) => "E-CONFIG",
+            ConfigError::File { .. } => "E-CONFIG-FILE",
+            ConfigError::Env { .. } => "E-CONFIG-ENV",
+        }
+    }
+}
 
 impl Config {
     /// Checks the values together; call it after all sources were merged.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        protocol::validate_prefix(&self.prefix).map_err(ConfigError)?;
-        if self.nats_url.trim().is_empty() {
-            return Err(ConfigError("nats_url is empty".into()));
-        }
+        self.validate_client()?;
         if self.max_payload < 1024 {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "max_payload {} is below 1024 bytes",
                 self.max_payload
             )));
         }
         if !(1..=5).contains(&self.replicas) {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "replicas {} is out of range; JetStream allows 1 to 5",
                 self.replicas
             )));
         }
         if self.batch_size == 0 {
-            return Err(ConfigError("batch_size must be at least 1".into()));
+            return Err(ConfigError::Invalid("batch_size must be at least 1".into()));
         }
         if self.ack_wait < Duration::from_secs(1) {
-            return Err(ConfigError("ack_wait must be at least 1s".into()));
+            return Err(ConfigError::Invalid("ack_wait must be at least 1s".into()));
+        }
+        if self.duplicate_window < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "duplicate_window must be at least 1s".into(),
+            ));
         }
         if let Some(addr) = &self.http_listen {
             let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
             if !matches!(port, Some(Ok(_))) {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::Invalid(format!(
                     "http_listen {addr:?} is not HOST:PORT (such as 127.0.0.1:8080, or port 0 for any free port)"
                 )));
             }
         }
         Ok(())
     }
+
+    /// The checks of what a client of the API uses: `nats`, `prefix`, `log`.
+    pub fn validate_client(&self) -> Result<(), ConfigError> {
+        protocol::validate_prefix(&self.prefix)
+            .map_err(|e| ConfigError::Invalid(format!("prefix: {e}")))?;
+        self.nats.validate()?;
+        if let Some(filter) = &self.log {
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .map_err(|e| ConfigError::Invalid(format!("log {filter:?}: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
-/// Durations as humantime strings in config files.
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
+/// Durations as humantime strings (`2m`, `10s`), as files take them.
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_listen_is_host_and_port() {
-        let with = |addr: &str| Config {
-            http_listen: Some(addr.into()),
-            ..Config::default()
-        };
-        assert!(Config::default().validate().is_ok());
-        for good in ["127.0.0.1:8080", "0.0.0.0:0", "[::1]:8080", "localhost:80"] {
-            assert!(with(good).validate().is_ok(), "{good}");
-        }
-        for bad in ["127.0.0.1", "8080x", "host:99999", ""] {
-            let err = with(bad).validate().unwrap_err();
-            assert!(err.to_string().contains("http_listen"), "{bad}: {err}");
-        }
-    }
-}
+mod tests;

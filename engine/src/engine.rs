@@ -1,5 +1,6 @@
 //! Wiring: opens the store, connects to NATS, sets up streams, and runs the
-//! partition, the relay, the intake consumers and the API until shutdown.
+//! partition, the relay, the intake consumers, the API and the metrics
+//! gauges until shutdown.
 //!
 //! Shutdown drains in a stated order: stop intake (the NATS and HTTP APIs,
 //! answering the requests in flight, and the consumers), let the partition
@@ -9,6 +10,7 @@
 use crate::api;
 use crate::bus::{self, StreamSettings, intake, relay};
 use crate::config::{Config, ConfigError};
+use crate::metrics;
 use crate::partition::Partition;
 use crate::saga::definition;
 use crate::store::{SledStore, Store, StoreError};
@@ -33,9 +35,10 @@ pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// NATS is unreachable.
+    /// NATS is unreachable, or refused the credentials or TLS.
     #[error(
-        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; is nats-server running? (`jetsaga dev` starts one)"
+        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; {}",
+        crate::config::connect_hint(source)
     )]
     Connect {
         /// URL.
@@ -132,14 +135,19 @@ pub fn server_addrs(urls: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> 
         .collect()
 }
 
-/// Connects to NATS (one URL or a comma-separated list) and checks the
-/// server (version, JetStream).
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, EngineError> {
+/// Connects to NATS as `nats` says (one URL or a comma-separated list, its
+/// credentials and TLS, through [`crate::config::connect_options`]) and
+/// checks the server's version.
+pub async fn connect(
+    nats: &crate::config::NatsConfig,
+    name: &str,
+) -> Result<async_nats::Client, EngineError> {
+    let url = &nats.url;
     let addrs = server_addrs(url).map_err(|e| EngineError::Connect {
         url: url.to_string(),
         source: e.into(),
     })?;
-    let client = async_nats::ConnectOptions::new()
+    let client = crate::config::connect_options(nats)?
         .name(name)
         .connect(addrs)
         .await
@@ -159,9 +167,10 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Engine
 /// Runs the engine until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), EngineError> {
     config.validate()?;
+    metrics::install();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
     apply_definition_files(&*store, &config.definitions)?;
-    let client = connect(&config.nats_url, "jetsaga-engine").await?;
+    let client = connect(&config.nats, "jetsaga-engine").await?;
     let subjects = Subjects::new(&config.prefix);
     let js = jetstream::new(client.clone());
     if js.query_account().await.is_err() {
@@ -264,6 +273,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             }
         });
     }
+    intake_tasks.spawn(metrics::poll_gauges(
+        store.clone(),
+        js.clone(),
+        subjects.clone(),
+        metrics::POLL_EVERY,
+        intake_stop.clone(),
+    ));
     intake_tasks.close();
     drop(handle);
     drop(service);
@@ -275,7 +291,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         relay_stop.clone(),
         Duration::from_secs(5),
     ));
-    tracing::info!(prefix = %config.prefix, nats = %config.nats_url, data_dir = %config.data_dir.display(), "engine ready");
+    tracing::info!(prefix = %config.prefix, nats = %config.nats.url, data_dir = %config.data_dir.display(), "engine ready");
 
     let early = tokio::select! {
         _ = shutdown.cancelled() => None,

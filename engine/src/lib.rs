@@ -9,6 +9,10 @@
 //! - [`partition`]: the single writer that applies events;
 //! - [`bus`]: streams, the outbox relay and the intake consumers;
 //! - [`api`]: the request API over NATS and HTTP, [`client`] its NATS client;
+//! - [`metrics`]: the Prometheus metrics, derived from the partition's
+//!   transitions and served on the HTTP API's `/metrics`;
+//! - [`trace`]: OpenTelemetry spans of sagas and step attempts, with ids
+//!   derived from the saga so they link across restarts;
 //! - [`crash_points`]: where tests kill the engine on purpose;
 //! - [`engine`]: the wiring, [`cli`] the `jetsaga` command, [`dev`] the
 //!   embedded nats-server of `jetsaga dev`.
@@ -16,7 +20,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = jetsaga_engine::config::Config {
-//!     nats_url: "nats://127.0.0.1:4222".into(),
+//!     nats: jetsaga_engine::config::NatsConfig::new("nats://127.0.0.1:4222"),
 //!     data_dir: "/var/lib/jetsaga".into(),
 //!     ..Default::default()
 //! };
@@ -33,8 +37,10 @@ pub mod config;
 pub mod crash_points;
 pub mod dev;
 pub mod engine;
+pub mod metrics;
 pub mod partition;
 pub mod saga;
 pub mod store;
+pub mod trace;
 
 pub use engine::run;

@@ -6,12 +6,14 @@
 //! as one store transaction with its outbox rows and timers, a batch of
 //! transitions is made durable with one flush (group commit), and only then
 //! are the messages that carried the events acknowledged and the callers
-//! answered.
+//! answered. Each transition is also observed by [`SagaMetrics`], which
+//! derives the saga and step metrics from the saga before and after it.
 //!
 //! The key space already exists ([`partition_of`]); the engine runs one
 //! partition today.
 
 use crate::crash_points;
+use crate::metrics::{Before, SagaMetrics};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine;
 use crate::saga::state::{Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga};
@@ -64,6 +66,8 @@ pub struct StartCommand {
     pub input: Value,
     /// Idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// The caller's W3C `traceparent`, validated ([`crate::trace::caller`]).
+    pub trace_parent: Option<String>,
 }
 
 /// Commands the partition accepts.
@@ -96,6 +100,22 @@ pub enum Command {
         reason: String,
         /// Where to answer.
         reply: oneshot::Sender<Result<Saga, ApiError>>,
+    },
+    /// Retry a finished saga (resume its rollback, or run it again).
+    Retry {
+        /// Saga id.
+        id: String,
+        /// Only resume the rollback of a `partially_compensated` saga.
+        compensation_only: bool,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<Saga, ApiError>>,
+    },
+    /// Delete a terminal saga.
+    Delete {
+        /// Saga id.
+        id: String,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<(), ApiError>>,
     },
 }
 
@@ -143,6 +163,25 @@ impl PartitionHandle {
         .await?;
         rx.await.map_err(|_| unavailable())?
     }
+
+    /// Retries a finished saga and waits until the retry is durable.
+    pub async fn retry(&self, id: String, compensation_only: bool) -> Result<Saga, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Retry {
+            id,
+            compensation_only,
+            reply: tx,
+        })
+        .await?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Deletes a terminal saga and waits until the deletion is durable.
+    pub async fn delete(&self, id: String) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Delete { id, reply: tx }).await?;
+        rx.await.map_err(|_| unavailable())?
+    }
 }
 
 fn unavailable() -> ApiError {
@@ -173,7 +212,9 @@ pub enum PartitionError {
 struct AfterFlush {
     acks: Vec<jetstream::Message>,
     start_replies: Vec<Reply<StartReply>>,
+    /// Answers to cancels and retries.
     cancel_replies: Vec<Reply<Saga>>,
+    delete_replies: Vec<Reply<()>>,
     progress: Vec<(String, &'static str)>,
     committed: usize,
 }
@@ -187,6 +228,7 @@ pub struct Partition {
     rx: mpsc::Receiver<Command>,
     active: HashMap<String, Saga>,
     definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
+    metrics: SagaMetrics,
     max_payload: usize,
     batch_size: usize,
 }
@@ -210,6 +252,7 @@ impl Partition {
             rx,
             active: HashMap::new(),
             definitions: HashMap::new(),
+            metrics: SagaMetrics::default(),
             max_payload,
             batch_size: batch_size.max(1),
         };
@@ -224,6 +267,11 @@ impl Partition {
         for saga in self.store.unfinished_sagas()? {
             self.active.insert(saga.id.clone(), saga);
         }
+        let definitions = self.store.list_definitions()?;
+        self.metrics.resume(
+            definitions.iter().map(|d| d.name.as_str()),
+            self.active.values(),
+        );
         tracing::info!(unfinished = self.active.len(), "partition resumed");
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
@@ -276,6 +324,9 @@ impl Partition {
         for (tx, r) in after.cancel_replies {
             let _ = tx.send(r);
         }
+        for (tx, r) in after.delete_replies {
+            let _ = tx.send(r);
+        }
         for (id, state) in after.progress {
             let _ = self
                 .client
@@ -316,6 +367,18 @@ impl Partition {
             } => {
                 let r = self.cancel(&id, compensate, reason, after)?;
                 after.cancel_replies.push((reply, r));
+            }
+            Command::Retry {
+                id,
+                compensation_only,
+                reply,
+            } => {
+                let r = self.retry(&id, compensation_only, after)?;
+                after.cancel_replies.push((reply, r));
+            }
+            Command::Delete { id, reply } => {
+                let r = self.delete(&id, after)?;
+                after.delete_replies.push((reply, r));
             }
         }
         Ok(())
@@ -411,8 +474,14 @@ impl Partition {
             start.idempotency_key.clone(),
             now,
         );
+        saga.trace_parent = start.trace_parent;
+        let traced = crate::trace::enabled().then(|| saga.clone());
         let effects = machine::apply(&mut saga, &def, Event::Start, inputs(now))
             .map_err(|r| api_error("E-INTERNAL", format!("a new saga refused to start: {r}")))?;
+        if let Some(pending) = &traced {
+            crate::trace::observe(&def, pending, &saga);
+        }
+        self.metrics.transition(&def, None, &saga);
         let mut change = self.change_for(&saga, &def, effects);
         change.idempotency_key = start.idempotency_key;
         self.commit(saga, change, after)?;
@@ -503,6 +572,64 @@ impl Partition {
         }
     }
 
+    /// Retries a finished saga: the state machine decides whether its state
+    /// allows it and what runs again.
+    fn retry(
+        &mut self,
+        id: &str,
+        compensation_only: bool,
+        after: &mut AfterFlush,
+    ) -> Result<Result<Saga, ApiError>, PartitionError> {
+        let Some(saga) = self.saga(id)? else {
+            return Ok(Err(api_error(
+                "E-NOT-FOUND",
+                format!("no saga with id {id}"),
+            )));
+        };
+        let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
+            return Ok(Err(api_error(
+                "E-INTERNAL",
+                format!("saga {id} has no stored definition"),
+            )));
+        };
+        let event = Event::Retry { compensation_only };
+        match self.apply_event(saga, &def, event, Vec::new(), after)? {
+            Ok(saga) => Ok(Ok(saga)),
+            Err(rejection) => Ok(Err(api_error("E-NOT-APPLICABLE", rejection.to_string()))),
+        }
+    }
+
+    /// Deletes a terminal saga from the store. Going through the partition
+    /// orders it with every transition: a saga cannot be deleted while an
+    /// event is being applied to it, nor come back by one.
+    fn delete(
+        &mut self,
+        id: &str,
+        after: &mut AfterFlush,
+    ) -> Result<Result<(), ApiError>, PartitionError> {
+        let Some(saga) = self.saga(id)? else {
+            return Ok(Err(api_error(
+                "E-NOT-FOUND",
+                format!("no saga with id {id}"),
+            )));
+        };
+        if !saga.status.is_terminal() {
+            return Ok(Err(api_error(
+                "E-NOT-APPLICABLE",
+                format!(
+                    "cannot delete saga {id}: it is {}; only a finished saga can be deleted (cancel it first: `jetsaga saga cancel {id}`)",
+                    saga.status.name()
+                ),
+            )));
+        }
+        self.store.delete_saga(id)?;
+        self.active.remove(id);
+        after.committed += 1;
+        after.progress.push((id.to_string(), "deleted"));
+        tracing::info!(saga_id = %id, saga = %saga.name, state = saga.status.name(), "saga deleted");
+        Ok(Ok(()))
+    }
+
     /// Fires every due timer (fenced by the state machine).
     fn fire_timers(&mut self, after: &mut AfterFlush) -> Result<(), PartitionError> {
         let due = self.store.due_timers(now_ms(), self.batch_size)?;
@@ -550,8 +677,14 @@ impl Partition {
         after: &mut AfterFlush,
     ) -> Result<Result<Saga, Rejection>, PartitionError> {
         let label = event_label(&event);
+        let before = Before::of(&saga);
+        let traced = crate::trace::enabled().then(|| saga.clone());
         match machine::apply(&mut saga, def, event, inputs(now_ms())) {
             Ok(effects) => {
+                self.metrics.transition(def, Some(&before), &saga);
+                if let Some(earlier) = &traced {
+                    crate::trace::observe(def, earlier, &saga);
+                }
                 let mut change = self.change_for(&saga, def, effects);
                 change.timers_remove.extend(timers_remove);
                 self.commit(saga.clone(), change, after)?;
@@ -609,10 +742,11 @@ impl Partition {
                     step,
                     kind,
                     attempt,
+                    generation,
                 } => {
                     change
                         .outbox
-                        .push(self.task_message(saga, def, step, kind, attempt));
+                        .push(self.task_message(saga, def, step, kind, attempt, generation));
                 }
                 Effect::ScheduleTimer { timer, due } => change.timers_add.push(TimerRow {
                     saga_id: saga.id.clone(),
@@ -635,6 +769,7 @@ impl Partition {
         step: usize,
         kind: TaskKind,
         attempt: u32,
+        generation: u32,
     ) -> OutboxMessage {
         let sd = &def.steps[step];
         let operation = match kind {
@@ -647,7 +782,8 @@ impl Partition {
             .zip(&def.steps)
             .filter_map(|(state, d)| state.output.clone().map(|o| (d.id.clone(), o)))
             .collect();
-        let idempotency_key = protocol::idempotency_key(&saga.id, &sd.id, kind);
+        let idempotency_key =
+            protocol::idempotency_key_in_generation(&saga.id, &sd.id, kind, generation);
         let task = Task {
             saga_id: saga.id.clone(),
             saga_name: saga.name.clone(),
@@ -661,13 +797,17 @@ impl Partition {
             context,
             timeout_ms: sd.timeout.as_millis() as u64,
         };
+        let mut headers = vec![
+            (HEADER_SAGA_ID.to_string(), saga.id.clone()),
+            (HEADER_IDEMPOTENCY_KEY.to_string(), idempotency_key),
+        ];
+        if let Some(tp) = crate::trace::task_traceparent(saga, &sd.id, kind, attempt) {
+            headers.push((crate::trace::HEADER_TRACEPARENT.to_string(), tp));
+        }
         OutboxMessage {
             subject: self.subjects.task(&sd.service),
             msg_id: protocol::task_msg_id(&saga.id, &sd.id, kind, attempt),
-            headers: vec![
-                (HEADER_SAGA_ID.to_string(), saga.id.clone()),
-                (HEADER_IDEMPOTENCY_KEY.to_string(), idempotency_key),
-            ],
+            headers,
             payload: serde_json::to_vec(&task).unwrap_or_default(),
         }
     }
@@ -702,6 +842,7 @@ fn event_label(event: &Event) -> &'static str {
         Event::TaskResult { .. } => "result",
         Event::TimerFired(_) => "timer",
         Event::Cancel { .. } => "cancel",
+        Event::Retry { .. } => "retry",
     }
 }
 
@@ -718,6 +859,9 @@ fn log_lifecycle(saga: &Saga, def: &SagaDefinition, event: &LifecycleEvent) {
         LifecycleEvent::SagaStarted => {}
         LifecycleEvent::SagaCompensating { reason } => {
             tracing::info!(saga_id = %saga.id, saga = %saga.name, %reason, "saga compensating")
+        }
+        LifecycleEvent::SagaRetried { from, generation } => {
+            tracing::info!(saga_id = %saga.id, saga = %saga.name, %from, generation, "saga retried")
         }
         LifecycleEvent::SagaFinished { state } => {
             tracing::info!(saga_id = %saga.id, saga = %saga.name, state = %state, "saga finished")

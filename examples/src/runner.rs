@@ -65,6 +65,13 @@ pub struct Args {
     #[arg(long, env = "JETSAGA_IDEMPOTENCY_REPLICAS", default_value_t = 1)]
     pub idempotency_replicas: usize,
 
+    /// Serve Prometheus metrics (`GET /metrics`: the SDK's `worker_*`
+    /// metrics) on this address, `HOST:PORT` (port 0: any free port, logged
+    /// as `metrics listening addr=...`). Off by default; one port per
+    /// process on a machine (deploy/ uses 9464).
+    #[arg(long, value_name = "ADDR", env = "JETSAGA_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Run only this service (repeatable; default: every service of the binary).
     #[arg(
         long = "service",
@@ -101,6 +108,9 @@ pub fn main(bin: Binary) -> anyhow::Result<()> {
         .after_help(after_help)
         .get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // OpenTelemetry traces, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set;
+    // flushed when `_trace` is dropped, after the workers stopped.
+    let _trace = jetsaga_worker::trace::init();
     init_tracing();
     // Tests kill workers at chosen places (`FAILPOINTS`); nothing happens
     // unless the SDK was built with its `failpoints` feature.
@@ -112,14 +122,19 @@ pub fn main(bin: Binary) -> anyhow::Result<()> {
         .block_on(run(bin, args))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), and exports
+/// spans when [`jetsaga_worker::trace::init`] turned traces on.
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(jetsaga_worker::trace::layer())
         .try_init();
 }
 
@@ -172,6 +187,16 @@ pub async fn run(bin: Binary, args: Args) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
+    // Before connecting, so that a worker waiting for NATS is scraped (and
+    // a port already taken fails at once). Serves until the process exits.
+    let _metrics = match args.metrics_listen.as_deref().map(str::trim) {
+        None | Some("" | "off") => None,
+        Some(addr) => Some(
+            jetsaga_worker::metrics::serve(addr)
+                .await
+                .context("cannot serve metrics (--metrics-listen)")?,
+        ),
+    };
 
     let Some(client) = connect(&args.nats_url, &worker_name, &shutdown).await? else {
         info!("shut down before connecting");
@@ -360,12 +385,15 @@ mod tests {
             "w1",
             "--ledger-dir",
             "/tmp/l",
+            "--metrics-listen",
+            "127.0.0.1:9464",
         ])
         .unwrap();
         assert_eq!(args.services, vec!["manifest", "gateway"]);
         assert_eq!(args.concurrency, 4);
         assert_eq!(args.name.as_deref(), Some("w1"));
         assert_eq!(args.ledger_dir, PathBuf::from("/tmp/l"));
+        assert_eq!(args.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
         Args::command().debug_assert();
     }
 

@@ -716,3 +716,122 @@ async fn the_http_api_stops_with_the_engine() {
         "still listening after the engine stopped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_are_retried_and_deleted() {
+    const FLIPS: &str = r#"
+sagas:
+  flips:
+    steps:
+      - id: only
+        service: flip
+        operation: flip
+        timeout: 10s
+        retry: { max_attempts: 1 }
+"#;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let world = World::start(&["--http-listen", "127.0.0.1:0"]).await;
+    let http = Http::new(&world).await;
+    assert_eq!(http.post_yaml("/v1/definitions", DEFS).await.status, 200);
+    assert_eq!(http.post_yaml("/v1/definitions", FLIPS).await.status, 200);
+    let broken = Arc::new(AtomicBool::new(true));
+    let b = broken.clone();
+    let _w = world
+        .worker(
+            Worker::builder("flip").handler("flip", move |ctx: TaskContext, _: Value| {
+                let b = b.clone();
+                async move {
+                    if b.load(Ordering::SeqCst) {
+                        Err(jetsaga_worker::StepError::fatal("broken"))
+                    } else {
+                        Ok(json!({"key": ctx.idempotency_key()}))
+                    }
+                }
+            }),
+        )
+        .await;
+    let retry = |id: &str| format!("/v1/sagas/{id}/retry");
+    let saga = |id: &str| format!("/v1/sagas/{id}");
+
+    // A failed saga, retried once fixed: 200 with the saga running again.
+    let a = http
+        .post_json("/v1/sagas", &json!({"saga": "flips"}), &[])
+        .await;
+    let id = a.json()["saga_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        finished(&http, &id).await["saga"]["status"]["state"],
+        "failed"
+    );
+    // Only a partially compensated saga has a rollback to resume.
+    let a = http
+        .post_json(&retry(&id), &json!({"compensation_only": true}), &[])
+        .await;
+    http.documented("POST", "/v1/sagas/{id}/retry", &a);
+    assert_eq!((a.status, a.code().as_str()), (409, "E-NOT-APPLICABLE"));
+    broken.store(false, Ordering::SeqCst);
+    // The body is JSON like every other (an empty one reads as `{}`).
+    let a = http.send("POST", &retry(&id), &[], b"").await;
+    http.documented("POST", "/v1/sagas/{id}/retry", &a);
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (415, "E-UNSUPPORTED-MEDIA-TYPE")
+    );
+    let a = http
+        .send(
+            "POST",
+            &retry(&id),
+            &[("Content-Type", "application/json")],
+            b"",
+        )
+        .await;
+    http.documented("POST", "/v1/sagas/{id}/retry", &a);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["saga"]["generation"], 1);
+    let done = finished(&http, &id).await;
+    assert_eq!(done["saga"]["status"]["state"], "completed");
+    let attempts = &done["saga"]["steps"][0]["attempts"];
+    assert_eq!(attempts[1]["number"], 2);
+    assert_eq!(attempts[1]["generation"], 1);
+    assert_eq!(
+        done["saga"]["steps"][0]["output"]["key"],
+        format!("{id}.only.action.g1")
+    );
+    // Completed: nothing to retry; unknown ids are 404; bad bodies 400.
+    let a = http.post_json(&retry(&id), &json!({}), &[]).await;
+    http.documented("POST", "/v1/sagas/{id}/retry", &a);
+    assert_eq!((a.status, a.code().as_str()), (409, "E-NOT-APPLICABLE"));
+    let a = http.post_json(&retry("nope"), &json!({}), &[]).await;
+    http.documented("POST", "/v1/sagas/{id}/retry", &a);
+    assert_eq!((a.status, a.code().as_str()), (404, "E-NOT-FOUND"));
+    let a = http
+        .post_json(&retry(&id), &json!({"compensate": true}), &[])
+        .await;
+    http.documented("POST", "/v1/sagas/{id}/retry", &a);
+    assert_eq!((a.status, a.code().as_str()), (400, "E-BAD-REQUEST"));
+
+    // Delete: 409 while running, 204 once finished, then 404.
+    let stuck = http
+        .post_json("/v1/sagas", &json!({"saga": "stuck"}), &[])
+        .await;
+    let stuck = stuck.json()["saga_id"].as_str().unwrap().to_string();
+    let a = http.send("DELETE", &saga(&stuck), &[], b"").await;
+    http.documented("DELETE", "/v1/sagas/{id}", &a);
+    assert_eq!((a.status, a.code().as_str()), (409, "E-NOT-APPLICABLE"));
+    assert_eq!(http.get(&saga(&stuck)).await.status, 200);
+    let a = http.send("DELETE", &saga(&id), &[], b"").await;
+    http.documented("DELETE", "/v1/sagas/{id}", &a);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    assert!(a.body.is_empty());
+    let a = http.get(&saga(&id)).await;
+    assert_eq!((a.status, a.code().as_str()), (404, "E-NOT-FOUND"));
+    let a = http.send("DELETE", &saga(&id), &[], b"").await;
+    http.documented("DELETE", "/v1/sagas/{id}", &a);
+    assert_eq!((a.status, a.code().as_str()), (404, "E-NOT-FOUND"));
+    // The route takes GET and DELETE only.
+    let a = http.send("PUT", &saga(&id), &[], b"").await;
+    assert_eq!(a.status, 405);
+    let allow = a.header("allow").unwrap_or_default().to_ascii_uppercase();
+    assert!(allow.contains("DELETE") && allow.contains("GET"), "{allow}");
+}

@@ -27,6 +27,7 @@
 
 use crate::crash_points;
 use crate::handler::{Handlers, execute};
+use crate::metrics;
 use crate::protocol::{
     HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, Subjects, Task, TaskResult, result_msg_id,
 };
@@ -128,6 +129,8 @@ pub(crate) async fn handle(
         stream_seq,
         delivered,
     );
+    // A child of the engine's span of this step attempt, when tracing is on.
+    crate::trace::link(&span, msg.headers.as_ref());
     process(&shared, &msg, task, ack_wait, permit)
         .instrument(span)
         .await;
@@ -167,6 +170,9 @@ async fn process(
     };
     let finished = with_progress(msg, ack_wait, work).await;
     drop(permit);
+    let task = ctx.task();
+    let handled = finished.as_ref().map_or("unfinished", Outcome::as_str);
+    metrics::task_handled(&shared.service, &task.operation, task.kind, handled);
     match finished {
         Ok(outcome) => {
             crash_points::pass(crash_points::AFTER_PUBLISH);
@@ -222,6 +228,7 @@ async fn produce_outcome(
         .await
         .map_err(Unfinished::Lookup)?;
     if let Some(outcome) = found {
+        metrics::replayed(&shared.service);
         info!(
             outcome = outcome.as_str(),
             "outcome already recorded; replaying it without running the handler"
@@ -230,8 +237,12 @@ async fn produce_outcome(
     }
 
     let started = Instant::now();
+    let in_flight = metrics::InFlight::enter(&shared.service);
     let outcome = execute(&shared.handlers, &shared.name, &shared.service, ctx.clone()).await;
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    drop(in_flight);
+    let elapsed = started.elapsed();
+    metrics::handler_ran(&shared.service, ctx.operation(), ctx.kind(), elapsed);
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     match &outcome {
         Outcome::Ok { .. } => info!(elapsed_ms, "handler succeeded"),
         Outcome::Fatal { error } => info!(elapsed_ms, error = %error, "handler failed (fatal)"),

@@ -114,9 +114,23 @@
 //!
 //! The exact order of record, result and ack is in the `delivery` module
 //! docs; shutdown order is on [`Worker::run`] and in the `worker` module.
+//!
+//! # Metrics
+//!
+//! Workers record handler latency, tasks by outcome, replays and handlers
+//! in flight through the `metrics` facade; [`metrics::serve`] exports them
+//! to Prometheus on `/metrics`. The [`metrics`] module lists them.
+//!
+//! # Traces
+//!
+//! Each task runs in a `task` span that is a child of the engine's span for
+//! the step attempt (the task's `traceparent` header), so handler spans join
+//! the saga's trace; [`trace`] tells how to export them over OTLP.
 
 pub mod crash_points;
+pub mod metrics;
 pub mod protocol;
+pub mod trace;
 
 mod delivery;
 mod error;

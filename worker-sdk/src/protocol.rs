@@ -194,10 +194,37 @@ impl std::fmt::Display for TaskKind {
     }
 }
 
-/// The idempotency key of a step's action or compensation: stable across
-/// attempts, distinct for the compensation. It is a valid KV key.
+/// The idempotency key of a step's action or compensation in a saga's first
+/// run (key generation 0): stable across attempts, distinct for the
+/// compensation. It is a valid KV key. Same as
+/// [`idempotency_key_in_generation`] with generation 0.
 pub fn idempotency_key(saga_id: &str, step_id: &str, kind: TaskKind) -> String {
-    format!("{saga_id}.{step_id}.{}", kind.as_str())
+    idempotency_key_in_generation(saga_id, step_id, kind, 0)
+}
+
+/// The idempotency key of a step's action or compensation in key generation
+/// `generation`: `<saga>.<step>.<kind>` for generation 0 (the keys of a saga
+/// never retried, as before generations existed), `<saga>.<step>.<kind>.g<N>`
+/// after. An operator's retry of a finished saga moves to a new generation
+/// where a key must not replay what was recorded under the old one (a fatal
+/// error, or a success whose effect was compensated since). A valid KV key.
+///
+/// ```
+/// use jetsaga_worker::protocol::{TaskKind, idempotency_key_in_generation};
+/// assert_eq!(idempotency_key_in_generation("s1", "pay", TaskKind::Action, 0), "s1.pay.action");
+/// assert_eq!(idempotency_key_in_generation("s1", "pay", TaskKind::Compensation, 2), "s1.pay.compensation.g2");
+/// ```
+pub fn idempotency_key_in_generation(
+    saga_id: &str,
+    step_id: &str,
+    kind: TaskKind,
+    generation: u32,
+) -> String {
+    if generation == 0 {
+        format!("{saga_id}.{step_id}.{}", kind.as_str())
+    } else {
+        format!("{saga_id}.{step_id}.{}.g{generation}", kind.as_str())
+    }
 }
 
 /// `Nats-Msg-Id` of a task message.
@@ -377,6 +404,28 @@ mod tests {
         assert_eq!(s.tasks_stream(), "ACME_PROD_TASKS");
         assert_eq!(s.service_consumer("x"), "acme-prod-svc-x");
         assert_eq!(s.api("saga.start"), "acme.prod.api.saga.start");
+    }
+
+    #[test]
+    fn idempotency_keys_by_generation() {
+        let k = |kind, generation| idempotency_key_in_generation("s-1", "pay", kind, generation);
+        assert_eq!(
+            idempotency_key("s-1", "pay", TaskKind::Action),
+            "s-1.pay.action"
+        );
+        assert_eq!(k(TaskKind::Action, 0), "s-1.pay.action");
+        assert_eq!(k(TaskKind::Action, 1), "s-1.pay.action.g1");
+        assert_eq!(k(TaskKind::Compensation, 7), "s-1.pay.compensation.g7");
+        // Distinct across kinds and generations, and valid KV keys.
+        let keys: std::collections::BTreeSet<String> = [0, 1, 2, 10, u32::MAX]
+            .into_iter()
+            .flat_map(|g| [k(TaskKind::Action, g), k(TaskKind::Compensation, g)])
+            .collect();
+        assert_eq!(keys.len(), 10);
+        assert!(
+            keys.iter().all(|key| crate::store::is_valid_key(key)),
+            "{keys:?}"
+        );
     }
 
     #[test]

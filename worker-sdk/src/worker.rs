@@ -502,6 +502,7 @@ impl WorkerBuilder {
         if self.handlers.is_empty() {
             warn!(service = %self.service, "worker has no handlers; every task will be reported as retryable");
         }
+        crate::metrics::register(&self.service);
         let shared = Arc::new(Shared {
             service: self.service,
             subjects,

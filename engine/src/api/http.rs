@@ -14,18 +14,23 @@
 //! | `GET /v1/sagas` | list sagas, newest first, with filters and a `next` cursor |
 //! | `GET /v1/sagas/{id}` | one saga with its steps, attempts and definition |
 //! | `POST /v1/sagas/{id}/cancel` | cancel a saga, compensating or not |
+//! | `POST /v1/sagas/{id}/retry` | retry a finished saga: resume its rollback, or run it again |
+//! | `DELETE /v1/sagas/{id}` | delete a finished saga (204) |
 //! | `GET /v1/definitions` | the current version of every definition |
 //! | `POST /v1/definitions` | apply a definitions file (YAML or JSON) |
 //! | `POST /v1/definitions/validate` | check a definitions file, reporting every problem |
 //! | `GET /health` | the process serves (always 200) |
 //! | `GET /ready` | the store is readable and NATS connected (200), or why not (503) |
 //! | `GET /openapi.json` | the OpenAPI document |
+//! | `GET /metrics` | Prometheus metrics, text exposition format ([`crate::metrics`]) |
 //!
 //! Request bodies must be sent with a JSON (or, for definitions, YAML)
 //! `Content-Type`: besides telling the formats apart, that keeps a web page
 //! from posting to an engine on `localhost` without a CORS preflight.
 
-use super::{Api, AppliedDefinition, CancelRequest, ListRequest, SagaDetail, SagaPage};
+use super::{
+    Api, AppliedDefinition, CancelRequest, ListRequest, RetryRequest, SagaDetail, SagaPage,
+};
 use crate::saga::definition::{DefinitionError, DefinitionFile, Format, SagaDefinition};
 use crate::saga::state::{Millis, SagaStatus};
 use crate::store::sled_store::DEFAULT_LIST_LIMIT;
@@ -122,8 +127,8 @@ fn routes() -> Vec<Route> {
         Route::new(Method::GET, "/v1/sagas", list_sagas),
         Route::new(Method::GET, "/v1/sagas/{id}", get_saga),
         Route::new(Method::POST, "/v1/sagas/{id}/cancel", cancel_saga),
-        // Not served yet: retrying a stuck saga and deleting a finished one
-        // need their own events in the state machine first.
+        Route::new(Method::POST, "/v1/sagas/{id}/retry", retry_saga),
+        Route::new(Method::DELETE, "/v1/sagas/{id}", delete_saga),
         Route::new(Method::GET, "/v1/definitions", list_definitions),
         Route::new(Method::POST, "/v1/definitions", apply_definitions),
         Route::new(
@@ -134,8 +139,7 @@ fn routes() -> Vec<Route> {
         Route::new(Method::GET, "/health", health),
         Route::new(Method::GET, "/ready", ready),
         Route::new(Method::GET, "/openapi.json", openapi_json),
-        // GET /metrics (Prometheus text format) belongs here, with its
-        // `#[utoipa::path]` listed in `ApiDoc`, once the engine exports metrics.
+        Route::new(Method::GET, "/metrics", prometheus_metrics),
     ]
 }
 
@@ -515,6 +519,16 @@ pub struct CancelSagaRequest {
     pub reason: Option<String>,
 }
 
+/// Retries a finished saga.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySagaRequest {
+    /// Only resume the rollback of a `partially_compensated` saga; any
+    /// other state is refused (`jetsaga saga retry-compensation`).
+    #[serde(default)]
+    pub compensation_only: bool,
+}
+
 /// Query of `GET /v1/sagas`. Empty values count as absent.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -673,12 +687,18 @@ async fn start_saga(
         })?;
         idempotency_key = Some(key.to_string());
     }
+    let traceparent = headers
+        .get(crate::trace::HEADER_TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
     let reply = api
-        .start(StartRequest {
-            saga: body.saga,
-            input: body.input,
-            idempotency_key,
-        })
+        .start_traced(
+            StartRequest {
+                saga: body.saga,
+                input: body.input,
+                idempotency_key,
+            },
+            traceparent,
+        )
         .await?;
     let status = if reply.created {
         StatusCode::CREATED
@@ -786,6 +806,69 @@ async fn cancel_saga(
         })
         .await?;
     Ok(json(StatusCode::OK, &detail))
+}
+
+/// Retry a finished saga once its cause is fixed: a `partially_compensated`
+/// saga resumes its rollback (failed compensations run again, an action
+/// whose outcome was unknown is dispatched again under its idempotency
+/// key); a `failed` or `compensated` one runs forward again from the start
+/// under new idempotency keys. Answers the saga once the retry is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/{id}/retry",
+    tag = "sagas",
+    params(("id" = String, Path, description = "Saga id")),
+    request_body(content = RetrySagaRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The saga after the retry", body = SagaDetail),
+        (status = 400, description = "E-BAD-REQUEST: malformed body", body = ErrorBody),
+        (status = 404, description = "E-NOT-FOUND: no saga with this id", body = ErrorBody),
+        (status = 409, description = "E-NOT-APPLICABLE: the saga is not failed, compensated or partially_compensated (with compensation_only: not partially_compensated)", body = ErrorBody),
+        (status = 415, description = "E-UNSUPPORTED-MEDIA-TYPE: body not sent as JSON", body = ErrorBody),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn retry_saga(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<RetrySagaRequest>,
+) -> Result<Response, HttpError> {
+    let id = saga_id(path)?;
+    let detail = state
+        .api()?
+        .retry(RetryRequest {
+            id,
+            compensation_only: body.compensation_only,
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &detail))
+}
+
+/// Delete a finished saga: its record, its timers and the binding of its
+/// idempotency key (which may then start a new saga). Answers once the
+/// deletion is durable.
+#[utoipa::path(
+    delete,
+    path = "/v1/sagas/{id}",
+    tag = "sagas",
+    params(("id" = String, Path, description = "Saga id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "E-BAD-REQUEST: bad saga id", body = ErrorBody),
+        (status = 404, description = "E-NOT-FOUND: no saga with this id", body = ErrorBody),
+        (status = 409, description = "E-NOT-APPLICABLE: the saga is not finished; cancel it first", body = ErrorBody),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn delete_saga(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let id = saga_id(path)?;
+    state.api()?.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn saga_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
@@ -944,6 +1027,36 @@ async fn openapi_json(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
+/// Prometheus metrics of the engine (saga_*, engine_*), in the text
+/// exposition format; deploy/README.md lists them.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric, Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 503, description = "E-UNAVAILABLE: the program embedding the engine installed a metrics recorder of its own", body = ErrorBody),
+    )
+)]
+async fn prometheus_metrics() -> Response {
+    match crate::metrics::render() {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(jetsaga_worker::metrics::TEXT_FORMAT),
+            )],
+            text,
+        )
+            .into_response(),
+        // Scrapers poll this: the answer is not a refused request to log.
+        None => HttpError::new(
+            "E-UNAVAILABLE",
+            "this process exports its metrics through a recorder of its own, not on /metrics",
+        )
+        .quiet(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The OpenAPI document
 // ---------------------------------------------------------------------------
@@ -959,18 +1072,21 @@ async fn openapi_json(State(state): State<HttpState>) -> Response {
         list_sagas,
         get_saga,
         cancel_saga,
+        retry_saga,
+        delete_saga,
         list_definitions,
         apply_definitions,
         validate_definitions,
         health,
         ready,
         openapi_json,
+        prometheus_metrics,
     ),
     components(schemas(SagaStatus, ErrorBody)),
     tags(
         (name = "sagas", description = "Saga instances"),
         (name = "definitions", description = "Saga definitions"),
-        (name = "operations", description = "Health, readiness, this document"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
 struct ApiDoc;
@@ -1092,6 +1208,18 @@ mod tests {
         assert_eq!(
             schemas["TaskKind"]["enum"],
             serde_json::json!(["action", "compensation"])
+        );
+    }
+
+    #[test]
+    fn metrics_are_documented_as_prometheus_text() {
+        let doc = document();
+        let ok = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+        let types: Vec<&String> = ok.as_object().expect("content").keys().collect();
+        assert_eq!(types, ["text/plain; version=0.0.4"], "{ok}");
+        assert!(
+            jetsaga_worker::metrics::TEXT_FORMAT.starts_with(types[0].as_str()),
+            "served as documented"
         );
     }
 

@@ -44,6 +44,10 @@ pub enum Op {
     SagaList,
     /// `saga.cancel`: [`CancelRequest`] → [`SagaDetail`].
     SagaCancel,
+    /// `saga.retry`: [`RetryRequest`] → [`SagaDetail`].
+    SagaRetry,
+    /// `saga.delete`: [`SagaRef`] → [`SagaRef`] (the deleted saga).
+    SagaDelete,
     /// `def.apply`: [`ApplyRequest`] → `Vec<`[`AppliedDefinition`]`>`.
     DefApply,
     /// `def.list`: `{}` → `Vec<SagaDefinition>` (current versions).
@@ -52,11 +56,13 @@ pub enum Op {
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 8] = [
         Op::SagaStart,
         Op::SagaGet,
         Op::SagaList,
         Op::SagaCancel,
+        Op::SagaRetry,
+        Op::SagaDelete,
         Op::DefApply,
         Op::DefList,
     ];
@@ -68,6 +74,8 @@ impl Op {
             Op::SagaGet => "saga.get",
             Op::SagaList => "saga.list",
             Op::SagaCancel => "saga.cancel",
+            Op::SagaRetry => "saga.retry",
+            Op::SagaDelete => "saga.delete",
             Op::DefApply => "def.apply",
             Op::DefList => "def.list",
         }
@@ -92,6 +100,17 @@ pub struct CancelRequest {
     /// Why (recorded in the saga).
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// Asks to retry a finished saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryRequest {
+    /// Saga id.
+    pub id: String,
+    /// Only resume the rollback of a `partially_compensated` saga; refuse
+    /// anything else (`jetsaga saga retry-compensation`).
+    #[serde(default)]
+    pub compensation_only: bool,
 }
 
 /// A saga with the definition version it runs.
@@ -234,6 +253,17 @@ impl Api {
     /// Starts a saga, or answers the saga its idempotency key already
     /// started (`created: false`); returns once the start is durable.
     pub async fn start(&self, req: StartRequest) -> Result<StartReply, ApiError> {
+        self.start_traced(req, None).await
+    }
+
+    /// [`start`](Self::start) for a caller in a trace: `trace_parent` is the
+    /// W3C `traceparent` of the request (a malformed one is ignored), and
+    /// becomes the parent of the saga's span.
+    pub async fn start_traced(
+        &self,
+        req: StartRequest,
+        trace_parent: Option<&str>,
+    ) -> Result<StartReply, ApiError> {
         if req.saga.is_empty() {
             return Err(api_error(
                 "E-BAD-REQUEST",
@@ -245,6 +275,7 @@ impl Api {
                 saga: req.saga,
                 input: req.input,
                 idempotency_key: req.idempotency_key,
+                trace_parent: crate::trace::caller(trace_parent),
             })
             .await
     }
@@ -387,6 +418,27 @@ impl Api {
             .cancel(req.id.clone(), req.compensate, reason)
             .await?;
         self.get(&saga.id).await
+    }
+
+    /// Retries a finished saga whose cause was fixed, and returns it as it
+    /// is once the retry is durable: a `partially_compensated` saga resumes
+    /// its rollback, a `failed` or `compensated` one runs forward again
+    /// (with `compensation_only`, only the former is accepted). Any other
+    /// state answers `E-NOT-APPLICABLE`.
+    pub async fn retry(&self, req: RetryRequest) -> Result<SagaDetail, ApiError> {
+        let saga = self
+            .partition
+            .retry(req.id.clone(), req.compensation_only)
+            .await?;
+        self.get(&saga.id).await
+    }
+
+    /// Deletes a terminal saga once the deletion is durable: its record,
+    /// its timers and the binding of its idempotency key (the key may then
+    /// start a new saga). A saga that is not terminal answers
+    /// `E-NOT-APPLICABLE`; an unknown id `E-NOT-FOUND`.
+    pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        self.partition.delete(id.to_string()).await
     }
 
     /// Validates every definition, then stores each as a new version of its
@@ -538,7 +590,11 @@ async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
                 if let Some(key) = msg.headers.as_ref().and_then(|h| h.get(HEADER_START_KEY)) {
                     req.idempotency_key = Some(key.as_str().to_string());
                 }
-                api.start(req).await
+                let traceparent = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(crate::trace::HEADER_TRACEPARENT));
+                api.start_traced(req, traceparent.map(|v| v.as_str())).await
             }
             .await,
         ),
@@ -560,6 +616,21 @@ async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
             async {
                 let req: CancelRequest = parse(op, payload)?;
                 api.cancel(req).await
+            }
+            .await,
+        ),
+        "saga.retry" => reply(
+            async {
+                let req: RetryRequest = parse(op, payload)?;
+                api.retry(req).await
+            }
+            .await,
+        ),
+        "saga.delete" => reply(
+            async {
+                let req: SagaRef = parse(op, payload)?;
+                api.delete(&req.id).await?;
+                Ok(req)
             }
             .await,
         ),

@@ -109,6 +109,7 @@ async fn decode(
                 prefix_tokens,
             ) {
                 Ok(mut start) => {
+                    start.trace_parent = crate::trace::caller_from_headers(msg.headers.as_ref());
                     // Without a key, the message's place in the stream stands
                     // in for one, so a redelivery after a crash cannot start
                     // a second saga.
@@ -186,6 +187,7 @@ fn decode_start(
         saga,
         input: request.input,
         idempotency_key,
+        trace_parent: None,
     })
 }
 

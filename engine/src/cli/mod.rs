@@ -1,13 +1,18 @@
-//! The `jetsaga` command line: the engine server, `dev` mode, and the client
-//! commands that talk to a running engine over its NATS API.
+//! The `jetsaga` command line: the engine server, `dev` mode, `config check`,
+//! and the client commands that talk to a running engine over its NATS API.
+//!
+//! Every command resolves its configuration the same way (see
+//! [`crate::config`]): defaults, `--config FILE`, `JETSAGA_*` variables,
+//! flags. The NATS flags and `--prefix` are global; the engine's settings are
+//! flags of `server`, `dev` and `config check`.
 
 use crate::client::{Client, ClientError};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Env, Layer, Loaded, LogFormat, NatsLayer};
 use crate::dev::{DevNats, find_nats_server};
 use crate::saga::definition;
 use crate::store::SagaFilter;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use jetsaga_worker::protocol::DEFAULT_PREFIX;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -18,23 +23,41 @@ mod render;
 #[derive(Debug, Parser)]
 #[command(name = "jetsaga", version, about, propagate_version = true)]
 pub struct Cli {
-    /// NATS URL of the installation (client commands and `server`).
-    #[arg(
-        long,
-        global = true,
-        env = "JETSAGA_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Subject prefix of the installation.
-    #[arg(long, global = true, env = "JETSAGA_PREFIX", default_value = DEFAULT_PREFIX)]
-    pub prefix: String,
-    /// Output format of client commands.
+    /// Settings every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Output format of client commands and `config check`.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The configuration once [`Cli::load_config`] resolved it.
+    #[arg(skip)]
+    loaded: Option<Loaded>,
+}
+
+/// Settings every command takes (global flags). Each flag overrides the
+/// configuration file and the `JETSAGA_*` variable of the same key.
+#[derive(Debug, Default, Args)]
+pub struct GlobalArgs {
+    /// Configuration file, YAML (*.yaml, *.yml) or JSON (*.json); its
+    /// values sit below `JETSAGA_*` variables and flags [env: JETSAGA_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsLayer,
+    /// Subject prefix of the installation [env: JETSAGA_PREFIX] [default: jetsaga]
+    #[arg(long, global = true)]
+    pub prefix: Option<String>,
+    /// Log line format [env: JETSAGA_LOG_FORMAT] [default: text]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Which logs to keep, e.g. `info` or `warn,jetsaga_engine=debug` [env:
+    /// JETSAGA_LOG] [default: info for server and dev, warn otherwise]
+    #[arg(long = "log", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
 }
 
 /// Output formats.
@@ -60,47 +83,66 @@ pub enum Command {
     /// Saga instances.
     #[command(subcommand)]
     Saga(SagaCommand),
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-/// Engine settings shared by `server` and `dev`.
-#[derive(Debug, Args)]
+/// `jetsaga config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration `server` would run with (YAML with where each
+    /// value came from, or --output json), secrets masked; exit 1 if it is
+    /// invalid.
+    Check(ServerArgs),
+}
+
+/// Engine settings shared by `server`, `dev` and `config check`. Each flag
+/// overrides the configuration file and the `JETSAGA_*` variable of the
+/// same key.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Engine")]
 pub struct EngineArgs {
-    /// Directory of the engine's store.
-    #[arg(long, env = "JETSAGA_DATA_DIR")]
+    /// Directory of the engine's store [env: JETSAGA_DATA_DIR] [default:
+    /// .jetsaga/data, .jetsaga/dev for dev]
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Definition files or directories applied at start (repeatable).
-    #[arg(
-        long = "definitions",
-        env = "JETSAGA_DEFINITIONS",
-        value_delimiter = ','
-    )]
-    pub definitions: Vec<PathBuf>,
-    /// Largest accepted saga input or result, in bytes.
-    #[arg(long, env = "JETSAGA_MAX_PAYLOAD")]
+    /// Definition files or directories applied at start (repeatable or comma
+    /// separated; replaces the file's list) [env: JETSAGA_DEFINITIONS]
+    #[arg(long = "definitions", value_name = "PATH", value_delimiter = ',')]
+    pub definitions: Option<Vec<PathBuf>>,
+    /// Largest accepted saga input or result, in bytes [env:
+    /// JETSAGA_MAX_PAYLOAD] [default: 524288]
+    #[arg(long, value_name = "BYTES")]
     pub max_payload: Option<usize>,
-    /// JetStream duplicate window of the engine's streams (e.g. 2m).
-    #[arg(long, env = "JETSAGA_DUPLICATE_WINDOW", value_parser = humantime::parse_duration)]
+    /// JetStream duplicate window of the engine's streams [env:
+    /// JETSAGA_DUPLICATE_WINDOW] [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duplicate_window: Option<Duration>,
-    /// Replicas of the engine's streams (3 in a 3-node cluster).
-    #[arg(long, env = "JETSAGA_REPLICAS")]
+    /// Replicas of the engine's streams, 3 in a 3-node cluster [env:
+    /// JETSAGA_REPLICAS] [default: 1]
+    #[arg(long, value_name = "N")]
     pub replicas: Option<usize>,
-    /// Ack wait of the engine's own consumers (results, starts), e.g. 10s.
-    #[arg(long, env = "JETSAGA_ACK_WAIT", value_parser = humantime::parse_duration)]
+    /// Ack wait of the engine's own consumers (results, starts) [env:
+    /// JETSAGA_ACK_WAIT] [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub ack_wait: Option<Duration>,
-    /// Most events applied per group commit.
-    #[arg(long, env = "JETSAGA_BATCH_SIZE")]
+    /// Most events applied per group commit [env: JETSAGA_BATCH_SIZE]
+    /// [default: 256]
+    #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// Serve the HTTP API on HOST:PORT (port 0: any free port), or `off`.
-    /// Default: 127.0.0.1:8080 for `dev`, off for `server`.
-    #[arg(long, env = "JETSAGA_HTTP_LISTEN", value_name = "ADDR")]
+    /// Serve the HTTP API on HOST:PORT (port 0: any free port), or `off`
+    /// [env: JETSAGA_HTTP_LISTEN] [default: 127.0.0.1:8080 for dev, off for
+    /// server]
+    #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
 }
 
 /// Where `jetsaga dev` serves the HTTP API unless told otherwise.
 pub const DEV_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
-/// `jetsaga server`.
-#[derive(Debug, Args)]
+/// `jetsaga server` and `jetsaga config check`.
+#[derive(Debug, Default, Args)]
 pub struct ServerArgs {
     /// Engine settings.
     #[command(flatten)]
@@ -194,6 +236,36 @@ pub enum SagaCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Retry a finished saga once its cause is fixed: a partially_compensated
+    /// saga resumes its rollback, a failed or compensated one runs again from
+    /// the start (under new idempotency keys).
+    Retry {
+        /// Saga id.
+        id: String,
+        /// Wait until the saga is terminal again and print its status.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Resume the rollback of a partially_compensated saga once its cause is
+    /// fixed; refuses a saga in any other state.
+    RetryCompensation {
+        /// Saga id.
+        id: String,
+        /// Wait until the saga is terminal again and print its status.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Delete a finished saga (its idempotency key may then start a new saga).
+    Delete {
+        /// Saga id.
+        id: String,
+    },
     /// Follow a saga until it is terminal.
     Watch {
         /// Saga id.
@@ -226,7 +298,8 @@ pub fn shutdown_on_signals() -> CancellationToken {
                 tracing::info!("shutting down: draining (signal again to exit now)");
                 t.cancel();
             } else {
-                eprintln!("second signal: exiting now");
+                // Not eprintln!, which panics when stderr is gone.
+                let _ = writeln!(std::io::stderr(), "second signal: exiting now");
                 std::process::exit(130);
             }
         }
@@ -234,71 +307,148 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-fn engine_config(
-    cli: &Cli,
-    args: &EngineArgs,
-    default_dir: &str,
-    default_http: Option<&str>,
-) -> Config {
-    let mut config = Config {
-        nats_url: cli.nats_url.clone(),
-        prefix: cli.prefix.clone(),
-        data_dir: args
-            .data_dir
+impl Cli {
+    /// Resolves the configuration of the command (see [`crate::config`]):
+    /// its defaults, then `--config FILE` (else `JETSAGA_CONFIG` in `env`),
+    /// then `env`, then the flags. Keeps it for the command and returns it;
+    /// validation is left to the command (`config check` prints an invalid
+    /// configuration before its error).
+    pub fn load_config(&mut self, env: &Env) -> Result<&Loaded, ConfigError> {
+        let (defaults, engine) = match &self.command {
+            Command::Server(args) | Command::Config(ConfigCommand::Check(args)) => {
+                (Config::default(), Some(&args.engine))
+            }
+            Command::Dev(args) => (dev_defaults(), Some(&args.engine)),
+            Command::Def(_) | Command::Saga(_) => (Config::default(), None),
+        };
+        let file = self
+            .global
+            .config
             .clone()
-            .unwrap_or_else(|| PathBuf::from(default_dir)),
-        definitions: args.definitions.clone(),
-        ..Config::default()
-    };
-    if let Some(v) = args.max_payload {
-        config.max_payload = v;
+            .or_else(|| env.get("JETSAGA_CONFIG").map(PathBuf::from));
+        let flags = flag_layer(&self.global, engine);
+        let loaded = Config::load(defaults, file.as_deref(), env, flags)?;
+        Ok(self.loaded.insert(loaded))
     }
-    if let Some(v) = args.duplicate_window {
-        config.duplicate_window = v;
+
+    /// The configuration resolved by [`Cli::load_config`].
+    ///
+    /// # Panics
+    ///
+    /// When it was not loaded: [`main`] loads it first.
+    pub fn loaded(&self) -> &Loaded {
+        self.loaded
+            .as_ref()
+            .expect("Cli::load_config runs before the command")
     }
-    if let Some(v) = args.replicas {
-        config.replicas = v;
-    }
-    if let Some(v) = args.ack_wait {
-        config.ack_wait = v;
-    }
-    if let Some(v) = args.batch_size {
-        config.batch_size = v;
-    }
-    config.http_listen = match args.http_listen.as_deref().map(str::trim) {
-        Some("off" | "") => None,
-        Some(addr) => Some(addr.to_string()),
-        None => default_http.map(str::to_string),
-    };
-    config
 }
 
-/// Runs the command line; returns the process exit code.
-pub async fn main(cli: Cli) -> i32 {
+/// The defaults of `jetsaga dev`: its own data dir, the HTTP API on.
+fn dev_defaults() -> Config {
+    Config {
+        data_dir: PathBuf::from(".jetsaga/dev"),
+        http_listen: Some(DEV_HTTP_LISTEN.to_string()),
+        ..Config::default()
+    }
+}
+
+/// The configuration layer the flags give.
+fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
+    let mut layer = Layer {
+        nats: global.nats.clone(),
+        prefix: global.prefix.clone(),
+        log_format: global.log_format,
+        log: global.log.clone(),
+        ..Layer::default()
+    };
+    if let Some(args) = engine {
+        layer.data_dir = args.data_dir.clone();
+        layer.definitions = args.definitions.clone();
+        layer.max_payload = args.max_payload;
+        layer.duplicate_window = args.duplicate_window;
+        layer.ack_wait = args.ack_wait;
+        layer.batch_size = args.batch_size;
+        layer.replicas = args.replicas;
+        layer.http_listen = args.http_listen.clone();
+    }
+    layer
+}
+
+/// Runs the command line; returns the process exit code. Loads the
+/// configuration from the process environment unless
+/// [`Cli::load_config`] already did.
+pub async fn main(mut cli: Cli) -> i32 {
+    if cli.loaded.is_none()
+        && let Err(e) = cli.load_config(&Env::from_process())
+    {
+        eprintln!("error: {e}");
+        return 1;
+    }
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_message(&e));
             1
         }
     }
 }
 
+/// The error and the causes its message does not already contain (our
+/// errors carry their cause in their message; `{:#}` would repeat it).
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
-        Command::Server(args) => {
-            let config = engine_config(&cli, &args.engine, ".jetsaga/data", None);
+        Command::Server(_) => {
+            let config = cli.loaded().config.clone();
             crate::engine::run(config, shutdown_on_signals()).await?;
             Ok(0)
         }
         Command::Dev(args) => dev(&cli, args).await,
         Command::Def(cmd) => def(&cli, cmd).await,
         Command::Saga(cmd) => saga(&cli, cmd).await,
+        Command::Config(ConfigCommand::Check(_)) => config_check(&cli),
     }
 }
 
+/// `jetsaga config check`: prints the configuration, then checks it as the
+/// engine would at start (values, then the files the NATS connection reads).
+fn config_check(cli: &Cli) -> anyhow::Result<i32> {
+    let loaded = cli.loaded();
+    let checked = loaded
+        .config
+        .validate()
+        .and_then(|()| crate::config::connect_options(&loaded.config.nats).map(drop));
+    match cli.output {
+        Output::Table => print!("{}", loaded.annotated_yaml()),
+        Output::Json => {
+            let mut report = loaded.to_json();
+            report["valid"] = checked.is_ok().into();
+            if let Err(e) = &checked {
+                report["error"] = serde_json::json!({"code": e.code(), "message": e.to_string()});
+            }
+            print_json(&report)?;
+        }
+    }
+    checked?;
+    if cli.output == Output::Table {
+        eprintln!("ok: the configuration is valid");
+    }
+    Ok(0)
+}
+
 async fn dev(cli: &Cli, args: &DevArgs) -> anyhow::Result<i32> {
-    let mut config = engine_config(cli, &args.engine, ".jetsaga/dev", Some(DEV_HTTP_LISTEN));
+    let mut config = cli.loaded().config.clone();
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
     let nats = if args.external_nats {
@@ -307,7 +457,7 @@ async fn dev(cli: &Cli, args: &DevArgs) -> anyhow::Result<i32> {
         let binary =
             find_nats_server(args.nats_server.as_deref()).ok_or(crate::dev::DevError::NotFound)?;
         let nats = DevNats::start(&binary, args.nats_port, &dir).await?;
-        config.nats_url = nats.url().to_string();
+        config.nats.url = nats.url().to_string();
         config.data_dir = dir.join("engine");
         eprintln!(
             "jetsaga dev: nats-server on {} (data and logs under {})",
@@ -325,7 +475,9 @@ async fn dev(cli: &Cli, args: &DevArgs) -> anyhow::Result<i32> {
 }
 
 async fn client(cli: &Cli) -> Result<Client, ClientError> {
-    Client::connect(&cli.nats_url, &cli.prefix).await
+    let config = &cli.loaded().config;
+    config.validate_client()?;
+    Client::connect_with(&config.nats, &config.prefix).await
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -477,6 +629,31 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        SagaCommand::Retry { id, wait, timeout }
+        | SagaCommand::RetryCompensation { id, wait, timeout } => {
+            let client = client(cli).await?;
+            let mut detail = if matches!(cmd, SagaCommand::Retry { .. }) {
+                client.retry(id).await?
+            } else {
+                client.retry_compensation(id).await?
+            };
+            if *wait {
+                detail = client.wait_terminal(id, *timeout).await?;
+            }
+            match cli.output {
+                Output::Json => print_json(&detail)?,
+                Output::Table => println!("{}", render::saga(&detail)),
+            }
+            Ok(0)
+        }
+        SagaCommand::Delete { id } => {
+            client(cli).await?.delete(id).await?;
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({"id": id, "deleted": true}))?,
+                Output::Table => println!("deleted {id}"),
+            }
+            Ok(0)
+        }
         SagaCommand::Watch { id, timeout } => {
             let client = client(cli).await?;
             let output = cli.output;
@@ -495,5 +672,117 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KEYS, LogFormat, Source, flag_name};
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("jetsaga").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Loaded {
+        let mut cli = parse(args);
+        cli.load_config(&Env::from_pairs(env.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .clone()
+    }
+
+    #[test]
+    fn errors_print_their_causes_once() {
+        let io = std::io::Error::other("disk on fire");
+        let wrapped = anyhow::Error::new(io).context("cannot write the store");
+        assert_eq!(
+            error_message(&wrapped),
+            "cannot write the store: disk on fire"
+        );
+        let own = anyhow::Error::new(ConfigError::File {
+            path: "x.yaml".into(),
+            message: "bad".into(),
+        });
+        assert_eq!(error_message(&own), "E-CONFIG-FILE: x.yaml: bad");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_key_has_a_flag() {
+        let mut args: Vec<String> = vec!["config".into(), "check".into()];
+        for key in KEYS {
+            let value = match *key {
+                "nats.url" => "nats://flag:4222",
+                "nats.tls.required" => "true",
+                "max_payload" | "batch_size" | "replicas" => "3000",
+                "duplicate_window" | "ack_wait" => "5s",
+                "http_listen" => "127.0.0.1:0",
+                "log_format" => "json",
+                "log" => "debug",
+                "prefix" => "flagged",
+                _ => "/from/flag",
+            };
+            args.push(format!("{}={value}", flag_name(key)));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let loaded = load(&args, &[]);
+        for key in KEYS {
+            assert_eq!(
+                loaded.sources.get(key),
+                Source::Flag {
+                    flag: flag_name(key)
+                },
+                "{key}"
+            );
+        }
+        assert_eq!(loaded.config.log_format, LogFormat::Json);
+        assert!(loaded.config.nats.tls.required);
+    }
+
+    #[test]
+    fn flags_beat_the_environment_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("j.yaml");
+        std::fs::write(&file, "prefix: from-file\nreplicas: 3\nbatch_size: 9\n").unwrap();
+        let env = [
+            ("JETSAGA_CONFIG", file.to_str().unwrap()),
+            ("JETSAGA_REPLICAS", "2"),
+            ("JETSAGA_PREFIX", "from-env"),
+        ];
+        let loaded = load(&["--prefix", "from-flag", "server"], &env);
+        assert_eq!(loaded.file.as_deref(), Some(file.as_path()));
+        assert_eq!(loaded.config.prefix, "from-flag");
+        assert_eq!(loaded.config.replicas, 2);
+        assert_eq!(loaded.config.batch_size, 9);
+        // --config beats JETSAGA_CONFIG.
+        let other = dir.path().join("k.json");
+        std::fs::write(&other, "{\"batch_size\": 4}").unwrap();
+        let loaded = load(&["server", "--config", other.to_str().unwrap()], &env);
+        assert_eq!(loaded.config.batch_size, 4);
+        // Global flags go before or after the command.
+        let loaded = load(
+            &["saga", "list", "--nats-user", "u", "--nats-password", "p"],
+            &[],
+        );
+        assert_eq!(loaded.config.nats.user.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn dev_has_its_own_defaults_and_clients_take_no_engine_flags() {
+        let dev = load(&["dev"], &[]);
+        assert_eq!(dev.config.data_dir, PathBuf::from(".jetsaga/dev"));
+        assert_eq!(dev.config.http_listen.as_deref(), Some(DEV_HTTP_LISTEN));
+        assert_eq!(dev.sources.get("http_listen"), Source::Default);
+        let off = load(&["dev", "--http-listen", "off"], &[]);
+        assert_eq!(off.config.http_listen, None);
+        let server = load(&["server"], &[]);
+        assert_eq!(server.config.http_listen, None);
+        assert!(Cli::try_parse_from(["jetsaga", "saga", "list", "--replicas", "3"]).is_err());
     }
 }

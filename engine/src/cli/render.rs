@@ -80,6 +80,12 @@ pub(super) fn saga(detail: &SagaDetail) -> String {
     if let Some(r) = reason(&s.status) {
         out.push_str(&format!("reason    {r}\n"));
     }
+    if s.generation > 0 {
+        out.push_str(&format!(
+            "retried   key generation {} (idempotency keys end in .g{})\n",
+            s.generation, s.generation
+        ));
+    }
     out.push_str(&format!("created   {}\n", time(s.created_at)));
     if let Some(f) = s.finished_at {
         out.push_str(&format!(

@@ -34,6 +34,61 @@
 //!   compensation that fails for good (or an action whose outcome is
 //!   unknown) blocks the steps it depends on and leaves the saga
 //!   `partially_compensated` for a person to act on.
+//! - **Retry** (an operator's [`Event::Retry`], once the cause is fixed):
+//!   see [below](#retrying-a-finished-saga).
+//!
+//! # Retrying a finished saga
+//!
+//! Only sagas that ended badly can be retried; `running`, `compensating`,
+//! `completed` and `cancelled` ones answer [`Rejection::NotApplicable`] (a
+//! cancelled saga was stopped on purpose: start a new one).
+//!
+//! **`partially_compensated`: the rollback resumes.** The saga is
+//! `compensating` again with its reason, and every `compensation_failed`
+//! step gets a new round of attempts (a fresh `max_attempts` budget):
+//!
+//! - a step whose **compensation** failed is compensated again. Its task
+//!   keeps the idempotency key of the failed round when that round's last
+//!   attempt timed out or failed retryably: a timed-out compensation may
+//!   have done its work, and the key makes the SDK replay a recorded success
+//!   instead of undoing twice. After a **fatal** error it gets a key of a new
+//!   generation (see below): the SDK recorded the fatal error under the old
+//!   key and would replay it at once, and a fatal error means the
+//!   compensation had no effect, so a new key cannot repeat one.
+//! - a step whose **action outcome is unknown** (every attempt timed out)
+//!   has its *action* dispatched again, under the *same* key. This is the
+//!   only safe move: the SDK replays the outcome recorded under that key if
+//!   any attempt finished (and a downstream service that honours the key
+//!   dedupes), and if no attempt ever ran, it runs now. Once the outcome is
+//!   known the rollback goes on as for any step drained during a rollback:
+//!   a success is compensated (after its dependents, as always), an error
+//!   means nothing is there to undo, another run of timeouts leaves it
+//!   stuck again. Compensating it blindly instead could undo an effect that
+//!   never happened; marking it failed could leave one in place.
+//!
+//! The steps these blocked are compensated afterwards by the normal rollback
+//! scheduler. The saga ends `compensated` or, if something fails again,
+//! `partially_compensated` (and can be retried again).
+//!
+//! **`failed` or `compensated`: the saga runs forward again from the
+//! start**: `running`, the saga timeout re-armed, the roots dispatched. Every
+//! step goes back to `pending` (its output dropped, its attempt history
+//! kept), except a step that succeeded with no compensation to undo it and
+//! whose dependencies all stay too: its effect is still in place, and its
+//! inputs are unchanged, so running it again could only repeat it; it stays
+//! `succeeded` with its output. The retry moves the saga to a new key
+//! **generation** ([`Saga::generation`]), and the new round of every step
+//! that runs again carries keys of that generation: under the old keys the
+//! SDK would replay what it recorded (a fatal error would fail the saga
+//! again at once; a success whose effect was compensated since would skip
+//! the action).
+//!
+//! In both cases attempt numbers keep growing across retries (the retry
+//! budget counts from [`StepState::action_base`] and
+//! [`StepState::compensation_base`]), so a late result or timer of an
+//! attempt from before the retry is [`Rejection::Stale`], and task message
+//! ids (which include the attempt) never repeat. Each attempt records the
+//! generation of its key ([`Attempt::generation`]).
 //!
 //! ```
 //! use jetsaga_engine::saga::definition::{RetryPolicy, SagaDefinition, StepDefinition};
@@ -60,7 +115,7 @@
 //! let mut saga = new_saga("s-1".into(), &def, serde_json::json!({}), None, inputs.now);
 //!
 //! let effects = apply(&mut saga, &def, Event::Start, inputs).unwrap();
-//! assert!(effects.contains(&Effect::Dispatch { step: 0, kind: TaskKind::Action, attempt: 1 }));
+//! assert!(effects.contains(&Effect::Dispatch { step: 0, kind: TaskKind::Action, attempt: 1, generation: 0 }));
 //!
 //! let result = Event::TaskResult {
 //!     step: 0,
@@ -99,11 +154,13 @@ pub fn new_saga(
         definition_version: def.version,
         input,
         idempotency_key,
+        generation: 0,
         status: SagaStatus::Pending,
         steps: vec![StepState::default(); def.steps.len()],
         created_at: now,
         updated_at: now,
         finished_at: None,
+        trace_parent: None,
     }
 }
 
@@ -154,6 +211,7 @@ pub fn apply(
         } => t.task_result(step, kind, attempt, outcome)?,
         Event::TimerFired(timer) => t.timer_fired(timer)?,
         Event::Cancel { compensate, reason } => t.cancel(compensate, reason)?,
+        Event::Retry { compensation_only } => t.retry(compensation_only)?,
     }
     t.advance();
     t.saga.updated_at = inputs.now;
@@ -270,7 +328,8 @@ impl Transition<'_> {
                 if waiting_attempt(&self.saga.steps[step].status) != Some((kind, attempt)) {
                     return Err(self.stale(step, kind, attempt));
                 }
-                self.dispatch(step, kind, attempt);
+                let generation = self.current_generation(step, kind);
+                self.dispatch(step, kind, attempt, generation);
             }
             TimerKind::StepTimeout {
                 step,
@@ -318,6 +377,48 @@ impl Transition<'_> {
             }
             (true, false) => self.start_compensating(reason),
             (false, _) => self.cancel_without_compensation(reason),
+        }
+        Ok(())
+    }
+
+    /// `Retry`: an operator retries a finished saga whose cause was fixed
+    /// (module docs: [retrying a finished saga](self#retrying-a-finished-saga)).
+    fn retry(&mut self, compensation_only: bool) -> Result<(), Rejection> {
+        match self.saga.status.clone() {
+            SagaStatus::PartiallyCompensated { reason, .. } => self.resume_rollback(reason),
+            SagaStatus::Failed { .. } | SagaStatus::Compensated { .. } if !compensation_only => {
+                self.run_again()
+            }
+            status => {
+                let id = &self.saga.id;
+                let state = status.name();
+                let message = if compensation_only {
+                    let hint = match status {
+                        SagaStatus::Failed { .. } | SagaStatus::Compensated { .. } => {
+                            "; to run it again from the start, use retry"
+                        }
+                        _ => "",
+                    };
+                    format!(
+                        "cannot retry the compensation of saga {id}: it is {state}, and only a partially_compensated saga has a rollback to resume{hint}"
+                    )
+                } else {
+                    let hint = match status {
+                        SagaStatus::Pending | SagaStatus::Running => {
+                            " (wait until it finishes, or cancel it)"
+                        }
+                        SagaStatus::Compensating { .. } => " (its rollback is still under way)",
+                        SagaStatus::Cancelled { .. } => {
+                            " (it was stopped on purpose; start a new saga instead)"
+                        }
+                        _ => "",
+                    };
+                    format!(
+                        "cannot retry saga {id}: it is {state}{hint}; only failed, compensated and partially_compensated sagas can be retried"
+                    )
+                };
+                return Err(Rejection::NotApplicable(message));
+            }
         }
         Ok(())
     }
@@ -374,10 +475,11 @@ impl Transition<'_> {
                 error,
                 retry_after_ms,
             } => {
-                if attempt < self.step_def(step).retry.max_attempts {
+                let made = self.round_attempt(step, TaskKind::Action, attempt);
+                if made < self.step_def(step).retry.max_attempts {
                     self.schedule_retry(step, TaskKind::Action, attempt, error, retry_after_ms);
                 } else {
-                    self.fail_step(step, exhausted(attempt, &error));
+                    self.fail_step(step, exhausted(made, &error));
                 }
             }
             Outcome::Fatal { error } => self.fail_step(step, error),
@@ -395,7 +497,8 @@ impl Transition<'_> {
                 error,
                 retry_after_ms,
             } => {
-                if attempt < self.step_def(step).retry.max_attempts {
+                let made = self.round_attempt(step, TaskKind::Compensation, attempt);
+                if made < self.step_def(step).retry.max_attempts {
                     self.schedule_retry(
                         step,
                         TaskKind::Compensation,
@@ -404,7 +507,7 @@ impl Transition<'_> {
                         retry_after_ms,
                     );
                 } else {
-                    self.compensation_failed(step, exhausted(attempt, &error));
+                    self.compensation_failed(step, exhausted(made, &error));
                 }
             }
             Outcome::Fatal { error } => self.compensation_failed(step, error),
@@ -416,7 +519,8 @@ impl Transition<'_> {
         let def = self.step_def(step);
         let timeout = humantime::format_duration(def.timeout);
         let max_attempts = def.retry.max_attempts;
-        if attempt < max_attempts {
+        let made = self.round_attempt(step, kind, attempt);
+        if made < max_attempts {
             // Re-dispatching at once is safe: the idempotency key is the same,
             // so a worker that did the work replays its recorded result.
             self.lifecycle(LifecycleEvent::StepRetrying {
@@ -425,7 +529,8 @@ impl Transition<'_> {
                 next_attempt: attempt + 1,
                 error: format!("timed out after {timeout}"),
             });
-            self.dispatch(step, kind, attempt + 1);
+            let generation = self.current_generation(step, kind);
+            self.dispatch(step, kind, attempt + 1, generation);
             return;
         }
         match kind {
@@ -434,11 +539,14 @@ impl Transition<'_> {
             // compensated (nothing known to undo). It is left for a person,
             // and blocks the compensation of the steps it depends on.
             TaskKind::Action => {
-                let timed_out = self.saga.steps[step]
+                let state = &self.saga.steps[step];
+                let timed_out = state
                     .attempts
                     .iter()
                     .filter(|a| {
-                        a.kind == TaskKind::Action && a.outcome == Some(AttemptOutcome::TimedOut)
+                        a.kind == TaskKind::Action
+                            && a.number > state.action_base
+                            && a.outcome == Some(AttemptOutcome::TimedOut)
                     })
                     .count();
                 let error = format!("action outcome unknown after {timed_out} timed-out attempts");
@@ -454,7 +562,7 @@ impl Transition<'_> {
             TaskKind::Compensation => self.compensation_failed(
                 step,
                 format!(
-                    "compensation timed out after {timeout} on attempt {attempt} of {max_attempts}"
+                    "compensation timed out after {timeout} on attempt {made} of {max_attempts}"
                 ),
             ),
         }
@@ -527,8 +635,22 @@ impl Transition<'_> {
         });
     }
 
-    /// Dispatches attempt `attempt` of the step's action or compensation.
-    fn dispatch(&mut self, step: usize, kind: TaskKind, attempt: u32) {
+    /// Starts a new round of attempts of the step's action or compensation
+    /// (its first dispatch in a run or rollback, or a retry's): the retry
+    /// budget counts from here, the attempt number goes on from the last one.
+    fn start_round(&mut self, step: usize, kind: TaskKind, generation: u32) {
+        let state = &mut self.saga.steps[step];
+        let base = last_attempt_number(state, kind);
+        match kind {
+            TaskKind::Action => state.action_base = base,
+            TaskKind::Compensation => state.compensation_base = base,
+        }
+        self.dispatch(step, kind, base + 1, generation);
+    }
+
+    /// Dispatches attempt `attempt` of the step's action or compensation,
+    /// its task carrying the idempotency key of `generation`.
+    fn dispatch(&mut self, step: usize, kind: TaskKind, attempt: u32, generation: u32) {
         let now = self.inputs.now;
         let due = self.after(self.step_def(step).timeout);
         let state = &mut self.saga.steps[step];
@@ -539,6 +661,7 @@ impl Transition<'_> {
         state.attempts.push(Attempt {
             kind,
             number: attempt,
+            generation,
             started_at: now,
             finished_at: None,
             outcome: None,
@@ -547,6 +670,7 @@ impl Transition<'_> {
             step,
             kind,
             attempt,
+            generation,
         });
         self.effects.push(Effect::ScheduleTimer {
             timer: TimerKind::StepTimeout {
@@ -653,6 +777,110 @@ impl Transition<'_> {
         self.finish(SagaStatus::Cancelled { reason });
     }
 
+    /// Retry of a `partially_compensated` saga: the rollback resumes, every
+    /// `compensation_failed` step getting a new round (module docs).
+    fn resume_rollback(&mut self, reason: String) {
+        // The last attempt of a `compensation_failed` step is the one that
+        // left it there: its compensation's, or its action's when the
+        // action's outcome is unknown.
+        let last = |state: &StepState| match state.status {
+            StepStatus::CompensationFailed { .. } => state
+                .attempts
+                .last()
+                .map(|a| (a.kind, a.generation, a.outcome.clone())),
+            _ => None,
+        };
+        let fresh_keys = self.saga.steps.iter().any(|s| {
+            matches!(
+                last(s),
+                Some((
+                    TaskKind::Compensation,
+                    _,
+                    Some(AttemptOutcome::Fatal { .. })
+                ))
+            )
+        });
+        if fresh_keys {
+            self.saga.generation += 1;
+        }
+        self.saga.status = SagaStatus::Compensating { reason };
+        self.saga.finished_at = None;
+        self.lifecycle(LifecycleEvent::SagaRetried {
+            from: "partially_compensated".to_owned(),
+            generation: self.saga.generation,
+        });
+        for step in 0..self.saga.steps.len() {
+            let Some((kind, generation, outcome)) = last(&self.saga.steps[step]) else {
+                continue;
+            };
+            let generation = match (kind, outcome) {
+                (TaskKind::Compensation, Some(AttemptOutcome::Fatal { .. })) => {
+                    self.saga.generation
+                }
+                // A timed-out action or compensation may have had its effect:
+                // the same key replays what was recorded.
+                _ => generation,
+            };
+            self.start_round(step, kind, generation);
+        }
+    }
+
+    /// Retry of a `failed` or `compensated` saga: it runs forward again from
+    /// the start under a new key generation (module docs).
+    fn run_again(&mut self) {
+        self.saga.generation += 1;
+        // A step without compensation keeps its effect, and stays succeeded,
+        // as long as every step it depends on stays too.
+        let mut keep: Vec<bool> = self
+            .saga
+            .steps
+            .iter()
+            .map(|s| s.status == StepStatus::NotCompensable)
+            .collect();
+        loop {
+            let mut changed = false;
+            for step in 0..keep.len() {
+                if keep[step]
+                    && self
+                        .step_def(step)
+                        .depends_on
+                        .iter()
+                        .any(|&dep| !keep.get(dep).copied().unwrap_or(false))
+                {
+                    keep[step] = false;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for (state, keep) in self.saga.steps.iter_mut().zip(keep) {
+            if keep {
+                state.status = StepStatus::Succeeded;
+            } else {
+                state.status = StepStatus::Pending;
+                state.output = None;
+                state.action_base = last_attempt_number(state, TaskKind::Action);
+                state.compensation_base = last_attempt_number(state, TaskKind::Compensation);
+            }
+        }
+        let from = self.saga.status.name().to_owned();
+        self.saga.status = SagaStatus::Running;
+        self.saga.finished_at = None;
+        self.lifecycle(LifecycleEvent::SagaRetried {
+            from,
+            generation: self.saga.generation,
+        });
+        if let Some(timeout) = self.def.timeout {
+            let due = self.after(timeout);
+            self.effects.push(Effect::ScheduleTimer {
+                timer: TimerKind::SagaTimeout,
+                due,
+            });
+        }
+    }
+
     /// Moves the saga along after a change: dispatches unblocked actions
     /// while running, schedules compensations while compensating, and
     /// finishes the saga when nothing is left to do.
@@ -688,7 +916,7 @@ impl Transition<'_> {
                     self.saga.steps.get(dep).map(|s| &s.status) == Some(&StepStatus::Succeeded)
                 });
             if ready {
-                self.dispatch(step, TaskKind::Action, 1);
+                self.start_round(step, TaskKind::Action, self.saga.generation);
             }
         }
     }
@@ -707,7 +935,7 @@ impl Transition<'_> {
                     continue;
                 }
                 if self.step_def(step).compensation.is_some() {
-                    self.dispatch(step, TaskKind::Compensation, 1);
+                    self.start_round(step, TaskKind::Compensation, self.saga.generation);
                 } else {
                     self.saga.steps[step].status = StepStatus::NotCompensable;
                 }
@@ -786,6 +1014,27 @@ impl Transition<'_> {
         &self.def.steps[step]
     }
 
+    /// How many attempts of the current round `attempt` is (from 1).
+    fn round_attempt(&self, step: usize, kind: TaskKind, attempt: u32) -> u32 {
+        let state = &self.saga.steps[step];
+        let base = match kind {
+            TaskKind::Action => state.action_base,
+            TaskKind::Compensation => state.compensation_base,
+        };
+        attempt.saturating_sub(base)
+    }
+
+    /// Key generation of the step's latest attempt of `kind`: the one the
+    /// next attempt of the same round keeps.
+    fn current_generation(&self, step: usize, kind: TaskKind) -> u32 {
+        self.saga.steps[step]
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.kind == kind)
+            .map_or(self.saga.generation, |a| a.generation)
+    }
+
     fn is_compensating(&self) -> bool {
         matches!(self.saga.status, SagaStatus::Compensating { .. })
     }
@@ -811,6 +1060,17 @@ fn attempt_outcome(outcome: &Outcome) -> AttemptOutcome {
             error: error.clone(),
         },
     }
+}
+
+/// Number of the step's latest attempt of `kind`; 0 if it made none.
+fn last_attempt_number(state: &StepState, kind: TaskKind) -> u32 {
+    state
+        .attempts
+        .iter()
+        .filter(|a| a.kind == kind)
+        .map(|a| a.number)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The error of the step's last ended attempt of `kind`.
@@ -975,6 +1235,7 @@ mod tests {
                     step,
                     kind,
                     attempt,
+                    ..
                 } => Some((step, kind, attempt)),
                 _ => None,
             })
@@ -987,6 +1248,7 @@ mod tests {
                 step,
                 kind,
                 attempt,
+                generation: 0,
             },
             Effect::ScheduleTimer {
                 timer: TimerKind::StepTimeout {
@@ -1058,6 +1320,7 @@ mod tests {
             vec![Attempt {
                 kind: A,
                 number: 1,
+                generation: 0,
                 started_at: T0,
                 finished_at: None,
                 outcome: None,
@@ -2103,6 +2366,397 @@ mod tests {
         }));
         assert!(!is_rolled_back(&StepStatus::Succeeded));
     }
+
+    // ----- retry -----
+
+    fn retry(compensation_only: bool) -> Event {
+        Event::Retry { compensation_only }
+    }
+
+    fn dispatch_in(
+        step: usize,
+        kind: TaskKind,
+        attempt: u32,
+        generation: u32,
+        now: Millis,
+    ) -> [Effect; 2] {
+        let [_, timer] = dispatch_effects(step, kind, attempt, now);
+        [
+            Effect::Dispatch {
+                step,
+                kind,
+                attempt,
+                generation,
+            },
+            timer,
+        ]
+    }
+
+    fn retried(from: &str, generation: u32) -> Effect {
+        lifecycle(LifecycleEvent::SagaRetried {
+            from: from.to_owned(),
+            generation,
+        })
+    }
+
+    /// s0 -> s1 -> s2; s2 fails, s1's compensation fails fatally: s0 and s1 stuck.
+    fn stuck_on_a_fatal_compensation() -> Harness {
+        let mut h = Harness::started(definition(chain(3), Some(Duration::from_secs(60))));
+        h.result(0, A, 1, ok()).unwrap();
+        h.result(1, A, 1, ok()).unwrap();
+        h.result(2, A, 1, fatal("boom")).unwrap();
+        h.result(1, C, 1, fatal("refund service broken")).unwrap();
+        assert_eq!(
+            h.saga.status,
+            SagaStatus::PartiallyCompensated {
+                reason: "step s2 failed: boom".into(),
+                stuck_steps: vec!["s0".into(), "s1".into()],
+            }
+        );
+        h
+    }
+
+    #[test]
+    fn retry_resumes_a_rollback_and_a_fatal_compensation_gets_a_fresh_key() {
+        let mut h = stuck_on_a_fatal_compensation();
+        h.now += 60_000;
+        let effects = h.apply(retry(true)).unwrap();
+        // Under the old key the SDK would replay the recorded fatal error:
+        // the retried compensation carries a key of generation 1.
+        let mut expected = vec![retried("partially_compensated", 1)];
+        expected.extend(dispatch_in(1, C, 2, 1, h.now));
+        assert_eq!(effects, expected);
+        assert_eq!(h.saga.generation, 1);
+        assert_eq!(
+            h.saga.status,
+            SagaStatus::Compensating {
+                reason: "step s2 failed: boom".into()
+            }
+        );
+        assert_eq!(h.saga.finished_at, None);
+        assert_eq!(*h.status(1), StepStatus::Compensating { attempt: 2 });
+        assert_eq!(h.saga.steps[1].compensation_base, 1);
+        assert_eq!(h.saga.steps[1].attempts.last().unwrap().generation, 1);
+        assert_eq!(*h.status(0), StepStatus::Succeeded, "still blocked by s1");
+
+        // A late copy of the failed attempt's result is stale, and so is its timer.
+        assert!(matches!(
+            h.result(1, C, 1, fatal("refund service broken")),
+            Err(Rejection::Stale { .. })
+        ));
+        assert!(matches!(
+            h.fire(TimerKind::StepTimeout {
+                step: 1,
+                kind: C,
+                attempt: 1
+            }),
+            Err(Rejection::Stale { .. })
+        ));
+
+        // The fixed compensation succeeds; s0 is compensated after it.
+        let effects = h.result(1, C, 2, ok()).unwrap();
+        assert_eq!(dispatches(&effects), vec![(0, C, 1)]);
+        assert!(effects.contains(&Effect::Dispatch {
+            step: 0,
+            kind: C,
+            attempt: 1,
+            generation: 1
+        }));
+        let effects = h.result(0, C, 1, ok()).unwrap();
+        assert!(effects.contains(&finished("compensated")));
+        assert_eq!(
+            h.saga.status,
+            SagaStatus::Compensated {
+                reason: "step s2 failed: boom".into()
+            }
+        );
+        assert_eq!(h.saga.finished_at, Some(h.now));
+        // Compensated: nothing more to resume.
+        assert!(matches!(
+            h.apply(retry(true)),
+            Err(Rejection::NotApplicable(_))
+        ));
+    }
+
+    #[test]
+    fn a_resumed_compensation_keeps_its_key_after_a_timeout_or_retryable_errors() {
+        // s0's compensation has one attempt per round.
+        let mut steps = chain(2);
+        steps[0].retry = policy(1);
+        let mut h = Harness::started(definition(steps, None));
+        h.result(0, A, 1, ok()).unwrap();
+        h.result(1, A, 1, fatal("boom")).unwrap();
+        h.fire(TimerKind::StepTimeout {
+            step: 0,
+            kind: C,
+            attempt: 1,
+        })
+        .unwrap();
+        assert!(matches!(
+            h.saga.status,
+            SagaStatus::PartiallyCompensated { .. }
+        ));
+
+        // The timed-out compensation may have done its work: same key
+        // (generation 0), so a recorded success is replayed.
+        let effects = h.apply(retry(false)).unwrap();
+        let mut expected = vec![retried("partially_compensated", 0)];
+        expected.extend(dispatch_in(0, C, 2, 0, h.now));
+        assert_eq!(effects, expected);
+        // A fresh budget of one attempt, spent on a retryable error.
+        h.result(0, C, 2, retryable("db down", None)).unwrap();
+        assert_eq!(
+            *h.status(0),
+            StepStatus::CompensationFailed {
+                error: "retries exhausted after 1 attempts: db down".into()
+            }
+        );
+        // Nothing was recorded under the key: it is kept again.
+        let effects = h.apply(retry(true)).unwrap();
+        assert_eq!(h.saga.generation, 0);
+        assert_eq!(dispatches(&effects), vec![(0, C, 3)]);
+        h.result(0, C, 3, ok()).unwrap();
+        assert!(matches!(h.saga.status, SagaStatus::Compensated { .. }));
+        let generations: Vec<u32> = h.saga.steps[0]
+            .attempts
+            .iter()
+            .map(|a| a.generation)
+            .collect();
+        assert_eq!(generations, vec![0, 0, 0, 0]);
+    }
+
+    /// a -> b, c independent; b's only attempt times out: a and b stuck.
+    fn stuck_on_an_unknown_action() -> Harness {
+        let mut steps = vec![
+            step("a", &[], true),
+            step("b", &[0], true),
+            step("c", &[], true),
+        ];
+        steps[1].retry = policy(1);
+        let mut h = Harness::started(definition(steps, None));
+        h.result(0, A, 1, ok()).unwrap();
+        h.result(2, A, 1, fatal("boom")).unwrap();
+        h.fire(TimerKind::StepTimeout {
+            step: 1,
+            kind: A,
+            attempt: 1,
+        })
+        .unwrap();
+        assert_eq!(
+            h.saga.status,
+            SagaStatus::PartiallyCompensated {
+                reason: "step c failed: boom".into(),
+                stuck_steps: vec!["a".into(), "b".into()],
+            }
+        );
+        h
+    }
+
+    #[test]
+    fn retry_redispatches_an_action_of_unknown_outcome_under_its_key_then_compensates_it() {
+        let mut h = stuck_on_an_unknown_action();
+        let effects = h.apply(retry(true)).unwrap();
+        // The action again, under the same key: the SDK replays what it
+        // recorded, or runs it if no attempt ever did.
+        let mut expected = vec![retried("partially_compensated", 0)];
+        expected.extend(dispatch_in(1, A, 2, 0, h.now));
+        assert_eq!(effects, expected);
+        assert_eq!(*h.status(1), StepStatus::Running { attempt: 2 });
+        assert_eq!(h.saga.steps[1].action_base, 1);
+        assert!(matches!(
+            h.result(1, A, 1, ok()),
+            Err(Rejection::Stale { .. })
+        ));
+
+        // It had succeeded: it is compensated, then what it blocked.
+        let effects = h.result(1, A, 2, ok()).unwrap();
+        assert_eq!(dispatches(&effects), vec![(1, C, 1)]);
+        assert_eq!(*h.status(1), StepStatus::Compensating { attempt: 1 });
+        let effects = h.result(1, C, 1, ok()).unwrap();
+        assert_eq!(dispatches(&effects), vec![(0, C, 1)]);
+        h.result(0, C, 1, ok()).unwrap();
+        assert_eq!(
+            h.saga.status,
+            SagaStatus::Compensated {
+                reason: "step c failed: boom".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_redispatched_action_that_failed_or_times_out_again() {
+        // It never had an effect: nothing to undo, a is compensated.
+        let mut h = stuck_on_an_unknown_action();
+        h.apply(retry(false)).unwrap();
+        let effects = h.result(1, A, 2, fatal("rejected")).unwrap();
+        assert_eq!(dispatches(&effects), vec![(0, C, 1)]);
+        assert_eq!(
+            *h.status(1),
+            StepStatus::Failed {
+                error: "rejected".into()
+            }
+        );
+        h.result(0, C, 1, ok()).unwrap();
+        assert!(matches!(h.saga.status, SagaStatus::Compensated { .. }));
+
+        // Still no answer: stuck again, counting this round's timeouts.
+        let mut h = stuck_on_an_unknown_action();
+        h.apply(retry(false)).unwrap();
+        h.fire(TimerKind::StepTimeout {
+            step: 1,
+            kind: A,
+            attempt: 2,
+        })
+        .unwrap();
+        assert_eq!(
+            *h.status(1),
+            StepStatus::CompensationFailed {
+                error: "action outcome unknown after 1 timed-out attempts".into()
+            }
+        );
+        assert!(matches!(
+            h.saga.status,
+            SagaStatus::PartiallyCompensated { ref stuck_steps, .. } if stuck_steps == &["a", "b"]
+        ));
+    }
+
+    #[test]
+    fn retry_runs_a_failed_saga_forward_again_under_a_new_generation() {
+        let mut h = Harness::started(definition(chain(2), Some(Duration::from_secs(60))));
+        h.result(0, A, 1, fatal("card declined")).unwrap();
+        assert!(matches!(h.saga.status, SagaStatus::Failed { .. }));
+        // The cause is fixed; the operator retries.
+        h.now += 5_000;
+        let effects = h.apply(retry(false)).unwrap();
+        let mut expected = vec![
+            retried("failed", 1),
+            Effect::ScheduleTimer {
+                timer: TimerKind::SagaTimeout,
+                due: h.now + 60_000,
+            },
+        ];
+        expected.extend(dispatch_in(0, A, 2, 1, h.now));
+        assert_eq!(effects, expected);
+        assert_eq!(h.saga.status, SagaStatus::Running);
+        assert_eq!(h.saga.generation, 1);
+        assert_eq!(h.saga.finished_at, None);
+        assert_eq!(*h.status(0), StepStatus::Running { attempt: 2 });
+        assert_eq!(*h.status(1), StepStatus::Pending);
+        assert_eq!(h.saga.steps[0].attempts.len(), 2, "history kept");
+
+        // The pre-retry attempt's result and timer are stale.
+        assert!(matches!(
+            h.result(0, A, 1, fatal("card declined")),
+            Err(Rejection::Stale { .. })
+        ));
+        assert!(matches!(
+            h.fire(TimerKind::StepTimeout {
+                step: 0,
+                kind: A,
+                attempt: 1
+            }),
+            Err(Rejection::Stale { .. })
+        ));
+        // A full budget again: three attempts in this round.
+        h.result(0, A, 2, retryable("busy", None)).unwrap();
+        assert!(matches!(
+            *h.status(0),
+            StepStatus::RetryWaiting { attempt: 3, .. }
+        ));
+
+        h.fire(TimerKind::Retry {
+            step: 0,
+            kind: A,
+            attempt: 3,
+        })
+        .unwrap();
+        let effects = h.result(0, A, 3, ok()).unwrap();
+        assert!(effects.contains(&Effect::Dispatch {
+            step: 1,
+            kind: A,
+            attempt: 1,
+            generation: 1
+        }));
+        h.result(1, A, 1, ok()).unwrap();
+        assert_eq!(h.saga.status, SagaStatus::Completed);
+        assert!(matches!(
+            h.apply(retry(false)),
+            Err(Rejection::NotApplicable(_))
+        ));
+    }
+
+    #[test]
+    fn retry_runs_a_compensated_saga_again_keeping_effects_nothing_undid() {
+        // a (no compensation) -> b -> c (no compensation) -> d, which fails.
+        let steps = vec![
+            step("a", &[], false),
+            step("b", &[0], true),
+            step("c", &[1], false),
+            step("d", &[2], true),
+        ];
+        let mut h = Harness::started(definition(steps, None));
+        for i in 0..3 {
+            h.result(i, A, 1, Outcome::Ok { output: json!(i) }).unwrap();
+        }
+        h.result(3, A, 1, fatal("boom")).unwrap();
+        h.result(1, C, 1, ok()).unwrap();
+        assert!(matches!(h.saga.status, SagaStatus::Compensated { .. }));
+        assert_eq!(*h.status(0), StepStatus::NotCompensable);
+        assert_eq!(*h.status(2), StepStatus::NotCompensable);
+
+        let effects = h.apply(retry(false)).unwrap();
+        // a's effect is in place and its inputs are the same: kept. c ran on
+        // b's output, which was undone: it runs again after b.
+        assert_eq!(dispatches(&effects), vec![(1, A, 2)]);
+        assert_eq!(*h.status(0), StepStatus::Succeeded);
+        assert_eq!(h.saga.steps[0].output, Some(json!(0)));
+        assert_eq!(*h.status(2), StepStatus::Pending);
+        assert_eq!(h.saga.steps[1].output, None);
+        assert_eq!(h.saga.steps[2].output, None);
+        let effects = h.result(1, A, 2, ok()).unwrap();
+        assert_eq!(dispatches(&effects), vec![(2, A, 2)]);
+        h.result(2, A, 2, ok()).unwrap();
+        h.result(3, A, 2, ok()).unwrap();
+        assert_eq!(h.saga.status, SagaStatus::Completed);
+        assert_eq!(h.saga.steps[0].attempts.len(), 1, "a never ran again");
+    }
+
+    #[test]
+    fn retry_is_not_applicable_to_live_completed_and_cancelled_sagas() {
+        let not_applicable = |h: &mut Harness, compensation_only: bool, needle: &str| match h
+            .apply(retry(compensation_only))
+        {
+            Err(Rejection::NotApplicable(message)) => {
+                assert!(message.contains(needle), "{message}")
+            }
+            other => panic!("expected not applicable, got {other:?}"),
+        };
+        let mut h = Harness::new(definition(chain(2), None));
+        not_applicable(&mut h, false, "it is pending");
+        h.apply(Event::Start).unwrap();
+        not_applicable(&mut h, false, "it is running (wait until it finishes");
+        not_applicable(&mut h, true, "only a partially_compensated saga");
+        h.result(0, A, 1, ok()).unwrap();
+        h.cancel(true).unwrap();
+        not_applicable(
+            &mut h,
+            false,
+            "it is compensating (its rollback is still under way)",
+        );
+        h.result(1, A, 1, fatal("x")).unwrap();
+        h.result(0, C, 1, ok()).unwrap();
+        // Compensated: a forward retry applies, a compensation retry not.
+        not_applicable(&mut h, true, "to run it again from the start, use retry");
+
+        let mut h = Harness::started(definition(chain(1), None));
+        h.result(0, A, 1, ok()).unwrap();
+        not_applicable(&mut h, false, "it is completed");
+
+        let mut h = Harness::started(definition(chain(1), None));
+        h.cancel(false).unwrap();
+        not_applicable(&mut h, false, "start a new saga instead");
+        not_applicable(&mut h, true, "it is cancelled");
+    }
 }
 
 /// Property tests: random definitions driven by random interleavings of
@@ -2182,6 +2836,10 @@ mod properties {
         Cancel {
             compensate: bool,
         },
+        /// An operator retries the saga (usually refused: it must be finished).
+        Retry {
+            compensation_only: bool,
+        },
         Tick(u64),
     }
 
@@ -2198,6 +2856,7 @@ mod properties {
                 |(step, compensation, attempt, which)| Action::FireStray { step, compensation, attempt, which }
             ),
             1 => any::<bool>().prop_map(|compensate| Action::Cancel { compensate }),
+            2 => any::<bool>().prop_map(|compensation_only| Action::Retry { compensation_only }),
             2 => (0u64..20_000).prop_map(Action::Tick),
         ]
     }
@@ -2257,14 +2916,28 @@ mod properties {
             Event::Cancel { compensate, .. } => {
                 live && !(*compensate && matches!(saga.status, SagaStatus::Compensating { .. }))
             }
+            Event::Retry { compensation_only } => match saga.status {
+                SagaStatus::PartiallyCompensated { .. } => true,
+                SagaStatus::Failed { .. } | SagaStatus::Compensated { .. } => !compensation_only,
+                _ => false,
+            },
         }
     }
 
+    /// Whether an action attempt of the step's current round succeeded.
     fn action_succeeded(state: &StepState) -> bool {
-        state
-            .attempts
-            .iter()
-            .any(|a| a.kind == TaskKind::Action && a.outcome == Some(AttemptOutcome::Ok))
+        state.attempts.iter().any(|a| {
+            a.kind == TaskKind::Action
+                && a.number > state.action_base
+                && a.outcome == Some(AttemptOutcome::Ok)
+        })
+    }
+
+    fn base(state: &StepState, kind: TaskKind) -> u32 {
+        match kind {
+            TaskKind::Action => state.action_base,
+            TaskKind::Compensation => state.compensation_base,
+        }
     }
 
     fn dependents(def: &SagaDefinition, step: usize) -> impl Iterator<Item = usize> + '_ {
@@ -2285,14 +2958,23 @@ mod properties {
         delivered: Vec<Event>,
         /// Armed timers.
         timers: BTreeMap<TimerKind, Millis>,
-        /// Compensation `Ok` results applied, per step.
+        /// Compensation `Ok` results applied, per step (since it last ran
+        /// forward again).
         compensated: Vec<u32>,
+        /// Whether the step's effect is in place, as the applied results
+        /// tell: set by an action's `Ok`, cleared by a compensation's `Ok`.
+        in_place: Vec<bool>,
+        /// Idempotency keys (step, kind, generation) whose `Ok` or fatal
+        /// outcome the machine applied: the SDK would replay it, so they
+        /// must never be dispatched again.
+        closed_keys: BTreeSet<(usize, TaskKind, u32)>,
     }
 
     impl Sim {
         fn new(def: SagaDefinition) -> Self {
             let saga = new_saga("p".into(), &def, json!({}), None, 1_000);
             let compensated = vec![0; def.steps.len()];
+            let in_place = vec![false; def.steps.len()];
             Self {
                 def,
                 saga,
@@ -2303,6 +2985,8 @@ mod properties {
                 delivered: Vec::new(),
                 timers: BTreeMap::new(),
                 compensated,
+                in_place,
+                closed_keys: BTreeSet::new(),
             }
         }
 
@@ -2394,6 +3078,9 @@ mod properties {
                         reason: "cancelled".into(),
                     });
                 }
+                Action::Retry { compensation_only } => {
+                    self.step(Event::Retry { compensation_only });
+                }
                 Action::Tick(ms) => self.now += ms,
             }
         }
@@ -2420,11 +3107,20 @@ mod properties {
             };
             assert_eq!(self.saga.updated_at, self.now);
             match &event {
-                Event::TaskResult { .. } => self.delivered.push(event.clone()),
+                Event::TaskResult {
+                    step,
+                    kind,
+                    attempt,
+                    outcome,
+                } => {
+                    self.delivered.push(event.clone());
+                    self.result_applied(&before, *step, *kind, *attempt, outcome);
+                }
                 Event::TimerFired(timer) => assert!(
                     self.timers.remove(timer).is_some(),
                     "applied {timer:?}, which was never armed"
                 ),
+                Event::Retry { .. } => self.retry_applied(&before),
                 _ => {}
             }
             for effect in &effects {
@@ -2434,6 +3130,111 @@ mod properties {
             true
         }
 
+        /// Keeps the effects in place and the closed keys up to date.
+        fn result_applied(
+            &mut self,
+            before: &Saga,
+            step: usize,
+            kind: TaskKind,
+            attempt: u32,
+            outcome: &Outcome,
+        ) {
+            let generation = before.steps[step]
+                .attempts
+                .iter()
+                .find(|a| a.kind == kind && a.number == attempt)
+                .map(|a| a.generation)
+                .expect("an applied result names a dispatched attempt");
+            match outcome {
+                Outcome::Ok { .. } | Outcome::Fatal { .. } => {
+                    self.closed_keys.insert((step, kind, generation));
+                }
+                Outcome::Retryable { .. } => {}
+            }
+            if let Outcome::Ok { .. } = outcome {
+                match kind {
+                    TaskKind::Action => {
+                        assert!(
+                            !self.in_place[step],
+                            "step {step}'s action succeeded again while its effect was in place"
+                        );
+                        self.in_place[step] = true;
+                    }
+                    TaskKind::Compensation => {
+                        assert!(
+                            self.in_place[step],
+                            "step {step} undone with nothing in place"
+                        );
+                        self.in_place[step] = false;
+                    }
+                }
+            }
+        }
+
+        /// What an applied retry must have done.
+        fn retry_applied(&mut self, before: &Saga) {
+            let saga = &self.saga;
+            match &before.status {
+                SagaStatus::PartiallyCompensated { reason, .. } => {
+                    assert_eq!(
+                        saga.status,
+                        SagaStatus::Compensating {
+                            reason: reason.clone()
+                        }
+                    );
+                    assert!(
+                        saga.generation == before.generation
+                            || saga.generation == before.generation + 1
+                    );
+                    for (i, (old, new)) in before.steps.iter().zip(&saga.steps).enumerate() {
+                        if let StepStatus::CompensationFailed { .. } = old.status {
+                            // The step that left it stuck gets a new round of
+                            // what got stuck: the action if its outcome was
+                            // unknown, else the compensation.
+                            let stuck = old.attempts.last().expect("an attempt").kind;
+                            assert_eq!(
+                                in_flight_attempt(&new.status).map(|(k, _)| k),
+                                Some(stuck),
+                                "step {i}"
+                            );
+                        } else if !is_busy(&new.status) {
+                            assert_eq!(old.status, new.status, "step {i} changed");
+                        }
+                    }
+                }
+                SagaStatus::Failed { .. } | SagaStatus::Compensated { .. } => {
+                    assert_eq!(saga.generation, before.generation + 1);
+                    assert!(
+                        matches!(saga.status, SagaStatus::Running | SagaStatus::Completed),
+                        "{:?}",
+                        saga.status
+                    );
+                    for (i, (old, new)) in before.steps.iter().zip(&saga.steps).enumerate() {
+                        assert!(
+                            new.attempts.starts_with(&old.attempts),
+                            "step {i} lost history"
+                        );
+                        if old.status == StepStatus::NotCompensable
+                            && new.status == StepStatus::Succeeded
+                        {
+                            // Kept: its effect stays in place.
+                            assert_eq!(new.output, old.output);
+                            for &dep in &self.def.steps[i].depends_on {
+                                assert_eq!(saga.steps[dep].status, StepStatus::Succeeded);
+                            }
+                        } else {
+                            // Runs again: a new effect under a new key (the
+                            // old one of a step without compensation stays,
+                            // as in any rollback).
+                            self.compensated[i] = 0;
+                            self.in_place[i] = false;
+                        }
+                    }
+                }
+                other => panic!("retry applied to a saga that was {other:?}"),
+            }
+        }
+
         /// Invariants of one effect, judged against the state after the transition.
         fn check_effect(&mut self, effect: &Effect) {
             match effect {
@@ -2441,7 +3242,30 @@ mod properties {
                     step,
                     kind,
                     attempt,
+                    generation,
                 } => {
+                    let state = &self.saga.steps[step];
+                    let record = state
+                        .attempts
+                        .iter()
+                        .find(|a| a.kind == kind && a.number == attempt)
+                        .expect("a dispatched attempt is recorded");
+                    assert_eq!(record.generation, generation);
+                    assert!(
+                        !self.closed_keys.contains(&(step, kind, generation)),
+                        "step {step} {kind} attempt {attempt} dispatched under generation {generation}, whose outcome the SDK recorded and would replay"
+                    );
+                    if let Some(previous) = state
+                        .attempts
+                        .iter()
+                        .find(|a| a.kind == kind && a.number + 1 == attempt)
+                        && previous.outcome == Some(AttemptOutcome::TimedOut)
+                    {
+                        assert_eq!(
+                            previous.generation, generation,
+                            "step {step} {kind} attempt {attempt} changed the key of a timed-out attempt, whose effect may be in place"
+                        );
+                    }
                     assert!(
                         self.dispatched.insert((step, kind, attempt)),
                         "step {step} {kind} attempt {attempt} dispatched twice"
@@ -2510,10 +3334,20 @@ mod properties {
                     .collect();
                 assert!(open.len() <= 1, "step {i} has several attempts in flight");
                 for kind in [TaskKind::Action, TaskKind::Compensation] {
-                    let made = state.attempts.iter().filter(|a| a.kind == kind).count();
+                    let numbers: Vec<u32> = state
+                        .attempts
+                        .iter()
+                        .filter(|a| a.kind == kind)
+                        .map(|a| a.number)
+                        .collect();
+                    assert!(
+                        numbers.iter().copied().eq(1..=numbers.len() as u32),
+                        "step {i}: {kind} attempts numbered {numbers:?}"
+                    );
+                    let made = numbers.iter().filter(|&&n| n > base(state, kind)).count();
                     assert!(
                         made <= def.retry.max_attempts as usize,
-                        "step {i}: {made} {kind} attempts, max {}",
+                        "step {i}: {made} {kind} attempts in this round, max {}",
                         def.retry.max_attempts
                     );
                 }
@@ -2562,7 +3396,7 @@ mod properties {
                 let actions: Vec<&Attempt> = state
                     .attempts
                     .iter()
-                    .filter(|a| a.kind == TaskKind::Action)
+                    .filter(|a| a.kind == TaskKind::Action && a.number > state.action_base)
                     .collect();
                 let last_action = actions.last().and_then(|a| a.outcome.as_ref());
                 if matches!(state.status, StepStatus::Failed { .. }) {
@@ -2592,6 +3426,22 @@ mod properties {
                     state.status == StepStatus::Compensated,
                     "step {i}: compensation results vs status"
                 );
+                if !cancelled {
+                    let expected =
+                        matches!(
+                            state.status,
+                            StepStatus::Succeeded
+                                | StepStatus::NotCompensable
+                                | StepStatus::Compensating { .. }
+                                | StepStatus::CompensationRetryWaiting { .. }
+                        ) || (matches!(state.status, StepStatus::CompensationFailed { .. })
+                            && action_succeeded(state));
+                    assert_eq!(
+                        self.in_place[i], expected,
+                        "step {i}: effect in place vs {:?}",
+                        state.status
+                    );
+                }
             }
 
             // The rollback scheduler is eager: while compensating or once
@@ -2797,6 +3647,37 @@ mod properties {
             }
             sim.drain();
             sim.check_final();
+        }
+
+        /// A finished saga that ended badly, retried and then let run
+        /// without failures, ends well: a forward retry completes, a
+        /// resumed rollback compensates everything.
+        #[test]
+        fn a_retried_saga_ends_well_once_the_cause_is_fixed(
+            def in definitions(),
+            script in prop::collection::vec(actions(), 0..60),
+            compensation_only in any::<bool>(),
+            rounds in 1usize..3,
+        ) {
+            let mut sim = Sim::new(def);
+            sim.perform(Action::Start);
+            for action in script {
+                sim.perform(action);
+            }
+            sim.drain();
+            for _ in 0..rounds {
+                let before = sim.saga.status.clone();
+                let expected = match before {
+                    SagaStatus::PartiallyCompensated { .. } => "compensated",
+                    SagaStatus::Failed { .. } | SagaStatus::Compensated { .. } if !compensation_only => "completed",
+                    _ => break,
+                };
+                let applied = sim.step(Event::Retry { compensation_only });
+                prop_assert!(applied, "the retry of a {} saga was refused", sim.saga.status.name());
+                sim.drain();
+                sim.check_final();
+                prop_assert_eq!(sim.saga.status.name(), expected);
+            }
         }
 
         #[test]

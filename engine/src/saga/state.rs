@@ -26,6 +26,12 @@ pub struct Saga {
     pub input: Value,
     /// Idempotency key the saga was started with, if any.
     pub idempotency_key: Option<String>,
+    /// Key generation: 0 for the first run, raised by a retry whenever
+    /// tasks need idempotency keys never used before (every forward retry; a
+    /// resumed rollback whose failed compensation reported a fatal error).
+    /// Each attempt records the generation of the key its task carried.
+    #[serde(default)]
+    pub generation: u32,
     /// Where the saga stands.
     pub status: SagaStatus,
     /// One entry per step of the definition, in the definition's order.
@@ -39,6 +45,9 @@ pub struct Saga {
     /// When the saga reached a terminal state.
     #[schema(value_type = Option<u64>)]
     pub finished_at: Option<Millis>,
+    /// The W3C `traceparent` the start carried (see `crate::trace`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// Where a saga stands.
@@ -130,6 +139,19 @@ pub struct StepState {
     /// Output of the action, once it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// Action attempts made before the current round (a retry of the saga
+    /// starts a new one): the retry policy's `max_attempts` counts the
+    /// attempts after it. Attempt numbers keep growing across rounds, so a
+    /// result of an attempt from before a retry is always stale.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub action_base: u32,
+    /// Compensation attempts made before the current round, likewise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compensation_base: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Where a step stands.
@@ -210,8 +232,13 @@ pub struct Attempt {
     /// Action or compensation.
     #[schema(value_type = crate::api::http::schema::TaskKind)]
     pub kind: TaskKind,
-    /// Attempt number within its kind, from 1.
+    /// Attempt number within its kind, from 1; it keeps growing across
+    /// retries of the saga.
     pub number: u32,
+    /// Generation of the idempotency key the attempt's task carried
+    /// (`jetsaga_worker::protocol::idempotency_key_in_generation`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
     /// When the task was dispatched.
     #[schema(value_type = u64)]
     pub started_at: Millis,
@@ -299,6 +326,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// An operator asked to retry a finished saga whose cause was fixed: a
+    /// `partially_compensated` one resumes its rollback, a `failed` or
+    /// `compensated` one runs forward again (see the machine's module docs).
+    Retry {
+        /// Only resume a rollback: anything but `partially_compensated` is
+        /// not applicable (`jetsaga saga retry-compensation`).
+        compensation_only: bool,
+    },
 }
 
 /// Inputs from the outside world that a transition may use: the machine has
@@ -324,6 +359,8 @@ pub enum Effect {
         kind: TaskKind,
         /// Attempt number.
         attempt: u32,
+        /// Generation of the task's idempotency key.
+        generation: u32,
     },
     /// Arm a durable timer.
     ScheduleTimer {
@@ -351,6 +388,13 @@ pub enum LifecycleEvent {
     SagaCompensating {
         /// Why.
         reason: String,
+    },
+    /// An operator retried the finished saga.
+    SagaRetried {
+        /// The state it was retried from.
+        from: String,
+        /// Its key generation from now on.
+        generation: u32,
     },
     /// The saga reached a terminal state (see its status for which).
     SagaFinished {

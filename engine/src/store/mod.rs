@@ -148,6 +148,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes one change atomically (not yet durable: see [`Store::flush`]).
     fn commit(&self, change: Change) -> Result<(), StoreError>;
+    /// Deletes saga `id` in one atomic transaction (not yet durable: see
+    /// [`Store::flush`]): its record, its index entries, its timers and the
+    /// binding of its idempotency key, so that the key starts a new saga
+    /// afterwards. Returns the deleted saga; `None` (and nothing changes)
+    /// if there is none.
+    ///
+    /// Meant for terminal sagas, which the caller checks. Outbox rows the
+    /// saga's transitions wrote are left to the relay: a task published
+    /// after the deletion reaches a worker, and its result is rejected as
+    /// `unknown_saga`, like any result of a deleted saga.
+    fn delete_saga(&self, id: &str) -> Result<Option<Saga>, StoreError>;
     /// Makes every commit so far durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 

@@ -1,0 +1,627 @@
+//! The engine's Prometheus metrics: what they are, where they come from.
+//!
+//! Saga and step metrics are derived in one place, [`SagaMetrics::transition`],
+//! which the partition calls for every transition it commits with the saga
+//! as it was before ([`Before`]) and as it is after. Comparing the two says
+//! everything: a saga that became terminal finished (with its status and
+//! duration), an attempt whose outcome appeared ended (with its outcome and
+//! duration). Nothing else records saga or step metrics, so a new event of
+//! the state machine is counted as soon as it changes the saga.
+//!
+//! Gauges that mirror state elsewhere are polled by [`poll_gauges`]: the
+//! outbox and timer backlogs from the store, the depth of each service's work
+//! queue from its JetStream consumer.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `saga_executions_total` | counter | `saga_name`, `status` (terminal state) |
+//! | `saga_duration_seconds` | histogram | `saga_name`, `status` (created → terminal) |
+//! | `saga_active` | gauge | `saga_name` (sagas not terminal) |
+//! | `saga_step_attempts_total` | counter | `saga_name`, `step`, `service`, `outcome` (action attempts) |
+//! | `saga_step_duration_seconds` | histogram | `saga_name`, `step`, `service` (action attempt dispatched → its result) |
+//! | `saga_compensations_total` | counter | `saga_name`, `step`, `service`, `outcome` (compensation attempts) |
+//! | `saga_queue_depth` | gauge | `service` |
+//! | `engine_rejected_messages_total` | counter | `reason` |
+//! | `engine_publish_duplicates_total` | counter | |
+//! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
+//!
+//! Attempt outcomes are `ok`, `retryable`, `fatal`, `timed_out` and
+//! `abandoned` (in flight when the saga was cancelled without compensation).
+//! No label carries a saga id: series grow with definitions, steps and
+//! services, never with traffic.
+
+use crate::saga::definition::{SagaDefinition, StepDefinition};
+use crate::saga::state::{Attempt, AttemptOutcome, Millis, Saga};
+use crate::store::Store;
+use async_nats::jetstream;
+use futures::TryStreamExt;
+use jetsaga_worker::metrics::PrometheusHandle;
+use jetsaga_worker::protocol::{Subjects, TaskKind};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Sagas that reached a terminal state (counter).
+pub const SAGA_EXECUTIONS: &str = "saga_executions_total";
+/// Saga creation to terminal state, seconds (histogram).
+pub const SAGA_DURATION: &str = "saga_duration_seconds";
+/// Sagas not terminal (gauge).
+pub const SAGA_ACTIVE: &str = "saga_active";
+/// Ended attempts of step actions (counter).
+pub const STEP_ATTEMPTS: &str = "saga_step_attempts_total";
+/// Action attempt dispatch to result, seconds (histogram).
+pub const STEP_DURATION: &str = "saga_step_duration_seconds";
+/// Ended attempts of step compensations (counter).
+pub const COMPENSATIONS: &str = "saga_compensations_total";
+/// Tasks waiting in a service's work queue (gauge).
+pub const QUEUE_DEPTH: &str = "saga_queue_depth";
+/// Messages the engine refused (counter).
+pub const REJECTED: &str = "engine_rejected_messages_total";
+/// Outbox rows JetStream reported as duplicates (counter).
+pub const PUBLISH_DUPLICATES: &str = "engine_publish_duplicates_total";
+/// Outbox rows not yet published (gauge).
+pub const OUTBOX_BACKLOG: &str = "engine_outbox_backlog";
+/// Armed durable timers (gauge).
+pub const TIMER_BACKLOG: &str = "engine_timer_backlog";
+
+/// The terminal states, the values of `status`.
+pub const TERMINAL_STATES: [&str; 5] = [
+    "completed",
+    "compensated",
+    "failed",
+    "partially_compensated",
+    "cancelled",
+];
+
+/// How often [`poll_gauges`] polls, by default.
+pub const POLL_EVERY: Duration = Duration::from_secs(5);
+
+/// The recorder's handle, once [`install`] succeeded.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once; later calls do
+/// nothing) and describes the engine's metrics. When the embedding program
+/// installed a recorder of its own, the metrics go there and [`render`]
+/// has nothing to give.
+pub fn install() {
+    if HANDLE.get().is_some() {
+        return;
+    }
+    match jetsaga_worker::metrics::install_recorder() {
+        Ok(handle) => {
+            let _ = HANDLE.set(handle);
+            describe();
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics are not exported on /metrics"),
+    }
+}
+
+/// Every metric of the process in the Prometheus text format, or `None`
+/// when [`install`] did not install the recorder.
+pub fn render() -> Option<String> {
+    HANDLE.get().map(PrometheusHandle::render)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        SAGA_EXECUTIONS,
+        "Sagas that reached a terminal state, by definition and terminal state"
+    );
+    describe_histogram!(
+        SAGA_DURATION,
+        Unit::Seconds,
+        "Time from a saga's creation to its terminal state"
+    );
+    describe_gauge!(
+        SAGA_ACTIVE,
+        "Sagas not terminal yet (running or compensating)"
+    );
+    describe_counter!(
+        STEP_ATTEMPTS,
+        "Ended attempts of step actions, by outcome (ok, retryable, fatal, timed_out, abandoned)"
+    );
+    describe_histogram!(
+        STEP_DURATION,
+        Unit::Seconds,
+        "Time from dispatching an action attempt to its result (timed out and abandoned attempts excluded)"
+    );
+    describe_counter!(
+        COMPENSATIONS,
+        "Ended attempts of step compensations, by outcome"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Tasks in a service's work queue: not yet delivered plus delivered and not acknowledged"
+    );
+    describe_counter!(
+        REJECTED,
+        "Messages and requests the engine refused, by reason"
+    );
+    describe_counter!(
+        PUBLISH_DUPLICATES,
+        "Outbox rows JetStream already had (republished after a crash)"
+    );
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Outbox rows durable in the store, not yet published to JetStream"
+    );
+    describe_gauge!(
+        TIMER_BACKLOG,
+        "Durable timers armed (step timeouts, retry delays, saga timeouts)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Transitions
+// ---------------------------------------------------------------------------
+
+/// What [`SagaMetrics::transition`] needs to know of a saga before the
+/// transition: whether it was terminal and which attempts had ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Before {
+    /// Whether the saga was terminal.
+    terminal: bool,
+    /// Number of attempts of each step.
+    attempts: Vec<usize>,
+    /// (step, attempt index) of the attempts still in flight.
+    open: Vec<(usize, usize)>,
+}
+
+impl Before {
+    /// Takes note of `saga` before a transition.
+    pub fn of(saga: &Saga) -> Before {
+        let mut open = Vec::new();
+        for (i, step) in saga.steps.iter().enumerate() {
+            for (j, attempt) in step.attempts.iter().enumerate() {
+                if attempt.outcome.is_none() {
+                    open.push((i, j));
+                }
+            }
+        }
+        Before {
+            terminal: saga.status.is_terminal(),
+            attempts: saga.steps.iter().map(|s| s.attempts.len()).collect(),
+            open,
+        }
+    }
+
+    /// Whether attempt `index` of step `step` had not ended.
+    fn was_open(&self, step: usize, index: usize) -> bool {
+        index >= self.attempts.get(step).copied().unwrap_or(0) || self.open.contains(&(step, index))
+    }
+}
+
+/// Derives the saga metrics from the partition's transitions.
+#[derive(Debug, Default)]
+pub struct SagaMetrics {
+    /// Definitions whose series exist.
+    known: HashSet<String>,
+}
+
+impl SagaMetrics {
+    /// Sets `saga_active` from what the store holds when the partition
+    /// starts: every definition (at zero) and every unfinished saga. Also
+    /// creates each definition's `saga_executions_total` series at zero, so
+    /// that the first saga to end in a state is an increase.
+    pub fn resume<'a>(
+        &mut self,
+        definitions: impl IntoIterator<Item = &'a str>,
+        unfinished: impl IntoIterator<Item = &'a Saga>,
+    ) {
+        let mut active: BTreeMap<&str, u64> = BTreeMap::new();
+        for name in definitions {
+            active.entry(name).or_default();
+        }
+        for saga in unfinished {
+            *active.entry(saga.name.as_str()).or_default() += 1;
+        }
+        for (name, count) in active {
+            self.know(name);
+            metrics::gauge!(SAGA_ACTIVE, "saga_name" => name.to_string()).set(count as f64);
+        }
+    }
+
+    /// Creates the series of definition `name` at zero, the first time.
+    fn know(&mut self, name: &str) {
+        if self.known.contains(name) {
+            return;
+        }
+        self.known.insert(name.to_string());
+        for status in TERMINAL_STATES {
+            metrics::counter!(SAGA_EXECUTIONS, "saga_name" => name.to_string(), "status" => status)
+                .increment(0);
+        }
+        metrics::gauge!(SAGA_ACTIVE, "saga_name" => name.to_string()).increment(0.0);
+    }
+
+    /// Observes one committed transition of a saga of `def`: `before` as
+    /// noted before it (`None` for a saga it created), `after` as committed.
+    pub fn transition(&mut self, def: &SagaDefinition, before: Option<&Before>, after: &Saga) {
+        self.know(&after.name);
+        let was_active = before.is_some_and(|b| !b.terminal);
+        let is_active = !after.status.is_terminal();
+        let active = || metrics::gauge!(SAGA_ACTIVE, "saga_name" => after.name.clone());
+        match (was_active, is_active) {
+            (false, true) => active().increment(1.0),
+            (true, false) => active().decrement(1.0),
+            _ => {}
+        }
+        if !is_active && before.is_none_or(|b| !b.terminal) {
+            finished(after);
+        }
+        for (i, (state, step)) in after.steps.iter().zip(&def.steps).enumerate() {
+            for (j, attempt) in state.attempts.iter().enumerate() {
+                if let Some(outcome) = &attempt.outcome
+                    && before.is_none_or(|b| b.was_open(i, j))
+                {
+                    attempt_ended(&after.name, step, attempt, outcome);
+                }
+            }
+        }
+    }
+}
+
+/// A saga reached its terminal state.
+fn finished(saga: &Saga) {
+    let status = saga.status.name();
+    metrics::counter!(SAGA_EXECUTIONS, "saga_name" => saga.name.clone(), "status" => status)
+        .increment(1);
+    let end = saga.finished_at.unwrap_or(saga.updated_at);
+    metrics::histogram!(SAGA_DURATION, "saga_name" => saga.name.clone(), "status" => status)
+        .record(seconds(saga.created_at, end));
+}
+
+/// An attempt of `step` of a saga named `saga_name` ended with `outcome`.
+fn attempt_ended(
+    saga_name: &str,
+    step: &StepDefinition,
+    attempt: &Attempt,
+    outcome: &AttemptOutcome,
+) {
+    let labels = |outcome: &'static str| {
+        [
+            ("saga_name", saga_name.to_string()),
+            ("step", step.id.clone()),
+            ("service", step.service.clone()),
+            ("outcome", outcome.to_string()),
+        ]
+    };
+    match attempt.kind {
+        TaskKind::Action => {
+            metrics::counter!(STEP_ATTEMPTS, &labels(outcome_label(outcome))).increment(1);
+            let reported = matches!(
+                outcome,
+                AttemptOutcome::Ok
+                    | AttemptOutcome::Retryable { .. }
+                    | AttemptOutcome::Fatal { .. }
+            );
+            if reported && let Some(end) = attempt.finished_at {
+                metrics::histogram!(
+                    STEP_DURATION,
+                    "saga_name" => saga_name.to_string(),
+                    "step" => step.id.clone(),
+                    "service" => step.service.clone(),
+                )
+                .record(seconds(attempt.started_at, end));
+            }
+        }
+        TaskKind::Compensation => {
+            metrics::counter!(COMPENSATIONS, &labels(outcome_label(outcome))).increment(1);
+        }
+    }
+}
+
+/// The `outcome` label of an attempt outcome.
+pub fn outcome_label(outcome: &AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Ok => "ok",
+        AttemptOutcome::Retryable { .. } => "retryable",
+        AttemptOutcome::Fatal { .. } => "fatal",
+        AttemptOutcome::TimedOut => "timed_out",
+        AttemptOutcome::Abandoned => "abandoned",
+    }
+}
+
+fn seconds(from: Millis, to: Millis) -> f64 {
+    to.saturating_sub(from) as f64 / 1000.0
+}
+
+// ---------------------------------------------------------------------------
+// Polled gauges
+// ---------------------------------------------------------------------------
+
+/// Until `shutdown`, every `every`: sets the outbox and timer backlogs from
+/// the store and `saga_queue_depth` of every service named by a current
+/// definition, and folds histogram samples into their buckets.
+pub async fn poll_gauges(
+    store: Arc<dyn Store>,
+    js: jetstream::Context,
+    subjects: Subjects,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(handle) = HANDLE.get() {
+            handle.run_upkeep();
+        }
+        metrics::gauge!(OUTBOX_BACKLOG).set(store.outbox_len() as f64);
+        metrics::gauge!(TIMER_BACKLOG).set(store.timers_len() as f64);
+        let services: BTreeSet<String> = match store.list_definitions() {
+            Ok(defs) => defs
+                .into_iter()
+                .flat_map(|d| d.steps.into_iter().map(|s| s.service))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list definitions for the queue depth metrics");
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = poll_queues(&js, &subjects, &services) => {}
+        }
+    }
+}
+
+/// Sets `saga_queue_depth` of each of `services`.
+async fn poll_queues(js: &jetstream::Context, subjects: &Subjects, services: &BTreeSet<String>) {
+    for service in services {
+        match queue_depth(js, subjects, service).await {
+            Ok(depth) => {
+                metrics::gauge!(QUEUE_DEPTH, "service" => service.clone()).set(depth as f64)
+            }
+            // NATS away: the gauge keeps its last value; /ready says why.
+            Err(e) => tracing::debug!(service, error = %e, "cannot read the queue depth"),
+        }
+    }
+}
+
+/// Tasks in `service`'s work queue: its consumer's undelivered plus
+/// unacknowledged messages; without a consumer (no worker came yet), the
+/// stream's messages on the service's task subject.
+async fn queue_depth(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    service: &str,
+) -> Result<u64, async_nats::Error> {
+    let stream = js.get_stream_no_info(subjects.tasks_stream()).await?;
+    match stream
+        .consumer_info(subjects.service_consumer(service))
+        .await
+    {
+        Ok(info) => Ok(info.num_pending + info.num_ack_pending as u64),
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            let task_subject = subjects.task(service);
+            let counts = stream.info_with_subjects(&task_subject).await?;
+            let counts: Vec<(String, usize)> = counts.try_collect().await?;
+            Ok(counts
+                .into_iter()
+                .filter(|(subject, _)| *subject == task_subject)
+                .map(|(_, n)| n as u64)
+                .sum())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::saga::definition::{self, Format};
+    use crate::saga::machine;
+    use crate::saga::state::{Effect, Event, Inputs, SagaStatus, TimerKind};
+    use jetsaga_worker::metrics::DURATION_BUCKETS;
+    use jetsaga_worker::protocol::Outcome;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use serde_json::json;
+
+    fn definition() -> SagaDefinition {
+        let yaml = "sagas:\n  order:\n    steps:\n      - {id: reserve, service: stock, operation: reserve, compensation: release, retry: {max_attempts: 3, initial_delay: 100ms}}\n      - {id: pay, service: payments, operation: charge, depends_on: [reserve]}\n";
+        let mut parsed = definition::parse_str("test.yaml", yaml, Format::Yaml).expect("parses");
+        parsed.sagas.remove(0)
+    }
+
+    #[test]
+    fn terminal_states_are_the_terminal_state_names() {
+        let terminal = [
+            SagaStatus::Completed,
+            SagaStatus::Compensated { reason: "r".into() },
+            SagaStatus::Failed { reason: "r".into() },
+            SagaStatus::PartiallyCompensated {
+                reason: "r".into(),
+                stuck_steps: vec![],
+            },
+            SagaStatus::Cancelled { reason: "r".into() },
+        ];
+        let names: Vec<&str> = terminal.iter().map(SagaStatus::name).collect();
+        assert_eq!(names, TERMINAL_STATES);
+        assert!(terminal.iter().all(SagaStatus::is_terminal));
+        let all = SagaStatus::NAMES
+            .iter()
+            .filter(|n| TERMINAL_STATES.contains(n));
+        assert_eq!(all.count(), TERMINAL_STATES.len());
+    }
+
+    /// Drives a saga through the machine, observing every transition as
+    /// the partition does, and returns the rendered metrics.
+    fn observed(events: impl Fn(&Saga, &[Effect]) -> Option<Event>) -> String {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &DURATION_BUCKETS)
+            .expect("buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let def = definition();
+            let mut observer = SagaMetrics::default();
+            observer.resume(["order", "other"], []);
+            let mut saga = machine::new_saga(
+                "0192f5a0-0000-7000-8000-000000000000".into(),
+                &def,
+                json!({}),
+                None,
+                0,
+            );
+            let mut effects = machine::apply(&mut saga, &def, Event::Start, at(0)).unwrap();
+            observer.transition(&def, None, &saga);
+            let mut now = 0;
+            while let Some(event) = events(&saga, &effects) {
+                now += 250;
+                let before = Before::of(&saga);
+                effects = machine::apply(&mut saga, &def, event, at(now)).expect("applies");
+                observer.transition(&def, Some(&before), &saga);
+            }
+        });
+        handle.render()
+    }
+
+    fn at(now: Millis) -> Inputs {
+        Inputs { now, random: 0.5 }
+    }
+
+    fn result(step: usize, kind: TaskKind, attempt: u32, outcome: Outcome) -> Option<Event> {
+        Some(Event::TaskResult {
+            step,
+            kind,
+            attempt,
+            outcome,
+        })
+    }
+
+    /// The attempt the last transition dispatched.
+    fn dispatched(effects: &[Effect]) -> Option<(usize, TaskKind, u32)> {
+        effects.iter().find_map(|e| match e {
+            Effect::Dispatch {
+                step,
+                kind,
+                attempt,
+                ..
+            } => Some((*step, *kind, *attempt)),
+            _ => None,
+        })
+    }
+
+    fn has(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn a_rolled_back_saga_is_counted_once_with_every_attempt() {
+        let text = observed(|saga, effects| {
+            if let Some((step, kind, attempt)) = dispatched(effects) {
+                let ok = Outcome::Ok { output: json!({}) };
+                return match (step, kind, attempt) {
+                    (0, TaskKind::Action, 1) => result(
+                        step,
+                        kind,
+                        attempt,
+                        Outcome::Retryable {
+                            error: "busy".into(),
+                            retry_after_ms: None,
+                        },
+                    ),
+                    (1, TaskKind::Action, _) => result(
+                        step,
+                        kind,
+                        attempt,
+                        Outcome::Fatal {
+                            error: "declined".into(),
+                        },
+                    ),
+                    _ => result(step, kind, attempt, ok),
+                };
+            }
+            // A retry waits for its timer.
+            effects
+                .iter()
+                .find_map(|e| match e {
+                    Effect::ScheduleTimer {
+                        timer: timer @ TimerKind::Retry { .. },
+                        ..
+                    } => Some(Event::TimerFired(timer.clone())),
+                    _ => None,
+                })
+                .filter(|_| !saga.status.is_terminal())
+        });
+        let labels = |step: &str, service: &str, outcome: &str| {
+            format!(r#"saga_name="order",step="{step}",service="{service}",outcome="{outcome}""#)
+        };
+        for line in [
+            r#"saga_executions_total{saga_name="order",status="compensated"} 1"#.to_string(),
+            r#"saga_executions_total{saga_name="order",status="completed"} 0"#.to_string(),
+            r#"saga_executions_total{saga_name="other",status="partially_compensated"} 0"#.to_string(),
+            r#"saga_active{saga_name="order"} 0"#.to_string(),
+            r#"saga_active{saga_name="other"} 0"#.to_string(),
+            r#"saga_duration_seconds_count{saga_name="order",status="compensated"} 1"#.to_string(),
+            format!("saga_step_attempts_total{{{}}} 1", labels("reserve", "stock", "retryable")),
+            format!("saga_step_attempts_total{{{}}} 1", labels("reserve", "stock", "ok")),
+            format!("saga_step_attempts_total{{{}}} 1", labels("pay", "payments", "fatal")),
+            format!("saga_compensations_total{{{}}} 1", labels("reserve", "stock", "ok")),
+            r#"saga_step_duration_seconds_count{saga_name="order",step="reserve",service="stock"} 2"#.to_string(),
+            r#"saga_step_duration_seconds_bucket{saga_name="order",step="reserve",service="stock",le="0.25"} 2"#.to_string(),
+        ] {
+            assert!(has(&text, &line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("0192f5a0"), "a saga id in a label:\n{text}");
+    }
+
+    #[test]
+    fn a_saga_still_running_is_active() {
+        let text = observed(|_, effects| {
+            // Only the first step's first attempt: the saga stays running.
+            match dispatched(effects) {
+                Some((0, kind, 1)) => result(0, kind, 1, Outcome::Ok { output: json!({}) }),
+                _ => None,
+            }
+        });
+        assert!(has(&text, r#"saga_active{saga_name="order"} 1"#), "{text}");
+        assert!(!text.contains("saga_duration_seconds_count"), "{text}");
+    }
+
+    #[test]
+    fn only_attempts_that_ended_in_the_transition_are_new() {
+        let def = definition();
+        let mut saga = machine::new_saga("s".into(), &def, json!({}), None, 0);
+        machine::apply(&mut saga, &def, Event::Start, at(0)).unwrap();
+        let before = Before::of(&saga);
+        assert!(!before.terminal);
+        assert!(before.was_open(0, 0), "in flight");
+        assert!(before.was_open(0, 1), "did not exist");
+        assert!(before.was_open(1, 0), "no attempt of the step yet");
+        machine::apply(
+            &mut saga,
+            &def,
+            Event::TaskResult {
+                step: 0,
+                kind: TaskKind::Action,
+                attempt: 1,
+                outcome: Outcome::Ok { output: json!({}) },
+            },
+            at(5),
+        )
+        .unwrap();
+        assert!(!Before::of(&saga).was_open(0, 0), "ended");
+    }
+
+    #[test]
+    fn outcomes_have_stable_labels() {
+        assert_eq!(outcome_label(&AttemptOutcome::Ok), "ok");
+        assert_eq!(
+            outcome_label(&AttemptOutcome::Retryable { error: "e".into() }),
+            "retryable"
+        );
+        assert_eq!(
+            outcome_label(&AttemptOutcome::Fatal { error: "e".into() }),
+            "fatal"
+        );
+        assert_eq!(outcome_label(&AttemptOutcome::TimedOut), "timed_out");
+        assert_eq!(outcome_label(&AttemptOutcome::Abandoned), "abandoned");
+    }
+}
