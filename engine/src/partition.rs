@@ -497,6 +497,14 @@ impl Partition {
         result: TaskResult,
         after: &mut AfterFlush,
     ) -> Result<(), PartitionError> {
+        // Every line below, rejections included, carries the saga and step.
+        let _span = tracing::info_span!(
+            "result",
+            saga_id = %result.saga_id,
+            step = %result.step_id,
+            attempt = result.attempt
+        )
+        .entered();
         let Some(saga) = self.saga(&result.saga_id)? else {
             reject(
                 "result",

@@ -109,6 +109,13 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
         {
             Ok(ack) => pending.push((seq, ack)),
             Err(e) if is_permanent(&e) => {
+                let saga_id = msg
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == jetsaga_worker::protocol::HEADER_SAGA_ID)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                let _span = tracing::warn_span!("outbox", saga_id).entered();
                 crate::partition::reject(
                     "relay",
                     "unpublishable",

@@ -569,7 +569,13 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
                 .start(name, input, idempotency_key.as_deref())
                 .await?;
             if *wait {
-                let detail = client.wait_terminal(&reply.saga_id, *timeout).await?;
+                // Progress goes to stderr, so stdout stays the final result.
+                eprintln!("saga {}", reply.saga_id);
+                let detail = client
+                    .watch(&reply.saga_id, *timeout, |d| {
+                        eprintln!("{}", render::progress_line(d))
+                    })
+                    .await?;
                 match cli.output {
                     Output::Json => print_json(&detail)?,
                     Output::Table => println!("{}", render::saga(&detail)),
