@@ -214,8 +214,21 @@ mod otlp {
                 return false;
             }
         }
-        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-            || var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        match endpoint {
+            None => false,
+            Some(e) if !e.trim_start().starts_with("http://") => {
+                // The exporter's HTTP client is built without TLS, to keep
+                // builds small: send to a local collector that forwards.
+                tracing::warn!(
+                    endpoint = %e,
+                    "only plain http:// OTLP endpoints are supported (run a local OpenTelemetry collector that forwards over TLS); traces are off"
+                );
+                false
+            }
+            Some(_) => true,
+        }
     }
 
     /// A tracer provider builder exporting over OTLP/HTTP (protobuf) as the
