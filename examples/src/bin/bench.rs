@@ -1,0 +1,630 @@
+//! `bench`: throughput and latency of the engine against the raw JetStream
+//! floor, on one nats-server, in one run.
+//!
+//! The engine runs in this process (`jetsaga_engine::run`, temp data dir),
+//! with `--workers` in-process SDK workers serving a linear chain of
+//! `--steps` no-op steps; `--sagas` sagas run with `--concurrency` in flight.
+//! Then the same number of step round trips runs over bare JetStream (a
+//! work-queue stream of tasks, one of results, pull consumers) at the same
+//! concurrency. `docs/BENCHMARKS.md` explains the numbers.
+//!
+//! ```text
+//! bench --nats-server .venv/bin/nats-server --sagas 2000 --steps 4 --concurrency 64
+//! bench --nats-url nats://127.0.0.1:4222 --compensation --json
+//! ```
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, consumer, stream};
+use clap::Parser;
+use futures::StreamExt;
+use jetsaga_engine::client::Client;
+use jetsaga_engine::config::{Config, NatsConfig};
+use jetsaga_engine::saga::definition::{self, Format};
+use jetsaga_worker::{StepError, TaskContext, Worker};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Subject prefix of the engine under test.
+const PREFIX: &str = "jetsaga";
+/// Service the no-op steps run on.
+const SERVICE: &str = "bench";
+/// How long one saga (or one floor round trip) may take before the run fails.
+const FINISH: Duration = Duration::from_secs(120);
+/// Linux `USER_HZ`: the unit of utime/stime in `/proc/<pid>/stat`.
+const CLOCK_TICKS: f64 = 100.0;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark the engine against the raw JetStream floor")]
+struct Args {
+    /// Start this nats-server (JetStream, free port, temp store; killed at exit).
+    #[arg(long, env = "JETSAGA_NATS_SERVER", conflicts_with = "nats_url")]
+    nats_server: Option<PathBuf>,
+    /// Use an existing server instead (it must have JetStream).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Sagas to run.
+    #[arg(long, default_value_t = 2000)]
+    sagas: usize,
+    /// Steps per saga (a linear chain of no-op steps on one service).
+    #[arg(long, default_value_t = 4)]
+    steps: usize,
+    /// Sagas (and floor round trips) in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// In-process SDK workers (and floor workers), each with concurrency >= --concurrency.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Every saga fails at its last step and rolls back (compensations run).
+    #[arg(long)]
+    compensation: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A nats-server this process started; killed when dropped.
+struct OwnedServer {
+    child: std::process::Child,
+    _store: tempfile::TempDir,
+}
+
+impl Drop for OwnedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_server(bin: &Path) -> Result<(OwnedServer, String)> {
+    let store = tempfile::tempdir()?;
+    let port = free_port()?;
+    let child = std::process::Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let server = OwnedServer {
+        child,
+        _store: store,
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = async_nats::connect(&url).await
+            && jetstream::new(c).query_account().await.is_ok()
+        {
+            return Ok((server, url));
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server at {url} did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// utime + stime of process `pid` (`self` for this one), in seconds.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// p50/p90/p99 (ms) of latencies, by sorting (nearest rank).
+fn percentiles(mut samples: Vec<Duration>) -> Value {
+    samples.sort();
+    let at = |q: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        samples[rank - 1].as_secs_f64() * 1000.0
+    };
+    json!({ "p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99) })
+}
+
+fn definitions_yaml(steps: usize, compensation: bool) -> String {
+    let mut y = String::from("sagas:\n  bench_chain:\n    timeout: 10m\n    steps:\n");
+    for i in 0..steps {
+        let last = i + 1 == steps;
+        let op = if compensation && last { "fail" } else { "noop" };
+        y.push_str(&format!(
+            "      - id: s{i}\n        service: {SERVICE}\n        operation: {op}\n        compensation: undo\n        timeout: 30s\n"
+        ));
+        if i > 0 {
+            y.push_str(&format!("        depends_on: [s{}]\n", i - 1));
+        }
+    }
+    y
+}
+
+/// Where the terminal progress notification of each saga goes.
+enum Waiter {
+    Waiting(oneshot::Sender<String>),
+    Done(String),
+}
+
+type Waiters = Arc<Mutex<HashMap<String, Waiter>>>;
+
+async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result<Value> {
+    let data = tempfile::tempdir()?;
+    let data_dir = data.path().join("engine");
+    let config = Config {
+        nats: NatsConfig::new(url),
+        prefix: PREFIX.into(),
+        data_dir: data_dir.clone(),
+        ..Config::default()
+    };
+    let engine_stop = CancellationToken::new();
+    let mut engine = tokio::spawn(jetsaga_engine::run(config, engine_stop.clone()));
+
+    let client = Client::new(async_nats::connect(url).await?, PREFIX);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            r = &mut engine => bail!("engine stopped early: {r:?}"),
+            r = client.definitions() => if r.is_ok() { break },
+        }
+        if Instant::now() > deadline {
+            bail!("engine API did not answer within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let parsed = definition::parse_str(
+        "bench.yaml",
+        &definitions_yaml(args.steps, args.compensation),
+        Format::Yaml,
+    )
+    .map_err(|e| anyhow::anyhow!("bench definition: {e}"))?;
+    client.apply(parsed.sagas).await?;
+
+    let workers_stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for i in 0..args.workers.max(1) {
+        let (c1, c2, c3) = (counter.clone(), counter.clone(), counter.clone());
+        let worker = Worker::builder(SERVICE)
+            .name(&format!("bench-{i}"))
+            .concurrency(args.concurrency.max(1))
+            .handler("noop", move |_ctx: TaskContext, _in: Value| {
+                let c = c1.clone();
+                async move {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, StepError>(Value::Null)
+                }
+            })
+            .handler("fail", move |_ctx: TaskContext, _in: Value| {
+                let c = c2.clone();
+                async move {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    Err::<Value, _>(StepError::fatal("bench: planned failure"))
+                }
+            })
+            .compensation("undo", move |_ctx: TaskContext, _in: Value| {
+                let c = c3.clone();
+                async move {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, StepError>(Value::Null)
+                }
+            })
+            .build(async_nats::connect(url).await?)
+            .await?;
+        workers.push(tokio::spawn(worker.run(workers_stop.clone())));
+    }
+
+    // Terminal states come from the progress notifications (one wildcard
+    // subscription); a saga whose notification was missed is re-read.
+    let waiters: Waiters = Arc::default();
+    let mut progress = client
+        .nats()
+        .subscribe(format!("{PREFIX}.progress.>"))
+        .await?;
+    client.nats().flush().await?;
+    let dispatch = {
+        let waiters = waiters.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = progress.next().await {
+                let state = String::from_utf8_lossy(&msg.payload).to_string();
+                if !matches!(
+                    state.as_str(),
+                    "completed" | "compensated" | "failed" | "partially_compensated" | "cancelled"
+                ) {
+                    continue;
+                }
+                let Some(id) = msg.subject.as_str().rsplit('.').next() else {
+                    continue;
+                };
+                let mut w = waiters.lock().expect("waiters");
+                match w.remove(id) {
+                    Some(Waiter::Waiting(tx)) => {
+                        let _ = tx.send(state);
+                    }
+                    _ => {
+                        w.insert(id.to_string(), Waiter::Done(state));
+                    }
+                }
+            }
+        })
+    };
+
+    let cpu0 = cpu_seconds("self");
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut runs = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..args.sagas {
+        let permit = gate.clone().acquire_owned().await?;
+        let (client, waiters) = (client.clone(), waiters.clone());
+        runs.spawn(async move {
+            let _permit = permit;
+            let t0 = Instant::now();
+            let id = client.start("bench_chain", json!({}), None).await?.saga_id;
+            let (tx, mut rx) = oneshot::channel();
+            {
+                let mut w = waiters.lock().expect("waiters");
+                match w.remove(&id) {
+                    Some(Waiter::Done(state)) => return Ok((t0.elapsed(), state)),
+                    _ => {
+                        w.insert(id.clone(), Waiter::Waiting(tx));
+                    }
+                }
+            }
+            loop {
+                tokio::select! {
+                    r = &mut rx => return Ok((t0.elapsed(), r.unwrap_or_default())),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                        let d = client.get(&id).await?;
+                        if d.saga.status.is_terminal() {
+                            waiters.lock().expect("waiters").remove(&id);
+                            return Ok((t0.elapsed(), d.saga.status.name().to_string()));
+                        }
+                    }
+                }
+                if t0.elapsed() > FINISH {
+                    bail!("saga {id} not terminal after {FINISH:?}");
+                }
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(args.sagas);
+    let mut states: HashMap<String, u64> = HashMap::new();
+    while let Some(r) = runs.join_next().await {
+        let (latency, state) = r??;
+        latencies.push(latency);
+        *states.entry(state).or_default() += 1;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = match (cpu0, cpu_seconds("self")) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    let round_trips = counter.load(Ordering::Relaxed);
+    let rss = peak_rss_bytes();
+
+    workers_stop.cancel();
+    for w in workers {
+        w.await??;
+    }
+    engine_stop.cancel();
+    engine.await??;
+    dispatch.abort();
+    let store = dir_bytes(&data_dir);
+    let n = args.sagas as f64;
+    Ok(json!({
+        "sagas": args.sagas,
+        "states": states,
+        "wall_s": wall,
+        "sagas_per_s": n / wall,
+        "step_round_trips": round_trips,
+        "round_trips_per_saga": round_trips as f64 / n,
+        "steps_per_s": round_trips as f64 / wall,
+        "latency": percentiles(latencies),
+        "process_cpu_s": cpu,
+        "process_cpu_note": "engine + SDK workers + bench client share this process",
+        "peak_rss_bytes": rss,
+        "store_bytes": store,
+        "store_bytes_per_saga": store as f64 / n,
+    }))
+}
+
+async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> {
+    let nats = async_nats::connect(url).await?;
+    let js = jetstream::new(nats.clone());
+    let tasks_stream = js
+        .get_or_create_stream(stream::Config {
+            name: "BENCHFLOOR_TASKS".into(),
+            subjects: vec!["benchfloor.task".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    let results_stream = js
+        .get_or_create_stream(stream::Config {
+            name: "BENCHFLOOR_RESULTS".into(),
+            subjects: vec!["benchfloor.result".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    let pull = |name: &str| consumer::pull::Config {
+        durable_name: Some(name.into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    let tasks: consumer::PullConsumer = tasks_stream
+        .get_or_create_consumer("workers", pull("workers"))
+        .await?;
+    let results: consumer::PullConsumer = results_stream
+        .get_or_create_consumer("client", pull("client"))
+        .await?;
+
+    let stop = CancellationToken::new();
+    let mut floor_workers = Vec::new();
+    for _ in 0..args.workers.max(1) {
+        let worker_js = jetstream::new(async_nats::connect(url).await?);
+        let mut messages = tasks.messages().await?;
+        let stop = stop.clone();
+        floor_workers.push(tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = messages.next() => match m { Some(Ok(m)) => m, _ => break },
+                };
+                let js = worker_js.clone();
+                tokio::spawn(async move {
+                    let ack = js.publish("benchfloor.result", msg.payload.clone()).await;
+                    if let Ok(ack) = ack
+                        && ack.await.is_ok()
+                    {
+                        let _ = msg.ack().await;
+                    }
+                });
+            }
+        }));
+    }
+    let waiters: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
+    let collector = {
+        let waiters = waiters.clone();
+        let mut messages = results.messages().await?;
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = messages.next().await {
+                let id: Option<u64> = std::str::from_utf8(&msg.payload)
+                    .ok()
+                    .and_then(|s| s.parse().ok());
+                let _ = msg.ack().await;
+                if let Some(tx) = id.and_then(|id| waiters.lock().expect("waiters").remove(&id)) {
+                    let _ = tx.send(());
+                }
+            }
+        })
+    };
+
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut runs = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for i in 0..round_trips {
+        let permit = gate.clone().acquire_owned().await?;
+        let (js, waiters) = (js.clone(), waiters.clone());
+        runs.spawn(async move {
+            let _permit = permit;
+            let (tx, rx) = oneshot::channel();
+            waiters.lock().expect("waiters").insert(i, tx);
+            let t0 = Instant::now();
+            js.publish("benchfloor.task", i.to_string().into())
+                .await?
+                .await?;
+            tokio::time::timeout(FINISH, rx)
+                .await
+                .context("floor round trip timed out")??;
+            anyhow::Ok(t0.elapsed())
+        });
+    }
+    let mut latencies = Vec::with_capacity(round_trips as usize);
+    while let Some(r) = runs.join_next().await {
+        latencies.push(r??);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    stop.cancel();
+    collector.abort();
+    for w in floor_workers {
+        let _ = w.await;
+    }
+    let _ = js.delete_stream("BENCHFLOOR_TASKS").await;
+    let _ = js.delete_stream("BENCHFLOOR_RESULTS").await;
+    Ok(json!({
+        "round_trips": round_trips,
+        "wall_s": wall,
+        "round_trips_per_s": round_trips as f64 / wall,
+        "latency": percentiles(latencies),
+    }))
+}
+
+fn ms(v: &Value, path: &str) -> f64 {
+    v["latency"][path].as_f64().unwrap_or(f64::NAN)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.sagas == 0 || args.steps == 0 {
+        bail!("--sagas and --steps must be at least 1");
+    }
+    let mut owned = None;
+    let url = match (&args.nats_url, &args.nats_server) {
+        (Some(url), _) => url.clone(),
+        (None, Some(bin)) => {
+            let (server, url) = start_server(bin).await?;
+            owned = Some(server);
+            url
+        }
+        (None, None) => {
+            let (server, url) = start_server(Path::new("nats-server")).await?;
+            owned = Some(server);
+            url
+        }
+    };
+    let probe = async_nats::connect(&url).await?;
+    let version = probe.server_info().version;
+    let server_pid = owned.as_ref().map(|s| s.child.id().to_string());
+    let server_cpu = |pid: &Option<String>| pid.as_deref().and_then(cpu_seconds);
+
+    let counter = Arc::new(AtomicU64::new(0));
+    let s0 = server_cpu(&server_pid);
+    let mut engine = engine_phase(&args, &url, counter).await?;
+    let s1 = server_cpu(&server_pid);
+    let round_trips = engine["step_round_trips"].as_u64().unwrap_or(0);
+    let mut floor = floor_phase(&args, &url, round_trips).await?;
+    let s2 = server_cpu(&server_pid);
+    if let (Some(a), Some(b), Some(c)) = (s0, s1, s2) {
+        engine["nats_server_cpu_s"] = json!(b - a);
+        floor["nats_server_cpu_s"] = json!(c - b);
+    }
+
+    let per_saga = engine["round_trips_per_saga"].as_f64().unwrap_or(f64::NAN);
+    let throughput_ratio = engine["steps_per_s"].as_f64().unwrap_or(f64::NAN)
+        / floor["round_trips_per_s"].as_f64().unwrap_or(f64::NAN);
+    let latency_ratio = ms(&engine, "p50_ms") / per_saga / ms(&floor, "p50_ms");
+    let report = json!({
+        "config": {
+            "sagas": args.sagas,
+            "steps": args.steps,
+            "concurrency": args.concurrency,
+            "workers": args.workers,
+            "compensation": args.compensation,
+            "nats_server_version": version,
+            "own_server": owned.is_some(),
+        },
+        "engine": engine,
+        "floor": floor,
+        "ratios": {
+            "throughput_engine_over_floor": throughput_ratio,
+            "p50_latency_per_step_engine_over_floor": latency_ratio,
+        },
+    });
+    drop(owned);
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let e = &report["engine"];
+    let f = &report["floor"];
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "jetsaga bench: {} sagas x {} steps, {} in flight, {} workers{}, nats-server {}",
+        args.sagas,
+        args.steps,
+        args.concurrency,
+        args.workers,
+        if args.compensation {
+            ", compensation"
+        } else {
+            ""
+        },
+        version
+    );
+    println!("final states: {}", e["states"]);
+    println!();
+    println!(
+        "| {:<30} | {:>12} | {:>12} | {:>8} |",
+        "", "engine", "floor", "ratio"
+    );
+    println!("|{:-<32}|{:->14}|{:->14}|{:->10}|", "", "", "", "");
+    println!(
+        "| {:<30} | {:>12.0} | {:>12.0} | {:>8.3} |",
+        "step round trips / s",
+        num(&e["steps_per_s"]),
+        num(&f["round_trips_per_s"]),
+        throughput_ratio
+    );
+    println!(
+        "| {:<30} | {:>12.1} | {:>12} | {:>8} |",
+        "sagas / s",
+        num(&e["sagas_per_s"]),
+        "",
+        ""
+    );
+    for p in ["p50_ms", "p90_ms", "p99_ms"] {
+        println!(
+            "| {:<30} | {:>12.2} | {:>12.2} | {:>8} |",
+            format!("latency {} (saga | trip)", &p[..3]),
+            ms(e, p),
+            ms(f, p),
+            ""
+        );
+    }
+    println!(
+        "| {:<30} | {:>12.2} | {:>12.2} | {:>8.3} |",
+        "p50 per step round trip, ms",
+        ms(e, "p50_ms") / per_saga,
+        ms(f, "p50_ms"),
+        latency_ratio
+    );
+    println!(
+        "| {:<30} | {:>12.2} | {:>12} | {:>8} |",
+        "process CPU s (incl. workers)",
+        num(&e["process_cpu_s"]),
+        "",
+        ""
+    );
+    println!(
+        "| {:<30} | {:>12.2} | {:>12.2} | {:>8} |",
+        "nats-server CPU s",
+        num(&e["nats_server_cpu_s"]),
+        num(&f["nats_server_cpu_s"]),
+        ""
+    );
+    println!(
+        "| {:<30} | {:>12.1} | {:>12} | {:>8} |",
+        "peak RSS MiB",
+        num(&e["peak_rss_bytes"]) / 1048576.0,
+        "",
+        ""
+    );
+    println!(
+        "| {:<30} | {:>12.0} | {:>12} | {:>8} |",
+        "store bytes / saga",
+        num(&e["store_bytes_per_saga"]),
+        "",
+        ""
+    );
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Smoke test of the `bench` binary: a tiny run in both modes, its JSON
+//! checked for sane numbers (every saga finished as expected, rates and
+//! latencies positive and ordered, ratios finite). No timing assertions.
+
+use jetsaga_tests::{bin_path, nats_server_binary};
+use serde_json::Value;
+
+fn run_bench(extra: &[&str]) -> Value {
+    let server = nats_server_binary();
+    let mut args = vec![
+        "--nats-server",
+        server.to_str().expect("utf-8 path"),
+        "--sagas",
+        "20",
+        "--steps",
+        "2",
+        "--concurrency",
+        "4",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = std::process::Command::new(bin_path("bench"))
+        .args(&args)
+        .env_remove("JETSAGA_NATS_SERVER")
+        .output()
+        .expect("bench runs");
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("bench prints JSON")
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("expected a number, got {v}"))
+}
+
+fn check_latency(l: &Value) {
+    let (p50, p90, p99) = (num(&l["p50_ms"]), num(&l["p90_ms"]), num(&l["p99_ms"]));
+    assert!(p50 > 0.0, "p50 {p50}");
+    assert!(p50 <= p90 && p90 <= p99, "p50 {p50} p90 {p90} p99 {p99}");
+}
+
+fn check(report: &Value, state: &str, round_trips_per_saga: u64) {
+    let e = &report["engine"];
+    let f = &report["floor"];
+    assert_eq!(e["states"][state], 20, "states: {}", e["states"]);
+    assert_eq!(e["states"].as_object().expect("states").len(), 1);
+    let trips = e["step_round_trips"].as_u64().expect("round trips");
+    assert_eq!(trips, 20 * round_trips_per_saga);
+    assert_eq!(f["round_trips"].as_u64(), Some(trips));
+    for v in [
+        &e["sagas_per_s"],
+        &e["steps_per_s"],
+        &f["round_trips_per_s"],
+        &e["peak_rss_bytes"],
+        &e["store_bytes_per_saga"],
+    ] {
+        assert!(num(v) > 0.0, "{v} in {report}");
+    }
+    assert!(num(&e["process_cpu_s"]) >= 0.0);
+    check_latency(&e["latency"]);
+    check_latency(&f["latency"]);
+    for r in [
+        "throughput_engine_over_floor",
+        "p50_latency_per_step_engine_over_floor",
+    ] {
+        let x = num(&report["ratios"][r]);
+        assert!(x.is_finite() && x > 0.0, "{r} = {x}");
+    }
+}
+
+#[test]
+fn bench_runs_forward() {
+    let report = run_bench(&[]);
+    // Two no-op steps each.
+    check(&report, "completed", 2);
+}
+
+#[test]
+fn bench_runs_compensation() {
+    let report = run_bench(&["--compensation"]);
+    // Step 1 succeeds, step 2 fails for good, step 1 is compensated.
+    check(&report, "compensated", 3);
+}
