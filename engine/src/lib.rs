@@ -37,6 +37,7 @@ pub mod config;
 pub mod crash_points;
 pub mod dev;
 pub mod engine;
+pub mod events;
 pub mod metrics;
 pub mod partition;
 pub mod saga;

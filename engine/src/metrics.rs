@@ -23,6 +23,7 @@
 //! | `saga_queue_depth` | gauge | `service` |
 //! | `engine_rejected_messages_total` | counter | `reason` |
 //! | `engine_publish_duplicates_total` | counter | |
+//! | `engine_events_total` | counter | `type` (lifecycle events committed to the outbox) |
 //! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
 //!
 //! Attempt outcomes are `ok`, `retryable`, `fatal`, `timed_out` and
@@ -58,6 +59,8 @@ pub const COMPENSATIONS: &str = "saga_compensations_total";
 pub const QUEUE_DEPTH: &str = "saga_queue_depth";
 /// Messages the engine refused (counter).
 pub const REJECTED: &str = "engine_rejected_messages_total";
+/// Lifecycle events committed to the outbox, by type suffix (counter).
+pub const EVENTS: &str = "engine_events_total";
 /// Outbox rows JetStream reported as duplicates (counter).
 pub const PUBLISH_DUPLICATES: &str = "engine_publish_duplicates_total";
 /// Outbox rows not yet published (gauge).
@@ -138,6 +141,10 @@ fn describe() {
     describe_counter!(
         REJECTED,
         "Messages and requests the engine refused, by reason"
+    );
+    describe_counter!(
+        EVENTS,
+        "Lifecycle events (CloudEvents) committed to the outbox with their transition, by type"
     );
     describe_counter!(
         PUBLISH_DUPLICATES,

@@ -482,7 +482,7 @@ impl Partition {
             crate::trace::observe(&def, pending, &saga);
         }
         self.metrics.transition(&def, None, &saga);
-        let mut change = self.change_for(&saga, &def, effects);
+        let mut change = self.change_for(&mut saga, &def, effects);
         change.idempotency_key = start.idempotency_key;
         self.commit(saga, change, after)?;
         tracing::info!(saga_id = %id, saga = %def.name, version = def.version, "saga started");
@@ -693,7 +693,7 @@ impl Partition {
                 if let Some(earlier) = &traced {
                     crate::trace::observe(def, earlier, &saga);
                 }
-                let mut change = self.change_for(&saga, def, effects);
+                let mut change = self.change_for(&mut saga, def, effects);
                 change.timers_remove.extend(timers_remove);
                 self.commit(saga.clone(), change, after)?;
                 Ok(Ok(saga))
@@ -742,7 +742,11 @@ impl Partition {
     }
 
     /// Turns a transition's effects into the store change that carries them.
-    fn change_for(&self, saga: &Saga, def: &SagaDefinition, effects: Vec<Effect>) -> Change {
+    ///
+    /// Each lifecycle event becomes an outbox message (a CloudEvent, see
+    /// [`crate::events`]) numbered by the saga's event sequence, which the
+    /// transition advances and stores with the saga.
+    fn change_for(&self, saga: &mut Saga, def: &SagaDefinition, effects: Vec<Effect>) -> Change {
         let mut change = Change::default();
         for effect in effects {
             match effect {
@@ -764,7 +768,19 @@ impl Partition {
                 Effect::CancelTimer { timer } => {
                     change.timers_remove.push((saga.id.clone(), timer))
                 }
-                Effect::Lifecycle(event) => log_lifecycle(saga, def, &event),
+                Effect::Lifecycle(event) => {
+                    log_lifecycle(saga, def, &event);
+                    let seq = saga.event_seq;
+                    saga.event_seq += 1;
+                    let message =
+                        crate::events::outbox_message(&self.subjects, saga, def, &event, seq);
+                    metrics::counter!(
+                        crate::metrics::EVENTS,
+                        "type" => crate::events::type_suffix(&event)
+                    )
+                    .increment(1);
+                    change.outbox.push(message);
+                }
             }
         }
         change

@@ -110,6 +110,27 @@ impl Subjects {
         format!("{}_STARTS", self.stream_prefix)
     }
 
+    /// Subject a lifecycle event of type `type_suffix` (for example
+    /// `saga.completed`) of a saga named `saga_name` is published on.
+    ///
+    /// ```
+    /// use jetsaga_worker::protocol::Subjects;
+    /// let s = Subjects::new("jetsaga");
+    /// assert_eq!(s.event("deploy", "saga.completed"), "jetsaga.event.deploy.saga.completed");
+    /// assert_eq!(s.events_stream(), "JETSAGA_EVENTS");
+    /// ```
+    pub fn event(&self, saga_name: &str, type_suffix: &str) -> String {
+        format!("{}.event.{saga_name}.{type_suffix}", self.prefix)
+    }
+    /// Wildcard of every lifecycle event subject.
+    pub fn events_wildcard(&self) -> String {
+        format!("{}.event.>", self.prefix)
+    }
+    /// Limits-retention stream holding lifecycle events (CloudEvents).
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_prefix)
+    }
+
     /// Name of the engine's durable consumer on the results and starts streams.
     pub fn engine_consumer(&self) -> String {
         format!("{}-engine", self.prefix.replace('.', "-"))

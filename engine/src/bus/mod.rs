@@ -52,7 +52,7 @@ pub struct StreamSettings {
 }
 
 /// Creates (or updates to the current settings) the tasks, results and starts
-/// streams. Idempotent: every engine start calls it.
+/// work-queue streams and the events stream (limits retention, 7 days). Idempotent: every engine start calls it.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -94,8 +94,33 @@ pub async fn ensure_streams(
                 source,
             })?;
     }
+    let name = subjects.events_stream();
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some(
+            "jetsaga: saga lifecycle events (CloudEvents 1.0 JSON), one subject per saga and type"
+                .into(),
+        ),
+        subjects: vec![subjects.events_wildcard()],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: EVENTS_MAX_AGE,
+        storage: stream::StorageType::File,
+        duplicate_window: settings.duplicate_window,
+        max_message_size: i32::try_from(settings.max_payload + 64 * 1024).unwrap_or(i32::MAX),
+        num_replicas: settings.replicas,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|source| BusError::Stream {
+            stream: name.clone(),
+            source,
+        })?;
     Ok(())
 }
+
+/// How long the events stream keeps a lifecycle event.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Gets or creates the engine's durable pull consumer on `stream`.
 pub async fn engine_consumer(

@@ -86,6 +86,42 @@ pub enum Command {
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Lifecycle events (CloudEvents) and plain NATS messages.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// `jetsaga events ...`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Follow the lifecycle events stream: one line per event (or the
+    /// CloudEvent JSON, one a line, with --output json). New events only
+    /// unless --all.
+    Tail {
+        /// Only events of sagas with this definition name.
+        #[arg(long, value_name = "NAME")]
+        saga: Option<String>,
+        /// Only events of this type, e.g. `saga.completed` or `step.*`
+        /// (the `io.jetsaga.` prefix may be given).
+        #[arg(long = "type", value_name = "TYPE")]
+        type_: Option<String>,
+        /// Start from the oldest event the stream keeps.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Publish DATA on SUBJECT (core NATS, any subject).
+    Publish {
+        /// Subject.
+        subject: String,
+        /// Message body, or @FILE to read it from a file.
+        data: String,
+    },
+    /// Print every message on SUBJECT (core NATS, wildcards allowed) until
+    /// interrupted.
+    Subscribe {
+        /// Subject.
+        subject: String,
+    },
 }
 
 /// `jetsaga config ...`.
@@ -319,7 +355,7 @@ impl Cli {
                 (Config::default(), Some(&args.engine))
             }
             Command::Dev(args) => (dev_defaults(), Some(&args.engine)),
-            Command::Def(_) | Command::Saga(_) => (Config::default(), None),
+            Command::Def(_) | Command::Saga(_) | Command::Events(_) => (Config::default(), None),
         };
         let file = self
             .global
@@ -418,6 +454,147 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Def(cmd) => def(&cli, cmd).await,
         Command::Saga(cmd) => saga(&cli, cmd).await,
         Command::Config(ConfigCommand::Check(_)) => config_check(&cli),
+        Command::Events(cmd) => events(&cli, cmd).await,
+    }
+}
+
+/// The filter subject of `events tail`.
+fn events_filter(prefix: &str, saga: Option<&str>, type_: Option<&str>) -> String {
+    let saga = saga.unwrap_or("*");
+    let type_ = type_
+        .map(|t| t.strip_prefix(crate::events::TYPE_PREFIX).unwrap_or(t))
+        .map(|t| {
+            if t.contains('.') {
+                t.to_string()
+            } else {
+                format!("{t}.*")
+            }
+        });
+    match type_ {
+        Some(t) => format!("{prefix}.event.{saga}.{t}"),
+        None => format!("{prefix}.event.{saga}.>"),
+    }
+}
+
+/// One line of `events tail` for a CloudEvent.
+fn event_line(ce: &crate::events::CloudEvent) -> String {
+    let d = &ce.data;
+    let mut line = format!(
+        "{} {} {} {}",
+        ce.time,
+        ce.type_
+            .strip_prefix(crate::events::TYPE_PREFIX)
+            .unwrap_or(&ce.type_),
+        d.saga_name,
+        d.saga_id
+    );
+    let mut push = |k: &str, v: String| line.push_str(&format!(" {k}={v}"));
+    if let Some(v) = &d.step {
+        push("step", v.clone());
+    }
+    if let Some(v) = d.kind {
+        push("kind", v.as_str().to_string());
+    }
+    if let Some(v) = d.attempt {
+        push("attempt", v.to_string());
+    }
+    if let Some(v) = &d.state {
+        push("state", v.clone());
+    }
+    if let Some(v) = &d.reason {
+        push("reason", format!("{v:?}"));
+    }
+    if let Some(v) = &d.error {
+        push("error", format!("{v:?}"));
+    }
+    line
+}
+
+async fn events(cli: &Cli, cmd: &EventsCommand) -> anyhow::Result<i32> {
+    use futures::StreamExt as _;
+    let client = client(cli).await?;
+    let nats = client.nats().clone();
+    let prefix = cli.loaded().config.prefix.clone();
+    let subjects = jetsaga_worker::protocol::Subjects::new(&prefix);
+    match cmd {
+        EventsCommand::Publish { subject, data } => {
+            let body = match data.strip_prefix('@') {
+                Some(path) => std::fs::read(path)?,
+                None => data.clone().into_bytes(),
+            };
+            nats.publish(subject.clone(), body.into()).await?;
+            nats.flush().await?;
+            Ok(0)
+        }
+        EventsCommand::Subscribe { subject } => {
+            let mut sub = nats.subscribe(subject.clone()).await?;
+            let stop = shutdown_on_signals();
+            loop {
+                let msg = tokio::select! {
+                    m = sub.next() => m,
+                    () = stop.cancelled() => None,
+                };
+                let Some(msg) = msg else { break };
+                match cli.output {
+                    Output::Table => {
+                        println!("{} {}", msg.subject, String::from_utf8_lossy(&msg.payload))
+                    }
+                    Output::Json => {
+                        let payload = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+                            .unwrap_or_else(|_| {
+                                String::from_utf8_lossy(&msg.payload).into_owned().into()
+                            });
+                        println!(
+                            "{}",
+                            serde_json::json!({"subject": msg.subject.as_str(), "data": payload})
+                        );
+                    }
+                }
+                std::io::stdout().flush()?;
+            }
+            Ok(0)
+        }
+        EventsCommand::Tail { saga, type_, all } => {
+            use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+            let js = async_nats::jetstream::new(nats);
+            let stream = js.get_stream(subjects.events_stream()).await?;
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: events_filter(&prefix, saga.as_deref(), type_.as_deref()),
+                    deliver_policy: if *all {
+                        DeliverPolicy::All
+                    } else {
+                        DeliverPolicy::New
+                    },
+                    ..Default::default()
+                })
+                .await?;
+            let mut messages = consumer.messages().await?;
+            let stop = shutdown_on_signals();
+            loop {
+                let msg = tokio::select! {
+                    m = messages.next() => m,
+                    () = stop.cancelled() => None,
+                };
+                let Some(msg) = msg else { break };
+                let msg = msg?;
+                match cli.output {
+                    Output::Json => println!("{}", String::from_utf8_lossy(&msg.payload)),
+                    Output::Table => {
+                        match serde_json::from_slice::<crate::events::CloudEvent>(&msg.payload) {
+                            Ok(ce) => println!("{}", event_line(&ce)),
+                            Err(_) => println!(
+                                "{} {}",
+                                msg.subject,
+                                String::from_utf8_lossy(&msg.payload)
+                            ),
+                        }
+                    }
+                }
+                std::io::stdout().flush()?;
+            }
+            Ok(0)
+        }
     }
 }
 

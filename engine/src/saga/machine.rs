@@ -161,6 +161,7 @@ pub fn new_saga(
         updated_at: now,
         finished_at: None,
         trace_parent: None,
+        event_seq: 0,
     }
 }
 

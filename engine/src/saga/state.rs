@@ -48,6 +48,15 @@ pub struct Saga {
     /// The W3C `traceparent` the start carried (see `crate::trace`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// Lifecycle events published so far (see `crate::events`): the next
+    /// event's sequence number, stored with the transition that emits it so
+    /// that event ids are deterministic.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub event_seq: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where a saga stands.

@@ -820,6 +820,7 @@ mod tests {
             updated_at: 1_000,
             finished_at: None,
             trace_parent: None,
+            event_seq: 0,
         }
     }
 
