@@ -213,7 +213,7 @@ struct AfterFlush {
     acks: Vec<jetstream::Message>,
     start_replies: Vec<Reply<StartReply>>,
     /// Answers to cancels and retries.
-    cancel_replies: Vec<Reply<Saga>>,
+    saga_replies: Vec<Reply<Saga>>,
     delete_replies: Vec<Reply<()>>,
     progress: Vec<(String, &'static str)>,
     committed: usize,
@@ -305,7 +305,7 @@ impl Partition {
             tracing::debug!(
                 transitions = after.committed,
                 acks = after.acks.len(),
-                replies = after.start_replies.len() + after.cancel_replies.len(),
+                replies = after.start_replies.len() + after.saga_replies.len(),
                 "group commit"
             );
             crash_points::pass(crash_points::PARTITION_AFTER_COMMIT);
@@ -321,7 +321,7 @@ impl Partition {
         for (tx, r) in after.start_replies {
             let _ = tx.send(r);
         }
-        for (tx, r) in after.cancel_replies {
+        for (tx, r) in after.saga_replies {
             let _ = tx.send(r);
         }
         for (tx, r) in after.delete_replies {
@@ -365,16 +365,18 @@ impl Partition {
                 reason,
                 reply,
             } => {
-                let r = self.cancel(&id, compensate, reason, after)?;
-                after.cancel_replies.push((reply, r));
+                let event = Event::Cancel { compensate, reason };
+                let r = self.operator_event(&id, event, "cannot cancel", after)?;
+                after.saga_replies.push((reply, r));
             }
             Command::Retry {
                 id,
                 compensation_only,
                 reply,
             } => {
-                let r = self.retry(&id, compensation_only, after)?;
-                after.cancel_replies.push((reply, r));
+                let event = Event::Retry { compensation_only };
+                let r = self.operator_event(&id, event, "cannot retry", after)?;
+                after.saga_replies.push((reply, r));
             }
             Command::Delete { id, reply } => {
                 let r = self.delete(&id, after)?;
@@ -551,11 +553,13 @@ impl Partition {
         Ok(())
     }
 
-    fn cancel(
+    /// Applies an operator's event (cancel, retry) to saga `id`; the state
+    /// machine decides whether the saga's state allows it and what follows.
+    fn operator_event(
         &mut self,
         id: &str,
-        compensate: bool,
-        reason: String,
+        event: Event,
+        refused: &str,
         after: &mut AfterFlush,
     ) -> Result<Result<Saga, ApiError>, PartitionError> {
         let Some(saga) = self.saga(id)? else {
@@ -570,40 +574,12 @@ impl Partition {
                 format!("saga {id} has no stored definition"),
             )));
         };
-        let event = Event::Cancel { compensate, reason };
         match self.apply_event(saga, &def, event, Vec::new(), after)? {
             Ok(saga) => Ok(Ok(saga)),
             Err(rejection) => Ok(Err(api_error(
                 "E-NOT-APPLICABLE",
-                format!("cannot cancel saga {id}: {rejection}"),
+                format!("{refused} saga {id}: {rejection}"),
             ))),
-        }
-    }
-
-    /// Retries a finished saga: the state machine decides whether its state
-    /// allows it and what runs again.
-    fn retry(
-        &mut self,
-        id: &str,
-        compensation_only: bool,
-        after: &mut AfterFlush,
-    ) -> Result<Result<Saga, ApiError>, PartitionError> {
-        let Some(saga) = self.saga(id)? else {
-            return Ok(Err(api_error(
-                "E-NOT-FOUND",
-                format!("no saga with id {id}"),
-            )));
-        };
-        let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
-            return Ok(Err(api_error(
-                "E-INTERNAL",
-                format!("saga {id} has no stored definition"),
-            )));
-        };
-        let event = Event::Retry { compensation_only };
-        match self.apply_event(saga, &def, event, Vec::new(), after)? {
-            Ok(saga) => Ok(Ok(saga)),
-            Err(rejection) => Ok(Err(api_error("E-NOT-APPLICABLE", rejection.to_string()))),
         }
     }
 

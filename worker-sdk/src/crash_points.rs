@@ -51,15 +51,16 @@ pub fn setup() {
     } else {
         tracing::warn!(
             failpoints = %spec,
-            "FAILPOINTS is set but this build has no crash points (cargo feature `failpoints` of jetsaga-worker); ignoring it"
+            "FAILPOINTS is set but this build has no crash points (cargo feature `failpoints` of jetsaga-worker or jetsaga-engine); ignoring it"
         );
     }
 }
 
 /// Passes the crash point `name`: kills the process if `FAILPOINTS` says so.
+/// The engine's crash points go through here too.
 #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
 #[inline]
-pub(crate) fn pass(name: &'static str) {
+pub fn pass(name: &'static str) {
     fail::fail_point!(name, |_| crash(name));
 }
 

@@ -58,29 +58,45 @@ pub async fn ensure_streams(
     subjects: &Subjects,
     settings: &StreamSettings,
 ) -> Result<(), BusError> {
+    use stream::RetentionPolicy::{Limits, WorkQueue};
     let streams = [
         (
             subjects.tasks_stream(),
             subjects.tasks_wildcard(),
+            WorkQueue,
             "step tasks, one durable consumer per service",
         ),
         (
             subjects.results_stream(),
             subjects.results_wildcard(),
+            WorkQueue,
             "task results, consumed by the engine",
         ),
         (
             subjects.starts_stream(),
             subjects.starts_wildcard(),
+            WorkQueue,
             "durable saga starts; Nats-Msg-Id is the idempotency key",
         ),
+        (
+            subjects.events_stream(),
+            subjects.events_wildcard(),
+            Limits,
+            "saga lifecycle events (CloudEvents 1.0 JSON), one subject per saga and type",
+        ),
     ];
-    for (name, subject, description) in streams {
+    for (name, subject, retention, description) in streams {
         let config = stream::Config {
             name: name.clone(),
             description: Some(format!("jetsaga: {description}")),
             subjects: vec![subject],
-            retention: stream::RetentionPolicy::WorkQueue,
+            retention,
+            // Work queues empty themselves; events age out.
+            max_age: if retention == Limits {
+                EVENTS_MAX_AGE
+            } else {
+                Duration::ZERO
+            },
             storage: stream::StorageType::File,
             duplicate_window: settings.duplicate_window,
             max_message_size: i32::try_from(settings.max_payload + 64 * 1024).unwrap_or(i32::MAX),
@@ -94,28 +110,6 @@ pub async fn ensure_streams(
                 source,
             })?;
     }
-    let name = subjects.events_stream();
-    let config = stream::Config {
-        name: name.clone(),
-        description: Some(
-            "jetsaga: saga lifecycle events (CloudEvents 1.0 JSON), one subject per saga and type"
-                .into(),
-        ),
-        subjects: vec![subjects.events_wildcard()],
-        retention: stream::RetentionPolicy::Limits,
-        max_age: EVENTS_MAX_AGE,
-        storage: stream::StorageType::File,
-        duplicate_window: settings.duplicate_window,
-        max_message_size: i32::try_from(settings.max_payload + 64 * 1024).unwrap_or(i32::MAX),
-        num_replicas: settings.replicas,
-        ..Default::default()
-    };
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|source| BusError::Stream {
-            stream: name.clone(),
-            source,
-        })?;
     Ok(())
 }
 
