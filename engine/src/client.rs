@@ -261,11 +261,75 @@ impl Client {
         &self,
         definitions: Vec<SagaDefinition>,
     ) -> Result<Vec<AppliedDefinition>, ClientError> {
-        self.call(Op::DefApply, &ApplyRequest { definitions }).await
+        let req = ApplyRequest {
+            definitions,
+            services: Vec::new(),
+        };
+        self.call(Op::DefApply, &req).await
+    }
+
+    /// Applies a parsed definitions file: its sagas (new versions where they
+    /// changed) and its service policies (`services:`, each replacing the
+    /// service's policy).
+    pub async fn apply_file(
+        &self,
+        file: &crate::saga::definition::DefinitionFile,
+    ) -> Result<Vec<AppliedDefinition>, ClientError> {
+        self.apply_all(file.sagas.clone(), file.services.clone())
+            .await
+    }
+
+    /// Applies definitions and service policies together: nothing is stored
+    /// when any of them is invalid.
+    pub async fn apply_all(
+        &self,
+        definitions: Vec<SagaDefinition>,
+        services: Vec<crate::saga::definition::ServicePolicy>,
+    ) -> Result<Vec<AppliedDefinition>, ClientError> {
+        let req = ApplyRequest {
+            definitions,
+            services,
+        };
+        self.call(Op::DefApply, &req).await
+    }
+
+    /// Every service with a policy: breaker state, held and in-flight tasks.
+    pub async fn breakers(&self) -> Result<Vec<crate::admission::ServiceStatus>, ClientError> {
+        self.call(Op::BreakerList, &serde_json::json!({})).await
+    }
+
+    /// One service's breaker state, held and in-flight tasks.
+    pub async fn breaker(
+        &self,
+        service: &str,
+    ) -> Result<crate::admission::ServiceStatus, ClientError> {
+        let req = crate::api::ServiceRef {
+            service: service.to_string(),
+        };
+        self.call(Op::BreakerGet, &req).await
+    }
+
+    /// Closes a service's breaker and releases its held tasks.
+    pub async fn reset_breaker(
+        &self,
+        service: &str,
+    ) -> Result<crate::admission::ServiceStatus, ClientError> {
+        let req = crate::api::ServiceRef {
+            service: service.to_string(),
+        };
+        self.call(Op::BreakerReset, &req).await
     }
 
     /// The current version of every definition.
     pub async fn definitions(&self) -> Result<Vec<SagaDefinition>, ClientError> {
+        self.call(Op::DefList, &serde_json::json!({})).await
+    }
+
+    /// The current version of every definition, each with whether its
+    /// policy lets it start in the engine's environment.
+    pub async fn definition_listing(
+        &self,
+    ) -> Result<Vec<crate::api::DefinitionListing>, ClientError> {
         self.call(Op::DefList, &serde_json::json!({})).await
     }
 

@@ -41,6 +41,7 @@ pub use nats::{
 };
 pub use show::KEYS;
 
+use crate::retention::Retention;
 use jetsaga_worker::protocol::{self, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Definition files applied at start (files or directories of `*.yaml`, `*.yml`, `*.json`).
     pub definitions: Vec<PathBuf>,
+    /// The environment this engine runs in (`staging`, `production`...),
+    /// against which a definition's `policy.environments` is checked; none
+    /// when absent, and then sagas restricted to environments do not start.
+    pub environment: Option<String>,
     /// Largest accepted saga input or result, in bytes.
     pub max_payload: usize,
     /// JetStream duplicate window of the engine's streams.
@@ -70,8 +75,17 @@ pub struct Config {
     pub ack_wait: Duration,
     /// Most events the partition applies before one group commit.
     pub batch_size: usize,
+    /// Most sagas running (or compensating) at once over all definitions;
+    /// more starts wait, durably and in order, in the start queue
+    /// ([`crate::limits`]). Unlimited when absent (`0` in a file, variable
+    /// or flag).
+    pub max_running_sagas: Option<u32>,
     /// Replicas of the engine's streams (1 on a single server, 3 in a cluster).
     pub replicas: usize,
+    /// How long finished (terminal) sagas are kept before they are deleted
+    /// with their history and idempotency key ([`crate::retention`]);
+    /// `off` keeps them forever.
+    pub retention: Retention,
     /// Address (`HOST:PORT`) of the HTTP API; no HTTP API when absent (`off`
     /// in a file, variable or flag). Port 0 picks a free port (the engine
     /// logs the one it got).
@@ -91,11 +105,14 @@ impl Default for Config {
             prefix: DEFAULT_PREFIX.into(),
             data_dir: PathBuf::from(".jetsaga/data"),
             definitions: Vec::new(),
+            environment: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(10),
             batch_size: 256,
+            max_running_sagas: None,
             replicas: 1,
+            retention: Retention::default(),
             http_listen: None,
             log_format: LogFormat::Text,
             log: None,
@@ -178,6 +195,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "duplicate_window must be at least 1s".into(),
             ));
+        }
+        if let Retention::For(d) = self.retention
+            && d < Duration::from_secs(1)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "retention {} is below 1s; write a longer duration, or `off` to keep finished sagas forever",
+                self.retention
+            )));
+        }
+        if let Some(env) = &self.environment {
+            protocol::validate_token(env).map_err(|e| {
+                ConfigError::Invalid(format!("environment {env:?} is not a valid name: {e}"))
+            })?;
         }
         if let Some(addr) = &self.http_listen {
             let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());

@@ -118,6 +118,11 @@ fn apply_definition_files(store: &dyn Store, paths: &[PathBuf]) -> Result<(), En
             let applied = store.put_definition(&def)?;
             tracing::info!(file = %file.display(), saga = %applied.name, version = applied.version, changed = applied.changed, "definition loaded");
         }
+        // Service policies (`crate::admission`); the partition loads them at start.
+        for policy in parsed.services {
+            let changed = store.put_service_policy(&policy)?;
+            tracing::info!(file = %file.display(), service = %policy.service, changed, "service policy loaded");
+        }
     }
     Ok(())
 }
@@ -226,6 +231,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         config.max_payload,
         config.batch_size,
     );
+    let partition = partition.with_max_running_sagas(config.max_running_sagas);
+    let partition = partition.with_environment(config.environment.clone());
     let intake_stop = CancellationToken::new();
     let relay_stop = CancellationToken::new();
     let intake_tasks = TaskTracker::new();
@@ -246,7 +253,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     // The service both API adapters call; it holds a partition handle, so
     // every copy must be gone (dropped below, or with its adapter's task)
     // before the partition can stop.
-    let service = api::Api::new(store.clone(), handle.clone());
+    let (trigger_guard, trigger_signals) =
+        crate::triggers::ApplyGuard::new(js.clone(), subjects.clone());
+    let service = api::Api::new(store.clone(), handle.clone())
+        .with_environment(config.environment.clone())
+        .with_triggers(trigger_guard.clone());
+    intake_tasks.spawn(crate::triggers::run(
+        crate::triggers::Runtime {
+            js: js.clone(),
+            subjects: subjects.clone(),
+            settings: settings.clone(),
+            store: store.clone(),
+            partition: handle.clone(),
+            max_payload: config.max_payload,
+            ack_wait: config.ack_wait,
+        },
+        trigger_signals,
+        intake_stop.clone(),
+    ));
+    // Ready means listening: the trigger subjects of the definitions loaded
+    // above are captured before the engine says so.
+    trigger_guard.applied().await;
     {
         let (client, subjects, service, stop) = (
             client.clone(),
@@ -272,6 +299,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });
+    }
+    if let Some(period) = config.retention.period() {
+        intake_tasks.spawn(crate::retention::run(
+            handle.clone(),
+            period,
+            intake_stop.clone(),
+        ));
     }
     intake_tasks.spawn(metrics::poll_gauges(
         store.clone(),

@@ -7,6 +7,8 @@
 //! - [`saga`]: definitions, state and the pure state machine;
 //! - [`store`]: the durable state behind the [`store::Store`] interface;
 //! - [`partition`]: the single writer that applies events;
+//! - [`admission`]: per-service circuit breakers and in-flight limits;
+//! - [`retention`]: pruning of finished sagas past their retention;
 //! - [`bus`]: streams, the outbox relay and the intake consumers;
 //! - [`api`]: the request API over NATS and HTTP, [`client`] its NATS client;
 //! - [`metrics`]: the Prometheus metrics, derived from the partition's
@@ -14,6 +16,10 @@
 //! - [`trace`]: OpenTelemetry spans of sagas and step attempts, with ids
 //!   derived from the saga so they link across restarts;
 //! - [`crash_points`]: where tests kill the engine on purpose;
+//! - [`triggers`]: sagas started by messages on a definition's trigger
+//!   subjects;
+//! - [`deps`]: start-up order and checks of a deployment's service
+//!   manifests (`jetsaga deps`);
 //! - [`engine`]: the wiring, [`cli`] the `jetsaga` command, [`dev`] the
 //!   embedded nats-server of `jetsaga dev`.
 //!
@@ -29,19 +35,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod api;
 pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crash_points;
+pub mod deps;
 pub mod dev;
 pub mod engine;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod partition;
+pub mod retention;
 pub mod saga;
 pub mod store;
 pub mod trace;
+pub mod triggers;
 
 pub use engine::run;

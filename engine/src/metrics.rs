@@ -25,6 +25,14 @@
 //! | `engine_publish_duplicates_total` | counter | |
 //! | `engine_events_total` | counter | `type` (lifecycle events committed to the outbox) |
 //! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
+//! | `engine_breaker_state` | gauge | `service` (0 closed, 1 half-open, 2 open; [`crate::admission`]) |
+//! | `engine_breaker_transitions_total` | counter | `service`, `to` (`open`, `half_open`, `closed`) |
+//! | `engine_held_tasks`, `engine_service_in_flight` | gauge | `service` (services with a policy) |
+//! | `engine_running_sagas` | gauge | (running or compensating, all definitions: [`crate::limits`]) |
+//! | `engine_queued_sagas` | gauge | `saga_name` (sagas waiting in the start queue) |
+//! | `engine_saga_queue_wait_seconds` | histogram | `saga_name` (queued → admitted or cancelled) |
+//! | `engine_pruned_sagas_total` | counter | (finished sagas deleted by [`crate::retention`]) |
+//! | `engine_stored_sagas`, `engine_store_size_bytes` | gauge | |
 //!
 //! Attempt outcomes are `ok`, `retryable`, `fatal`, `timed_out` and
 //! `abandoned` (in flight when the saga was cancelled without compensation).
@@ -67,6 +75,12 @@ pub const PUBLISH_DUPLICATES: &str = "engine_publish_duplicates_total";
 pub const OUTBOX_BACKLOG: &str = "engine_outbox_backlog";
 /// Armed durable timers (gauge).
 pub const TIMER_BACKLOG: &str = "engine_timer_backlog";
+/// Finished sagas deleted by retention (counter).
+pub const PRUNED_SAGAS: &str = "engine_pruned_sagas_total";
+/// Sagas in the store, finished or not (gauge).
+pub const STORED_SAGAS: &str = "engine_stored_sagas";
+/// Bytes the store's files take on disk (gauge).
+pub const STORE_SIZE: &str = "engine_store_size_bytes";
 
 /// The terminal states, the values of `status`.
 pub const TERMINAL_STATES: [&str; 5] = [
@@ -158,6 +172,47 @@ fn describe() {
         TIMER_BACKLOG,
         "Durable timers armed (step timeouts, retry delays, saga timeouts)"
     );
+    describe_gauge!(
+        crate::limits::RUNNING_SAGAS,
+        "Sagas running or compensating, over all definitions: what max_running_sagas bounds"
+    );
+    describe_gauge!(
+        crate::limits::QUEUED_SAGAS,
+        "Sagas waiting in the durable start queue for room under a concurrency limit"
+    );
+    describe_histogram!(
+        crate::limits::QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a saga waited in the start queue, from its start to its admission (or cancellation)"
+    );
+    describe_counter!(
+        PRUNED_SAGAS,
+        "Finished sagas deleted because they were finished for longer than the retention"
+    );
+    describe_gauge!(STORED_SAGAS, "Sagas in the store, finished or not");
+    describe_gauge!(
+        STORE_SIZE,
+        Unit::Bytes,
+        "Bytes the store's files take on disk"
+    );
+    describe_gauge!(
+        crate::admission::BREAKER_STATE,
+        "Circuit breaker of a service (services with one configured): 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        crate::admission::BREAKER_TRANSITIONS,
+        "Circuit breaker state changes, by service and the state entered (open, half_open, closed)"
+    );
+    describe_gauge!(
+        crate::admission::HELD_TASKS,
+        "Tasks held durably for a service by its open circuit breaker or its max_in_flight"
+    );
+    describe_gauge!(
+        crate::admission::SERVICE_IN_FLIGHT,
+        "Tasks of a service (with a policy) dispatched and not ended"
+    );
+    // Shown from the start, not only after the first pruning.
+    metrics::counter!(PRUNED_SAGAS).absolute(0);
 }
 
 // ---------------------------------------------------------------------------
@@ -361,6 +416,11 @@ pub async fn poll_gauges(
         }
         metrics::gauge!(OUTBOX_BACKLOG).set(store.outbox_len() as f64);
         metrics::gauge!(TIMER_BACKLOG).set(store.timers_len() as f64);
+        metrics::gauge!(STORED_SAGAS).set(store.sagas_len() as f64);
+        match store.size_on_disk() {
+            Ok(bytes) => metrics::gauge!(STORE_SIZE).set(bytes as f64),
+            Err(e) => tracing::debug!(error = %e, "cannot read the store's size on disk"),
+        }
         let services: BTreeSet<String> = match store.list_definitions() {
             Ok(defs) => defs
                 .into_iter()

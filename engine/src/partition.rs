@@ -12,12 +12,16 @@
 //! The key space already exists ([`partition_of`]); the engine runs one
 //! partition today.
 
+use crate::admission::{AttemptKey, Route, ServiceAdmission, ServiceStatus};
 use crate::crash_points;
+use crate::limits::Admission;
 use crate::metrics::{Before, SagaMetrics};
 use crate::saga::definition::SagaDefinition;
+use crate::saga::definition::ServicePolicy;
 use crate::saga::machine;
+use crate::saga::state::TimerKind;
 use crate::saga::state::{Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga};
-use crate::store::{Change, OutboxMessage, Store, StoreError, TimerRow};
+use crate::store::{Change, HeldTask, OutboxMessage, Store, StoreError, TimerRow};
 use async_nats::jetstream;
 use jetsaga_worker::protocol::{
     self, ApiError, HEADER_IDEMPOTENCY_KEY, HEADER_SAGA_ID, StartReply, Subjects, Task, TaskKind,
@@ -117,6 +121,50 @@ pub enum Command {
         /// Where to answer.
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    /// A request about service breakers and limits ([`crate::admission`]).
+    Services(ServicesCommand),
+    /// Delete up to `limit` terminal sagas finished at or before `before`
+    /// (retention: [`crate::retention`]); answered with how many were
+    /// deleted once that is durable.
+    Prune {
+        /// Finish time cut-off.
+        before: Millis,
+        /// Most sagas to delete.
+        limit: usize,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<usize, ApiError>>,
+    },
+}
+
+/// Requests about service breakers and in-flight limits ([`crate::admission`]).
+#[derive(Debug)]
+pub enum ServicesCommand {
+    /// Service policies were applied (stored already): use them.
+    Policies {
+        /// The applied policies.
+        policies: Vec<ServicePolicy>,
+        /// Answered once they are in use.
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    /// Every service with a policy.
+    List {
+        /// Where to answer.
+        reply: oneshot::Sender<Result<Vec<ServiceStatus>, ApiError>>,
+    },
+    /// One service.
+    Status {
+        /// Service name.
+        service: String,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<ServiceStatus, ApiError>>,
+    },
+    /// Close a service's breaker and release its held tasks.
+    Reset {
+        /// Service name.
+        service: String,
+        /// Answered once the reset is durable.
+        reply: oneshot::Sender<Result<ServiceStatus, ApiError>>,
+    },
 }
 
 /// A cheap, cloneable handle to send commands to the partition.
@@ -182,6 +230,58 @@ impl PartitionHandle {
         self.send(Command::Delete { id, reply: tx }).await?;
         rx.await.map_err(|_| unavailable())?
     }
+
+    /// Puts applied service policies to use ([`crate::admission`]).
+    pub async fn service_policies(&self, policies: Vec<ServicePolicy>) -> Result<(), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Services(ServicesCommand::Policies {
+            policies,
+            reply,
+        }))
+        .await?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Every service with a policy: breaker, held and in-flight tasks.
+    pub async fn services(&self) -> Result<Vec<ServiceStatus>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Services(ServicesCommand::List { reply }))
+            .await?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// One service's breaker, held and in-flight tasks.
+    pub async fn service(&self, service: String) -> Result<ServiceStatus, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Services(ServicesCommand::Status {
+            service,
+            reply,
+        }))
+        .await?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Closes a service's breaker, releasing its held tasks; answers once
+    /// that is durable.
+    pub async fn reset_breaker(&self, service: String) -> Result<ServiceStatus, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Services(ServicesCommand::Reset { service, reply }))
+            .await?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Prunes up to `limit` sagas finished at or before `before` and waits
+    /// until that is durable; returns how many were deleted.
+    pub async fn prune(&self, before: Millis, limit: usize) -> Result<usize, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Prune {
+            before,
+            limit,
+            reply: tx,
+        })
+        .await?;
+        rx.await.map_err(|_| unavailable())?
+    }
 }
 
 fn unavailable() -> ApiError {
@@ -215,8 +315,21 @@ struct AfterFlush {
     /// Answers to cancels and retries.
     saga_replies: Vec<Reply<Saga>>,
     delete_replies: Vec<Reply<()>>,
+    /// Answers about services ([`crate::admission`]), sent after the flush.
+    service_replies: Vec<ServiceReply>,
+    prune_replies: Vec<Reply<usize>>,
     progress: Vec<(String, &'static str)>,
     committed: usize,
+}
+
+/// A batch whose flush is in progress (see `Partition::process`).
+struct Flushing {
+    /// The store's flush, covering every write of the batch.
+    done: futures::future::BoxFuture<'static, Result<(), StoreError>>,
+    /// What to do once it completes.
+    after: AfterFlush,
+    /// When the flush started, for the debug log.
+    started: std::time::Instant,
 }
 
 /// The single writer of one partition.
@@ -231,6 +344,12 @@ pub struct Partition {
     metrics: SagaMetrics,
     max_payload: usize,
     batch_size: usize,
+    /// Concurrency limits: running counts and the start queue (`crate::limits`).
+    limits: Admission,
+    /// Service breakers and in-flight limits ([`crate::admission`]).
+    services: ServiceAdmission,
+    /// The engine's environment, which definition policies are checked against.
+    environment: Option<String>,
 }
 
 impl Partition {
@@ -255,8 +374,25 @@ impl Partition {
             metrics: SagaMetrics::default(),
             max_payload,
             batch_size: batch_size.max(1),
+            limits: Admission::new(None),
+            services: ServiceAdmission::default(),
+            environment: None,
         };
         (partition, PartitionHandle { tx })
+    }
+
+    /// Sets the engine's environment (`environment` in the configuration),
+    /// against which a definition's `policy.environments` is checked.
+    pub fn with_environment(mut self, environment: Option<String>) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// Sets the engine's `max_running_sagas` (`None`: unlimited), the limit
+    /// of running sagas over all definitions (`crate::limits`).
+    pub fn with_max_running_sagas(mut self, max: Option<u32>) -> Self {
+        self.limits.set_global(max);
+        self
     }
 
     /// Runs until every [`PartitionHandle`] is dropped, then applies what is
@@ -273,19 +409,50 @@ impl Partition {
             self.active.values(),
         );
         tracing::info!(unfinished = self.active.len(), "partition resumed");
+        self.resume_services()?;
+        self.resume_limits(&definitions).await?;
         let mut batch = Vec::with_capacity(self.batch_size);
+        // The flush of the last batch, running while the next one is applied.
+        let mut flushing: Option<Flushing> = None;
         loop {
-            let wait = match self.store.next_timer()? {
-                Some(t) => Duration::from_millis(t.due.saturating_sub(now_ms())),
+            let next_timer = self.store.next_timer()?.map(|t| t.due);
+            // Open circuit breakers half-open on time, too (`crate::admission`).
+            let next = match (next_timer, self.services.next_wake(now_ms())) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = match next {
+                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
                 None => Duration::from_secs(3600),
             };
+            // `None`: the flush in progress completed; else whether the
+            // command channel is still open.
             let open = tokio::select! {
                 biased;
-                n = self.rx.recv_many(&mut batch, self.batch_size) => n > 0,
-                _ = tokio::time::sleep(wait) => true,
+                done = async {
+                    match flushing.as_mut() {
+                        Some(f) => (&mut f.done).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    done?;
+                    None
+                }
+                n = self.rx.recv_many(&mut batch, self.batch_size) => Some(n > 0),
+                _ = tokio::time::sleep(wait) => Some(true),
             };
-            self.process(&mut batch).await?;
+            let Some(open) = open else {
+                if let Some(f) = flushing.take() {
+                    self.flushed(f).await;
+                }
+                continue;
+            };
+            self.process(&mut batch, &mut flushing).await?;
             if !open {
+                if let Some(mut f) = flushing.take() {
+                    (&mut f.done).await?;
+                    self.flushed(f).await;
+                }
                 break;
             }
         }
@@ -293,26 +460,67 @@ impl Partition {
         Ok(())
     }
 
-    /// Applies a batch of commands and the due timers, makes them durable
-    /// with one flush, then acknowledges and answers.
-    async fn process(&mut self, batch: &mut Vec<Command>) -> Result<(), PartitionError> {
+    /// Applies a batch of commands and the due timers, then starts the one
+    /// flush that makes them durable (group commit) and returns without
+    /// waiting for it: the next batch is applied while the disk syncs.
+    /// `flushing` holds the flush in progress; the previous one is awaited
+    /// (and its batch answered) before a new one starts, so answers go out
+    /// in order and never before the state they report is durable.
+    async fn process(
+        &mut self,
+        batch: &mut Vec<Command>,
+        flushing: &mut Option<Flushing>,
+    ) -> Result<(), PartitionError> {
         let mut after = AfterFlush::default();
+        let started = std::time::Instant::now();
         for cmd in batch.drain(..) {
             self.handle(cmd, &mut after)?;
         }
         self.fire_timers(&mut after)?;
+        // Room freed in this batch goes to queued sagas (`crate::limits`).
+        self.admit_queued(&mut after)?;
+        let apply_us = started.elapsed().as_micros() as u64;
+        if let Some(mut previous) = flushing.take() {
+            (&mut previous.done).await?;
+            self.flushed(previous).await;
+        }
         if after.committed > 0 {
             tracing::debug!(
                 transitions = after.committed,
                 acks = after.acks.len(),
                 replies = after.start_replies.len() + after.saga_replies.len(),
+                apply_us,
                 "group commit"
             );
             crash_points::pass(crash_points::PARTITION_AFTER_COMMIT);
-            self.store.flush().await?;
-            crash_points::pass(crash_points::PARTITION_AFTER_FLUSH);
-            self.relay.notify_one();
+            let store = self.store.clone();
+            *flushing = Some(Flushing {
+                done: Box::pin(async move { store.flush().await }),
+                after,
+                started: std::time::Instant::now(),
+            });
+        } else {
+            // Nothing new to make durable, and everything before is.
+            self.answer(after).await;
         }
+        Ok(())
+    }
+
+    /// A batch's flush completed: wake the relay, then answer the batch.
+    async fn flushed(&mut self, f: Flushing) {
+        crash_points::pass(crash_points::PARTITION_AFTER_FLUSH);
+        self.relay.notify_one();
+        tracing::debug!(
+            transitions = f.after.committed,
+            flush_us = f.started.elapsed().as_micros() as u64,
+            "batch durable"
+        );
+        self.answer(f.after).await;
+    }
+
+    /// Acknowledges, replies and notifies for a batch that is durable.
+    async fn answer(&mut self, after: AfterFlush) {
+        let answer_started = std::time::Instant::now();
         for msg in after.acks {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
@@ -327,18 +535,29 @@ impl Partition {
         for (tx, r) in after.delete_replies {
             let _ = tx.send(r);
         }
+        for reply in after.service_replies {
+            reply();
+        }
+        for (tx, r) in after.prune_replies {
+            let _ = tx.send(r);
+        }
         for (id, state) in after.progress {
             let _ = self
                 .client
                 .publish(self.subjects.progress(&id), state.into())
                 .await;
         }
-        Ok(())
+        tracing::debug!(
+            answer_us = answer_started.elapsed().as_micros() as u64,
+            "batch answered"
+        );
     }
 
     fn handle(&mut self, cmd: Command, after: &mut AfterFlush) -> Result<(), PartitionError> {
         match cmd {
             Command::Start { start, reply, ack } => {
+                // Queued sagas that fit go before a new start (`crate::limits`).
+                self.admit_queued(after)?;
                 let result = self.start(start, after);
                 let result = match result {
                     Ok(r) => Ok(r),
@@ -381,6 +600,19 @@ impl Partition {
             Command::Delete { id, reply } => {
                 let r = self.delete(&id, after)?;
                 after.delete_replies.push((reply, r));
+            }
+            Command::Services(cmd) => self.services_command(cmd, after)?,
+            Command::Prune {
+                before,
+                limit,
+                reply,
+            } => {
+                let pruned = crate::retention::prune(&*self.store, before, limit)?;
+                for saga in &pruned {
+                    self.active.remove(&saga.id);
+                }
+                after.committed += pruned.len();
+                after.prune_replies.push((reply, Ok(pruned.len())));
             }
         }
         Ok(())
@@ -440,9 +672,12 @@ impl Partition {
                         ),
                     )
                     .into()),
-                    _ => Ok(StartReply {
+                    other => Ok(StartReply {
                         saga_id: id,
                         created: false,
+                        queued: other.is_some_and(|s| {
+                            s.status == crate::saga::state::SagaStatus::Pending
+                        }),
                     }),
                 };
             }
@@ -464,6 +699,9 @@ impl Partition {
             )
             .into());
         };
+        if let Some(refusal) = def.policy.refusal(&def.name, self.environment.as_deref()) {
+            return Err(api_error("E-SAGA-DISABLED", refusal).into());
+        }
         let def = Arc::new(def);
         self.definitions
             .insert((def.name.clone(), def.version), def.clone());
@@ -477,6 +715,11 @@ impl Partition {
             now,
         );
         saga.trace_parent = start.trace_parent;
+        if !self.limits.room(&def.name, def.max_running) || self.limits.queued_of(&def.name) > 0 {
+            // Over a concurrency limit, or behind queued sagas of its own
+            // definition: the saga waits in the start queue (`crate::limits`).
+            return Ok(self.queue_start(saga, &def, start.idempotency_key, after)?);
+        }
         let traced = crate::trace::enabled().then(|| saga.clone());
         let effects = machine::apply(&mut saga, &def, Event::Start, inputs(now))
             .map_err(|r| api_error("E-INTERNAL", format!("a new saga refused to start: {r}")))?;
@@ -491,7 +734,152 @@ impl Partition {
         Ok(StartReply {
             saga_id: id,
             created: true,
+            queued: false,
         })
+    }
+
+    // ----- concurrency limits (`crate::limits`) -----
+
+    /// Stores a new `pending` saga with its idempotency key and its row of
+    /// the start queue, in one transaction.
+    fn queue_start(
+        &mut self,
+        saga: Saga,
+        def: &SagaDefinition,
+        idempotency_key: Option<String>,
+        after: &mut AfterFlush,
+    ) -> Result<StartReply, StoreError> {
+        if self.limits.room(&def.name, def.max_running) {
+            // Room, but sagas of its definition queued first: `max_running`
+            // was raised. The queue moves, in order, at the end of the batch.
+            self.limits.set_due();
+        }
+        let (row, position) = self.limits.enqueue(&saga.id, &def.name, saga.created_at);
+        self.metrics.transition(def, None, &saga);
+        let id = saga.id.clone();
+        let change = Change {
+            idempotency_key,
+            queue_add: vec![row],
+            ..Change::default()
+        };
+        self.commit(saga, change, after)?;
+        tracing::info!(
+            saga_id = %id,
+            saga = %def.name,
+            position,
+            running = self.limits.running(),
+            running_of_saga = self.limits.running_of(&def.name),
+            "saga queued: a concurrency limit is reached"
+        );
+        Ok(StartReply {
+            saga_id: id,
+            created: true,
+            queued: true,
+        })
+    }
+
+    /// Admits queued sagas in queue order while they fit, if room may have
+    /// freed since the last round. Each admission is the saga's `Start`
+    /// transition, which takes its queue row along ([`Self::commit`]).
+    fn admit_queued(&mut self, after: &mut AfterFlush) -> Result<(), PartitionError> {
+        if !self.limits.take_due() || self.limits.queued() == 0 || !self.limits.global_room() {
+            self.limits.publish_gauges();
+            return Ok(());
+        }
+        // The current definition versions hold the limits: a re-applied
+        // `max_running` counts from the next round on.
+        let names: Vec<String> = self
+            .limits
+            .queued_definitions()
+            .map(str::to_owned)
+            .collect();
+        let mut max_running = HashMap::new();
+        for name in names {
+            let max = self
+                .store
+                .latest_definition(&name)?
+                .and_then(|d| d.max_running);
+            max_running.insert(name, max);
+        }
+        while let Some((seq, id)) = self
+            .limits
+            .next(|name| max_running.get(name).copied().flatten())
+            .map(|(seq, row)| (seq, row.saga_id.clone()))
+        {
+            let saga = self.active.get(&id).cloned();
+            let def = match &saga {
+                Some(s) => self.definition(&s.name, s.definition_version)?,
+                None => None,
+            };
+            let admitted = match (saga, def) {
+                (Some(saga), Some(def)) => self
+                    .apply_event(saga, &def, Event::Start, Vec::new(), after)?
+                    .is_ok(),
+                _ => false,
+            };
+            if admitted {
+                tracing::info!(saga_id = %id, "saga admitted from the start queue");
+            } else if self.limits.queued_row(&id).is_some_and(|(s, _)| s == seq) {
+                // Cannot happen while saga and row share transactions; a row
+                // that cannot start must not block the queue.
+                tracing::error!(saga_id = %id, "queued saga cannot start; dropped from the start queue");
+                self.limits.forget(seq);
+                self.store.commit(Change {
+                    queue_remove: vec![seq],
+                    ..Change::default()
+                })?;
+                after.committed += 1;
+            }
+        }
+        self.limits.publish_gauges();
+        Ok(())
+    }
+
+    /// Rebuilds the running counts and the start queue from the store at
+    /// start, repairs what does not match, and admits what fits now.
+    async fn resume_limits(
+        &mut self,
+        definitions: &[SagaDefinition],
+    ) -> Result<(), PartitionError> {
+        self.limits
+            .know(definitions.iter().map(|d| d.name.as_str()));
+        let rows = self.store.queued()?;
+        let repair = self.limits.resume(self.active.values(), rows);
+        let mut after = AfterFlush::default();
+        if !repair.stale_rows.is_empty() {
+            tracing::warn!(
+                rows = repair.stale_rows.len(),
+                "start queue rows without a pending saga removed"
+            );
+            self.store.commit(Change {
+                queue_remove: repair.stale_rows,
+                ..Change::default()
+            })?;
+            after.committed += 1;
+        }
+        for id in repair.orphans {
+            if let Some(saga) = self.active.get(&id) {
+                let (row, _) = self.limits.enqueue(&id, &saga.name, saga.created_at);
+                tracing::warn!(saga_id = %id, "pending saga without a start queue row queued again");
+                self.store.commit(Change {
+                    queue_add: vec![row],
+                    ..Change::default()
+                })?;
+                after.committed += 1;
+            }
+        }
+        tracing::info!(
+            running = self.limits.running(),
+            queued = self.limits.queued(),
+            max_running_sagas = ?self.limits.global(),
+            "concurrency limits resumed"
+        );
+        self.admit_queued(&mut after)?;
+        if after.committed > 0 {
+            self.store.flush().await?;
+            self.relay.notify_one();
+        }
+        Ok(())
     }
 
     fn apply_result(
@@ -638,6 +1026,9 @@ impl Partition {
                 }
             }
         }
+        // Breakers' open timeouts are timers too; and held tasks go out as
+        // room freed in this batch (`crate::admission`).
+        self.fire_services(after)?;
         Ok(())
     }
 
@@ -705,6 +1096,11 @@ impl Partition {
         let id = saga.id.clone();
         let state = saga.status.name();
         let terminal = saga.status.is_terminal();
+        // Concurrency limits (`crate::limits`): keep the running counts; a
+        // saga leaving the start queue takes its row out in this transaction.
+        let before = self.active.get(&id).map(|s| &s.status);
+        let observed = self.limits.observe(before, &saga, now_ms());
+        change.queue_remove.extend(observed.dequeued);
         change.saga = Some(saga.clone());
         self.store.commit(change)?;
         after.committed += 1;
@@ -722,8 +1118,19 @@ impl Partition {
     /// Each lifecycle event becomes an outbox message (a CloudEvent, see
     /// [`crate::events`]) numbered by the saga's event sequence, which the
     /// transition advances and stores with the saga.
-    fn change_for(&self, saga: &mut Saga, def: &SagaDefinition, effects: Vec<Effect>) -> Change {
+    ///
+    /// Tasks pass through service admission ([`crate::admission`]): ended
+    /// attempts count for their service's breaker and free room first, then
+    /// each task either becomes an outbox row or is held, its attempt's
+    /// timeout not armed until it is released.
+    fn change_for(
+        &mut self,
+        saga: &mut Saga,
+        def: &SagaDefinition,
+        effects: Vec<Effect>,
+    ) -> Change {
         let mut change = Change::default();
+        self.services.observe(saga, now_ms());
         for effect in effects {
             match effect {
                 Effect::Dispatch {
@@ -732,9 +1139,8 @@ impl Partition {
                     attempt,
                     generation,
                 } => {
-                    change
-                        .outbox
-                        .push(self.task_message(saga, def, step, kind, attempt, generation));
+                    let message = self.task_message(saga, def, step, kind, attempt, generation);
+                    self.route_task(saga, def, (step, kind, attempt), message, &mut change);
                 }
                 Effect::ScheduleTimer { timer, due } => change.timers_add.push(TimerRow {
                     saga_id: saga.id.clone(),
@@ -759,6 +1165,23 @@ impl Partition {
                 }
             }
         }
+        // Held tasks' attempts time out from their release, not from now.
+        let held: Vec<TimerKind> = change
+            .held_add
+            .iter()
+            .map(|(_, h)| TimerKind::StepTimeout {
+                step: h.step,
+                kind: h.kind,
+                attempt: h.attempt,
+            })
+            .collect();
+        if !held.is_empty() {
+            change
+                .timers_add
+                .retain(|t| t.saga_id != saga.id || !held.contains(&t.timer));
+        }
+        self.services.note(saga);
+        change.breakers = self.services.take_dirty();
         change
     }
 
@@ -810,6 +1233,263 @@ impl Partition {
             headers,
             payload: serde_json::to_vec(&task).unwrap_or_default(),
         }
+    }
+}
+
+// ----- service admission: breakers and in-flight limits (`crate::admission`) -----
+
+/// An answer about services, sent once the batch is durable.
+type ServiceReply = Box<dyn FnOnce() + Send>;
+
+fn service_reply<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, ApiError>>,
+    result: Result<T, ApiError>,
+) -> ServiceReply {
+    Box::new(move || {
+        let _ = reply.send(result);
+    })
+}
+
+impl Partition {
+    /// Loads the service policies, breakers and held tasks, and counts the
+    /// tasks the unfinished sagas have in flight.
+    fn resume_services(&mut self) -> Result<(), PartitionError> {
+        let held = self
+            .store
+            .held_tasks()?
+            .into_iter()
+            .map(|(seq, h)| {
+                let key = AttemptKey {
+                    saga_id: h.saga_id,
+                    step: h.step,
+                    kind: h.kind,
+                    attempt: h.attempt,
+                };
+                (seq, h.service, key)
+            })
+            .collect::<Vec<_>>();
+        let held_count = held.len();
+        self.services =
+            ServiceAdmission::load(self.store.service_policies()?, self.store.breakers()?, held);
+        let sagas: Vec<Saga> = self.active.values().cloned().collect();
+        let mut running = Vec::with_capacity(sagas.len());
+        for saga in &sagas {
+            if let Some(def) = self.definition(&saga.name, saga.definition_version)? {
+                running.push((saga, def));
+            }
+        }
+        self.services
+            .resume(running.iter().map(|(saga, def)| (*saga, def.as_ref())));
+        if held_count > 0 {
+            tracing::info!(held = held_count, "held tasks resumed");
+        }
+        Ok(())
+    }
+
+    /// Sends a dispatched task to the outbox, or holds it when its service's
+    /// breaker or in-flight limit says so.
+    fn route_task(
+        &mut self,
+        saga: &Saga,
+        def: &SagaDefinition,
+        (step, kind, attempt): (usize, TaskKind, u32),
+        message: OutboxMessage,
+        change: &mut Change,
+    ) {
+        let sd = &def.steps[step];
+        let key = AttemptKey {
+            saga_id: saga.id.clone(),
+            step,
+            kind,
+            attempt,
+        };
+        match self.services.route(&sd.service, key) {
+            Route::Dispatch => change.outbox.push(message),
+            Route::Hold(seq) => {
+                tracing::info!(
+                    saga_id = %saga.id,
+                    step = %sd.id,
+                    %kind,
+                    attempt,
+                    service = %sd.service,
+                    "task held by its service's circuit breaker or in-flight limit"
+                );
+                change.held_add.push((
+                    seq,
+                    HeldTask {
+                        service: sd.service.clone(),
+                        saga_id: saga.id.clone(),
+                        step,
+                        kind,
+                        attempt,
+                        timeout_ms: u64::try_from(sd.timeout.as_millis()).unwrap_or(u64::MAX),
+                        message,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Settles held tasks their sagas no longer need, half-opens breakers
+    /// whose open timeout passed, and releases held tasks that have room.
+    fn fire_services(&mut self, after: &mut AfterFlush) -> Result<(), PartitionError> {
+        for id in self.services.take_unsettled() {
+            self.settle_held(&id, after)?;
+        }
+        self.services.tick(now_ms());
+        self.release_held(after)
+    }
+
+    /// Held tasks of saga `id` that must not wait for room: those of a
+    /// finished saga (or of an attempt it no longer waits on) are dropped;
+    /// a held action of a compensating saga never ran, so its attempt ends
+    /// as a fatal error without effect and the rollback goes on without it.
+    fn settle_held(&mut self, id: &str, after: &mut AfterFlush) -> Result<(), PartitionError> {
+        for (service, held) in self.services.held_of(id) {
+            let saga = self.saga(id)?;
+            let waiting = saga
+                .as_ref()
+                .is_some_and(|s| crate::admission::waits_on(s, &held.key));
+            if !waiting {
+                self.services.remove_held(&service, held.seq);
+                tracing::debug!(saga_id = %id, service = %service, "held task dropped: its saga no longer waits on it");
+                self.commit_held_removal(held.seq, after)?;
+                continue;
+            }
+            let Some(saga) = saga else { continue };
+            let compensating = matches!(
+                saga.status,
+                crate::saga::state::SagaStatus::Compensating { .. }
+            );
+            if !compensating || held.key.kind != TaskKind::Action {
+                continue;
+            }
+            let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
+                continue;
+            };
+            self.services.remove_held(&service, held.seq);
+            let event = Event::TaskResult {
+                step: held.key.step,
+                kind: held.key.kind,
+                attempt: held.key.attempt,
+                outcome: protocol::Outcome::Fatal {
+                    error: format!(
+                        "not dispatched: held by service `{service}`'s circuit breaker or in-flight limit when the saga began compensating; the action never ran"
+                    ),
+                },
+            };
+            // The attempt ends first, then its held row goes: a crash in
+            // between leaves a row that no saga waits on, dropped later.
+            let _ = self.apply_event(saga, &def, event, Vec::new(), after)?;
+            self.commit_held_removal(held.seq, after)?;
+        }
+        Ok(())
+    }
+
+    fn commit_held_removal(&mut self, seq: u64, after: &mut AfterFlush) -> Result<(), StoreError> {
+        self.store.commit(Change {
+            held_remove: vec![seq],
+            breakers: self.services.take_dirty(),
+            ..Change::default()
+        })?;
+        after.committed += 1;
+        Ok(())
+    }
+
+    /// Moves held tasks that have room, oldest first per service, to the
+    /// outbox (arming their attempts' timeouts from now), in one
+    /// transaction with the breaker changes. A held task whose saga no
+    /// longer waits on its attempt is dropped, never published.
+    fn release_held(&mut self, after: &mut AfterFlush) -> Result<(), PartitionError> {
+        let now = now_ms();
+        let mut change = Change::default();
+        for service in self.services.services_holding() {
+            while let Some(held) = self.services.pop_releasable(&service) {
+                change.held_remove.push(held.seq);
+                let task = self.store.held_task(held.seq)?;
+                let waiting = self
+                    .active
+                    .get(&held.key.saga_id)
+                    .is_some_and(|s| crate::admission::waits_on(s, &held.key));
+                match task {
+                    Some(task) if waiting => {
+                        tracing::info!(
+                            saga_id = %task.saga_id,
+                            service = %service,
+                            attempt = task.attempt,
+                            "held task released"
+                        );
+                        change.timers_add.push(TimerRow {
+                            saga_id: task.saga_id.clone(),
+                            timer: TimerKind::StepTimeout {
+                                step: task.step,
+                                kind: task.kind,
+                                attempt: task.attempt,
+                            },
+                            due: now.saturating_add(task.timeout_ms),
+                        });
+                        change.outbox.push(task.message);
+                        self.services.admit(&service, held.key);
+                    }
+                    _ => {
+                        tracing::debug!(saga_id = %held.key.saga_id, service = %service, "held task dropped: its saga no longer waits on it");
+                    }
+                }
+            }
+        }
+        change.breakers = self.services.take_dirty();
+        if !change.held_remove.is_empty() || !change.breakers.is_empty() {
+            self.store.commit(change)?;
+            after.committed += 1;
+        }
+        Ok(())
+    }
+
+    fn services_command(
+        &mut self,
+        cmd: ServicesCommand,
+        after: &mut AfterFlush,
+    ) -> Result<(), PartitionError> {
+        let not_found = |service: &str| {
+            api_error(
+                "E-NOT-FOUND",
+                format!(
+                    "no service policy for `{service}`; services get one under `services:` in a definitions file"
+                ),
+            )
+        };
+        let reply = match cmd {
+            ServicesCommand::Policies { policies, reply } => {
+                tracing::info!(services = policies.len(), "service policies in use");
+                self.services.set_policies(policies);
+                // Raised limits and removed breakers release held tasks.
+                self.release_held(after)?;
+                service_reply(reply, Ok(()))
+            }
+            ServicesCommand::List { reply } => service_reply(reply, Ok(self.services.list())),
+            ServicesCommand::Status { service, reply } => {
+                let status = self
+                    .services
+                    .status(&service)
+                    .ok_or_else(|| not_found(&service));
+                service_reply(reply, status)
+            }
+            ServicesCommand::Reset { service, reply } => {
+                let result = match self.services.reset(&service) {
+                    Ok(()) => {
+                        tracing::info!(service = %service, "circuit breaker reset");
+                        self.release_held(after)?;
+                        self.services
+                            .status(&service)
+                            .ok_or_else(|| not_found(&service))
+                    }
+                    Err(e) => Err(api_error(e.code(), e.to_string())),
+                };
+                service_reply(reply, result)
+            }
+        };
+        after.service_replies.push(reply);
+        Ok(())
     }
 }
 

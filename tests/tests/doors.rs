@@ -99,7 +99,8 @@ async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
         reply,
         ApiReply::Ok(StartReply {
             saga_id: a.saga_id.clone(),
-            created: false
+            created: false,
+            queued: false
         })
     );
 

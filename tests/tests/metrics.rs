@@ -17,11 +17,26 @@ use tokio::net::TcpStream;
 
 const SAGA: &str = "deploy_environment";
 
+/// A breaker on `manifest` that the run never trips.
+const SERVICE_POLICY: &str = r#"
+sagas:
+  manifest_only:
+    steps:
+      - { id: register, service: manifest, operation: register }
+services:
+  manifest:
+    max_in_flight: 1000
+    circuit_breaker: { failure_threshold: 1000 }
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_and_workers_export_what_the_dashboard_and_alerts_query() {
     let world = World::start(&["--http-listen", "127.0.0.1:0"]).await;
     let engine_addr = logged_addr(&world.engine.process, "http listening");
     world.apply_example(SAGA).await;
+    // A service policy, so that the breaker and held-task gauges the
+    // dashboard and the alerts query exist (`crate::admission`).
+    world.apply_yaml(SERVICE_POLICY).await;
     let worker_addr = format!("127.0.0.1:{}", jetsaga_tests::free_port());
     let _workers = world.example_workers("deploy-workers", &["--metrics-listen", &worker_addr]);
 

@@ -375,6 +375,11 @@ pub struct StartReply {
     pub saga_id: String,
     /// `false` when the idempotency key named an existing saga.
     pub created: bool,
+    /// `true` when the saga waits in the engine's durable start queue (state
+    /// `pending`) because a concurrency limit is reached; it starts by itself
+    /// once room frees. Sent only when `true`; absent means `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// Error reply of the NATS request API.

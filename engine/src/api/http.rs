@@ -19,6 +19,9 @@
 //! | `GET /v1/definitions` | the current version of every definition |
 //! | `POST /v1/definitions` | apply a definitions file (YAML or JSON) |
 //! | `POST /v1/definitions/validate` | check a definitions file, reporting every problem |
+//! | `GET /v1/breakers` | every service with a policy: breaker state, held and in-flight tasks |
+//! | `GET /v1/breakers/{service}` | one service's breaker state, held and in-flight tasks |
+//! | `POST /v1/breakers/{service}/reset` | close a service's breaker, releasing its held tasks |
 //! | `GET /health` | the process serves (always 200) |
 //! | `GET /ready` | the store is readable and NATS connected (200), or why not (503) |
 //! | `GET /openapi.json` | the OpenAPI document |
@@ -29,9 +32,11 @@
 //! from posting to an engine on `localhost` without a CORS preflight.
 
 use super::{
-    Api, AppliedDefinition, CancelRequest, ListRequest, RetryRequest, SagaDetail, SagaPage,
+    Api, AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest,
+    SagaDetail, SagaPage,
 };
-use crate::saga::definition::{DefinitionError, DefinitionFile, Format, SagaDefinition};
+use crate::admission::ServiceStatus;
+use crate::saga::definition::{DefinitionError, DefinitionFile, Format};
 use crate::saga::state::{Millis, SagaStatus};
 use crate::store::sled_store::DEFAULT_LIST_LIMIT;
 use axum::Router;
@@ -136,6 +141,9 @@ fn routes() -> Vec<Route> {
             "/v1/definitions/validate",
             validate_definitions,
         ),
+        Route::new(Method::GET, "/v1/breakers", list_breakers),
+        Route::new(Method::GET, "/v1/breakers/{service}", get_breaker),
+        Route::new(Method::POST, "/v1/breakers/{service}/reset", reset_breaker),
         Route::new(Method::GET, "/health", health),
         Route::new(Method::GET, "/ready", ready),
         Route::new(Method::GET, "/openapi.json", openapi_json),
@@ -220,7 +228,9 @@ pub fn status_of(code: &str) -> StatusCode {
         "E-BAD-REQUEST" | "E-BAD-INPUT" => StatusCode::BAD_REQUEST,
         "E-NOT-FOUND" => StatusCode::NOT_FOUND,
         "E-METHOD-NOT-ALLOWED" => StatusCode::METHOD_NOT_ALLOWED,
-        "E-NOT-APPLICABLE" | "E-IDEMPOTENCY-CONFLICT" => StatusCode::CONFLICT,
+        // A disabled saga: the request is fine, the definition's policy
+        // (state of the server, not the caller's rights) refuses it.
+        "E-NOT-APPLICABLE" | "E-IDEMPOTENCY-CONFLICT" | "E-SAGA-DISABLED" => StatusCode::CONFLICT,
         "E-PAYLOAD-TOO-LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
         "E-UNSUPPORTED-MEDIA-TYPE" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "E-UNKNOWN-SAGA" | "E-INVALID-DEFINITION" => StatusCode::UNPROCESSABLE_ENTITY,
@@ -505,6 +515,11 @@ pub struct StartedSaga {
     pub saga_id: String,
     /// `false` when the idempotency key named an existing saga.
     pub created: bool,
+    /// `true` when the saga waits (state `pending`) in the start queue
+    /// because a concurrency limit is reached; it starts when room frees.
+    /// Sent only when `true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// Cancels a saga.
@@ -599,8 +614,9 @@ fn parse_time(name: &str, value: &str) -> Result<Millis, HttpError> {
 /// The current definitions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DefinitionList {
-    /// The current version of every definition, by name.
-    pub definitions: Vec<SagaDefinition>,
+    /// The current version of every definition, by name, with whether its
+    /// policy lets it start in this engine.
+    pub definitions: Vec<DefinitionListing>,
 }
 
 /// What applying a definitions file did.
@@ -666,7 +682,7 @@ pub mod schema {
         (status = 200, description = "The idempotency key's existing saga", body = StartedSaga,
             headers(("Location" = String, description = "Path of the saga"))),
         (status = 400, description = "E-BAD-REQUEST: malformed body, no saga named, bad key", body = ErrorBody),
-        (status = 409, description = "E-IDEMPOTENCY-CONFLICT: the key started a saga of another definition", body = ErrorBody),
+        (status = 409, description = "E-IDEMPOTENCY-CONFLICT: the key started a saga of another definition; E-SAGA-DISABLED: the definition's policy disables it (in this engine's environment)", body = ErrorBody),
         (status = 413, description = "E-PAYLOAD-TOO-LARGE: input over max_payload", body = ErrorBody),
         (status = 415, description = "E-UNSUPPORTED-MEDIA-TYPE: body not sent as JSON", body = ErrorBody),
         (status = 422, description = "E-UNKNOWN-SAGA: no such definition", body = ErrorBody),
@@ -712,6 +728,7 @@ async fn start_saga(
         &StartedSaga {
             saga_id: reply.saga_id,
             created: reply.created,
+            queued: reply.queued,
         },
     );
     response.headers_mut().insert(header::LOCATION, location);
@@ -914,8 +931,83 @@ async fn apply_definitions(
     body: DefinitionsBody,
 ) -> Result<Response, HttpError> {
     let file = parse_definitions(&body)?;
-    let applied = state.api()?.apply_definitions(&file.sagas).await?;
+    let applied = state.api()?.apply(&file.sagas, &file.services).await?;
     Ok(json(StatusCode::OK, &AppliedDefinitions { applied }))
+}
+
+// ----- service breakers and in-flight limits (`crate::admission`) -----
+
+/// Every service with a policy, sorted by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BreakerList {
+    /// Each service's breaker state, held and in-flight tasks, and policy.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// Every service with a policy (`services:` in a definitions file): its
+/// circuit breaker's state, its held and in-flight tasks, its limits.
+#[utoipa::path(
+    get,
+    path = "/v1/breakers",
+    tag = "services",
+    responses(
+        (status = 200, description = "The services", body = BreakerList),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+    )
+)]
+async fn list_breakers(State(state): State<HttpState>) -> Result<Response, HttpError> {
+    let services = state.api()?.breakers().await?;
+    Ok(json(StatusCode::OK, &BreakerList { services }))
+}
+
+/// One service's circuit breaker state, held and in-flight tasks, limits.
+#[utoipa::path(
+    get,
+    path = "/v1/breakers/{service}",
+    tag = "services",
+    params(("service" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "The service", body = ServiceStatus),
+        (status = 404, description = "E-NOT-FOUND: no policy names this service", body = ErrorBody),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+    )
+)]
+async fn get_breaker(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let service = service_name(path)?;
+    Ok(json(StatusCode::OK, &state.api()?.breaker(&service).await?))
+}
+
+/// Close a service's circuit breaker; its held tasks are released in order
+/// (as its in-flight limit allows). Answers once that is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/breakers/{service}/reset",
+    tag = "services",
+    params(("service" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "Reset: the service as it is now", body = ServiceStatus),
+        (status = 404, description = "E-NOT-FOUND: no policy names this service", body = ErrorBody),
+        (status = 409, description = "E-NOT-APPLICABLE: the service has no circuit breaker", body = ErrorBody),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+    )
+)]
+async fn reset_breaker(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let service = service_name(path)?;
+    Ok(json(
+        StatusCode::OK,
+        &state.api()?.reset_breaker(&service).await?,
+    ))
+}
+
+fn service_name(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    path.map(|Path(s)| s)
+        .map_err(|e| HttpError::bad_request(format!("bad service name: {}", e.body_text())))
 }
 
 /// Check a definitions file without storing anything.
@@ -1077,6 +1169,9 @@ async fn prometheus_metrics() -> Response {
         list_definitions,
         apply_definitions,
         validate_definitions,
+        list_breakers,
+        get_breaker,
+        reset_breaker,
         health,
         ready,
         openapi_json,
@@ -1086,6 +1181,7 @@ async fn prometheus_metrics() -> Response {
     tags(
         (name = "sagas", description = "Saga instances"),
         (name = "definitions", description = "Saga definitions"),
+        (name = "services", description = "Service circuit breakers and in-flight limits"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -1185,6 +1281,25 @@ mod tests {
     }
 
     #[test]
+    fn the_document_describes_service_breakers() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "BreakerList",
+            "ServiceStatus",
+            "BreakerConfig",
+            "ServicePolicy",
+        ] {
+            assert!(schemas.get(name).is_some(), "no schema {name}");
+        }
+        let reset = &doc["paths"]["/v1/breakers/{service}/reset"]["post"]["responses"];
+        assert!(
+            reset.get("409").is_some(),
+            "reset documents E-NOT-APPLICABLE"
+        );
+    }
+
+    #[test]
     fn the_document_describes_the_saga_detail() {
         let doc = document();
         let schemas = &doc["components"]["schemas"];
@@ -1231,6 +1346,7 @@ mod tests {
             ("E-NOT-FOUND", 404),
             ("E-NOT-APPLICABLE", 409),
             ("E-IDEMPOTENCY-CONFLICT", 409),
+            ("E-SAGA-DISABLED", 409),
             ("E-PAYLOAD-TOO-LARGE", 413),
             ("E-UNSUPPORTED-MEDIA-TYPE", 415),
             ("E-UNKNOWN-SAGA", 422),

@@ -12,7 +12,9 @@
 //! same idempotency key are the same saga, and every error carries the same
 //! code through either door.
 
+use crate::admission::ServiceStatus;
 use crate::partition::{PartitionHandle, StartCommand, api_error};
+use crate::saga::definition::ServicePolicy;
 use crate::saga::definition::{self, DefinitionError, DefinitionFile, Format, SagaDefinition};
 use crate::saga::state::{Millis, Saga, SagaStatus};
 use crate::store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
@@ -50,13 +52,22 @@ pub enum Op {
     SagaDelete,
     /// `def.apply`: [`ApplyRequest`] → `Vec<`[`AppliedDefinition`]`>`.
     DefApply,
-    /// `def.list`: `{}` → `Vec<SagaDefinition>` (current versions).
+    /// `def.list`: `{}` → `Vec<`[`DefinitionListing`]`>` (current versions,
+    /// each a [`SagaDefinition`] with `enabled`, `refusal`, `environment`).
     DefList,
+    /// `breaker.list`: `{}` → `Vec<`[`ServiceStatus`]`>` (every service with
+    /// a policy: breaker, held and in-flight tasks; [`crate::admission`]).
+    BreakerList,
+    /// `breaker.get`: [`ServiceRef`] → [`ServiceStatus`].
+    BreakerGet,
+    /// `breaker.reset`: [`ServiceRef`] → [`ServiceStatus`] (closed, held
+    /// tasks released).
+    BreakerReset,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 11] = [
         Op::SagaStart,
         Op::SagaGet,
         Op::SagaList,
@@ -65,6 +76,9 @@ impl Op {
         Op::SagaDelete,
         Op::DefApply,
         Op::DefList,
+        Op::BreakerList,
+        Op::BreakerGet,
+        Op::BreakerReset,
     ];
 
     /// The subject suffix of the operation.
@@ -78,6 +92,9 @@ impl Op {
             Op::SagaDelete => "saga.delete",
             Op::DefApply => "def.apply",
             Op::DefList => "def.list",
+            Op::BreakerList => "breaker.list",
+            Op::BreakerGet => "breaker.get",
+            Op::BreakerReset => "breaker.reset",
         }
     }
 }
@@ -120,6 +137,10 @@ pub struct SagaDetail {
     pub saga: Saga,
     /// The definition version it runs.
     pub definition: SagaDefinition,
+    /// For a `pending` saga waiting in the start queue under a concurrency
+    /// limit (`crate::limits`): its 1-based place in the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<usize>,
 }
 
 /// One line of a saga listing.
@@ -214,6 +235,35 @@ pub struct SagaPage {
 pub struct ApplyRequest {
     /// The definitions.
     pub definitions: Vec<SagaDefinition>,
+    /// The file's service policies (`services:`; [`crate::admission`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServicePolicy>,
+}
+
+/// Names one service (`breaker.get`, `breaker.reset`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    /// Service name.
+    pub service: String,
+}
+
+/// One definition of a `def.list`: the definition (its fields at the top
+/// level, so a client reading [`SagaDefinition`]s reads these too) and
+/// whether its policy lets a saga start in this engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionListing {
+    /// The definition's current version.
+    #[serde(flatten)]
+    pub definition: SagaDefinition,
+    /// Whether a new saga of it may start in this engine (its `policy`
+    /// against the engine's `environment`).
+    pub enabled: bool,
+    /// Why not, when not (the `E-SAGA-DISABLED` message a start gets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// The engine's environment (`null`: none set).
+    #[serde(default)]
+    pub environment: Option<String>,
 }
 
 /// The outcome of applying one definition.
@@ -242,12 +292,35 @@ const SCAN_PAGE: usize = 256;
 pub struct Api {
     store: Arc<dyn Store>,
     partition: PartitionHandle,
+    /// The engine's environment, shown with each definition's policy.
+    environment: Option<String>,
+    /// Checks trigger subjects before an apply, and waits for them after.
+    triggers: Option<crate::triggers::ApplyGuard>,
 }
 
 impl Api {
     /// The API over `store` (reads) and `partition` (state changes).
     pub fn new(store: Arc<dyn Store>, partition: PartitionHandle) -> Self {
-        Self { store, partition }
+        Self {
+            store,
+            partition,
+            environment: None,
+            triggers: None,
+        }
+    }
+
+    /// Sets the engine's environment, against which `def.list` evaluates
+    /// each definition's policy.
+    pub fn with_environment(mut self, environment: Option<String>) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// Checks the trigger subjects of applied definitions against the
+    /// streams with `guard`, and waits after an apply until they are captured.
+    pub fn with_triggers(mut self, guard: crate::triggers::ApplyGuard) -> Self {
+        self.triggers = Some(guard);
+        self
     }
 
     /// Starts a saga, or answers the saga its idempotency key already
@@ -292,7 +365,16 @@ impl Api {
             .definition(&saga.name, saga.definition_version)
             .map_err(internal)?
             .ok_or_else(|| internal(format!("saga {id} has no stored definition")))?;
-        Ok(SagaDetail { saga, definition })
+        let queue_position = if saga.status == SagaStatus::Pending {
+            self.store.queue_position(id).map_err(internal)?
+        } else {
+            None
+        };
+        Ok(SagaDetail {
+            saga,
+            definition,
+            queue_position,
+        })
     }
 
     /// A page of sagas, newest first, with the cursor of the next page.
@@ -452,6 +534,10 @@ impl Api {
             definition::validate(def)
                 .map_err(|e| api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code())))?;
         }
+        if let Some(guard) = &self.triggers {
+            let current = self.store.list_definitions().map_err(internal)?;
+            guard.check(definitions, &current).await?;
+        }
         let mut out = Vec::new();
         for def in definitions {
             let applied = self.store.put_definition(def).map_err(internal)?;
@@ -462,12 +548,89 @@ impl Api {
                 changed: applied.changed,
             });
         }
+        if let Some(guard) = &self.triggers
+            && out.iter().any(|a| a.changed)
+        {
+            guard.applied().await;
+        }
         Ok(out)
     }
 
-    /// The current version of every definition, by name.
-    pub async fn definitions(&self) -> Result<Vec<SagaDefinition>, ApiError> {
-        self.store.list_definitions().map_err(internal)
+    /// The current version of every definition, by name, each with whether
+    /// its policy lets it start in this engine's environment.
+    pub async fn definitions(&self) -> Result<Vec<DefinitionListing>, ApiError> {
+        let environment = self.environment.as_deref();
+        Ok(self
+            .store
+            .list_definitions()
+            .map_err(internal)?
+            .into_iter()
+            .map(|definition| {
+                let refusal = definition.policy.refusal(&definition.name, environment);
+                DefinitionListing {
+                    enabled: refusal.is_none(),
+                    refusal,
+                    environment: self.environment.clone(),
+                    definition,
+                }
+            })
+            .collect())
+    }
+
+    /// Applies a definitions file's contents: validates the sagas and the
+    /// service policies, then stores the sagas ([`Api::apply_definitions`])
+    /// and the policies ([`Api::apply_services`]). Nothing is stored when
+    /// any of them is invalid.
+    pub async fn apply(
+        &self,
+        definitions: &[SagaDefinition],
+        services: &[ServicePolicy],
+    ) -> Result<Vec<AppliedDefinition>, ApiError> {
+        definition::validate_services(services).map_err(invalid_services)?;
+        let applied = self.apply_definitions(definitions).await?;
+        self.apply_services(services).await?;
+        Ok(applied)
+    }
+
+    /// Validates service policies, stores each (replacing the service's
+    /// policy: latest applied wins) and puts them to use. Returns the
+    /// services whose policy changed.
+    pub async fn apply_services(
+        &self,
+        services: &[ServicePolicy],
+    ) -> Result<Vec<String>, ApiError> {
+        if services.is_empty() {
+            return Ok(Vec::new());
+        }
+        definition::validate_services(services).map_err(invalid_services)?;
+        let mut changed = Vec::new();
+        for policy in services {
+            if self.store.put_service_policy(policy).map_err(internal)? {
+                changed.push(policy.service.clone());
+            }
+            tracing::info!(service = %policy.service, max_in_flight = ?policy.max_in_flight, circuit_breaker = ?policy.circuit_breaker, "service policy applied");
+        }
+        self.partition.service_policies(services.to_vec()).await?;
+        Ok(changed)
+    }
+
+    /// Every service with a policy: its breaker, held and in-flight tasks.
+    pub async fn breakers(&self) -> Result<Vec<ServiceStatus>, ApiError> {
+        self.partition.services().await
+    }
+
+    /// One service's breaker, held and in-flight tasks; `E-NOT-FOUND` when
+    /// no policy names it.
+    pub async fn breaker(&self, service: &str) -> Result<ServiceStatus, ApiError> {
+        self.partition.service(service.to_string()).await
+    }
+
+    /// Closes a service's breaker and releases its held tasks (as its
+    /// in-flight limit allows); answers once that is durable.
+    /// `E-NOT-FOUND` when no policy names the service, `E-NOT-APPLICABLE`
+    /// when it has no breaker.
+    pub async fn reset_breaker(&self, service: &str) -> Result<ServiceStatus, ApiError> {
+        self.partition.reset_breaker(service.to_string()).await
     }
 
     /// Parses and validates a definitions file sent as text (errors name
@@ -577,6 +740,10 @@ fn parse<T: for<'de> Deserialize<'de>>(op: &str, payload: &[u8]) -> Result<T, Ap
         .map_err(|e| api_error("E-BAD-REQUEST", format!("malformed {op} request: {e}")))
 }
 
+fn invalid_services(e: DefinitionError) -> ApiError {
+    api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code()))
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     api_error("E-INTERNAL", e.to_string())
 }
@@ -637,7 +804,22 @@ async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
         "def.apply" => reply(
             async {
                 let req: ApplyRequest = parse(op, payload)?;
-                api.apply_definitions(&req.definitions).await
+                api.apply(&req.definitions, &req.services).await
+            }
+            .await,
+        ),
+        "breaker.list" => reply(api.breakers().await),
+        "breaker.get" => reply(
+            async {
+                let req: ServiceRef = parse(op, payload)?;
+                api.breaker(&req.service).await
+            }
+            .await,
+        ),
+        "breaker.reset" => reply(
+            async {
+                let req: ServiceRef = parse(op, payload)?;
+                api.reset_breaker(&req.service).await
             }
             .await,
         ),

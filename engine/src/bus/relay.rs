@@ -94,7 +94,9 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
     if rows.is_empty() {
         return Ok(0);
     }
+    let started = std::time::Instant::now();
     store.flush().await?;
+    let flush_us = started.elapsed().as_micros() as u64;
     let mut pending = Vec::with_capacity(rows.len());
     let mut refused = Vec::new();
     for (seq, msg) in rows {
@@ -158,7 +160,13 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
             }
         }
     }
-    tracing::debug!(published = done.len(), duplicates, "outbox rows published");
+    tracing::debug!(
+        published = done.len(),
+        duplicates,
+        flush_us,
+        total_us = started.elapsed().as_micros() as u64,
+        "outbox rows published"
+    );
     crash_points::pass(crash_points::RELAY_AFTER_PUBLISH);
     store.outbox_remove(&done)?;
     match error {

@@ -9,6 +9,7 @@
 use crate::client::{Client, ClientError};
 use crate::config::{Config, ConfigError, Env, Layer, Loaded, LogFormat, NatsLayer};
 use crate::dev::{DevNats, find_nats_server};
+use crate::retention::Retention;
 use crate::saga::definition;
 use crate::store::SagaFilter;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -83,12 +84,20 @@ pub enum Command {
     /// Saga instances.
     #[command(subcommand)]
     Saga(SagaCommand),
+    /// Service circuit breakers and in-flight limits (`services:` in a
+    /// definitions file).
+    #[command(subcommand)]
+    Breaker(BreakerCommand),
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Lifecycle events (CloudEvents) and plain NATS messages.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Service dependencies of a deployment: start-up order, version
+    /// constraints, cycles, missing services, health (service manifests).
+    #[command(subcommand)]
+    Deps(crate::deps::DepsCommand),
 }
 
 /// `jetsaga events ...`.
@@ -147,6 +156,10 @@ pub struct EngineArgs {
     /// separated; replaces the file's list) [env: JETSAGA_DEFINITIONS]
     #[arg(long = "definitions", value_name = "PATH", value_delimiter = ',')]
     pub definitions: Option<Vec<PathBuf>>,
+    /// The environment this engine runs in, checked against definitions'
+    /// `policy.environments` [env: JETSAGA_ENVIRONMENT] [default: none]
+    #[arg(long, value_name = "NAME")]
+    pub environment: Option<String>,
     /// Largest accepted saga input or result, in bytes [env:
     /// JETSAGA_MAX_PAYLOAD] [default: 524288]
     #[arg(long, value_name = "BYTES")]
@@ -167,6 +180,16 @@ pub struct EngineArgs {
     /// [default: 256]
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+    /// Most sagas running at once over all definitions; more starts wait in
+    /// the durable start queue; 0 for unlimited [env:
+    /// JETSAGA_MAX_RUNNING_SAGAS] [default: unlimited]
+    #[arg(long, value_name = "N")]
+    pub max_running_sagas: Option<u32>,
+    /// How long finished sagas are kept before they are deleted (with their
+    /// idempotency key), or `off` to keep them forever [env:
+    /// JETSAGA_RETENTION] [default: 7d]
+    #[arg(long, value_name = "DURATION|off")]
+    pub retention: Option<Retention>,
     /// Serve the HTTP API on HOST:PORT (port 0: any free port), or `off`
     /// [env: JETSAGA_HTTP_LISTEN] [default: 127.0.0.1:8080 for dev, off for
     /// server]
@@ -219,6 +242,23 @@ pub enum DefCommand {
     },
     /// List the engine's definitions (current versions).
     List,
+}
+
+/// `jetsaga breaker ...`.
+#[derive(Debug, Subcommand)]
+pub enum BreakerCommand {
+    /// Every service with a policy: breaker state, held and in-flight tasks.
+    List,
+    /// One service's breaker state, held and in-flight tasks, and policy.
+    Status {
+        /// Service name.
+        name: String,
+    },
+    /// Close a service's breaker; its held tasks are released in order.
+    Reset {
+        /// Service name.
+        name: String,
+    },
 }
 
 /// `jetsaga saga ...`.
@@ -355,7 +395,11 @@ impl Cli {
                 (Config::default(), Some(&args.engine))
             }
             Command::Dev(args) => (dev_defaults(), Some(&args.engine)),
-            Command::Def(_) | Command::Saga(_) | Command::Events(_) => (Config::default(), None),
+            Command::Def(_)
+            | Command::Saga(_)
+            | Command::Breaker(_)
+            | Command::Events(_)
+            | Command::Deps(_) => (Config::default(), None),
         };
         let file = self
             .global
@@ -400,11 +444,14 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
     if let Some(args) = engine {
         layer.data_dir = args.data_dir.clone();
         layer.definitions = args.definitions.clone();
+        layer.environment = args.environment.clone();
         layer.max_payload = args.max_payload;
         layer.duplicate_window = args.duplicate_window;
         layer.ack_wait = args.ack_wait;
         layer.batch_size = args.batch_size;
+        layer.max_running_sagas = args.max_running_sagas;
         layer.replicas = args.replicas;
+        layer.retention = args.retention;
         layer.http_listen = args.http_listen.clone();
     }
     layer
@@ -453,8 +500,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Dev(args) => dev(&cli, args).await,
         Command::Def(cmd) => def(&cli, cmd).await,
         Command::Saga(cmd) => saga(&cli, cmd).await,
+        Command::Breaker(cmd) => breaker(&cli, cmd).await,
         Command::Config(ConfigCommand::Check(_)) => config_check(&cli),
         Command::Events(cmd) => events(&cli, cmd).await,
+        Command::Deps(cmd) => {
+            let report = match crate::deps::run(cmd).await {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(2);
+                }
+            };
+            let resolve = matches!(cmd, crate::deps::DepsCommand::Resolve(_));
+            match cli.output {
+                Output::Json => print_json(&report.to_json(resolve))?,
+                Output::Table if resolve => print!("{}", render::deps_order(&report)),
+                Output::Table => print!("{}", render::deps_ok(&report)),
+            }
+            if cli.output == Output::Table {
+                eprint!("{}", render::deps_problems(&report));
+            }
+            Ok(report.exit_code())
+        }
     }
 }
 
@@ -672,9 +739,16 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
                     Ok(parsed) => {
                         let names: Vec<String> =
                             parsed.sagas.iter().map(|d| d.name.clone()).collect();
-                        report.push(serde_json::json!({"file": file, "ok": true, "sagas": names}));
+                        let services: Vec<String> =
+                            parsed.services.iter().map(|p| p.service.clone()).collect();
+                        report.push(serde_json::json!({"file": file, "ok": true, "sagas": names, "services": services}));
                         if cli.output == Output::Table {
-                            println!("ok      {}: {}", file.display(), names.join(", "));
+                            let services = if services.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (service policies: {})", services.join(", "))
+                            };
+                            println!("ok      {}: {}{services}", file.display(), names.join(", "));
                         }
                     }
                     Err(e) => {
@@ -693,12 +767,18 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
         }
         DefCommand::Apply { files } => {
             let mut defs = Vec::new();
+            let mut services = Vec::new();
             for file in crate::engine::definition_files(files)? {
                 let parsed = definition::parse_file(&file)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
                 defs.extend(parsed.sagas);
+                // Service policies (`crate::admission`): a later file's wins.
+                services.retain(|p: &definition::ServicePolicy| {
+                    !parsed.services.iter().any(|q| q.service == p.service)
+                });
+                services.extend(parsed.services);
             }
-            let applied = client(cli).await?.apply(defs).await?;
+            let applied = client(cli).await?.apply_all(defs, services).await?;
             match cli.output {
                 Output::Json => print_json(&applied)?,
                 Output::Table => {
@@ -711,7 +791,7 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         DefCommand::List => {
-            let defs = client(cli).await?.definitions().await?;
+            let defs = client(cli).await?.definition_listing().await?;
             match cli.output {
                 Output::Json => print_json(&defs)?,
                 Output::Table => println!("{}", render::definitions(&defs)),
@@ -719,6 +799,21 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+async fn breaker(cli: &Cli, cmd: &BreakerCommand) -> anyhow::Result<i32> {
+    let client = client(cli).await?;
+    let services = match cmd {
+        BreakerCommand::List => client.breakers().await?,
+        BreakerCommand::Status { name } => vec![client.breaker(name).await?],
+        BreakerCommand::Reset { name } => vec![client.reset_breaker(name).await?],
+    };
+    match (cli.output, cmd) {
+        (Output::Json, BreakerCommand::List) => print_json(&services)?,
+        (Output::Json, _) => print_json(&services[0])?,
+        (Output::Table, _) => println!("{}", render::breakers(&services)),
+    }
+    Ok(0)
 }
 
 fn read_input(input: &str) -> anyhow::Result<serde_json::Value> {
@@ -764,6 +859,11 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
                         println!("{}", reply.saga_id);
                         if !reply.created {
                             eprintln!("(existing saga for this idempotency key)");
+                        }
+                        if reply.queued {
+                            eprintln!(
+                                "(queued: a concurrency limit is reached; it starts when room frees)"
+                            );
                         }
                     }
                 }
@@ -903,8 +1003,9 @@ mod tests {
             let value = match *key {
                 "nats.url" => "nats://flag:4222",
                 "nats.tls.required" => "true",
-                "max_payload" | "batch_size" | "replicas" => "3000",
+                "max_payload" | "batch_size" | "replicas" | "max_running_sagas" => "3000",
                 "duplicate_window" | "ack_wait" => "5s",
+                "retention" => "3d",
                 "http_listen" => "127.0.0.1:0",
                 "log_format" => "json",
                 "log" => "debug",

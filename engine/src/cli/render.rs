@@ -1,7 +1,6 @@
 //! Human output of the CLI: status tables and progress lines.
 
-use crate::api::{SagaDetail, SagaSummary};
-use crate::saga::definition::SagaDefinition;
+use crate::api::{DefinitionListing, SagaDetail, SagaSummary};
 use crate::saga::state::{AttemptOutcome, Millis, SagaStatus, StepState};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use jetsaga_worker::protocol::TaskKind;
@@ -79,6 +78,11 @@ pub(super) fn saga(detail: &SagaDetail) -> String {
     );
     if let Some(r) = reason(&s.status) {
         out.push_str(&format!("reason    {r}\n"));
+    }
+    if let Some(position) = detail.queue_position {
+        out.push_str(&format!(
+            "queued    position {position} in the start queue (a concurrency limit is reached; it starts when room frees)\n"
+        ));
     }
     if s.generation > 0 {
         out.push_str(&format!(
@@ -160,12 +164,13 @@ pub(super) fn summaries(sagas: &[SagaSummary]) -> String {
 }
 
 /// A definitions listing.
-pub(super) fn definitions(defs: &[SagaDefinition]) -> String {
+pub(super) fn definitions(defs: &[DefinitionListing]) -> String {
     let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(vec!["saga", "version", "steps", "services", "timeout"]);
-    for d in defs {
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "saga", "version", "steps", "services", "timeout", "triggers", "policy", "here",
+    ]);
+    for listing in defs {
+        let d = &listing.definition;
         let mut services: Vec<&str> = d.steps.iter().map(|s| s.service.as_str()).collect();
         services.sort_unstable();
         services.dedup();
@@ -177,6 +182,179 @@ pub(super) fn definitions(defs: &[SagaDefinition]) -> String {
             d.timeout
                 .map(|t| humantime::format_duration(t).to_string())
                 .unwrap_or_else(|| "-".into()),
+            if d.triggers.is_empty() {
+                "-".into()
+            } else {
+                d.triggers
+                    .iter()
+                    .map(|t| t.subject.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            d.policy.summary(),
+            if listing.enabled {
+                "enabled".into()
+            } else {
+                "disabled".into()
+            },
+        ]);
+    }
+    table.to_string()
+}
+
+/// The start-up order of `deps resolve`: a table in order with each
+/// service's level (services of one level can start in parallel), or why
+/// there is none.
+pub(super) fn deps_order(report: &crate::deps::Resolution) -> String {
+    use crate::deps::HealthOutcome;
+    let Some(order) = &report.order else {
+        let mut out = String::from("no start-up order: the dependencies form a cycle\n");
+        if !report.unordered.is_empty() {
+            out.push_str(&format!(
+                "waiting on the cycle: {}\n",
+                report.unordered.join(", ")
+            ));
+        }
+        return out;
+    };
+    let levels = report.levels.as_ref().map_or(0, Vec::len);
+    let mut out = format!(
+        "start-up order: {} services in {levels} levels\n",
+        order.len()
+    );
+    let mut header = vec!["#", "level", "service", "version", "depends on"];
+    if report.health.is_some() {
+        header.push("health");
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for (position, name) in order.iter().enumerate() {
+        let Some(service) = report.service(name) else {
+            continue;
+        };
+        let level = report
+            .levels
+            .iter()
+            .flatten()
+            .position(|l| l.contains(name))
+            .map(|l| l.to_string())
+            .unwrap_or_default();
+        let depends_on: Vec<String> = service
+            .depends_on
+            .iter()
+            .map(|d| {
+                let mut text = d.name.clone();
+                if let Some(req) = &d.version {
+                    text.push_str(&format!(" {req}"));
+                }
+                if d.optional {
+                    text.push_str(" (optional)");
+                }
+                text
+            })
+            .collect();
+        let mut row = vec![
+            (position + 1).to_string(),
+            level,
+            name.clone(),
+            service.version.to_string(),
+            depends_on.join(", "),
+        ];
+        if let Some(checks) = &report.health {
+            row.push(match checks.iter().find(|c| &c.service == name) {
+                None => "-".into(),
+                Some(c) => match &c.outcome {
+                    HealthOutcome::Healthy { status, elapsed_ms } => {
+                        format!("ok ({status}, {elapsed_ms}ms)")
+                    }
+                    HealthOutcome::Unhealthy { .. } => "FAILED".into(),
+                },
+            });
+        }
+        table.add_row(row);
+    }
+    out.push_str(&table.to_string());
+    out.push('\n');
+    out
+}
+
+/// The verdict of `deps validate` when there is no error.
+pub(super) fn deps_ok(report: &crate::deps::Resolution) -> String {
+    if report.has_errors() {
+        return String::new();
+    }
+    format!(
+        "ok: {} services, start-up order in {} levels\n",
+        report.services.len(),
+        report.levels.as_ref().map_or(0, Vec::len)
+    )
+}
+
+/// The problems of `deps resolve` / `deps validate`, one a line with its
+/// code, then a count.
+pub(super) fn deps_problems(report: &crate::deps::Resolution) -> String {
+    let mut out = String::new();
+    let (mut errors, mut notes) = (0, 0);
+    for problem in &report.problems {
+        let severity = if problem.is_error() {
+            errors += 1;
+            "error"
+        } else {
+            notes += 1;
+            "note"
+        };
+        out.push_str(&format!("{severity}[{}]: {problem}\n", problem.code()));
+    }
+    if errors > 0 {
+        out.push_str(&format!("{errors} error(s), {notes} note(s)\n"));
+    }
+    out
+}
+
+/// Services with their breaker state, held and in-flight tasks, and policy
+/// (`jetsaga breaker list|status|reset`).
+pub(super) fn breakers(services: &[crate::admission::ServiceStatus]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "service",
+        "breaker",
+        "since",
+        "failures",
+        "held",
+        "in flight",
+        "max in flight",
+        "breaker config",
+    ]);
+    for s in services {
+        let state = match (s.state.as_str(), s.half_opens_at) {
+            ("open", Some(at)) => format!("open (probe at {})", time(at)),
+            ("half_open", _) => format!(
+                "half_open ({} ok{})",
+                s.successes,
+                if s.probe_in_flight { ", probe out" } else { "" }
+            ),
+            (state, _) => state.to_string(),
+        };
+        table.add_row(vec![
+            s.service.clone(),
+            state,
+            s.since.map_or_else(|| "-".into(), time),
+            s.failures.to_string(),
+            s.held.to_string(),
+            s.in_flight.to_string(),
+            s.max_in_flight
+                .map_or_else(|| "-".into(), |n| n.to_string()),
+            s.circuit_breaker.as_ref().map_or_else(
+                || "-".into(),
+                |c| {
+                    format!(
+                        "open after {} failures, close after {} probes, probe after {}",
+                        c.failure_threshold,
+                        c.success_threshold,
+                        humantime::format_duration(c.open_timeout)
+                    )
+                },
+            ),
         ]);
     }
     table.to_string()

@@ -4,6 +4,7 @@
 
 use super::nats::{Nkey, Secret};
 use super::{Config, ConfigError, LogFormat};
+use crate::retention::Retention;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +29,8 @@ pub struct Layer {
     pub data_dir: Option<PathBuf>,
     /// `definitions` (replaces, does not extend, what lower layers gave).
     pub definitions: Option<Vec<PathBuf>>,
+    /// `environment`.
+    pub environment: Option<String>,
     /// `max_payload`.
     pub max_payload: Option<usize>,
     /// `duplicate_window`.
@@ -38,8 +41,12 @@ pub struct Layer {
     pub ack_wait: Option<Duration>,
     /// `batch_size`.
     pub batch_size: Option<usize>,
+    /// `max_running_sagas`: a count, `0` for unlimited.
+    pub max_running_sagas: Option<u32>,
     /// `replicas`.
     pub replicas: Option<usize>,
+    /// `retention`: a duration, or `off`.
+    pub retention: Option<Retention>,
     /// `http_listen`: `HOST:PORT`, or `off`.
     pub http_listen: Option<String>,
     /// `log_format`.
@@ -213,11 +220,14 @@ impl Layer {
                     .map(PathBuf::from)
                     .collect()
             }),
+            environment: env.string("environment"),
             max_payload: env.parse("max_payload")?,
             duplicate_window: env.parse_with("duplicate_window", duration)?,
             ack_wait: env.parse_with("ack_wait", duration)?,
             batch_size: env.parse("batch_size")?,
+            max_running_sagas: env.parse("max_running_sagas")?,
             replicas: env.parse("replicas")?,
+            retention: env.parse("retention")?,
             http_listen: env.string("http_listen"),
             log_format: env.parse_with("log_format", log_format)?,
             log: env.string("log"),
@@ -307,6 +317,11 @@ impl Layer {
         set!("prefix", config.prefix, self.prefix);
         set!("data_dir", config.data_dir, self.data_dir);
         set!("definitions", config.definitions, self.definitions);
+        set!(
+            "environment",
+            config.environment,
+            self.environment.map(|env| Some(env.trim().to_string()))
+        );
         set!("max_payload", config.max_payload, self.max_payload);
         set!(
             "duplicate_window",
@@ -315,7 +330,13 @@ impl Layer {
         );
         set!("ack_wait", config.ack_wait, self.ack_wait);
         set!("batch_size", config.batch_size, self.batch_size);
+        set!(
+            "max_running_sagas",
+            config.max_running_sagas,
+            self.max_running_sagas.map(|n| (n > 0).then_some(n))
+        );
         set!("replicas", config.replicas, self.replicas);
+        set!("retention", config.retention, self.retention);
         set!(
             "http_listen",
             config.http_listen,

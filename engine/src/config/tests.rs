@@ -32,7 +32,8 @@ fn sample(key: &str, which: u8) -> String {
         "nats.tls.required" => "true".into(),
         "max_payload" => format!("{}", 2048 + u32::from(which)),
         "duplicate_window" | "ack_wait" => format!("{}s", 30 + which),
-        "batch_size" | "replicas" => format!("{}", 2 + which),
+        "retention" => format!("{}h", 1 + which),
+        "batch_size" | "replicas" | "max_running_sagas" => format!("{}", 2 + which),
         "http_listen" => format!("127.0.0.1:{}", 9000 + u32::from(which)),
         "log_format" => "json".into(),
         "log" => format!("debug,x{which}=trace"),
@@ -111,7 +112,8 @@ fn every_key_can_be_set_in_a_file() {
         let value = sample(key, 1);
         let value = match *key {
             "definitions" => format!("[{value:?}]"),
-            "nats.tls.required" | "max_payload" | "batch_size" | "replicas" => value,
+            "nats.tls.required" | "max_payload" | "batch_size" | "replicas"
+            | "max_running_sagas" => value,
             _ => format!("{value:?}"),
         };
         // Flow mappings, one line per key: `{nats: {tls: {ca: "x"}}}`.

@@ -6,6 +6,10 @@
 //! sagas:
 //!   deploy_environment:
 //!     timeout: 10m                 # optional: no saga timeout when absent
+//!     triggers:                    # optional: each message on a subject starts one saga
+//!       - subject: deployments.requested
+//!         input: { environment: /data/environment }  # optional: field -> JSON pointer / dotted path
+//!     policy: { environments: [staging, production] } # optional: or { enabled: false }
 //!     steps:
 //!       - id: register_manifest
 //!         service: manifest        # the work queue
@@ -46,6 +50,10 @@
 //! | `E-DEF-DUPLICATE-STEP` | two steps of a saga share an id |
 //! | `E-DEF-UNKNOWN-DEPENDENCY` | `depends_on` names a step that does not exist |
 //! | `E-DEF-CYCLE` | the dependencies form a cycle (a step depending on itself included) |
+//! | `E-DEF-TRIGGER` | a trigger's subject is not a valid NATS subject, is repeated, or its `input` mapping has an empty field name or an invalid JSON pointer / dotted path |
+//! | `E-DEF-POLICY` | a saga `policy` lists no environment, an invalid one, or one twice |
+//! | `E-DEF-LIMIT` | `max_running` is not a positive whole number |
+//! | `E-DEF-SERVICE` | a service policy under `services:` is invalid (see [`ServicePolicy`]) |
 //! | `E-DEF-MANY` | several of the above; see [`DefinitionError::errors`] |
 
 use serde::de::{self, MapAccess, Visitor};
@@ -72,6 +80,17 @@ pub struct SagaDefinition {
     pub timeout: Option<Duration>,
     /// Steps in file order. Indexes into this vector are step indexes.
     pub steps: Vec<StepDefinition>,
+    /// Subjects whose messages each start one saga (see [`crate::triggers`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
+    /// Whether and where sagas of this definition may start.
+    #[serde(default, skip_serializing_if = "SagaPolicy::is_default")]
+    pub policy: SagaPolicy,
+    /// Most sagas of this definition running (or compensating) at once;
+    /// more starts wait in the durable start queue ([`crate::limits`]).
+    /// Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
 }
 
 /// One step of a saga.
@@ -232,6 +251,9 @@ pub const DEFAULT_POLICY_NAME: &str = "default";
 pub struct DefinitionFile {
     /// The file's sagas, sorted by name, each with `version` 0 (the store assigns versions).
     pub sagas: Vec<SagaDefinition>,
+    /// The file's service policies (`services:`), sorted by service name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServicePolicy>,
 }
 
 impl DefinitionFile {
@@ -379,6 +401,11 @@ pub fn validate_in(source_name: &str, def: &SagaDefinition) -> Result<(), Defini
         .collect();
     if let Some(cycle) = find_cycle(&deps) {
         errs.push(cycle_error(&saga, &cycle, &labels));
+    }
+    check_triggers(&saga, &def.triggers, &mut errs);
+    check_saga_policy(&saga, &def.policy, &mut errs);
+    if def.max_running == Some(0) {
+        errs.push(invalid_limit(&saga, "0"));
     }
     DefinitionError::collect(errs)
 }
@@ -599,6 +626,45 @@ pub enum DefinitionError {
         /// Step ids along the cycle, first repeated at the end.
         path: Vec<String>,
     },
+    /// A trigger is invalid (`E-DEF-TRIGGER`): its subject, or its `input` mapping.
+    #[error("{place}: {reason}")]
+    InvalidTrigger {
+        /// Where (`triggers[i].subject`, `triggers[i].input.<field>`).
+        place: Box<Place>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A saga `policy` is invalid (`E-DEF-POLICY`).
+    #[error("{place}: {reason}")]
+    InvalidSagaPolicy {
+        /// Where (`policy.environments`).
+        place: Box<Place>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `max_running` is not a positive whole number (`E-DEF-LIMIT`).
+    #[error("{place}: {reason}")]
+    InvalidLimit {
+        /// Where (`max_running`).
+        place: Box<Place>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A service policy under `services:` is invalid (`E-DEF-SERVICE`).
+    #[error(
+        "{source_name}: service `{}`: field `{field}`: {reason}",
+        Escaped(service)
+    )]
+    InvalidService {
+        /// The file.
+        source_name: String,
+        /// The service.
+        service: String,
+        /// The field (`max_in_flight`, `circuit_breaker.open_timeout`, ...).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Several problems, in file order (`E-DEF-MANY`); displays one per line.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Many(Vec<DefinitionError>),
@@ -643,6 +709,10 @@ impl DefinitionError {
             DefinitionError::UnknownDependency { .. }
             | DefinitionError::DependencyOutOfRange { .. } => "E-DEF-UNKNOWN-DEPENDENCY",
             DefinitionError::Cycle { .. } => "E-DEF-CYCLE",
+            DefinitionError::InvalidTrigger { .. } => "E-DEF-TRIGGER",
+            DefinitionError::InvalidSagaPolicy { .. } => "E-DEF-POLICY",
+            DefinitionError::InvalidLimit { .. } => "E-DEF-LIMIT",
+            DefinitionError::InvalidService { .. } => "E-DEF-SERVICE",
             DefinitionError::Many(_) => "E-DEF-MANY",
         }
     }
@@ -667,9 +737,13 @@ impl DefinitionError {
             | DefinitionError::DuplicateStep { place, .. }
             | DefinitionError::UnknownDependency { place, .. }
             | DefinitionError::DependencyOutOfRange { place, .. }
-            | DefinitionError::Cycle { place, .. } => Some(place.as_ref()),
+            | DefinitionError::Cycle { place, .. }
+            | DefinitionError::InvalidTrigger { place, .. }
+            | DefinitionError::InvalidSagaPolicy { place, .. }
+            | DefinitionError::InvalidLimit { place, .. } => Some(place.as_ref()),
             DefinitionError::Io { .. }
             | DefinitionError::Parse { .. }
+            | DefinitionError::InvalidService { .. }
             | DefinitionError::Many(_) => None,
         }
     }
@@ -694,6 +768,8 @@ struct RawFile {
     sagas: Entries<RawSaga>,
     #[serde(default)]
     retry_policies: Option<Entries<RawPolicy>>,
+    #[serde(default)]
+    services: Option<Entries<RawService>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -702,6 +778,14 @@ struct RawSaga {
     #[serde(default)]
     timeout: Option<RawDuration>,
     steps: Vec<RawStep>,
+    #[serde(default)]
+    triggers: Vec<RawTrigger>,
+    #[serde(default)]
+    policy: Option<RawSagaPolicy>,
+    /// Wider than the model's `u32` so that zero or a negative count is
+    /// reported by validation, naming the field.
+    #[serde(default)]
+    max_running: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -951,9 +1035,10 @@ fn build_file(source_name: &str, raw: RawFile) -> Result<DefinitionFile, Definit
             sagas.push(saga);
         }
     }
+    let services = build_services(source_name, raw.services, &mut errs);
     DefinitionError::collect(errs)?;
     sagas.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(DefinitionFile { sagas })
+    Ok(DefinitionFile { sagas, services })
 }
 
 struct RetryContext {
@@ -1078,13 +1163,38 @@ fn build_saga(
     if let Some(cycle) = find_cycle(&deps) {
         errs.push(cycle_error(saga, &cycle, &labels));
     }
+    let triggers = build_triggers(raw.triggers);
+    let policy = build_saga_policy(saga, raw.policy, errs);
+    check_triggers(saga, &triggers, errs);
+    check_saga_policy(saga, &policy, errs);
+    let max_running = raw.max_running.and_then(|n| match u32::try_from(n) {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            errs.push(invalid_limit(saga, &n.to_string()));
+            None
+        }
+    });
 
     (errs.len() == before).then_some(SagaDefinition {
         name,
         version: 0,
         timeout,
         steps,
+        triggers,
+        policy,
+        max_running,
     })
+}
+
+/// `max_running` of saga `saga` is `value`, which is not a positive `u32`.
+fn invalid_limit(saga: &Place, value: &str) -> DefinitionError {
+    DefinitionError::InvalidLimit {
+        place: Box::new(saga.field("max_running")),
+        reason: format!(
+            "max_running is {value}; it must be a whole number from 1 to {} (leave it out for no limit)",
+            u32::MAX
+        ),
+    }
 }
 
 /// Builds a policy from its raw form (missing fields from
@@ -1405,6 +1515,607 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+// ---------------------------------------------------------------------------
+// Triggers and policies
+// ---------------------------------------------------------------------------
+
+/// A trigger of a saga definition: every message on `subject` starts one
+/// saga, deduplicated by the event's id (see [`crate::triggers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Trigger {
+    /// NATS subject; `*` matches one token, a final `>` the rest.
+    pub subject: String,
+    /// Saga input field → where its value is in the message body: a JSON
+    /// pointer (`/data/id`) or a dotted path (`data.id`). Absent: the input
+    /// is the CloudEvent's `data` for a CloudEvent, else the whole body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Whether and where sagas of a definition may start: capability by
+/// design, optional by policy. Sagas already running are not affected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SagaPolicy {
+    /// `false`: no new saga of this definition starts, through any door.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// When not empty, new sagas start only in an engine whose configured
+    /// `environment` is one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for SagaPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            environments: Vec::new(),
+        }
+    }
+}
+
+impl SagaPolicy {
+    /// Whether this is the default policy (enabled everywhere).
+    pub fn is_default(&self) -> bool {
+        *self == SagaPolicy::default()
+    }
+
+    /// Why a new saga `saga` may not start in an engine whose environment
+    /// is `environment`, or `None` when it may.
+    pub fn refusal(&self, saga: &str, environment: Option<&str>) -> Option<String> {
+        let here = match environment {
+            Some(env) => format!("this engine's environment is `{env}`"),
+            None => "this engine has no environment set".to_string(),
+        };
+        if !self.enabled {
+            return Some(format!(
+                "saga `{saga}` is disabled by its policy (policy.enabled: false; {here}); set `enabled: true` in its definition and apply it again"
+            ));
+        }
+        if self.environments.is_empty() {
+            return None;
+        }
+        let listed = self.environments.join(", ");
+        match environment {
+            Some(env) if self.environments.iter().any(|e| e == env) => None,
+            Some(env) => Some(format!(
+                "saga `{saga}` is disabled in environment `{env}` by its policy (policy.environments: [{listed}]); start it in an engine of one of those environments, or add `{env}` to the list"
+            )),
+            None => Some(format!(
+                "saga `{saga}` may only start in the environments [{listed}] (policy.environments), and this engine has no environment set; set `environment` in the engine configuration (JETSAGA_ENVIRONMENT, --environment)"
+            )),
+        }
+    }
+
+    /// A short description for listings: `enabled`, `disabled` or
+    /// `environments: a, b`.
+    pub fn summary(&self) -> String {
+        if !self.enabled {
+            "disabled".into()
+        } else if self.environments.is_empty() {
+            "enabled".into()
+        } else {
+            format!("environments: {}", self.environments.join(", "))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    subject: String,
+    #[serde(default)]
+    input: Option<Entries<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSagaPolicy {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    environments: Option<Vec<String>>,
+}
+
+fn build_triggers(raw: Vec<RawTrigger>) -> Vec<Trigger> {
+    raw.into_iter()
+        .map(|t| Trigger {
+            subject: t.subject,
+            input: t.input.map(|e| e.0.into_iter().collect()),
+        })
+        .collect()
+}
+
+fn build_saga_policy(
+    saga: &Place,
+    raw: Option<RawSagaPolicy>,
+    errs: &mut Vec<DefinitionError>,
+) -> SagaPolicy {
+    let raw = raw.unwrap_or(RawSagaPolicy {
+        enabled: None,
+        environments: None,
+    });
+    if raw.environments.as_ref().is_some_and(Vec::is_empty) {
+        errs.push(DefinitionError::InvalidSagaPolicy {
+            place: Box::new(saga.field("policy.environments")),
+            reason: "the list is empty; name at least one environment, or remove `environments` to allow every one".into(),
+        });
+    }
+    SagaPolicy {
+        enabled: raw.enabled.unwrap_or(true),
+        environments: raw.environments.unwrap_or_default(),
+    }
+}
+
+/// Checks that `subject` is a NATS subject a trigger may listen on: dot
+/// separated non-empty tokens without whitespace, `*` and `>` only as whole
+/// tokens, `>` only last, not a `$` system subject, not `>` alone.
+pub fn validate_trigger_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("the subject is empty".into());
+    }
+    if subject.len() > 255 {
+        return Err(format!(
+            "the subject is {} bytes long; at most 255",
+            subject.len()
+        ));
+    }
+    if subject.starts_with('$') {
+        return Err(format!(
+            "`{}` is a system subject; triggers listen on application subjects",
+            Escaped(subject)
+        ));
+    }
+    if subject == ">" {
+        return Err("`>` alone would capture every message; name the subjects".into());
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(format!(
+                "`{}` has an empty token (a leading, trailing or double dot)",
+                Escaped(subject)
+            ));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("`{}` contains whitespace", Escaped(subject)));
+        }
+        if token.len() > 1 && (token.contains('*') || token.contains('>')) {
+            return Err(format!(
+                "`{}`: the wildcards `*` and `>` must be whole tokens",
+                Escaped(subject)
+            ));
+        }
+        if *token == ">" && i + 1 != tokens.len() {
+            return Err(format!(
+                "`{}`: `>` may only be the last token",
+                Escaped(subject)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The JSON pointer a trigger's `input` path stands for: a path starting
+/// with `/` (or empty, the whole body) is one already; a dotted path
+/// (`data.id`, `data.items.0`) is turned into one.
+pub fn input_pointer(path: &str) -> Result<String, String> {
+    if path.is_empty() || path.starts_with('/') {
+        let mut chars = path.chars();
+        while let Some(c) = chars.next() {
+            if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+                return Err(format!(
+                    "`{}` is not a JSON pointer: `~` must be followed by 0 or 1",
+                    Escaped(path)
+                ));
+            }
+        }
+        return Ok(path.to_string());
+    }
+    let mut pointer = String::new();
+    for segment in path.split('.') {
+        if segment.is_empty() {
+            return Err(format!(
+                "`{}` has an empty segment; write `data.id` or a JSON pointer such as `/data/id`",
+                Escaped(path)
+            ));
+        }
+        pointer.push('/');
+        pointer.push_str(&segment.replace('~', "~0").replace('/', "~1"));
+    }
+    Ok(pointer)
+}
+
+fn check_triggers(saga: &Place, triggers: &[Trigger], errs: &mut Vec<DefinitionError>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, trigger) in triggers.iter().enumerate() {
+        let field = |f: &str| Box::new(saga.field(&format!("triggers[{i}].{f}")));
+        if let Err(reason) = validate_trigger_subject(&trigger.subject) {
+            errs.push(DefinitionError::InvalidTrigger {
+                place: field("subject"),
+                reason,
+            });
+        }
+        if let Some(first) = seen.insert(&trigger.subject, i) {
+            errs.push(DefinitionError::InvalidTrigger {
+                place: field("subject"),
+                reason: format!(
+                    "subject `{}` is already the subject of triggers[{first}]; list each subject once",
+                    Escaped(&trigger.subject)
+                ),
+            });
+        }
+        let Some(input) = &trigger.input else {
+            continue;
+        };
+        if input.is_empty() {
+            errs.push(DefinitionError::InvalidTrigger {
+                place: field("input"),
+                reason: "the mapping is empty; map at least one input field, or remove `input` to pass the event's data".into(),
+            });
+        }
+        for (name, path) in input {
+            if name.is_empty() {
+                errs.push(DefinitionError::InvalidTrigger {
+                    place: field("input"),
+                    reason: "an input field name is empty".into(),
+                });
+            }
+            if let Err(reason) = input_pointer(path) {
+                errs.push(DefinitionError::InvalidTrigger {
+                    place: field(&format!("input.{name}")),
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+fn check_saga_policy(saga: &Place, policy: &SagaPolicy, errs: &mut Vec<DefinitionError>) {
+    let place = || Box::new(saga.field("policy.environments"));
+    let mut seen = std::collections::HashSet::new();
+    for env in &policy.environments {
+        if let Err(reason) = validate_token(env) {
+            errs.push(DefinitionError::InvalidSagaPolicy {
+                place: place(),
+                reason: format!("invalid environment `{}`: {reason}", Escaped(env)),
+            });
+        }
+        if !seen.insert(env.as_str()) {
+            errs.push(DefinitionError::InvalidSagaPolicy {
+                place: place(),
+                reason: format!("environment `{}` is listed twice", Escaped(env)),
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Service policies (`services:`): circuit breakers and in-flight limits
+// ---------------------------------------------------------------------------
+
+/// `circuit_breaker.failure_threshold` when a file leaves it out.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// `circuit_breaker.success_threshold` when a file leaves it out.
+pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+/// `circuit_breaker.open_timeout` when a file leaves it out.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the engine lets through to one service ([`crate::admission`]):
+///
+/// ```yaml
+/// services:
+///   payments:
+///     max_in_flight: 8          # optional: no limit when absent
+///     circuit_breaker:          # optional: no breaker when absent
+///       failure_threshold: 5    # consecutive failures that open it (default 5)
+///       success_threshold: 2    # successful probes that close it (default 1)
+///       open_timeout: 30s       # open this long before a probe (default 30s)
+/// ```
+///
+/// A policy is stored per service; applying a file that names a service
+/// replaces that service's policy (latest applied wins), services it does
+/// not name keep theirs. A service written with no fields (`payments: {}`)
+/// clears its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServicePolicy {
+    /// Service name (the work queue; a subject token).
+    pub service: String,
+    /// Most tasks of the service dispatched and not ended; more are held
+    /// durably and dispatched in order as room frees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// The service's circuit breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<BreakerConfig>,
+}
+
+/// A service's circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BreakerConfig {
+    /// Consecutive failed attempts (error or timeout) that open it; at least 1.
+    pub failure_threshold: u32,
+    /// Successful probes in a row that close it again; at least 1.
+    pub success_threshold: u32,
+    /// How long it stays open before a probe goes out (milliseconds in JSON).
+    #[serde(with = "humantime_millis")]
+    #[schema(value_type = u64)]
+    pub open_timeout: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    /// Wide, so that a negative or zero limit is reported naming the field.
+    #[serde(default)]
+    max_in_flight: Option<i64>,
+    #[serde(default)]
+    circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    #[serde(default)]
+    failure_threshold: Option<i64>,
+    #[serde(default)]
+    success_threshold: Option<i64>,
+    #[serde(default)]
+    open_timeout: Option<RawDuration>,
+}
+
+fn build_services(
+    source_name: &str,
+    raw: Option<Entries<RawService>>,
+    errs: &mut Vec<DefinitionError>,
+) -> Vec<ServicePolicy> {
+    let mut out = Vec::new();
+    for (service, raw) in raw.map(|e| e.0).unwrap_or_default() {
+        let mut problems = Vec::new();
+        let mut bad = |field: &str, reason: String| {
+            problems.push(DefinitionError::InvalidService {
+                source_name: source_name.to_owned(),
+                service: service.clone(),
+                field: field.to_owned(),
+                reason,
+            })
+        };
+        if let Err(reason) = validate_token(&service) {
+            bad("name", format!("invalid service name: {reason}"));
+        }
+        let count =
+            |field: &str, value: i64, bad: &mut dyn FnMut(&str, String)| match u32::try_from(value)
+            {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    bad(
+                        field,
+                        format!(
+                            "{value} is out of range; use a whole number from 1 to {}",
+                            u32::MAX
+                        ),
+                    );
+                    None
+                }
+            };
+        let max_in_flight = raw
+            .max_in_flight
+            .and_then(|v| count("max_in_flight", v, &mut bad));
+        let circuit_breaker = raw.circuit_breaker.map(|b| {
+            let failure_threshold = b
+                .failure_threshold
+                .map_or(Some(DEFAULT_FAILURE_THRESHOLD), |v| {
+                    count("circuit_breaker.failure_threshold", v, &mut bad)
+                });
+            let success_threshold = b
+                .success_threshold
+                .map_or(Some(DEFAULT_SUCCESS_THRESHOLD), |v| {
+                    count("circuit_breaker.success_threshold", v, &mut bad)
+                });
+            let open_timeout = match b.open_timeout {
+                None => Some(DEFAULT_OPEN_TIMEOUT),
+                Some(raw) => {
+                    let mut duration_errs = Vec::new();
+                    let place = Place::new(source_name).field("circuit_breaker.open_timeout");
+                    let d = resolve_duration(&place, raw, false, &mut duration_errs);
+                    for e in duration_errs {
+                        let reason = match e {
+                            DefinitionError::InvalidDuration { reason, .. } => reason,
+                            other => other.to_string(),
+                        };
+                        bad("circuit_breaker.open_timeout", reason);
+                    }
+                    d
+                }
+            };
+            (failure_threshold, success_threshold, open_timeout)
+        });
+        if !problems.is_empty() {
+            errs.extend(problems);
+            continue;
+        }
+        let circuit_breaker = match circuit_breaker {
+            Some((Some(failure_threshold), Some(success_threshold), Some(open_timeout))) => {
+                Some(BreakerConfig {
+                    failure_threshold,
+                    success_threshold,
+                    open_timeout,
+                })
+            }
+            _ => None,
+        };
+        out.push(ServicePolicy {
+            service,
+            max_in_flight,
+            circuit_breaker,
+        });
+    }
+    out.sort_by(|a, b| a.service.cmp(&b.service));
+    out
+}
+
+/// Re-validates service policies that arrived already built (over the
+/// wire); errors name the source `request`.
+pub fn validate_services(services: &[ServicePolicy]) -> Result<(), DefinitionError> {
+    let mut errs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in services {
+        let mut bad = |field: &str, reason: String| {
+            errs.push(DefinitionError::InvalidService {
+                source_name: REQUEST_SOURCE.to_owned(),
+                service: p.service.clone(),
+                field: field.to_owned(),
+                reason,
+            })
+        };
+        if let Err(reason) = validate_token(&p.service) {
+            bad("name", format!("invalid service name: {reason}"));
+        }
+        if !seen.insert(p.service.as_str()) {
+            bad("name", "the service is named twice".into());
+        }
+        if p.max_in_flight == Some(0) {
+            bad("max_in_flight", "0 is out of range; use at least 1".into());
+        }
+        if let Some(b) = &p.circuit_breaker {
+            if b.failure_threshold == 0 {
+                bad(
+                    "circuit_breaker.failure_threshold",
+                    "0 is out of range; use at least 1".into(),
+                );
+            }
+            if b.success_threshold == 0 {
+                bad(
+                    "circuit_breaker.success_threshold",
+                    "0 is out of range; use at least 1".into(),
+                );
+            }
+            let place = Place::new(REQUEST_SOURCE).field("circuit_breaker.open_timeout");
+            let mut duration_errs = Vec::new();
+            if !check_duration(&place, b.open_timeout, false, &mut duration_errs) {
+                for e in duration_errs {
+                    bad("circuit_breaker.open_timeout", e.to_string());
+                }
+            }
+        }
+    }
+    DefinitionError::collect(errs)
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+
+    fn parse(services: &str) -> Result<DefinitionFile, DefinitionError> {
+        let text = format!(
+            "sagas:\n  s:\n    steps:\n      - {{ id: a, service: pay, operation: op }}\nservices:\n{services}"
+        );
+        parse_str("f.yaml", &text, Format::Yaml)
+    }
+
+    #[test]
+    fn services_parse_with_defaults() {
+        let file = parse(
+            "  pay:\n    max_in_flight: 8\n    circuit_breaker: { failure_threshold: 3, open_timeout: 2s }\n  audit: {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.services,
+            vec![
+                ServicePolicy {
+                    service: "audit".into(),
+                    max_in_flight: None,
+                    circuit_breaker: None,
+                },
+                ServicePolicy {
+                    service: "pay".into(),
+                    max_in_flight: Some(8),
+                    circuit_breaker: Some(BreakerConfig {
+                        failure_threshold: 3,
+                        success_threshold: DEFAULT_SUCCESS_THRESHOLD,
+                        open_timeout: Duration::from_secs(2),
+                    }),
+                },
+            ]
+        );
+        validate_services(&file.services).unwrap();
+        let json = serde_json::to_value(&file.services[1]).unwrap();
+        assert_eq!(json["circuit_breaker"]["open_timeout"], 2000);
+        // A file without services keeps its JSON shape.
+        let plain = parse_str(
+            "f.yaml",
+            "sagas:\n  s:\n    steps:\n      - { id: a, service: pay, operation: op }\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        assert!(plain.to_json().get("services").is_none());
+    }
+
+    #[test]
+    fn bad_services_name_file_service_and_field() {
+        let e = parse(
+            "  pay:\n    max_in_flight: 0\n    circuit_breaker: { failure_threshold: -1, success_threshold: 0, open_timeout: soon }\n  \"bad.name\": {}\n",
+        )
+        .unwrap_err();
+        let messages: Vec<String> = e.errors().iter().map(|e| e.to_string()).collect();
+        assert!(
+            e.errors().iter().all(|e| e.code() == "E-DEF-SERVICE"),
+            "{messages:?}"
+        );
+        assert_eq!(messages.len(), 5, "{messages:?}");
+        assert!(
+            messages[0]
+                .starts_with("f.yaml: service `pay`: field `max_in_flight`: 0 is out of range"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].contains("field `circuit_breaker.failure_threshold`: -1"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[2].contains("field `circuit_breaker.success_threshold`"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[3].contains("field `circuit_breaker.open_timeout`: invalid duration"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[4].contains("service `bad.name`: field `name`"),
+            "{messages:?}"
+        );
+        // Unknown fields are parse errors, as everywhere in the file.
+        assert_eq!(
+            parse("  pay: { max_inflight: 2 }\n").unwrap_err().code(),
+            "E-DEF-PARSE"
+        );
+        // Built policies are checked again when they arrive over the wire.
+        let e = validate_services(&[
+            ServicePolicy {
+                service: "pay".into(),
+                max_in_flight: Some(0),
+                circuit_breaker: None,
+            },
+            ServicePolicy {
+                service: "pay".into(),
+                max_in_flight: None,
+                circuit_breaker: Some(BreakerConfig {
+                    failure_threshold: 1,
+                    success_threshold: 1,
+                    open_timeout: Duration::ZERO,
+                }),
+            },
+        ])
+        .unwrap_err();
+        assert_eq!(e.errors().len(), 3, "{e}");
+        assert!(e.to_string().starts_with("request: service `pay`"), "{e}");
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,9 @@
 //!         retry: RetryPolicy::default(),
 //!         depends_on: vec![],
 //!     }],
+//!     triggers: vec![],
+//!     policy: Default::default(),
+//!     max_running: None,
 //! };
 //! let inputs = Inputs { now: 1_000, random: 0.5 };
 //! let mut saga = new_saga("s-1".into(), &def, serde_json::json!({}), None, inputs.now);
@@ -368,6 +371,12 @@ impl Transition<'_> {
     /// `Cancel`: stop, with or without compensating what was done.
     fn cancel(&mut self, compensate: bool, reason: String) -> Result<(), Rejection> {
         self.check_not_terminal()?;
+        if self.saga.status == SagaStatus::Pending {
+            // Queued, never started (`crate::limits`): nothing ran, so there
+            // is nothing to compensate whatever was asked.
+            self.cancel_without_compensation(reason);
+            return Ok(());
+        }
         let compensating = matches!(self.saga.status, SagaStatus::Compensating { .. });
         match (compensate, compensating) {
             (true, true) => {
@@ -1132,6 +1141,9 @@ mod tests {
             version: 1,
             timeout,
             steps,
+            triggers: Vec::new(),
+            policy: Default::default(),
+            max_running: None,
         }
     }
 
@@ -2117,15 +2129,24 @@ mod tests {
     }
 
     #[test]
-    fn cancel_with_compensation_of_a_pending_saga_fails_it() {
-        let mut h = Harness::new(definition(chain(2), None));
-        let effects = h.cancel(true).unwrap();
-        assert!(effects.contains(&finished("failed")));
-        assert!(h.saga.steps.iter().all(|s| s.status == StepStatus::Skipped));
-        assert!(matches!(
-            h.apply(Event::Start),
-            Err(Rejection::NotApplicable(_))
-        ));
+    fn cancel_of_a_pending_saga_ends_it_cancelled_without_running_anything() {
+        // A pending saga is one waiting in the start queue (`crate::limits`):
+        // nothing ran, so compensating or not, it ends `cancelled`.
+        for compensate in [true, false] {
+            let mut h = Harness::new(definition(chain(2), Some(Duration::from_secs(60))));
+            let effects = h.cancel(compensate).unwrap();
+            assert!(dispatches(&effects).is_empty(), "{effects:?}");
+            assert!(effects.contains(&finished("cancelled")), "{effects:?}");
+            assert!(!effects.contains(&lifecycle(LifecycleEvent::SagaStarted)));
+            assert!(matches!(h.saga.status, SagaStatus::Cancelled { .. }));
+            assert!(h.saga.finished_at.is_some());
+            assert!(h.saga.steps.iter().all(|s| s.status == StepStatus::Skipped));
+            assert!(h.saga.steps.iter().all(|s| s.attempts.is_empty()));
+            assert!(matches!(
+                h.apply(Event::Start),
+                Err(Rejection::NotApplicable(_))
+            ));
+        }
     }
 
     #[test]
@@ -2800,6 +2821,9 @@ mod properties {
                         depends_on: (0..i).filter(|j| mask & (1 << j) != 0).collect(),
                     })
                     .collect(),
+                triggers: Vec::new(),
+                policy: Default::default(),
+                max_running: None,
             })
     }
 

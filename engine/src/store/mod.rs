@@ -94,6 +94,51 @@ pub struct Change {
     pub timers_add: Vec<TimerRow>,
     /// Timers to disarm, by saga and kind (a missing one is no error).
     pub timers_remove: Vec<(String, TimerKind)>,
+    /// Rows to add to the start queue, by enqueue sequence ([`crate::limits`]).
+    pub queue_add: Vec<(u64, QueuedRow)>,
+    /// Rows to remove from the start queue, by enqueue sequence (a missing
+    /// one is no error).
+    pub queue_remove: Vec<u64>,
+    /// Tasks to hold ([`crate::admission`]), by hold sequence.
+    pub held_add: Vec<(u64, HeldTask)>,
+    /// Held tasks to remove (released or dropped), by hold sequence (a
+    /// missing one is no error).
+    pub held_remove: Vec<u64>,
+    /// Circuit breakers to store, by service; `None` deletes the record.
+    pub breakers: Vec<(String, Option<crate::admission::BreakerState>)>,
+}
+
+/// A task held back by its service's circuit breaker or in-flight limit
+/// ([`crate::admission`]): the outbox row it becomes when released, and the
+/// attempt it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldTask {
+    /// The service whose queue it goes to.
+    pub service: String,
+    /// Saga id.
+    pub saga_id: String,
+    /// Step index.
+    pub step: usize,
+    /// Action or compensation.
+    pub kind: jetsaga_worker::protocol::TaskKind,
+    /// Attempt number.
+    pub attempt: u32,
+    /// The attempt's timeout, armed when the task is released (ms).
+    pub timeout_ms: u64,
+    /// The task message to publish.
+    pub message: OutboxMessage,
+}
+
+/// A saga waiting in the durable start queue for room under the concurrency
+/// limits ([`crate::limits`]). The saga itself is stored `pending`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRow {
+    /// The queued saga.
+    pub saga_id: String,
+    /// Its definition name (whose `max_running` applies).
+    pub saga: String,
+    /// When it was queued.
+    pub enqueued_at: Millis,
 }
 
 /// Which sagas to list. Every field is optional on the wire.
@@ -179,4 +224,36 @@ pub trait Store: Send + Sync + 'static {
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<TimerRow>, StoreError>;
     /// Number of armed timers.
     fn timers_len(&self) -> usize;
+
+    /// Up to `limit` ids of terminal sagas that finished at or before
+    /// `before`, earliest finished first: what retention prunes next
+    /// (`crate::retention`). Reads an index by finish time, so the cost
+    /// follows `limit`, not the number of stored sagas.
+    fn finished_before(&self, before: Millis, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Number of stored sagas, finished or not (kept in memory: cheap).
+    fn sagas_len(&self) -> usize;
+    /// Bytes the store's files take on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Every row of the start queue ([`crate::limits`]), by enqueue
+    /// sequence (the order sagas are admitted in).
+    fn queued(&self) -> Result<Vec<(u64, QueuedRow)>, StoreError>;
+    /// How many queued sagas are ahead of saga `id` in the start queue, plus
+    /// one (1 = next); `None` when it is not queued. Scans the queue up to it.
+    fn queue_position(&self, id: &str) -> Result<Option<usize>, StoreError>;
+
+    /// Every held task ([`crate::admission`]), by hold sequence.
+    fn held_tasks(&self) -> Result<Vec<(u64, HeldTask)>, StoreError>;
+    /// One held task.
+    fn held_task(&self, seq: u64) -> Result<Option<HeldTask>, StoreError>;
+    /// Every stored circuit breaker, by service.
+    fn breakers(&self) -> Result<Vec<(String, crate::admission::BreakerState)>, StoreError>;
+    /// Stores a service's policy, replacing the one it had (latest applied
+    /// wins). Returns whether it changed. Durable when it returns.
+    fn put_service_policy(
+        &self,
+        policy: &crate::saga::definition::ServicePolicy,
+    ) -> Result<bool, StoreError>;
+    /// Every service policy, by service.
+    fn service_policies(&self) -> Result<Vec<crate::saga::definition::ServicePolicy>, StoreError>;
 }

@@ -14,6 +14,17 @@
 //! | `outbox`            | seq u64                                  | [`OutboxMessage`] JSON |
 //! | `timers`            | due u64 ‖ saga id ‖ 0x00 ‖ timer JSON    | [`TimerRow`] JSON  |
 //! | `timer_index`       | saga id ‖ 0x00 ‖ timer JSON              | due u64            |
+//! | `finished`          | finished_at u64 ‖ saga id                | empty              |
+//! | `queued`            | enqueue seq u64                          | [`QueuedRow`] JSON |
+//! | `admission`         | `h` ‖ hold seq u64                       | [`super::HeldTask`] JSON |
+//! |                     | `b` ‖ service                            | breaker state JSON |
+//! | `service_policies`  | service                                  | service policy JSON |
+//!
+//! `finished` holds the terminal sagas by the time they finished (written in
+//! the transaction of the terminal transition, removed when the saga leaves
+//! the terminal state or is deleted), so pruning old finished sagas
+//! ([`Store::finished_before`]) reads only the rows it deletes. A store
+//! written before that tree existed gets it filled once at open.
 //!
 //! Saga ids are UUIDv7, so key order is creation order and listings walk the
 //! trees backwards for newest first. Outbox sequence numbers come from
@@ -23,7 +34,7 @@
 //! timer row counts in memory (counted once at open, then adjusted by every
 //! write).
 
-use super::{Applied, Change, OutboxMessage, SagaFilter, Store, StoreError, TimerRow};
+use super::{Applied, Change, OutboxMessage, QueuedRow, SagaFilter, Store, StoreError, TimerRow};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::state::{Millis, Saga, TimerKind};
 use futures::future::BoxFuture;
@@ -52,6 +63,9 @@ const SEP: u8 = 0x00;
 const MARKER_KEY: &[u8] = b"jetsaga.store.format";
 /// Value of the marker: the on-disk format of this module.
 const MARKER_FORMAT: &[u8] = b"1";
+/// Key of the record in sled's default tree saying that the `finished` tree
+/// is complete (stores written before it existed are backfilled at open).
+const FINISHED_INDEX_KEY: &[u8] = b"jetsaga.store.finished_index";
 
 /// [`super::Store`] on sled 0.34: one directory, one process at a time.
 pub struct SledStore {
@@ -66,6 +80,15 @@ pub struct SledStore {
     outbox: Tree,
     timers: Tree,
     timer_index: Tree,
+    finished: Tree,
+    /// The start queue of the concurrency limits (`crate::limits`).
+    queued: Tree,
+    /// Held tasks and circuit breakers ([`crate::admission`]).
+    admission: Tree,
+    /// Service policies ([`crate::saga::definition::ServicePolicy`]).
+    service_policies: Tree,
+    /// Rows in `sagas`.
+    saga_rows: AtomicUsize,
     /// Rows in `outbox`.
     outbox_rows: AtomicUsize,
     /// Rows in `timers`.
@@ -187,6 +210,11 @@ impl SledStore {
             outbox: tree("outbox")?,
             timers: tree("timers")?,
             timer_index: tree("timer_index")?,
+            finished: tree("finished")?,
+            queued: tree("queued")?,
+            admission: tree("admission")?,
+            service_policies: tree("service_policies")?,
+            saga_rows: AtomicUsize::new(0),
             outbox_rows: AtomicUsize::new(0),
             timer_rows: AtomicUsize::new(0),
             commit_lock: Mutex::new(()),
@@ -194,9 +222,48 @@ impl SledStore {
         };
         let outbox_rows = count(&store.outbox).map_err(open_error)?;
         let timer_rows = count(&store.timers).map_err(open_error)?;
+        // One `by_name` row per saga, and its rows are smaller than records.
+        let saga_rows = count(&store.by_name).map_err(open_error)?;
         store.outbox_rows.store(outbox_rows, Ordering::Relaxed);
         store.timer_rows.store(timer_rows, Ordering::Relaxed);
+        store.saga_rows.store(saga_rows, Ordering::Relaxed);
+        if store
+            .db
+            .get(FINISHED_INDEX_KEY)
+            .map_err(open_error)?
+            .is_none()
+        {
+            store.backfill_finished()?;
+        }
         Ok(store)
+    }
+
+    /// Fills the `finished` tree from the terminal sagas of a store written
+    /// before the tree existed, then marks it complete. Runs once.
+    fn backfill_finished(&self) -> Result<(), StoreError> {
+        let mut filled = 0usize;
+        for state in crate::metrics::TERMINAL_STATES {
+            let prefix = join(state.as_bytes(), b"");
+            for key in self.by_state.scan_prefix(&prefix).keys() {
+                let key = key?;
+                let id = &key[prefix.len()..];
+                if let Some(saga) = self.saga_by_key(id)?
+                    && let Some(finished) = finished_key(&saga)
+                {
+                    self.finished.insert(finished, &[])?;
+                    filled += 1;
+                }
+            }
+        }
+        self.db.insert(FINISHED_INDEX_KEY, b"1")?;
+        self.db.flush()?;
+        if filled > 0 {
+            tracing::info!(
+                sagas = filled,
+                "store: indexed finished sagas by finish time"
+            );
+        }
+        Ok(())
     }
 
     /// Loads the saga records of `ids`, in that order, keeping those that
@@ -289,6 +356,37 @@ fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     key
 }
 
+/// `finished_at u64 ‖ saga id`: the `finished` key of a terminal saga
+/// (`None` for one that is not terminal). A terminal saga always has
+/// `finished_at`; `updated_at` stands in should it lack one.
+fn finished_key(saga: &Saga) -> Option<Vec<u8>> {
+    if !saga.status.is_terminal() {
+        return None;
+    }
+    let at = saga.finished_at.unwrap_or(saga.updated_at);
+    let mut key = Vec::with_capacity(8 + saga.id.len());
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(saga.id.as_bytes());
+    Some(key)
+}
+
+/// Key of held task `seq` in the `admission` tree.
+fn held_key(seq: u64) -> Vec<u8> {
+    join_prefix(b'h', &seq.to_be_bytes())
+}
+
+/// Key of `service`'s breaker in the `admission` tree.
+fn breaker_key(service: &str) -> Vec<u8> {
+    join_prefix(b'b', service.as_bytes())
+}
+
+fn join_prefix(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(rest.len() + 1);
+    key.push(prefix);
+    key.extend_from_slice(rest);
+    key
+}
+
 fn definition_key(name: &str, version: u32) -> Vec<u8> {
     join(name.as_bytes(), &version.to_be_bytes())
 }
@@ -327,11 +425,11 @@ fn u32_of(tree: &str, key: &[u8], bytes: &[u8]) -> Result<u32, StoreError> {
 fn printable(tree: &str, key: &[u8]) -> String {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).replace('\0', "/");
     let shown = match tree {
-        "outbox" => match <[u8; 8]>::try_from(key) {
+        "outbox" | "queued" => match <[u8; 8]>::try_from(key) {
             Ok(seq) => u64::from_be_bytes(seq).to_string(),
             Err(_) => text(key),
         },
-        "timers" if key.len() >= 8 => {
+        "timers" | "finished" if key.len() >= 8 => {
             let (due, ident) = key.split_at(8);
             let due = u64::from_be_bytes(due.try_into().unwrap_or_default());
             format!("{due}/{}", text(ident))
@@ -562,6 +660,7 @@ impl Store for SledStore {
                 encode("sagas", saga.id.as_bytes(), saga)?,
                 join(saga.status.name().as_bytes(), saga.id.as_bytes()),
                 join(saga.name.as_bytes(), saga.id.as_bytes()),
+                finished_key(saga),
             )),
             None => None,
         };
@@ -584,6 +683,17 @@ impl Store for SledStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
 
+        let queue_adds = change
+            .queue_add
+            .iter()
+            .map(|(seq, row)| {
+                Ok((
+                    seq.to_be_bytes(),
+                    encode("queued", &seq.to_be_bytes(), row)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
         let _guard = self
             .commit_lock
             .lock()
@@ -599,7 +709,31 @@ impl Store for SledStore {
             });
         }
 
-        let timer_delta = (
+        // Held tasks and breakers ([`crate::admission`]), encoded up front.
+        let held_adds = change
+            .held_add
+            .iter()
+            .map(|(seq, task)| {
+                let key = held_key(*seq);
+                let value = encode("admission", &key, task)?;
+                Ok((key, value))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let breaker_puts = change
+            .breakers
+            .iter()
+            .map(|(service, state)| {
+                let key = breaker_key(service);
+                let value = match state {
+                    Some(state) => Some(encode("admission", &key, state)?),
+                    None => None,
+                };
+                Ok((key, value))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        // More trees than sled's tuple transactions take: a slice of them.
+        let trees: [&Tree; 10] = [
             &self.sagas,
             &self.idempotency,
             &self.by_state,
@@ -607,58 +741,105 @@ impl Store for SledStore {
             &self.outbox,
             &self.timers,
             &self.timer_index,
-        )
-            .transaction(
-                |(sagas, idempotency, by_state, by_name, outbox, timers, timer_index)| {
-                    if let Some((id, bytes, state_key, name_key)) = &saga {
-                        if let Some(prev) = sagas.get(id)? {
-                            let prev: Saga = decode("sagas", id, &prev)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            by_state.remove(join(prev.status.name().as_bytes(), id))?;
-                            by_name.remove(join(prev.name.as_bytes(), id))?;
+            &self.finished,
+            &self.queued,
+            &self.admission,
+        ];
+        let (timer_delta, new_saga) = trees[..]
+            .transaction(|trees| {
+                let [
+                    sagas,
+                    idempotency,
+                    by_state,
+                    by_name,
+                    outbox,
+                    timers,
+                    timer_index,
+                    finished,
+                    queued,
+                    admission,
+                ] = trees.as_slice()
+                else {
+                    unreachable!("one transactional tree per tree");
+                };
+                let mut new_saga = false;
+                if let Some((id, bytes, state_key, name_key, finished_at)) = &saga {
+                    if let Some(prev) = sagas.get(id)? {
+                        let prev: Saga = decode("sagas", id, &prev)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        by_state.remove(join(prev.status.name().as_bytes(), id))?;
+                        by_name.remove(join(prev.name.as_bytes(), id))?;
+                        if let Some(key) = finished_key(&prev) {
+                            finished.remove(key)?;
                         }
-                        sagas.insert(*id, bytes.as_slice())?;
-                        by_state.insert(state_key.as_slice(), &[])?;
-                        by_name.insert(name_key.as_slice(), &[])?;
-                        if let Some(key) = &change.idempotency_key {
-                            idempotency.insert(key.as_bytes(), *id)?;
+                    } else {
+                        new_saga = true;
+                    }
+                    sagas.insert(*id, bytes.as_slice())?;
+                    by_state.insert(state_key.as_slice(), &[])?;
+                    by_name.insert(name_key.as_slice(), &[])?;
+                    if let Some(key) = finished_at {
+                        finished.insert(key.as_slice(), &[])?;
+                    }
+                    if let Some(key) = &change.idempotency_key {
+                        idempotency.insert(key.as_bytes(), *id)?;
+                    }
+                }
+                for row in &outbox_rows {
+                    outbox.insert(&row.key, row.value.as_slice())?;
+                }
+                let mut delta: isize = 0;
+                for ident in &removes {
+                    if let Some(due) = timer_index.remove(ident.as_slice())? {
+                        let due = u64_of("timer_index", ident, &due)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        if timers.remove(timer_key(due, ident))?.is_some() {
+                            delta -= 1;
                         }
                     }
-                    for row in &outbox_rows {
-                        outbox.insert(&row.key, row.value.as_slice())?;
-                    }
-                    let mut delta: isize = 0;
-                    for ident in &removes {
-                        if let Some(due) = timer_index.remove(ident.as_slice())? {
-                            let due = u64_of("timer_index", ident, &due)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            if timers.remove(timer_key(due, ident))?.is_some() {
-                                delta -= 1;
-                            }
+                }
+                for add in &adds {
+                    // Re-arming a timer moves it: drop the row at its old due time.
+                    if let Some(old) =
+                        timer_index.insert(add.ident.as_slice(), &add.due.to_be_bytes())?
+                    {
+                        let old = u64_of("timer_index", &add.ident, &old)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        if timers.remove(timer_key(old, &add.ident))?.is_some() {
+                            delta -= 1;
                         }
                     }
-                    for add in &adds {
-                        // Re-arming a timer moves it: drop the row at its old due time.
-                        if let Some(old) =
-                            timer_index.insert(add.ident.as_slice(), &add.due.to_be_bytes())?
-                        {
-                            let old = u64_of("timer_index", &add.ident, &old)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            if timers.remove(timer_key(old, &add.ident))?.is_some() {
-                                delta -= 1;
-                            }
-                        }
-                        if timers
-                            .insert(timer_key(add.due, &add.ident), add.row.as_slice())?
-                            .is_none()
-                        {
-                            delta += 1;
-                        }
+                    if timers
+                        .insert(timer_key(add.due, &add.ident), add.row.as_slice())?
+                        .is_none()
+                    {
+                        delta += 1;
                     }
-                    Ok(delta)
-                },
-            )
+                }
+                for (key, row) in &queue_adds {
+                    queued.insert(key, row.as_slice())?;
+                }
+                for seq in &change.queue_remove {
+                    queued.remove(&seq.to_be_bytes())?;
+                }
+                for (key, value) in &held_adds {
+                    admission.insert(key.as_slice(), value.as_slice())?;
+                }
+                for seq in &change.held_remove {
+                    admission.remove(held_key(*seq))?;
+                }
+                for (key, value) in &breaker_puts {
+                    match value {
+                        Some(value) => admission.insert(key.as_slice(), value.as_slice())?,
+                        None => admission.remove(key.as_slice())?,
+                    };
+                }
+                Ok((delta, new_saga))
+            })
             .map_err(tx_error)?;
+        if new_saga {
+            self.saga_rows.fetch_add(1, Ordering::Relaxed);
+        }
         self.outbox_rows
             .fetch_add(outbox_rows.len(), Ordering::Relaxed);
         if timer_delta >= 0 {
@@ -690,9 +871,10 @@ impl Store for SledStore {
             &self.by_name,
             &self.timers,
             &self.timer_index,
+            &self.finished,
         )
             .transaction(
-                |(sagas, idempotency, by_state, by_name, timers, timer_index)| {
+                |(sagas, idempotency, by_state, by_name, timers, timer_index, finished)| {
                     let Some(bytes) = sagas.remove(id.as_bytes())? else {
                         return Ok((None, 0));
                     };
@@ -700,6 +882,9 @@ impl Store for SledStore {
                         .map_err(ConflictableTransactionError::Abort)?;
                     by_state.remove(join(saga.status.name().as_bytes(), id.as_bytes()))?;
                     by_name.remove(join(saga.name.as_bytes(), id.as_bytes()))?;
+                    if let Some(key) = finished_key(&saga) {
+                        finished.remove(key)?;
+                    }
                     if let Some(key) = &saga.idempotency_key {
                         // Only the binding to this saga: never another saga's.
                         if idempotency.get(key.as_bytes())?.as_deref() == Some(id.as_bytes()) {
@@ -721,6 +906,9 @@ impl Store for SledStore {
             )
             .map_err(tx_error)?;
         self.timer_rows.fetch_sub(removed_timers, Ordering::Relaxed);
+        if deleted.is_some() {
+            self.saga_rows.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(deleted)
     }
 
@@ -796,6 +984,108 @@ impl Store for SledStore {
     fn timers_len(&self) -> usize {
         self.timer_rows.load(Ordering::Relaxed)
     }
+
+    fn finished_before(&self, before: Millis, limit: usize) -> Result<Vec<String>, StoreError> {
+        // Every key finished at or before `before` sorts before (before + 1) ‖ ….
+        let iter = match before.checked_add(1) {
+            Some(end) => self.finished.range(..end.to_be_bytes()),
+            None => self.finished.iter(),
+        };
+        let mut out = Vec::new();
+        for key in iter.keys().take(limit) {
+            let key = key?;
+            let id = key.get(8..).unwrap_or_default();
+            match std::str::from_utf8(id) {
+                Ok(id) => out.push(id.to_owned()),
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        key: printable("finished", &key),
+                        source: serde::de::Error::custom(e),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sagas_len(&self) -> usize {
+        self.saga_rows.load(Ordering::Relaxed)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn queued(&self) -> Result<Vec<(u64, QueuedRow)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.queued.iter() {
+            let (key, bytes) = entry?;
+            out.push((
+                u64_of("queued", &key, &key)?,
+                decode("queued", &key, &bytes)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn queue_position(&self, id: &str) -> Result<Option<usize>, StoreError> {
+        for (n, entry) in self.queued.iter().enumerate() {
+            let (key, bytes) = entry?;
+            let row: QueuedRow = decode("queued", &key, &bytes)?;
+            if row.saga_id == id {
+                return Ok(Some(n + 1));
+            }
+        }
+        Ok(None)
+    }
+
+    fn held_tasks(&self) -> Result<Vec<(u64, super::HeldTask)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.admission.scan_prefix([b'h']) {
+            let (key, bytes) = entry?;
+            let seq = u64_of("admission", &key, &key[1..])?;
+            out.push((seq, decode("admission", &key, &bytes)?));
+        }
+        Ok(out)
+    }
+
+    fn held_task(&self, seq: u64) -> Result<Option<super::HeldTask>, StoreError> {
+        let key = held_key(seq);
+        match self.admission.get(&key)? {
+            Some(bytes) => decode("admission", &key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn breakers(&self) -> Result<Vec<(String, crate::admission::BreakerState)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.admission.scan_prefix([b'b']) {
+            let (key, bytes) = entry?;
+            let service = String::from_utf8_lossy(&key[1..]).into_owned();
+            out.push((service, decode("admission", &key, &bytes)?));
+        }
+        Ok(out)
+    }
+
+    fn put_service_policy(
+        &self,
+        policy: &crate::saga::definition::ServicePolicy,
+    ) -> Result<bool, StoreError> {
+        let key = policy.service.as_bytes();
+        let value = encode("service_policies", key, policy)?;
+        let old = self.service_policies.insert(key, value.as_slice())?;
+        self.service_policies.flush()?;
+        Ok(old.as_deref() != Some(value.as_slice()))
+    }
+
+    fn service_policies(&self) -> Result<Vec<crate::saga::definition::ServicePolicy>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.service_policies.iter() {
+            let (key, bytes) = entry?;
+            out.push(decode("service_policies", &key, &bytes)?);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -838,6 +1128,9 @@ mod tests {
                 retry: RetryPolicy::default(),
                 depends_on: vec![],
             }],
+            triggers: Vec::new(),
+            policy: Default::default(),
+            max_running: None,
         }
     }
 
@@ -940,6 +1233,7 @@ mod tests {
                 outbox: vec![msg(1), msg(2)],
                 timers_add: vec![timer("0001", TimerKind::SagaTimeout, 5_000)],
                 timers_remove: vec![("0001".into(), step_timeout(0, 1))],
+                ..Default::default()
             })
             .unwrap();
 
@@ -983,6 +1277,7 @@ mod tests {
                 outbox: vec![msg(1)],
                 timers_add: vec![timer("0001", TimerKind::SagaTimeout, 1)],
                 timers_remove: vec![],
+                ..Default::default()
             })
             .unwrap_err();
         assert!(
@@ -1235,6 +1530,7 @@ mod tests {
                         timer(&s.id, step_timeout(0, 1), 100),
                     ],
                     timers_remove: vec![],
+                    ..Default::default()
                 })
                 .unwrap();
         }
@@ -1478,6 +1774,74 @@ mod tests {
     }
 
     #[test]
+    fn held_tasks_breakers_and_service_policies_survive_a_reopen() {
+        use crate::admission::BreakerState;
+        use crate::saga::definition::{BreakerConfig, ServicePolicy};
+        use crate::store::HeldTask;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let held = |n: u32| HeldTask {
+            service: "pay".into(),
+            saga_id: format!("000{n}"),
+            step: 0,
+            kind: TaskKind::Action,
+            attempt: n,
+            timeout_ms: 1000,
+            message: msg(n),
+        };
+        let open = BreakerState::Open {
+            since: 5,
+            failures: 3,
+        };
+        let policy = ServicePolicy {
+            service: "pay".into(),
+            max_in_flight: Some(2),
+            circuit_breaker: Some(BreakerConfig {
+                failure_threshold: 3,
+                success_threshold: 1,
+                open_timeout: Duration::from_secs(1),
+            }),
+        };
+        {
+            let store = SledStore::open(&path).unwrap();
+            // Held rows come and go with the saga change that holds them.
+            store
+                .commit(Change {
+                    saga: Some(saga("0001", "order", running())),
+                    held_add: vec![(1, held(1)), (2, held(2)), (3, held(3))],
+                    breakers: vec![
+                        ("pay".into(), Some(open.clone())),
+                        ("gone".into(), Some(BreakerState::default())),
+                    ],
+                    ..Default::default()
+                })
+                .unwrap();
+            store
+                .commit(Change {
+                    outbox: vec![held(2).message],
+                    held_remove: vec![2],
+                    breakers: vec![("gone".into(), None)],
+                    ..Default::default()
+                })
+                .unwrap();
+            assert!(store.put_service_policy(&policy).unwrap());
+            assert!(!store.put_service_policy(&policy).unwrap(), "unchanged");
+            futures::executor::block_on(store.flush()).unwrap();
+        }
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(
+            store.held_tasks().unwrap(),
+            vec![(1, held(1)), (3, held(3))],
+            "in hold order"
+        );
+        assert_eq!(store.held_task(3).unwrap(), Some(held(3)));
+        assert_eq!(store.held_task(2).unwrap(), None);
+        assert_eq!(store.breakers().unwrap(), vec![("pay".to_string(), open)]);
+        assert_eq!(store.service_policies().unwrap(), vec![policy]);
+        assert_eq!(store.outbox_len(), 1);
+    }
+
+    #[test]
     fn reopen_finds_everything_and_outbox_stays_ordered() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
@@ -1499,6 +1863,7 @@ mod tests {
                     outbox: vec![msg(1), msg(2)],
                     timers_add: vec![timer("0001", TimerKind::SagaTimeout, 10)],
                     timers_remove: vec![],
+                    ..Default::default()
                 })
                 .unwrap();
             first_seq = store.outbox(None, 1).unwrap()[0].0;

@@ -45,6 +45,11 @@ struct Args {
     /// Start this nats-server (JetStream, free port, temp store; killed at exit).
     #[arg(long, env = "JETSAGA_NATS_SERVER", conflicts_with = "nats_url")]
     nats_server: Option<PathBuf>,
+    /// Start the nats-server with `sync_interval: always` (JetStream
+    /// fsyncs every write before acknowledging it) instead of the default
+    /// periodic sync.
+    #[arg(long, conflicts_with = "nats_url")]
+    sync_always: bool,
     /// Use an existing server instead (it must have JetStream).
     #[arg(long)]
     nats_url: Option<String>,
@@ -66,6 +71,10 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Log to stderr with this filter (e.g. `jetsaga_engine=debug,jetsaga_worker=debug`):
+    /// the per-hop timeline of a step, for latency breakdowns.
+    #[arg(long)]
+    log: Option<String>,
 }
 
 /// A nats-server this process started; killed when dropped.
@@ -87,12 +96,27 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-async fn start_server(bin: &Path) -> Result<(OwnedServer, String)> {
+async fn start_server(bin: &Path, sync_always: bool) -> Result<(OwnedServer, String)> {
     let store = tempfile::tempdir()?;
     let port = free_port()?;
-    let child = std::process::Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store.path())
+    let mut command = std::process::Command::new(bin);
+    command.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()]);
+    if sync_always {
+        // `sync_interval` has no command-line flag: a config file it is.
+        let conf = store.path().join("server.conf");
+        let data = store.path().join("data");
+        std::fs::write(
+            &conf,
+            format!(
+                "jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+                data.display().to_string()
+            ),
+        )?;
+        command.arg("-c").arg(&conf);
+    } else {
+        command.arg("-sd").arg(store.path());
+    }
+    let child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -484,6 +508,12 @@ fn ms(v: &Value, path: &str) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(filter) = &args.log {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if args.sagas == 0 || args.steps == 0 {
         bail!("--sagas and --steps must be at least 1");
     }
@@ -491,12 +521,12 @@ async fn main() -> Result<()> {
     let url = match (&args.nats_url, &args.nats_server) {
         (Some(url), _) => url.clone(),
         (None, Some(bin)) => {
-            let (server, url) = start_server(bin).await?;
+            let (server, url) = start_server(bin, args.sync_always).await?;
             owned = Some(server);
             url
         }
         (None, None) => {
-            let (server, url) = start_server(Path::new("nats-server")).await?;
+            let (server, url) = start_server(Path::new("nats-server"), args.sync_always).await?;
             owned = Some(server);
             url
         }
@@ -531,6 +561,7 @@ async fn main() -> Result<()> {
             "compensation": args.compensation,
             "nats_server_version": version,
             "own_server": owned.is_some(),
+            "server_sync_always": args.sync_always,
         },
         "engine": engine,
         "floor": floor,
@@ -549,7 +580,7 @@ async fn main() -> Result<()> {
     let f = &report["floor"];
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     println!(
-        "jetsaga bench: {} sagas x {} steps, {} in flight, {} workers{}, nats-server {}",
+        "jetsaga bench: {} sagas x {} steps, {} in flight, {} workers{}, nats-server {}{}",
         args.sagas,
         args.steps,
         args.concurrency,
@@ -559,7 +590,12 @@ async fn main() -> Result<()> {
         } else {
             ""
         },
-        version
+        version,
+        if args.sync_always {
+            " (sync_interval: always)"
+        } else {
+            ""
+        }
     );
     println!("final states: {}", e["states"]);
     println!();
@@ -585,7 +621,7 @@ async fn main() -> Result<()> {
     for p in ["p50_ms", "p90_ms", "p99_ms"] {
         println!(
             "| {:<30} | {:>12.2} | {:>12.2} | {:>8} |",
-            format!("latency {} (saga | trip)", &p[..3]),
+            format!("latency {} (saga \\| trip)", &p[..3]),
             ms(e, p),
             ms(f, p),
             ""

@@ -49,6 +49,17 @@ impl Engine {
     pub fn restart(&mut self) {
         self.process = spawn_engine(&self.nats_url, &self.data_dir, &self.extra);
     }
+
+    /// The `HOST:PORT` its HTTP API listens on (started with
+    /// `--http-listen`), from its `http listening addr=...` log line.
+    pub fn http_addr(&self) -> String {
+        let line = self.process.wait_for_log("http listening", READY);
+        line.split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no addr in {line:?}"))
+            .to_string()
+    }
 }
 
 fn spawn_engine(nats_url: &str, data_dir: &Path, extra: &[String]) -> ChildProcess {
@@ -99,8 +110,9 @@ impl World {
     pub async fn apply_yaml(&self, yaml: &str) {
         let parsed =
             definition::parse_str("test.yaml", yaml, Format::Yaml).expect("valid test definition");
+        // Sagas and service policies (`services:`) alike.
         self.client
-            .apply(parsed.sagas)
+            .apply_file(&parsed)
             .await
             .expect("apply definitions");
     }
@@ -289,5 +301,161 @@ impl World {
         let p = ChildProcess::spawn(binary, &bin_path(binary), &args, &all_envs);
         p.wait_for_log("workers ready", READY);
         p
+    }
+}
+
+/// An in-process worker of one service whose operation holds every task
+/// until the test lets it go: it reports each saga whose task arrived, in
+/// arrival order, and counts the handler's runs per idempotency key (a
+/// repeated effect shows as a count above 1).
+pub struct HeldWorker {
+    _worker: WorkerGuard,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    arrived: tokio::sync::mpsc::UnboundedReceiver<String>,
+    runs: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+}
+
+impl HeldWorker {
+    /// Serves `operation` of `service` in this test process.
+    pub async fn start(world: &World, service: &str, operation: &str) -> HeldWorker {
+        use std::sync::{Arc, Mutex};
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let runs = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let (p, r) = (permits.clone(), runs.clone());
+        let builder = Worker::builder(service).handler(
+            operation,
+            move |ctx: jetsaga_worker::TaskContext, input: serde_json::Value| {
+                let (permits, runs, tx) = (p.clone(), r.clone(), tx.clone());
+                async move {
+                    *runs
+                        .lock()
+                        .expect("runs")
+                        .entry(ctx.idempotency_key().to_string())
+                        .or_insert(0) += 1;
+                    let _ = tx.send(ctx.saga_id().to_string());
+                    permits.acquire().await.expect("permits").forget();
+                    Ok(input)
+                }
+            },
+        );
+        HeldWorker {
+            _worker: world.worker(builder).await,
+            permits,
+            arrived,
+            runs,
+        }
+    }
+
+    /// The saga of the next task to arrive (panics after [`READY`]).
+    pub async fn next_arrival(&mut self) -> String {
+        tokio::time::timeout(READY, self.arrived.recv())
+            .await
+            .expect("a task arrives at the held worker")
+            .expect("held worker running")
+    }
+
+    /// The sagas of the next `n` tasks to arrive, in arrival order.
+    pub async fn arrivals(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next_arrival().await);
+        }
+        out
+    }
+
+    /// Whether a task arrived that was not taken yet.
+    pub fn has_arrival(&mut self) -> bool {
+        !self.arrived.is_empty()
+    }
+
+    /// Lets `n` held (or future) tasks finish, oldest first.
+    pub fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// How often the handler ran, per idempotency key.
+    pub fn runs(&self) -> std::collections::BTreeMap<String, u32> {
+        self.runs.lock().expect("runs").clone()
+    }
+}
+
+impl World {
+    /// Runs an in-process worker of service `echo` whose operation `echo`
+    /// returns its input.
+    pub async fn echo_worker(&self) -> WorkerGuard {
+        self.worker(Worker::builder("echo").handler(
+            "echo",
+            |_: jetsaga_worker::TaskContext, input: serde_json::Value| async move { Ok(input) },
+        ))
+        .await
+    }
+
+    /// The sagas of definition `name`, newest first (up to 1000).
+    pub async fn sagas_of(&self, name: &str) -> Vec<jetsaga_engine::api::SagaSummary> {
+        let filter = jetsaga_engine::store::SagaFilter {
+            name: Some(name.to_string()),
+            limit: 1000,
+            ..Default::default()
+        };
+        self.client.list(&filter).await.expect("list sagas")
+    }
+}
+
+/// One HTTP/1.0 exchange with `addr` (a connection per request, so the
+/// answer ends with the connection and is never chunked): status and body.
+pub async fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP API");
+    let body = json_body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("answer within 30 s")
+        .expect("read the answer");
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("end of the head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (status, body.to_string())
+}
+
+/// The value of the Prometheus series `series` (written exactly as it is
+/// exported, labels included) on the engine's `/metrics`; `None` while absent.
+pub async fn metric_value(addr: &str, series: &str) -> Option<f64> {
+    let (status, text) = http_exchange(addr, "GET", "/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+impl World {
+    /// Runs the `jetsaga` CLI against this world's NATS (`--nats-url` set)
+    /// and returns its output once it exits (at most a minute).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let url = self.nats.url();
+        let mut all = vec!["--nats-url", url.as_str()];
+        all.extend_from_slice(args);
+        jetsaga_tests::run_command(&bin_path("jetsaga"), &all, &[], Duration::from_secs(60))
     }
 }

@@ -1,0 +1,150 @@
+//! Retention of finished sagas against the real `jetsaga` binary: sagas that
+//! finished longer than `--retention` ago disappear (API and metric say so),
+//! an unfinished one stays however old, and the idempotency key of a pruned
+//! saga starts a new saga.
+
+mod common;
+
+use common::{FINISH, World};
+use jetsaga_engine::store::SagaFilter;
+use jetsaga_tests::{free_port, wait_until};
+use jetsaga_worker::{StepError, TaskContext, Worker};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `quick` finishes as soon as the `retained` worker answers; `stuck` waits
+/// on a service no worker serves, with timeouts far beyond the test.
+const DEFINITIONS: &str = r#"
+sagas:
+  quick:
+    steps:
+      - id: only
+        service: retained
+        operation: work
+        timeout: 30s
+  stuck:
+    timeout: 1h
+    steps:
+      - id: wait
+        service: nobody
+        operation: work
+        timeout: 1h
+"#;
+
+/// The engine's retention in this test.
+const RETENTION: &str = "2s";
+
+/// The value of the unlabelled series `name` on the engine's `/metrics`.
+async fn metric(addr: &str, name: &str) -> Option<f64> {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    // HTTP/1.0: the answer ends with the connection, never chunked.
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    body.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sagas_are_pruned_after_the_retention_and_free_their_keys() {
+    let http = format!("127.0.0.1:{}", free_port());
+    let world = World::start(&["--retention", RETENTION, "--http-listen", &http]).await;
+    world.apply_yaml(DEFINITIONS).await;
+    let _worker = world
+        .worker(
+            Worker::builder("retained")
+                .handler("work", |_ctx: TaskContext, input: Value| async move {
+                    Ok::<_, StepError>(input)
+                }),
+        )
+        .await;
+    assert_eq!(
+        metric(&http, "engine_pruned_sagas_total").await,
+        Some(0.0),
+        "the counter is exported from the start"
+    );
+
+    // The unfinished saga comes first: it is older than every finished one.
+    let stuck = world
+        .client
+        .start("stuck", json!({}), Some("stuck-key"))
+        .await
+        .expect("start stuck");
+    let mut finished = Vec::new();
+    for i in 0..3 {
+        let key = format!("order-{i}");
+        let reply = world
+            .client
+            .start("quick", json!({ "n": i }), Some(&key))
+            .await
+            .expect("start quick");
+        let detail = world.finished(&reply.saga_id).await;
+        assert_eq!(detail.saga.status.name(), "completed");
+        finished.push((key, reply.saga_id));
+    }
+
+    // Each finished saga disappears once its retention ran out.
+    for (_, id) in &finished {
+        wait_until(&format!("saga {id} pruned"), FINISH, || async {
+            match world.client.get(id).await {
+                Err(e) if e.code() == "E-NOT-FOUND" => Some(()),
+                Ok(_) => None,
+                Err(e) => panic!("saga get {id}: {e}"),
+            }
+        })
+        .await;
+    }
+    let pruned = wait_until("the pruned counter to count 3", FINISH, || async {
+        metric(&http, "engine_pruned_sagas_total")
+            .await
+            .filter(|n| *n >= 3.0)
+    })
+    .await;
+    assert_eq!(pruned, 3.0, "only the three finished sagas were pruned");
+    let completed = world
+        .client
+        .list(&SagaFilter {
+            state: Some("completed".into()),
+            ..SagaFilter::default()
+        })
+        .await
+        .expect("list");
+    assert!(completed.is_empty(), "still listed: {completed:?}");
+
+    // The unfinished saga is older than the retention and still there,
+    // still bound to its key.
+    let detail = world.client.get(&stuck.saga_id).await.expect("stuck saga");
+    assert_eq!(detail.saga.status.name(), "running");
+    let again = world
+        .client
+        .start("stuck", json!({}), Some("stuck-key"))
+        .await
+        .expect("start stuck again");
+    assert_eq!(
+        (again.saga_id.as_str(), again.created),
+        (stuck.saga_id.as_str(), false)
+    );
+
+    // A pruned saga's key starts a new saga.
+    let (key, old_id) = &finished[0];
+    let reply = world
+        .client
+        .start("quick", json!({ "n": 0 }), Some(key))
+        .await
+        .expect("start with a freed key");
+    assert!(reply.created, "the key of a pruned saga starts a new saga");
+    assert_ne!(&reply.saga_id, old_id);
+    let detail = world.finished(&reply.saga_id).await;
+    assert_eq!(detail.saga.status.name(), "completed");
+    assert_eq!(detail.saga.idempotency_key.as_deref(), Some(key.as_str()));
+
+    // The engine said it pruned them.
+    world.engine.process.wait_for_log(
+        "pruned finished sagas past their retention",
+        Duration::from_secs(5),
+    );
+}
