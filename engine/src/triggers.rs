@@ -58,7 +58,6 @@ use crate::partition::{Command, PartitionHandle, StartCommand, api_error, reject
 use crate::saga::definition::{SagaDefinition, Trigger, input_pointer};
 use crate::store::Store;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
-use futures::StreamExt;
 use jetsaga_worker::protocol::{ApiError, HEADER_MSG_ID, Subjects};
 use serde_json::Value;
 use std::sync::Arc;
@@ -671,37 +670,11 @@ async fn consume(
     acks: TaskTracker,
     stop: CancellationToken,
 ) {
-    loop {
-        let messages = tokio::select! {
-            _ = stop.cancelled() => return,
-            m = consumer.stream().max_messages_per_batch(256).messages() => m,
-        };
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot pull triggers; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return,
-                n = messages.next() => n,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    if !handle(&rt, &matcher, count_unmatched, &acks, msg).await {
-                        return;
-                    }
-                }
-                Some(Err(e)) => tracing::debug!(error = %e, "trigger pull stream error"),
-                None => break,
-            }
-        }
-    }
+    crate::bus::consume_each(&consumer, "triggers", &stop, |msg| {
+        let (rt, matcher, acks) = (rt.clone(), matcher.clone(), acks.clone());
+        async move { handle(&rt, &matcher, count_unmatched, &acks, msg).await }
+    })
+    .await
 }
 
 /// Acknowledges a refused message so it is not delivered again.

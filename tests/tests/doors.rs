@@ -7,37 +7,11 @@ mod common;
 use common::{World, step_states};
 use futures::StreamExt;
 use jetsaga_engine::store::SagaFilter;
-use jetsaga_tests::{ChildProcess, NatsServer, bin_path, free_port, run_command};
+use jetsaga_tests::{ChildProcess, NatsServer, bin_path, free_port};
 use jetsaga_worker::protocol::{ApiReply, StartReply};
 use jetsaga_worker::{TaskContext, Worker};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const ONE_STEP: &str = r#"
-sagas:
-  one_step:
-    steps:
-      - id: only
-        service: echo
-        operation: echo
-        timeout: 10s
-"#;
-
-async fn echo_worker(world: &World) -> common::WorkerGuard {
-    world
-        .worker(Worker::builder("echo").handler(
-            "echo",
-            |_: TaskContext, input: Value| async move { Ok(input) },
-        ))
-        .await
-}
-
-fn cli(world: &World, args: &[&str]) -> std::process::Output {
-    let url = world.nats.url();
-    let mut all = vec!["--nats-url", url.as_str()];
-    all.extend_from_slice(args);
-    run_command(&bin_path("jetsaga"), &all, &[], Duration::from_secs(60))
-}
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -49,8 +23,8 @@ fn stderr(o: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
     let world = World::start(&[]).await;
-    world.apply_yaml(ONE_STEP).await;
-    let _w = echo_worker(&world).await;
+    world.apply_yaml(common::ONE_STEP).await;
+    let _w = world.echo_worker().await;
 
     // API client.
     let a = world
@@ -67,18 +41,15 @@ async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
     assert_eq!((b.saga_id.as_str(), b.created), (a.saga_id.as_str(), false));
 
     // CLI.
-    let out = cli(
-        &world,
-        &[
-            "saga",
-            "start",
-            "one_step",
-            "--input",
-            r#"{"n":1}"#,
-            "--idempotency-key",
-            "order-1",
-        ],
-    );
+    let out = world.cli(&[
+        "saga",
+        "start",
+        "one_step",
+        "--input",
+        r#"{"n":1}"#,
+        "--idempotency-key",
+        "order-1",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), a.saga_id);
 
@@ -150,14 +121,14 @@ async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
     let world = World::start(&["--max-payload", "4096"]).await;
-    world.apply_yaml(ONE_STEP).await;
-    let _w = echo_worker(&world).await;
+    world.apply_yaml(common::ONE_STEP).await;
+    let _w = world.echo_worker().await;
 
     // Malformed YAML: validate names the file and the place.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "sagas:\n  x:\n    steps:\n      - id: a\n        service: s\n        operation: o\n        depends_on: [nope]\n").unwrap();
-    let out = cli(&world, &["def", "validate", bad.to_str().unwrap()]);
+    let out = world.cli(&["def", "validate", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let msg = stderr(&out);
     assert!(
@@ -168,7 +139,7 @@ async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
         "{msg}"
     );
     std::fs::write(&bad, "sagas: [unclosed").unwrap();
-    let out = cli(&world, &["def", "apply", bad.to_str().unwrap()]);
+    let out = world.cli(&["def", "apply", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("bad.yaml: line"), "{}", stderr(&out));
 
@@ -185,10 +156,7 @@ async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
     );
 
     // Invalid JSON input, from the CLI and as a raw request.
-    let out = cli(
-        &world,
-        &["saga", "start", "one_step", "--input", "{not json"],
-    );
+    let out = world.cli(&["saga", "start", "one_step", "--input", "{not json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("E-BAD-INPUT"), "{}", stderr(&out));
     let nats = world.nats.client().await;
@@ -353,56 +321,50 @@ async fn a_running_saga_keeps_the_definition_version_it_started_with() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_status_list_watch_and_cancel() {
     let world = World::start(&[]).await;
-    world.apply_yaml(ONE_STEP).await;
-    let _w = echo_worker(&world).await;
+    world.apply_yaml(common::ONE_STEP).await;
+    let _w = world.echo_worker().await;
 
-    let out = cli(
-        &world,
-        &[
-            "saga",
-            "start",
-            "one_step",
-            "--input",
-            r#"{"hello":"world"}"#,
-        ],
-    );
+    let out = world.cli(&[
+        "saga",
+        "start",
+        "one_step",
+        "--input",
+        r#"{"hello":"world"}"#,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out);
-    let out = cli(&world, &["saga", "watch", &id]);
+    let out = world.cli(&["saga", "watch", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("completed"));
-    let out = cli(&world, &["saga", "status", &id]);
+    let out = world.cli(&["saga", "status", &id]);
     assert!(out.status.success());
     let table = stdout(&out);
     assert!(
         table.contains("only") && table.contains("echo") && table.contains("succeeded"),
         "{table}"
     );
-    let out = cli(
-        &world,
-        &[
-            "--output",
-            "json",
-            "saga",
-            "list",
-            "--state",
-            "completed",
-            "--saga",
-            "one_step",
-        ],
-    );
+    let out = world.cli(&[
+        "--output",
+        "json",
+        "saga",
+        "list",
+        "--state",
+        "completed",
+        "--saga",
+        "one_step",
+    ]);
     let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(listed[0]["id"], id.as_str());
-    let out = cli(&world, &["saga", "list", "--state", "bogus"]);
+    let out = world.cli(&["saga", "list", "--state", "bogus"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unknown state"), "{}", stderr(&out));
-    let out = cli(&world, &["saga", "cancel", &id]);
+    let out = world.cli(&["saga", "cancel", &id]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("E-NOT-APPLICABLE"));
-    let out = cli(&world, &["saga", "status", "does-not-exist"]);
+    let out = world.cli(&["saga", "status", "does-not-exist"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("E-NOT-FOUND"));
-    let out = cli(&world, &["def", "list"]);
+    let out = world.cli(&["def", "list"]);
     assert!(stdout(&out).contains("one_step"));
 }
 

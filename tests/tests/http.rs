@@ -78,18 +78,8 @@ struct Http {
 
 impl Http {
     async fn new(world: &World) -> Http {
-        let line = world
-            .engine
-            .process
-            .wait_for_log("http listening", common::READY);
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no addr in {line:?}"))
-            .to_string();
         let mut http = Http {
-            addr,
+            addr: world.engine.http_addr(),
             doc: Value::Null,
         };
         let doc = http.send("GET", "/openapi.json", &[], b"").await;
@@ -212,15 +202,6 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&data[end + 2..end + 2 + size]);
         data = &data[end + 2 + size + 2..];
     }
-}
-
-async fn echo_worker(world: &World) -> common::WorkerGuard {
-    world
-        .worker(Worker::builder("echo").handler(
-            "echo",
-            |_: TaskContext, input: Value| async move { Ok(input) },
-        ))
-        .await
 }
 
 /// Polls `GET /v1/sagas/{id}` until the saga is terminal.
@@ -349,7 +330,7 @@ async fn sagas_are_started_read_and_cancelled() {
     let world = World::start(&["--http-listen", "127.0.0.1:0", "--max-payload", "4096"]).await;
     let http = Http::new(&world).await;
     assert_eq!(http.post_yaml("/v1/definitions", DEFS).await.status, 200);
-    let _w = echo_worker(&world).await;
+    let _w = world.echo_worker().await;
 
     // Start: 201 with the Location of the saga, then 200 with the same saga.
     let start = json!({"saga": "one_step", "input": {"n": 1}});
@@ -530,7 +511,7 @@ async fn sagas_are_listed_with_filters_and_pages() {
     let world = World::start(&["--http-listen", "127.0.0.1:0"]).await;
     let http = Http::new(&world).await;
     assert_eq!(http.post_yaml("/v1/definitions", DEFS).await.status, 200);
-    let _w = echo_worker(&world).await;
+    let _w = world.echo_worker().await;
 
     // Five completed `one_step` sagas and two running `stuck` ones, each
     // created a few milliseconds after the one before.

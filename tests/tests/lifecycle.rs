@@ -19,16 +19,6 @@ use tokio::sync::{Semaphore, mpsc};
 /// How long an engine that cannot open its store may take to give up.
 const REFUSE: Duration = Duration::from_secs(15);
 
-const ONE_STEP: &str = r#"
-sagas:
-  one_step:
-    steps:
-      - id: only
-        service: echo
-        operation: echo
-        timeout: 30s
-"#;
-
 /// `hold` waits at the gate; `after` runs once `hold` succeeded, so the
 /// engine must dispatch it after whatever happened while `hold` was held.
 /// The timeouts are far longer than any test, so no attempt times out.
@@ -46,15 +36,6 @@ sagas:
         timeout: 5m
         depends_on: [hold]
 "#;
-
-async fn echo_worker(world: &World) -> WorkerGuard {
-    world
-        .worker(Worker::builder("echo").handler(
-            "echo",
-            |_: TaskContext, input: Value| async move { Ok(input) },
-        ))
-        .await
-}
 
 /// An in-process worker of service `gate`: `wait` reports the saga id of
 /// every task it receives on `entered`, then holds it until `open` gives it
@@ -163,8 +144,8 @@ fn assert_in_order(log: &str, lines: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_engine_on_a_locked_store_refuses_and_the_first_keeps_serving() {
     let mut world = World::start(&[]).await;
-    world.apply_yaml(ONE_STEP).await;
-    let _w = echo_worker(&world).await;
+    world.apply_yaml(common::ONE_STEP).await;
+    let _w = world.echo_worker().await;
     let first = world
         .client
         .start("one_step", json!({"n": 1}), None)
@@ -441,9 +422,9 @@ async fn sigterm_drains_in_order_exits_0_and_a_restart_finishes_the_sagas_in_fli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_and_workers_ride_out_a_nats_server_crash() {
     let mut world = World::start(&[]).await;
-    world.apply_yaml(ONE_STEP).await;
+    world.apply_yaml(common::ONE_STEP).await;
     world.apply_yaml(GATED).await;
-    let _echo = echo_worker(&world).await;
+    let _echo = world.echo_worker().await;
     let mut gate = Gate::start(&world).await;
 
     // Before the crash: some sagas done, some held in the middle of a step.

@@ -8,9 +8,7 @@
 use crate::crash_points;
 use crate::partition::{Command, PartitionHandle, StartCommand, reject};
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::StreamExt;
 use jetsaga_worker::protocol::{HEADER_MSG_ID, StartRequest, TaskResult};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Which stream a consumer reads.
@@ -40,43 +38,17 @@ pub async fn run(
     prefix_tokens: usize,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let messages = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            m = consumer.stream().max_messages_per_batch(256).messages() => m,
-        };
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, source = source.label(), "cannot pull; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = messages.next() => n,
+    super::consume_each(&consumer, source.label(), &shutdown, |msg| {
+        let partition = partition.clone();
+        async move {
+            let Some(cmd) = decode(source, msg, max_payload, prefix_tokens).await else {
+                return true;
             };
-            match next {
-                Some(Ok(msg)) => {
-                    let Some(cmd) = decode(source, msg, max_payload, prefix_tokens).await else {
-                        continue;
-                    };
-                    crash_points::pass(crash_points::INTAKE_BEFORE_SEND);
-                    if partition.send(cmd).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, source = source.label(), "pull stream error");
-                }
-                None => break,
-            }
+            crash_points::pass(crash_points::INTAKE_BEFORE_SEND);
+            partition.send(cmd).await.is_ok()
         }
-    }
+    })
+    .await
 }
 
 /// Why a message is refused: the reason label logged and counted

@@ -2,9 +2,12 @@
 //! that publishes what the store wrote, and the intake loops that turn
 //! results and durable starts into partition commands.
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
+use futures::StreamExt;
 use jetsaga_worker::protocol::Subjects;
+use std::future::Future;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 pub mod intake;
 pub mod relay;
@@ -153,4 +156,54 @@ pub async fn engine_consumer(
         )
         .await
         .map_err(err)
+}
+
+/// Pulls `consumer` until `stop` is cancelled, handing each message to
+/// `handle`, which returns `false` to stop (the partition has stopped).
+///
+/// Messages arrive in batches of up to 256 from one long-lived pull stream;
+/// when the stream cannot be opened (NATS down, consumer gone) the pull is
+/// tried again every second, and a message-level error is logged and skipped
+/// (the server redelivers what was not acknowledged). `what` names the
+/// consumer in the log.
+pub async fn consume_each<F, Fut>(
+    consumer: &PullConsumer,
+    what: &'static str,
+    stop: &CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(jetstream::Message) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        let messages = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = consumer.stream().max_messages_per_batch(256).messages() => m,
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = what, "cannot pull; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = messages.next() => n,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    if !handle(msg).await {
+                        return;
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, consumer = what, "pull stream error"),
+                None => break,
+            }
+        }
+    }
 }

@@ -19,6 +19,17 @@ pub const READY: Duration = Duration::from_secs(30);
 /// How long a test waits for a saga to finish.
 pub const FINISH: Duration = Duration::from_secs(60);
 
+/// A one-step saga `one_step` on service `echo` (see [`World::echo_worker`]).
+pub const ONE_STEP: &str = r#"
+sagas:
+  one_step:
+    steps:
+      - id: only
+        service: echo
+        operation: echo
+        timeout: 30s
+"#;
+
 /// The `jetsaga server` process with its own store directory.
 pub struct Engine {
     pub process: ChildProcess,
