@@ -548,6 +548,8 @@ impl Api {
                 changed: applied.changed,
             });
         }
+        // The answer promises the definitions are stored: durable first.
+        self.store.flush().await.map_err(internal)?;
         if let Some(guard) = &self.triggers
             && out.iter().any(|a| a.changed)
         {
