@@ -36,8 +36,8 @@ pub use load::{
     flag_name,
 };
 pub use nats::{
-    DEFAULT_NATS_URL, MASK, NatsAuth, NatsConfig, Nkey, Secret, TlsConfig, connect_hint,
-    connect_options,
+    DEFAULT_NATS_URL, MASK, NatsAuth, NatsConfig, Nkey, Secret, TlsConfig, connect_error_kind,
+    connect_hint, connect_options,
 };
 pub use show::KEYS;
 

@@ -18,6 +18,9 @@ use crate::ledger::Ledger;
 use crate::services::{Service, ServiceEnv};
 use anyhow::{Context, bail};
 use clap::{CommandFactory, FromArgMatches, Parser};
+use jetsaga_engine::config::{
+    Config, Env, Layer, NatsConfig, NatsLayer, connect_error_kind, connect_hint, connect_options,
+};
 use jetsaga_worker::Worker;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -30,13 +33,11 @@ use tracing::{error, info, warn};
 /// Flags of every example worker binary (each with an environment fallback).
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
-    /// NATS server URL (comma-separate several for a cluster).
-    #[arg(
-        long,
-        env = "JETSAGA_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
+    /// The NATS connection: the engine's own `--nats-*` flags (URL,
+    /// credentials, TLS), over the `JETSAGA_NATS_*` variables, with the same
+    /// meaning and checks ([`Args::nats_config`]).
+    #[command(flatten)]
+    pub nats: NatsLayer,
 
     /// Subject prefix of the jetsaga installation.
     #[arg(long, env = "JETSAGA_PREFIX", default_value = "jetsaga")]
@@ -80,6 +81,28 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub services: Vec<String>,
+}
+
+impl Args {
+    /// The NATS settings: defaults, then the `JETSAGA_NATS_*` variables of
+    /// `env`, then the flags, checked as the engine checks its own.
+    pub fn nats_config(&self, env: &Env) -> anyhow::Result<NatsConfig> {
+        let flags = Layer {
+            nats: self.nats.clone(),
+            ..Layer::default()
+        };
+        let loaded = Config::resolve(Config::default(), None, env, flags)
+            .context("invalid NATS settings in the environment")?;
+        let nats = loaded.config.nats;
+        nats.validate().context("invalid NATS settings")?;
+        Ok(nats)
+    }
+}
+
+/// The process's `JETSAGA_NATS_*` variables (the others are the engine's
+/// business and are not read here).
+fn nats_env() -> Env {
+    Env::from_pairs(std::env::vars().filter(|(k, _)| k.starts_with("JETSAGA_NATS_")))
 }
 
 /// What distinguishes one example binary from another.
@@ -198,7 +221,8 @@ pub async fn run(bin: Binary, args: Args) -> anyhow::Result<()> {
         ),
     };
 
-    let Some(client) = connect(&args.nats_url, &worker_name, &shutdown).await? else {
+    let nats = args.nats_config(&nats_env())?;
+    let Some(client) = connect(&nats, &worker_name, &shutdown).await? else {
         info!("shut down before connecting");
         return Ok(());
     };
@@ -279,15 +303,18 @@ pub async fn run(bin: Binary, args: Args) -> anyhow::Result<()> {
 }
 
 /// Connects to NATS, retrying with backoff (capped at 5 s) while the server
-/// is unreachable. Returns `None` if `shutdown` fires first.
+/// is unreachable; refused credentials or a failed TLS handshake end it.
+/// Returns `None` if `shutdown` fires first.
 async fn connect(
-    url: &str,
+    nats: &NatsConfig,
     name: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<async_nats::Client>> {
+    let url = nats.url.as_str();
     let mut delay = Duration::from_millis(200);
     loop {
-        let attempt = async_nats::ConnectOptions::new()
+        let attempt = connect_options(nats)
+            .context("invalid NATS settings")?
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             .connect(url);
@@ -302,13 +329,16 @@ async fn connect(
             }
             Err(e) => {
                 use async_nats::ConnectErrorKind as K;
-                match e.kind() {
+                // A TLS failure shows as an I/O error; retrying cannot fix it.
+                match connect_error_kind(&e) {
                     K::Io | K::TimedOut | K::Dns | K::MaxReconnects => {
                         warn!(url, "NATS is not reachable ({e}); retrying in {delay:?}");
                     }
                     _ => {
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("cannot connect to NATS at {url}")));
+                        let hint = connect_hint(&e);
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "E-NATS-CONNECT: cannot connect to NATS at {url} ({hint})"
+                        )));
                     }
                 }
             }
@@ -364,12 +394,69 @@ mod tests {
     use crate::services;
 
     #[test]
+    fn nats_flags_become_the_engines_nats_settings() {
+        let args = Args::try_parse_from([
+            "x",
+            "--nats-url",
+            "tls://nats.internal:4222",
+            "--nats-user",
+            "app",
+            "--nats-password",
+            "pw",
+            "--nats-tls-ca",
+            "/etc/ca.pem",
+            "--nats-tls-required",
+        ])
+        .unwrap();
+        let nats = args.nats_config(&Env::default()).unwrap();
+        assert_eq!(nats.url, "tls://nats.internal:4222");
+        assert_eq!(nats.user.as_deref(), Some("app"));
+        assert_eq!(
+            nats.password
+                .as_ref()
+                .map(jetsaga_engine::config::Secret::expose),
+            Some("pw")
+        );
+        assert_eq!(nats.tls.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(nats.tls.required);
+        // Secrets stay masked in `Debug`, as the engine's do.
+        assert!(!format!("{args:?}").contains("\"pw\""), "{args:?}");
+
+        let two = Args::try_parse_from(["x", "--nats-token", "t", "--nats-nkey", "/k.nk"]).unwrap();
+        let err = format!("{:#}", two.nats_config(&Env::default()).unwrap_err());
+        assert!(
+            err.contains("more than one NATS authentication method"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nats_variables_are_read_and_flags_win() {
+        let env = Env::from_pairs([
+            ("JETSAGA_NATS_URL", "nats://a:4222"),
+            ("JETSAGA_NATS_USER", "from-env"),
+            ("JETSAGA_NATS_PASSWORD", "secret"),
+            ("JETSAGA_NATS_TLS_REQUIRED", "true"),
+        ]);
+        let args = Args::try_parse_from(["x", "--nats-user", "from-flag"]).unwrap();
+        let nats = args.nats_config(&env).unwrap();
+        assert_eq!(nats.url, "nats://a:4222");
+        assert_eq!(nats.user.as_deref(), Some("from-flag"));
+        assert!(nats.password.is_some());
+        assert!(nats.tls.required);
+        let bad = Env::from_pairs([("JETSAGA_NATS_TLS_REQUIRED", "maybe")]);
+        let err = format!("{:#}", args.nats_config(&bad).unwrap_err());
+        assert!(err.contains("JETSAGA_NATS_TLS_REQUIRED"), "{err}");
+    }
+
+    #[test]
     fn args_have_the_documented_defaults() {
         let args = Args::try_parse_from(["x"]).unwrap();
+        assert_eq!(
+            args.nats_config(&Env::default()).unwrap().url,
+            "nats://127.0.0.1:4222"
+        );
         // Environment fallbacks may be set by whoever runs the tests.
-        if std::env::var_os("JETSAGA_NATS_URL").is_none() {
-            assert_eq!(args.nats_url, "nats://127.0.0.1:4222");
-        }
         if std::env::var_os("JETSAGA_PREFIX").is_none() {
             assert_eq!(args.prefix, "jetsaga");
         }

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use jetsaga_engine::config::{NatsConfig, connect_options};
 use tempfile::TempDir;
 
 use crate::log::{LogFile, TAIL_LINES, WaitFailure};
@@ -152,6 +153,8 @@ pub struct NatsServerBuilder {
     http_port: Option<u16>,
     /// Route settings (cluster nodes).
     cluster: Option<ClusterSpec>,
+    /// Credentials and TLS settings of the harness's own clients.
+    client_config: NatsConfig,
 }
 
 impl Default for NatsServerBuilder {
@@ -165,6 +168,7 @@ impl Default for NatsServerBuilder {
             port: None,
             http_port: None,
             cluster: None,
+            client_config: NatsConfig::default(),
         }
     }
 }
@@ -198,6 +202,27 @@ impl NatsServerBuilder {
     /// [`NatsServer::monitoring_url`].
     pub fn monitoring(mut self, enabled: bool) -> Self {
         self.monitoring = enabled;
+        self
+    }
+
+    /// The credentials and TLS settings [`NatsServer::client`] connects
+    /// with, for a server whose [`config`](Self::config) requires them (its
+    /// `url` is ignored; [`NatsServer::nats_config`] gives it back with the
+    /// server's). Readiness does not depend on them: the harness waits for
+    /// [`READY_LINE`] in the log.
+    ///
+    /// ```no_run
+    /// use jetsaga_engine::config::{NatsConfig, Secret};
+    /// let server = jetsaga_tests::NatsServer::builder()
+    ///     .config("authorization { token: \"t0k\" }")
+    ///     .client_config(NatsConfig {
+    ///         token: Some(Secret::new("t0k")),
+    ///         ..NatsConfig::default()
+    ///     })
+    ///     .start();
+    /// ```
+    pub fn client_config(mut self, nats: NatsConfig) -> Self {
+        self.client_config = nats;
         self
     }
 
@@ -275,6 +300,7 @@ impl NatsServerBuilder {
             log,
             proc: Mutex::new(proc),
             startup_timeout: self.startup_timeout,
+            client_config: self.client_config.clone(),
             started_at: 0,
             dir: Some(dir),
         }
@@ -358,6 +384,8 @@ pub struct NatsServer {
     proc: Mutex<Proc>,
     /// How long a (re)start may take.
     startup_timeout: Duration,
+    /// Credentials and TLS settings of [`NatsServer::client`] (`url` unused).
+    client_config: NatsConfig,
     /// Log offset at which the current run's output begins.
     started_at: u64,
     /// Holds config, log and store; `None` once kept.
@@ -503,9 +531,23 @@ impl NatsServer {
         }
     }
 
-    /// A client connected to this server. Panics when it cannot connect.
+    /// How a client reaches this server: [`url`](Self::url) with the
+    /// builder's [`client_config`](NatsServerBuilder::client_config).
+    pub fn nats_config(&self) -> NatsConfig {
+        NatsConfig {
+            url: self.url(),
+            ..self.client_config.clone()
+        }
+    }
+
+    /// A client connected to this server, with the credentials and TLS
+    /// settings of [`nats_config`](Self::nats_config). Panics when it cannot
+    /// connect.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        let options = connect_options(&self.client_config)
+            .unwrap_or_else(|e| panic!("jetsaga-tests: client settings: {e}"));
+        options
+            .connect(self.url())
             .await
             .unwrap_or_else(|e| panic!("jetsaga-tests: connect to {}: {e}", self.url()))
     }

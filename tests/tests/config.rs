@@ -29,20 +29,10 @@ fn jetsaga(args: &[&str], envs: &[(&str, &str)]) -> Output {
     run_command(&bin_path("jetsaga"), args, envs, RUN)
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).to_string()
-}
-
-fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).expect("write test file");
-    path
-}
-
 /// An engine config file for `nats_url` with `extra` lines, its store under `dir`.
 fn engine_config(dir: &Path, nats_url: &str, extra: &str) -> PathBuf {
     let store = dir.join("store");
-    write(
+    common::write(
         dir,
         "jetsaga.yaml",
         &format!(
@@ -69,7 +59,7 @@ fn engine_from_file(config: &Path, envs: &[(&str, &str)]) -> ChildProcess {
 #[test]
 fn config_check_shows_values_their_sources_and_masks_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(
+    let file = common::write(
         dir.path(),
         "f.yaml",
         "nats:\n  url: nats://10.0.0.1:4222\n  user: app\n  password: hunter2-in-file\nreplicas: 3\nbatch_size: 10\nack_wait: 30s\n",
@@ -79,7 +69,7 @@ fn config_check_shows_values_their_sources_and_masks_secrets() {
         &["config", "check", "--config", &file, "--ack-wait", "3s"],
         &[("JETSAGA_BATCH_SIZE", "7")],
     );
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for line in [
         &format!("# configuration file: {file}"),
@@ -104,7 +94,7 @@ fn config_check_shows_values_their_sources_and_masks_secrets() {
         &["--output", "json", "config", "check", "--config", &file],
         &[("JETSAGA_NATS_PASSWORD", "hunter2-in-env")],
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(report["valid"], true);
     assert_eq!(report["config"]["nats"]["password"], "***");
@@ -114,19 +104,19 @@ fn config_check_shows_values_their_sources_and_masks_secrets() {
         json!({"from": "env", "var": "JETSAGA_NATS_PASSWORD"})
     );
     assert_eq!(report["sources"]["replicas"]["from"], "file");
-    assert!(!text(&out.stdout).contains("hunter2"));
+    assert!(!common::text(&out.stdout).contains("hunter2"));
 
     // Invalid: shown, then refused with the reason.
     let out = jetsaga(
         &["config", "check", "--config", &file, "--replicas", "7"],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("replicas: 7  # flag --replicas"));
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stdout));
+    assert!(common::text(&out.stdout).contains("replicas: 7  # flag --replicas"));
     assert!(
-        text(&out.stderr).contains("error: E-CONFIG: replicas 7 is out of range"),
+        common::text(&out.stderr).contains("error: E-CONFIG: replicas 7 is out of range"),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
     let out = jetsaga(
         &["--output", "json", "config", "check", "--config", &file],
@@ -138,7 +128,7 @@ fn config_check_shows_values_their_sources_and_masks_secrets() {
     assert_eq!(report["error"]["code"], "E-CONFIG");
 
     // An unknown key names itself and the file.
-    let typo = write(
+    let typo = common::write(
         dir.path(),
         "typo.yaml",
         "nats:\n  url: nats://a:4222\n  pasword: x\n",
@@ -148,7 +138,7 @@ fn config_check_shows_values_their_sources_and_masks_secrets() {
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
+    let err = common::text(&out.stderr);
     assert!(
         err.contains(&format!(
             "error: E-CONFIG-FILE: {}: unknown key `nats.pasword` at line 3",
@@ -160,9 +150,9 @@ fn config_check_shows_values_their_sources_and_masks_secrets() {
     let out = jetsaga(&["config", "check"], &[("JETSAGA_MAX_PAYLOAD", "lots")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("error: E-CONFIG-ENV: JETSAGA_MAX_PAYLOAD"),
+        common::text(&out.stderr).contains("error: E-CONFIG-ENV: JETSAGA_MAX_PAYLOAD"),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
 }
 
@@ -182,7 +172,7 @@ async fn an_engine_configured_by_file_authenticates_with_user_and_password() {
 
     // The CLI reads the same file; the flags work without one.
     let config_arg = config.display().to_string();
-    let defs = write(dir.path(), "defs.yaml", ONE_STEP);
+    let defs = common::write(dir.path(), "defs.yaml", ONE_STEP);
     let out = jetsaga(
         &[
             "--config",
@@ -193,7 +183,7 @@ async fn an_engine_configured_by_file_authenticates_with_user_and_password() {
         ],
         &[],
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
     let url = nats.url();
     let out = jetsaga(
         &[
@@ -208,8 +198,8 @@ async fn an_engine_configured_by_file_authenticates_with_user_and_password() {
         ],
         &[("JETSAGA_NATS_PASSWORD", "s3cret-pw")],
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("one_step"));
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(common::text(&out.stdout).contains("one_step"));
 
     // The Rust client with the same settings.
     let client = Client::connect_with(
@@ -229,7 +219,7 @@ async fn an_engine_configured_by_file_authenticates_with_user_and_password() {
     // Without credentials the server refuses, and the error says what to check.
     let out = jetsaga(&["--nats-url", &url, "def", "list"], &[]);
     assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
+    let err = common::text(&out.stderr);
     assert!(err.contains("E-NATS-CONNECT"), "{err}");
     assert!(err.contains("authorization violation"), "{err}");
     assert!(err.contains("--nats-user"), "{err}");
@@ -273,7 +263,7 @@ async fn an_engine_authenticates_with_an_nkey_seed_file() {
         ))
         .start();
     let dir = tempfile::tempdir().unwrap();
-    let seed_file = write(dir.path(), "engine.nk", &format!("{seed}\n"));
+    let seed_file = common::write(dir.path(), "engine.nk", &format!("{seed}\n"));
     let config = engine_config(
         dir.path(),
         &nats.url(),
@@ -306,7 +296,7 @@ fn a_wrong_password_is_a_clear_connect_error() {
         "  user: app\n  password: wrong-pw\n",
     );
     let out = jetsaga(&["server", "--config", config.to_str().unwrap()], &[]);
-    let err = text(&out.stderr);
+    let err = common::text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!(

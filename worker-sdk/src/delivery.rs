@@ -26,7 +26,7 @@
 //! tests kill the process at each of these places.
 
 use crate::crash_points;
-use crate::handler::{Handlers, execute};
+use crate::handler::{Handlers, OutputLimit, execute};
 use crate::metrics;
 use crate::protocol::{
     HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, Subjects, Task, TaskResult, result_msg_id,
@@ -37,6 +37,7 @@ use async_nats::jetstream::{self, AckKind};
 use backon::{ExponentialBuilder, Retryable};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -63,6 +64,25 @@ pub(crate) struct Shared {
     pub(crate) js: jetstream::Context,
     /// Idempotency records.
     pub(crate) records: Records,
+    /// The worker's own cap on handler output (`max_output_bytes`), if set.
+    pub(crate) max_output: Option<usize>,
+    /// The engine's `max_payload` as read from the results stream's largest
+    /// message size; 0 while unknown (or unlimited).
+    pub(crate) engine_max_payload: AtomicUsize,
+}
+
+impl Shared {
+    /// The cap on handler output now: see [`OutputLimit::new`]. The
+    /// server's `max_payload` is read at each task, so that it follows a
+    /// reconnect to another server.
+    pub(crate) fn output_limit(&self) -> OutputLimit {
+        let engine = self.engine_max_payload.load(Ordering::Relaxed);
+        OutputLimit::new(
+            self.js.client().server_info().max_payload,
+            (engine > 0).then_some(engine),
+            self.max_output,
+        )
+    }
 }
 
 /// Why a task could not be finished (and is therefore not acknowledged).
@@ -238,7 +258,15 @@ async fn produce_outcome(
 
     let started = Instant::now();
     let in_flight = metrics::InFlight::enter(&shared.service);
-    let outcome = execute(&shared.handlers, &shared.name, &shared.service, ctx.clone()).await;
+    let limit = shared.output_limit();
+    let outcome = execute(
+        &shared.handlers,
+        &shared.name,
+        &shared.service,
+        ctx.clone(),
+        &limit,
+    )
+    .await;
     drop(in_flight);
     let elapsed = started.elapsed();
     metrics::handler_ran(&shared.service, ctx.operation(), ctx.kind(), elapsed);

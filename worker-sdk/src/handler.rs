@@ -13,10 +13,103 @@ use std::future::Future;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// Largest handler output accepted, in bytes of JSON. Bigger outputs would
-/// not fit in a result message the engine accepts; they fail the step
-/// instead of being redelivered forever.
-pub(crate) const MAX_OUTPUT_BYTES: usize = DEFAULT_MAX_PAYLOAD - 16 * 1024;
+/// Room kept in a result message for everything but the handler's output
+/// (the result envelope and the headers).
+pub(crate) const ENVELOPE_ROOM: usize = 16 * 1024;
+/// Largest handler output accepted when nothing better is known (the
+/// engine's default `max_payload` less [`ENVELOPE_ROOM`]): in
+/// [`WorkerBuilder::run_one`](crate::WorkerBuilder::run_one).
+pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: usize = DEFAULT_MAX_PAYLOAD - ENVELOPE_ROOM;
+/// nats-server's default `max_payload`, assumed while the server's is unknown.
+const NATS_DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Largest handler output accepted, in bytes of JSON, and what sets it.
+/// Bigger outputs would not fit in a result message that NATS carries and
+/// the engine accepts; they fail the step instead of being redelivered
+/// forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutputLimit {
+    /// The limit in bytes.
+    pub(crate) bytes: usize,
+    /// Where it comes from, for the error message.
+    pub(crate) source: String,
+}
+
+impl OutputLimit {
+    /// The smallest of: the server's `max_payload` (0 when unknown) and the
+    /// engine's (`None` when unknown), each less [`ENVELOPE_ROOM`], and the
+    /// worker's own setting.
+    pub(crate) fn new(
+        server_max_payload: usize,
+        engine_max_payload: Option<usize>,
+        configured: Option<usize>,
+    ) -> OutputLimit {
+        let server = if server_max_payload == 0 {
+            NATS_DEFAULT_MAX_PAYLOAD
+        } else {
+            server_max_payload
+        };
+        let mut limit = OutputLimit {
+            bytes: server.saturating_sub(ENVELOPE_ROOM),
+            source: format!(
+                "the NATS server's max_payload of {server} bytes less {ENVELOPE_ROOM} for the result envelope"
+            ),
+        };
+        if let Some(engine) = engine_max_payload {
+            let bytes = engine.saturating_sub(ENVELOPE_ROOM);
+            if bytes < limit.bytes {
+                limit = OutputLimit {
+                    bytes,
+                    source: format!(
+                        "the engine's max_payload of {engine} bytes less {ENVELOPE_ROOM} for the result envelope"
+                    ),
+                };
+            }
+        }
+        if let Some(bytes) = configured.filter(|&b| b < limit.bytes) {
+            limit = OutputLimit {
+                bytes,
+                source: "the worker's max_output_bytes".to_string(),
+            };
+        }
+        limit
+    }
+
+    /// The limit without a server: the worker's setting, else
+    /// [`DEFAULT_MAX_OUTPUT_BYTES`].
+    pub(crate) fn offline(configured: Option<usize>) -> OutputLimit {
+        match configured {
+            Some(bytes) => OutputLimit {
+                bytes,
+                source: "the worker's max_output_bytes".to_string(),
+            },
+            None => OutputLimit {
+                bytes: DEFAULT_MAX_OUTPUT_BYTES,
+                source: format!(
+                    "the engine's default max_payload of {DEFAULT_MAX_PAYLOAD} bytes less {ENVELOPE_ROOM} for the result envelope"
+                ),
+            },
+        }
+    }
+
+    /// `outcome`, or a fatal outcome if it is an output over the limit.
+    fn check(&self, outcome: Outcome) -> Outcome {
+        let Outcome::Ok { output } = &outcome else {
+            return outcome;
+        };
+        // serde_json::Value always serializes.
+        let size = serde_json::to_vec(output).map(|v| v.len()).unwrap_or(0);
+        if size <= self.bytes {
+            return outcome;
+        }
+        Outcome::Fatal {
+            error: format!(
+                "handler output is {size} bytes of JSON, more than the limit of {} ({}); store large data elsewhere and return a reference to it",
+                self.bytes, self.source
+            ),
+        }
+    }
+}
 
 /// A registered handler: decodes the input, runs the user's function and
 /// encodes its result. Decoding happens before the returned future runs.
@@ -85,19 +178,7 @@ impl Handlers {
 fn encode<O: Serialize>(result: Result<O, StepError>) -> Outcome {
     match result {
         Ok(output) => match serde_json::to_value(output) {
-            Ok(output) => {
-                // serde_json::Value always serializes.
-                let size = serde_json::to_vec(&output).map(|v| v.len()).unwrap_or(0);
-                if size > MAX_OUTPUT_BYTES {
-                    Outcome::Fatal {
-                        error: format!(
-                            "handler output is {size} bytes of JSON, more than the limit of {MAX_OUTPUT_BYTES}; store large data elsewhere and return a reference to it"
-                        ),
-                    }
-                } else {
-                    Outcome::Ok { output }
-                }
-            }
+            Ok(output) => Outcome::Ok { output },
             Err(e) => Outcome::Fatal {
                 error: format!("handler output cannot be serialized as JSON: {e}"),
             },
@@ -110,11 +191,13 @@ fn encode<O: Serialize>(result: Result<O, StepError>) -> Outcome {
 /// happened. Never panics and never outlives the task's deadline: the
 /// handler runs in its own tokio task, a panic becomes a retryable outcome,
 /// and at the deadline the handler is cancelled and the outcome is retryable.
+/// An output over `limit` becomes a fatal outcome.
 pub(crate) async fn execute(
     handlers: &Handlers,
     worker_name: &str,
     service: &str,
     ctx: TaskContext,
+    limit: &OutputLimit,
 ) -> Outcome {
     let Some(handler) = handlers.get(ctx.kind(), ctx.operation()) else {
         return Outcome::Retryable {
@@ -130,7 +213,7 @@ pub(crate) async fn execute(
     let fut = handler(ctx);
     let mut join = tokio::spawn(fut.in_current_span());
     match tokio::time::timeout_at(deadline, &mut join).await {
-        Ok(Ok(outcome)) => outcome,
+        Ok(Ok(outcome)) => limit.check(outcome),
         Ok(Err(e)) if e.is_panic() => {
             let panic = e.into_panic();
             let msg = panic
@@ -335,12 +418,70 @@ mod tests {
     async fn oversized_output_is_fatal() {
         let w = Worker::builder("blobs")
             .handler("make", |_, n: usize| async move { Ok("x".repeat(n)) });
-        let mut t = task(TaskKind::Action, "make", json!(super::MAX_OUTPUT_BYTES + 1));
+        let mut t = task(
+            TaskKind::Action,
+            "make",
+            json!(super::DEFAULT_MAX_OUTPUT_BYTES - 2),
+        );
         t.service = "blobs".into();
-        match w.run_one(t).await {
-            Outcome::Fatal { error } => assert!(error.contains("more than the limit"), "{error}"),
+        assert!(matches!(w.run_one(t.clone()).await, Outcome::Ok { .. }));
+        t.input = json!(super::DEFAULT_MAX_OUTPUT_BYTES - 1);
+        match w.run_one(t.clone()).await {
+            Outcome::Fatal { error } => assert!(
+                error.starts_with(&format!(
+                    "handler output is {} bytes of JSON, more than the limit of {} (the engine's default max_payload",
+                    super::DEFAULT_MAX_OUTPUT_BYTES + 1,
+                    super::DEFAULT_MAX_OUTPUT_BYTES
+                )),
+                "{error}"
+            ),
             other => panic!("expected fatal, got {other:?}"),
         }
+        // The worker's own cap.
+        let w = w.max_output_bytes(1000);
+        t.input = json!(999);
+        match w.run_one(t).await {
+            Outcome::Fatal { error } => assert!(
+                error.contains("1001 bytes of JSON, more than the limit of 1000 (the worker's max_output_bytes)"),
+                "{error}"
+            ),
+            other => panic!("expected fatal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn output_limit_is_the_smallest_known() {
+        use super::{ENVELOPE_ROOM, OutputLimit};
+        let mib = 1024 * 1024;
+        // Server only (streams without a size limit).
+        let l = OutputLimit::new(8 * mib, None, None);
+        assert_eq!(l.bytes, 8 * mib - ENVELOPE_ROOM);
+        assert!(
+            l.source.contains("NATS server's max_payload"),
+            "{}",
+            l.source
+        );
+        // The engine's limit below the server's.
+        let l = OutputLimit::new(mib, Some(512 * 1024), None);
+        assert_eq!(l.bytes, 512 * 1024 - ENVELOPE_ROOM);
+        assert!(l.source.contains("engine's max_payload"), "{}", l.source);
+        // The server's below the engine's.
+        assert_eq!(
+            OutputLimit::new(mib, Some(4 * mib), None).bytes,
+            mib - ENVELOPE_ROOM
+        );
+        // The worker's setting only ever lowers it.
+        let l = OutputLimit::new(mib, None, Some(1000));
+        assert_eq!(
+            (l.bytes, l.source.as_str()),
+            (1000, "the worker's max_output_bytes")
+        );
+        assert_eq!(
+            OutputLimit::new(mib, None, Some(8 * mib)).bytes,
+            mib - ENVELOPE_ROOM
+        );
+        // Unknown server (not connected yet): nats-server's default.
+        assert_eq!(OutputLimit::new(0, None, None).bytes, mib - ENVELOPE_ROOM);
     }
 
     #[test]

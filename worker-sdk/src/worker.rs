@@ -23,6 +23,16 @@
 //! does not hold it). What happens to one task is described in
 //! the `delivery` module: record before result, result before ack.
 //!
+//! A pull request lives on the server that received it: a restarted
+//! nats-server (or a dropped connection) forgets it without a word, and
+//! waiting for it to expire would leave the worker idle while tasks queue
+//! up. So the pull asks the server for an idle heartbeat every
+//! [`PULL_HEARTBEAT`], and the worker sends a new pull at once when its
+//! client has reconnected since the pull was sent, or when the server has
+//! been silent (no task, no heartbeat) for [`PULL_SILENCE`] while
+//! connected. A task the server delivered to the abandoned pull's inbox at
+//! that very moment is delivered again after `ack_wait`.
+//!
 //! # Shutdown, in order
 //!
 //! When the token passed to [`Worker::run`] is cancelled:
@@ -41,28 +51,40 @@
 //! are then delivered again after `ack_wait` and replayed or re-run.
 
 use crate::delivery::{self, Shared};
-use crate::handler::{self, Handlers};
+use crate::handler::{self, Handlers, OutputLimit};
 use crate::protocol::{self, Outcome, Subjects, Task, TaskKind};
 use crate::store::Records;
 use crate::{StepError, TaskContext, WorkerError};
+use async_nats::connection::State;
 use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
 };
+use async_nats::{StatusCode, Subscriber};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// How long one pull request waits for tasks.
 const PULL_EXPIRES: Duration = Duration::from_secs(3);
+/// Idle heartbeat the server sends on an open pull request (the server
+/// wants at most half of [`PULL_EXPIRES`]).
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// An open pull request that brought neither a task nor a heartbeat for
+/// this long, while the client stayed connected, is taken as lost.
+const PULL_SILENCE: Duration = Duration::from_secs(2);
+/// How often an open pull request looks at the client's connection.
+const CONNECTION_CHECK: Duration = Duration::from_millis(100);
 /// How long a shutting-down worker keeps handing back (nak) tasks that
 /// still arrive for its last pull request before dropping it.
 const DRAIN_GRACE: Duration = Duration::from_millis(300);
@@ -94,6 +116,9 @@ pub struct WorkerBuilder {
     idempotency_replicas: usize,
     /// Identity reported in results; `None` for `<hostname>-<pid>`.
     name: Option<String>,
+    /// Cap on handler output below the one derived from the server and the
+    /// engine; `None` for that one alone.
+    max_output: Option<usize>,
     /// Registered handlers.
     handlers: Handlers,
 }
@@ -123,6 +148,7 @@ impl Worker {
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             idempotency_replicas: 1,
             name: None,
+            max_output: None,
             handlers: Handlers::default(),
         }
     }
@@ -183,11 +209,7 @@ impl Worker {
                 }
             }
 
-            let pull = consumer
-                .batch()
-                .max_messages(permits.len())
-                .expires(PULL_EXPIRES)
-                .messages();
+            let pull = Pull::send(&consumer, &self.shared.js, permits.len());
             let mut batch = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -211,28 +233,33 @@ impl Worker {
             let mut draining: Option<tokio::time::Instant> = None;
             let mut failed = false;
             loop {
-                let item = match draining {
+                let pulled = match draining {
                     // Past the grace period: treat the pull as ended.
                     Some(until) => tokio::time::timeout_at(until, batch.next())
                         .await
-                        .ok()
-                        .flatten(),
+                        .unwrap_or(Pulled::Done),
                     None => tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => {
-                            draining = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                            draining = Some(Instant::now() + DRAIN_GRACE);
                             continue;
                         }
-                        item = batch.next() => item,
+                        pulled = batch.next() => pulled,
                     },
                 };
-                let Some(item) = item else { break };
-                match item {
-                    Ok(msg) => match permits.pop() {
+                match pulled {
+                    Pulled::Done => break,
+                    Pulled::Lost(why) => {
+                        if draining.is_none() {
+                            info!("{why}; sending a new pull request");
+                        }
+                        break;
+                    }
+                    Pulled::Task(msg) => match permits.pop() {
                         Some(permit) if draining.is_none() => {
                             tracker.spawn(delivery::handle(
                                 self.shared.clone(),
-                                msg,
+                                *msg,
                                 ack_wait,
                                 permit,
                             ));
@@ -244,7 +271,7 @@ impl Worker {
                             }
                         }
                     },
-                    Err(e) => {
+                    Pulled::Failed(e) => {
                         warn!(error = %e, "pulling tasks failed");
                         failed = true;
                         break;
@@ -301,6 +328,132 @@ impl Worker {
     }
 }
 
+/// One pull request: the inbox its tasks come to and what watches over it.
+///
+/// Unlike the batch of async-nats, which waits for a lost request until it
+/// would have expired (and 5 s more), it notices that the request is gone:
+/// see the module docs.
+struct Pull {
+    /// Subscription to the pull's inbox; dropping it unsubscribes.
+    inbox: Subscriber,
+    /// Tasks the request may still bring.
+    remaining: usize,
+    /// JetStream context the tasks are acknowledged through.
+    js: jetstream::Context,
+    /// The client, to watch its connection.
+    client: async_nats::Client,
+    /// The client's count of connections made when the pull was sent.
+    connects: u64,
+    /// When the server was last heard from on this pull (or the pull sent).
+    heard: Instant,
+    /// Whether the client was seen disconnected since the pull was sent
+    /// (then the server's silence is no sign of a lost pull).
+    disconnected: bool,
+    /// Ticks every [`CONNECTION_CHECK`].
+    check: Interval,
+}
+
+/// What an open pull request brings next.
+enum Pulled {
+    /// A task (boxed: a message is large next to the other variants).
+    Task(Box<jetstream::Message>),
+    /// The request is over: expired, or it brought all it asked for.
+    Done,
+    /// The server has forgotten the request (why): send a new one now.
+    Lost(String),
+    /// The server ended the request with an error.
+    Failed(String),
+}
+
+impl Pull {
+    /// Subscribes to a new inbox and asks `consumer` for `n` tasks there.
+    async fn send(
+        consumer: &PullConsumer,
+        js: &jetstream::Context,
+        n: usize,
+    ) -> Result<Pull, async_nats::Error> {
+        let client = js.client();
+        let connects = client.statistics().connects.load(Ordering::Relaxed);
+        let inbox = client.new_inbox();
+        let subscription = client.subscribe(inbox.clone()).await?;
+        let request = pull::BatchConfig {
+            batch: n,
+            expires: Some(PULL_EXPIRES),
+            idle_heartbeat: PULL_HEARTBEAT,
+            ..Default::default()
+        };
+        consumer.request_batch(request, inbox.into()).await?;
+        let mut check = tokio::time::interval(CONNECTION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Pull {
+            inbox: subscription,
+            remaining: n,
+            js: js.clone(),
+            client,
+            connects,
+            heard: Instant::now(),
+            disconnected: false,
+            check,
+        })
+    }
+
+    /// Waits for what the request brings next.
+    async fn next(&mut self) -> Pulled {
+        if self.remaining == 0 {
+            return Pulled::Done;
+        }
+        loop {
+            tokio::select! {
+                msg = self.inbox.next() => {
+                    let Some(msg) = msg else {
+                        return Pulled::Failed("the pull's subscription ended".into());
+                    };
+                    self.heard = Instant::now();
+                    match msg.status {
+                        None | Some(StatusCode::OK) => {
+                            self.remaining -= 1;
+                            return Pulled::Task(Box::new(jetstream::Message {
+                                message: msg,
+                                context: self.js.clone(),
+                            }));
+                        }
+                        Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                        // Expired (408) or nothing left to wait for (404).
+                        Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => return Pulled::Done,
+                        Some(status) => {
+                            return Pulled::Failed(format!(
+                                "the server ended the pull request: {status} {}",
+                                msg.description.as_deref().unwrap_or("")
+                            ));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(self.heard + PULL_SILENCE) => {
+                    if self.disconnected {
+                        // Not the server's fault: wait for the reconnect.
+                        self.heard = Instant::now();
+                        continue;
+                    }
+                    return Pulled::Lost(format!(
+                        "no task and no heartbeat on the pull request for {PULL_SILENCE:?}"
+                    ));
+                }
+                _ = self.check.tick() => {
+                    // The counter, not the state: a restart can be over
+                    // between two looks at the state.
+                    let connects = self.client.statistics().connects.load(Ordering::Relaxed);
+                    if connects != self.connects {
+                        return Pulled::Lost(
+                            "reconnected to NATS; the server does not know the pull request sent before".into(),
+                        );
+                    }
+                    self.disconnected |= self.client.connection_state() != State::Connected;
+                }
+            }
+        }
+    }
+}
+
 /// Backoff of the pull loop and of waiting for the stream: jittered,
 /// exponential, capped, endless.
 fn loop_backoff() -> impl Iterator<Item = Duration> {
@@ -318,6 +471,38 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(delay) => false,
     }
+}
+
+/// How much larger than `max_payload` the engine makes its streams'
+/// largest message size (docs/PROTOCOL.md, Streams).
+const ENGINE_STREAM_HEADROOM: usize = 64 * 1024;
+
+/// Reads the engine's `max_payload` off the results stream (its largest
+/// message size less [`ENGINE_STREAM_HEADROOM`]) for the output cap. Keeps
+/// what it knew when the stream cannot be read now; results the stream
+/// would refuse then fail at publishing, as before.
+async fn learn_engine_max_payload(shared: &Shared) {
+    let name = shared.subjects.results_stream();
+    let max_message_size = match shared.js.get_stream(&name).await {
+        Ok(stream) => stream.cached_info().config.max_message_size,
+        Err(e) => {
+            debug!(stream = %name, error = %e, "cannot read the results stream's limits");
+            return;
+        }
+    };
+    let engine = usize::try_from(max_message_size)
+        .ok()
+        .filter(|&m| m > 0)
+        .map_or(0, |m| {
+            if m > ENGINE_STREAM_HEADROOM {
+                m - ENGINE_STREAM_HEADROOM
+            } else {
+                m
+            }
+        });
+    shared.engine_max_payload.store(engine, Ordering::Relaxed);
+    let limit = shared.output_limit();
+    debug!(bytes = limit.bytes, source = %limit.source, "handler output cap");
 }
 
 /// Why the consumer could not be set up.
@@ -343,6 +528,7 @@ async fn ensure_consumer(
             "tasks stream {stream_name} is not available ({e}); waiting for the engine to create it"
         ))
     })?;
+    learn_engine_max_payload(shared).await;
     let config = pull::Config {
         durable_name: Some(consumer_name.clone()),
         description: Some(format!("jetsaga workers of service {}", shared.service)),
@@ -439,6 +625,20 @@ impl WorkerBuilder {
         self
     }
 
+    /// Caps a handler's output at `bytes` of JSON; a larger output fails
+    /// the step as fatal, with an error naming its size and the cap.
+    ///
+    /// Without it the cap is what a result message can carry: the smaller
+    /// of the NATS server's `max_payload` and the engine's `--max-payload`
+    /// (read from the largest message size of the results stream, which the
+    /// engine sets to `max_payload` + 64 KiB), less 16 KiB for the result
+    /// envelope. Set this when the results pass through something with a
+    /// smaller limit; a value above the derived cap does not raise it.
+    pub fn max_output_bytes(mut self, bytes: usize) -> Self {
+        self.max_output = Some(bytes);
+        self
+    }
+
     /// Registers the action handler for `operation`.
     ///
     /// `I` is the saga input, decoded from JSON (use `serde_json::Value` to
@@ -477,7 +677,15 @@ impl WorkerBuilder {
     /// Needs a tokio runtime.
     pub async fn run_one(&self, task: Task) -> Outcome {
         let ctx = TaskContext::received(Arc::new(task));
-        handler::execute(&self.handlers, &self.worker_name(), &self.service, ctx).await
+        let limit = OutputLimit::offline(self.max_output);
+        handler::execute(
+            &self.handlers,
+            &self.worker_name(),
+            &self.service,
+            ctx,
+            &limit,
+        )
+        .await
     }
 
     /// Checks the settings, connects the JetStream pieces (creates the
@@ -510,6 +718,8 @@ impl WorkerBuilder {
             handlers: self.handlers,
             js,
             records,
+            max_output: self.max_output,
+            engine_max_payload: AtomicUsize::new(0),
         });
         let consumer = match ensure_consumer(&shared, self.ack_wait).await {
             Ok(c) => Some(c),
@@ -535,6 +745,11 @@ impl WorkerBuilder {
             .map_err(|e| invalid(format!("service name {e}")))?;
         if self.concurrency == 0 {
             return Err(invalid("concurrency must be at least 1".into()));
+        }
+        if self.max_output == Some(0) {
+            return Err(invalid(
+                "max_output_bytes must be at least 1 (leave it unset to follow the server and the engine)".into(),
+            ));
         }
         if self.ack_wait < Duration::from_millis(100) {
             return Err(invalid(format!(

@@ -345,10 +345,39 @@ pub fn connect_options(nats: &NatsConfig) -> Result<async_nats::ConnectOptions, 
     Ok(options)
 }
 
+/// The kind of a failed connection, with a failed TLS handshake told apart:
+/// async-nats reports a certificate the client does not trust (or a
+/// handshake the server broke off) as an I/O error, which would send the
+/// reader looking for a server that is there.
+pub fn connect_error_kind(error: &async_nats::ConnectError) -> async_nats::ConnectErrorKind {
+    use async_nats::ConnectErrorKind as K;
+    match error.kind() {
+        K::Io if tls_handshake_failed(error) => K::Tls,
+        kind => kind,
+    }
+}
+
+/// Whether a rustls error is among `error`'s causes (an I/O error carries
+/// it as its inner error, which `source()` skips).
+fn tls_handshake_failed(error: &async_nats::ConnectError) -> bool {
+    use async_nats::rustls::Error as TlsError;
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        let io_inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if e.is::<TlsError>() || io_inner.is_some_and(|inner| inner.is::<TlsError>()) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// What to do about a failed connection, by its kind.
 pub fn connect_hint(error: &async_nats::ConnectError) -> &'static str {
     use async_nats::ConnectErrorKind as K;
-    match error.kind() {
+    match connect_error_kind(error) {
         K::AuthorizationViolation | K::Authentication => {
             "the server refused the credentials: check nats.user/nats.password (--nats-user, --nats-password), nats.token, nats.nkey or nats.creds, and which one the server expects"
         }
@@ -552,5 +581,27 @@ mod tests {
         let err = connect_options(&config).unwrap_err().to_string();
         assert!(err.contains("not a NATS credentials file"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_certificate_is_a_tls_failure_not_a_missing_server() {
+        use async_nats::rustls::{CertificateError, Error as TlsError};
+        use async_nats::{ConnectError, ConnectErrorKind as K};
+        // What async-nats returns when the server's certificate is not trusted.
+        let untrusted = ConnectError::with_source(
+            K::Io,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                TlsError::InvalidCertificate(CertificateError::UnknownIssuer),
+            ),
+        );
+        assert_eq!(connect_error_kind(&untrusted), K::Tls);
+        assert!(connect_hint(&untrusted).starts_with("TLS failed"));
+        let refused = ConnectError::with_source(
+            K::Io,
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
+        assert_eq!(connect_error_kind(&refused), K::Io);
+        assert!(connect_hint(&refused).contains("is nats-server running there?"));
     }
 }

@@ -470,3 +470,15 @@ impl World {
         jetsaga_tests::run_command(&bin_path("jetsaga"), &all, &[], Duration::from_secs(60))
     }
 }
+
+/// Bytes a process printed, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+/// Writes `content` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write test file");
+    path
+}
