@@ -2,12 +2,13 @@
 //!
 //! One task owns the state of a partition's sagas and applies events to them
 //! in order through the pure state machine ([`crate::saga::machine`]). I/O
-//! happens around it: commands arrive on a channel, each transition is written
-//! as one store transaction with its outbox rows and timers, a batch of
-//! transitions is made durable with one flush (group commit), and only then
-//! are the messages that carried the events acknowledged and the callers
-//! answered. Each transition is also observed by [`SagaMetrics`], which
-//! derives the saga and step metrics from the saga before and after it.
+//! happens around it: commands arrive on a channel, each transition becomes
+//! one [`Change`] with its outbox rows and timers, the changes of a batch are
+//! written in one store transaction ([`Store::commit_many`]) and made durable
+//! with one flush (group commit), and only then are the messages that carried
+//! the events acknowledged and the callers answered. Each transition is also
+//! observed by [`SagaMetrics`], which derives the saga and step metrics from
+//! the saga before and after it.
 //!
 //! The key space already exists ([`partition_of`]); the engine runs one
 //! partition today.
@@ -21,7 +22,7 @@ use crate::saga::definition::ServicePolicy;
 use crate::saga::machine;
 use crate::saga::state::TimerKind;
 use crate::saga::state::{Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga};
-use crate::store::{Change, HeldTask, OutboxMessage, Store, StoreError, TimerRow};
+use crate::store::{Change, HeldTask, OutboxMessage, Prior, Store, StoreError, TimerRow};
 use async_nats::jetstream;
 use jetsaga_worker::protocol::{
     self, ApiError, HEADER_IDEMPOTENCY_KEY, HEADER_SAGA_ID, StartReply, Subjects, Task, TaskKind,
@@ -340,6 +341,11 @@ pub struct Partition {
     relay: Arc<Notify>,
     rx: mpsc::Receiver<Command>,
     active: HashMap<String, Saga>,
+    /// Changes of the batch being applied, not yet written: the store gets
+    /// them in one transaction ([`Self::write_pending`]). Reads of state they
+    /// touch look here first ([`Self::saga`], idempotency keys) or write them
+    /// before reading the store.
+    pending: Vec<Change>,
     definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
     metrics: SagaMetrics,
     max_payload: usize,
@@ -370,6 +376,7 @@ impl Partition {
             relay,
             rx,
             active: HashMap::new(),
+            pending: Vec::new(),
             definitions: HashMap::new(),
             metrics: SagaMetrics::default(),
             max_payload,
@@ -479,6 +486,9 @@ impl Partition {
         self.fire_timers(&mut after)?;
         // Room freed in this batch goes to queued sagas (`crate::limits`).
         self.admit_queued(&mut after)?;
+        // The batch's changes in one transaction (a store error stops the
+        // partition, nothing of the batch answered).
+        self.write_pending()?;
         let apply_us = started.elapsed().as_micros() as u64;
         if let Some(mut previous) = flushing.take() {
             (&mut previous.done).await?;
@@ -607,6 +617,8 @@ impl Partition {
                 limit,
                 reply,
             } => {
+                // Pruning reads and deletes in the store itself.
+                self.write_pending()?;
                 let pruned = crate::retention::prune(&*self.store, before, limit)?;
                 for saga in &pruned {
                     self.active.remove(&saga.id);
@@ -661,8 +673,8 @@ impl Partition {
                 )
                 .into());
             }
-            if let Some(id) = self.store.saga_by_idempotency_key(key)? {
-                let existing = self.store.saga(&id)?;
+            if let Some(id) = self.saga_by_idempotency_key(key)? {
+                let existing = self.saga(&id)?;
                 return match existing {
                     Some(saga) if saga.name != start.saga => Err(api_error(
                         "E-IDEMPOTENCY-CONFLICT",
@@ -729,6 +741,7 @@ impl Partition {
         self.metrics.transition(&def, None, &saga);
         let mut change = self.change_for(&mut saga, &def, effects);
         change.idempotency_key = start.idempotency_key;
+        change.prior = Prior::Absent;
         self.commit(saga, change, after)?;
         tracing::info!(saga_id = %id, saga = %def.name, version = def.version, "saga started");
         Ok(StartReply {
@@ -758,6 +771,7 @@ impl Partition {
         self.metrics.transition(def, None, &saga);
         let id = saga.id.clone();
         let change = Change {
+            prior: Prior::Absent,
             idempotency_key,
             queue_add: vec![row],
             ..Change::default()
@@ -824,11 +838,13 @@ impl Partition {
                 // that cannot start must not block the queue.
                 tracing::error!(saga_id = %id, "queued saga cannot start; dropped from the start queue");
                 self.limits.forget(seq);
-                self.store.commit(Change {
-                    queue_remove: vec![seq],
-                    ..Change::default()
-                })?;
-                after.committed += 1;
+                self.stage(
+                    Change {
+                        queue_remove: vec![seq],
+                        ..Change::default()
+                    },
+                    after,
+                );
             }
         }
         self.limits.publish_gauges();
@@ -851,21 +867,25 @@ impl Partition {
                 rows = repair.stale_rows.len(),
                 "start queue rows without a pending saga removed"
             );
-            self.store.commit(Change {
-                queue_remove: repair.stale_rows,
-                ..Change::default()
-            })?;
-            after.committed += 1;
+            self.stage(
+                Change {
+                    queue_remove: repair.stale_rows,
+                    ..Change::default()
+                },
+                &mut after,
+            );
         }
         for id in repair.orphans {
             if let Some(saga) = self.active.get(&id) {
                 let (row, _) = self.limits.enqueue(&id, &saga.name, saga.created_at);
                 tracing::warn!(saga_id = %id, "pending saga without a start queue row queued again");
-                self.store.commit(Change {
-                    queue_add: vec![row],
-                    ..Change::default()
-                })?;
-                after.committed += 1;
+                self.stage(
+                    Change {
+                        queue_add: vec![row],
+                        ..Change::default()
+                    },
+                    &mut after,
+                );
             }
         }
         tracing::info!(
@@ -875,6 +895,7 @@ impl Partition {
             "concurrency limits resumed"
         );
         self.admit_queued(&mut after)?;
+        self.write_pending()?;
         if after.committed > 0 {
             self.store.flush().await?;
             self.relay.notify_one();
@@ -994,6 +1015,8 @@ impl Partition {
                 ),
             )));
         }
+        // The store deletes what it has: the batch's changes go first.
+        self.write_pending()?;
         self.store.delete_saga(id)?;
         self.active.remove(id);
         after.committed += 1;
@@ -1004,7 +1027,21 @@ impl Partition {
 
     /// Fires every due timer (fenced by the state machine).
     fn fire_timers(&mut self, after: &mut AfterFlush) -> Result<(), PartitionError> {
-        let due = self.store.due_timers(now_ms(), self.batch_size)?;
+        let now = now_ms();
+        let mut due = self.store.due_timers(now, self.batch_size)?;
+        // The batch's changes may have disarmed some of these, or armed
+        // others due already: then read again with them written. Otherwise
+        // (the common case) the batch stays one transaction.
+        let armed_due = || {
+            self.pending
+                .iter()
+                .flat_map(|c| &c.timers_add)
+                .any(|t| t.due <= now)
+        };
+        if !self.pending.is_empty() && (!due.is_empty() || armed_due()) {
+            self.write_pending()?;
+            due = self.store.due_timers(now, self.batch_size)?;
+        }
         for row in due {
             let remove = vec![(row.saga_id.clone(), row.timer.clone())];
             let saga = self.saga(&row.saga_id)?;
@@ -1018,11 +1055,13 @@ impl Partition {
                     let _ = self.apply_event(saga, &def, event, remove, after)?;
                 }
                 _ => {
-                    self.store.commit(Change {
-                        timers_remove: remove,
-                        ..Default::default()
-                    })?;
-                    after.committed += 1;
+                    self.stage(
+                        Change {
+                            timers_remove: remove,
+                            ..Default::default()
+                        },
+                        after,
+                    );
                 }
             }
         }
@@ -1033,12 +1072,47 @@ impl Partition {
     }
 
     /// The saga with `id`: from the in-memory set of unfinished sagas, else
-    /// from the store (terminal sagas).
+    /// from the batch's changes not yet written, else from the store
+    /// (terminal sagas).
     fn saga(&self, id: &str) -> Result<Option<Saga>, StoreError> {
-        match self.active.get(id) {
+        if let Some(s) = self.active.get(id) {
+            return Ok(Some(s.clone()));
+        }
+        match self.pending_saga(id) {
             Some(s) => Ok(Some(s.clone())),
             None => self.store.saga(id),
         }
+    }
+
+    /// The latest state of saga `id` in the batch's changes not yet written.
+    fn pending_saga(&self, id: &str) -> Option<&Saga> {
+        latest_saga(&self.pending, id)
+    }
+
+    /// The saga an idempotency key is bound to, the batch's changes not yet
+    /// written included (two starts with one key in a batch make one saga).
+    fn saga_by_idempotency_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match bound_saga(&self.pending, key) {
+            Some(id) => Ok(Some(id.to_owned())),
+            None => self.store.saga_by_idempotency_key(key),
+        }
+    }
+
+    /// Adds a change to the batch (written by [`Self::write_pending`]).
+    fn stage(&mut self, change: Change, after: &mut AfterFlush) {
+        self.pending.push(change);
+        after.committed += 1;
+    }
+
+    /// Writes the batch's changes so far in one transaction. On an error
+    /// none of them is written, and the partition stops.
+    fn write_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.store.commit_many(&self.pending);
+        self.pending.clear();
+        result
     }
 
     /// Applies `event` to `saga` and commits the result. Rejections are
@@ -1067,11 +1141,13 @@ impl Partition {
             }
             Err(rejection) => {
                 if !timers_remove.is_empty() {
-                    self.store.commit(Change {
-                        timers_remove,
-                        ..Default::default()
-                    })?;
-                    after.committed += 1;
+                    self.stage(
+                        Change {
+                            timers_remove,
+                            ..Default::default()
+                        },
+                        after,
+                    );
                 }
                 let quiet = matches!(rejection, Rejection::Stale { .. } | Rejection::Terminal(_))
                     && label == "timer";
@@ -1098,12 +1174,18 @@ impl Partition {
         let terminal = saga.status.is_terminal();
         // Concurrency limits (`crate::limits`): keep the running counts; a
         // saga leaving the start queue takes its row out in this transaction.
+        let stored = self.active.get(&id).or_else(|| self.pending_saga(&id));
+        if change.prior == Prior::Unknown
+            && let Some(stored) = stored
+        {
+            // The store moves the index entries without decoding the record.
+            change.prior = Prior::of(stored);
+        }
         let before = self.active.get(&id).map(|s| &s.status);
         let observed = self.limits.observe(before, &saga, now_ms());
         change.queue_remove.extend(observed.dequeued);
         change.saga = Some(saga.clone());
-        self.store.commit(change)?;
-        after.committed += 1;
+        self.stage(change, after);
         after.progress.push((id.clone(), state));
         if terminal {
             self.active.remove(&id);
@@ -1387,12 +1469,12 @@ impl Partition {
     }
 
     fn commit_held_removal(&mut self, seq: u64, after: &mut AfterFlush) -> Result<(), StoreError> {
-        self.store.commit(Change {
+        let change = Change {
             held_remove: vec![seq],
             breakers: self.services.take_dirty(),
             ..Change::default()
-        })?;
-        after.committed += 1;
+        };
+        self.stage(change, after);
         Ok(())
     }
 
@@ -1406,6 +1488,8 @@ impl Partition {
         for service in self.services.services_holding() {
             while let Some(held) = self.services.pop_releasable(&service) {
                 change.held_remove.push(held.seq);
+                // The task may have been held earlier in this batch.
+                self.write_pending()?;
                 let task = self.store.held_task(held.seq)?;
                 let waiting = self
                     .active
@@ -1439,8 +1523,7 @@ impl Partition {
         }
         change.breakers = self.services.take_dirty();
         if !change.held_remove.is_empty() || !change.breakers.is_empty() {
-            self.store.commit(change)?;
-            after.committed += 1;
+            self.stage(change, after);
         }
         Ok(())
     }
@@ -1507,6 +1590,25 @@ impl From<StoreError> for StartFailure {
     fn from(e: StoreError) -> Self {
         StartFailure::Store(e)
     }
+}
+
+/// The latest state of saga `id` among `changes` (in write order).
+fn latest_saga<'a>(changes: &'a [Change], id: &str) -> Option<&'a Saga> {
+    changes
+        .iter()
+        .rev()
+        .find_map(|c| c.saga.as_ref().filter(|s| s.id == id))
+}
+
+/// The saga `changes` bind idempotency key `key` to, if they do.
+fn bound_saga<'a>(changes: &'a [Change], key: &str) -> Option<&'a str> {
+    changes.iter().rev().find_map(|c| {
+        c.idempotency_key
+            .as_deref()
+            .filter(|k| *k == key)
+            .and(c.saga.as_ref())
+            .map(|s| s.id.as_str())
+    })
 }
 
 fn inputs(now: Millis) -> Inputs {
@@ -1577,5 +1679,57 @@ mod tests {
     fn partition_key_space_is_stable() {
         assert_eq!(partition_of("0192f5a0-0000-7000-8000-000000000000"), 0);
         assert!(partition_of("anything") < PARTITIONS);
+    }
+
+    fn saga(id: &str, status: crate::saga::state::SagaStatus) -> Saga {
+        Saga {
+            id: id.to_owned(),
+            name: "order".to_owned(),
+            definition_version: 1,
+            input: serde_json::json!({}),
+            idempotency_key: None,
+            generation: 0,
+            status,
+            steps: vec![],
+            created_at: 1,
+            updated_at: 1,
+            finished_at: None,
+            trace_parent: None,
+            event_seq: 0,
+        }
+    }
+
+    /// Reads within a batch see its unwritten changes: the latest state of a
+    /// saga, and a key a start earlier in the batch bound (so a second start
+    /// with it finds that saga instead of making another).
+    #[test]
+    fn a_batch_reads_its_own_unwritten_changes() {
+        use crate::saga::state::SagaStatus;
+        let change = |s: Saga, key: Option<&str>| Change {
+            saga: Some(s),
+            idempotency_key: key.map(str::to_owned),
+            ..Change::default()
+        };
+        let batch = vec![
+            change(saga("a", SagaStatus::Running), Some("order-1")),
+            change(saga("b", SagaStatus::Running), None),
+            Change {
+                timers_remove: vec![("a".to_owned(), TimerKind::SagaTimeout)],
+                ..Change::default()
+            },
+            change(saga("a", SagaStatus::Completed), None),
+        ];
+        assert_eq!(
+            latest_saga(&batch, "a").map(|s| &s.status),
+            Some(&SagaStatus::Completed)
+        );
+        assert_eq!(
+            latest_saga(&batch, "b").map(|s| &s.status),
+            Some(&SagaStatus::Running)
+        );
+        assert_eq!(latest_saga(&batch, "c"), None);
+        assert_eq!(bound_saga(&batch, "order-1"), Some("a"));
+        assert_eq!(bound_saga(&batch, "order-2"), None);
+        assert_eq!(bound_saga(&[], "order-1"), None);
     }
 }

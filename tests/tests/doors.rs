@@ -21,6 +21,33 @@ fn stderr(o: &std::process::Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_with_one_key_give_one_saga() {
+    // The starts race into the partition together, most of them in one
+    // batch, where the first is not yet in the store when the others are
+    // judged: still one saga, created once.
+    let world = World::start(&[]).await;
+    world.apply_yaml(common::ONE_STEP).await;
+    let _w = world.echo_worker().await;
+    let starts = (0..48).map(|_| {
+        let client = world.client.clone();
+        async move {
+            client
+                .start("one_step", json!({"n": 7}), Some("same-key"))
+                .await
+                .expect("start")
+        }
+    });
+    let replies = futures::future::join_all(starts).await;
+    let ids: std::collections::BTreeSet<&str> =
+        replies.iter().map(|r| r.saga_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "one saga for one key: {ids:?}");
+    assert_eq!(replies.iter().filter(|r| r.created).count(), 1);
+    let id = replies[0].saga_id.clone();
+    world.finished(&id).await;
+    assert_eq!(world.sagas_of("one_step").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
     let world = World::start(&[]).await;
     world.apply_yaml(common::ONE_STEP).await;

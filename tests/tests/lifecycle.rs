@@ -206,7 +206,7 @@ async fn write_store_with_history(dir: &Path) {
                 subject: format!("jetsaga.task.s{i}"),
                 msg_id: format!("m{i}"),
                 headers: vec![],
-                payload: vec![b'x'; 2000],
+                payload: vec![b'x'; 8000],
             }],
             ..Change::default()
         };

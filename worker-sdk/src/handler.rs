@@ -23,6 +23,13 @@ pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: usize = DEFAULT_MAX_PAYLOAD - ENVELOP
 /// nats-server's default `max_payload`, assumed while the server's is unknown.
 const NATS_DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
+/// Room left for the result envelope (ids, service, worker name) under a
+/// message size limit of `max_payload`: [`ENVELOPE_ROOM`], or a quarter of
+/// a limit so small that the fixed room would leave nothing.
+fn envelope_room(max_payload: usize) -> usize {
+    ENVELOPE_ROOM.min(max_payload / 4)
+}
+
 /// Largest handler output accepted, in bytes of JSON, and what sets it.
 /// Bigger outputs would not fit in a result message that NATS carries and
 /// the engine accepts; they fail the step instead of being redelivered
@@ -49,19 +56,21 @@ impl OutputLimit {
         } else {
             server_max_payload
         };
+        let room = envelope_room(server);
         let mut limit = OutputLimit {
-            bytes: server.saturating_sub(ENVELOPE_ROOM),
+            bytes: server - room,
             source: format!(
-                "the NATS server's max_payload of {server} bytes less {ENVELOPE_ROOM} for the result envelope"
+                "the NATS server's max_payload of {server} bytes less {room} for the result envelope"
             ),
         };
         if let Some(engine) = engine_max_payload {
-            let bytes = engine.saturating_sub(ENVELOPE_ROOM);
+            let room = envelope_room(engine);
+            let bytes = engine - room;
             if bytes < limit.bytes {
                 limit = OutputLimit {
                     bytes,
                     source: format!(
-                        "the engine's max_payload of {engine} bytes less {ENVELOPE_ROOM} for the result envelope"
+                        "the engine's max_payload of {engine} bytes less {room} for the result envelope"
                     ),
                 };
             }
@@ -482,6 +491,10 @@ mod tests {
         );
         // Unknown server (not connected yet): nats-server's default.
         assert_eq!(OutputLimit::new(0, None, None).bytes, mib - ENVELOPE_ROOM);
+        // An engine run with a tiny max_payload keeps three quarters of it.
+        let l = OutputLimit::new(mib, Some(4096), None);
+        assert_eq!(l.bytes, 3072);
+        assert!(l.source.contains("less 1024"), "{}", l.source);
     }
 
     #[test]

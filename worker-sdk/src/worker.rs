@@ -631,7 +631,7 @@ impl WorkerBuilder {
     /// Without it the cap is what a result message can carry: the smaller
     /// of the NATS server's `max_payload` and the engine's `--max-payload`
     /// (read from the largest message size of the results stream, which the
-    /// engine sets to `max_payload` + 64 KiB), less 16 KiB for the result
+    /// engine sets to `max_payload` + 64 KiB), less 16 KiB (a quarter under 64 KiB) for the result
     /// envelope. Set this when the results pass through something with a
     /// smaller limit; a value above the derived cap does not raise it.
     pub fn max_output_bytes(mut self, bytes: usize) -> Self {

@@ -3,8 +3,11 @@
 //! Rows are published in commit order with their `Nats-Msg-Id`, pipelined
 //! (all publishes of a batch are sent before any acknowledgement is awaited),
 //! and removed once JetStream acknowledged them. A row is published only
-//! after it is durable: the relay flushes the store before publishing what it
-//! read, so no task ever leaves for a state change a crash could still undo.
+//! after it is durable: the relay publishes rows up to
+//! [`Store::outbox_durable`], which the partition's group commit flush
+//! advances (and wakes the relay after), so no task ever leaves for a state
+//! change a crash could still undo, and the relay needs no flush of its own
+//! (only at shutdown, to publish whatever is left).
 //! A crash after publishing and before removal republishes the row, which the
 //! stream's duplicate window (and, past it, the worker's idempotency record
 //! and the engine's attempt fencing) makes harmless; the crash point
@@ -63,6 +66,12 @@ pub async fn run(
 }
 
 async fn drain(store: &dyn Store, js: &jetstream::Context) {
+    // The partition has stopped after its last flush; this one covers any
+    // row written outside it.
+    if let Err(e) = store.flush().await {
+        tracing::warn!(error = %e, "outbox relay could not flush the store before draining");
+        return;
+    }
     while let Ok(n) = publish_round(store, js).await {
         if n == 0 {
             break;
@@ -88,15 +97,19 @@ fn is_permanent(e: &jetstream::context::PublishError) -> bool {
     }
 }
 
-/// Publishes one batch; returns how many rows were published and removed.
+/// Publishes one batch of durable rows; returns how many rows were
+/// published and removed.
 async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Result<usize> {
-    let rows = store.outbox(None, BATCH)?;
+    // Read the mark first: rows read after it may be newer, never older.
+    let Some(durable) = store.outbox_durable() else {
+        return Ok(0);
+    };
+    let mut rows = store.outbox(None, BATCH)?;
+    rows.retain(|(seq, _)| *seq <= durable);
     if rows.is_empty() {
         return Ok(0);
     }
     let started = std::time::Instant::now();
-    store.flush().await?;
-    let flush_us = started.elapsed().as_micros() as u64;
     let mut pending = Vec::with_capacity(rows.len());
     let mut refused = Vec::new();
     for (seq, msg) in rows {
@@ -163,7 +176,6 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
     tracing::debug!(
         published = done.len(),
         duplicates,
-        flush_us,
         total_us = started.elapsed().as_micros() as u64,
         "outbox rows published"
     );

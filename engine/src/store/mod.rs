@@ -1,10 +1,12 @@
 //! The store: everything the engine must not lose, behind a small interface.
 //!
 //! [`Store`] is the interface the engine programs against; [`sled_store`]
-//! implements it on sled 0.34. Each state change is one [`Change`], written by
-//! [`Store::commit`] in a single atomic transaction together with the outbox
-//! rows and timers its effects need; [`Store::flush`] makes every commit so
-//! far durable at once (group commit).
+//! implements it on sled 0.34. Each state change is one [`Change`] carrying
+//! the outbox rows and timers its effects need; [`Store::commit_many`] writes
+//! a batch of them in a single atomic transaction (the partition writes one
+//! per batch), [`Store::commit`] a single one; [`Store::flush`] makes every
+//! commit so far durable at once (group commit), and
+//! [`Store::outbox_durable`] says up to which outbox row that is.
 
 use crate::saga::definition::SagaDefinition;
 use crate::saga::state::{Millis, Saga, TimerKind};
@@ -81,11 +83,46 @@ pub struct TimerRow {
     pub due: Millis,
 }
 
+/// What the writer knows of the stored record a [`Change`] replaces, so the
+/// store can move the saga's index entries without reading and decoding it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Prior {
+    /// Not known: the store reads the stored record.
+    #[default]
+    Unknown,
+    /// There is no stored record: the saga is new.
+    Absent,
+    /// The stored record is of the same saga (same id and name) in state
+    /// `state`, finished at `finished` if terminal.
+    Stored {
+        /// [`crate::saga::state::SagaStatus::name`] of the stored record.
+        state: &'static str,
+        /// The time the `finished` index has it under (terminal sagas only).
+        finished: Option<Millis>,
+    },
+}
+
+impl Prior {
+    /// The prior of a change replacing `saga` as it is stored now.
+    pub fn of(saga: &Saga) -> Self {
+        Prior::Stored {
+            state: saga.status.name(),
+            finished: saga
+                .status
+                .is_terminal()
+                .then(|| saga.finished_at.unwrap_or(saga.updated_at)),
+        }
+    }
+}
+
 /// One atomic state change.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
     /// The saga's new state (inserted or replaced). Indexes follow it.
     pub saga: Option<Saga>,
+    /// The stored record `saga` replaces, when the writer knows it
+    /// ([`Prior::Unknown`] is always safe: the store then reads it).
+    pub prior: Prior,
     /// Idempotency key to bind to `saga` (start requests only).
     pub idempotency_key: Option<String>,
     /// Messages to publish.
@@ -192,7 +229,14 @@ pub trait Store: Send + Sync + 'static {
     fn unfinished_sagas(&self) -> Result<Vec<Saga>, StoreError>;
 
     /// Writes one change atomically (not yet durable: see [`Store::flush`]).
-    fn commit(&self, change: Change) -> Result<(), StoreError>;
+    fn commit(&self, change: Change) -> Result<(), StoreError> {
+        self.commit_many(std::slice::from_ref(&change))
+    }
+    /// Writes `changes`, in order, in one atomic transaction: all of them or
+    /// (on an error) none. A later change sees the earlier ones (its
+    /// [`Prior`] is the state they left). Not yet durable: see
+    /// [`Store::flush`].
+    fn commit_many(&self, changes: &[Change]) -> Result<(), StoreError>;
     /// Deletes saga `id` in one atomic transaction (not yet durable: see
     /// [`Store::flush`]): its record, its index entries, its timers and the
     /// binding of its idempotency key, so that the key starts a new saga
@@ -204,8 +248,15 @@ pub trait Store: Send + Sync + 'static {
     /// after the deletion reaches a worker, and its result is rejected as
     /// `unknown_saga`, like any result of a deleted saga.
     fn delete_saga(&self, id: &str) -> Result<Option<Saga>, StoreError>;
-    /// Makes every commit so far durable.
+    /// Makes every commit so far durable, and advances
+    /// [`Store::outbox_durable`] past their outbox rows once it completes.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The highest outbox sequence known to be durable: every outbox row at
+    /// or below it survives a crash (rows found at open count as durable:
+    /// the store flushes once when it opens). `None` before any row.
+    /// Publishing only rows up to it keeps the outbox's promise without a
+    /// flush of the publisher's own.
+    fn outbox_durable(&self) -> Option<u64>;
 
     /// Up to `limit` outbox rows in commit order, starting after sequence `after`.
     fn outbox(

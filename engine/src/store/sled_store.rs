@@ -11,7 +11,7 @@
 //! | `idempotency`       | idempotency key                          | saga id            |
 //! | `by_state`          | state name ‖ 0x00 ‖ saga id              | empty              |
 //! | `by_name`           | saga name ‖ 0x00 ‖ saga id               | empty              |
-//! | `outbox`            | seq u64                                  | [`OutboxMessage`] JSON |
+//! | `outbox`            | seq u64                                  | outbox frame (below) |
 //! | `timers`            | due u64 ‖ saga id ‖ 0x00 ‖ timer JSON    | [`TimerRow`] JSON  |
 //! | `timer_index`       | saga id ‖ 0x00 ‖ timer JSON              | due u64            |
 //! | `finished`          | finished_at u64 ‖ saga id                | empty              |
@@ -26,15 +26,25 @@
 //! ([`Store::finished_before`]) reads only the rows it deletes. A store
 //! written before that tree existed gets it filled once at open.
 //!
+//! An outbox row is a frame `0x01 ‖ header length u32 ‖ header JSON ‖
+//! payload`: the header holds subject, message id and headers, the payload
+//! follows as raw bytes (JSON would spell each byte as a decimal number, and
+//! the relay would parse it back number by number). Rows written before the
+//! frame existed are a JSON [`OutboxMessage`]; they start with `{` and are
+//! still read.
+//!
 //! Saga ids are UUIDv7, so key order is creation order and listings walk the
 //! trees backwards for newest first. Outbox sequence numbers come from
 //! [`sled::Db::generate_id`], which stays monotonic across restarts.
 //!
 //! Counting rows in sled is a full scan, so the store keeps the outbox and
 //! timer row counts in memory (counted once at open, then adjusted by every
-//! write).
+//! write). It also keeps the highest outbox sequence written and the highest
+//! one a completed flush covered ([`Store::outbox_durable`]).
 
-use super::{Applied, Change, OutboxMessage, QueuedRow, SagaFilter, Store, StoreError, TimerRow};
+use super::{
+    Applied, Change, OutboxMessage, Prior, QueuedRow, SagaFilter, Store, StoreError, TimerRow,
+};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::state::{Millis, Saga, TimerKind};
 use futures::future::BoxFuture;
@@ -45,7 +55,7 @@ use sled::{IVec, Tree};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Page size of [`Store::list_sagas`] when the filter's `limit` is 0.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
@@ -93,6 +103,10 @@ pub struct SledStore {
     outbox_rows: AtomicUsize,
     /// Rows in `timers`.
     timer_rows: AtomicUsize,
+    /// Highest outbox sequence written plus one (0: none).
+    outbox_written: AtomicU64,
+    /// Highest outbox sequence a completed flush covered plus one (0: none).
+    outbox_durable: AtomicU64,
     /// Held across id generation and the transaction of a commit, so outbox
     /// sequence numbers become visible in order even with concurrent writers
     /// (a reader paging with `after` never skips a row committed later).
@@ -132,7 +146,10 @@ impl SledStore {
         loop {
             // sled writes `conf` when it creates a database.
             let existed = dir.join("conf").exists();
-            let config = sled::Config::new().path(dir);
+            // No periodic flush: the engine flushes at every group commit
+            // and nothing it has not flushed is promised to anyone, so
+            // sled's background fsyncs would only cost IO.
+            let config = sled::Config::new().path(dir).flush_every_ms(None);
             match Self::from_config(config, path.clone(), existed) {
                 Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -217,6 +234,8 @@ impl SledStore {
             saga_rows: AtomicUsize::new(0),
             outbox_rows: AtomicUsize::new(0),
             timer_rows: AtomicUsize::new(0),
+            outbox_written: AtomicU64::new(0),
+            outbox_durable: AtomicU64::new(0),
             commit_lock: Mutex::new(()),
             db,
         };
@@ -227,6 +246,14 @@ impl SledStore {
         store.outbox_rows.store(outbox_rows, Ordering::Relaxed);
         store.timer_rows.store(timer_rows, Ordering::Relaxed);
         store.saga_rows.store(saga_rows, Ordering::Relaxed);
+        // The rows found are durable once this flush returns (sled may have
+        // written them to the file without syncing it before a crash).
+        if let Some((key, _)) = store.outbox.last().map_err(open_error)? {
+            let seq = u64_of("outbox", &key, &key)?;
+            store.db.flush().map_err(open_error)?;
+            store.outbox_written.store(seq + 1, Ordering::Relaxed);
+            store.outbox_durable.store(seq + 1, Ordering::Relaxed);
+        }
         if store
             .db
             .get(FINISHED_INDEX_KEY)
@@ -364,10 +391,84 @@ fn finished_key(saga: &Saga) -> Option<Vec<u8>> {
         return None;
     }
     let at = saga.finished_at.unwrap_or(saga.updated_at);
-    let mut key = Vec::with_capacity(8 + saga.id.len());
+    Some(finished_key_at(at, saga.id.as_bytes()))
+}
+
+/// `at u64 ‖ id`.
+fn finished_key_at(at: Millis, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
     key.extend_from_slice(&at.to_be_bytes());
-    key.extend_from_slice(saga.id.as_bytes());
-    Some(key)
+    key.extend_from_slice(id);
+    key
+}
+
+/// First byte of an outbox frame. Rows written as JSON start with `{`.
+const OUTBOX_FRAME: u8 = 0x01;
+
+/// The header of an outbox frame: everything but the payload.
+#[derive(serde::Serialize)]
+struct OutboxHeaderRef<'a> {
+    subject: &'a str,
+    msg_id: &'a str,
+    headers: &'a [(String, String)],
+}
+
+/// [`OutboxHeaderRef`], read back.
+#[derive(serde::Deserialize)]
+struct OutboxHeader {
+    subject: String,
+    msg_id: String,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+}
+
+/// `0x01 ‖ header length u32 ‖ header JSON ‖ payload`.
+fn encode_outbox(key: &[u8], msg: &OutboxMessage) -> Result<Vec<u8>, StoreError> {
+    let header = encode(
+        "outbox",
+        key,
+        &OutboxHeaderRef {
+            subject: &msg.subject,
+            msg_id: &msg.msg_id,
+            headers: &msg.headers,
+        },
+    )?;
+    let len = u32::try_from(header.len()).map_err(|_| StoreError::Encode {
+        key: printable("outbox", key),
+        source: serde::ser::Error::custom("outbox header over 4 GiB"),
+    })?;
+    let mut frame = Vec::with_capacity(5 + header.len() + msg.payload.len());
+    frame.push(OUTBOX_FRAME);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(&msg.payload);
+    Ok(frame)
+}
+
+/// Reads an outbox row: a frame, or the JSON of rows written before frames.
+fn decode_outbox(key: &[u8], bytes: &[u8]) -> Result<OutboxMessage, StoreError> {
+    let Some((&OUTBOX_FRAME, rest)) = bytes.split_first() else {
+        return decode("outbox", key, bytes);
+    };
+    let corrupt = |what: &str| StoreError::Corrupt {
+        key: printable("outbox", key),
+        source: serde::de::Error::custom(what),
+    };
+    let (len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("outbox frame shorter than its header length"))?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+    if rest.len() < len {
+        return Err(corrupt("outbox frame shorter than its header"));
+    }
+    let (header, payload) = rest.split_at(len);
+    let header: OutboxHeader = decode("outbox", key, header)?;
+    Ok(OutboxMessage {
+        subject: header.subject,
+        msg_id: header.msg_id,
+        headers: header.headers,
+        payload: payload.to_vec(),
+    })
 }
 
 /// Key of held task `seq` in the `admission` tree.
@@ -477,6 +578,138 @@ fn same_content(a: &SagaDefinition, b: &SagaDefinition) -> Result<bool, StoreErr
         })
     };
     Ok(value(a)? == value(b)?)
+}
+
+/// A change's saga record and index keys, encoded.
+struct SagaRow {
+    id: Vec<u8>,
+    bytes: Vec<u8>,
+    state_key: Vec<u8>,
+    name_key: Vec<u8>,
+    finished_key: Option<Vec<u8>>,
+    prior: Prior,
+    idempotency_key: Option<String>,
+}
+
+/// A [`Change`] encoded for the transaction (outbox rows are added under
+/// the commit lock, which numbers them).
+struct Encoded {
+    saga: Option<SagaRow>,
+    outbox: Vec<OutboxRow>,
+    timer_removes: Vec<Vec<u8>>,
+    timer_adds: Vec<TimerAdd>,
+    queue_adds: Vec<([u8; 8], Vec<u8>)>,
+    queue_removes: Vec<u64>,
+    held_adds: Vec<(Vec<u8>, Vec<u8>)>,
+    held_removes: Vec<u64>,
+    breakers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Encoded {
+    fn of(change: &Change) -> Result<Self, StoreError> {
+        debug_assert!(
+            change.idempotency_key.is_none() || change.saga.is_some(),
+            "an idempotency key needs the saga it binds to"
+        );
+        let saga = match &change.saga {
+            Some(saga) => Some(SagaRow {
+                id: saga.id.as_bytes().to_vec(),
+                bytes: encode("sagas", saga.id.as_bytes(), saga)?,
+                state_key: join(saga.status.name().as_bytes(), saga.id.as_bytes()),
+                name_key: join(saga.name.as_bytes(), saga.id.as_bytes()),
+                finished_key: finished_key(saga),
+                prior: change.prior.clone(),
+                idempotency_key: change.idempotency_key.clone(),
+            }),
+            None => None,
+        };
+        let timer_removes = change
+            .timers_remove
+            .iter()
+            .map(|(id, kind)| timer_ident(id, kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let timer_adds = change
+            .timers_add
+            .iter()
+            .map(|row| {
+                let ident = timer_ident(&row.saga_id, &row.timer)?;
+                let row_bytes = encode("timers", &timer_key(row.due, &ident), row)?;
+                Ok(TimerAdd {
+                    ident,
+                    due: row.due,
+                    row: row_bytes,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let queue_adds = change
+            .queue_add
+            .iter()
+            .map(|(seq, row)| {
+                Ok((
+                    seq.to_be_bytes(),
+                    encode("queued", &seq.to_be_bytes(), row)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Held tasks and breakers ([`crate::admission`]).
+        let held_adds = change
+            .held_add
+            .iter()
+            .map(|(seq, task)| {
+                let key = held_key(*seq);
+                let value = encode("admission", &key, task)?;
+                Ok((key, value))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let breakers = change
+            .breakers
+            .iter()
+            .map(|(service, state)| {
+                let key = breaker_key(service);
+                let value = match state {
+                    Some(state) => Some(encode("admission", &key, state)?),
+                    None => None,
+                };
+                Ok((key, value))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Encoded {
+            saga,
+            outbox: Vec::new(),
+            timer_removes,
+            timer_adds,
+            queue_adds,
+            queue_removes: change.queue_remove.clone(),
+            held_adds,
+            held_removes: change.held_remove.clone(),
+            breakers,
+        })
+    }
+}
+
+/// Debug builds check that a known [`Prior`] is the stored record's: a
+/// writer whose memory drifted from the store would otherwise leave stale
+/// index entries behind.
+#[cfg(debug_assertions)]
+fn check_prior(
+    sagas: &sled::transaction::TransactionalTree,
+    id: &[u8],
+    prior: &Prior,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let stored = match sagas.get(id)? {
+        Some(bytes) => {
+            Some(decode::<Saga>("sagas", id, &bytes).map_err(ConflictableTransactionError::Abort)?)
+        }
+        None => None,
+    };
+    match (prior, stored) {
+        (Prior::Unknown, _) | (Prior::Absent, None) => {}
+        (Prior::Stored { .. }, Some(stored)) => {
+            debug_assert_eq!(&Prior::of(&stored), prior, "stale prior of saga {stored:?}")
+        }
+        (prior, stored) => panic!("prior {prior:?} of a saga stored as {stored:?}"),
+    }
+    Ok(())
 }
 
 /// An outbox row ready to insert.
@@ -647,51 +880,15 @@ impl Store for SledStore {
         self.load_sagas(ids.into_iter().map(Ok), |_| true, usize::MAX)
     }
 
-    fn commit(&self, change: Change) -> Result<(), StoreError> {
-        debug_assert!(
-            change.idempotency_key.is_none() || change.saga.is_some(),
-            "an idempotency key needs the saga it binds to"
-        );
+    fn commit_many(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         // Encode everything first: the transaction closure may run more than
         // once and should only move bytes.
-        let saga = match &change.saga {
-            Some(saga) => Some((
-                saga.id.as_bytes(),
-                encode("sagas", saga.id.as_bytes(), saga)?,
-                join(saga.status.name().as_bytes(), saga.id.as_bytes()),
-                join(saga.name.as_bytes(), saga.id.as_bytes()),
-                finished_key(saga),
-            )),
-            None => None,
-        };
-        let removes = change
-            .timers_remove
+        let mut encoded = changes
             .iter()
-            .map(|(id, kind)| timer_ident(id, kind))
-            .collect::<Result<Vec<_>, _>>()?;
-        let adds = change
-            .timers_add
-            .iter()
-            .map(|row| {
-                let ident = timer_ident(&row.saga_id, &row.timer)?;
-                let row_bytes = encode("timers", &timer_key(row.due, &ident), row)?;
-                Ok(TimerAdd {
-                    ident,
-                    due: row.due,
-                    row: row_bytes,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-
-        let queue_adds = change
-            .queue_add
-            .iter()
-            .map(|(seq, row)| {
-                Ok((
-                    seq.to_be_bytes(),
-                    encode("queued", &seq.to_be_bytes(), row)?,
-                ))
-            })
+            .map(Encoded::of)
             .collect::<Result<Vec<_>, StoreError>>()?;
 
         let _guard = self
@@ -699,38 +896,20 @@ impl Store for SledStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Ids come before the transaction (it may be retried), in order, so
-        // one commit's rows keep their order and later commits sort after.
-        let mut outbox_rows = Vec::with_capacity(change.outbox.len());
-        for msg in &change.outbox {
-            let key = self.db.generate_id()?.to_be_bytes();
-            outbox_rows.push(OutboxRow {
-                value: encode("outbox", &key, msg)?,
-                key,
-            });
+        // the batch's rows keep their order and later commits sort after.
+        let mut last_seq = None;
+        for (change, enc) in changes.iter().zip(&mut encoded) {
+            enc.outbox.reserve(change.outbox.len());
+            for msg in &change.outbox {
+                let seq = self.db.generate_id()?;
+                let key = seq.to_be_bytes();
+                enc.outbox.push(OutboxRow {
+                    value: encode_outbox(&key, msg)?,
+                    key,
+                });
+                last_seq = Some(seq);
+            }
         }
-
-        // Held tasks and breakers ([`crate::admission`]), encoded up front.
-        let held_adds = change
-            .held_add
-            .iter()
-            .map(|(seq, task)| {
-                let key = held_key(*seq);
-                let value = encode("admission", &key, task)?;
-                Ok((key, value))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let breaker_puts = change
-            .breakers
-            .iter()
-            .map(|(service, state)| {
-                let key = breaker_key(service);
-                let value = match state {
-                    Some(state) => Some(encode("admission", &key, state)?),
-                    None => None,
-                };
-                Ok((key, value))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
 
         // More trees than sled's tuple transactions take: a slice of them.
         let trees: [&Tree; 10] = [
@@ -745,7 +924,7 @@ impl Store for SledStore {
             &self.queued,
             &self.admission,
         ];
-        let (timer_delta, new_saga) = trees[..]
+        let (timer_delta, new_sagas) = trees[..]
             .transaction(|trees| {
                 let [
                     sagas,
@@ -762,92 +941,132 @@ impl Store for SledStore {
                 else {
                     unreachable!("one transactional tree per tree");
                 };
-                let mut new_saga = false;
-                if let Some((id, bytes, state_key, name_key, finished_at)) = &saga {
-                    if let Some(prev) = sagas.get(id)? {
-                        let prev: Saga = decode("sagas", id, &prev)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        by_state.remove(join(prev.status.name().as_bytes(), id))?;
-                        by_name.remove(join(prev.name.as_bytes(), id))?;
-                        if let Some(key) = finished_key(&prev) {
-                            finished.remove(key)?;
-                        }
-                    } else {
-                        new_saga = true;
-                    }
-                    sagas.insert(*id, bytes.as_slice())?;
-                    by_state.insert(state_key.as_slice(), &[])?;
-                    by_name.insert(name_key.as_slice(), &[])?;
-                    if let Some(key) = finished_at {
-                        finished.insert(key.as_slice(), &[])?;
-                    }
-                    if let Some(key) = &change.idempotency_key {
-                        idempotency.insert(key.as_bytes(), *id)?;
-                    }
-                }
-                for row in &outbox_rows {
-                    outbox.insert(&row.key, row.value.as_slice())?;
-                }
+                let mut new_sagas = 0usize;
                 let mut delta: isize = 0;
-                for ident in &removes {
-                    if let Some(due) = timer_index.remove(ident.as_slice())? {
-                        let due = u64_of("timer_index", ident, &due)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        if timers.remove(timer_key(due, ident))?.is_some() {
-                            delta -= 1;
+                for enc in &encoded {
+                    if let Some(saga) = &enc.saga {
+                        let id = saga.id.as_slice();
+                        #[cfg(debug_assertions)]
+                        check_prior(sagas, id, &saga.prior)?;
+                        match &saga.prior {
+                            Prior::Unknown => {
+                                // Reads this transaction's earlier writes too.
+                                if let Some(prev) = sagas.get(id)? {
+                                    let prev: Saga = decode("sagas", id, &prev)
+                                        .map_err(ConflictableTransactionError::Abort)?;
+                                    by_state.remove(join(prev.status.name().as_bytes(), id))?;
+                                    by_name.remove(join(prev.name.as_bytes(), id))?;
+                                    if let Some(key) = finished_key(&prev) {
+                                        finished.remove(key)?;
+                                    }
+                                } else {
+                                    new_sagas += 1;
+                                }
+                                by_state.insert(saga.state_key.as_slice(), &[])?;
+                                by_name.insert(saga.name_key.as_slice(), &[])?;
+                                if let Some(key) = &saga.finished_key {
+                                    finished.insert(key.as_slice(), &[])?;
+                                }
+                            }
+                            Prior::Absent => {
+                                new_sagas += 1;
+                                by_state.insert(saga.state_key.as_slice(), &[])?;
+                                by_name.insert(saga.name_key.as_slice(), &[])?;
+                                if let Some(key) = &saga.finished_key {
+                                    finished.insert(key.as_slice(), &[])?;
+                                }
+                            }
+                            Prior::Stored {
+                                state,
+                                finished: finished_at,
+                            } => {
+                                // Same saga, same name: `by_name` stays.
+                                let old_state = join(state.as_bytes(), id);
+                                if old_state != saga.state_key {
+                                    by_state.remove(old_state)?;
+                                    by_state.insert(saga.state_key.as_slice(), &[])?;
+                                }
+                                let old_finished = finished_at.map(|at| finished_key_at(at, id));
+                                if old_finished != saga.finished_key {
+                                    if let Some(key) = old_finished {
+                                        finished.remove(key)?;
+                                    }
+                                    if let Some(key) = &saga.finished_key {
+                                        finished.insert(key.as_slice(), &[])?;
+                                    }
+                                }
+                            }
+                        }
+                        sagas.insert(id, saga.bytes.as_slice())?;
+                        if let Some(key) = &saga.idempotency_key {
+                            idempotency.insert(key.as_bytes(), id)?;
                         }
                     }
-                }
-                for add in &adds {
-                    // Re-arming a timer moves it: drop the row at its old due time.
-                    if let Some(old) =
-                        timer_index.insert(add.ident.as_slice(), &add.due.to_be_bytes())?
-                    {
-                        let old = u64_of("timer_index", &add.ident, &old)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        if timers.remove(timer_key(old, &add.ident))?.is_some() {
-                            delta -= 1;
+                    for row in &enc.outbox {
+                        outbox.insert(&row.key, row.value.as_slice())?;
+                    }
+                    for ident in &enc.timer_removes {
+                        if let Some(due) = timer_index.remove(ident.as_slice())? {
+                            let due = u64_of("timer_index", ident, &due)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            if timers.remove(timer_key(due, ident))?.is_some() {
+                                delta -= 1;
+                            }
                         }
                     }
-                    if timers
-                        .insert(timer_key(add.due, &add.ident), add.row.as_slice())?
-                        .is_none()
-                    {
-                        delta += 1;
+                    for add in &enc.timer_adds {
+                        // Re-arming a timer moves it: drop the row at its old due time.
+                        if let Some(old) =
+                            timer_index.insert(add.ident.as_slice(), &add.due.to_be_bytes())?
+                        {
+                            let old = u64_of("timer_index", &add.ident, &old)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            if timers.remove(timer_key(old, &add.ident))?.is_some() {
+                                delta -= 1;
+                            }
+                        }
+                        if timers
+                            .insert(timer_key(add.due, &add.ident), add.row.as_slice())?
+                            .is_none()
+                        {
+                            delta += 1;
+                        }
+                    }
+                    for (key, row) in &enc.queue_adds {
+                        queued.insert(key, row.as_slice())?;
+                    }
+                    for seq in &enc.queue_removes {
+                        queued.remove(&seq.to_be_bytes())?;
+                    }
+                    for (key, value) in &enc.held_adds {
+                        admission.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    for seq in &enc.held_removes {
+                        admission.remove(held_key(*seq))?;
+                    }
+                    for (key, value) in &enc.breakers {
+                        match value {
+                            Some(value) => admission.insert(key.as_slice(), value.as_slice())?,
+                            None => admission.remove(key.as_slice())?,
+                        };
                     }
                 }
-                for (key, row) in &queue_adds {
-                    queued.insert(key, row.as_slice())?;
-                }
-                for seq in &change.queue_remove {
-                    queued.remove(&seq.to_be_bytes())?;
-                }
-                for (key, value) in &held_adds {
-                    admission.insert(key.as_slice(), value.as_slice())?;
-                }
-                for seq in &change.held_remove {
-                    admission.remove(held_key(*seq))?;
-                }
-                for (key, value) in &breaker_puts {
-                    match value {
-                        Some(value) => admission.insert(key.as_slice(), value.as_slice())?,
-                        None => admission.remove(key.as_slice())?,
-                    };
-                }
-                Ok((delta, new_saga))
+                Ok((delta, new_sagas))
             })
             .map_err(tx_error)?;
-        if new_saga {
-            self.saga_rows.fetch_add(1, Ordering::Relaxed);
-        }
-        self.outbox_rows
-            .fetch_add(outbox_rows.len(), Ordering::Relaxed);
+        self.saga_rows.fetch_add(new_sagas, Ordering::Relaxed);
+        let rows: usize = encoded.iter().map(|e| e.outbox.len()).sum();
+        self.outbox_rows.fetch_add(rows, Ordering::Relaxed);
         if timer_delta >= 0 {
             self.timer_rows
                 .fetch_add(timer_delta.unsigned_abs(), Ordering::Relaxed);
         } else {
             self.timer_rows
                 .fetch_sub(timer_delta.unsigned_abs(), Ordering::Relaxed);
+        }
+        if let Some(seq) = last_seq {
+            // Written (not yet durable): the next flush covers it.
+            self.outbox_written.store(seq + 1, Ordering::Release);
         }
         Ok(())
     }
@@ -913,10 +1132,18 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Rows written before the flush starts are durable when it returns
+        // (it syncs everything written by the time it runs, maybe more).
+        let written = self.outbox_written.load(Ordering::Acquire);
         Box::pin(async move {
             self.db.flush_async().await?;
+            self.outbox_durable.fetch_max(written, Ordering::AcqRel);
             Ok(())
         })
+    }
+
+    fn outbox_durable(&self) -> Option<u64> {
+        self.outbox_durable.load(Ordering::Acquire).checked_sub(1)
     }
 
     fn outbox(
@@ -934,7 +1161,7 @@ impl Store for SledStore {
         for entry in iter.take(limit) {
             let (key, bytes) = entry?;
             let seq = u64_of("outbox", &key, &key)?;
-            out.push((seq, decode("outbox", &key, &bytes)?));
+            out.push((seq, decode_outbox(&key, &bytes)?));
         }
         Ok(out)
     }
@@ -1771,6 +1998,184 @@ mod tests {
         store.outbox_remove(&[seqs[0], u64::MAX]).unwrap();
         assert_eq!(store.outbox_len(), 11);
         assert_eq!(store.outbox(None, 1).unwrap()[0].1, msg(4));
+    }
+
+    /// Every index entry of every saga: `(state, name, finished)` rows.
+    fn index_rows(store: &SledStore) -> (Vec<IVec>, Vec<IVec>, Vec<IVec>) {
+        let keys = |tree: &Tree| tree.iter().keys().map(Result::unwrap).collect::<Vec<_>>();
+        (
+            keys(&store.by_state),
+            keys(&store.by_name),
+            keys(&store.finished),
+        )
+    }
+
+    #[test]
+    fn commit_many_writes_a_batch_in_order_and_a_known_prior_moves_the_same_indexes() {
+        let mut done = saga("0001", "order", SagaStatus::Completed);
+        done.finished_at = Some(9_000);
+        let steps = [
+            saga("0001", "order", SagaStatus::Pending),
+            saga("0001", "order", running()),
+            done,
+        ];
+        // The same three transitions, one commit each with the store reading
+        // the record, and one batch with every prior given.
+        let read = SledStore::temporary().unwrap();
+        for s in &steps {
+            put(&read, s.clone());
+        }
+        let batch = SledStore::temporary().unwrap();
+        let priors = [Prior::Absent, Prior::of(&steps[0]), Prior::of(&steps[1])];
+        let changes: Vec<Change> = steps
+            .iter()
+            .zip(priors)
+            .enumerate()
+            .map(|(i, (s, prior))| Change {
+                saga: Some(s.clone()),
+                prior,
+                idempotency_key: (i == 0).then(|| "req-1".to_owned()),
+                outbox: vec![msg(i as u32)],
+                ..Change::default()
+            })
+            .collect();
+        batch.commit_many(&changes).unwrap();
+        assert_eq!(index_rows(&batch), index_rows(&read));
+        assert_eq!(batch.saga("0001").unwrap(), Some(steps[2].clone()));
+        assert_eq!(batch.sagas_len(), 1);
+        assert_eq!(
+            batch.saga_by_idempotency_key("req-1").unwrap().as_deref(),
+            Some("0001")
+        );
+        let rows: Vec<_> = batch.outbox(None, 10).unwrap();
+        assert_eq!(
+            rows.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
+            vec![msg(0), msg(1), msg(2)]
+        );
+        assert_eq!(batch.finished_before(9_000, 10).unwrap(), vec!["0001"]);
+
+        // Leaving the terminal state again (a retry) with a known prior.
+        let again = saga(
+            "0001",
+            "order",
+            SagaStatus::Compensating {
+                reason: "retry".into(),
+            },
+        );
+        for (store, prior) in [(&read, Prior::Unknown), (&batch, Prior::of(&steps[2]))] {
+            store
+                .commit(Change {
+                    saga: Some(again.clone()),
+                    prior,
+                    ..Change::default()
+                })
+                .unwrap();
+        }
+        assert_eq!(index_rows(&batch), index_rows(&read));
+        assert_eq!(
+            batch.finished_before(u64::MAX, 10).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_writes_none_of_its_changes() {
+        let store = SledStore::temporary().unwrap();
+        put(&store, saga("0002", "order", running()));
+        store.sagas.insert("0002", &b"{not json"[..]).unwrap();
+        let err = store
+            .commit_many(&[
+                Change {
+                    saga: Some(saga("0001", "order", running())),
+                    prior: Prior::Absent,
+                    outbox: vec![msg(1)],
+                    ..Change::default()
+                },
+                Change {
+                    // Unknown prior: the damaged record is read, and fails.
+                    saga: Some(saga("0002", "order", SagaStatus::Completed)),
+                    timers_add: vec![timer("0002", TimerKind::SagaTimeout, 1)],
+                    ..Change::default()
+                },
+            ])
+            .unwrap_err();
+        assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "sagas/0002"));
+        assert_eq!(store.saga("0001").unwrap(), None);
+        assert_eq!(store.outbox(None, 10).unwrap(), vec![]);
+        assert_eq!((store.outbox_len(), store.timers_len()), (0, 0));
+        assert_eq!(store.sagas_len(), 1);
+    }
+
+    #[test]
+    fn outbox_rows_are_frames_with_raw_payloads_and_old_json_rows_still_read() {
+        let store = SledStore::temporary().unwrap();
+        let mut big = msg(7);
+        big.payload = (0..=255u8).cycle().take(10_000).collect();
+        store
+            .commit(Change {
+                outbox: vec![big.clone()],
+                ..Change::default()
+            })
+            .unwrap();
+        let (seq, row) = store.outbox(None, 1).unwrap().remove(0);
+        assert_eq!(row, big);
+        let stored = store.outbox.get(seq.to_be_bytes()).unwrap().unwrap();
+        assert_eq!(stored[0], OUTBOX_FRAME);
+        assert!(stored.len() < big.payload.len() + 100, "{}", stored.len());
+
+        // A row as the JSON format wrote it (say, before an upgrade).
+        let old = msg(3);
+        let key = (seq + 1).to_be_bytes();
+        store
+            .outbox
+            .insert(key, serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        let rows: Vec<_> = store.outbox(None, 10).unwrap();
+        assert_eq!(rows, vec![(seq, big), (seq + 1, old)]);
+
+        // A cut frame is reported as corrupt, never read as a short payload.
+        store
+            .outbox
+            .insert(key, &[OUTBOX_FRAME, 0, 0, 1, 0, b'{'][..])
+            .unwrap();
+        let err = store.outbox(Some(seq), 1).unwrap_err();
+        let cut = format!("outbox/{}", seq + 1);
+        assert!(
+            matches!(&err, StoreError::Corrupt { key, .. } if *key == cut),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn outbox_rows_are_durable_after_a_flush_and_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.outbox_durable(), None);
+        store
+            .commit(Change {
+                outbox: vec![msg(1), msg(2)],
+                ..Change::default()
+            })
+            .unwrap();
+        let last = store.outbox(None, 10).unwrap()[1].0;
+        // Written, not flushed: not durable yet.
+        assert_eq!(store.outbox_durable(), None);
+        // A flush covers what was written before it was asked for.
+        let flush = store.flush();
+        store
+            .commit(Change {
+                outbox: vec![msg(3)],
+                ..Change::default()
+            })
+            .unwrap();
+        futures::executor::block_on(flush).unwrap();
+        assert_eq!(store.outbox_durable(), Some(last));
+        futures::executor::block_on(store.flush()).unwrap();
+        let newest = store.outbox(None, 10).unwrap()[2].0;
+        assert_eq!(store.outbox_durable(), Some(newest));
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.outbox_durable(), Some(newest));
     }
 
     #[test]
