@@ -149,7 +149,10 @@ impl SledStore {
             // No periodic flush: the engine flushes at every group commit
             // and nothing it has not flushed is promised to anyone, so
             // sled's background fsyncs would only cost IO.
-            let config = sled::Config::new().path(dir).flush_every_ms(None);
+            let config = sled::Config::new()
+                .path(dir)
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput);
             match Self::from_config(config, path.clone(), existed) {
                 Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
