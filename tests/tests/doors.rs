@@ -231,12 +231,7 @@ async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
         .wait_for_log("reason=\"unknown_saga\"", Duration::from_secs(20));
 
     // A worker answering for a step of another service is refused too.
-    let other = world
-        .client
-        .start("one_step", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let other = world.start_saga("one_step", json!({})).await;
     world.finished(&other).await;
     let forged = json!({"saga_id": other, "step_id": "only", "kind": "action", "attempt": 1,
         "service": "payments", "outcome": {"status": "ok"}});
@@ -259,12 +254,7 @@ async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
     );
 
     // Still serving.
-    let id = world
-        .client
-        .start("one_step", json!({"ok": true}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("one_step", json!({"ok": true})).await;
     let done = world.finished(&id).await;
     assert_eq!(
         done.saga.status.name(),
@@ -315,12 +305,7 @@ async fn a_running_saga_keeps_the_definition_version_it_started_with() {
             }),
         )
         .await;
-    let old = world
-        .client
-        .start("versioned", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let old = world.start_saga("versioned", json!({})).await;
     world.apply_yaml(V2).await;
     let defs = world.client.definitions().await.unwrap();
     assert_eq!(
@@ -330,12 +315,7 @@ async fn a_running_saga_keeps_the_definition_version_it_started_with() {
     // Re-applying the same content is not a new version.
     world.apply_yaml(V2).await;
     assert_eq!(world.client.definitions().await.unwrap()[0].version, 2);
-    let new = world
-        .client
-        .start("versioned", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let new = world.start_saga("versioned", json!({})).await;
     gate.add_permits(3);
     let old = world.finished(&old).await;
     let new = world.finished(&new).await;

@@ -16,21 +16,9 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 
-const DEFS: &str = r#"
+/// Fails at its second step (`boom`), after `first` succeeded.
+const DOOMED: &str = r#"
 sagas:
-  two_steps:
-    steps:
-      - id: first
-        service: gate
-        operation: work
-        compensation: undo
-        timeout: 30s
-      - id: second
-        service: gate
-        operation: wait
-        compensation: undo
-        timeout: 30s
-        depends_on: [first]
   doomed:
     steps:
       - id: first
@@ -146,24 +134,15 @@ fn check(saga_name: &str, id: &str, events: &[(String, Value)]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_and_compensated_sagas_publish_their_lifecycle() {
     let world = World::start(&[]).await;
-    world.apply_yaml(DEFS).await;
+    world.apply_yaml(common::TWO_STEPS).await;
+    world.apply_yaml(DOOMED).await;
     let release = Arc::new(Notify::new());
     let _worker = gate_worker(&world, release.clone()).await;
 
-    let ok = world
-        .client
-        .start("two_steps", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let ok = world.start_saga("two_steps", json!({})).await;
     release.notify_one();
     assert_eq!(world.finished(&ok).await.saga.status, SagaStatus::Completed);
-    let bad = world
-        .client
-        .start("doomed", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let bad = world.start_saga("doomed", json!({})).await;
     let done = world.finished(&bad).await;
     assert!(matches!(done.saga.status, SagaStatus::Compensated { .. }));
 
@@ -239,16 +218,12 @@ async fn completed_and_compensated_sagas_publish_their_lifecycle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_survive_an_engine_kill_exactly_once() {
     let mut world = World::start(&[]).await;
-    world.apply_yaml(DEFS).await;
+    world.apply_yaml(common::TWO_STEPS).await;
+    world.apply_yaml(DOOMED).await;
     let release = Arc::new(Notify::new());
     let _worker = gate_worker(&world, release.clone()).await;
 
-    let id = world
-        .client
-        .start("two_steps", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("two_steps", json!({})).await;
     jetsaga_tests::wait_until("second step running", Duration::from_secs(20), || {
         let c = world.client.clone();
         let id = id.clone();

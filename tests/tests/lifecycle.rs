@@ -146,12 +146,7 @@ async fn a_second_engine_on_a_locked_store_refuses_and_the_first_keeps_serving()
     let mut world = World::start(&[]).await;
     world.apply_yaml(common::ONE_STEP).await;
     let _w = world.echo_worker().await;
-    let first = world
-        .client
-        .start("one_step", json!({"n": 1}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let first = world.start_saga("one_step", json!({"n": 1})).await;
     world.finished(&first).await;
 
     let log = refused_engine(&world.nats.url(), &world.engine.data_dir);
@@ -163,12 +158,7 @@ async fn a_second_engine_on_a_locked_store_refuses_and_the_first_keeps_serving()
 
     // The first engine did not notice: it serves the API and runs sagas.
     assert!(world.engine.process.try_wait().is_none(), "engine A exited");
-    let second = world
-        .client
-        .start("one_step", json!({"n": 2}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let second = world.start_saga("one_step", json!({"n": 2})).await;
     let done = world.finished(&second).await;
     assert_eq!(
         done.saga.status.name(),
@@ -216,7 +206,7 @@ async fn write_store_with_history(dir: &Path) {
         }
         if i % 5 == 0 {
             let seqs: Vec<u64> = store
-                .outbox(None, 3)
+                .outbox(u64::MAX, 3)
                 .expect("outbox")
                 .iter()
                 .map(|(seq, _)| *seq)
@@ -346,12 +336,7 @@ async fn sigterm_drains_in_order_exits_0_and_a_restart_finishes_the_sagas_in_fli
     let mut gate = Gate::start(&world).await;
     let mut ids = Vec::new();
     for n in 0..3 {
-        let id = world
-            .client
-            .start("gated", json!({ "n": n }), None)
-            .await
-            .unwrap()
-            .saga_id;
+        let id = world.start_saga("gated", json!({ "n": n })).await;
         ids.push(id);
     }
     gate.wait_holding(&ids).await;

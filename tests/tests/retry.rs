@@ -134,12 +134,7 @@ async fn a_partially_compensated_saga_is_compensated_by_retry_compensation_once_
     faults.release_broken.store(true, Ordering::SeqCst);
     let _worker = fixable_worker(&world, faults.clone()).await;
 
-    let id = world
-        .client
-        .start("fixable", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("fixable", json!({})).await;
     let stuck = world.finished(&id).await;
     assert_eq!(
         stuck.saga.status,
@@ -231,12 +226,7 @@ sagas:
     faults.charge_broken.store(true, Ordering::SeqCst);
     let _worker = fixable_worker(&world, faults.clone()).await;
 
-    let id = world
-        .client
-        .start("charge_first", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("charge_first", json!({})).await;
     let failed = world.finished(&id).await;
     assert!(
         matches!(failed.saga.status, SagaStatus::Failed { .. }),
@@ -292,12 +282,7 @@ async fn a_compensated_saga_runs_again_and_its_undone_step_really_runs_again() {
     faults.charge_broken.store(true, Ordering::SeqCst);
     let _worker = fixable_worker(&world, faults.clone()).await;
 
-    let id = world
-        .client
-        .start("fixable", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("fixable", json!({})).await;
     let rolled_back = world.finished(&id).await;
     assert!(
         matches!(rolled_back.saga.status, SagaStatus::Compensated { .. }),
@@ -390,12 +375,7 @@ async fn finished_sagas_are_deleted_and_running_ones_are_not() {
     world.finished(&again.saga_id).await;
 
     // A running saga is refused, and stays.
-    let running = world
-        .client
-        .start("hangs", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let running = world.start_saga("hangs", json!({})).await;
     let err = world.client.delete(&running).await.unwrap_err();
     assert_eq!(err.code(), "E-NOT-APPLICABLE", "{err}");
     assert!(err.to_string().contains("cancel it first"), "{err}");

@@ -371,23 +371,6 @@ async fn a_saga_timeout_compensates_what_completed() {
     assert!(step_is(&done, "second", "compensated"));
 }
 
-const TWO_STEPS: &str = r#"
-sagas:
-  two_steps:
-    steps:
-      - id: first
-        service: gate
-        operation: work
-        compensation: undo
-        timeout: 30s
-      - id: second
-        service: gate
-        operation: wait
-        compensation: undo
-        timeout: 30s
-        depends_on: [first]
-"#;
-
 async fn gate_worker(
     world: &World,
     release: Arc<Notify>,
@@ -433,17 +416,12 @@ async fn wait_running_second(world: &World, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_without_compensation_stops_and_undoes_nothing() {
     let world = World::start(&[]).await;
-    world.apply_yaml(TWO_STEPS).await;
+    world.apply_yaml(common::TWO_STEPS).await;
     let release = Arc::new(Notify::new());
     let undos = Arc::new(AtomicU32::new(0));
     let worker = gate_worker(&world, release.clone(), undos.clone()).await;
 
-    let id = world
-        .client
-        .start("two_steps", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("two_steps", json!({})).await;
     wait_running_second(&world, &id).await;
     let cancelled = world
         .client
@@ -475,17 +453,12 @@ async fn cancel_without_compensation_stops_and_undoes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_with_compensation_rolls_back() {
     let world = World::start(&[]).await;
-    world.apply_yaml(TWO_STEPS).await;
+    world.apply_yaml(common::TWO_STEPS).await;
     let release = Arc::new(Notify::new());
     let undos = Arc::new(AtomicU32::new(0));
     let _worker = gate_worker(&world, release.clone(), undos.clone()).await;
 
-    let id = world
-        .client
-        .start("two_steps", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("two_steps", json!({})).await;
     wait_running_second(&world, &id).await;
     let cancelling = world.client.cancel(&id, true, None).await.unwrap();
     assert!(matches!(
@@ -508,7 +481,7 @@ async fn cancel_with_compensation_rolls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_killed_mid_saga_resumes_and_completes() {
     let mut world = World::start(&[]).await;
-    world.apply_yaml(TWO_STEPS).await;
+    world.apply_yaml(common::TWO_STEPS).await;
     let release = Arc::new(Notify::new());
     let r = release.clone();
     let _worker = world
@@ -530,12 +503,7 @@ async fn an_engine_killed_mid_saga_resumes_and_completes() {
         )
         .await;
 
-    let id = world
-        .client
-        .start("two_steps", json!({}), None)
-        .await
-        .unwrap()
-        .saga_id;
+    let id = world.start_saga("two_steps", json!({})).await;
     wait_running_second(&world, &id).await;
     world.engine.kill();
     // The result is published while no engine runs; JetStream keeps it.
@@ -561,14 +529,7 @@ async fn two_worker_processes_share_a_queue_and_no_task_runs_twice() {
     let mut ids = Vec::new();
     for i in 0..12 {
         let input = json!({"environment": format!("env-{i}"), "faults": {"deploy_containers": {"delay_ms": 50}}});
-        ids.push(
-            world
-                .client
-                .start("deploy_environment", input, None)
-                .await
-                .unwrap()
-                .saga_id,
-        );
+        ids.push(world.start_saga("deploy_environment", input).await);
     }
     for id in &ids {
         assert_eq!(world.finished(id).await.saga.status, SagaStatus::Completed);

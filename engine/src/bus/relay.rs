@@ -104,8 +104,7 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
     let Some(durable) = store.outbox_durable() else {
         return Ok(0);
     };
-    let mut rows = store.outbox(None, BATCH)?;
-    rows.retain(|(seq, _)| *seq <= durable);
+    let rows = store.outbox(durable, BATCH)?;
     if rows.is_empty() {
         return Ok(0);
     }

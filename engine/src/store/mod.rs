@@ -258,12 +258,10 @@ pub trait Store: Send + Sync + 'static {
     /// flush of the publisher's own.
     fn outbox_durable(&self) -> Option<u64>;
 
-    /// Up to `limit` outbox rows in commit order, starting after sequence `after`.
-    fn outbox(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutboxMessage)>, StoreError>;
+    /// Up to `limit` outbox rows in commit order, the oldest first, none
+    /// with a sequence above `through` (the relay passes
+    /// [`Store::outbox_durable`], so rows not yet durable are not even read).
+    fn outbox(&self, through: u64, limit: usize) -> Result<Vec<(u64, OutboxMessage)>, StoreError>;
     /// Removes published outbox rows.
     fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError>;
     /// Number of outbox rows.

@@ -52,7 +52,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{IVec, Tree};
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -1149,19 +1148,9 @@ impl Store for SledStore {
         self.outbox_durable.load(Ordering::Acquire).checked_sub(1)
     }
 
-    fn outbox(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutboxMessage)>, StoreError> {
-        let iter = match after {
-            Some(after) => self
-                .outbox
-                .range((Bound::Excluded(after.to_be_bytes()), Bound::Unbounded)),
-            None => self.outbox.iter(),
-        };
+    fn outbox(&self, through: u64, limit: usize) -> Result<Vec<(u64, OutboxMessage)>, StoreError> {
         let mut out = Vec::new();
-        for entry in iter.take(limit) {
+        for entry in self.outbox.range(..=through.to_be_bytes()).take(limit) {
             let (key, bytes) = entry?;
             let seq = u64_of("outbox", &key, &key)?;
             out.push((seq, decode_outbox(&key, &bytes)?));
@@ -1474,7 +1463,7 @@ mod tests {
             Some("0001")
         );
         assert_eq!(store.saga_by_idempotency_key("req-2").unwrap(), None);
-        let rows = store.outbox(None, 10).unwrap();
+        let rows = store.outbox(u64::MAX, 10).unwrap();
         assert_eq!(
             rows.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
             vec![msg(1), msg(2)]
@@ -1515,7 +1504,7 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().starts_with("E-STORE-CORRUPT"), "{err}");
-        assert_eq!(store.outbox(None, 10).unwrap(), vec![]);
+        assert_eq!(store.outbox(u64::MAX, 10).unwrap(), vec![]);
         assert_eq!(store.outbox_len(), 0);
         assert_eq!(store.next_timer().unwrap(), None);
         assert_eq!(store.timers_len(), 0);
@@ -1983,24 +1972,25 @@ mod tests {
                 })
                 .unwrap();
         }
-        let all = store.outbox(None, 100).unwrap();
+        let all = store.outbox(u64::MAX, 100).unwrap();
         let got: Vec<_> = all.iter().map(|(_, m)| m.clone()).collect();
         assert_eq!(got, (0..15).map(msg).collect::<Vec<_>>());
         assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(store.outbox_len(), 15);
 
-        let first = store.outbox(None, 4).unwrap();
+        let first = store.outbox(u64::MAX, 4).unwrap();
         assert_eq!(first.len(), 4);
-        let next = store.outbox(Some(first[3].0), 4).unwrap();
-        assert_eq!(next[0].1, msg(4));
-        assert_eq!(store.outbox(None, 0).unwrap(), vec![]);
+        // Nothing above `through` is read.
+        let upto = store.outbox(first[1].0, 100).unwrap();
+        assert_eq!(upto, first[..2].to_vec());
+        assert_eq!(store.outbox(u64::MAX, 0).unwrap(), vec![]);
 
         let seqs: Vec<u64> = first.iter().map(|(s, _)| *s).collect();
         store.outbox_remove(&seqs).unwrap();
         // Removing again (or an unknown seq) is harmless.
         store.outbox_remove(&[seqs[0], u64::MAX]).unwrap();
         assert_eq!(store.outbox_len(), 11);
-        assert_eq!(store.outbox(None, 1).unwrap()[0].1, msg(4));
+        assert_eq!(store.outbox(u64::MAX, 1).unwrap()[0].1, msg(4));
     }
 
     /// Every index entry of every saga: `(state, name, finished)` rows.
@@ -2050,7 +2040,7 @@ mod tests {
             batch.saga_by_idempotency_key("req-1").unwrap().as_deref(),
             Some("0001")
         );
-        let rows: Vec<_> = batch.outbox(None, 10).unwrap();
+        let rows: Vec<_> = batch.outbox(u64::MAX, 10).unwrap();
         assert_eq!(
             rows.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
             vec![msg(0), msg(1), msg(2)]
@@ -2104,7 +2094,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "sagas/0002"));
         assert_eq!(store.saga("0001").unwrap(), None);
-        assert_eq!(store.outbox(None, 10).unwrap(), vec![]);
+        assert_eq!(store.outbox(u64::MAX, 10).unwrap(), vec![]);
         assert_eq!((store.outbox_len(), store.timers_len()), (0, 0));
         assert_eq!(store.sagas_len(), 1);
     }
@@ -2120,7 +2110,7 @@ mod tests {
                 ..Change::default()
             })
             .unwrap();
-        let (seq, row) = store.outbox(None, 1).unwrap().remove(0);
+        let (seq, row) = store.outbox(u64::MAX, 1).unwrap().remove(0);
         assert_eq!(row, big);
         let stored = store.outbox.get(seq.to_be_bytes()).unwrap().unwrap();
         assert_eq!(stored[0], OUTBOX_FRAME);
@@ -2133,7 +2123,7 @@ mod tests {
             .outbox
             .insert(key, serde_json::to_vec(&old).unwrap())
             .unwrap();
-        let rows: Vec<_> = store.outbox(None, 10).unwrap();
+        let rows: Vec<_> = store.outbox(u64::MAX, 10).unwrap();
         assert_eq!(rows, vec![(seq, big), (seq + 1, old)]);
 
         // A cut frame is reported as corrupt, never read as a short payload.
@@ -2141,7 +2131,7 @@ mod tests {
             .outbox
             .insert(key, &[OUTBOX_FRAME, 0, 0, 1, 0, b'{'][..])
             .unwrap();
-        let err = store.outbox(Some(seq), 1).unwrap_err();
+        let err = store.outbox(u64::MAX, 10).unwrap_err();
         let cut = format!("outbox/{}", seq + 1);
         assert!(
             matches!(&err, StoreError::Corrupt { key, .. } if *key == cut),
@@ -2160,7 +2150,7 @@ mod tests {
                 ..Change::default()
             })
             .unwrap();
-        let last = store.outbox(None, 10).unwrap()[1].0;
+        let last = store.outbox(u64::MAX, 10).unwrap()[1].0;
         // Written, not flushed: not durable yet.
         assert_eq!(store.outbox_durable(), None);
         // A flush covers what was written before it was asked for.
@@ -2174,7 +2164,7 @@ mod tests {
         futures::executor::block_on(flush).unwrap();
         assert_eq!(store.outbox_durable(), Some(last));
         futures::executor::block_on(store.flush()).unwrap();
-        let newest = store.outbox(None, 10).unwrap()[2].0;
+        let newest = store.outbox(u64::MAX, 10).unwrap()[2].0;
         assert_eq!(store.outbox_durable(), Some(newest));
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
@@ -2274,7 +2264,7 @@ mod tests {
                     ..Default::default()
                 })
                 .unwrap();
-            first_seq = store.outbox(None, 1).unwrap()[0].0;
+            first_seq = store.outbox(u64::MAX, 1).unwrap()[0].0;
             futures::executor::block_on(store.flush()).unwrap();
         }
         {
@@ -2303,7 +2293,7 @@ mod tests {
                     ..Change::default()
                 })
                 .unwrap();
-            let all = store.outbox(None, 10).unwrap();
+            let all = store.outbox(u64::MAX, 10).unwrap();
             assert_eq!(all[0].0, first_seq);
             let got: Vec<_> = all.iter().map(|(_, m)| m.clone()).collect();
             assert_eq!(got, vec![msg(1), msg(2), msg(3)]);
@@ -2449,7 +2439,7 @@ mod tests {
                             store.commit(Change { outbox: msgs, ..Change::default() }).unwrap();
                         }
                         Op::Ack(n) => {
-                            let rows = store.outbox(None, n).unwrap();
+                            let rows = store.outbox(u64::MAX, n).unwrap();
                             let seqs: Vec<u64> = rows.iter().map(|(s, _)| *s).collect();
                             store.outbox_remove(&seqs).unwrap();
                             outbox.drain(..n.min(outbox.len()));
@@ -2470,7 +2460,7 @@ mod tests {
                 prop_assert_eq!(store.next_timer().unwrap(), expected.first().cloned());
                 let due_10: Vec<_> = expected.iter().filter(|t| t.due <= 10).cloned().collect();
                 prop_assert_eq!(store.due_timers(10, usize::MAX).unwrap(), due_10);
-                let rows: Vec<_> = store.outbox(None, usize::MAX).unwrap().into_iter().map(|(_, m)| m).collect();
+                let rows: Vec<_> = store.outbox(u64::MAX, usize::MAX).unwrap().into_iter().map(|(_, m)| m).collect();
                 prop_assert_eq!(rows, outbox);
                 prop_assert_eq!(store.timers.len(), store.timer_index.len());
             }

@@ -19,6 +19,25 @@ pub const READY: Duration = Duration::from_secs(30);
 /// How long a test waits for a saga to finish.
 pub const FINISH: Duration = Duration::from_secs(60);
 
+/// A two-step saga `two_steps` on service `gate`: `first` (operation
+/// `work`), then `second` (`wait`), both compensated by `undo`.
+pub const TWO_STEPS: &str = r#"
+sagas:
+  two_steps:
+    steps:
+      - id: first
+        service: gate
+        operation: work
+        compensation: undo
+        timeout: 30s
+      - id: second
+        service: gate
+        operation: wait
+        compensation: undo
+        timeout: 30s
+        depends_on: [first]
+"#;
+
 /// A one-step saga `one_step` on service `echo` (see [`World::echo_worker`]).
 pub const ONE_STEP: &str = r#"
 sagas:
@@ -400,6 +419,16 @@ impl World {
             |_: jetsaga_worker::TaskContext, input: serde_json::Value| async move { Ok(input) },
         ))
         .await
+    }
+
+    /// Starts a saga of definition `name` without an idempotency key;
+    /// returns its id.
+    pub async fn start_saga(&self, name: &str, input: serde_json::Value) -> String {
+        self.client
+            .start(name, input, None)
+            .await
+            .expect("start a saga")
+            .saga_id
     }
 
     /// The sagas of definition `name`, newest first (up to 1000).
