@@ -6,14 +6,20 @@
 //! recorded for a key is *the* outcome of that step, and a worker that finds
 //! one already there (because another attempt ran concurrently) reports the
 //! recorded one instead of its own, so every result the engine sees for the
-//! key agrees. Reads go to the stream leader (`STREAM.MSG.GET`), not to the
-//! KV "direct get" a replica may answer, so a record written a moment ago is
-//! always seen.
+//! key agrees.
+//!
+//! A record written a moment ago must be seen by the next lookup. In a
+//! bucket with one replica the KV "direct get" (`$JS.API.DIRECT.GET`) is
+//! answered by that replica, which holds every acknowledged write, and it is
+//! cheaper for the server than `STREAM.MSG.GET`, so lookups use it; in a
+//! replicated bucket any replica may answer a direct get, possibly one that
+//! lags, so lookups go to the stream leader (`STREAM.MSG.GET`) instead.
 
 use crate::WorkerError;
 use crate::error::BoxError;
 use crate::protocol::Outcome;
-use async_nats::jetstream::{self, kv, stream::LastRawMessageErrorKind};
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -63,6 +69,30 @@ pub(crate) enum Recorded {
 pub(crate) struct Records {
     /// The KV bucket.
     kv: kv::Store,
+    /// How lookups read the bucket.
+    reads: Reads,
+}
+
+/// How [`Records::lookup`] reads a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reads {
+    /// `$JS.API.DIRECT.GET`: cheaper, answered by any replica (and by
+    /// `mirror_direct` mirrors).
+    Direct,
+    /// `STREAM.MSG.GET`: answered by the stream leader.
+    Leader,
+}
+
+impl Reads {
+    /// Direct reads only where the only replica answers them: one replica
+    /// and direct get allowed (async-nats creates buckets with it allowed).
+    pub(crate) fn for_bucket(config: &jetstream::stream::Config) -> Self {
+        if config.num_replicas <= 1 && config.allow_direct {
+            Reads::Direct
+        } else {
+            Reads::Leader
+        }
+    }
 }
 
 /// Whether `key` is usable as a KV key (the rule async-nats enforces).
@@ -94,7 +124,7 @@ impl Records {
                     "idempotency bucket exists with another record lifetime; using it as it is"
                 );
             }
-            return Ok(Self { kv });
+            return Ok(Self::new(kv));
         }
         let config = kv::Config {
             bucket: bucket.to_string(),
@@ -109,11 +139,11 @@ impl Records {
         match js.create_key_value(config).await {
             Ok(kv) => {
                 tracing::info!(bucket, ?ttl, replicas, "created the idempotency bucket");
-                Ok(Self { kv })
+                Ok(Self::new(kv))
             }
             // Another worker may have created it meanwhile, with another config.
             Err(create_err) => match js.get_key_value(bucket).await {
-                Ok(kv) => Ok(Self { kv }),
+                Ok(kv) => Ok(Self::new(kv)),
                 Err(_) => Err(WorkerError::Bucket {
                     bucket: bucket.to_string(),
                     source: Box::new(create_err),
@@ -122,25 +152,35 @@ impl Records {
         }
     }
 
+    fn new(kv: kv::Store) -> Self {
+        let reads = Reads::for_bucket(&kv.stream.cached_info().config);
+        tracing::debug!(bucket = %kv.name, ?reads, "idempotency lookups");
+        Self { kv, reads }
+    }
+
     /// The outcome recorded under `key`, if any.
     pub(crate) async fn lookup(&self, key: &str) -> Result<Option<Outcome>, RecordError> {
         let subject = format!("{}{key}", self.kv.prefix);
-        match self
-            .kv
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(msg) => {
-                if msg.headers.get(KV_OPERATION).is_some() {
-                    // DEL or PURGE marker: someone removed the record.
+        let stream = &self.kv.stream;
+        let msg = match self.reads {
+            Reads::Direct => match stream.direct_get_last_for_subject(&subject).await {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(RecordError::Unavailable(Box::new(e))),
+            },
+            Reads::Leader => match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
                     return Ok(None);
                 }
-                self.decode(key, &msg.payload).map(Some)
-            }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(RecordError::Unavailable(Box::new(e))),
+                Err(e) => return Err(RecordError::Unavailable(Box::new(e))),
+            },
+        };
+        if msg.headers.get(KV_OPERATION).is_some() {
+            // DEL or PURGE marker: someone removed the record.
+            return Ok(None);
         }
+        self.decode(key, &msg.payload).map(Some)
     }
 
     /// Records `outcome` under `key` unless an outcome is recorded there
@@ -180,6 +220,19 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_single_replica_bucket_is_read_with_direct_gets() {
+        let bucket = |num_replicas, allow_direct| jetstream::stream::Config {
+            num_replicas,
+            allow_direct,
+            ..Default::default()
+        };
+        assert_eq!(Reads::for_bucket(&bucket(1, true)), Reads::Direct);
+        assert_eq!(Reads::for_bucket(&bucket(1, false)), Reads::Leader);
+        assert_eq!(Reads::for_bucket(&bucket(3, true)), Reads::Leader);
+        assert_eq!(Reads::for_bucket(&bucket(0, true)), Reads::Direct);
+    }
 
     #[test]
     fn engine_keys_are_valid_kv_keys() {

@@ -293,8 +293,37 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn result_then_replay_without_running_again() -> Result<()> {
-    init_tracing();
+    // The worker creates the bucket: one replica, direct gets allowed, so
+    // lookups read with `DIRECT.GET`.
+    result_then_replay(Env::new().await?).await
+}
+
+#[tokio::test]
+async fn replay_with_lookups_from_the_stream_leader() -> Result<()> {
+    // A bucket without direct gets (as a replicated one is read): lookups go
+    // to the leader with `STREAM.MSG.GET`.
     let env = Env::new().await?;
+    env.js
+        .create_key_value(jetstream::kv::Config {
+            bucket: env.subjects.idempotency_bucket(),
+            history: 1,
+            ..Default::default()
+        })
+        .await?;
+    let mut config = env
+        .js
+        .get_stream(format!("KV_{}", env.subjects.idempotency_bucket()))
+        .await?
+        .cached_info()
+        .config
+        .clone();
+    config.allow_direct = false;
+    env.js.update_stream(&config).await?;
+    result_then_replay(env).await
+}
+
+async fn result_then_replay(env: Env) -> Result<()> {
+    init_tracing();
     let calls = Arc::new(AtomicUsize::new(0));
     let (token, handle) = env.run(payments(calls.clone())).await?;
 
