@@ -61,7 +61,12 @@ fn check(report: &Value, state: &str, round_trips_per_saga: u64) {
     ] {
         assert!(num(v) > 0.0, "{v} in {report}");
     }
-    assert!(num(&e["process_cpu_s"]) >= 0.0);
+    for side in [e, f] {
+        assert!(num(&side["process_cpu_s"]) >= 0.0, "{side}");
+        // CPU is read in clock ticks, so a tiny run may show none at all.
+        let per_trip = num(&side["cpu_us_per_round_trip"]);
+        assert!(per_trip.is_finite() && per_trip >= 0.0, "{side}");
+    }
     check_latency(&e["latency"]);
     check_latency(&f["latency"]);
     for r in [

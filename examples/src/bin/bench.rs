@@ -461,6 +461,7 @@ async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> 
         })
     };
 
+    let cpu0 = cpu_seconds("self");
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut runs = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -486,6 +487,10 @@ async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> 
         latencies.push(r??);
     }
     let wall = started.elapsed().as_secs_f64();
+    let cpu = match (cpu0, cpu_seconds("self")) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
     stop.cancel();
     collector.abort();
     for w in floor_workers {
@@ -498,7 +503,16 @@ async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> 
         "wall_s": wall,
         "round_trips_per_s": round_trips as f64 / wall,
         "latency": percentiles(latencies),
+        "process_cpu_s": cpu,
+        "process_cpu_note": "floor client and floor workers share this process",
     }))
+}
+
+/// Process plus nats-server CPU per round trip, in microseconds.
+fn cpu_per_trip(v: &Value, trips: &str) -> f64 {
+    let cpu = v["process_cpu_s"].as_f64().unwrap_or(f64::NAN)
+        + v["nats_server_cpu_s"].as_f64().unwrap_or(f64::NAN);
+    cpu * 1e6 / v[trips].as_f64().unwrap_or(f64::NAN)
 }
 
 fn ms(v: &Value, path: &str) -> f64 {
@@ -552,6 +566,9 @@ async fn main() -> Result<()> {
     let throughput_ratio = engine["steps_per_s"].as_f64().unwrap_or(f64::NAN)
         / floor["round_trips_per_s"].as_f64().unwrap_or(f64::NAN);
     let latency_ratio = ms(&engine, "p50_ms") / per_saga / ms(&floor, "p50_ms");
+    engine["cpu_us_per_round_trip"] = json!(cpu_per_trip(&engine, "step_round_trips"));
+    floor["cpu_us_per_round_trip"] = json!(cpu_per_trip(&floor, "round_trips"));
+    let cpu_ratio = cpu_per_trip(&engine, "step_round_trips") / cpu_per_trip(&floor, "round_trips");
     let report = json!({
         "config": {
             "sagas": args.sagas,
@@ -568,6 +585,7 @@ async fn main() -> Result<()> {
         "ratios": {
             "throughput_engine_over_floor": throughput_ratio,
             "p50_latency_per_step_engine_over_floor": latency_ratio,
+            "cpu_per_round_trip_engine_over_floor": cpu_ratio,
         },
     });
     drop(owned);
@@ -635,10 +653,10 @@ async fn main() -> Result<()> {
         latency_ratio
     );
     println!(
-        "| {:<30} | {:>12.2} | {:>12} | {:>8} |",
+        "| {:<30} | {:>12.2} | {:>12.2} | {:>8} |",
         "process CPU s (incl. workers)",
         num(&e["process_cpu_s"]),
-        "",
+        num(&f["process_cpu_s"]),
         ""
     );
     println!(
@@ -647,6 +665,13 @@ async fn main() -> Result<()> {
         num(&e["nats_server_cpu_s"]),
         num(&f["nats_server_cpu_s"]),
         ""
+    );
+    println!(
+        "| {:<30} | {:>12.0} | {:>12.0} | {:>8.3} |",
+        "CPU µs / round trip (all)",
+        num(&e["cpu_us_per_round_trip"]),
+        num(&f["cpu_us_per_round_trip"]),
+        num(&report["ratios"]["cpu_per_round_trip_engine_over_floor"])
     );
     println!(
         "| {:<30} | {:>12.1} | {:>12} | {:>8} |",
