@@ -573,7 +573,12 @@ impl Partition {
                     Ok(r) => Ok(r),
                     Err(StartFailure::Store(e)) => return Err(e.into()),
                     Err(StartFailure::Api(e)) => {
-                        reject("start", &e.code, &e.message);
+                        // A caller that waits for the answer (the API, HTTP,
+                        // triggers) logs and counts the refusal under its own
+                        // source; a durable start has only the partition.
+                        if reply.is_none() {
+                            reject("start", &e.code, &e.message);
+                        }
                         Err(e)
                     }
                 };

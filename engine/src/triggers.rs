@@ -810,8 +810,7 @@ async fn handle(
                 Ok(Ok(reply)) => {
                     tracing::debug!(saga_id = %reply.saga_id, saga = %saga, event_id = %id, "trigger repeat; saga already started");
                 }
-                // Logged and counted by the partition under its code.
-                Ok(Err(_)) => {}
+                Ok(Err(e)) => crate::partition::reject("trigger", &e.code, &e.message),
                 Err(_) => return,
             }
         }
