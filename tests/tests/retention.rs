@@ -148,3 +148,79 @@ async fn finished_sagas_are_pruned_after_the_retention_and_free_their_keys() {
         Duration::from_secs(5),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_engines_store_compacts_and_the_engine_resumes_on_it() {
+    let mut world = World::start(&[]).await;
+    world.apply_yaml(common::ONE_STEP).await;
+    let _echo = world.echo_worker().await;
+    // 120 sagas of ~32 KiB input each; all but 8 are deleted again.
+    let pad = "x".repeat(32 * 1024);
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        ids.push(
+            world
+                .start_saga("one_step", json!({ "i": i, "pad": pad }))
+                .await,
+        );
+    }
+    for id in &ids {
+        world.finished(id).await;
+    }
+    let (kept, deleted) = ids.split_at(8);
+    for id in deleted {
+        world
+            .client
+            .delete(id)
+            .await
+            .expect("delete a finished saga");
+    }
+    let data_dir = world.engine.data_dir.display().to_string();
+
+    // The running engine holds the store: refused, nothing changed.
+    let out = world.cli(&["store", "compact", "--data-dir", &data_dir]);
+    assert!(!out.status.success());
+    let stderr = common::text(&out.stderr);
+    assert!(stderr.contains("E-STORE-LOCKED"), "{stderr}");
+
+    assert!(world.engine.process.terminate().success());
+    let out = world.cli(&[
+        "--output",
+        "json",
+        "store",
+        "compact",
+        "--data-dir",
+        &data_dir,
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["sagas"], 8, "{report}");
+    let (before, after) = (
+        report["before_bytes"].as_u64().unwrap(),
+        report["after_bytes"].as_u64().unwrap(),
+    );
+    // The deleted sagas' inputs alone were ~3.5 MiB.
+    assert!(before > after + 3 * 1024 * 1024, "{report}");
+    assert_eq!(report["old_copy"], Value::Null);
+    let leftovers: Vec<_> = std::fs::read_dir(world.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("engine."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The engine resumes on the compacted store: the kept sagas are there,
+    // the deleted ones are not, and new sagas run.
+    world.engine.restart();
+    for id in kept {
+        let detail = world.client.get(id).await.expect("kept saga");
+        assert_eq!(detail.saga.status.name(), "completed");
+        assert_eq!(
+            detail.saga.input["pad"].as_str().map(str::len),
+            Some(pad.len())
+        );
+    }
+    assert!(world.client.get(&deleted[0]).await.is_err());
+    let id = world.start_saga("one_step", json!({ "after": true })).await;
+    assert_eq!(world.finished(&id).await.saga.status.name(), "completed");
+}

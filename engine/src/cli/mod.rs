@@ -14,7 +14,7 @@ use crate::saga::definition;
 use crate::store::SagaFilter;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +98,32 @@ pub enum Command {
     /// constraints, cycles, missing services, health (service manifests).
     #[command(subcommand)]
     Deps(crate::deps::DepsCommand),
+    /// The engine's store, offline (the engine stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `jetsaga store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Give back to the file system the space of pruned and deleted sagas:
+    /// copy the store's live data into a fresh store, check the copy, and
+    /// swap it in (sled never shrinks its files by itself). The engine must
+    /// be stopped.
+    Compact(CompactArgs),
+}
+
+/// `jetsaga store compact` arguments.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Directory of the engine's store [env: JETSAGA_DATA_DIR] [default:
+    /// .jetsaga/data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the old copy beside the store as `<DIR>.pre-compact-<unix
+    /// seconds>` instead of removing it.
+    #[arg(long)]
+    pub keep_old: bool,
 }
 
 /// `jetsaga events ...`.
@@ -399,14 +425,18 @@ impl Cli {
             | Command::Saga(_)
             | Command::Breaker(_)
             | Command::Events(_)
-            | Command::Deps(_) => (Config::default(), None),
+            | Command::Deps(_)
+            | Command::Store(_) => (Config::default(), None),
         };
         let file = self
             .global
             .config
             .clone()
             .or_else(|| env.get("JETSAGA_CONFIG").map(PathBuf::from));
-        let flags = flag_layer(&self.global, engine);
+        let mut flags = flag_layer(&self.global, engine);
+        if let Command::Store(StoreCommand::Compact(args)) = &self.command {
+            flags.data_dir = args.data_dir.clone();
+        }
         let loaded = Config::load(defaults, file.as_deref(), env, flags)?;
         Ok(self.loaded.insert(loaded))
     }
@@ -476,6 +506,43 @@ pub async fn main(mut cli: Cli) -> i32 {
     }
 }
 
+/// `jetsaga store compact`: compacts the store (sled work, off the async
+/// threads) and says what it did.
+async fn store_compact(dir: &Path, keep_old: bool, output: Output) -> anyhow::Result<i32> {
+    let owned = dir.to_path_buf();
+    let done =
+        tokio::task::spawn_blocking(move || crate::store::compact::compact(&owned, keep_old))
+            .await??;
+    if output == Output::Json {
+        let report = serde_json::json!({
+            "data_dir": dir,
+            "before_bytes": done.before_bytes,
+            "after_bytes": done.after_bytes,
+            "sagas": done.sagas,
+            "elapsed_ms": done.elapsed.as_millis() as u64,
+            "old_copy": done.old_copy,
+        });
+        println!("{report}");
+        return Ok(0);
+    }
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "compacted the store at {}: {:.1} MiB -> {:.1} MiB, {} sagas, in {:.1} s",
+        dir.display(),
+        mib(done.before_bytes),
+        mib(done.after_bytes),
+        done.sagas,
+        done.elapsed.as_secs_f64()
+    );
+    if let Some(old) = done.old_copy {
+        println!(
+            "the old copy is at {}; remove it once the engine runs well on the compacted store",
+            old.display()
+        );
+    }
+    Ok(0)
+}
+
 /// The error and the causes its message does not already contain (our
 /// errors carry their cause in their message; `{:#}` would repeat it).
 fn error_message(error: &anyhow::Error) -> String {
@@ -503,6 +570,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Breaker(cmd) => breaker(&cli, cmd).await,
         Command::Config(ConfigCommand::Check(_)) => config_check(&cli),
         Command::Events(cmd) => events(&cli, cmd).await,
+        Command::Store(StoreCommand::Compact(args)) => {
+            store_compact(&cli.loaded().config.data_dir, args.keep_old, cli.output).await
+        }
         Command::Deps(cmd) => {
             let report = match crate::deps::run(cmd).await {
                 Ok(report) => report,

@@ -13,6 +13,7 @@ use crate::saga::state::{Millis, Saga, TimerKind};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub mod compact;
 pub mod sled_store;
 
 pub use sled_store::SledStore;
@@ -46,6 +47,15 @@ pub enum StoreError {
         key: String,
         /// Cause.
         source: serde_json::Error,
+    },
+    /// `jetsaga store compact` could not compact the store (it is left as
+    /// it was).
+    #[error("E-STORE-COMPACT: cannot compact the store at {path}: {reason}")]
+    Compact {
+        /// Store directory.
+        path: String,
+        /// Why.
+        reason: String,
     },
     /// A stored record could not be decoded.
     #[error("E-STORE-CORRUPT: stored record {key} cannot be decoded: {source}")]
