@@ -87,6 +87,12 @@ fn scale_runs_with_tiny_numbers_and_reports_sane_figures() {
     assert_eq!(prune["stored_sagas_after"], 20.0, "{prune}");
     assert!(num(&prune["pruned_ms"]) > 0.0, "{prune}");
 
+    let compact = &report["compact"];
+    assert_eq!(compact["report"]["sagas"], 20, "{compact}");
+    assert_eq!(compact["resumed_unfinished"], 20, "{compact}");
+    assert!(num(&compact["report"]["after_bytes"]) > 0.0, "{compact}");
+    assert!(num(&compact["resume_ms"]) > 0.0, "{compact}");
+
     let long = &report["long_run"];
     let samples = long["samples"].as_array().expect("samples");
     assert!(samples.len() >= 3, "{long}");

@@ -19,7 +19,11 @@
 //! 4. **prune backlog**: the engine again on that store with a 1 s
 //!    retention, so every seeded finished saga is past it: the time until
 //!    all are pruned and only the unfinished ones are left.
-//! 5. **long run** (`--long-run`, 0 to skip): a fresh engine with
+//! 5. **compact**: `jetsaga store compact` on the pruned store (the engine
+//!    stopped): its time and the data directory before and after; then the
+//!    engine once more on the compacted store, timed to `partition resumed`
+//!    (which must count every unfinished saga again).
+//! 6. **long run** (`--long-run`, 0 to skip): a fresh engine with
 //!    `--retention`, no-op workers for `collect_payment`, sagas started at
 //!    `--rate` per second; every `--sample-every` the engine's `/metrics`
 //!    are read (`engine_stored_sagas`, `engine_store_size_bytes`,
@@ -699,6 +703,43 @@ async fn prune_backlog(args: &Args, bin: &Path, data_dir: &Path) -> Result<Value
     }))
 }
 
+/// Compacts the pruned store with `jetsaga store compact` and starts the
+/// engine on the result.
+async fn compact(args: &Args, bin: &Path, data_dir: &Path) -> Result<Value> {
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .args(["--output", "json", "store", "compact", "--data-dir"])
+        .arg(data_dir)
+        .stderr(Stdio::piped())
+        .output()?;
+    let compact_ms = elapsed_ms(t);
+    if !out.status.success() {
+        bail!(
+            "jetsaga store compact: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    if report["sagas"].as_u64() != Some(args.unfinished as u64) {
+        bail!("the compacted store should hold the unfinished sagas only: {report}");
+    }
+    eprintln!("scale: compacted the store in {compact_ms:.0} ms: {report}");
+    let mut engine = EngineProcess::start(bin, &args.nats_url, data_dir, &[])?;
+    let (resumed, resume_ms) = engine.wait_for("partition resumed")?;
+    let resumed_count = resumed["unfinished"].as_u64().unwrap_or(0);
+    engine.stop()?;
+    if resumed_count != args.unfinished as u64 {
+        bail!("the engine resumed {resumed_count} sagas on the compacted store");
+    }
+    Ok(json!({
+        "note": "`jetsaga store compact` on the pruned store, then the engine on it",
+        "command_ms": compact_ms,
+        "report": report,
+        "resume_ms": resume_ms,
+        "resumed_unfinished": resumed_count,
+    }))
+}
+
 /// The value of an unlabelled sample `name` in Prometheus text.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -884,6 +925,7 @@ async fn main() -> Result<()> {
     let data_dir_bytes = tree_bytes(&data_dir);
     let engine_report = measure_engine(&args, &bin, &data_dir, &seeded).await?;
     let prune_report = prune_backlog(&args, &bin, &data_dir).await?;
+    let compact_report = compact(&args, &bin, &data_dir).await?;
     let long = if args.long_run.is_zero() {
         Value::Null
     } else {
@@ -896,6 +938,7 @@ async fn main() -> Result<()> {
         "data_dir_bytes": data_dir_bytes,
         "engine": engine_report,
         "prune_backlog": prune_report,
+        "compact": compact_report,
         "long_run": long,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
