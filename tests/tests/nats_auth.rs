@@ -9,15 +9,13 @@
 
 mod common;
 
+use common::tls::TestCa;
 use common::{Engine, ONE_STEP, World};
 use jetsaga_engine::client::Client;
 use jetsaga_engine::config::{NatsConfig, Nkey, Secret, TlsConfig};
 use jetsaga_engine::saga::state::SagaStatus;
 use jetsaga_tests::{NatsServer, bin_path, run_command};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -304,71 +302,6 @@ async fn nkey_seed_file() {
 
 // ---------------------------------------------------------------------------
 // TLS.
-
-/// A certificate authority made for one test, and the PEM files it signs.
-struct TestCa {
-    dir: tempfile::TempDir,
-    issuer: Issuer<'static, KeyPair>,
-    /// The CA certificate (PEM).
-    ca_file: PathBuf,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-        ];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        let ca_file = common::write(dir.path(), &format!("{name}.pem"), &cert.pem());
-        TestCa {
-            dir,
-            issuer: Issuer::new(params, key),
-            ca_file,
-        }
-    }
-
-    /// A certificate for `usage` signed by this CA, with `names` as its
-    /// subject alternative names: its (cert, key) PEM files.
-    fn issue(
-        &self,
-        file: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-    ) -> (PathBuf, PathBuf) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("valid names");
-        params.distinguished_name.push(DnType::CommonName, file);
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        (
-            common::write(self.dir.path(), &format!("{file}.pem"), &cert.pem()),
-            common::write(
-                self.dir.path(),
-                &format!("{file}-key.pem"),
-                &key.serialize_pem(),
-            ),
-        )
-    }
-
-    /// A server certificate for 127.0.0.1 and localhost.
-    fn server_cert(&self) -> (PathBuf, PathBuf) {
-        self.issue(
-            "server",
-            &["127.0.0.1", "localhost"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-}
 
 /// nats-server's `tls { }` block with the server certificate `(cert, key)`;
 /// with `client_ca`, clients must present a certificate it signed.

@@ -218,12 +218,13 @@ mod otlp {
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
         match endpoint {
             None => false,
-            Some(e) if !e.trim_start().starts_with("http://") => {
-                // The exporter's HTTP client is built without TLS, to keep
-                // builds small: send to a local collector that forwards.
+            Some(e)
+                if !(e.trim_start().starts_with("http://")
+                    || e.trim_start().starts_with("https://")) =>
+            {
                 tracing::warn!(
                     endpoint = %e,
-                    "only plain http:// OTLP endpoints are supported (run a local OpenTelemetry collector that forwards over TLS); traces are off"
+                    "the OTLP endpoint must be an http:// or https:// URL (OTLP over HTTP/protobuf; gRPC is not built in); traces are off"
                 );
                 false
             }
@@ -240,6 +241,9 @@ mod otlp {
         if !wanted() {
             return None;
         }
+        // The exporter's HTTP client takes TLS from rustls with the process's
+        // default crypto provider (an error if one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let exporter = match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()

@@ -1,8 +1,9 @@
 //! `--check-health`: an HTTP GET of each declared health URL, several at a
 //! time, each bounded by a timeout. A service is healthy when its URL
 //! answers 2xx in time (redirects are followed). Proxy variables are
-//! ignored: health URLs are addresses inside the deployment. The binary has
-//! no TLS, so an `https` URL is reported as unsupported rather than probed.
+//! ignored: health URLs are addresses inside the deployment. `https` URLs
+//! are checked against the system's root certificates (`SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` add others on Linux).
 
 use super::Manifest;
 use futures::StreamExt as _;
@@ -46,6 +47,8 @@ pub enum HealthOutcome {
 /// Probes the health URL of every service that declares one, concurrently;
 /// results in the order of `services`.
 pub async fn check_health(services: &[Manifest], timeout: Duration) -> Vec<HealthCheck> {
+    // TLS for https URLs (an error if a provider is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -89,14 +92,12 @@ async fn probe(client: &reqwest::Client, url: &str, timeout: Duration) -> Health
         Err(e) => return unhealthy(format!("not a URL: {e}")),
     };
     match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return unhealthy(
-                "https is not supported: this jetsaga build has no TLS; expose the health check over http"
-                    .into(),
-            );
+        "http" | "https" => {}
+        other => {
+            return unhealthy(format!(
+                "scheme {other:?} is not supported; use http or https"
+            ));
         }
-        other => return unhealthy(format!("scheme {other:?} is not supported; use http")),
     }
     let started = Instant::now();
     match client.get(parsed).send().await {

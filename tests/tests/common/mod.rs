@@ -14,6 +14,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+pub mod tls;
+
 /// How long a test waits for a process to be ready.
 pub const READY: Duration = Duration::from_secs(30);
 /// How long a test waits for a saga to finish.
