@@ -275,6 +275,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     // above are captured before the engine says so.
     trigger_guard.applied().await;
     {
+        // Ready means answering: the API's subscription is live at the
+        // server before the engine says so.
+        let sub = api::listen(&client, &subjects).await.map_err(|e| {
+            EngineError::Runtime(format!("cannot subscribe to the API subjects: {e}"))
+        })?;
         let (client, subjects, service, stop) = (
             client.clone(),
             subjects.clone(),
@@ -282,7 +287,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             intake_stop.clone(),
         );
         intake_tasks.spawn(async move {
-            if let Err(e) = api::serve(client, subjects, service, stop).await {
+            if let Err(e) = api::serve(client, sub, subjects, service, stop).await {
                 tracing::error!(error = %e, "API stopped");
             }
         });

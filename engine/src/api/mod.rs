@@ -674,16 +674,29 @@ fn uuid_v7_millis(id: &str) -> Option<Millis> {
     Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
-/// Serves the API over NATS until `shutdown`.
+/// Subscribes to the API's subjects for [`serve`]. When it returns, the
+/// server has the subscription (a round trip to it followed), so a request
+/// sent from then on finds a responder: the engine says it is ready only
+/// after this.
+pub async fn listen(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = client
+        .queue_subscribe(subjects.api_wildcard(), QUEUE_GROUP.into())
+        .await?;
+    client.flush().await?;
+    Ok(sub)
+}
+
+/// Serves the API over NATS on `sub` (from [`listen`]) until `shutdown`.
 pub async fn serve(
     client: async_nats::Client,
+    mut sub: async_nats::Subscriber,
     subjects: Subjects,
     api: Api,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut sub = client
-        .queue_subscribe(subjects.api_wildcard(), QUEUE_GROUP.into())
-        .await?;
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(256));
     let api_prefix = format!("{}.", subjects.api(""));
