@@ -658,7 +658,7 @@ impl ServiceAdmission {
     }
 
     /// Breakers changed since the last call, to store: `None` deletes the
-    /// record (closed, or no breaker configured any more).
+    /// record (the service has no breaker state any more).
     pub fn take_dirty(&mut self) -> Vec<(String, Option<BreakerState>)> {
         std::mem::take(&mut self.dirty)
             .into_iter()
@@ -679,9 +679,9 @@ impl ServiceAdmission {
         let (state, failures, successes, probe, since, half_opens_at) = match &breaker {
             None => ("none", 0, 0, false, None, None),
             Some((config, b)) => match b {
-                BreakerState::Closed { failures } => ("closed", *failures, 0, false, None, None),
+                BreakerState::Closed { failures } => (b.name(), *failures, 0, false, None, None),
                 BreakerState::Open { since, failures } => (
-                    "open",
+                    b.name(),
                     *failures,
                     0,
                     false,
@@ -692,14 +692,7 @@ impl ServiceAdmission {
                     since,
                     probe,
                     successes,
-                } => (
-                    "half_open",
-                    0,
-                    *successes,
-                    probe.is_some(),
-                    Some(*since),
-                    None,
-                ),
+                } => (b.name(), 0, *successes, probe.is_some(), Some(*since), None),
             },
         };
         Some(ServiceStatus {

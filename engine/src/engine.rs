@@ -265,7 +265,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             settings: settings.clone(),
             store: store.clone(),
             partition: handle.clone(),
-            max_payload: config.max_payload,
             ack_wait: config.ack_wait,
         },
         trigger_signals,

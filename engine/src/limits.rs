@@ -202,7 +202,9 @@ impl Admission {
         self.queue.get(&seq).map(|row| (seq, row))
     }
 
-    /// 1-based position of saga `id` in the queue.
+    /// 1-based position of saga `id` in the queue (the API reads it from the
+    /// store: `Store::queue_position`).
+    #[cfg(test)]
     pub fn position(&self, id: &str) -> Option<usize> {
         let seq = *self.by_saga.get(id)?;
         Some(self.queue.range(..seq).count() + 1)

@@ -573,9 +573,9 @@ impl Partition {
                     Ok(r) => Ok(r),
                     Err(StartFailure::Store(e)) => return Err(e.into()),
                     Err(StartFailure::Api(e)) => {
-                        // A caller that waits for the answer (the API, HTTP,
-                        // triggers) logs and counts the refusal under its own
-                        // source; a durable start has only the partition.
+                        // Who answers a caller counts its refusals (the API,
+                        // HTTP and trigger doors do); the partition counts
+                        // only what nobody is answered for: a durable start.
                         if reply.is_none() {
                             reject("start", &e.code, &e.message);
                         }
@@ -1131,6 +1131,9 @@ impl Partition {
         after: &mut AfterFlush,
     ) -> Result<Result<Saga, Rejection>, PartitionError> {
         let label = event_label(&event);
+        // Operator events come from the API, whose door answers the caller
+        // and counts a refusal itself, as for starts (see `handle`).
+        let answered = matches!(event, Event::Cancel { .. } | Event::Retry { .. });
         let before = Before::of(&saga);
         let traced = crate::trace::enabled().then(|| saga.clone());
         match machine::apply(&mut saga, def, event, inputs(now_ms())) {
@@ -1158,6 +1161,8 @@ impl Partition {
                     && label == "timer";
                 if quiet {
                     tracing::debug!(saga_id = %saga.id, %rejection, "stale timer ignored");
+                } else if answered {
+                    tracing::debug!(saga_id = %saga.id, event = label, %rejection, "operator event refused; the caller is answered");
                 } else {
                     tracing::warn!(saga_id = %saga.id, event = label, %rejection, "event rejected");
                     metrics::counter!("engine_rejected_messages_total", "reason" => rejection.reason())
@@ -1179,9 +1184,8 @@ impl Partition {
         let terminal = saga.status.is_terminal();
         // Concurrency limits (`crate::limits`): keep the running counts; a
         // saga leaving the start queue takes its row out in this transaction.
-        let stored = self.active.get(&id).or_else(|| self.pending_saga(&id));
         if change.prior == Prior::Unknown
-            && let Some(stored) = stored
+            && let Some(stored) = self.active.get(&id).or_else(|| self.pending_saga(&id))
         {
             // The store moves the index entries without decoding the record.
             change.prior = Prior::of(stored);
@@ -1493,9 +1497,12 @@ impl Partition {
         for service in self.services.services_holding() {
             while let Some(held) = self.services.pop_releasable(&service) {
                 change.held_remove.push(held.seq);
-                // The task may have been held earlier in this batch.
-                self.write_pending()?;
-                let task = self.store.held_task(held.seq)?;
+                // The task may have been held earlier in this batch, not
+                // written yet: the batch first, then the store.
+                let task = match pending_held(&self.pending, held.seq) {
+                    Some(task) => Some(task.clone()),
+                    None => self.store.held_task(held.seq)?,
+                };
                 let waiting = self
                     .active
                     .get(&held.key.saga_id)
@@ -1603,6 +1610,14 @@ fn latest_saga<'a>(changes: &'a [Change], id: &str) -> Option<&'a Saga> {
         .iter()
         .rev()
         .find_map(|c| c.saga.as_ref().filter(|s| s.id == id))
+}
+
+/// The task `changes` hold under sequence `seq`, if they do.
+fn pending_held(changes: &[Change], seq: u64) -> Option<&HeldTask> {
+    changes
+        .iter()
+        .rev()
+        .find_map(|c| c.held_add.iter().find(|(s, _)| *s == seq).map(|(_, t)| t))
 }
 
 /// The saga `changes` bind idempotency key `key` to, if they do.

@@ -53,7 +53,7 @@
 //! `E-SAGA-DISABLED`) is counted under its code. Started sagas are counted
 //! in `engine_triggered_starts_total{saga}`.
 
-use crate::bus::{BusError, StreamSettings};
+use crate::bus::{BusError, StreamSettings, intake};
 use crate::partition::{Command, PartitionHandle, StartCommand, api_error, reject};
 use crate::saga::definition::{SagaDefinition, Trigger, input_pointer};
 use crate::store::Store;
@@ -72,39 +72,9 @@ pub const TRIGGERED_STARTS: &str = "engine_triggered_starts_total";
 /// Longest idempotency key the engine accepts.
 const MAX_KEY: usize = 256;
 
-/// The stream that captures trigger subjects outside the engine's prefix.
-pub fn triggers_stream(subjects: &Subjects) -> String {
-    // `<PREFIX>_EVENTS` with its last word replaced: the same derivation
-    // from the prefix as the engine's other streams.
-    let events = subjects.events_stream();
-    format!(
-        "{}_TRIGGERS",
-        events.strip_suffix("_EVENTS").unwrap_or(&events)
-    )
-}
-
-/// The durable consumer of the trigger subjects on `<PREFIX>_EVENTS`.
-pub fn events_consumer(subjects: &Subjects) -> String {
-    format!("{}-triggers", subjects.engine_consumer())
-}
-
 // ---------------------------------------------------------------------------
 // Subjects
 // ---------------------------------------------------------------------------
-
-/// Whether `subject` (a literal subject) matches `pattern` (`*`, `>`).
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
-    loop {
-        match (p.next(), s.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
 
 /// Whether every subject `inner` matches is matched by `outer` too.
 pub fn covers(outer: &str, inner: &str) -> bool {
@@ -268,7 +238,7 @@ impl Matcher {
             .filter_map(|d| {
                 d.triggers
                     .iter()
-                    .find(|t| subject_matches(&t.subject, subject))
+                    .find(|t| covers(&t.subject, subject))
                     .map(|t| (d.clone(), t.clone()))
             })
             .collect()
@@ -345,7 +315,7 @@ impl ApplyGuard {
         definitions: &[SagaDefinition],
         current: &[SagaDefinition],
     ) -> Result<(), ApiError> {
-        let own = triggers_stream(&self.subjects);
+        let own = self.subjects.triggers_stream();
         let kept = current
             .iter()
             .filter(|c| !definitions.iter().any(|d| d.name == c.name));
@@ -445,8 +415,6 @@ pub struct Runtime {
     pub store: Arc<dyn Store>,
     /// Where starts go.
     pub partition: PartitionHandle,
-    /// Largest message accepted.
-    pub max_payload: usize,
     /// Ack wait of the consumers.
     pub ack_wait: Duration,
 }
@@ -532,7 +500,7 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
         }
     };
     let matcher = Matcher::new(definitions);
-    let own_stream = triggers_stream(&rt.subjects);
+    let own_stream = rt.subjects.triggers_stream();
     let mut own: Vec<String> = Vec::new();
     let mut events = Vec::new();
     for (saga, subject) in matcher.subjects() {
@@ -574,28 +542,14 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
             tracing::info!(stream = %own_stream, "no trigger subjects left; trigger stream deleted");
         }
     } else {
-        let config = stream::Config {
-            name: own_stream.clone(),
-            description: Some(
-                "jetsaga: messages on trigger subjects; each starts sagas of the definitions triggered by it"
-                    .into(),
-            ),
-            subjects: own.clone(),
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: rt.settings.duplicate_window,
-            max_message_size: i32::try_from(rt.settings.max_payload + 64 * 1024)
-                .unwrap_or(i32::MAX),
-            num_replicas: rt.settings.replicas,
-            ..Default::default()
-        };
-        rt.js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|source| BusError::Stream {
-                stream: own_stream.clone(),
-                source,
-            })?;
+        let config = crate::bus::stream_config(
+            own_stream.clone(),
+            "messages on trigger subjects; each starts sagas of the definitions triggered by it",
+            own.clone(),
+            stream::RetentionPolicy::WorkQueue,
+            &rt.settings,
+        );
+        crate::bus::create_stream(&rt.js, config).await?;
         let consumer = crate::bus::engine_consumer(
             &rt.js,
             &rt.subjects,
@@ -607,7 +561,7 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
         consumers.push((consumer, true));
     }
     let events_stream = rt.subjects.events_stream();
-    let name = events_consumer(&rt.subjects);
+    let name = rt.subjects.triggers_consumer();
     let stream = rt
         .js
         .get_stream(&events_stream)
@@ -632,15 +586,13 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
         };
         let consumer = stream
             .create_consumer(pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some("jetsaga engine: lifecycle events that trigger sagas".into()),
                 filter_subjects,
                 deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: rt.ack_wait,
-                max_deliver: -1,
-                max_ack_pending: 10_000,
-                ..Default::default()
+                ..crate::bus::pull_config(
+                    &name,
+                    "jetsaga engine: lifecycle events that trigger sagas",
+                    rt.ack_wait,
+                )
             })
             .await
             .map_err(|source| BusError::Consumer {
@@ -679,10 +631,7 @@ async fn consume(
 
 /// Acknowledges a refused message so it is not delivered again.
 async fn refuse(msg: jetstream::Message, reason: &str, detail: &str) {
-    reject("trigger", reason, detail);
-    if let Err(e) = msg.ack_with(jetstream::AckKind::Term).await {
-        tracing::warn!(error = %e, "could not terminate a refused trigger message");
-    }
+    intake::terminate(msg, "trigger", reason, detail).await;
 }
 
 /// Turns one message into starts; `false` when the partition has stopped.
@@ -708,13 +657,10 @@ async fn handle(
         }
         return true;
     }
-    if msg.payload.len() > rt.max_payload {
-        let detail = format!(
-            "{} bytes on {subject}, over max_payload {}",
-            msg.payload.len(),
-            rt.max_payload
-        );
-        refuse(msg, "oversized", &detail).await;
+    if let Err((reason, detail)) =
+        intake::check_size(&subject, &msg.payload, rt.settings.max_payload)
+    {
+        refuse(msg, reason, &detail).await;
         return true;
     }
     let body: Value = match serde_json::from_slice(&msg.payload) {
@@ -725,21 +671,11 @@ async fn handle(
             return true;
         }
     };
-    let header = |name: &str| {
-        msg.headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    let fallback = msg
-        .info()
-        .ok()
-        .map(|i| format!("{}:{}", i.stream, i.stream_sequence));
     let Some(id) = event_id(
         &body,
-        header("ce-id").as_deref(),
-        header(HEADER_MSG_ID).as_deref(),
-        fallback,
+        intake::header(&msg, "ce-id").as_deref(),
+        intake::header(&msg, HEADER_MSG_ID).as_deref(),
+        intake::stream_position(&msg),
     ) else {
         refuse(
             msg,
@@ -828,11 +764,11 @@ mod tests {
 
     #[test]
     fn subjects_match_cover_and_collide() {
-        assert!(subject_matches("orders.created", "orders.created"));
-        assert!(subject_matches("orders.*", "orders.created"));
-        assert!(subject_matches("orders.>", "orders.eu.created"));
-        assert!(!subject_matches("orders.>", "orders"));
-        assert!(!subject_matches("orders.*", "orders.eu.created"));
+        assert!(covers("orders.created", "orders.created"));
+        assert!(covers("orders.*", "orders.created"));
+        assert!(covers("orders.>", "orders.eu.created"));
+        assert!(!covers("orders.>", "orders"));
+        assert!(!covers("orders.*", "orders.eu.created"));
         assert!(covers("orders.>", "orders.*"));
         assert!(covers("orders.*", "orders.created"));
         assert!(!covers("orders.*", "orders.>"));
@@ -859,7 +795,7 @@ mod tests {
         for bad in ["jetsaga.start.order", "jetsaga.>", "*.start.x", "_INBOX.x"] {
             assert!(scope(&s, bad).is_err(), "{bad}");
         }
-        assert_eq!(triggers_stream(&s), "JETSAGA_TRIGGERS");
+        assert_eq!(s.triggers_stream(), "JETSAGA_TRIGGERS");
     }
 
     #[test]

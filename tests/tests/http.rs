@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::World;
+use common::{World, metric_value};
 use jetsaga_worker::{TaskContext, Worker};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -386,6 +386,14 @@ async fn sagas_are_started_read_and_cancelled() {
     let a = http.post_json(&cancel(&id), &json!({}), &[]).await;
     http.documented("POST", "/v1/sagas/{id}/cancel", &a);
     assert_eq!((a.status, a.code().as_str()), (409, "E-NOT-APPLICABLE"));
+    // Refused once, counted once: by the door that answered it, under its
+    // code, not by the partition as well.
+    let rejected = |reason: &str| format!(r#"engine_rejected_messages_total{{reason="{reason}"}}"#);
+    assert_eq!(
+        metric_value(&http.addr, &rejected("E-NOT-APPLICABLE")).await,
+        Some(1.0)
+    );
+    assert_eq!(metric_value(&http.addr, &rejected("terminal")).await, None);
     let stuck = http
         .post_json("/v1/sagas", &json!({"saga": "stuck"}), &[])
         .await;

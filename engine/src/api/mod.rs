@@ -534,9 +534,19 @@ impl Api {
             definition::validate(def)
                 .map_err(|e| api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code())))?;
         }
+        // The trigger consumers are set up again only when a definition's
+        // triggers change, not on every apply.
+        let mut triggers_changed = false;
         if let Some(guard) = &self.triggers {
             let current = self.store.list_definitions().map_err(internal)?;
             guard.check(definitions, &current).await?;
+            triggers_changed = definitions.iter().any(|def| {
+                let before = current
+                    .iter()
+                    .find(|c| c.name == def.name)
+                    .map_or(&[][..], |c| c.triggers.as_slice());
+                before != def.triggers.as_slice()
+            });
         }
         let mut out = Vec::new();
         for def in definitions {
@@ -551,7 +561,7 @@ impl Api {
         // The answer promises the definitions are stored: durable first.
         self.store.flush().await.map_err(internal)?;
         if let Some(guard) = &self.triggers
-            && out.iter().any(|a| a.changed)
+            && triggers_changed
         {
             guard.applied().await;
         }
@@ -594,17 +604,13 @@ impl Api {
         Ok(applied)
     }
 
-    /// Validates service policies, stores each (replacing the service's
-    /// policy: latest applied wins) and puts them to use. Returns the
-    /// services whose policy changed.
-    pub async fn apply_services(
-        &self,
-        services: &[ServicePolicy],
-    ) -> Result<Vec<String>, ApiError> {
+    /// Stores each service policy, validated by [`Api::apply`] (replacing
+    /// the service's policy: latest applied wins), and puts them to use.
+    /// Returns the services whose policy changed.
+    async fn apply_services(&self, services: &[ServicePolicy]) -> Result<Vec<String>, ApiError> {
         if services.is_empty() {
             return Ok(Vec::new());
         }
-        definition::validate_services(services).map_err(invalid_services)?;
         let mut changed = Vec::new();
         for policy in services {
             if self.store.put_service_policy(policy).map_err(internal)? {
@@ -612,6 +618,8 @@ impl Api {
             }
             tracing::info!(service = %policy.service, max_in_flight = ?policy.max_in_flight, circuit_breaker = ?policy.circuit_breaker, "service policy applied");
         }
+        // One fsync for all of them, before anything is answered.
+        self.store.flush().await.map_err(internal)?;
         self.partition.service_policies(services.to_vec()).await?;
         Ok(changed)
     }

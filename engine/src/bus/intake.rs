@@ -53,7 +53,7 @@ pub async fn run(
 
 /// Why a message is refused: the reason label logged and counted
 /// (`oversized`, `malformed`) and a detail for the log line.
-type Rejection = (&'static str, String);
+pub(crate) type Rejection = (&'static str, String);
 
 /// Decodes one message into a command, or rejects (acks, logs, counts) it.
 async fn decode(
@@ -68,11 +68,7 @@ async fn decode(
             Err((reason, detail)) => drop_message(source, msg, reason, &detail).await,
         },
         Source::Starts => {
-            let msg_id = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(HEADER_MSG_ID))
-                .map(|v| v.as_str().to_string());
+            let msg_id = header(&msg, HEADER_MSG_ID);
             match decode_start(
                 msg.subject.as_str(),
                 &msg.payload,
@@ -86,10 +82,7 @@ async fn decode(
                     // in for one, so a redelivery after a crash cannot start
                     // a second saga.
                     if start.idempotency_key.is_none() {
-                        start.idempotency_key = msg
-                            .info()
-                            .ok()
-                            .map(|i| format!("{}:{}", i.stream, i.stream_sequence));
+                        start.idempotency_key = stream_position(&msg);
                     }
                     Some(Command::Start {
                         start,
@@ -103,8 +96,28 @@ async fn decode(
     }
 }
 
+/// The value of header `name` of `msg`.
+pub(crate) fn header(msg: &jetstream::Message, name: &str) -> Option<String> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+}
+
+/// `<stream>:<sequence>` of `msg`: what identifies a message that carries no
+/// id of its own, the same on every redelivery.
+pub(crate) fn stream_position(msg: &jetstream::Message) -> Option<String> {
+    msg.info()
+        .ok()
+        .map(|i| format!("{}:{}", i.stream, i.stream_sequence))
+}
+
 /// Refuses a payload over `max_payload` bytes.
-fn check_size(subject: &str, payload: &[u8], max_payload: usize) -> Result<(), Rejection> {
+pub(crate) fn check_size(
+    subject: &str,
+    payload: &[u8],
+    max_payload: usize,
+) -> Result<(), Rejection> {
     if payload.len() > max_payload {
         return Err((
             "oversized",
@@ -169,11 +182,17 @@ async fn drop_message(
     reason: &str,
     detail: &str,
 ) -> Option<Command> {
-    reject(source.label(), reason, detail);
+    terminate(msg, source.label(), reason, detail).await;
+    None
+}
+
+/// Refuses `msg` for good: logs and counts it ([`reject`]) under `source`,
+/// and terminates it so that it is not redelivered.
+pub(crate) async fn terminate(msg: jetstream::Message, source: &str, reason: &str, detail: &str) {
+    reject(source, reason, detail);
     if let Err(e) = msg.ack_with(jetstream::AckKind::Term).await {
         tracing::warn!(error = %e, "could not terminate a rejected message");
     }
-    None
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use futures::StreamExt;
-use jetsaga_worker::protocol::Subjects;
+use jetsaga_worker::protocol::{STREAM_HEADROOM, Subjects};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -90,30 +90,68 @@ pub async fn ensure_streams(
     ];
     for (name, subject, retention, description) in streams {
         let config = stream::Config {
-            name: name.clone(),
-            description: Some(format!("jetsaga: {description}")),
-            subjects: vec![subject],
-            retention,
             // Work queues empty themselves; events age out.
             max_age: if retention == Limits {
                 EVENTS_MAX_AGE
             } else {
                 Duration::ZERO
             },
-            storage: stream::StorageType::File,
-            duplicate_window: settings.duplicate_window,
-            max_message_size: i32::try_from(settings.max_payload + 64 * 1024).unwrap_or(i32::MAX),
-            num_replicas: settings.replicas,
-            ..Default::default()
+            ..stream_config(name, description, vec![subject], retention, settings)
         };
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|source| BusError::Stream {
-                stream: name.clone(),
-                source,
-            })?;
+        create_stream(js, config).await?;
     }
     Ok(())
+}
+
+/// One of the engine's file streams: `settings`' duplicate window, replicas
+/// and largest message (`max_payload` plus [`STREAM_HEADROOM`]).
+pub(crate) fn stream_config(
+    name: String,
+    description: &str,
+    subjects: Vec<String>,
+    retention: stream::RetentionPolicy,
+    settings: &StreamSettings,
+) -> stream::Config {
+    stream::Config {
+        name,
+        description: Some(format!("jetsaga: {description}")),
+        subjects,
+        retention,
+        storage: stream::StorageType::File,
+        duplicate_window: settings.duplicate_window,
+        max_message_size: i32::try_from(settings.max_payload + STREAM_HEADROOM).unwrap_or(i32::MAX),
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream `config` describes, or updates it to `config`.
+pub(crate) async fn create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), BusError> {
+    let name = config.name.clone();
+    js.create_or_update_stream(config)
+        .await
+        .map(drop)
+        .map_err(|source| BusError::Stream {
+            stream: name,
+            source,
+        })
+}
+
+/// The settings of the engine's durable pull consumers: explicit acks,
+/// `ack_wait`, no delivery limit, up to 10 000 unacknowledged.
+pub(crate) fn pull_config(name: &str, description: &str, ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_string()),
+        description: Some(description.to_string()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
 }
 
 /// How long the events stream keeps a lifecycle event.
@@ -144,14 +182,8 @@ pub async fn engine_consumer(
         .get_or_create_consumer(
             &name,
             pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some("jetsaga engine".into()),
                 filter_subject: filter,
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_deliver: -1,
-                max_ack_pending: 10_000,
-                ..Default::default()
+                ..pull_config(&name, "jetsaga engine", ack_wait)
             },
         )
         .await

@@ -546,15 +546,7 @@ async fn store_compact(dir: &Path, keep_old: bool, output: Output) -> anyhow::Re
 /// The error and the causes its message does not already contain (our
 /// errors carry their cause in their message; `{:#}` would repeat it).
 fn error_message(error: &anyhow::Error) -> String {
-    let mut message = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    message
+    crate::deps::health::error_chain(error.as_ref())
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {

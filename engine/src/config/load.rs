@@ -258,9 +258,7 @@ impl Layer {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         match format {
             FileFormat::Yaml => {
-                let mut options = serde_saphyr::Options::default();
-                options.with_snippet = false;
-                options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+                let options = crate::saga::definition::yaml_options();
                 serde_saphyr::from_str_with_options::<Layer>(text, options.clone()).map_err(|e| {
                     let generic =
                         serde_saphyr::from_str_with_options::<serde_json::Value>(text, options);

@@ -53,7 +53,7 @@
 //! ```
 
 pub(crate) mod graph;
-mod health;
+pub(crate) mod health;
 
 pub use health::{HealthCheck, HealthOutcome, check_health};
 
@@ -362,10 +362,8 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
     };
     let raw: RawManifest = match format {
         Format::Yaml => {
-            let mut options = serde_saphyr::Options::default();
-            options.with_snippet = false;
-            options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
-            serde_saphyr::from_str_with_options(text, options).map_err(|e| syntax(e.to_string()))?
+            serde_saphyr::from_str_with_options(text, crate::saga::definition::yaml_options())
+                .map_err(|e| syntax(e.to_string()))?
         }
         Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
     };
@@ -396,7 +394,10 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             Ok(u) => bad(
                 "health".into(),
-                format!("{url:?} has scheme {:?}; use an http:// URL", u.scheme()),
+                format!(
+                    "{url:?} has scheme {:?}; use an http:// or https:// URL",
+                    u.scheme()
+                ),
             ),
             Err(e) => bad("health".into(), format!("{url:?} is not a URL: {e}")),
         }

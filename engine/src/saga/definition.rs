@@ -929,12 +929,19 @@ impl<'de> Deserialize<'de> for RawRetry {
     }
 }
 
-fn parse_yaml(source_name: &str, text: &str) -> Result<RawFile, DefinitionError> {
+/// How every YAML file the engine reads is parsed (definitions, the
+/// configuration, service manifests): no source snippet in errors (callers
+/// name the place themselves), and a duplicate key is an error, never
+/// silently merged.
+pub(crate) fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
-    // Duplicate keys are errors (the default), never silently merged.
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
-    serde_saphyr::from_str_with_options::<RawFile>(text, options).map_err(|e| {
+    options
+}
+
+fn parse_yaml(source_name: &str, text: &str) -> Result<RawFile, DefinitionError> {
+    serde_saphyr::from_str_with_options::<RawFile>(text, yaml_options()).map_err(|e| {
         let location = e.location();
         let mut render = serde_saphyr::RenderOptions::new(&YAML_MESSAGES);
         render.snippets = serde_saphyr::SnippetMode::Off;

@@ -15,7 +15,7 @@
 //! so a running engine makes it fail with `E-STORE-LOCKED` and nothing
 //! changes.
 
-use super::{SledStore, Store, StoreError};
+use super::{SledStore, Store, StoreError, dir_bytes};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -134,21 +134,6 @@ fn swap_dirs(a: &Path, b: &Path) -> std::io::Result<()> {
     std::fs::rename(a, &aside)?;
     std::fs::rename(b, a)?;
     std::fs::rename(&aside, b)
-}
-
-/// Bytes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        total += if meta.is_dir() {
-            dir_bytes(&entry.path())?
-        } else {
-            meta.len()
-        };
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -18,6 +18,31 @@ pub mod sled_store;
 
 pub use sled_store::SledStore;
 
+/// Bytes of the files under `dir`, subdirectories included: what a store
+/// directory takes on disk (`jetsaga store compact`, the `bench` and
+/// `scale` reports).
+/// A file removed while it is walked (a running store rotates its files)
+/// counts nothing.
+pub fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let meta = match entry.and_then(|e| Ok((e.metadata()?, e.path()))) {
+            Ok(found) => found,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        total += match meta {
+            (m, path) if m.is_dir() => match dir_bytes(&path) {
+                Err(e) if gone(&e) => 0,
+                other => other?,
+            },
+            (m, _) => m.len(),
+        };
+    }
+    Ok(total)
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -308,7 +333,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored circuit breaker, by service.
     fn breakers(&self) -> Result<Vec<(String, crate::admission::BreakerState)>, StoreError>;
     /// Stores a service's policy, replacing the one it had (latest applied
-    /// wins). Returns whether it changed. Durable when it returns.
+    /// wins). Returns whether it changed. Durable after the next
+    /// [`Store::flush`], like a definition.
     fn put_service_policy(
         &self,
         policy: &crate::saga::definition::ServicePolicy,

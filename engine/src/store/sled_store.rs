@@ -123,6 +123,16 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// How the engine's sled database in `dir` is opened. No periodic flush:
+/// the engine flushes at every group commit and nothing it has not flushed
+/// is promised to anyone, so sled's background fsyncs would only cost IO.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+}
+
 /// How long [`SledStore::open`] waits for a lock to be released.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -145,14 +155,7 @@ impl SledStore {
         loop {
             // sled writes `conf` when it creates a database.
             let existed = dir.join("conf").exists();
-            // No periodic flush: the engine flushes at every group commit
-            // and nothing it has not flushed is promised to anyone, so
-            // sled's background fsyncs would only cost IO.
-            let config = sled::Config::new()
-                .path(dir)
-                .flush_every_ms(None)
-                .mode(sled::Mode::HighThroughput);
-            match Self::from_config(config, path.clone(), existed) {
+            match Self::from_config(sled_config(dir), path.clone(), existed) {
                 Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -168,14 +171,12 @@ impl SledStore {
     /// [`crate::store::compact`].
     pub fn copy_into(&self, target: &Path) -> Result<(), StoreError> {
         let path = target.display().to_string();
-        let config = sled::Config::new()
-            .path(target)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput);
-        let copy = config.open().map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let copy = sled_config(target)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
         if !copy.is_empty() || copy.tree_names().len() > 1 {
             return Err(StoreError::Compact {
                 path,
@@ -964,8 +965,7 @@ impl Store for SledStore {
             }
         }
 
-        // More trees than sled's tuple transactions take: a slice of them.
-        let trees: [&Tree; 10] = [
+        let (timer_delta, new_sagas) = (
             &self.sagas,
             &self.idempotency,
             &self.by_state,
@@ -976,10 +976,9 @@ impl Store for SledStore {
             &self.finished,
             &self.queued,
             &self.admission,
-        ];
-        let (timer_delta, new_sagas) = trees[..]
-            .transaction(|trees| {
-                let [
+        )
+            .transaction(
+                |(
                     sagas,
                     idempotency,
                     by_state,
@@ -990,122 +989,123 @@ impl Store for SledStore {
                     finished,
                     queued,
                     admission,
-                ] = trees.as_slice()
-                else {
-                    unreachable!("one transactional tree per tree");
-                };
-                let mut new_sagas = 0usize;
-                let mut delta: isize = 0;
-                for enc in &encoded {
-                    if let Some(saga) = &enc.saga {
-                        let id = saga.id.as_slice();
-                        #[cfg(debug_assertions)]
-                        check_prior(sagas, id, &saga.prior)?;
-                        match &saga.prior {
-                            Prior::Unknown => {
-                                // Reads this transaction's earlier writes too.
-                                if let Some(prev) = sagas.get(id)? {
-                                    let prev: Saga = decode("sagas", id, &prev)
-                                        .map_err(ConflictableTransactionError::Abort)?;
-                                    by_state.remove(join(prev.status.name().as_bytes(), id))?;
-                                    by_name.remove(join(prev.name.as_bytes(), id))?;
-                                    if let Some(key) = finished_key(&prev) {
-                                        finished.remove(key)?;
+                )| {
+                    let mut new_sagas = 0usize;
+                    let mut delta: isize = 0;
+                    for enc in &encoded {
+                        if let Some(saga) = &enc.saga {
+                            let id = saga.id.as_slice();
+                            #[cfg(debug_assertions)]
+                            check_prior(sagas, id, &saga.prior)?;
+                            match &saga.prior {
+                                Prior::Unknown => {
+                                    // Reads this transaction's earlier writes too.
+                                    if let Some(prev) = sagas.get(id)? {
+                                        let prev: Saga = decode("sagas", id, &prev)
+                                            .map_err(ConflictableTransactionError::Abort)?;
+                                        by_state.remove(join(prev.status.name().as_bytes(), id))?;
+                                        by_name.remove(join(prev.name.as_bytes(), id))?;
+                                        if let Some(key) = finished_key(&prev) {
+                                            finished.remove(key)?;
+                                        }
+                                    } else {
+                                        new_sagas += 1;
                                     }
-                                } else {
-                                    new_sagas += 1;
-                                }
-                                by_state.insert(saga.state_key.as_slice(), &[])?;
-                                by_name.insert(saga.name_key.as_slice(), &[])?;
-                                if let Some(key) = &saga.finished_key {
-                                    finished.insert(key.as_slice(), &[])?;
-                                }
-                            }
-                            Prior::Absent => {
-                                new_sagas += 1;
-                                by_state.insert(saga.state_key.as_slice(), &[])?;
-                                by_name.insert(saga.name_key.as_slice(), &[])?;
-                                if let Some(key) = &saga.finished_key {
-                                    finished.insert(key.as_slice(), &[])?;
-                                }
-                            }
-                            Prior::Stored {
-                                state,
-                                finished: finished_at,
-                            } => {
-                                // Same saga, same name: `by_name` stays.
-                                let old_state = join(state.as_bytes(), id);
-                                if old_state != saga.state_key {
-                                    by_state.remove(old_state)?;
                                     by_state.insert(saga.state_key.as_slice(), &[])?;
-                                }
-                                let old_finished = finished_at.map(|at| finished_key_at(at, id));
-                                if old_finished != saga.finished_key {
-                                    if let Some(key) = old_finished {
-                                        finished.remove(key)?;
-                                    }
+                                    by_name.insert(saga.name_key.as_slice(), &[])?;
                                     if let Some(key) = &saga.finished_key {
                                         finished.insert(key.as_slice(), &[])?;
                                     }
                                 }
+                                Prior::Absent => {
+                                    new_sagas += 1;
+                                    by_state.insert(saga.state_key.as_slice(), &[])?;
+                                    by_name.insert(saga.name_key.as_slice(), &[])?;
+                                    if let Some(key) = &saga.finished_key {
+                                        finished.insert(key.as_slice(), &[])?;
+                                    }
+                                }
+                                Prior::Stored {
+                                    state,
+                                    finished: finished_at,
+                                } => {
+                                    // Same saga, same name: `by_name` stays.
+                                    let old_state = join(state.as_bytes(), id);
+                                    if old_state != saga.state_key {
+                                        by_state.remove(old_state)?;
+                                        by_state.insert(saga.state_key.as_slice(), &[])?;
+                                    }
+                                    let old_finished =
+                                        finished_at.map(|at| finished_key_at(at, id));
+                                    if old_finished != saga.finished_key {
+                                        if let Some(key) = old_finished {
+                                            finished.remove(key)?;
+                                        }
+                                        if let Some(key) = &saga.finished_key {
+                                            finished.insert(key.as_slice(), &[])?;
+                                        }
+                                    }
+                                }
+                            }
+                            sagas.insert(id, saga.bytes.as_slice())?;
+                            if let Some(key) = &saga.idempotency_key {
+                                idempotency.insert(key.as_bytes(), id)?;
                             }
                         }
-                        sagas.insert(id, saga.bytes.as_slice())?;
-                        if let Some(key) = &saga.idempotency_key {
-                            idempotency.insert(key.as_bytes(), id)?;
+                        for row in &enc.outbox {
+                            outbox.insert(&row.key, row.value.as_slice())?;
                         }
-                    }
-                    for row in &enc.outbox {
-                        outbox.insert(&row.key, row.value.as_slice())?;
-                    }
-                    for ident in &enc.timer_removes {
-                        if let Some(due) = timer_index.remove(ident.as_slice())? {
-                            let due = u64_of("timer_index", ident, &due)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            if timers.remove(timer_key(due, ident))?.is_some() {
-                                delta -= 1;
+                        for ident in &enc.timer_removes {
+                            if let Some(due) = timer_index.remove(ident.as_slice())? {
+                                let due = u64_of("timer_index", ident, &due)
+                                    .map_err(ConflictableTransactionError::Abort)?;
+                                if timers.remove(timer_key(due, ident))?.is_some() {
+                                    delta -= 1;
+                                }
                             }
                         }
-                    }
-                    for add in &enc.timer_adds {
-                        // Re-arming a timer moves it: drop the row at its old due time.
-                        if let Some(old) =
-                            timer_index.insert(add.ident.as_slice(), &add.due.to_be_bytes())?
-                        {
-                            let old = u64_of("timer_index", &add.ident, &old)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            if timers.remove(timer_key(old, &add.ident))?.is_some() {
-                                delta -= 1;
+                        for add in &enc.timer_adds {
+                            // Re-arming a timer moves it: drop the row at its old due time.
+                            if let Some(old) =
+                                timer_index.insert(add.ident.as_slice(), &add.due.to_be_bytes())?
+                            {
+                                let old = u64_of("timer_index", &add.ident, &old)
+                                    .map_err(ConflictableTransactionError::Abort)?;
+                                if timers.remove(timer_key(old, &add.ident))?.is_some() {
+                                    delta -= 1;
+                                }
+                            }
+                            if timers
+                                .insert(timer_key(add.due, &add.ident), add.row.as_slice())?
+                                .is_none()
+                            {
+                                delta += 1;
                             }
                         }
-                        if timers
-                            .insert(timer_key(add.due, &add.ident), add.row.as_slice())?
-                            .is_none()
-                        {
-                            delta += 1;
+                        for (key, row) in &enc.queue_adds {
+                            queued.insert(key, row.as_slice())?;
+                        }
+                        for seq in &enc.queue_removes {
+                            queued.remove(&seq.to_be_bytes())?;
+                        }
+                        for (key, value) in &enc.held_adds {
+                            admission.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        for seq in &enc.held_removes {
+                            admission.remove(held_key(*seq))?;
+                        }
+                        for (key, value) in &enc.breakers {
+                            match value {
+                                Some(value) => {
+                                    admission.insert(key.as_slice(), value.as_slice())?
+                                }
+                                None => admission.remove(key.as_slice())?,
+                            };
                         }
                     }
-                    for (key, row) in &enc.queue_adds {
-                        queued.insert(key, row.as_slice())?;
-                    }
-                    for seq in &enc.queue_removes {
-                        queued.remove(&seq.to_be_bytes())?;
-                    }
-                    for (key, value) in &enc.held_adds {
-                        admission.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    for seq in &enc.held_removes {
-                        admission.remove(held_key(*seq))?;
-                    }
-                    for (key, value) in &enc.breakers {
-                        match value {
-                            Some(value) => admission.insert(key.as_slice(), value.as_slice())?,
-                            None => admission.remove(key.as_slice())?,
-                        };
-                    }
-                }
-                Ok((delta, new_sagas))
-            })
+                    Ok((delta, new_sagas))
+                },
+            )
             .map_err(tx_error)?;
         self.saga_rows.fetch_add(new_sagas, Ordering::Relaxed);
         let rows: usize = encoded.iter().map(|e| e.outbox.len()).sum();
@@ -1344,7 +1344,6 @@ impl Store for SledStore {
         let key = policy.service.as_bytes();
         let value = encode("service_policies", key, policy)?;
         let old = self.service_policies.insert(key, value.as_slice())?;
-        self.service_policies.flush()?;
         Ok(old.as_deref() != Some(value.as_slice()))
     }
 
