@@ -12,6 +12,7 @@ pub mod inputs;
 pub mod ledger;
 pub mod runner;
 pub mod services;
+pub mod stats;
 
 /// Directory of the example saga definitions (`examples/definitions`).
 pub fn definitions_dir() -> std::path::PathBuf {

@@ -311,13 +311,15 @@ async fn connect(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<async_nats::Client>> {
     let url = nats.url.as_str();
+    // One URL or a comma-separated list, as the engine takes it.
+    let addrs = jetsaga_engine::engine::server_addrs(url).context("invalid NATS URL")?;
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = connect_options(nats)
             .context("invalid NATS settings")?
             .name(name)
             .connection_timeout(Duration::from_secs(5))
-            .connect(url);
+            .connect(addrs.clone());
         let result = tokio::select! {
             r = attempt => r,
             _ = shutdown.cancelled() => return Ok(None),

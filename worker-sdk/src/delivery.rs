@@ -78,7 +78,7 @@ impl Shared {
     pub(crate) fn output_limit(&self) -> OutputLimit {
         let engine = self.engine_max_payload.load(Ordering::Relaxed);
         OutputLimit::new(
-            self.js.client().server_info().max_payload,
+            self.js.client().max_payload(),
             (engine > 0).then_some(engine),
             self.max_output,
         )

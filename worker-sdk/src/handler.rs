@@ -17,8 +17,8 @@ use tracing::Instrument;
 /// (the result envelope and the headers).
 pub(crate) const ENVELOPE_ROOM: usize = 16 * 1024;
 /// Largest handler output accepted when nothing better is known (the
-/// engine's default `max_payload` less [`ENVELOPE_ROOM`]): in
-/// [`WorkerBuilder::run_one`](crate::WorkerBuilder::run_one).
+/// engine's default `max_payload` less [`ENVELOPE_ROOM`]; [`OutputLimit::offline`]).
+#[cfg(test)]
 pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: usize = DEFAULT_MAX_PAYLOAD - ENVELOPE_ROOM;
 /// nats-server's default `max_payload`, assumed while the server's is unknown.
 const NATS_DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -33,13 +33,41 @@ fn envelope_room(max_payload: usize) -> usize {
 /// Largest handler output accepted, in bytes of JSON, and what sets it.
 /// Bigger outputs would not fit in a result message that NATS carries and
 /// the engine accepts; they fail the step instead of being redelivered
-/// forever.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// forever. Worked out per task from numbers only; the text of its source
+/// is written only when an output is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OutputLimit {
     /// The limit in bytes.
     pub(crate) bytes: usize,
     /// Where it comes from, for the error message.
-    pub(crate) source: String,
+    pub(crate) source: LimitSource,
+}
+
+/// What sets an [`OutputLimit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitSource {
+    /// The NATS server's `max_payload`, less the envelope room.
+    Server { max_payload: usize, room: usize },
+    /// The engine's `max_payload`, less the envelope room.
+    Engine { max_payload: usize, room: usize },
+    /// The worker's `max_output_bytes`.
+    Worker,
+}
+
+impl std::fmt::Display for LimitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitSource::Server { max_payload, room } => write!(
+                f,
+                "the NATS server's max_payload of {max_payload} bytes less {room} for the result envelope"
+            ),
+            LimitSource::Engine { max_payload, room } => write!(
+                f,
+                "the engine's max_payload of {max_payload} bytes less {room} for the result envelope"
+            ),
+            LimitSource::Worker => f.write_str("the worker's max_output_bytes"),
+        }
+    }
 }
 
 impl OutputLimit {
@@ -51,54 +79,46 @@ impl OutputLimit {
         engine_max_payload: Option<usize>,
         configured: Option<usize>,
     ) -> OutputLimit {
+        let less_room = |max_payload: usize| max_payload - envelope_room(max_payload);
         let server = if server_max_payload == 0 {
             NATS_DEFAULT_MAX_PAYLOAD
         } else {
             server_max_payload
         };
-        let room = envelope_room(server);
         let mut limit = OutputLimit {
-            bytes: server - room,
-            source: format!(
-                "the NATS server's max_payload of {server} bytes less {room} for the result envelope"
-            ),
+            bytes: less_room(server),
+            source: LimitSource::Server {
+                max_payload: server,
+                room: envelope_room(server),
+            },
         };
-        if let Some(engine) = engine_max_payload {
-            let room = envelope_room(engine);
-            let bytes = engine - room;
-            if bytes < limit.bytes {
-                limit = OutputLimit {
-                    bytes,
-                    source: format!(
-                        "the engine's max_payload of {engine} bytes less {room} for the result envelope"
-                    ),
-                };
-            }
+        if let Some(engine) = engine_max_payload.filter(|&e| less_room(e) < limit.bytes) {
+            limit = OutputLimit {
+                bytes: less_room(engine),
+                source: LimitSource::Engine {
+                    max_payload: engine,
+                    room: envelope_room(engine),
+                },
+            };
         }
         if let Some(bytes) = configured.filter(|&b| b < limit.bytes) {
             limit = OutputLimit {
                 bytes,
-                source: "the worker's max_output_bytes".to_string(),
+                source: LimitSource::Worker,
             };
         }
         limit
     }
 
-    /// The limit without a server: the worker's setting, else
-    /// [`DEFAULT_MAX_OUTPUT_BYTES`].
+    /// The limit without a server ([`WorkerBuilder::run_one`](crate::WorkerBuilder::run_one)):
+    /// nats-server's and the engine's default `max_payload`, and the
+    /// worker's setting, which only lowers it.
     pub(crate) fn offline(configured: Option<usize>) -> OutputLimit {
-        match configured {
-            Some(bytes) => OutputLimit {
-                bytes,
-                source: "the worker's max_output_bytes".to_string(),
-            },
-            None => OutputLimit {
-                bytes: DEFAULT_MAX_OUTPUT_BYTES,
-                source: format!(
-                    "the engine's default max_payload of {DEFAULT_MAX_PAYLOAD} bytes less {ENVELOPE_ROOM} for the result envelope"
-                ),
-            },
-        }
+        OutputLimit::new(
+            NATS_DEFAULT_MAX_PAYLOAD,
+            Some(DEFAULT_MAX_PAYLOAD),
+            configured,
+        )
     }
 
     /// `outcome`, or a fatal outcome if it is an output over the limit.
@@ -106,8 +126,7 @@ impl OutputLimit {
         let Outcome::Ok { output } = &outcome else {
             return outcome;
         };
-        // serde_json::Value always serializes.
-        let size = serde_json::to_vec(output).map(|v| v.len()).unwrap_or(0);
+        let size = json_size(output);
         if size <= self.bytes {
             return outcome;
         }
@@ -118,6 +137,24 @@ impl OutputLimit {
             ),
         }
     }
+}
+
+/// Bytes of `value` as JSON, counted without writing them anywhere.
+fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A `Value` always serializes.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// A registered handler: decodes the input, runs the user's function and
@@ -438,7 +475,7 @@ mod tests {
         match w.run_one(t.clone()).await {
             Outcome::Fatal { error } => assert!(
                 error.starts_with(&format!(
-                    "handler output is {} bytes of JSON, more than the limit of {} (the engine's default max_payload",
+                    "handler output is {} bytes of JSON, more than the limit of {} (the engine's max_payload of 524288 bytes",
                     super::DEFAULT_MAX_OUTPUT_BYTES + 1,
                     super::DEFAULT_MAX_OUTPUT_BYTES
                 )),
@@ -460,20 +497,24 @@ mod tests {
 
     #[test]
     fn output_limit_is_the_smallest_known() {
-        use super::{ENVELOPE_ROOM, OutputLimit};
+        use super::{ENVELOPE_ROOM, LimitSource, OutputLimit};
         let mib = 1024 * 1024;
         // Server only (streams without a size limit).
         let l = OutputLimit::new(8 * mib, None, None);
         assert_eq!(l.bytes, 8 * mib - ENVELOPE_ROOM);
         assert!(
-            l.source.contains("NATS server's max_payload"),
+            l.source.to_string().contains("NATS server's max_payload"),
             "{}",
             l.source
         );
         // The engine's limit below the server's.
         let l = OutputLimit::new(mib, Some(512 * 1024), None);
         assert_eq!(l.bytes, 512 * 1024 - ENVELOPE_ROOM);
-        assert!(l.source.contains("engine's max_payload"), "{}", l.source);
+        assert!(
+            l.source.to_string().contains("engine's max_payload"),
+            "{}",
+            l.source
+        );
         // The server's below the engine's.
         assert_eq!(
             OutputLimit::new(mib, Some(4 * mib), None).bytes,
@@ -481,10 +522,7 @@ mod tests {
         );
         // The worker's setting only ever lowers it.
         let l = OutputLimit::new(mib, None, Some(1000));
-        assert_eq!(
-            (l.bytes, l.source.as_str()),
-            (1000, "the worker's max_output_bytes")
-        );
+        assert_eq!((l.bytes, l.source), (1000, LimitSource::Worker));
         assert_eq!(
             OutputLimit::new(mib, None, Some(8 * mib)).bytes,
             mib - ENVELOPE_ROOM
@@ -494,7 +532,13 @@ mod tests {
         // An engine run with a tiny max_payload keeps three quarters of it.
         let l = OutputLimit::new(mib, Some(4096), None);
         assert_eq!(l.bytes, 3072);
-        assert!(l.source.contains("less 1024"), "{}", l.source);
+        assert!(l.source.to_string().contains("less 1024"), "{}", l.source);
+        // Without a server: the defaults, and the worker's setting only lowers it.
+        assert_eq!(
+            OutputLimit::offline(Some(8 * mib)),
+            OutputLimit::offline(None)
+        );
+        assert_eq!(OutputLimit::offline(Some(10)).bytes, 10);
     }
 
     #[test]

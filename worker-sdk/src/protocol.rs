@@ -27,6 +27,11 @@ pub const HEADER_START_KEY: &str = "Idempotency-Key";
 /// Largest message the engine accepts by default (saga input, results), in bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024;
 
+/// How much larger than its `max_payload` the engine makes its streams'
+/// largest message size (room for headers and envelopes; docs/PROTOCOL.md,
+/// Streams). A worker reads the engine's `max_payload` back from it.
+pub const STREAM_HEADROOM: usize = 64 * 1024;
+
 /// Names of every subject, stream, consumer and bucket of one installation.
 ///
 /// ```
@@ -130,10 +135,19 @@ impl Subjects {
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.stream_prefix)
     }
+    /// Work-queue stream capturing the trigger subjects outside the prefix.
+    pub fn triggers_stream(&self) -> String {
+        format!("{}_TRIGGERS", self.stream_prefix)
+    }
 
     /// Name of the engine's durable consumer on the results and starts streams.
     pub fn engine_consumer(&self) -> String {
         format!("{}-engine", self.prefix.replace('.', "-"))
+    }
+    /// Name of the engine's durable consumer of trigger subjects on the
+    /// events stream.
+    pub fn triggers_consumer(&self) -> String {
+        format!("{}-triggers", self.engine_consumer())
     }
 
     /// Request subject of the engine's NATS API for `op`

@@ -473,12 +473,8 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
     }
 }
 
-/// How much larger than `max_payload` the engine makes its streams'
-/// largest message size (docs/PROTOCOL.md, Streams).
-const ENGINE_STREAM_HEADROOM: usize = 64 * 1024;
-
 /// Reads the engine's `max_payload` off the results stream (its largest
-/// message size less [`ENGINE_STREAM_HEADROOM`]) for the output cap. Keeps
+/// message size less [`protocol::STREAM_HEADROOM`](crate::protocol::STREAM_HEADROOM)) for the output cap. Keeps
 /// what it knew when the stream cannot be read now; results the stream
 /// would refuse then fail at publishing, as before.
 async fn learn_engine_max_payload(shared: &Shared) {
@@ -494,11 +490,9 @@ async fn learn_engine_max_payload(shared: &Shared) {
         .ok()
         .filter(|&m| m > 0)
         .map_or(0, |m| {
-            if m > ENGINE_STREAM_HEADROOM {
-                m - ENGINE_STREAM_HEADROOM
-            } else {
-                m
-            }
+            m.checked_sub(crate::protocol::STREAM_HEADROOM)
+                .filter(|&n| n > 0)
+                .unwrap_or(m)
         });
     shared.engine_max_payload.store(engine, Ordering::Relaxed);
     let limit = shared.output_limit();

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use jetsaga_engine::client::Client;
 use jetsaga_engine::config::{Config, NatsConfig};
 use jetsaga_engine::saga::definition::{self, Format};
+use jetsaga_examples::stats::nearest_rank;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -159,30 +160,11 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 /// p50/p90/p99 (ms) of latencies, by sorting (nearest rank).
-fn percentiles(mut samples: Vec<Duration>) -> Value {
-    samples.sort();
-    let at = |q: f64| {
-        if samples.is_empty() {
-            return 0.0;
-        }
-        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-        samples[rank - 1].as_secs_f64() * 1000.0
-    };
+fn percentiles(samples: Vec<Duration>) -> Value {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q| nearest_rank(&ms, q).unwrap_or(0.0);
     json!({ "p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99) })
 }
 
@@ -369,7 +351,7 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
     engine_stop.cancel();
     engine.await??;
     dispatch.abort();
-    let store = dir_bytes(&data_dir);
+    let store = jetsaga_engine::store::dir_bytes(&data_dir).unwrap_or(0);
     let n = args.sagas as f64;
     Ok(json!({
         "sagas": args.sagas,
@@ -566,9 +548,13 @@ async fn main() -> Result<()> {
     let throughput_ratio = engine["steps_per_s"].as_f64().unwrap_or(f64::NAN)
         / floor["round_trips_per_s"].as_f64().unwrap_or(f64::NAN);
     let latency_ratio = ms(&engine, "p50_ms") / per_saga / ms(&floor, "p50_ms");
-    engine["cpu_us_per_round_trip"] = json!(cpu_per_trip(&engine, "step_round_trips"));
-    floor["cpu_us_per_round_trip"] = json!(cpu_per_trip(&floor, "round_trips"));
-    let cpu_ratio = cpu_per_trip(&engine, "step_round_trips") / cpu_per_trip(&floor, "round_trips");
+    let (engine_cpu, floor_cpu) = (
+        cpu_per_trip(&engine, "step_round_trips"),
+        cpu_per_trip(&floor, "round_trips"),
+    );
+    engine["cpu_us_per_round_trip"] = json!(engine_cpu);
+    floor["cpu_us_per_round_trip"] = json!(floor_cpu);
+    let cpu_ratio = engine_cpu / floor_cpu;
     let report = json!({
         "config": {
             "sagas": args.sagas,

@@ -38,12 +38,14 @@
 
 use anyhow::{Context, Result, bail};
 use jetsaga_engine::client::Client;
+use jetsaga_engine::partition::now_ms;
 use jetsaga_engine::retention::Retention;
 use jetsaga_engine::saga::definition::{self, Format, SagaDefinition};
 use jetsaga_engine::saga::state::{
     Attempt, AttemptOutcome, Millis, Saga, SagaStatus, StepState, StepStatus, TimerKind,
 };
-use jetsaga_engine::store::{Change, SagaFilter, SledStore, Store, TimerRow};
+use jetsaga_engine::store::{self, Change, SagaFilter, SledStore, Store, TimerRow};
+use jetsaga_examples::stats::nearest_rank;
 use jetsaga_worker::protocol::TaskKind;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
@@ -53,7 +55,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Subject prefix of the engine under test.
@@ -105,12 +107,6 @@ struct Args {
     work_dir: Option<PathBuf>,
 }
 
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
-
 /// A UUIDv7 saga id for creation time `ms`, like the engine's own.
 fn saga_id(ms: Millis) -> String {
     let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
@@ -135,7 +131,7 @@ fn latency(mut ms: Vec<f64>) -> Value {
         return json!({ "calls": 0 });
     }
     ms.sort_by(f64::total_cmp);
-    let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    let rank = |q| nearest_rank(&ms, q);
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
     json!({
         "calls": ms.len(),
@@ -148,22 +144,6 @@ fn latency(mut ms: Vec<f64>) -> Value {
 
 fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
-}
-
-/// Bytes of the files under `dir`, walked depth first.
-fn tree_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => todo.push(entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 fn definitions() -> Result<Vec<SagaDefinition>> {
@@ -699,7 +679,7 @@ async fn prune_backlog(args: &Args, bin: &Path, data_dir: &Path) -> Result<Value
         "pruned_ms": pruned_ms,
         "sagas_per_s": pruned / (pruned_ms / 1000.0).max(1e-9),
         "stored_sagas_after": stored,
-        "data_dir_bytes_after": tree_bytes(data_dir),
+        "data_dir_bytes_after": store::dir_bytes(data_dir).ok(),
     }))
 }
 
@@ -858,7 +838,7 @@ async fn long_run(args: &Args, bin: &Path, data_dir: &Path) -> Result<Value> {
             "pruned": sample(&text, "engine_pruned_sagas_total").unwrap_or(0.0),
             "stored_sagas": sample(&text, "engine_stored_sagas").unwrap_or(0.0),
             "store_bytes": sample(&text, "engine_store_size_bytes").unwrap_or(0.0),
-            "data_dir_bytes": tree_bytes(data_dir),
+            "data_dir_bytes": store::dir_bytes(data_dir).ok(),
         });
         eprintln!("scale: {row}");
         samples.push(row);
@@ -922,7 +902,7 @@ async fn main() -> Result<()> {
         let store_report = measure_store(&store, &seeded, &args)?;
         (seeded, seed_report, store_report)
     };
-    let data_dir_bytes = tree_bytes(&data_dir);
+    let data_dir_bytes = store::dir_bytes(&data_dir).ok();
     let engine_report = measure_engine(&args, &bin, &data_dir, &seeded).await?;
     let prune_report = prune_backlog(&args, &bin, &data_dir).await?;
     let compact_report = compact(&args, &bin, &data_dir).await?;
