@@ -2,8 +2,12 @@
 //! checked for sane numbers (every saga finished as expected, rates and
 //! latencies positive and ordered, ratios finite). No timing assertions.
 
-use jetsaga_tests::{bin_path, nats_server_binary};
+mod common;
+
+use common::num;
+use jetsaga_tests::{bin_path, nats_server_binary, run_command};
 use serde_json::Value;
+use std::time::Duration;
 
 fn run_bench(extra: &[&str]) -> Value {
     let server = nats_server_binary();
@@ -19,23 +23,15 @@ fn run_bench(extra: &[&str]) -> Value {
         "--json",
     ];
     args.extend_from_slice(extra);
-    let out = std::process::Command::new(bin_path("bench"))
-        .args(&args)
-        .env_remove("JETSAGA_NATS_SERVER")
-        .output()
-        .expect("bench runs");
+    // `--nats-server` is the same binary `JETSAGA_NATS_SERVER` names, if set.
+    let out = run_command(&bin_path("bench"), &args, &[], Duration::from_secs(300));
     assert!(
         out.status.success(),
         "bench failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
+        common::text(&out.stderr),
+        common::text(&out.stdout)
     );
     serde_json::from_slice(&out.stdout).expect("bench prints JSON")
-}
-
-fn num(v: &Value) -> f64 {
-    v.as_f64()
-        .unwrap_or_else(|| panic!("expected a number, got {v}"))
 }
 
 fn check_latency(l: &Value) {

@@ -5,95 +5,11 @@
 
 mod common;
 
-use common::{FINISH, READY, World, metric_value, step_is};
+use common::{FINISH, HeldWorker, World, metric_value, step_is};
 use jetsaga_engine::admission::ServiceStatus;
 use jetsaga_engine::api::SagaDetail;
 use jetsaga_tests::wait_until;
-use jetsaga_worker::{StepError, TaskContext, Worker};
-use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::Semaphore;
-
-/// What a worker of service `svc` saw, and the switches the test flips.
-#[derive(Default)]
-struct Service {
-    /// While set, every task fails with a retryable error.
-    broken: AtomicBool,
-    /// When set, each task waits for a permit before it finishes.
-    gate: Option<Arc<Semaphore>>,
-    /// Handler runs in all, failed ones included.
-    runs: AtomicUsize,
-    /// Successful runs (effects) per idempotency key.
-    effects: Mutex<BTreeMap<String, u32>>,
-    /// Sagas in the order their tasks arrived.
-    arrivals: Mutex<Vec<String>>,
-    /// Handlers running now, and the most ever running at once.
-    current: AtomicUsize,
-    most: AtomicUsize,
-}
-
-impl Service {
-    fn gated() -> Self {
-        Service {
-            gate: Some(Arc::new(Semaphore::new(0))),
-            ..Service::default()
-        }
-    }
-
-    async fn handle(&self, ctx: &TaskContext) -> Result<Value, StepError> {
-        let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(now, Ordering::SeqCst);
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        self.arrivals
-            .lock()
-            .unwrap()
-            .push(ctx.saga_id().to_string());
-        if let Some(gate) = &self.gate {
-            gate.acquire().await.expect("gate open").forget();
-        }
-        let broken = self.broken.load(Ordering::SeqCst);
-        if !broken {
-            *self
-                .effects
-                .lock()
-                .unwrap()
-                .entry(ctx.idempotency_key().to_string())
-                .or_default() += 1;
-        }
-        self.current.fetch_sub(1, Ordering::SeqCst);
-        if broken {
-            Err(StepError::retryable("payment provider unavailable"))
-        } else {
-            Ok(json!({"charged": ctx.idempotency_key()}))
-        }
-    }
-
-    fn runs(&self) -> usize {
-        self.runs.load(Ordering::SeqCst)
-    }
-
-    fn arrivals(&self) -> Vec<String> {
-        self.arrivals.lock().unwrap().clone()
-    }
-
-    fn effects(&self) -> BTreeMap<String, u32> {
-        self.effects.lock().unwrap().clone()
-    }
-}
-
-async fn serve(world: &World, service: &str, state: Arc<Service>) -> common::WorkerGuard {
-    world
-        .worker(Worker::builder(service).concurrency(16).handler(
-            "charge",
-            move |ctx: TaskContext, _: Value| {
-                let state = state.clone();
-                async move { state.handle(&ctx).await }
-            },
-        ))
-        .await
-}
+use serde_json::json;
 
 /// A one-step saga `name` on service `service`, retried often and fast.
 fn saga_yaml(name: &str, service: &str) -> String {
@@ -181,9 +97,8 @@ async fn an_open_breaker_holds_tasks_across_a_kill_and_closes_after_successful_p
         saga_yaml("charge", "pay")
     );
     world.apply_yaml(&yaml).await;
-    let pay = Arc::new(Service::default());
-    pay.broken.store(true, Ordering::SeqCst);
-    let worker = serve(&world, "pay", pay.clone()).await;
+    let pay = HeldWorker::passing(&world, "pay", "charge").await;
+    pay.set_broken(true);
 
     let closed = world.client.breaker("pay").await.expect("status");
     assert_eq!((closed.state.as_str(), closed.held), ("closed", 0));
@@ -196,7 +111,7 @@ async fn an_open_breaker_holds_tasks_across_a_kill_and_closes_after_successful_p
     })
     .await;
     assert_eq!(open.failures, 3);
-    assert_eq!(pay.runs(), 3, "no task goes out once it is open");
+    assert_eq!(pay.total_runs(), 3, "no task goes out once it is open");
     let since = open.since.expect("open since");
     assert_eq!(open.half_opens_at, Some(since + 8_000));
 
@@ -210,7 +125,7 @@ async fn an_open_breaker_holds_tasks_across_a_kill_and_closes_after_successful_p
         0,
         "held tasks are not published"
     );
-    assert_eq!(pay.runs(), 3);
+    assert_eq!(pay.total_runs(), 3);
     let ids: Vec<String> = first.iter().chain(&later).cloned().collect();
     for id in &ids {
         let detail = world.client.get(id).await.expect("saga");
@@ -235,7 +150,7 @@ async fn an_open_breaker_holds_tasks_across_a_kill_and_closes_after_successful_p
         ("open", 4, Some(since)),
         "breaker and held tasks survive the kill"
     );
-    assert_eq!(pay.runs(), 3);
+    assert_eq!(pay.total_runs(), 3);
 
     // After the open timeout one probe goes out; it fails and opens the
     // breaker again, the probed saga's next attempt is held again.
@@ -243,12 +158,12 @@ async fn an_open_breaker_holds_tasks_across_a_kill_and_closes_after_successful_p
         s.state == "open" && s.since.is_some_and(|t| t > since) && s.held == 4
     })
     .await;
-    assert_eq!(pay.runs(), 4, "exactly one probe went out");
+    assert_eq!(pay.total_runs(), 4, "exactly one probe went out");
     assert_eq!(reopened.failures, 1);
 
     // The service recovers: the next probes succeed, the breaker closes
     // after two of them and every held saga completes.
-    pay.broken.store(false, Ordering::SeqCst);
+    pay.set_broken(false);
     let done = all_completed(&world, &ids).await;
     let closed = wait_status(&world, "pay", "the breaker to close", |s| {
         s.state == "closed" && s.held == 0 && s.in_flight == 0
@@ -265,7 +180,7 @@ async fn an_open_breaker_holds_tasks_across_a_kill_and_closes_after_successful_p
         let attempts = &detail.saga.steps[0].attempts;
         assert!(attempts.last().unwrap().outcome.is_some());
     }
-    worker.stop().await;
+    pay.stop().await;
 }
 
 /// `breaker reset` closes an open breaker and releases its held tasks in
@@ -280,9 +195,8 @@ async fn reset_closes_the_breaker_and_releases_held_tasks() {
         saga_yaml("post", "ledger")
     );
     world.apply_yaml(&yaml).await;
-    let ledger = Arc::new(Service::default());
-    ledger.broken.store(true, Ordering::SeqCst);
-    let worker = serve(&world, "ledger", ledger.clone()).await;
+    let ledger = HeldWorker::passing(&world, "ledger", "charge").await;
+    ledger.set_broken(true);
 
     // One saga's two failed attempts open it (tasks dispatched before that
     // would report after it opened, and count no more).
@@ -296,12 +210,9 @@ async fn reset_closes_the_breaker_and_releases_held_tasks() {
         s.state == "open" && s.held == 3
     })
     .await;
-    assert_eq!(ledger.runs(), 2);
+    assert_eq!(ledger.total_runs(), 2);
     let series = r#"engine_breaker_state{service="ledger"}"#;
-    wait_until("the open state as a metric", READY, || async {
-        (metric_value(&http, series).await == Some(2.0)).then_some(())
-    })
-    .await;
+    common::wait_metric(&http, series, 2.0).await;
     let held = r#"engine_held_tasks{service="ledger"}"#;
     assert_eq!(metric_value(&http, held).await, Some(3.0));
 
@@ -315,7 +226,7 @@ async fn reset_closes_the_breaker_and_releases_held_tasks() {
     assert_eq!(list[0].max_in_flight, Some(3));
     let status = world.cli(&["breaker", "status", "ledger"]);
     assert!(status.status.success(), "{status:?}");
-    let table = String::from_utf8_lossy(&status.stdout);
+    let table = common::text(&status.stdout);
     assert!(
         table.contains("ledger") && table.contains("open"),
         "{table}"
@@ -340,25 +251,42 @@ async fn reset_closes_the_breaker_and_releases_held_tasks() {
     assert_eq!(world.client.breaker("ledger").await.unwrap().state, "open");
 
     // Fixed and reset: the breaker closes, the held tasks go out.
-    ledger.broken.store(false, Ordering::SeqCst);
+    ledger.set_broken(false);
     let reset = world.cli(&["--output", "json", "breaker", "reset", "ledger"]);
     assert!(reset.status.success(), "{reset:?}");
     let reset: ServiceStatus = serde_json::from_slice(&reset.stdout).expect("json status");
     assert_eq!(reset.state, "closed");
     assert_eq!(reset.held, 0, "held tasks released by the reset");
     all_completed(&world, &ids).await;
+    // Released oldest first: the opener's held retry, then the two sagas in
+    // the order they were started.
+    let released: Vec<String> = world
+        .engine
+        .process
+        .log()
+        .lines()
+        .filter(|l| l.contains("held task released"))
+        .map(|l| {
+            l.split("saga_id=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no saga_id in {l:?}"))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        released, ids,
+        "held tasks released in the order they were held"
+    );
     let effects = ledger.effects();
     assert_eq!(effects.len(), 3);
     assert!(effects.values().all(|n| *n == 1), "{effects:?}");
-    wait_until("the closed state as a metric", READY, || async {
-        (metric_value(&http, series).await == Some(0.0)).then_some(())
-    })
-    .await;
+    common::wait_metric(&http, series, 0.0).await;
     let (code, body) = common::http_exchange(&http, "GET", "/v1/breakers/ledger", None).await;
     assert_eq!(code, 200, "{body}");
     let via_http: ServiceStatus = serde_json::from_str(&body).expect("status json");
     assert_eq!((via_http.state.as_str(), via_http.held), ("closed", 0));
-    worker.stop().await;
+    ledger.stop().await;
 }
 
 /// `max_in_flight: 2` with 6 sagas: the worker never runs more than two of
@@ -372,9 +300,7 @@ async fn max_in_flight_bounds_a_service_and_holds_the_rest_in_order_across_a_kil
         saga_yaml("reserve", "inventory")
     );
     world.apply_yaml(&yaml).await;
-    let inventory = Arc::new(Service::gated());
-    let gate = inventory.gate.clone().expect("gated");
-    let worker = serve(&world, "inventory", inventory.clone()).await;
+    let mut inventory = HeldWorker::start(&world, "inventory", "charge").await;
 
     let ids = start_sagas(&world, "reserve", "reserve", 6).await;
     let status = wait_status(&world, "inventory", "2 in flight, 4 held", |s| {
@@ -382,12 +308,8 @@ async fn max_in_flight_bounds_a_service_and_holds_the_rest_in_order_across_a_kil
     })
     .await;
     assert_eq!(status.state, "none", "no breaker configured");
-    wait_until(
-        "the two admitted tasks to reach the worker",
-        READY,
-        || async { (inventory.arrivals().len() == 2).then_some(()) },
-    )
-    .await;
+    // The two admitted tasks reach the worker.
+    let mut arrivals = inventory.arrivals(2).await;
     assert_eq!(
         queued_tasks(&world, "inventory").await,
         2,
@@ -405,22 +327,15 @@ async fn max_in_flight_bounds_a_service_and_holds_the_rest_in_order_across_a_kil
     );
 
     // Let one task finish at a time: each frees room for the next held one.
-    for n in 3..=6 {
-        gate.add_permits(1);
-        wait_until("the next held task to reach the worker", FINISH, || async {
-            (inventory.arrivals().len() == n).then_some(())
-        })
-        .await;
-        assert!(inventory.most.load(Ordering::SeqCst) <= 2);
+    for _ in 0..4 {
+        inventory.release(1);
+        arrivals.push(inventory.next_arrival().await);
+        assert!(inventory.most_at_once() <= 2);
     }
-    gate.add_permits(2);
+    inventory.release(2);
     all_completed(&world, &ids).await;
-    assert_eq!(
-        inventory.most.load(Ordering::SeqCst),
-        2,
-        "never more than max_in_flight"
-    );
-    let arrivals = inventory.arrivals();
+    assert_eq!(inventory.most_at_once(), 2, "never more than max_in_flight");
+    assert!(!inventory.has_arrival(), "{:?}", inventory.arrived_so_far());
     let mut first_two = arrivals[..2].to_vec();
     first_two.sort();
     let mut expected = ids[..2].to_vec();
@@ -432,7 +347,7 @@ async fn max_in_flight_bounds_a_service_and_holds_the_rest_in_order_across_a_kil
     assert!(effects.values().all(|n| *n == 1), "{effects:?}");
     let end = world.client.breaker("inventory").await.expect("status");
     assert_eq!((end.in_flight, end.held), (0, 0));
-    worker.stop().await;
+    inventory.stop().await;
 }
 
 /// A held saga still times out: its held action never ran, so the attempt
@@ -454,9 +369,8 @@ services:
         saga_yaml("opener", "gate")
     );
     world.apply_yaml(&yaml).await;
-    let gate = Arc::new(Service::default());
-    gate.broken.store(true, Ordering::SeqCst);
-    let worker = serve(&world, "gate", gate.clone()).await;
+    let mut gate = HeldWorker::passing(&world, "gate", "charge").await;
+    gate.set_broken(true);
 
     let opener = start_sagas(&world, "opener", "opener", 1).await;
     wait_status(&world, "gate", "open, the opener's retry held", |s| {
@@ -488,16 +402,16 @@ services:
     assert_eq!(status.state, "open");
 
     // Reset: only the opener's task goes out; it now succeeds.
-    gate.broken.store(false, Ordering::SeqCst);
+    gate.set_broken(false);
     world.client.reset_breaker("gate").await.expect("reset");
     all_completed(&world, &opener).await;
+    let arrivals = gate.arrived_so_far();
     assert_eq!(
-        gate.runs(),
+        gate.total_runs(),
         2,
-        "one failed attempt, one success: {:?}",
-        gate.arrivals()
+        "one failed attempt, one success: {arrivals:?}"
     );
-    assert!(gate.arrivals().iter().all(|id| *id == opener[0]));
+    assert!(arrivals.iter().all(|id| *id == opener[0]), "{arrivals:?}");
     assert_eq!(queued_tasks(&world, "gate").await, 0);
-    worker.stop().await;
+    gate.stop().await;
 }

@@ -18,17 +18,14 @@ fn deps(args: &[&str]) -> Output {
     run_command(&bin_path("jetsaga"), &all, &[], READY)
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(out), stderr(out)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            common::text(&out.stdout),
+            common::text(&out.stderr)
+        )
+    })
 }
 
 fn pattern(dir: &Path, glob: &str) -> String {
@@ -61,7 +58,7 @@ fn codes(report: &Value) -> Vec<String> {
 #[test]
 fn example_manifests_resolve_to_a_fixed_order() {
     let out = deps(&["resolve", "--manifest", &examples(), "--output", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out.stderr));
     let report = json(&out);
     assert_eq!(report["ok"], true);
     let order: Vec<&str> = report["order"]
@@ -115,8 +112,13 @@ fn example_manifests_resolve_to_a_fixed_order() {
 
     // The table says the same, in the same order.
     let table = deps(&["resolve", "--manifest", &examples()]);
-    assert_eq!(table.status.code(), Some(0), "{}", stderr(&table));
-    let text = stdout(&table);
+    assert_eq!(
+        table.status.code(),
+        Some(0),
+        "{}",
+        common::text(&table.stderr)
+    );
+    let text = common::text(&table.stdout);
     assert!(
         text.starts_with("start-up order: 16 services in 6 levels\n"),
         "{text}"
@@ -129,15 +131,20 @@ fn example_manifests_resolve_to_a_fixed_order() {
     assert_eq!(rows, order);
     assert!(text.contains("invoicing >=3, <4"), "{text}");
     assert!(
-        stderr(&table).contains("note[N-DEPS-OPTIONAL]"),
+        common::text(&table.stderr).contains("note[N-DEPS-OPTIONAL]"),
         "{}",
-        stderr(&table)
+        common::text(&table.stderr)
     );
 
     let validate = deps(&["validate", "--manifest", &examples()]);
-    assert_eq!(validate.status.code(), Some(0), "{}", stderr(&validate));
     assert_eq!(
-        stdout(&validate),
+        validate.status.code(),
+        Some(0),
+        "{}",
+        common::text(&validate.stderr)
+    );
+    assert_eq!(
+        common::text(&validate.stdout),
         "ok: 16 services, start-up order in 6 levels\n"
     );
 }
@@ -145,8 +152,8 @@ fn example_manifests_resolve_to_a_fixed_order() {
 #[test]
 fn broken_manifests_report_every_problem_and_exit_1() {
     let out = deps(&["resolve", "--manifest", &broken()]);
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stdout));
+    let err = common::text(&out.stderr);
     for code in [
         "E-DEPS-PARSE",
         "E-DEPS-DUPLICATE",
@@ -170,9 +177,9 @@ fn broken_manifests_report_every_problem_and_exit_1() {
     assert!(err.contains("6 error(s), 1 note(s)"), "{err}");
     // No order exists, and stdout says so.
     assert!(
-        stdout(&out).starts_with("no start-up order: the dependencies form a cycle"),
+        common::text(&out.stdout).starts_with("no start-up order: the dependencies form a cycle"),
         "{}",
-        stdout(&out)
+        common::text(&out.stdout)
     );
 
     let out = deps(&["resolve", "--manifest", &broken(), "--output", "json"]);
@@ -223,8 +230,8 @@ fn broken_manifests_report_every_problem_and_exit_1() {
     // validate prints only the problems, and fails the same way.
     let out = deps(&["validate", "--manifest", &broken()]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stdout(&out), "");
-    assert!(stderr(&out).contains("error[E-DEPS-CYCLE]"));
+    assert_eq!(common::text(&out.stdout), "");
+    assert!(common::text(&out.stderr).contains("error[E-DEPS-CYCLE]"));
 }
 
 #[test]
@@ -236,11 +243,12 @@ fn patterns_that_match_nothing_stop_with_exit_2() {
         "--manifest",
         "no/such/*.yaml",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out.stdout));
     assert!(
-        stderr(&out).contains("E-DEPS-GLOB: --manifest \"no/such/*.yaml\": matches no file"),
+        common::text(&out.stderr)
+            .contains("E-DEPS-GLOB: --manifest \"no/such/*.yaml\": matches no file"),
         "{}",
-        stderr(&out)
+        common::text(&out.stderr)
     );
 }
 
@@ -284,7 +292,7 @@ async fn check_health_probes_a_real_engine_and_a_closed_port() {
     let mut with_json = args.to_vec();
     with_json.extend(["--output", "json"]);
     let out = deps(&with_json);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
     let report = json(&out);
     assert_eq!(report["order"], serde_json::json!(["engine", "ghost"]));
     let health = report["health"].as_array().expect("health");
@@ -299,7 +307,7 @@ async fn check_health_probes_a_real_engine_and_a_closed_port() {
 
     let out = deps(&args);
     assert_eq!(out.status.code(), Some(1));
-    let text = stdout(&out);
+    let text = common::text(&out.stdout);
     let row = |name: &str| {
         text.lines()
             .find(|l| l.contains(&format!(" {name} ")))
@@ -309,8 +317,9 @@ async fn check_health_probes_a_real_engine_and_a_closed_port() {
     assert!(row("engine").contains("ok (200, "), "{text}");
     assert!(row("ghost").contains("FAILED"), "{text}");
     assert!(
-        stderr(&out).contains("error[E-DEPS-HEALTH]: ghost: health check http://127.0.0.1:"),
+        common::text(&out.stderr)
+            .contains("error[E-DEPS-HEALTH]: ghost: health check http://127.0.0.1:"),
         "{}",
-        stderr(&out)
+        common::text(&out.stderr)
     );
 }

@@ -32,7 +32,7 @@ services:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_and_workers_export_what_the_dashboard_and_alerts_query() {
     let world = World::start(&["--http-listen", "127.0.0.1:0"]).await;
-    let engine_addr = logged_addr(&world.engine.process, "http listening");
+    let engine_addr = world.engine.http_addr();
     world.apply_example(SAGA).await;
     // A service policy, so that the breaker and held-task gauges the
     // dashboard and the alerts query exist (`crate::admission`).
@@ -648,16 +648,6 @@ fn metric_names_are_read_from_promql() {
     );
     assert!(has_uuid("x-0192f5a0-1234-7000-8000-00000000abcd"));
     assert!(!has_uuid("container-engine"));
-}
-
-/// The `addr=` of the first log line of `process` containing `what`.
-fn logged_addr(process: &jetsaga_tests::ChildProcess, what: &str) -> String {
-    let line = process.wait_for_log(what, common::READY);
-    line.split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no addr in {line:?}"))
-        .to_string()
 }
 
 /// An HTTP answer.

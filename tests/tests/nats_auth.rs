@@ -10,7 +10,7 @@
 mod common;
 
 use common::tls::TestCa;
-use common::{Engine, ONE_STEP, World};
+use common::{ONE_STEP, World};
 use jetsaga_engine::client::Client;
 use jetsaga_engine::config::{NatsConfig, Nkey, Secret, TlsConfig};
 use jetsaga_engine::saga::state::SagaStatus;
@@ -89,23 +89,10 @@ fn server(server_config: &str, access: &Access) -> NatsServer {
 /// Engine, CLI and workers all connect as `access` says; a saga started
 /// with the CLI runs to completion.
 async fn a_saga_runs_end_to_end(nats: NatsServer, access: &Access, workers: Workers) {
-    jetsaga_tests::init_tracing();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let engine = Engine::start_with_env(
-        &nats.url(),
-        &dir.path().join("engine"),
-        &access.flags(),
-        &access.envs(),
-    );
-    let client = Client::connect_with(&nats.nats_config(), "jetsaga")
+    let mut world = World::on(nats, &access.flags(), &access.envs()).await;
+    world.client = Client::connect_with(&world.nats.nats_config(), "jetsaga")
         .await
         .expect("the Rust client connects with the same settings");
-    let world = World {
-        nats,
-        engine,
-        client,
-        dir,
-    };
 
     let (definitions, saga) = match workers {
         Workers::Binary => (

@@ -7,12 +7,8 @@
 mod common;
 
 use common::{World, http_exchange, metric_value};
-use jetsaga_tests::wait_until;
 use jetsaga_worker::protocol::{ApiReply, StartReply};
 use serde_json::{Value, json};
-use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 const DEFINITIONS: &str = r#"
 sagas:
@@ -37,10 +33,7 @@ sagas:
 
 async fn rejected(http: &str, reason: &str, want: f64) {
     let series = format!(r#"engine_rejected_messages_total{{reason="{reason}"}}"#);
-    wait_until(&format!("{series} = {want}"), WAIT, || async {
-        (metric_value(http, &series).await == Some(want)).then_some(())
-    })
-    .await;
+    common::wait_metric(http, &series, want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +61,7 @@ async fn a_disabled_saga_is_refused_through_every_door() {
     // CLI.
     let out = world.cli(&["saga", "start", "nightly_cleanup", "--input", "{}"]);
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = common::text(&out.stderr);
     assert!(stderr.contains("E-SAGA-DISABLED"), "{stderr}");
     names_policy(&stderr);
 
@@ -143,11 +136,7 @@ async fn a_disabled_saga_is_refused_through_every_door() {
 
     // `def list`: JSON (CLI and HTTP) and the table.
     let out = world.cli(&["--output", "json", "def", "list"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let by_name = |name: &str| {
         listed
@@ -180,7 +169,7 @@ async fn a_disabled_saga_is_refused_through_every_door() {
     let over_http: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(over_http["definitions"].as_array().unwrap().len(), 4);
     let out = world.cli(&["def", "list"]);
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = common::text(&out.stdout);
     let row = table
         .lines()
         .find(|l| l.contains("nightly_cleanup"))

@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::{FINISH, World};
+use common::{FINISH, World, metric_value};
 use jetsaga_engine::store::SagaFilter;
-use jetsaga_tests::{free_port, wait_until};
+use jetsaga_tests::wait_until;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `quick` finishes as soon as the `retained` worker answers; `stuck` waits
 /// on a service no worker serves, with timeouts far beyond the test.
@@ -35,24 +34,10 @@ sagas:
 /// The engine's retention in this test.
 const RETENTION: &str = "2s";
 
-/// The value of the unlabelled series `name` on the engine's `/metrics`.
-async fn metric(addr: &str, name: &str) -> Option<f64> {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-    // HTTP/1.0: the answer ends with the connection, never chunked.
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).await.ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    body.lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|value| value.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_sagas_are_pruned_after_the_retention_and_free_their_keys() {
-    let http = format!("127.0.0.1:{}", free_port());
-    let world = World::start(&["--retention", RETENTION, "--http-listen", &http]).await;
+    let world = World::start(&["--retention", RETENTION, "--http-listen", "127.0.0.1:0"]).await;
+    let http = world.engine.http_addr();
     world.apply_yaml(DEFINITIONS).await;
     let _worker = world
         .worker(
@@ -63,7 +48,7 @@ async fn finished_sagas_are_pruned_after_the_retention_and_free_their_keys() {
         )
         .await;
     assert_eq!(
-        metric(&http, "engine_pruned_sagas_total").await,
+        metric_value(&http, "engine_pruned_sagas_total").await,
         Some(0.0),
         "the counter is exported from the start"
     );
@@ -99,7 +84,7 @@ async fn finished_sagas_are_pruned_after_the_retention_and_free_their_keys() {
         .await;
     }
     let pruned = wait_until("the pruned counter to count 3", FINISH, || async {
-        metric(&http, "engine_pruned_sagas_total")
+        metric_value(&http, "engine_pruned_sagas_total")
             .await
             .filter(|n| *n >= 3.0)
     })
@@ -220,7 +205,12 @@ async fn a_stopped_engines_store_compacts_and_the_engine_resumes_on_it() {
             Some(pad.len())
         );
     }
-    assert!(world.client.get(&deleted[0]).await.is_err());
+    let gone = world
+        .client
+        .get(&deleted[0])
+        .await
+        .expect_err("a deleted saga is not in the compacted store");
+    assert_eq!(gone.code(), "E-NOT-FOUND", "{gone}");
     let id = world.start_saga("one_step", json!({ "after": true })).await;
     assert_eq!(world.finished(&id).await.saga.status.name(), "completed");
 }

@@ -3,13 +3,12 @@
 //! resumed, latencies positive and ordered, the finished ones pruned by a
 //! short retention, only unfinished ones left). No timing assertions.
 
-use jetsaga_tests::{NatsServer, bin_path};
-use serde_json::Value;
+mod common;
 
-fn num(v: &Value) -> f64 {
-    v.as_f64()
-        .unwrap_or_else(|| panic!("expected a number, got {v}"))
-}
+use common::num;
+use jetsaga_tests::{NatsServer, bin_path, run_command};
+use serde_json::Value;
+use std::time::Duration;
 
 fn check_latency(what: &str, l: &Value, calls: u64) {
     assert_eq!(l["calls"].as_u64(), Some(calls), "{what}: {l}");
@@ -21,35 +20,35 @@ fn check_latency(what: &str, l: &Value, calls: u64) {
 #[test]
 fn scale_runs_with_tiny_numbers_and_reports_sane_figures() {
     let nats = NatsServer::start();
-    let jetsaga = bin_path("jetsaga");
-    let out = std::process::Command::new(bin_path("scale"))
-        .args(["--nats-url", &nats.url(), "--jetsaga"])
-        .arg(&jetsaga)
-        .args([
-            "--finished",
-            "200",
-            "--unfinished",
-            "20",
-            "--calls",
-            "20",
-            "--cli-calls",
-            "2",
-            "--long-run",
-            "8s",
-            "--retention",
-            "2s",
-            "--rate",
-            "10",
-            "--sample-every",
-            "2s",
-        ])
-        .output()
-        .expect("scale runs");
+    let (url, jetsaga) = (nats.url(), bin_path("jetsaga"));
+    let args = [
+        "--nats-url",
+        url.as_str(),
+        "--jetsaga",
+        jetsaga.to_str().expect("utf-8 path"),
+        "--finished",
+        "200",
+        "--unfinished",
+        "20",
+        "--calls",
+        "20",
+        "--cli-calls",
+        "2",
+        "--long-run",
+        "8s",
+        "--retention",
+        "2s",
+        "--rate",
+        "10",
+        "--sample-every",
+        "2s",
+    ];
+    let out = run_command(&bin_path("scale"), &args, &[], Duration::from_secs(300));
     assert!(
         out.status.success(),
         "scale failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
+        common::text(&out.stderr),
+        common::text(&out.stdout)
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("scale prints JSON");
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{World, http_exchange, metric_value};
+use common::{World, http_exchange};
 use jetsaga_tests::wait_until;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -173,23 +173,17 @@ async fn each_event_id_starts_one_saga_with_the_mapped_input() {
     nats.flush().await.unwrap();
     let inputs = wait_sagas(&world, "fulfil_order", 3).await;
     assert_eq!(inputs[2], json!({"order_id": "o-4", "amount": 1}));
-    let counted = |series: &'static str, want: f64| {
-        let http = http.clone();
-        async move {
-            wait_until(series, WAIT, || async {
-                (metric_value(&http, series).await == Some(want)).then_some(())
-            })
-            .await
-        }
-    };
-    counted(r#"engine_rejected_messages_total{reason="malformed"}"#, 1.0).await;
-    counted(
-        r#"engine_rejected_messages_total{reason="trigger_mapping"}"#,
-        1.0,
-    )
-    .await;
-    counted(r#"engine_triggered_starts_total{saga="fulfil_order"}"#, 3.0).await;
-    counted(r#"engine_triggered_starts_total{saga="restock"}"#, 2.0).await;
+    for (series, want) in [
+        (r#"engine_rejected_messages_total{reason="malformed"}"#, 1.0),
+        (
+            r#"engine_rejected_messages_total{reason="trigger_mapping"}"#,
+            1.0,
+        ),
+        (r#"engine_triggered_starts_total{saga="fulfil_order"}"#, 3.0),
+        (r#"engine_triggered_starts_total{saga="restock"}"#, 2.0),
+    ] {
+        common::wait_metric(&http, series, want).await;
+    }
 
     // `def list` shows the triggers.
     let (status, body) = http_exchange(&http, "GET", "/v1/definitions", None).await;

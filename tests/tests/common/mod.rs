@@ -62,14 +62,7 @@ pub struct Engine {
 impl Engine {
     /// Starts `jetsaga server` against `nats_url` with its store in `data_dir`.
     pub fn start(nats_url: &str, data_dir: &Path, extra: &[&str]) -> Engine {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let process = spawn_engine(nats_url, data_dir, &extra);
-        Engine {
-            process,
-            data_dir: data_dir.to_path_buf(),
-            nats_url: nats_url.to_string(),
-            extra,
-        }
+        Engine::start_with_env(nats_url, data_dir, extra, &[])
     }
 
     /// SIGKILLs the engine.
@@ -95,23 +88,7 @@ impl Engine {
 }
 
 fn spawn_engine(nats_url: &str, data_dir: &Path, extra: &[String]) -> ChildProcess {
-    let mut args = vec![
-        "--nats-url".to_string(),
-        nats_url.to_string(),
-        "server".to_string(),
-        "--data-dir".to_string(),
-        data_dir.display().to_string(),
-    ];
-    args.extend(extra.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let process = ChildProcess::spawn(
-        "engine",
-        &bin_path("jetsaga"),
-        &args,
-        &[("JETSAGA_LOG", "info,jetsaga_engine=debug")],
-    );
-    process.wait_for_log("engine ready", READY);
-    process
+    spawn_engine_with_env(nats_url, data_dir, extra, &[])
 }
 
 /// One test's world: a nats-server, an engine process, an API client.
@@ -126,9 +103,16 @@ impl World {
     /// Starts a server and an engine (with extra engine flags).
     pub async fn start(extra: &[&str]) -> World {
         jetsaga_tests::init_tracing();
-        let nats = NatsServer::start();
+        World::on(NatsServer::start(), extra, &[]).await
+    }
+
+    /// An engine (with extra flags, and environment variables for its first
+    /// start only) and an API client on the given server, whose client
+    /// settings both use.
+    pub async fn on(nats: NatsServer, extra: &[&str], envs: &[(&str, &str)]) -> World {
+        jetsaga_tests::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
-        let engine = Engine::start(&nats.url(), &dir.path().join("engine"), extra);
+        let engine = Engine::start_with_env(&nats.url(), &dir.path().join("engine"), extra, envs);
         let client = Client::new(nats.client().await, "jetsaga");
         World {
             nats,
@@ -299,16 +283,7 @@ impl World {
     /// variables (`FAILPOINTS`, say); its restarts run without them.
     pub async fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> World {
         jetsaga_tests::init_tracing();
-        let nats = NatsServer::start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let engine = Engine::start_with_env(&nats.url(), &dir.path().join("engine"), extra, envs);
-        let client = Client::new(nats.client().await, "jetsaga");
-        World {
-            nats,
-            engine,
-            client,
-            dir,
-        }
+        World::on(NatsServer::start(), extra, envs).await
     }
 
     /// Like [`World::example_workers`], with extra environment variables
@@ -337,45 +312,88 @@ impl World {
 }
 
 /// An in-process worker of one service whose operation holds every task
-/// until the test lets it go: it reports each saga whose task arrived, in
-/// arrival order, and counts the handler's runs per idempotency key (a
-/// repeated effect shows as a count above 1).
+/// until the test lets it go (or, from [`HeldWorker::passing`], holds none):
+/// it reports each saga whose task arrived, in arrival order, counts the
+/// handler's runs per idempotency key (a repeated effect shows as a count
+/// above 1) and the most runs at once, and fails every task while it is
+/// [broken](Self::set_broken).
 pub struct HeldWorker {
-    _worker: WorkerGuard,
+    worker: WorkerGuard,
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     arrived: tokio::sync::mpsc::UnboundedReceiver<String>,
     runs: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+    effects: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl HeldWorker {
-    /// Serves `operation` of `service` in this test process.
+    /// Serves `operation` of `service` in this test process, holding every
+    /// task until [`release`](Self::release).
     pub async fn start(world: &World, service: &str, operation: &str) -> HeldWorker {
+        HeldWorker::serve(world, service, operation, true).await
+    }
+
+    /// Serves `operation` of `service` in this test process without
+    /// holding tasks.
+    pub async fn passing(world: &World, service: &str, operation: &str) -> HeldWorker {
+        HeldWorker::serve(world, service, operation, false).await
+    }
+
+    async fn serve(world: &World, service: &str, operation: &str, hold: bool) -> HeldWorker {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::{Arc, Mutex};
         let permits = Arc::new(tokio::sync::Semaphore::new(0));
         let runs = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let effects = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let (current, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let broken = Arc::new(AtomicBool::new(false));
         let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
-        let (p, r) = (permits.clone(), runs.clone());
+        let shared = (
+            permits.clone(),
+            runs.clone(),
+            effects.clone(),
+            current,
+            most.clone(),
+            broken.clone(),
+        );
         let builder = Worker::builder(service).handler(
             operation,
             move |ctx: jetsaga_worker::TaskContext, input: serde_json::Value| {
-                let (permits, runs, tx) = (p.clone(), r.clone(), tx.clone());
+                let (permits, runs, effects, current, most, broken) = shared.clone();
+                let tx = tx.clone();
                 async move {
-                    *runs
-                        .lock()
-                        .expect("runs")
-                        .entry(ctx.idempotency_key().to_string())
-                        .or_insert(0) += 1;
+                    let key = ctx.idempotency_key().to_string();
+                    let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    *runs.lock().expect("runs").entry(key.clone()).or_insert(0) += 1;
                     let _ = tx.send(ctx.saga_id().to_string());
-                    permits.acquire().await.expect("permits").forget();
-                    Ok(input)
+                    if hold {
+                        permits.acquire().await.expect("permits").forget();
+                    }
+                    let failed = broken.load(Ordering::SeqCst);
+                    if !failed {
+                        *effects.lock().expect("effects").entry(key).or_insert(0) += 1;
+                    }
+                    current.fetch_sub(1, Ordering::SeqCst);
+                    if failed {
+                        Err(jetsaga_worker::StepError::retryable(
+                            "the service is unavailable",
+                        ))
+                    } else {
+                        Ok(input)
+                    }
                 }
             },
         );
         HeldWorker {
-            _worker: world.worker(builder).await,
+            worker: world.worker(builder).await,
             permits,
             arrived,
             runs,
+            effects,
+            most,
+            broken,
         }
     }
 
@@ -401,6 +419,12 @@ impl HeldWorker {
         !self.arrived.is_empty()
     }
 
+    /// The sagas of the tasks that arrived and were not taken yet, in
+    /// arrival order, without waiting.
+    pub fn arrived_so_far(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.arrived.try_recv().ok()).collect()
+    }
+
     /// Lets `n` held (or future) tasks finish, oldest first.
     pub fn release(&self, n: usize) {
         self.permits.add_permits(n);
@@ -409,6 +433,33 @@ impl HeldWorker {
     /// How often the handler ran, per idempotency key.
     pub fn runs(&self) -> std::collections::BTreeMap<String, u32> {
         self.runs.lock().expect("runs").clone()
+    }
+
+    /// How often the handler ran in all, failed runs included.
+    pub fn total_runs(&self) -> u32 {
+        self.runs().values().sum()
+    }
+
+    /// Successful runs (effects) per idempotency key.
+    pub fn effects(&self) -> std::collections::BTreeMap<String, u32> {
+        self.effects.lock().expect("effects").clone()
+    }
+
+    /// The most runs that were under way at once.
+    pub fn most_at_once(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// While `broken`, every task fails (once let go) with a retryable
+    /// error and no effect.
+    pub fn set_broken(&self, broken: bool) {
+        self.broken
+            .store(broken, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops the worker and waits until it drained.
+    pub async fn stop(self) {
+        self.worker.stop().await;
     }
 }
 
@@ -491,6 +542,17 @@ pub async fn metric_value(addr: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Waits (up to [`READY`]) until the series `series` (as in
+/// [`metric_value`]) on the engine's `/metrics` at `addr` equals `want`.
+pub async fn wait_metric(addr: &str, series: &str, want: f64) {
+    jetsaga_tests::wait_until(
+        &format!("metric {series} to equal {want}"),
+        READY,
+        || async { (metric_value(addr, series).await == Some(want)).then_some(()) },
+    )
+    .await;
+}
+
 impl World {
     /// Runs the `jetsaga` CLI against this world's NATS (`--nats-url` set)
     /// and returns its output once it exits (at most a minute).
@@ -512,4 +574,10 @@ pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).expect("write test file");
     path
+}
+
+/// The JSON value `v` as a number (panics, showing it, when it is none).
+pub fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("expected a number, got {v}"))
 }
