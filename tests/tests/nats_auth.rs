@@ -147,6 +147,19 @@ async fn a_saga_runs_end_to_end(nats: NatsServer, access: &Access, workers: Work
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_workers_take_a_comma_separated_server_list() {
+    // The first server in the list is down: the workers go on to the next.
+    let world = World::start(&[]).await;
+    world.apply_example(PAYMENT).await;
+    let down = format!("nats://127.0.0.1:{}", jetsaga_tests::free_port());
+    let servers = format!("{down},{}", world.nats.url());
+    let _workers =
+        world.example_workers_with_env("payment-workers", &["--nats-url", &servers], &[]);
+    let id = world.start_saga(PAYMENT, json!({})).await;
+    assert_eq!(world.finished(&id).await.saga.status, SagaStatus::Completed);
+}
+
 /// What a process that could not connect printed, checked to be a clear
 /// failure: exit code 1, `needles` in its stderr, no panic.
 fn assert_refused(what: &str, out: &Output, needles: &[&str]) -> String {

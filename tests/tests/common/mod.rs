@@ -295,12 +295,11 @@ impl World {
         envs: &[(&str, &str)],
     ) -> ChildProcess {
         let ledger = self.ledger_dir();
-        let mut args = vec![
-            "--nats-url".to_string(),
-            self.nats.url(),
-            "--ledger-dir".to_string(),
-            ledger.display().to_string(),
-        ];
+        let mut args = vec!["--ledger-dir".to_string(), ledger.display().to_string()];
+        // This world's server, unless `extra` names the servers itself.
+        if !extra.contains(&"--nats-url") {
+            args.extend(["--nats-url".to_string(), self.nats.url()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut all_envs = vec![("RUST_LOG", "info")];
