@@ -42,7 +42,7 @@ pub use nats::{
 pub use show::KEYS;
 
 use crate::retention::Retention;
-use jetsaga_worker::protocol::{self, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX};
+use jetsaga_protocol::{self as protocol, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,7 +77,7 @@ pub struct Config {
     pub batch_size: usize,
     /// Most sagas running (or compensating) at once over all definitions;
     /// more starts wait, durably and in order, in the start queue
-    /// ([`crate::limits`]). Unlimited when absent (`0` in a file, variable
+    /// ([`jetsaga_core::limits`]). Unlimited when absent (`0` in a file, variable
     /// or flag).
     pub max_running_sagas: Option<u32>,
     /// Replicas of the engine's streams (1 on a single server, 3 in a cluster).

@@ -2,11 +2,10 @@
 //! test can kill the engine process, deterministically, to check that a
 //! restart loses nothing and duplicates nothing.
 //!
-//! They are `fail` fail points run by the SDK's mechanism
-//! ([`jetsaga_worker::crash_points`]), compiled in only with this crate's
-//! `failpoints` cargo feature, which turns on the SDK's (off by default:
-//! without it every point compiles to nothing and [`setup`] only reads the
-//! variable). With it, the
+//! They are `fail` fail points, compiled in only with this crate's
+//! `failpoints` cargo feature (off by default: without it every point
+//! compiles to nothing and [`setup`] only reads the variable); the worker
+//! SDK's crash points work the same way. With it, the
 //! `jetsaga` binary reads `FAILPOINTS` once at start, in fail-rs syntax; the
 //! `return` action makes a point kill the process with SIGKILL, as `kill -9`
 //! from outside would, after logging `fail point fired: killing the
@@ -41,15 +40,37 @@ pub const PARTITION_AFTER_FLUSH: &str = "partition.after_flush";
 pub const RELAY_AFTER_PUBLISH: &str = "relay.after_publish";
 
 /// Configures the crash points from the `FAILPOINTS` environment variable,
-/// for the life of the process (the engine's and the SDK's share one
-/// mechanism: [`jetsaga_worker::crash_points::setup`]). `main` calls it once,
-/// after logging is set up.
+/// for the life of the process. `main` calls it once, after logging is set
+/// up.
 pub fn setup() {
-    jetsaga_worker::crash_points::setup();
+    let Ok(spec) = std::env::var("FAILPOINTS") else {
+        return;
+    };
+    // The scenario lives as long as the process.
+    std::mem::forget(fail::FailScenario::setup());
+    if fail::has_failpoints() {
+        tracing::warn!(failpoints = %spec, "crash points armed from FAILPOINTS");
+    } else {
+        tracing::warn!(
+            failpoints = %spec,
+            "FAILPOINTS is set but this build has no crash points (cargo feature `failpoints` of jetsaga-engine); ignoring it"
+        );
+    }
 }
 
 /// Passes the crash point `name`: kills the process if `FAILPOINTS` says so.
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
 #[inline]
 pub(crate) fn pass(name: &'static str) {
-    jetsaga_worker::crash_points::pass(name);
+    fail::fail_point!(name, |_| crash(name));
+}
+
+#[cfg(feature = "failpoints")]
+fn crash(name: &str) -> ! {
+    tracing::error!(
+        fail_point = name,
+        "fail point fired: killing the process (SIGKILL)"
+    );
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    std::process::abort()
 }

@@ -12,10 +12,10 @@ use crate::bus::{self, StreamSettings, intake, relay};
 use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::partition::Partition;
-use crate::saga::definition;
-use crate::store::{SledStore, Store, StoreError};
 use async_nats::jetstream;
-use jetsaga_worker::protocol::Subjects;
+use jetsaga_core::saga::definition;
+use jetsaga_protocol::Subjects;
+use jetsaga_store::{SledStore, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +118,7 @@ fn apply_definition_files(store: &dyn Store, paths: &[PathBuf]) -> Result<(), En
             let applied = store.put_definition(&def)?;
             tracing::info!(file = %file.display(), saga = %applied.name, version = applied.version, changed = applied.changed, "definition loaded");
         }
-        // Service policies (`crate::admission`); the partition loads them at start.
+        // Service policies (`jetsaga_core::admission`); the partition loads them at start.
         for policy in parsed.services {
             let changed = store.put_service_policy(&policy)?;
             tracing::info!(file = %file.display(), service = %policy.service, changed, "service policy loaded");

@@ -9,10 +9,10 @@
 //! transition after a crash yields the same ids, and the stream's duplicate
 //! window drops a republished row. See `docs/PROTOCOL.md`.
 
-use crate::saga::definition::SagaDefinition;
-use crate::saga::state::{LifecycleEvent, Millis, Saga};
-use crate::store::OutboxMessage;
-use jetsaga_worker::protocol::{HEADER_SAGA_ID, Subjects, TaskKind};
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_core::saga::state::{LifecycleEvent, Millis, Saga};
+use jetsaga_protocol::{HEADER_SAGA_ID, Subjects, TaskKind};
+use jetsaga_store::OutboxMessage;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 

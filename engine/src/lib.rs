@@ -1,27 +1,23 @@
-//! jetsaga engine: a durable saga engine on NATS JetStream.
+//! jetsaga engine: the runtime around the pure core.
 //!
-//! The engine keeps saga state in an embedded sled store and dispatches step
-//! tasks to JetStream work queues, where workers built with the
-//! `jetsaga-worker` SDK pull them. See `docs/ARCHITECTURE.md` for the shape:
+//! It owns everything that does I/O for a running engine; the layers below
+//! it are `jetsaga-protocol` (wire types), `jetsaga-core` (definitions, the
+//! pure state machine, limits and admission) and `jetsaga-store` (the
+//! durable state). See `docs/ARCHITECTURE.md` for the shape:
 //!
-//! - [`saga`]: definitions, state and the pure state machine;
-//! - [`store`]: the durable state behind the [`store::Store`] interface;
-//! - [`partition`]: the single writer that applies events;
-//! - [`admission`]: per-service circuit breakers and in-flight limits;
-//! - [`retention`]: pruning of finished sagas past their retention;
+//! - [`partition`]: the single writer that applies events and commits them;
 //! - [`bus`]: streams, the outbox relay and the intake consumers;
-//! - [`api`]: the request API over NATS and HTTP, [`client`] its NATS client;
+//! - [`api`]: the request API over NATS and HTTP;
 //! - [`metrics`]: the Prometheus metrics, derived from the partition's
 //!   transitions and served on the HTTP API's `/metrics`;
 //! - [`trace`]: OpenTelemetry spans of sagas and step attempts, with ids
 //!   derived from the saga so they link across restarts;
-//! - [`crash_points`]: where tests kill the engine on purpose;
+//! - [`events`]: lifecycle events (CloudEvents) through the outbox;
 //! - [`triggers`]: sagas started by messages on a definition's trigger
 //!   subjects;
-//! - [`deps`]: start-up order and checks of a deployment's service
-//!   manifests (`jetsaga deps`);
-//! - [`engine`]: the wiring, [`cli`] the `jetsaga` command, [`dev`] the
-//!   embedded nats-server of `jetsaga dev`.
+//! - [`retention`]: pruning of finished sagas past their retention;
+//! - [`crash_points`]: where tests kill the engine on purpose;
+//! - [`config`]: the engine's configuration; [`engine`]: the wiring.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,23 +31,15 @@
 //! # Ok(()) }
 //! ```
 
-pub mod admission;
 pub mod api;
 pub mod bus;
-pub mod cli;
-pub mod client;
 pub mod config;
 pub mod crash_points;
-pub mod deps;
-pub mod dev;
 pub mod engine;
 pub mod events;
-pub mod limits;
 pub mod metrics;
 pub mod partition;
 pub mod retention;
-pub mod saga;
-pub mod store;
 pub mod trace;
 pub mod triggers;
 

@@ -25,10 +25,10 @@
 //! | `engine_publish_duplicates_total` | counter | |
 //! | `engine_events_total` | counter | `type` (lifecycle events committed to the outbox) |
 //! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
-//! | `engine_breaker_state` | gauge | `service` (0 closed, 1 half-open, 2 open; [`crate::admission`]) |
+//! | `engine_breaker_state` | gauge | `service` (0 closed, 1 half-open, 2 open; [`jetsaga_core::admission`]) |
 //! | `engine_breaker_transitions_total` | counter | `service`, `to` (`open`, `half_open`, `closed`) |
 //! | `engine_held_tasks`, `engine_service_in_flight` | gauge | `service` (services with a policy) |
-//! | `engine_running_sagas` | gauge | (running or compensating, all definitions: [`crate::limits`]) |
+//! | `engine_running_sagas` | gauge | (running or compensating, all definitions: [`jetsaga_core::limits`]) |
 //! | `engine_queued_sagas` | gauge | `saga_name` (sagas waiting in the start queue) |
 //! | `engine_saga_queue_wait_seconds` | histogram | `saga_name` (queued → admitted or cancelled) |
 //! | `engine_pruned_sagas_total` | counter | (finished sagas deleted by [`crate::retention`]) |
@@ -39,13 +39,13 @@
 //! No label carries a saga id: series grow with definitions, steps and
 //! services, never with traffic.
 
-use crate::saga::definition::{SagaDefinition, StepDefinition};
-use crate::saga::state::{Attempt, AttemptOutcome, Millis, Saga};
-use crate::store::Store;
 use async_nats::jetstream;
 use futures::TryStreamExt;
-use jetsaga_worker::metrics::PrometheusHandle;
-use jetsaga_worker::protocol::{Subjects, TaskKind};
+use jetsaga_core::saga::definition::{SagaDefinition, StepDefinition};
+use jetsaga_core::saga::state::{Attempt, AttemptOutcome, Millis, Saga, SagaState};
+use jetsaga_protocol::{Subjects, TaskKind};
+use jetsaga_store::Store;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -82,15 +82,6 @@ pub const STORED_SAGAS: &str = "engine_stored_sagas";
 /// Bytes the store's files take on disk (gauge).
 pub const STORE_SIZE: &str = "engine_store_size_bytes";
 
-/// The terminal states, the values of `status`.
-pub const TERMINAL_STATES: [&str; 5] = [
-    "completed",
-    "compensated",
-    "failed",
-    "partially_compensated",
-    "cancelled",
-];
-
 /// How often [`poll_gauges`] polls, by default.
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
 
@@ -105,7 +96,13 @@ pub fn install() {
     if HANDLE.get().is_some() {
         return;
     }
-    match jetsaga_worker::metrics::install_recorder() {
+    let installed = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &jetsaga_protocol::telemetry::DURATION_BUCKETS,
+        )
+        .and_then(PrometheusBuilder::install_recorder);
+    match installed {
         Ok(handle) => {
             let _ = HANDLE.set(handle);
             describe();
@@ -173,15 +170,15 @@ fn describe() {
         "Durable timers armed (step timeouts, retry delays, saga timeouts)"
     );
     describe_gauge!(
-        crate::limits::RUNNING_SAGAS,
+        jetsaga_core::limits::RUNNING_SAGAS,
         "Sagas running or compensating, over all definitions: what max_running_sagas bounds"
     );
     describe_gauge!(
-        crate::limits::QUEUED_SAGAS,
+        jetsaga_core::limits::QUEUED_SAGAS,
         "Sagas waiting in the durable start queue for room under a concurrency limit"
     );
     describe_histogram!(
-        crate::limits::QUEUE_WAIT,
+        jetsaga_core::limits::QUEUE_WAIT,
         Unit::Seconds,
         "Time a saga waited in the start queue, from its start to its admission (or cancellation)"
     );
@@ -196,19 +193,19 @@ fn describe() {
         "Bytes the store's files take on disk"
     );
     describe_gauge!(
-        crate::admission::BREAKER_STATE,
+        jetsaga_core::admission::BREAKER_STATE,
         "Circuit breaker of a service (services with one configured): 0 closed, 1 half-open, 2 open"
     );
     describe_counter!(
-        crate::admission::BREAKER_TRANSITIONS,
+        jetsaga_core::admission::BREAKER_TRANSITIONS,
         "Circuit breaker state changes, by service and the state entered (open, half_open, closed)"
     );
     describe_gauge!(
-        crate::admission::HELD_TASKS,
+        jetsaga_core::admission::HELD_TASKS,
         "Tasks held durably for a service by its open circuit breaker or its max_in_flight"
     );
     describe_gauge!(
-        crate::admission::SERVICE_IN_FLIGHT,
+        jetsaga_core::admission::SERVICE_IN_FLIGHT,
         "Tasks of a service (with a policy) dispatched and not ended"
     );
     // Shown from the start, not only after the first pruning.
@@ -291,8 +288,8 @@ impl SagaMetrics {
             return;
         }
         self.known.insert(name.to_string());
-        for status in TERMINAL_STATES {
-            metrics::counter!(SAGA_EXECUTIONS, "saga_name" => name.to_string(), "status" => status)
+        for status in SagaState::terminal() {
+            metrics::counter!(SAGA_EXECUTIONS, "saga_name" => name.to_string(), "status" => status.name())
                 .increment(0);
         }
         metrics::gauge!(SAGA_ACTIVE, "saga_name" => name.to_string()).increment(0.0);
@@ -482,11 +479,11 @@ async fn queue_depth(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::saga::definition::{self, Format};
-    use crate::saga::machine;
-    use crate::saga::state::{Effect, Event, Inputs, SagaStatus, TimerKind};
-    use jetsaga_worker::metrics::DURATION_BUCKETS;
-    use jetsaga_worker::protocol::Outcome;
+    use jetsaga_core::saga::definition::{self, Format};
+    use jetsaga_core::saga::machine;
+    use jetsaga_core::saga::state::{Effect, Event, Inputs, TimerKind};
+    use jetsaga_protocol::Outcome;
+    use jetsaga_protocol::telemetry::DURATION_BUCKETS;
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     use serde_json::json;
 
@@ -494,27 +491,6 @@ mod tests {
         let yaml = "sagas:\n  order:\n    steps:\n      - {id: reserve, service: stock, operation: reserve, compensation: release, retry: {max_attempts: 3, initial_delay: 100ms}}\n      - {id: pay, service: payments, operation: charge, depends_on: [reserve]}\n";
         let mut parsed = definition::parse_str("test.yaml", yaml, Format::Yaml).expect("parses");
         parsed.sagas.remove(0)
-    }
-
-    #[test]
-    fn terminal_states_are_the_terminal_state_names() {
-        let terminal = [
-            SagaStatus::Completed,
-            SagaStatus::Compensated { reason: "r".into() },
-            SagaStatus::Failed { reason: "r".into() },
-            SagaStatus::PartiallyCompensated {
-                reason: "r".into(),
-                stuck_steps: vec![],
-            },
-            SagaStatus::Cancelled { reason: "r".into() },
-        ];
-        let names: Vec<&str> = terminal.iter().map(SagaStatus::name).collect();
-        assert_eq!(names, TERMINAL_STATES);
-        assert!(terminal.iter().all(SagaStatus::is_terminal));
-        let all = SagaStatus::NAMES
-            .iter()
-            .filter(|n| TERMINAL_STATES.contains(n));
-        assert_eq!(all.count(), TERMINAL_STATES.len());
     }
 
     /// Drives a saga through the machine, observing every transition as

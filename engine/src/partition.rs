@@ -1,7 +1,7 @@
 //! The partition: the single writer of the sagas it owns.
 //!
 //! One task owns the state of a partition's sagas and applies events to them
-//! in order through the pure state machine ([`crate::saga::machine`]). I/O
+//! in order through the pure state machine ([`jetsaga_core::saga::machine`]). I/O
 //! happens around it: commands arrive on a channel, each transition becomes
 //! one [`Change`] with its outbox rows and timers, the changes of a batch are
 //! written in one store transaction ([`Store::commit_many`]) and made durable
@@ -13,21 +13,21 @@
 //! The key space already exists ([`partition_of`]); the engine runs one
 //! partition today.
 
-use crate::admission::{AttemptKey, Route, ServiceAdmission, ServiceStatus};
 use crate::crash_points;
-use crate::limits::Admission;
 use crate::metrics::{Before, SagaMetrics};
-use crate::saga::definition::SagaDefinition;
-use crate::saga::definition::ServicePolicy;
-use crate::saga::machine;
-use crate::saga::state::TimerKind;
-use crate::saga::state::{Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga};
-use crate::store::{Change, HeldTask, OutboxMessage, Prior, Store, StoreError, TimerRow};
 use async_nats::jetstream;
-use jetsaga_worker::protocol::{
-    self, ApiError, HEADER_IDEMPOTENCY_KEY, HEADER_SAGA_ID, StartReply, Subjects, Task, TaskKind,
-    TaskResult,
+use jetsaga_core::admission::{AttemptKey, Route, ServiceAdmission, ServiceStatus};
+use jetsaga_core::limits::Admission;
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_core::saga::definition::ServicePolicy;
+use jetsaga_core::saga::machine;
+use jetsaga_core::saga::state::TimerKind;
+use jetsaga_core::saga::state::{Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga};
+use jetsaga_protocol::{
+    self as protocol, self, ApiError, HEADER_IDEMPOTENCY_KEY, HEADER_SAGA_ID, StartReply, Subjects,
+    Task, TaskKind, TaskResult,
 };
+use jetsaga_store::{Change, HeldTask, OutboxMessage, Prior, Store, StoreError, TimerRow};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -122,7 +122,7 @@ pub enum Command {
         /// Where to answer.
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
-    /// A request about service breakers and limits ([`crate::admission`]).
+    /// A request about service breakers and limits ([`jetsaga_core::admission`]).
     Services(ServicesCommand),
     /// Delete up to `limit` terminal sagas finished at or before `before`
     /// (retention: [`crate::retention`]); answered with how many were
@@ -137,7 +137,7 @@ pub enum Command {
     },
 }
 
-/// Requests about service breakers and in-flight limits ([`crate::admission`]).
+/// Requests about service breakers and in-flight limits ([`jetsaga_core::admission`]).
 #[derive(Debug)]
 pub enum ServicesCommand {
     /// Service policies were applied (stored already): use them.
@@ -232,7 +232,7 @@ impl PartitionHandle {
         rx.await.map_err(|_| unavailable())?
     }
 
-    /// Puts applied service policies to use ([`crate::admission`]).
+    /// Puts applied service policies to use ([`jetsaga_core::admission`]).
     pub async fn service_policies(&self, policies: Vec<ServicePolicy>) -> Result<(), ApiError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Services(ServicesCommand::Policies {
@@ -316,7 +316,7 @@ struct AfterFlush {
     /// Answers to cancels and retries.
     saga_replies: Vec<Reply<Saga>>,
     delete_replies: Vec<Reply<()>>,
-    /// Answers about services ([`crate::admission`]), sent after the flush.
+    /// Answers about services ([`jetsaga_core::admission`]), sent after the flush.
     service_replies: Vec<ServiceReply>,
     prune_replies: Vec<Reply<usize>>,
     progress: Vec<(String, &'static str)>,
@@ -350,9 +350,9 @@ pub struct Partition {
     metrics: SagaMetrics,
     max_payload: usize,
     batch_size: usize,
-    /// Concurrency limits: running counts and the start queue (`crate::limits`).
+    /// Concurrency limits: running counts and the start queue (`jetsaga_core::limits`).
     limits: Admission,
-    /// Service breakers and in-flight limits ([`crate::admission`]).
+    /// Service breakers and in-flight limits ([`jetsaga_core::admission`]).
     services: ServiceAdmission,
     /// The engine's environment, which definition policies are checked against.
     environment: Option<String>,
@@ -396,7 +396,7 @@ impl Partition {
     }
 
     /// Sets the engine's `max_running_sagas` (`None`: unlimited), the limit
-    /// of running sagas over all definitions (`crate::limits`).
+    /// of running sagas over all definitions (`jetsaga_core::limits`).
     pub fn with_max_running_sagas(mut self, max: Option<u32>) -> Self {
         self.limits.set_global(max);
         self
@@ -423,7 +423,7 @@ impl Partition {
         let mut flushing: Option<Flushing> = None;
         loop {
             let next_timer = self.store.next_timer()?.map(|t| t.due);
-            // Open circuit breakers half-open on time, too (`crate::admission`).
+            // Open circuit breakers half-open on time, too (`jetsaga_core::admission`).
             let next = match (next_timer, self.services.next_wake(now_ms())) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -484,7 +484,7 @@ impl Partition {
             self.handle(cmd, &mut after)?;
         }
         self.fire_timers(&mut after)?;
-        // Room freed in this batch goes to queued sagas (`crate::limits`).
+        // Room freed in this batch goes to queued sagas (`jetsaga_core::limits`).
         self.admit_queued(&mut after)?;
         // The batch's changes in one transaction (a store error stops the
         // partition, nothing of the batch answered).
@@ -566,7 +566,7 @@ impl Partition {
     fn handle(&mut self, cmd: Command, after: &mut AfterFlush) -> Result<(), PartitionError> {
         match cmd {
             Command::Start { start, reply, ack } => {
-                // Queued sagas that fit go before a new start (`crate::limits`).
+                // Queued sagas that fit go before a new start (`jetsaga_core::limits`).
                 self.admit_queued(after)?;
                 let result = self.start(start, after);
                 let result = match result {
@@ -693,7 +693,7 @@ impl Partition {
                         saga_id: id,
                         created: false,
                         queued: other.is_some_and(|s| {
-                            s.status == crate::saga::state::SagaStatus::Pending
+                            s.status == jetsaga_core::saga::state::SagaStatus::Pending
                         }),
                     }),
                 };
@@ -734,7 +734,7 @@ impl Partition {
         saga.trace_parent = start.trace_parent;
         if !self.limits.room(&def.name, def.max_running) || self.limits.queued_of(&def.name) > 0 {
             // Over a concurrency limit, or behind queued sagas of its own
-            // definition: the saga waits in the start queue (`crate::limits`).
+            // definition: the saga waits in the start queue (`jetsaga_core::limits`).
             return Ok(self.queue_start(saga, &def, start.idempotency_key, after)?);
         }
         let traced = crate::trace::enabled().then(|| saga.clone());
@@ -756,7 +756,7 @@ impl Partition {
         })
     }
 
-    // ----- concurrency limits (`crate::limits`) -----
+    // ----- concurrency limits (`jetsaga_core::limits`) -----
 
     /// Stores a new `pending` saga with its idempotency key and its row of
     /// the start queue, in one transaction.
@@ -1071,7 +1071,7 @@ impl Partition {
             }
         }
         // Breakers' open timeouts are timers too; and held tasks go out as
-        // room freed in this batch (`crate::admission`).
+        // room freed in this batch (`jetsaga_core::admission`).
         self.fire_services(after)?;
         Ok(())
     }
@@ -1127,7 +1127,7 @@ impl Partition {
         mut saga: Saga,
         def: &SagaDefinition,
         event: Event,
-        timers_remove: Vec<(String, crate::saga::state::TimerKind)>,
+        timers_remove: Vec<(String, jetsaga_core::saga::state::TimerKind)>,
         after: &mut AfterFlush,
     ) -> Result<Result<Saga, Rejection>, PartitionError> {
         let label = event_label(&event);
@@ -1182,7 +1182,7 @@ impl Partition {
         let id = saga.id.clone();
         let state = saga.status.name();
         let terminal = saga.status.is_terminal();
-        // Concurrency limits (`crate::limits`): keep the running counts; a
+        // Concurrency limits (`jetsaga_core::limits`): keep the running counts; a
         // saga leaving the start queue takes its row out in this transaction.
         if change.prior == Prior::Unknown
             && let Some(stored) = self.active.get(&id).or_else(|| self.pending_saga(&id))
@@ -1210,7 +1210,7 @@ impl Partition {
     /// [`crate::events`]) numbered by the saga's event sequence, which the
     /// transition advances and stores with the saga.
     ///
-    /// Tasks pass through service admission ([`crate::admission`]): ended
+    /// Tasks pass through service admission ([`jetsaga_core::admission`]): ended
     /// attempts count for their service's breaker and free room first, then
     /// each task either becomes an outbox row or is held, its attempt's
     /// timeout not armed until it is released.
@@ -1327,7 +1327,7 @@ impl Partition {
     }
 }
 
-// ----- service admission: breakers and in-flight limits (`crate::admission`) -----
+// ----- service admission: breakers and in-flight limits (`jetsaga_core::admission`) -----
 
 /// An answer about services, sent once the batch is durable.
 type ServiceReply = Box<dyn FnOnce() + Send>;
@@ -1440,7 +1440,7 @@ impl Partition {
             let saga = self.saga(id)?;
             let waiting = saga
                 .as_ref()
-                .is_some_and(|s| crate::admission::waits_on(s, &held.key));
+                .is_some_and(|s| jetsaga_core::admission::waits_on(s, &held.key));
             if !waiting {
                 self.services.remove_held(&service, held.seq);
                 tracing::debug!(saga_id = %id, service = %service, "held task dropped: its saga no longer waits on it");
@@ -1450,7 +1450,7 @@ impl Partition {
             let Some(saga) = saga else { continue };
             let compensating = matches!(
                 saga.status,
-                crate::saga::state::SagaStatus::Compensating { .. }
+                jetsaga_core::saga::state::SagaStatus::Compensating { .. }
             );
             if !compensating || held.key.kind != TaskKind::Action {
                 continue;
@@ -1506,7 +1506,7 @@ impl Partition {
                 let waiting = self
                     .active
                     .get(&held.key.saga_id)
-                    .is_some_and(|s| crate::admission::waits_on(s, &held.key));
+                    .is_some_and(|s| jetsaga_core::admission::waits_on(s, &held.key));
                 match task {
                     Some(task) if waiting => {
                         tracing::info!(
@@ -1701,7 +1701,7 @@ mod tests {
         assert!(partition_of("anything") < PARTITIONS);
     }
 
-    fn saga(id: &str, status: crate::saga::state::SagaStatus) -> Saga {
+    fn saga(id: &str, status: jetsaga_core::saga::state::SagaStatus) -> Saga {
         Saga {
             id: id.to_owned(),
             name: "order".to_owned(),
@@ -1724,7 +1724,7 @@ mod tests {
     /// with it finds that saga instead of making another).
     #[test]
     fn a_batch_reads_its_own_unwritten_changes() {
-        use crate::saga::state::SagaStatus;
+        use jetsaga_core::saga::state::SagaStatus;
         let change = |s: Saga, key: Option<&str>| Change {
             saga: Some(s),
             idempotency_key: key.map(str::to_owned),

@@ -29,8 +29,8 @@
 //! ```
 
 use crate::partition::{PartitionHandle, now_ms};
-use crate::saga::state::{Millis, Saga};
-use crate::store::{Store, StoreError};
+use jetsaga_core::saga::state::{Millis, Saga};
+use jetsaga_store::{Store, StoreError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -207,8 +207,8 @@ pub async fn run(handle: PartitionHandle, retention: Duration, shutdown: Cancell
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::saga::state::{SagaStatus, TimerKind};
-    use crate::store::{Change, SagaFilter, SledStore, TimerRow};
+    use jetsaga_core::saga::state::{SagaStatus, TimerKind};
+    use jetsaga_store::{Change, SagaFilter, SledStore, TimerRow};
 
     fn saga(id: &str, status: SagaStatus, finished_at: Option<Millis>) -> Saga {
         Saga {

@@ -30,10 +30,10 @@
 //! flushed: an engine that crashes in between applies the event again after
 //! the restart and exports the same spans (same ids) a second time.
 
-use crate::saga::definition::SagaDefinition;
-use crate::saga::state::{AttemptOutcome, Millis, Saga};
-use jetsaga_worker::protocol::TaskKind;
-pub use jetsaga_worker::trace::{HEADER_TRACEPARENT, TraceGuard, TraceParent};
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_core::saga::state::{AttemptOutcome, Millis, Saga};
+use jetsaga_protocol::TaskKind;
+pub use jetsaga_protocol::trace_context::{HEADER_TRACEPARENT, TraceParent};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer as _, TracerProvider as _,
@@ -57,7 +57,7 @@ thread_local! {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
 /// set. Hold the guard until the engine stopped: dropping it flushes.
 pub fn init() -> TraceGuard {
-    match jetsaga_worker::trace::provider_builder("jetsaga-engine") {
+    match provider_builder() {
         Some(builder) => {
             let provider = builder
                 .with_id_generator(DeterministicIds::default())
@@ -67,6 +67,74 @@ pub fn init() -> TraceGuard {
             TraceGuard::new(Some(provider))
         }
         None => TraceGuard::default(),
+    }
+}
+
+/// A tracer provider builder exporting over OTLP/HTTP (protobuf) as the
+/// standard `OTEL_*` variables say, with a batch span processor and the
+/// resource `service.name` = `OTEL_SERVICE_NAME`, else `jetsaga-engine`.
+/// `None` when tracing is off or the exporter cannot be built (logged).
+fn provider_builder() -> Option<opentelemetry_sdk::trace::TracerProviderBuilder> {
+    match jetsaga_protocol::telemetry::otlp_wanted(|name| std::env::var(name).ok()) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(reason) => {
+            tracing::warn!("{reason}");
+            return None;
+        }
+    }
+    // The exporter's HTTP client takes TLS from rustls with the process's
+    // default crypto provider (an error if one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the OTLP span exporter; traces are off");
+            return None;
+        }
+    };
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
+        resource = resource.with_service_name("jetsaga-engine");
+    }
+    Some(
+        SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_batch_exporter(exporter),
+    )
+}
+
+/// Keeps trace export running; dropping it flushes the spans not yet
+/// exported and shuts the exporter down.
+#[derive(Debug, Default)]
+#[must_use = "dropping the guard shuts tracing down"]
+pub struct TraceGuard {
+    /// The provider [`init`] installed, if tracing is on.
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TraceGuard {
+    /// A guard over `provider` (`None`: tracing is off).
+    pub fn new(provider: Option<SdkTracerProvider>) -> Self {
+        Self { provider }
+    }
+
+    /// Whether spans are exported.
+    pub fn enabled(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("could not flush the last spans: {e}");
+        }
     }
 }
 

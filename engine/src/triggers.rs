@@ -55,10 +55,10 @@
 
 use crate::bus::{BusError, StreamSettings, intake};
 use crate::partition::{Command, PartitionHandle, StartCommand, api_error, reject};
-use crate::saga::definition::{SagaDefinition, Trigger, input_pointer};
-use crate::store::Store;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
-use jetsaga_worker::protocol::{ApiError, HEADER_MSG_ID, Subjects};
+use jetsaga_core::saga::definition::{SagaDefinition, Trigger, input_pointer};
+use jetsaga_protocol::{ApiError, HEADER_MSG_ID, Subjects};
+use jetsaga_store::Store;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -850,9 +850,15 @@ mod tests {
         assert_eq!(start_key("s", "e-1"), "trigger:s:e-1");
     }
 
-    fn parse(yaml: &str) -> Result<Vec<SagaDefinition>, crate::saga::definition::DefinitionError> {
-        crate::saga::definition::parse_str("t.yaml", yaml, crate::saga::definition::Format::Yaml)
-            .map(|f| f.sagas)
+    fn parse(
+        yaml: &str,
+    ) -> Result<Vec<SagaDefinition>, jetsaga_core::saga::definition::DefinitionError> {
+        jetsaga_core::saga::definition::parse_str(
+            "t.yaml",
+            yaml,
+            jetsaga_core::saga::definition::Format::Yaml,
+        )
+        .map(|f| f.sagas)
     }
 
     const STEPS: &str = "    steps:\n      - {id: a, service: s, operation: o}\n";
@@ -876,7 +882,7 @@ mod tests {
         );
         assert!(x.policy.enabled);
         assert_eq!(x.policy.environments, ["staging"]);
-        assert!(crate::saga::definition::validate(x).is_ok());
+        assert!(jetsaga_core::saga::definition::validate(x).is_ok());
         assert_eq!(x.policy.refusal("x", Some("staging")), None);
         assert!(
             x.policy

@@ -39,12 +39,12 @@ mod common;
 
 use common::{Engine, READY};
 use futures::StreamExt;
+use jetsaga_cli::client::{Client, ClientError};
+use jetsaga_core::saga::definition::{self, SagaDefinition};
+use jetsaga_core::saga::state::AttemptOutcome;
 use jetsaga_engine::api::SagaDetail;
-use jetsaga_engine::client::{Client, ClientError};
-use jetsaga_engine::saga::definition::{self, SagaDefinition};
-use jetsaga_engine::saga::state::AttemptOutcome;
-use jetsaga_engine::store::SagaFilter;
 use jetsaga_examples::ledger;
+use jetsaga_store::SagaFilter;
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path};
 use jetsaga_worker::protocol::TaskKind;
 use rand::rngs::StdRng;

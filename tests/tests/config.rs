@@ -5,7 +5,7 @@
 mod common;
 
 use common::{READY, World};
-use jetsaga_engine::client::Client;
+use jetsaga_cli::client::Client;
 use jetsaga_engine::config::{NatsConfig, Nkey, Secret};
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path, run_command};
 use serde_json::{Value, json};

@@ -36,10 +36,10 @@
 mod common;
 
 use common::{READY, World, step_states};
+use jetsaga_core::saga::state::SagaStatus;
 use jetsaga_engine::api::SagaDetail;
-use jetsaga_engine::saga::state::SagaStatus;
-use jetsaga_engine::store::SagaFilter;
 use jetsaga_examples::ledger::{self, LedgerEntry, StepKey};
+use jetsaga_store::SagaFilter;
 use jetsaga_tests::{ChildProcess, wait_until};
 use jetsaga_worker::protocol::{Subjects, TaskKind};
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@ mod common;
 
 use common::{World, step_states};
 use futures::StreamExt;
-use jetsaga_engine::store::SagaFilter;
+use jetsaga_store::SagaFilter;
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path, free_port};
 use jetsaga_worker::protocol::{ApiReply, StartReply};
 use jetsaga_worker::{TaskContext, Worker};
@@ -404,7 +404,7 @@ async fn jetsaga_dev_starts_nats_and_engine_and_stops_cleanly_on_sigterm() {
     dev.wait_for_log("engine ready", common::READY);
     assert!(dev.log().contains("http listening addr=127.0.0.1:"));
     let url = format!("nats://127.0.0.1:{port}");
-    let client = jetsaga_engine::client::Client::connect(&url, "jetsaga")
+    let client = jetsaga_cli::client::Client::connect(&url, "jetsaga")
         .await
         .unwrap();
     let names: Vec<String> = client

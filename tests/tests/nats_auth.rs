@@ -11,9 +11,9 @@ mod common;
 
 use common::tls::TestCa;
 use common::{ONE_STEP, World};
-use jetsaga_engine::client::Client;
+use jetsaga_cli::client::Client;
+use jetsaga_core::saga::state::SagaStatus;
 use jetsaga_engine::config::{NatsConfig, Nkey, Secret, TlsConfig};
-use jetsaga_engine::saga::state::SagaStatus;
 use jetsaga_tests::{NatsServer, bin_path, run_command};
 use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{Value, json};

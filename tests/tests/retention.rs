@@ -6,7 +6,7 @@
 mod common;
 
 use common::{FINISH, World, metric_value};
-use jetsaga_engine::store::SagaFilter;
+use jetsaga_store::SagaFilter;
 use jetsaga_tests::wait_until;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};

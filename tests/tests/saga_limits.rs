@@ -9,9 +9,9 @@
 mod common;
 
 use common::{HeldWorker, READY, World};
+use jetsaga_core::saga::state::SagaStatus;
 use jetsaga_engine::api::SagaDetail;
-use jetsaga_engine::saga::state::SagaStatus;
-use jetsaga_engine::store::SagaFilter;
+use jetsaga_store::SagaFilter;
 use jetsaga_tests::wait_until;
 use jetsaga_worker::protocol::StartReply;
 use serde_json::json;

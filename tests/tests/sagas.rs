@@ -6,7 +6,7 @@ mod common;
 
 use common::{World, step, step_is, step_states};
 use futures::StreamExt;
-use jetsaga_engine::saga::state::{AttemptOutcome, SagaStatus};
+use jetsaga_core::saga::state::{AttemptOutcome, SagaStatus};
 use jetsaga_examples::ledger;
 use jetsaga_worker::protocol::{Outcome, Task, TaskKind, TaskResult};
 use jetsaga_worker::{StepError, TaskContext, Worker};

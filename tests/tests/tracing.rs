@@ -4,10 +4,10 @@
 //! `traceparent` must read as one trace: caller → saga → step attempts →
 //! the worker's task spans → the spans a handler opens itself.
 
-use jetsaga_engine::client::Client;
+use jetsaga_cli::client::Client;
+use jetsaga_core::saga::definition::{self, Format};
+use jetsaga_core::saga::state::SagaStatus;
 use jetsaga_engine::config::{Config, NatsConfig};
-use jetsaga_engine::saga::definition::{self, Format};
-use jetsaga_engine::saga::state::SagaStatus;
 use jetsaga_engine::trace::{self as engine_trace, DeterministicIds, TraceParent};
 use jetsaga_tests::NatsServer;
 use jetsaga_worker::protocol::{ApiReply, StartReply, TaskKind};

@@ -350,10 +350,10 @@ async fn subjects_the_engine_cannot_capture_are_refused_at_apply() {
         let yaml = format!(
             "sagas:\n  t:\n    triggers:\n      - subject: {subject}\n    steps:\n      - {{id: a, service: echo, operation: echo}}\n"
         );
-        let parsed = jetsaga_engine::saga::definition::parse_str(
+        let parsed = jetsaga_core::saga::definition::parse_str(
             "t.yaml",
             &yaml,
-            jetsaga_engine::saga::definition::Format::Yaml,
+            jetsaga_core::saga::definition::Format::Yaml,
         )
         .unwrap();
         let client = world.client.clone();
@@ -371,10 +371,10 @@ async fn subjects_the_engine_cannot_capture_are_refused_at_apply() {
         "{e}"
     );
     // Not a subject at all: refused by validation, naming the field.
-    let bad = jetsaga_engine::saga::definition::parse_str(
+    let bad = jetsaga_core::saga::definition::parse_str(
         "t.yaml",
         "sagas:\n  t:\n    triggers:\n      - subject: 'orders..x'\n    steps:\n      - {id: a, service: echo, operation: echo}\n",
-        jetsaga_engine::saga::definition::Format::Yaml,
+        jetsaga_core::saga::definition::Format::Yaml,
     )
     .unwrap_err();
     assert_eq!(bad.code(), "E-DEF-TRIGGER");
@@ -389,10 +389,10 @@ async fn subjects_the_engine_cannot_capture_are_refused_at_apply() {
     assert_eq!(world.client.definitions().await.unwrap().len(), 1);
     // Another saga's subject overlapping it in part cannot share the stream.
     let yaml = "sagas:\n  u:\n    triggers:\n      - subject: orders.eu.*\n    steps:\n      - {id: a, service: echo, operation: echo}\n";
-    let parsed = jetsaga_engine::saga::definition::parse_str(
+    let parsed = jetsaga_core::saga::definition::parse_str(
         "u.yaml",
         yaml,
-        jetsaga_engine::saga::definition::Format::Yaml,
+        jetsaga_core::saga::definition::Format::Yaml,
     )
     .unwrap();
     let e = world

@@ -129,8 +129,10 @@
 
 pub mod crash_points;
 pub mod metrics;
-pub mod protocol;
 pub mod trace;
+
+/// The wire protocol (the `jetsaga-protocol` crate), re-exported.
+pub use jetsaga_protocol as protocol;
 
 mod delivery;
 mod error;

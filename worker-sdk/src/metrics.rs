@@ -44,17 +44,7 @@ pub const REPLAYS: &str = "worker_replays_total";
 /// Tasks handled, by outcome (counter).
 pub const TASKS: &str = "worker_tasks_total";
 
-/// Content type of the Prometheus text exposition format, as `/metrics`
-/// answers it.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Histogram buckets of every `*_seconds` metric, the engine's included:
-/// 5 ms to an hour, so that both a quick handler and a saga that waits out
-/// minutes of retries fall in a bucket of their size.
-pub const DURATION_BUCKETS: [f64; 18] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1800.0, 3600.0,
-];
+pub use jetsaga_protocol::telemetry::{DURATION_BUCKETS, PROMETHEUS_TEXT_FORMAT as TEXT_FORMAT};
 
 /// Gives the SDK's metrics their help text (in the recorder installed now)
 /// and creates the series of `service` at zero, so that a rate over them

@@ -95,15 +95,7 @@ impl Reads {
     }
 }
 
-/// Whether `key` is usable as a KV key (the rule async-nats enforces).
-pub(crate) fn is_valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && !key.starts_with('.')
-        && !key.ends_with('.')
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'=' | b'.'))
-}
+pub(crate) use jetsaga_protocol::is_valid_kv_key as is_valid_key;
 
 impl Records {
     /// Opens bucket `bucket`, creating it when missing with `ttl` as the

@@ -29,138 +29,7 @@
 //! # }
 //! ```
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use std::fmt;
-use std::str::FromStr;
-
-/// Header of a task (and of a start request) carrying the W3C trace context.
-pub const HEADER_TRACEPARENT: &str = "traceparent";
-
-/// A W3C trace context (`traceparent`, version `00`):
-/// `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TraceParent {
-    /// Trace id; never all zeros.
-    pub trace_id: [u8; 16],
-    /// Span id of the parent; never all zeros.
-    pub span_id: [u8; 8],
-    /// Trace flags; bit 0 is `sampled`.
-    pub flags: u8,
-}
-
-/// Why a `traceparent` value was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed traceparent {value:?}: {reason}")]
-pub struct TraceParentError {
-    /// The value refused (at most 64 characters of it).
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
-impl TraceParent {
-    /// Whether the caller sampled the trace (flag bit 0).
-    pub fn sampled(&self) -> bool {
-        self.flags & 1 == 1
-    }
-
-    /// The remote span context this trace parent names.
-    pub fn span_context(&self) -> SpanContext {
-        SpanContext::new(
-            TraceId::from_bytes(self.trace_id),
-            SpanId::from_bytes(self.span_id),
-            TraceFlags::new(self.flags),
-            true,
-            TraceState::default(),
-        )
-    }
-
-    /// An OpenTelemetry context whose (remote) parent span is this one.
-    pub fn context(&self) -> opentelemetry::Context {
-        opentelemetry::Context::new().with_remote_span_context(self.span_context())
-    }
-
-    /// Parses a header value; `None` (never a panic) for anything that is
-    /// not a valid trace parent.
-    pub fn parse(value: &str) -> Option<Self> {
-        value.parse().ok()
-    }
-}
-
-impl FromStr for TraceParent {
-    type Err = TraceParentError;
-
-    /// Parses version `00` exactly, and higher versions by their first four
-    /// fields as the W3C recommendation asks; rejects version `ff`, bad
-    /// lengths, non-hex or uppercase digits and all-zero ids.
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let err = |reason| TraceParentError {
-            value: value.chars().take(64).collect(),
-            reason,
-        };
-        let value = value.trim();
-        let mut parts = value.split('-');
-        let (Some(version), Some(trace), Some(span), Some(flags)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(err("expected version-traceid-spanid-flags"));
-        };
-        let version = hex::<1>(version).ok_or_else(|| err("version is not 2 hex digits"))?[0];
-        if version == 0xff {
-            return Err(err("version ff is invalid"));
-        }
-        if version == 0 && parts.next().is_some() {
-            return Err(err("version 00 has exactly four fields"));
-        }
-        let trace_id = hex::<16>(trace).ok_or_else(|| err("trace id is not 32 hex digits"))?;
-        let span_id = hex::<8>(span).ok_or_else(|| err("parent id is not 16 hex digits"))?;
-        let flags = hex::<1>(flags).ok_or_else(|| err("flags are not 2 hex digits"))?[0];
-        if trace_id == [0; 16] {
-            return Err(err("trace id is all zeros"));
-        }
-        if span_id == [0; 8] {
-            return Err(err("parent id is all zeros"));
-        }
-        Ok(Self {
-            trace_id,
-            span_id,
-            flags,
-        })
-    }
-}
-
-impl fmt::Display for TraceParent {
-    /// Formats as version `00`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("00-")?;
-        for b in self.trace_id {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("-")?;
-        for b in self.span_id {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "-{:02x}", self.flags)
-    }
-}
-
-/// `N` bytes from exactly `2 * N` lowercase hex digits.
-fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.as_bytes();
-    if s.len() != 2 * N {
-        return None;
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
-}
+pub use jetsaga_protocol::trace_context::{HEADER_TRACEPARENT, TraceParent, TraceParentError};
 
 /// The trace parent in NATS `headers`, if there is a valid one.
 pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Option<TraceParent> {
@@ -194,42 +63,15 @@ mod otlp {
     /// The provider [`init`] installed, for [`layer`].
     static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-    /// Whether the environment asks for traces: an OTLP endpoint is set
-    /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`),
-    /// `OTEL_TRACES_EXPORTER` is unset or `otlp`, and `OTEL_SDK_DISABLED`
-    /// is not `true`.
+    /// Whether the environment asks for traces
+    /// ([`jetsaga_protocol::telemetry::otlp_wanted`]).
     fn wanted() -> bool {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            return false;
-        }
-        match var("OTEL_TRACES_EXPORTER").as_deref() {
-            None | Some("otlp") => {}
-            Some("none") => return false,
-            Some(other) => {
-                tracing::warn!(
-                    exporter = other,
-                    "OTEL_TRACES_EXPORTER names an exporter jetsaga does not have (only `otlp` and `none`); traces are off"
-                );
-                return false;
-            }
-        }
-        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        match endpoint {
-            None => false,
-            Some(e)
-                if !(e.trim_start().starts_with("http://")
-                    || e.trim_start().starts_with("https://")) =>
-            {
-                tracing::warn!(
-                    endpoint = %e,
-                    "the OTLP endpoint must be an http:// or https:// URL (OTLP over HTTP/protobuf; gRPC is not built in); traces are off"
-                );
+        jetsaga_protocol::telemetry::otlp_wanted(|name| std::env::var(name).ok()).unwrap_or_else(
+            |reason| {
+                tracing::warn!("{reason}");
                 false
-            }
-            Some(_) => true,
-        }
+            },
+        )
     }
 
     /// A tracer provider builder exporting over OTLP/HTTP (protobuf) as the
@@ -327,54 +169,6 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-    #[test]
-    fn traceparent_round_trips() {
-        let tp: TraceParent = EXAMPLE.parse().unwrap();
-        assert_eq!(tp.trace_id[0], 0x4b);
-        assert_eq!(tp.span_id[7], 0xb7);
-        assert!(tp.sampled());
-        assert_eq!(tp.to_string(), EXAMPLE);
-        let sc = tp.span_context();
-        assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
-        // A later version: the first four fields count, the rest is ignored.
-        let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-ever";
-        let tp = TraceParent::parse(future).unwrap();
-        assert!(!tp.sampled());
-        assert_eq!(
-            tp.to_string(),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
-        );
-    }
-
-    #[test]
-    fn malformed_traceparents_are_refused() {
-        for bad in [
-            "",
-            "-",
-            "garbage",
-            "00",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
-            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e47é6-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
-        ] {
-            assert!(TraceParent::parse(bad).is_none(), "{bad:?} was accepted");
-            let err = bad.parse::<TraceParent>().unwrap_err();
-            assert!(
-                err.to_string().starts_with("malformed traceparent"),
-                "{err}"
-            );
-        }
-    }
 
     #[test]
     fn headers_without_a_valid_traceparent_link_nothing() {

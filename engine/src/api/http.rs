@@ -35,10 +35,6 @@ use super::{
     Api, AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest,
     SagaDetail, SagaPage,
 };
-use crate::admission::ServiceStatus;
-use crate::saga::definition::{DefinitionError, DefinitionFile, Format};
-use crate::saga::state::{Millis, SagaStatus};
-use crate::store::sled_store::DEFAULT_LIST_LIMIT;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -47,7 +43,11 @@ use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use jetsaga_worker::protocol::{ApiError, HEADER_START_KEY, StartRequest};
+use jetsaga_core::admission::ServiceStatus;
+use jetsaga_core::saga::definition::{DefinitionError, DefinitionFile, Format};
+use jetsaga_core::saga::state::{Millis, SagaStatus};
+use jetsaga_protocol::{ApiError, HEADER_START_KEY, StartRequest};
+use jetsaga_store::sled_store::DEFAULT_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::future::IntoFuture;
@@ -644,7 +644,7 @@ pub struct Readiness {
     pub store: String,
 }
 
-/// Stand-ins describing wire types of `jetsaga_worker::protocol` in the
+/// Stand-ins describing wire types of `jetsaga_protocol` in the
 /// OpenAPI document (that crate does not depend on utoipa).
 pub mod schema {
     use utoipa::ToSchema;
@@ -935,7 +935,7 @@ async fn apply_definitions(
     Ok(json(StatusCode::OK, &AppliedDefinitions { applied }))
 }
 
-// ----- service breakers and in-flight limits (`crate::admission`) -----
+// ----- service breakers and in-flight limits (`jetsaga_core::admission`) -----
 
 /// Every service with a policy, sorted by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -1135,7 +1135,7 @@ async fn prometheus_metrics() -> Response {
         Some(text) => (
             [(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(jetsaga_worker::metrics::TEXT_FORMAT),
+                HeaderValue::from_static(jetsaga_protocol::telemetry::PROMETHEUS_TEXT_FORMAT),
             )],
             text,
         )
@@ -1333,7 +1333,7 @@ mod tests {
         let types: Vec<&String> = ok.as_object().expect("content").keys().collect();
         assert_eq!(types, ["text/plain; version=0.0.4"], "{ok}");
         assert!(
-            jetsaga_worker::metrics::TEXT_FORMAT.starts_with(types[0].as_str()),
+            jetsaga_protocol::telemetry::PROMETHEUS_TEXT_FORMAT.starts_with(types[0].as_str()),
             "served as documented"
         );
     }

@@ -12,17 +12,17 @@
 //! same idempotency key are the same saga, and every error carries the same
 //! code through either door.
 
-use crate::admission::ServiceStatus;
 use crate::partition::{PartitionHandle, StartCommand, api_error};
-use crate::saga::definition::ServicePolicy;
-use crate::saga::definition::{self, DefinitionError, DefinitionFile, Format, SagaDefinition};
-use crate::saga::state::{Millis, Saga, SagaStatus};
-use crate::store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
 use async_nats::Message;
 use futures::StreamExt;
-use jetsaga_worker::protocol::{
-    ApiError, ApiReply, HEADER_START_KEY, StartReply, StartRequest, Subjects,
+use jetsaga_core::admission::ServiceStatus;
+use jetsaga_core::saga::definition::ServicePolicy;
+use jetsaga_core::saga::definition::{
+    self, DefinitionError, DefinitionFile, Format, SagaDefinition,
 };
+use jetsaga_core::saga::state::{Millis, Saga, SagaState, SagaStatus};
+use jetsaga_protocol::{ApiError, ApiReply, HEADER_START_KEY, StartReply, StartRequest, Subjects};
+use jetsaga_store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -38,7 +38,7 @@ pub const QUEUE_GROUP: &str = "jetsaga-engine";
 /// The API operations, as they appear in the subject `<prefix>.api.<op>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// `saga.start`: [`StartRequest`] → [`jetsaga_worker::protocol::StartReply`].
+    /// `saga.start`: [`StartRequest`] → [`jetsaga_protocol::StartReply`].
     SagaStart,
     /// `saga.get`: [`SagaRef`] → [`SagaDetail`].
     SagaGet,
@@ -56,7 +56,7 @@ pub enum Op {
     /// each a [`SagaDefinition`] with `enabled`, `refusal`, `environment`).
     DefList,
     /// `breaker.list`: `{}` → `Vec<`[`ServiceStatus`]`>` (every service with
-    /// a policy: breaker, held and in-flight tasks; [`crate::admission`]).
+    /// a policy: breaker, held and in-flight tasks; [`jetsaga_core::admission`]).
     BreakerList,
     /// `breaker.get`: [`ServiceRef`] → [`ServiceStatus`].
     BreakerGet,
@@ -138,7 +138,7 @@ pub struct SagaDetail {
     /// The definition version it runs.
     pub definition: SagaDefinition,
     /// For a `pending` saga waiting in the start queue under a concurrency
-    /// limit (`crate::limits`): its 1-based place in the queue.
+    /// limit (`jetsaga_core::limits`): its 1-based place in the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<usize>,
 }
@@ -169,7 +169,7 @@ pub struct SagaSummary {
 
 impl From<&Saga> for SagaSummary {
     fn from(s: &Saga) -> Self {
-        use crate::saga::state::StepStatus as S;
+        use jetsaga_core::saga::state::StepStatus as S;
         Self {
             id: s.id.clone(),
             name: s.name.clone(),
@@ -235,7 +235,7 @@ pub struct SagaPage {
 pub struct ApplyRequest {
     /// The definitions.
     pub definitions: Vec<SagaDefinition>,
-    /// The file's service policies (`services:`; [`crate::admission`]).
+    /// The file's service policies (`services:`; [`jetsaga_core::admission`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServicePolicy>,
 }
@@ -386,13 +386,13 @@ impl Api {
     /// scan stops at the first id older than `created_after`.
     pub async fn list(&self, req: &ListRequest) -> Result<SagaPage, ApiError> {
         if let Some(state) = &req.state
-            && !SagaStatus::NAMES.contains(&state.as_str())
+            && SagaState::from_name(state).is_none()
         {
             return Err(api_error(
                 "E-BAD-REQUEST",
                 format!(
                     "unknown state {state:?}; use one of {}",
-                    SagaStatus::NAMES.join(", ")
+                    SagaState::ALL.map(SagaState::name).join(", ")
                 ),
             ));
         }

@@ -8,7 +8,7 @@
 use crate::crash_points;
 use crate::partition::{Command, PartitionHandle, StartCommand, reject};
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use jetsaga_worker::protocol::{HEADER_MSG_ID, StartRequest, TaskResult};
+use jetsaga_protocol::{HEADER_MSG_ID, StartRequest, TaskResult};
 use tokio_util::sync::CancellationToken;
 
 /// Which stream a consumer reads.
@@ -198,7 +198,7 @@ pub(crate) async fn terminate(msg: jetstream::Message, source: &str, reason: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jetsaga_worker::protocol::{Outcome, TaskKind};
+    use jetsaga_protocol::{Outcome, TaskKind};
     use proptest::prelude::*;
     use serde_json::Value;
 

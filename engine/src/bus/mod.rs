@@ -4,7 +4,7 @@
 
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use futures::StreamExt;
-use jetsaga_worker::protocol::{STREAM_HEADROOM, Subjects};
+use jetsaga_protocol::{STREAM_HEADROOM, Subjects};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -14,10 +14,10 @@
 //! `relay.after_publish` kills the engine exactly there.
 
 use crate::crash_points;
-use crate::store::Store;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use jetsaga_worker::protocol::HEADER_MSG_ID;
+use jetsaga_protocol::HEADER_MSG_ID;
+use jetsaga_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -126,7 +126,7 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
                 let saga_id = msg
                     .headers
                     .iter()
-                    .find(|(k, _)| k == jetsaga_worker::protocol::HEADER_SAGA_ID)
+                    .find(|(k, _)| k == jetsaga_protocol::HEADER_SAGA_ID)
                     .map(|(_, v)| v.as_str())
                     .unwrap_or_default();
                 let _span = tracing::warn_span!("outbox", saga_id).entered();

@@ -258,7 +258,7 @@ impl Layer {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         match format {
             FileFormat::Yaml => {
-                let options = crate::saga::definition::yaml_options();
+                let options = jetsaga_core::saga::definition::yaml_options();
                 serde_saphyr::from_str_with_options::<Layer>(text, options.clone()).map_err(|e| {
                     let generic =
                         serde_saphyr::from_str_with_options::<serde_json::Value>(text, options);

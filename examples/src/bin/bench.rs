@@ -17,9 +17,9 @@ use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use clap::Parser;
 use futures::StreamExt;
-use jetsaga_engine::client::Client;
+use jetsaga_cli::client::Client;
+use jetsaga_core::saga::definition::{self, Format};
 use jetsaga_engine::config::{Config, NatsConfig};
-use jetsaga_engine::saga::definition::{self, Format};
 use jetsaga_examples::stats::nearest_rank;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
@@ -351,7 +351,7 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
     engine_stop.cancel();
     engine.await??;
     dispatch.abort();
-    let store = jetsaga_engine::store::dir_bytes(&data_dir).unwrap_or(0);
+    let store = jetsaga_store::dir_bytes(&data_dir).unwrap_or(0);
     let n = args.sagas as f64;
     Ok(json!({
         "sagas": args.sagas,

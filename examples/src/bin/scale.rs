@@ -37,15 +37,15 @@
 //! `docs/BENCHMARKS.md` ("Scale") has the figures and how to read them.
 
 use anyhow::{Context, Result, bail};
-use jetsaga_engine::client::Client;
-use jetsaga_engine::partition::now_ms;
-use jetsaga_engine::retention::Retention;
-use jetsaga_engine::saga::definition::{self, Format, SagaDefinition};
-use jetsaga_engine::saga::state::{
+use jetsaga_cli::client::Client;
+use jetsaga_core::saga::definition::{self, Format, SagaDefinition};
+use jetsaga_core::saga::state::{
     Attempt, AttemptOutcome, Millis, Saga, SagaStatus, StepState, StepStatus, TimerKind,
 };
-use jetsaga_engine::store::{self, Change, SagaFilter, SledStore, Store, TimerRow};
+use jetsaga_engine::partition::now_ms;
+use jetsaga_engine::retention::Retention;
 use jetsaga_examples::stats::nearest_rank;
+use jetsaga_store::{Change, SagaFilter, SledStore, Store, TimerRow};
 use jetsaga_worker::protocol::TaskKind;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
@@ -679,7 +679,7 @@ async fn prune_backlog(args: &Args, bin: &Path, data_dir: &Path) -> Result<Value
         "pruned_ms": pruned_ms,
         "sagas_per_s": pruned / (pruned_ms / 1000.0).max(1e-9),
         "stored_sagas_after": stored,
-        "data_dir_bytes_after": store::dir_bytes(data_dir).ok(),
+        "data_dir_bytes_after": jetsaga_store::dir_bytes(data_dir).ok(),
     }))
 }
 
@@ -838,7 +838,7 @@ async fn long_run(args: &Args, bin: &Path, data_dir: &Path) -> Result<Value> {
             "pruned": sample(&text, "engine_pruned_sagas_total").unwrap_or(0.0),
             "stored_sagas": sample(&text, "engine_stored_sagas").unwrap_or(0.0),
             "store_bytes": sample(&text, "engine_store_size_bytes").unwrap_or(0.0),
-            "data_dir_bytes": store::dir_bytes(data_dir).ok(),
+            "data_dir_bytes": jetsaga_store::dir_bytes(data_dir).ok(),
         });
         eprintln!("scale: {row}");
         samples.push(row);
@@ -902,7 +902,7 @@ async fn main() -> Result<()> {
         let store_report = measure_store(&store, &seeded, &args)?;
         (seeded, seed_report, store_report)
     };
-    let data_dir_bytes = store::dir_bytes(&data_dir).ok();
+    let data_dir_bytes = jetsaga_store::dir_bytes(&data_dir).ok();
     let engine_report = measure_engine(&args, &bin, &data_dir, &seeded).await?;
     let prune_report = prune_backlog(&args, &bin, &data_dir).await?;
     let compact_report = compact(&args, &bin, &data_dir).await?;

@@ -3,10 +3,10 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use jetsaga_cli::client::Client;
+use jetsaga_core::saga::definition::{self, Format};
+use jetsaga_core::saga::state::StepStatus;
 use jetsaga_engine::api::SagaDetail;
-use jetsaga_engine::client::Client;
-use jetsaga_engine::saga::definition::{self, Format};
-use jetsaga_engine::saga::state::StepStatus;
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path};
 use jetsaga_worker::{Worker, WorkerBuilder};
 use std::path::{Path, PathBuf};
@@ -221,7 +221,7 @@ pub fn step_states(detail: &SagaDetail) -> Vec<(String, String)> {
 }
 
 /// The state of step `id`.
-pub fn step<'a>(detail: &'a SagaDetail, id: &str) -> &'a jetsaga_engine::saga::state::StepState {
+pub fn step<'a>(detail: &'a SagaDetail, id: &str) -> &'a jetsaga_core::saga::state::StepState {
     let i = detail.definition.step_index(id).expect("step exists");
     &detail.saga.steps[i]
 }
@@ -485,7 +485,7 @@ impl World {
 
     /// The sagas of definition `name`, newest first (up to 1000).
     pub async fn sagas_of(&self, name: &str) -> Vec<jetsaga_engine::api::SagaSummary> {
-        let filter = jetsaga_engine::store::SagaFilter {
+        let filter = jetsaga_store::SagaFilter {
             name: Some(name.to_string()),
             limit: 1000,
             ..Default::default()

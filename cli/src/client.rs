@@ -14,16 +14,16 @@
 //! # Ok(()) }
 //! ```
 
-use crate::api::{
+use async_nats::client::{Request, RequestErrorKind};
+use futures::StreamExt;
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_engine::api::{
     AppliedDefinition, ApplyRequest, CancelRequest, Op, RetryRequest, SagaDetail, SagaRef,
     SagaSummary,
 };
-use crate::config::{ConfigError, NatsConfig, connect_hint, connect_options};
-use crate::saga::definition::SagaDefinition;
-use crate::store::SagaFilter;
-use async_nats::client::{Request, RequestErrorKind};
-use futures::StreamExt;
-use jetsaga_worker::protocol::{ApiError, ApiReply, StartReply, StartRequest, Subjects};
+use jetsaga_engine::config::{ConfigError, NatsConfig, connect_hint, connect_options};
+use jetsaga_protocol::{ApiError, ApiReply, StartReply, StartRequest, Subjects};
+use jetsaga_store::SagaFilter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -120,10 +120,11 @@ impl Client {
     /// ```
     pub async fn connect_with(nats: &NatsConfig, prefix: &str) -> Result<Self, ClientError> {
         let url = &nats.url;
-        let addrs = crate::engine::server_addrs(url).map_err(|e| ClientError::Connect {
-            url: url.to_string(),
-            source: e.into(),
-        })?;
+        let addrs =
+            jetsaga_engine::engine::server_addrs(url).map_err(|e| ClientError::Connect {
+                url: url.to_string(),
+                source: e.into(),
+            })?;
         let nats = connect_options(nats)?
             .name("jetsaga-cli")
             .connect(addrs)
@@ -273,7 +274,7 @@ impl Client {
     /// service's policy).
     pub async fn apply_file(
         &self,
-        file: &crate::saga::definition::DefinitionFile,
+        file: &jetsaga_core::saga::definition::DefinitionFile,
     ) -> Result<Vec<AppliedDefinition>, ClientError> {
         self.apply_all(file.sagas.clone(), file.services.clone())
             .await
@@ -284,7 +285,7 @@ impl Client {
     pub async fn apply_all(
         &self,
         definitions: Vec<SagaDefinition>,
-        services: Vec<crate::saga::definition::ServicePolicy>,
+        services: Vec<jetsaga_core::saga::definition::ServicePolicy>,
     ) -> Result<Vec<AppliedDefinition>, ClientError> {
         let req = ApplyRequest {
             definitions,
@@ -294,7 +295,9 @@ impl Client {
     }
 
     /// Every service with a policy: breaker state, held and in-flight tasks.
-    pub async fn breakers(&self) -> Result<Vec<crate::admission::ServiceStatus>, ClientError> {
+    pub async fn breakers(
+        &self,
+    ) -> Result<Vec<jetsaga_core::admission::ServiceStatus>, ClientError> {
         self.call(Op::BreakerList, &serde_json::json!({})).await
     }
 
@@ -302,8 +305,8 @@ impl Client {
     pub async fn breaker(
         &self,
         service: &str,
-    ) -> Result<crate::admission::ServiceStatus, ClientError> {
-        let req = crate::api::ServiceRef {
+    ) -> Result<jetsaga_core::admission::ServiceStatus, ClientError> {
+        let req = jetsaga_engine::api::ServiceRef {
             service: service.to_string(),
         };
         self.call(Op::BreakerGet, &req).await
@@ -313,8 +316,8 @@ impl Client {
     pub async fn reset_breaker(
         &self,
         service: &str,
-    ) -> Result<crate::admission::ServiceStatus, ClientError> {
-        let req = crate::api::ServiceRef {
+    ) -> Result<jetsaga_core::admission::ServiceStatus, ClientError> {
+        let req = jetsaga_engine::api::ServiceRef {
             service: service.to_string(),
         };
         self.call(Op::BreakerReset, &req).await
@@ -329,7 +332,7 @@ impl Client {
     /// policy lets it start in the engine's environment.
     pub async fn definition_listing(
         &self,
-    ) -> Result<Vec<crate::api::DefinitionListing>, ClientError> {
+    ) -> Result<Vec<jetsaga_engine::api::DefinitionListing>, ClientError> {
         self.call(Op::DefList, &serde_json::json!({})).await
     }
 

@@ -94,7 +94,7 @@
 //! use jetsaga_engine::saga::definition::{RetryPolicy, SagaDefinition, StepDefinition};
 //! use jetsaga_engine::saga::machine::{apply, new_saga};
 //! use jetsaga_engine::saga::state::{Effect, Event, Inputs, SagaStatus};
-//! use jetsaga_worker::protocol::{Outcome, TaskKind};
+//! use jetsaga_protocol::{Outcome, TaskKind};
 //! use std::time::Duration;
 //!
 //! let def = SagaDefinition {
@@ -134,7 +134,7 @@
 
 use std::time::Duration;
 
-use jetsaga_worker::protocol::{Outcome, TaskKind};
+use jetsaga_protocol::{Outcome, TaskKind};
 use serde_json::Value;
 
 use super::definition::{SagaDefinition, StepDefinition};

@@ -139,8 +139,8 @@ fn swap_dirs(a: &Path, b: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::saga::state::{Saga, SagaStatus};
-    use crate::store::Change;
+    use crate::Change;
+    use jetsaga_core::saga::state::{Saga, SagaStatus};
 
     #[test]
     fn a_directory_without_a_store_is_refused_and_not_created() {

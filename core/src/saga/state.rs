@@ -4,7 +4,7 @@
 //! running step without an attempt, a failed saga without a reason) cannot be
 //! written down.
 
-use jetsaga_worker::protocol::{Outcome, TaskKind};
+use jetsaga_protocol::{Outcome, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -102,39 +102,103 @@ pub enum SagaStatus {
 }
 
 impl SagaStatus {
-    /// Stable lowercase name (`running`, `partially_compensated`, ...), as used
-    /// by the CLI, the API and the store's state index.
-    pub fn name(&self) -> &'static str {
+    /// Which of the states this is, without its data.
+    pub fn state(&self) -> SagaState {
         match self {
-            SagaStatus::Pending => "pending",
-            SagaStatus::Running => "running",
-            SagaStatus::Compensating { .. } => "compensating",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensated { .. } => "compensated",
-            SagaStatus::Failed { .. } => "failed",
-            SagaStatus::PartiallyCompensated { .. } => "partially_compensated",
-            SagaStatus::Cancelled { .. } => "cancelled",
+            SagaStatus::Pending => SagaState::Pending,
+            SagaStatus::Running => SagaState::Running,
+            SagaStatus::Compensating { .. } => SagaState::Compensating,
+            SagaStatus::Completed => SagaState::Completed,
+            SagaStatus::Compensated { .. } => SagaState::Compensated,
+            SagaStatus::Failed { .. } => SagaState::Failed,
+            SagaStatus::PartiallyCompensated { .. } => SagaState::PartiallyCompensated,
+            SagaStatus::Cancelled { .. } => SagaState::Cancelled,
         }
     }
 
-    /// Every state name, in lifecycle order.
-    pub const NAMES: [&'static str; 8] = [
-        "pending",
-        "running",
-        "compensating",
-        "completed",
-        "compensated",
-        "failed",
-        "partially_compensated",
-        "cancelled",
-    ];
+    /// Stable lowercase name (`running`, `partially_compensated`, ...), as used
+    /// by the CLI, the API and the store's state index.
+    pub fn name(&self) -> &'static str {
+        self.state().name()
+    }
 
     /// Whether nothing will change any more.
     pub fn is_terminal(&self) -> bool {
+        self.state().is_terminal()
+    }
+}
+
+/// The states a saga can be in, without their data: the one list of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SagaState {
+    /// Accepted, not started yet.
+    Pending,
+    /// Steps are being run.
+    Running,
+    /// Completed steps are being compensated.
+    Compensating,
+    /// Every step succeeded.
+    Completed,
+    /// Rolled back.
+    Compensated,
+    /// Failed with nothing to compensate.
+    Failed,
+    /// Rolled back only in part; a person must act.
+    PartiallyCompensated,
+    /// Cancelled without compensation.
+    Cancelled,
+}
+
+impl SagaState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [SagaState; 8] = [
+        SagaState::Pending,
+        SagaState::Running,
+        SagaState::Compensating,
+        SagaState::Completed,
+        SagaState::Compensated,
+        SagaState::Failed,
+        SagaState::PartiallyCompensated,
+        SagaState::Cancelled,
+    ];
+
+    /// Stable lowercase name (`running`, `partially_compensated`, ...), as used
+    /// by the CLI, the API, the metrics and the store's state index.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SagaState::Pending => "pending",
+            SagaState::Running => "running",
+            SagaState::Compensating => "compensating",
+            SagaState::Completed => "completed",
+            SagaState::Compensated => "compensated",
+            SagaState::Failed => "failed",
+            SagaState::PartiallyCompensated => "partially_compensated",
+            SagaState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<SagaState> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether nothing will change any more.
+    pub const fn is_terminal(self) -> bool {
         !matches!(
             self,
-            SagaStatus::Pending | SagaStatus::Running | SagaStatus::Compensating { .. }
+            SagaState::Pending | SagaState::Running | SagaState::Compensating
         )
+    }
+
+    /// The terminal states, in lifecycle order.
+    pub fn terminal() -> impl Iterator<Item = SagaState> {
+        Self::ALL.into_iter().filter(|s| s.is_terminal())
+    }
+}
+
+impl std::fmt::Display for SagaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -239,13 +303,13 @@ impl StepStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     /// Action or compensation.
-    #[schema(value_type = crate::api::http::schema::TaskKind)]
+    #[schema(value_type = String)]
     pub kind: TaskKind,
     /// Attempt number within its kind, from 1; it keeps growing across
     /// retries of the saga.
     pub number: u32,
     /// Generation of the idempotency key the attempt's task carried
-    /// (`jetsaga_worker::protocol::idempotency_key_in_generation`).
+    /// (`jetsaga_protocol::idempotency_key_in_generation`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u32,
     /// When the task was dispatched.

@@ -8,9 +8,9 @@
 //! commit so far durable at once (group commit), and
 //! [`Store::outbox_durable`] says up to which outbox row that is.
 
-use crate::saga::definition::SagaDefinition;
-use crate::saga::state::{Millis, Saga, TimerKind};
 use futures::future::BoxFuture;
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
 use serde::{Deserialize, Serialize};
 
 pub mod compact;
@@ -130,7 +130,7 @@ pub enum Prior {
     /// The stored record is of the same saga (same id and name) in state
     /// `state`, finished at `finished` if terminal.
     Stored {
-        /// [`crate::saga::state::SagaStatus::name`] of the stored record.
+        /// [`jetsaga_core::saga::state::SagaStatus::name`] of the stored record.
         state: &'static str,
         /// The time the `finished` index has it under (terminal sagas only).
         finished: Option<Millis>,
@@ -166,22 +166,22 @@ pub struct Change {
     pub timers_add: Vec<TimerRow>,
     /// Timers to disarm, by saga and kind (a missing one is no error).
     pub timers_remove: Vec<(String, TimerKind)>,
-    /// Rows to add to the start queue, by enqueue sequence ([`crate::limits`]).
+    /// Rows to add to the start queue, by enqueue sequence ([`jetsaga_core::limits`]).
     pub queue_add: Vec<(u64, QueuedRow)>,
     /// Rows to remove from the start queue, by enqueue sequence (a missing
     /// one is no error).
     pub queue_remove: Vec<u64>,
-    /// Tasks to hold ([`crate::admission`]), by hold sequence.
+    /// Tasks to hold ([`jetsaga_core::admission`]), by hold sequence.
     pub held_add: Vec<(u64, HeldTask)>,
     /// Held tasks to remove (released or dropped), by hold sequence (a
     /// missing one is no error).
     pub held_remove: Vec<u64>,
     /// Circuit breakers to store, by service; `None` deletes the record.
-    pub breakers: Vec<(String, Option<crate::admission::BreakerState>)>,
+    pub breakers: Vec<(String, Option<jetsaga_core::admission::BreakerState>)>,
 }
 
 /// A task held back by its service's circuit breaker or in-flight limit
-/// ([`crate::admission`]): the outbox row it becomes when released, and the
+/// ([`jetsaga_core::admission`]): the outbox row it becomes when released, and the
 /// attempt it belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeldTask {
@@ -192,7 +192,7 @@ pub struct HeldTask {
     /// Step index.
     pub step: usize,
     /// Action or compensation.
-    pub kind: jetsaga_worker::protocol::TaskKind,
+    pub kind: jetsaga_protocol::TaskKind,
     /// Attempt number.
     pub attempt: u32,
     /// The attempt's timeout, armed when the task is released (ms).
@@ -201,23 +201,13 @@ pub struct HeldTask {
     pub message: OutboxMessage,
 }
 
-/// A saga waiting in the durable start queue for room under the concurrency
-/// limits ([`crate::limits`]). The saga itself is stored `pending`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueuedRow {
-    /// The queued saga.
-    pub saga_id: String,
-    /// Its definition name (whose `max_running` applies).
-    pub saga: String,
-    /// When it was queued.
-    pub enqueued_at: Millis,
-}
+pub use jetsaga_core::limits::QueuedRow;
 
 /// Which sagas to list. Every field is optional on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SagaFilter {
-    /// Only sagas in this state (a [`crate::saga::state::SagaStatus::name`]).
+    /// Only sagas in this state (a [`jetsaga_core::saga::state::SagaStatus::name`]).
     pub state: Option<String>,
     /// Only sagas of this definition.
     pub name: Option<String>,
@@ -319,26 +309,28 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes the store's files take on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 
-    /// Every row of the start queue ([`crate::limits`]), by enqueue
+    /// Every row of the start queue ([`jetsaga_core::limits`]), by enqueue
     /// sequence (the order sagas are admitted in).
     fn queued(&self) -> Result<Vec<(u64, QueuedRow)>, StoreError>;
     /// How many queued sagas are ahead of saga `id` in the start queue, plus
     /// one (1 = next); `None` when it is not queued. Scans the queue up to it.
     fn queue_position(&self, id: &str) -> Result<Option<usize>, StoreError>;
 
-    /// Every held task ([`crate::admission`]), by hold sequence.
+    /// Every held task ([`jetsaga_core::admission`]), by hold sequence.
     fn held_tasks(&self) -> Result<Vec<(u64, HeldTask)>, StoreError>;
     /// One held task.
     fn held_task(&self, seq: u64) -> Result<Option<HeldTask>, StoreError>;
     /// Every stored circuit breaker, by service.
-    fn breakers(&self) -> Result<Vec<(String, crate::admission::BreakerState)>, StoreError>;
+    fn breakers(&self) -> Result<Vec<(String, jetsaga_core::admission::BreakerState)>, StoreError>;
     /// Stores a service's policy, replacing the one it had (latest applied
     /// wins). Returns whether it changed. Durable after the next
     /// [`Store::flush`], like a definition.
     fn put_service_policy(
         &self,
-        policy: &crate::saga::definition::ServicePolicy,
+        policy: &jetsaga_core::saga::definition::ServicePolicy,
     ) -> Result<bool, StoreError>;
     /// Every service policy, by service.
-    fn service_policies(&self) -> Result<Vec<crate::saga::definition::ServicePolicy>, StoreError>;
+    fn service_policies(
+        &self,
+    ) -> Result<Vec<jetsaga_core::saga::definition::ServicePolicy>, StoreError>;
 }

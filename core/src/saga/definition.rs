@@ -64,7 +64,7 @@ use std::path::Path;
 use std::time::Duration;
 use utoipa::ToSchema;
 
-use jetsaga_worker::protocol::validate_token;
+use jetsaga_protocol::validate_token;
 
 /// A validated saga definition, one version of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -933,7 +933,7 @@ impl<'de> Deserialize<'de> for RawRetry {
 /// configuration, service manifests): no source snippet in errors (callers
 /// name the place themselves), and a duplicate key is an error, never
 /// silently merged.
-pub(crate) fn yaml_options() -> serde_saphyr::Options {
+pub fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;

@@ -45,9 +45,9 @@
 use super::{
     Applied, Change, OutboxMessage, Prior, QueuedRow, SagaFilter, Store, StoreError, TimerRow,
 };
-use crate::saga::definition::SagaDefinition;
-use crate::saga::state::{Millis, Saga, TimerKind};
 use futures::future::BoxFuture;
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -90,11 +90,11 @@ pub struct SledStore {
     timers: Tree,
     timer_index: Tree,
     finished: Tree,
-    /// The start queue of the concurrency limits (`crate::limits`).
+    /// The start queue of the concurrency limits (`jetsaga_core::limits`).
     queued: Tree,
-    /// Held tasks and circuit breakers ([`crate::admission`]).
+    /// Held tasks and circuit breakers ([`jetsaga_core::admission`]).
     admission: Tree,
-    /// Service policies ([`crate::saga::definition::ServicePolicy`]).
+    /// Service policies ([`jetsaga_core::saga::definition::ServicePolicy`]).
     service_policies: Tree,
     /// Rows in `sagas`.
     saga_rows: AtomicUsize,
@@ -168,7 +168,7 @@ impl SledStore {
     /// (which must not hold one) and checks the copy against the original
     /// (sled's checksum over every key and value). The copy holds only live
     /// data: the space of removed records stays behind. See
-    /// [`crate::store::compact`].
+    /// [`crate::compact`].
     pub fn copy_into(&self, target: &Path) -> Result<(), StoreError> {
         let path = target.display().to_string();
         let copy = sled_config(target)
@@ -323,8 +323,8 @@ impl SledStore {
     /// before the tree existed, then marks it complete. Runs once.
     fn backfill_finished(&self) -> Result<(), StoreError> {
         let mut filled = 0usize;
-        for state in crate::metrics::TERMINAL_STATES {
-            let prefix = join(state.as_bytes(), b"");
+        for state in jetsaga_core::saga::state::SagaState::terminal() {
+            let prefix = join(state.name().as_bytes(), b"");
             for key in self.by_state.scan_prefix(&prefix).keys() {
                 let key = key?;
                 let id = &key[prefix.len()..];
@@ -705,7 +705,7 @@ impl Encoded {
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        // Held tasks and breakers ([`crate::admission`]).
+        // Held tasks and breakers ([`jetsaga_core::admission`]).
         let held_adds = change
             .held_add
             .iter()
@@ -1327,7 +1327,7 @@ impl Store for SledStore {
         }
     }
 
-    fn breakers(&self) -> Result<Vec<(String, crate::admission::BreakerState)>, StoreError> {
+    fn breakers(&self) -> Result<Vec<(String, jetsaga_core::admission::BreakerState)>, StoreError> {
         let mut out = Vec::new();
         for entry in self.admission.scan_prefix([b'b']) {
             let (key, bytes) = entry?;
@@ -1339,7 +1339,7 @@ impl Store for SledStore {
 
     fn put_service_policy(
         &self,
-        policy: &crate::saga::definition::ServicePolicy,
+        policy: &jetsaga_core::saga::definition::ServicePolicy,
     ) -> Result<bool, StoreError> {
         let key = policy.service.as_bytes();
         let value = encode("service_policies", key, policy)?;
@@ -1347,7 +1347,9 @@ impl Store for SledStore {
         Ok(old.as_deref() != Some(value.as_slice()))
     }
 
-    fn service_policies(&self) -> Result<Vec<crate::saga::definition::ServicePolicy>, StoreError> {
+    fn service_policies(
+        &self,
+    ) -> Result<Vec<jetsaga_core::saga::definition::ServicePolicy>, StoreError> {
         let mut out = Vec::new();
         for entry in self.service_policies.iter() {
             let (key, bytes) = entry?;
@@ -1360,9 +1362,9 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::saga::definition::{RetryPolicy, StepDefinition};
-    use crate::saga::state::SagaStatus;
-    use jetsaga_worker::protocol::TaskKind;
+    use jetsaga_core::saga::definition::{RetryPolicy, StepDefinition};
+    use jetsaga_core::saga::state::{SagaState, SagaStatus};
+    use jetsaga_protocol::TaskKind;
     use std::time::Duration;
 
     fn saga(id: &str, name: &str, status: SagaStatus) -> Saga {
@@ -1633,7 +1635,8 @@ mod tests {
             SagaStatus::Cancelled { reason: "r".into() },
         ];
         let names: Vec<_> = all.iter().map(SagaStatus::name).collect();
-        assert_eq!(names, SagaStatus::NAMES, "a status is missing here");
+        let every: Vec<_> = SagaState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names, every, "a status is missing here");
         let unfinished: Vec<_> = all
             .iter()
             .filter(|s| !s.is_terminal())
@@ -2223,9 +2226,9 @@ mod tests {
 
     #[test]
     fn held_tasks_breakers_and_service_policies_survive_a_reopen() {
-        use crate::admission::BreakerState;
-        use crate::saga::definition::{BreakerConfig, ServicePolicy};
-        use crate::store::HeldTask;
+        use crate::HeldTask;
+        use jetsaga_core::admission::BreakerState;
+        use jetsaga_core::saga::definition::{BreakerConfig, ServicePolicy};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         let held = |n: u32| HeldTask {

@@ -2,22 +2,25 @@
 //! and the client commands that talk to a running engine over its NATS API.
 //!
 //! Every command resolves its configuration the same way (see
-//! [`crate::config`]): defaults, `--config FILE`, `JETSAGA_*` variables,
+//! [`jetsaga_engine::config`]): defaults, `--config FILE`, `JETSAGA_*` variables,
 //! flags. The NATS flags and `--prefix` are global; the engine's settings are
 //! flags of `server`, `dev` and `config check`.
 
 use crate::client::{Client, ClientError};
-use crate::config::{Config, ConfigError, Env, Layer, Loaded, LogFormat, NatsLayer};
 use crate::dev::{DevNats, find_nats_server};
-use crate::retention::Retention;
-use crate::saga::definition;
-use crate::store::SagaFilter;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use jetsaga_core::saga::definition;
+use jetsaga_engine::config::{Config, ConfigError, Env, Layer, Loaded, LogFormat, NatsLayer};
+use jetsaga_engine::retention::Retention;
+use jetsaga_store::SagaFilter;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+pub mod client;
+pub mod deps;
+pub mod dev;
 mod render;
 
 /// Durable sagas on NATS JetStream.
@@ -410,7 +413,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 impl Cli {
-    /// Resolves the configuration of the command (see [`crate::config`]):
+    /// Resolves the configuration of the command (see [`jetsaga_engine::config`]):
     /// its defaults, then `--config FILE` (else `JETSAGA_CONFIG` in `env`),
     /// then `env`, then the flags. Keeps it for the command and returns it;
     /// validation is left to the command (`config check` prints an invalid
@@ -511,7 +514,7 @@ pub async fn main(mut cli: Cli) -> i32 {
 async fn store_compact(dir: &Path, keep_old: bool, output: Output) -> anyhow::Result<i32> {
     let owned = dir.to_path_buf();
     let done =
-        tokio::task::spawn_blocking(move || crate::store::compact::compact(&owned, keep_old))
+        tokio::task::spawn_blocking(move || jetsaga_store::compact::compact(&owned, keep_old))
             .await??;
     if output == Output::Json {
         let report = serde_json::json!({
@@ -553,7 +556,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Server(_) => {
             let config = cli.loaded().config.clone();
-            crate::engine::run(config, shutdown_on_signals()).await?;
+            jetsaga_engine::engine::run(config, shutdown_on_signals()).await?;
             Ok(0)
         }
         Command::Dev(args) => dev(&cli, args).await,
@@ -591,7 +594,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 fn events_filter(prefix: &str, saga: Option<&str>, type_: Option<&str>) -> String {
     let saga = saga.unwrap_or("*");
     let type_ = type_
-        .map(|t| t.strip_prefix(crate::events::TYPE_PREFIX).unwrap_or(t))
+        .map(|t| {
+            t.strip_prefix(jetsaga_engine::events::TYPE_PREFIX)
+                .unwrap_or(t)
+        })
         .map(|t| {
             if t.contains('.') {
                 t.to_string()
@@ -606,13 +612,13 @@ fn events_filter(prefix: &str, saga: Option<&str>, type_: Option<&str>) -> Strin
 }
 
 /// One line of `events tail` for a CloudEvent.
-fn event_line(ce: &crate::events::CloudEvent) -> String {
+fn event_line(ce: &jetsaga_engine::events::CloudEvent) -> String {
     let d = &ce.data;
     let mut line = format!(
         "{} {} {} {}",
         ce.time,
         ce.type_
-            .strip_prefix(crate::events::TYPE_PREFIX)
+            .strip_prefix(jetsaga_engine::events::TYPE_PREFIX)
             .unwrap_or(&ce.type_),
         d.saga_name,
         d.saga_id
@@ -644,7 +650,7 @@ async fn events(cli: &Cli, cmd: &EventsCommand) -> anyhow::Result<i32> {
     let client = client(cli).await?;
     let nats = client.nats().clone();
     let prefix = cli.loaded().config.prefix.clone();
-    let subjects = jetsaga_worker::protocol::Subjects::new(&prefix);
+    let subjects = jetsaga_protocol::Subjects::new(&prefix);
     match cmd {
         EventsCommand::Publish { subject, data } => {
             let body = match data.strip_prefix('@') {
@@ -710,7 +716,9 @@ async fn events(cli: &Cli, cmd: &EventsCommand) -> anyhow::Result<i32> {
                 match cli.output {
                     Output::Json => println!("{}", String::from_utf8_lossy(&msg.payload)),
                     Output::Table => {
-                        match serde_json::from_slice::<crate::events::CloudEvent>(&msg.payload) {
+                        match serde_json::from_slice::<jetsaga_engine::events::CloudEvent>(
+                            &msg.payload,
+                        ) {
                             Ok(ce) => println!("{}", event_line(&ce)),
                             Err(_) => println!(
                                 "{} {}",
@@ -734,7 +742,7 @@ fn config_check(cli: &Cli) -> anyhow::Result<i32> {
     let checked = loaded
         .config
         .validate()
-        .and_then(|()| crate::config::connect_options(&loaded.config.nats).map(drop));
+        .and_then(|()| jetsaga_engine::config::connect_options(&loaded.config.nats).map(drop));
     match cli.output {
         Output::Table => print!("{}", loaded.annotated_yaml()),
         Output::Json => {
@@ -772,7 +780,7 @@ async fn dev(cli: &Cli, args: &DevArgs) -> anyhow::Result<i32> {
         );
         Some(nats)
     };
-    let result = crate::engine::run(config, shutdown_on_signals()).await;
+    let result = jetsaga_engine::engine::run(config, shutdown_on_signals()).await;
     if let Some(nats) = nats {
         nats.stop().await;
     }
@@ -796,7 +804,7 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
         DefCommand::Validate { files } => {
             let mut failed = false;
             let mut report = Vec::new();
-            for file in crate::engine::definition_files(files)? {
+            for file in jetsaga_engine::engine::definition_files(files)? {
                 match definition::parse_file(&file) {
                     Ok(parsed) => {
                         let names: Vec<String> =
@@ -830,11 +838,11 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
         DefCommand::Apply { files } => {
             let mut defs = Vec::new();
             let mut services = Vec::new();
-            for file in crate::engine::definition_files(files)? {
+            for file in jetsaga_engine::engine::definition_files(files)? {
                 let parsed = definition::parse_file(&file)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
                 defs.extend(parsed.sagas);
-                // Service policies (`crate::admission`): a later file's wins.
+                // Service policies (`jetsaga_core::admission`): a later file's wins.
                 services.retain(|p: &definition::ServicePolicy| {
                     !parsed.services.iter().any(|q| q.service == p.service)
                 });
@@ -1023,8 +1031,8 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KEYS, LogFormat, Source, flag_name};
     use clap::CommandFactory;
+    use jetsaga_engine::config::{KEYS, LogFormat, Source, flag_name};
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("jetsaga").chain(args.iter().copied()))

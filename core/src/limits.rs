@@ -34,8 +34,20 @@
 //! starts. The partition (`crate::partition`) does the I/O around it.
 
 use crate::saga::state::{Millis, Saga, SagaStatus};
-use crate::store::QueuedRow;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A saga waiting in the durable start queue for room under the concurrency
+/// limits (this module). The saga itself is stored `pending`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRow {
+    /// The queued saga.
+    pub saga_id: String,
+    /// Its definition name (whose `max_running` applies).
+    pub saga: String,
+    /// When it was queued.
+    pub enqueued_at: Millis,
+}
 
 /// Queued sagas, by definition (gauge).
 pub const QUEUED_SAGAS: &str = "engine_queued_sagas";
@@ -204,6 +216,7 @@ impl Admission {
 
     /// 1-based position of saga `id` in the queue (the API reads it from the
     /// store: `Store::queue_position`).
+
     #[cfg(test)]
     pub fn position(&self, id: &str) -> Option<usize> {
         let seq = *self.by_saga.get(id)?;

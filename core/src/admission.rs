@@ -40,7 +40,7 @@
 
 use crate::saga::definition::{BreakerConfig, SagaDefinition, ServicePolicy};
 use crate::saga::state::{AttemptOutcome, Millis, Saga, StepStatus};
-use jetsaga_worker::protocol::TaskKind;
+use jetsaga_protocol::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use utoipa::ToSchema;

@@ -2,7 +2,7 @@
 //! up logging, and hands over to the library.
 
 use clap::Parser;
-use jetsaga_engine::cli::{Cli, Command};
+use jetsaga_cli::{Cli, Command};
 use jetsaga_engine::config::{Config, Env, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -26,7 +26,7 @@ async fn main() {
     // Traces (off unless an OTLP endpoint is set); flushed before exiting.
     let trace = matches!(cli.command, Command::Server(_) | Command::Dev(_))
         .then(jetsaga_engine::trace::init);
-    let code = jetsaga_engine::cli::main(cli).await;
+    let code = jetsaga_cli::main(cli).await;
     drop(trace);
     std::process::exit(code);
 }

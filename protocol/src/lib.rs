@@ -8,6 +8,9 @@
 //! [`Subjects`] value built from the installation's subject prefix (default
 //! `jetsaga`), so that several installations can share one NATS system.
 
+pub mod telemetry;
+pub mod trace_context;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -415,6 +418,16 @@ pub enum ApiReply<T> {
     Error(ApiError),
 }
 
+/// Whether `key` is usable as a KV key (the rule async-nats enforces).
+pub fn is_valid_kv_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'=' | b'.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,10 +475,7 @@ mod tests {
             .flat_map(|g| [k(TaskKind::Action, g), k(TaskKind::Compensation, g)])
             .collect();
         assert_eq!(keys.len(), 10);
-        assert!(
-            keys.iter().all(|key| crate::store::is_valid_key(key)),
-            "{keys:?}"
-        );
+        assert!(keys.iter().all(|key| is_valid_kv_key(key)), "{keys:?}");
     }
 
     #[test]

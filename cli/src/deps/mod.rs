@@ -57,8 +57,8 @@ pub(crate) mod health;
 
 pub use health::{HealthCheck, HealthOutcome, check_health};
 
-use crate::saga::definition::Format;
 use clap::{Args, Subcommand};
+use jetsaga_core::saga::definition::Format;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -361,10 +361,11 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
         }]
     };
     let raw: RawManifest = match format {
-        Format::Yaml => {
-            serde_saphyr::from_str_with_options(text, crate::saga::definition::yaml_options())
-                .map_err(|e| syntax(e.to_string()))?
-        }
+        Format::Yaml => serde_saphyr::from_str_with_options(
+            text,
+            jetsaga_core::saga::definition::yaml_options(),
+        )
+        .map_err(|e| syntax(e.to_string()))?,
         Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
     };
     let mut problems = Vec::new();
@@ -375,7 +376,7 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
             message,
         })
     };
-    if let Err(e) = jetsaga_worker::protocol::validate_token(&raw.name) {
+    if let Err(e) = jetsaga_protocol::validate_token(&raw.name) {
         bad("name".into(), format!("service name {e}"));
     }
     let version = Version::parse(raw.version.trim())
@@ -405,7 +406,7 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
     let mut depends_on = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, dep) in raw.depends_on.iter().enumerate() {
-        if let Err(e) = jetsaga_worker::protocol::validate_token(&dep.name) {
+        if let Err(e) = jetsaga_protocol::validate_token(&dep.name) {
             bad(format!("depends_on[{i}].name"), format!("service name {e}"));
         }
         if let Some(first) = seen.insert(&dep.name, i) {

@@ -1,9 +1,9 @@
 //! Human output of the CLI: status tables and progress lines.
 
-use crate::api::{DefinitionListing, SagaDetail, SagaSummary};
-use crate::saga::state::{AttemptOutcome, Millis, SagaStatus, StepState};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use jetsaga_worker::protocol::TaskKind;
+use jetsaga_core::saga::state::{AttemptOutcome, Millis, SagaStatus, StepState};
+use jetsaga_engine::api::{DefinitionListing, SagaDetail, SagaSummary};
+use jetsaga_protocol::TaskKind;
 use std::time::{Duration, UNIX_EPOCH};
 
 fn time(ms: Millis) -> String {
@@ -313,7 +313,7 @@ pub(super) fn deps_problems(report: &crate::deps::Resolution) -> String {
 
 /// Services with their breaker state, held and in-flight tasks, and policy
 /// (`jetsaga breaker list|status|reset`).
-pub(super) fn breakers(services: &[crate::admission::ServiceStatus]) -> String {
+pub(super) fn breakers(services: &[jetsaga_core::admission::ServiceStatus]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
         "service",
