@@ -1,0 +1,276 @@
+//! The commit loop: apply a batch of commands, write it in one
+//! transaction, flush once (group commit), then acknowledge and answer.
+
+use super::services::ServiceReply;
+use super::start::StartFailure;
+use super::{Command, Partition, PartitionError, Reply, now_ms, reject};
+use crate::crash_points;
+use async_nats::jetstream;
+use jetsaga_core::saga::state::{Event, Saga};
+use jetsaga_protocol::{self, StartReply};
+use jetsaga_store::StoreError;
+use std::time::Duration;
+
+/// What to do once the current batch is durable.
+#[derive(Default)]
+pub(super) struct AfterFlush {
+    pub(super) acks: Vec<jetstream::Message>,
+    pub(super) start_replies: Vec<Reply<StartReply>>,
+    /// Answers to cancels and retries.
+    pub(super) saga_replies: Vec<Reply<Saga>>,
+    pub(super) delete_replies: Vec<Reply<()>>,
+    /// Answers about services ([`jetsaga_core::admission`]), sent after the flush.
+    pub(super) service_replies: Vec<ServiceReply>,
+    pub(super) prune_replies: Vec<Reply<usize>>,
+    pub(super) progress: Vec<(String, &'static str)>,
+    pub(super) committed: usize,
+}
+
+/// A batch whose flush is in progress (see `Partition::process`).
+pub(super) struct Flushing {
+    /// The store's flush, covering every write of the batch.
+    done: futures::future::BoxFuture<'static, Result<(), StoreError>>,
+    /// What to do once it completes.
+    after: AfterFlush,
+    /// When the flush started, for the debug log.
+    started: std::time::Instant,
+}
+
+impl Partition {
+    /// Runs until every [`PartitionHandle`] is dropped, then applies what is
+    /// still queued, flushes and returns. Unfinished sagas in the store are
+    /// resumed first: their timers and outbox rows are durable, so nothing
+    /// else is needed to continue them.
+    pub async fn run(mut self) -> Result<(), PartitionError> {
+        for saga in self.store.unfinished_sagas()? {
+            self.active.insert(saga.id.clone(), saga);
+        }
+        let definitions = self.store.list_definitions()?;
+        self.metrics.resume(
+            definitions.iter().map(|d| d.name.as_str()),
+            self.active.values(),
+        );
+        tracing::info!(unfinished = self.active.len(), "partition resumed");
+        self.resume_services()?;
+        self.resume_limits(&definitions).await?;
+        let mut batch = Vec::with_capacity(self.batch_size);
+        // The flush of the last batch, running while the next one is applied.
+        let mut flushing: Option<Flushing> = None;
+        loop {
+            let next_timer = self.store.next_timer()?.map(|t| t.due);
+            // Open circuit breakers half-open on time, too (`jetsaga_core::admission`).
+            let next = match (next_timer, self.services.next_wake(now_ms())) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = match next {
+                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            // `None`: the flush in progress completed; else whether the
+            // command channel is still open.
+            let open = tokio::select! {
+                biased;
+                done = async {
+                    match flushing.as_mut() {
+                        Some(f) => (&mut f.done).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    done?;
+                    None
+                }
+                n = self.rx.recv_many(&mut batch, self.batch_size) => Some(n > 0),
+                _ = tokio::time::sleep(wait) => Some(true),
+            };
+            let Some(open) = open else {
+                if let Some(f) = flushing.take() {
+                    self.flushed(f).await;
+                }
+                continue;
+            };
+            self.process(&mut batch, &mut flushing).await?;
+            if !open {
+                if let Some(mut f) = flushing.take() {
+                    (&mut f.done).await?;
+                    self.flushed(f).await;
+                }
+                break;
+            }
+        }
+        tracing::info!("partition stopped");
+        Ok(())
+    }
+
+    /// Applies a batch of commands and the due timers, then starts the one
+    /// flush that makes them durable (group commit) and returns without
+    /// waiting for it: the next batch is applied while the disk syncs.
+    /// `flushing` holds the flush in progress; the previous one is awaited
+    /// (and its batch answered) before a new one starts, so answers go out
+    /// in order and never before the state they report is durable.
+    pub(super) async fn process(
+        &mut self,
+        batch: &mut Vec<Command>,
+        flushing: &mut Option<Flushing>,
+    ) -> Result<(), PartitionError> {
+        let mut after = AfterFlush::default();
+        let started = std::time::Instant::now();
+        for cmd in batch.drain(..) {
+            self.handle(cmd, &mut after)?;
+        }
+        self.fire_timers(&mut after)?;
+        // Room freed in this batch goes to queued sagas (`jetsaga_core::limits`).
+        self.admit_queued(&mut after)?;
+        // The batch's changes in one transaction (a store error stops the
+        // partition, nothing of the batch answered).
+        self.write_pending()?;
+        let apply_us = started.elapsed().as_micros() as u64;
+        if let Some(mut previous) = flushing.take() {
+            (&mut previous.done).await?;
+            self.flushed(previous).await;
+        }
+        if after.committed > 0 {
+            tracing::debug!(
+                transitions = after.committed,
+                acks = after.acks.len(),
+                replies = after.start_replies.len() + after.saga_replies.len(),
+                apply_us,
+                "group commit"
+            );
+            crash_points::pass(crash_points::PARTITION_AFTER_COMMIT);
+            let store = self.store.clone();
+            *flushing = Some(Flushing {
+                done: Box::pin(async move { store.flush().await }),
+                after,
+                started: std::time::Instant::now(),
+            });
+        } else {
+            // Nothing new to make durable, and everything before is.
+            self.answer(after).await;
+        }
+        Ok(())
+    }
+
+    /// A batch's flush completed: wake the relay, then answer the batch.
+    pub(super) async fn flushed(&mut self, f: Flushing) {
+        crash_points::pass(crash_points::PARTITION_AFTER_FLUSH);
+        self.relay.notify_one();
+        tracing::debug!(
+            transitions = f.after.committed,
+            flush_us = f.started.elapsed().as_micros() as u64,
+            "batch durable"
+        );
+        self.answer(f.after).await;
+    }
+
+    /// Acknowledges, replies and notifies for a batch that is durable.
+    pub(super) async fn answer(&mut self, after: AfterFlush) {
+        let answer_started = std::time::Instant::now();
+        for msg in after.acks {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+            }
+        }
+        for (tx, r) in after.start_replies {
+            let _ = tx.send(r);
+        }
+        for (tx, r) in after.saga_replies {
+            let _ = tx.send(r);
+        }
+        for (tx, r) in after.delete_replies {
+            let _ = tx.send(r);
+        }
+        for reply in after.service_replies {
+            reply();
+        }
+        for (tx, r) in after.prune_replies {
+            let _ = tx.send(r);
+        }
+        for (id, state) in after.progress {
+            let _ = self
+                .client
+                .publish(self.subjects.progress(&id), state.into())
+                .await;
+        }
+        tracing::debug!(
+            answer_us = answer_started.elapsed().as_micros() as u64,
+            "batch answered"
+        );
+    }
+
+    pub(super) fn handle(
+        &mut self,
+        cmd: Command,
+        after: &mut AfterFlush,
+    ) -> Result<(), PartitionError> {
+        match cmd {
+            Command::Start { start, reply, ack } => {
+                // Queued sagas that fit go before a new start (`jetsaga_core::limits`).
+                self.admit_queued(after)?;
+                let result = self.start(start, after);
+                let result = match result {
+                    Ok(r) => Ok(r),
+                    Err(StartFailure::Store(e)) => return Err(e.into()),
+                    Err(StartFailure::Api(e)) => {
+                        // Who answers a caller counts its refusals (the API,
+                        // HTTP and trigger doors do); the partition counts
+                        // only what nobody is answered for: a durable start.
+                        if reply.is_none() {
+                            reject("start", &e.code, &e.message);
+                        }
+                        Err(e)
+                    }
+                };
+                if let Some(tx) = reply {
+                    after.start_replies.push((tx, result));
+                }
+                if let Some(msg) = ack {
+                    after.acks.push(msg);
+                }
+            }
+            Command::Result { result, msg } => {
+                self.apply_result(result, after)?;
+                after.acks.push(msg);
+            }
+            Command::Cancel {
+                id,
+                compensate,
+                reason,
+                reply,
+            } => {
+                let event = Event::Cancel { compensate, reason };
+                let r = self.operator_event(&id, event, "cannot cancel", after)?;
+                after.saga_replies.push((reply, r));
+            }
+            Command::Retry {
+                id,
+                compensation_only,
+                reply,
+            } => {
+                let event = Event::Retry { compensation_only };
+                let r = self.operator_event(&id, event, "cannot retry", after)?;
+                after.saga_replies.push((reply, r));
+            }
+            Command::Delete { id, reply } => {
+                let r = self.delete(&id, after)?;
+                after.delete_replies.push((reply, r));
+            }
+            Command::Services(cmd) => self.services_command(cmd, after)?,
+            Command::Prune {
+                before,
+                limit,
+                reply,
+            } => {
+                // Pruning reads and deletes in the store itself.
+                self.write_pending()?;
+                let pruned = crate::retention::prune(&*self.store, before, limit)?;
+                for saga in &pruned {
+                    self.active.remove(&saga.id);
+                }
+                after.committed += pruned.len();
+                after.prune_replies.push((reply, Ok(pruned.len())));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,239 @@
+//! The partition: the single writer of the sagas it owns.
+//!
+//! One task owns the state of a partition's sagas and applies events to them
+//! in order through the pure state machine ([`jetsaga_core::saga::machine`]). I/O
+//! happens around it: commands arrive on a channel, each transition becomes
+//! one [`Change`] with its outbox rows and timers, the changes of a batch are
+//! written in one store transaction ([`Store::commit_many`]) and made durable
+//! with one flush (group commit), and only then are the messages that carried
+//! the events acknowledged and the callers answered. Each transition is also
+//! observed by [`SagaMetrics`], which derives the saga and step metrics from
+//! the saga before and after it.
+//!
+//! The key space already exists ([`partition_of`]); the engine runs one
+//! partition today.
+
+mod command;
+mod commit;
+mod outbox;
+mod services;
+mod start;
+#[cfg(test)]
+mod tests;
+mod transition;
+
+pub use command::{Command, PartitionHandle, ServicesCommand, StartCommand, api_error};
+use commit::AfterFlush;
+
+use crate::metrics::SagaMetrics;
+use jetsaga_core::admission::ServiceAdmission;
+use jetsaga_core::limits::Admission;
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_core::saga::state::{Event, Inputs, Millis, Saga};
+use jetsaga_protocol::{self, ApiError, Subjects};
+use jetsaga_store::{Change, HeldTask, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Number of partitions of the key space. Sagas map to partitions by id.
+pub const PARTITIONS: u32 = 1;
+
+/// A reply channel of a request to the partition, with the answer to send.
+type Reply<T> = (oneshot::Sender<Result<T, ApiError>>, Result<T, ApiError>);
+
+/// The partition that owns saga `saga_id`.
+pub fn partition_of(saga_id: &str) -> u32 {
+    // FNV-1a: stable across releases and platforms, unlike `DefaultHasher`.
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in saga_id.as_bytes() {
+        hash ^= u32::from(*b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    #[allow(clippy::modulo_one)] // one partition today; the key space is already real
+    {
+        hash % PARTITIONS
+    }
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Errors that stop the partition (and with it the engine).
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// The store failed; state can no longer be made durable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The single writer of one partition.
+pub struct Partition {
+    store: Arc<dyn Store>,
+    subjects: Subjects,
+    client: async_nats::Client,
+    relay: Arc<Notify>,
+    rx: mpsc::Receiver<Command>,
+    active: HashMap<String, Saga>,
+    /// Changes of the batch being applied, not yet written: the store gets
+    /// them in one transaction ([`Self::write_pending`]). Reads of state they
+    /// touch look here first ([`Self::saga`], idempotency keys) or write them
+    /// before reading the store.
+    pending: Vec<Change>,
+    definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
+    metrics: SagaMetrics,
+    max_payload: usize,
+    batch_size: usize,
+    /// Concurrency limits: running counts and the start queue (`jetsaga_core::limits`).
+    limits: Admission,
+    /// Service breakers and in-flight limits ([`jetsaga_core::admission`]).
+    services: ServiceAdmission,
+    /// The engine's environment, which definition policies are checked against.
+    environment: Option<String>,
+}
+
+impl Partition {
+    /// Creates the partition and the handle to command it.
+    pub fn new(
+        store: Arc<dyn Store>,
+        subjects: Subjects,
+        client: async_nats::Client,
+        relay: Arc<Notify>,
+        max_payload: usize,
+        batch_size: usize,
+    ) -> (Self, PartitionHandle) {
+        let (tx, rx) = mpsc::channel(batch_size.max(1) * 4);
+        let partition = Self {
+            store,
+            subjects,
+            client,
+            relay,
+            rx,
+            active: HashMap::new(),
+            pending: Vec::new(),
+            definitions: HashMap::new(),
+            metrics: SagaMetrics::default(),
+            max_payload,
+            batch_size: batch_size.max(1),
+            limits: Admission::new(None),
+            services: ServiceAdmission::default(),
+            environment: None,
+        };
+        (partition, PartitionHandle { tx })
+    }
+
+    /// Sets the engine's environment (`environment` in the configuration),
+    /// against which a definition's `policy.environments` is checked.
+    pub fn with_environment(mut self, environment: Option<String>) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// Sets the engine's `max_running_sagas` (`None`: unlimited), the limit
+    /// of running sagas over all definitions (`jetsaga_core::limits`).
+    pub fn with_max_running_sagas(mut self, max: Option<u32>) -> Self {
+        self.limits.set_global(max);
+        self
+    }
+
+    /// The saga with `id`: from the in-memory set of unfinished sagas, else
+    /// from the batch's changes not yet written, else from the store
+    /// (terminal sagas).
+    fn saga(&self, id: &str) -> Result<Option<Saga>, StoreError> {
+        if let Some(s) = self.active.get(id) {
+            return Ok(Some(s.clone()));
+        }
+        match self.pending_saga(id) {
+            Some(s) => Ok(Some(s.clone())),
+            None => self.store.saga(id),
+        }
+    }
+
+    /// The latest state of saga `id` in the batch's changes not yet written.
+    fn pending_saga(&self, id: &str) -> Option<&Saga> {
+        latest_saga(&self.pending, id)
+    }
+
+    /// The saga an idempotency key is bound to, the batch's changes not yet
+    /// written included (two starts with one key in a batch make one saga).
+    fn saga_by_idempotency_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match bound_saga(&self.pending, key) {
+            Some(id) => Ok(Some(id.to_owned())),
+            None => self.store.saga_by_idempotency_key(key),
+        }
+    }
+
+    /// Adds a change to the batch (written by [`Self::write_pending`]).
+    fn stage(&mut self, change: Change, after: &mut AfterFlush) {
+        self.pending.push(change);
+        after.committed += 1;
+    }
+
+    /// Writes the batch's changes so far in one transaction. On an error
+    /// none of them is written, and the partition stops.
+    fn write_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.store.commit_many(&self.pending);
+        self.pending.clear();
+        result
+    }
+}
+
+/// The latest state of saga `id` among `changes` (in write order).
+fn latest_saga<'a>(changes: &'a [Change], id: &str) -> Option<&'a Saga> {
+    changes
+        .iter()
+        .rev()
+        .find_map(|c| c.saga.as_ref().filter(|s| s.id == id))
+}
+
+/// The task `changes` hold under sequence `seq`, if they do.
+fn pending_held(changes: &[Change], seq: u64) -> Option<&HeldTask> {
+    changes
+        .iter()
+        .rev()
+        .find_map(|c| c.held_add.iter().find(|(s, _)| *s == seq).map(|(_, t)| t))
+}
+
+/// The saga `changes` bind idempotency key `key` to, if they do.
+fn bound_saga<'a>(changes: &'a [Change], key: &str) -> Option<&'a str> {
+    changes.iter().rev().find_map(|c| {
+        c.idempotency_key
+            .as_deref()
+            .filter(|k| *k == key)
+            .and(c.saga.as_ref())
+            .map(|s| s.id.as_str())
+    })
+}
+
+fn inputs(now: Millis) -> Inputs {
+    Inputs {
+        now,
+        random: rand::random::<f64>(),
+    }
+}
+
+fn event_label(event: &Event) -> &'static str {
+    match event {
+        Event::Start => "start",
+        Event::TaskResult { .. } => "result",
+        Event::TimerFired(_) => "timer",
+        Event::Cancel { .. } => "cancel",
+        Event::Retry { .. } => "retry",
+    }
+}
+
+/// Logs and counts a message the engine refused.
+pub fn reject(source: &str, reason: &str, detail: &str) {
+    tracing::warn!(source, reason, "rejected: {detail}");
+    let reason = reason.to_string();
+    metrics::counter!("engine_rejected_messages_total", "reason" => reason).increment(1);
+}

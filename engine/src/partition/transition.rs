@@ -1,0 +1,266 @@
+//! Events applied to sagas: results, operator events, timers, deletes;
+//! each transition goes through the pure machine and is staged for the
+//! batch's transaction.
+
+use super::commit::AfterFlush;
+use super::{Partition, PartitionError, api_error, event_label, inputs, now_ms, reject};
+use crate::metrics::Before;
+use jetsaga_core::saga::definition::SagaDefinition;
+use jetsaga_core::saga::machine;
+use jetsaga_core::saga::state::{Event, Rejection, Saga};
+use jetsaga_protocol::{self, ApiError, TaskResult};
+use jetsaga_store::{Change, Prior, StoreError};
+
+impl Partition {
+    pub(super) fn apply_result(
+        &mut self,
+        result: TaskResult,
+        after: &mut AfterFlush,
+    ) -> Result<(), PartitionError> {
+        // Every line below, rejections included, carries the saga and step.
+        let _span = tracing::info_span!(
+            "result",
+            saga_id = %result.saga_id,
+            step = %result.step_id,
+            attempt = result.attempt
+        )
+        .entered();
+        let Some(saga) = self.saga(&result.saga_id)? else {
+            reject(
+                "result",
+                "unknown_saga",
+                &format!("result for unknown saga {}", result.saga_id),
+            );
+            return Ok(());
+        };
+        let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
+            reject(
+                "result",
+                "unknown_definition",
+                &format!("saga {} has no stored definition", saga.id),
+            );
+            return Ok(());
+        };
+        let Some(step) = def.step_index(&result.step_id) else {
+            reject(
+                "result",
+                "unknown_step",
+                &format!("saga {} has no step `{}`", saga.id, result.step_id),
+            );
+            return Ok(());
+        };
+        if def.steps[step].service != result.service {
+            reject(
+                "result",
+                "wrong_service",
+                &format!(
+                    "result for step `{}` of saga {} came from service `{}`, but the step belongs to `{}`",
+                    result.step_id, saga.id, result.service, def.steps[step].service
+                ),
+            );
+            return Ok(());
+        }
+        let event = Event::TaskResult {
+            step,
+            kind: result.kind,
+            attempt: result.attempt,
+            outcome: result.outcome,
+        };
+        // A rejection is logged and counted inside; the message is acked either way.
+        let _ = self.apply_event(saga, &def, event, Vec::new(), after)?;
+        Ok(())
+    }
+
+    /// Applies an operator's event (cancel, retry) to saga `id`; the state
+    /// machine decides whether the saga's state allows it and what follows.
+    pub(super) fn operator_event(
+        &mut self,
+        id: &str,
+        event: Event,
+        refused: &str,
+        after: &mut AfterFlush,
+    ) -> Result<Result<Saga, ApiError>, PartitionError> {
+        let Some(saga) = self.saga(id)? else {
+            return Ok(Err(api_error(
+                "E-NOT-FOUND",
+                format!("no saga with id {id}"),
+            )));
+        };
+        let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
+            return Ok(Err(api_error(
+                "E-INTERNAL",
+                format!("saga {id} has no stored definition"),
+            )));
+        };
+        match self.apply_event(saga, &def, event, Vec::new(), after)? {
+            Ok(saga) => Ok(Ok(saga)),
+            Err(rejection) => Ok(Err(api_error(
+                "E-NOT-APPLICABLE",
+                format!("{refused} saga {id}: {rejection}"),
+            ))),
+        }
+    }
+
+    /// Deletes a terminal saga from the store. Going through the partition
+    /// orders it with every transition: a saga cannot be deleted while an
+    /// event is being applied to it, nor come back by one.
+    pub(super) fn delete(
+        &mut self,
+        id: &str,
+        after: &mut AfterFlush,
+    ) -> Result<Result<(), ApiError>, PartitionError> {
+        let Some(saga) = self.saga(id)? else {
+            return Ok(Err(api_error(
+                "E-NOT-FOUND",
+                format!("no saga with id {id}"),
+            )));
+        };
+        if !saga.status.is_terminal() {
+            return Ok(Err(api_error(
+                "E-NOT-APPLICABLE",
+                format!(
+                    "cannot delete saga {id}: it is {}; only a finished saga can be deleted (cancel it first: `jetsaga saga cancel {id}`)",
+                    saga.status.name()
+                ),
+            )));
+        }
+        // The store deletes what it has: the batch's changes go first.
+        self.write_pending()?;
+        self.store.delete_saga(id)?;
+        self.active.remove(id);
+        after.committed += 1;
+        after.progress.push((id.to_string(), "deleted"));
+        tracing::info!(saga_id = %id, saga = %saga.name, state = saga.status.name(), "saga deleted");
+        Ok(Ok(()))
+    }
+
+    /// Fires every due timer (fenced by the state machine).
+    pub(super) fn fire_timers(&mut self, after: &mut AfterFlush) -> Result<(), PartitionError> {
+        let now = now_ms();
+        let mut due = self.store.due_timers(now, self.batch_size)?;
+        // The batch's changes may have disarmed some of these, or armed
+        // others due already: then read again with them written. Otherwise
+        // (the common case) the batch stays one transaction.
+        let armed_due = || {
+            self.pending
+                .iter()
+                .flat_map(|c| &c.timers_add)
+                .any(|t| t.due <= now)
+        };
+        if !self.pending.is_empty() && (!due.is_empty() || armed_due()) {
+            self.write_pending()?;
+            due = self.store.due_timers(now, self.batch_size)?;
+        }
+        for row in due {
+            let remove = vec![(row.saga_id.clone(), row.timer.clone())];
+            let saga = self.saga(&row.saga_id)?;
+            let def = match &saga {
+                Some(s) => self.definition(&s.name, s.definition_version)?,
+                None => None,
+            };
+            match (saga, def) {
+                (Some(saga), Some(def)) => {
+                    let event = Event::TimerFired(row.timer.clone());
+                    let _ = self.apply_event(saga, &def, event, remove, after)?;
+                }
+                _ => {
+                    self.stage(
+                        Change {
+                            timers_remove: remove,
+                            ..Default::default()
+                        },
+                        after,
+                    );
+                }
+            }
+        }
+        // Breakers' open timeouts are timers too; and held tasks go out as
+        // room freed in this batch (`jetsaga_core::admission`).
+        self.fire_services(after)?;
+        Ok(())
+    }
+
+    /// Applies `event` to `saga` and commits the result. Rejections are
+    /// logged and counted; `timers_remove` is committed either way.
+    pub(super) fn apply_event(
+        &mut self,
+        mut saga: Saga,
+        def: &SagaDefinition,
+        event: Event,
+        timers_remove: Vec<(String, jetsaga_core::saga::state::TimerKind)>,
+        after: &mut AfterFlush,
+    ) -> Result<Result<Saga, Rejection>, PartitionError> {
+        let label = event_label(&event);
+        // Operator events come from the API, whose door answers the caller
+        // and counts a refusal itself, as for starts (see `handle`).
+        let answered = matches!(event, Event::Cancel { .. } | Event::Retry { .. });
+        let before = Before::of(&saga);
+        let traced = crate::trace::enabled().then(|| saga.clone());
+        match machine::apply(&mut saga, def, event, inputs(now_ms())) {
+            Ok(effects) => {
+                self.metrics.transition(def, Some(&before), &saga);
+                if let Some(earlier) = &traced {
+                    crate::trace::observe(def, earlier, &saga);
+                }
+                let mut change = self.change_for(&mut saga, def, effects);
+                change.timers_remove.extend(timers_remove);
+                self.commit(saga.clone(), change, after)?;
+                Ok(Ok(saga))
+            }
+            Err(rejection) => {
+                if !timers_remove.is_empty() {
+                    self.stage(
+                        Change {
+                            timers_remove,
+                            ..Default::default()
+                        },
+                        after,
+                    );
+                }
+                let quiet = matches!(rejection, Rejection::Stale { .. } | Rejection::Terminal(_))
+                    && label == "timer";
+                if quiet {
+                    tracing::debug!(saga_id = %saga.id, %rejection, "stale timer ignored");
+                } else if answered {
+                    tracing::debug!(saga_id = %saga.id, event = label, %rejection, "operator event refused; the caller is answered");
+                } else {
+                    tracing::warn!(saga_id = %saga.id, event = label, %rejection, "event rejected");
+                    metrics::counter!("engine_rejected_messages_total", "reason" => rejection.reason())
+                        .increment(1);
+                }
+                Ok(Err(rejection))
+            }
+        }
+    }
+
+    pub(super) fn commit(
+        &mut self,
+        saga: Saga,
+        mut change: Change,
+        after: &mut AfterFlush,
+    ) -> Result<(), StoreError> {
+        let id = saga.id.clone();
+        let state = saga.status.name();
+        let terminal = saga.status.is_terminal();
+        // Concurrency limits (`jetsaga_core::limits`): keep the running counts; a
+        // saga leaving the start queue takes its row out in this transaction.
+        if change.prior == Prior::Unknown
+            && let Some(stored) = self.active.get(&id).or_else(|| self.pending_saga(&id))
+        {
+            // The store moves the index entries without decoding the record.
+            change.prior = Prior::of(stored);
+        }
+        let before = self.active.get(&id).map(|s| &s.status);
+        let observed = self.limits.observe(before, &saga, now_ms());
+        change.queue_remove.extend(observed.dequeued);
+        change.saga = Some(saga.clone());
+        self.stage(change, after);
+        after.progress.push((id.clone(), state));
+        if terminal {
+            self.active.remove(&id);
+        } else {
+            self.active.insert(id, saga);
+        }
+        Ok(())
+    }
+}
