@@ -121,7 +121,7 @@ impl Client {
     pub async fn connect_with(nats: &NatsConfig, prefix: &str) -> Result<Self, ClientError> {
         let url = &nats.url;
         let addrs =
-            jetsaga_engine::engine::server_addrs(url).map_err(|e| ClientError::Connect {
+            jetsaga_engine::config::server_addrs(url).map_err(|e| ClientError::Connect {
                 url: url.to_string(),
                 source: e.into(),
             })?;

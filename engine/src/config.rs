@@ -37,7 +37,7 @@ pub use load::{
 };
 pub use nats::{
     DEFAULT_NATS_URL, MASK, NatsAuth, NatsConfig, Nkey, Secret, TlsConfig, connect_error_kind,
-    connect_hint, connect_options,
+    connect_hint, connect_options, server_addrs,
 };
 pub use show::KEYS;
 

@@ -127,19 +127,6 @@ fn apply_definition_files(store: &dyn Store, paths: &[PathBuf]) -> Result<(), En
     Ok(())
 }
 
-/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`).
-pub fn server_addrs(urls: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<async_nats::ServerAddr>().map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{u}: {e}"))
-            })
-        })
-        .collect()
-}
-
 /// Connects to NATS as `nats` says (one URL or a comma-separated list, its
 /// credentials and TLS, through [`crate::config::connect_options`]) and
 /// checks the server's version.
@@ -148,7 +135,7 @@ pub async fn connect(
     name: &str,
 ) -> Result<async_nats::Client, EngineError> {
     let url = &nats.url;
-    let addrs = server_addrs(url).map_err(|e| EngineError::Connect {
+    let addrs = crate::config::server_addrs(url).map_err(|e| EngineError::Connect {
         url: url.to_string(),
         source: e.into(),
     })?;
@@ -367,12 +354,5 @@ mod tests {
         assert!(version_at_least("3.0.0", (2, 12)));
         assert!(!version_at_least("2.9.25", (2, 12)));
         assert!(!version_at_least("garbage", (2, 12)));
-    }
-
-    #[test]
-    fn url_lists_are_split() {
-        let addrs = server_addrs("nats://a:4222, nats://b:4223").unwrap();
-        assert_eq!(addrs.len(), 2);
-        assert!(server_addrs("nats://a:4222,::bad::").is_err());
     }
 }

@@ -252,6 +252,13 @@ impl Before {
     }
 }
 
+/// Logs and counts a message the engine refused.
+pub fn reject(source: &str, reason: &str, detail: &str) {
+    tracing::warn!(source, reason, "rejected: {detail}");
+    let reason = reason.to_string();
+    metrics::counter!(REJECTED, "reason" => reason).increment(1);
+}
+
 /// Derives the saga metrics from the partition's transitions.
 #[derive(Debug, Default)]
 pub struct SagaMetrics {

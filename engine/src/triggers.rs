@@ -54,7 +54,8 @@
 //! in `engine_triggered_starts_total{saga}`.
 
 use crate::bus::{BusError, StreamSettings, intake};
-use crate::partition::{Command, PartitionHandle, StartCommand, api_error, reject};
+use crate::metrics::reject;
+use crate::partition::{Command, PartitionHandle, StartCommand, api_error};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use jetsaga_core::saga::definition::{SagaDefinition, Trigger, input_pointer};
 use jetsaga_protocol::{ApiError, HEADER_MSG_ID, Subjects};
@@ -746,7 +747,7 @@ async fn handle(
                 Ok(Ok(reply)) => {
                     tracing::debug!(saga_id = %reply.saga_id, saga = %saga, event_id = %id, "trigger repeat; saga already started");
                 }
-                Ok(Err(e)) => crate::partition::reject("trigger", &e.code, &e.message),
+                Ok(Err(e)) => crate::metrics::reject("trigger", &e.code, &e.message),
                 Err(_) => return,
             }
         }

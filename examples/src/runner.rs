@@ -312,7 +312,7 @@ async fn connect(
 ) -> anyhow::Result<Option<async_nats::Client>> {
     let url = nats.url.as_str();
     // One URL or a comma-separated list, as the engine takes it.
-    let addrs = jetsaga_engine::engine::server_addrs(url).context("invalid NATS URL")?;
+    let addrs = jetsaga_engine::config::server_addrs(url).context("invalid NATS URL")?;
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = connect_options(nats)

@@ -14,8 +14,10 @@ use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
 use serde::{Deserialize, Serialize};
 
 pub mod compact;
+mod prune;
 pub mod sled_store;
 
+pub use prune::prune;
 pub use sled_store::SledStore;
 
 /// Bytes of the files under `dir`, subdirectories included: what a store

@@ -351,7 +351,7 @@ impl IntoResponse for HttpError {
     /// API's (`rejected: ...`, `source="http"`), unknown ids and routes not.
     fn into_response(self) -> Response {
         if !matches!(self.0.code.as_str(), "E-NOT-FOUND" | "E-METHOD-NOT-ALLOWED") {
-            crate::partition::reject("http", &self.0.code, &self.0.message);
+            crate::metrics::reject("http", &self.0.code, &self.0.message);
         }
         self.quiet()
     }

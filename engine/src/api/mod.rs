@@ -743,7 +743,7 @@ fn reply<T: Serialize>(r: Result<T, ApiError>) -> Vec<u8> {
         Ok(v) => ApiReply::Ok(v),
         Err(e) => {
             if e.code != "E-NOT-FOUND" {
-                crate::partition::reject("api", &e.code, &e.message);
+                crate::metrics::reject("api", &e.code, &e.message);
             }
             ApiReply::Error(e)
         }

@@ -6,7 +6,8 @@
 //! they are not redelivered forever), logged and counted.
 
 use crate::crash_points;
-use crate::partition::{Command, PartitionHandle, StartCommand, reject};
+use crate::metrics::reject;
+use crate::partition::{Command, PartitionHandle, StartCommand};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use jetsaga_protocol::{HEADER_MSG_ID, StartRequest, TaskResult};
 use tokio_util::sync::CancellationToken;

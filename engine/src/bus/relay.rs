@@ -130,7 +130,7 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
                     .map(|(_, v)| v.as_str())
                     .unwrap_or_default();
                 let _span = tracing::warn_span!("outbox", saga_id).entered();
-                crate::partition::reject(
+                crate::metrics::reject(
                     "relay",
                     "unpublishable",
                     &format!(
@@ -160,7 +160,7 @@ async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Re
                 // stream, say): retrying would block every row behind it. The
                 // step's timeout then takes its course and the saga ends in a
                 // state a person can see.
-                crate::partition::reject(
+                crate::metrics::reject(
                     "relay",
                     "unpublishable",
                     &format!("outbox row {seq} refused by JetStream: {e}"),

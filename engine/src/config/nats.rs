@@ -270,8 +270,8 @@ impl NatsConfig {
         if self.url.trim().is_empty() {
             return Err(ConfigError::Invalid("nats.url is empty".into()));
         }
-        let addrs = crate::engine::server_addrs(&self.url)
-            .map_err(|e| ConfigError::Invalid(format!("nats.url: {e}")))?;
+        let addrs =
+            server_addrs(&self.url).map_err(|e| ConfigError::Invalid(format!("nats.url: {e}")))?;
         if addrs.is_empty() {
             return Err(ConfigError::Invalid("nats.url names no server".into()));
         }
@@ -409,6 +409,19 @@ fn require_file(path: &Path, key: &str) -> Result<(), ConfigError> {
                 )))
             }
         })
+}
+
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`).
+pub fn server_addrs(urls: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{u}: {e}"))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -603,5 +616,12 @@ mod tests {
         );
         assert_eq!(connect_error_kind(&refused), K::Io);
         assert!(connect_hint(&refused).contains("is nats-server running there?"));
+    }
+
+    #[test]
+    fn url_lists_are_split() {
+        let addrs = server_addrs("nats://a:4222, nats://b:4223").unwrap();
+        assert_eq!(addrs.len(), 2);
+        assert!(server_addrs("nats://a:4222,::bad::").is_err());
     }
 }

@@ -3,8 +3,9 @@
 
 use super::services::ServiceReply;
 use super::start::StartFailure;
-use super::{Command, Partition, PartitionError, Reply, now_ms, reject};
+use super::{Command, Partition, PartitionError, Reply, now_ms};
 use crate::crash_points;
+use crate::metrics::reject;
 use async_nats::jetstream;
 use jetsaga_core::saga::state::{Event, Saga};
 use jetsaga_protocol::{self, StartReply};
@@ -263,7 +264,10 @@ impl Partition {
             } => {
                 // Pruning reads and deletes in the store itself.
                 self.write_pending()?;
-                let pruned = crate::retention::prune(&*self.store, before, limit)?;
+                let pruned = jetsaga_store::prune(&*self.store, before, limit)?;
+                if !pruned.is_empty() {
+                    metrics::counter!(crate::metrics::PRUNED_SAGAS).increment(pruned.len() as u64);
+                }
                 for saga in &pruned {
                     self.active.remove(&saga.id);
                 }

@@ -230,10 +230,3 @@ fn event_label(event: &Event) -> &'static str {
         Event::Retry { .. } => "retry",
     }
 }
-
-/// Logs and counts a message the engine refused.
-pub fn reject(source: &str, reason: &str, detail: &str) {
-    tracing::warn!(source, reason, "rejected: {detail}");
-    let reason = reason.to_string();
-    metrics::counter!("engine_rejected_messages_total", "reason" => reason).increment(1);
-}

@@ -3,8 +3,9 @@
 //! batch's transaction.
 
 use super::commit::AfterFlush;
-use super::{Partition, PartitionError, api_error, event_label, inputs, now_ms, reject};
+use super::{Partition, PartitionError, api_error, event_label, inputs, now_ms};
 use crate::metrics::Before;
+use crate::metrics::reject;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::{Event, Rejection, Saga};
@@ -225,7 +226,7 @@ impl Partition {
                     tracing::debug!(saga_id = %saga.id, event = label, %rejection, "operator event refused; the caller is answered");
                 } else {
                     tracing::warn!(saga_id = %saga.id, event = label, %rejection, "event rejected");
-                    metrics::counter!("engine_rejected_messages_total", "reason" => rejection.reason())
+                    metrics::counter!(crate::metrics::REJECTED, "reason" => rejection.reason())
                         .increment(1);
                 }
                 Ok(Err(rejection))
