@@ -39,8 +39,9 @@
 //! waits like an action does; the saga stays `compensating`.
 
 use crate::saga::definition::{BreakerConfig, SagaDefinition, ServicePolicy};
-use crate::saga::state::{AttemptOutcome, Millis, Saga, StepStatus};
-use jetsaga_protocol::TaskKind;
+use crate::saga::state::{AttemptOutcome, Millis, Saga, SagaState};
+use crate::saga::transition::Transition;
+pub use crate::saga::transition::{AttemptKey, attempts_in_flight, waits_on};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use utoipa::ToSchema;
@@ -54,17 +55,36 @@ pub const HELD_TASKS: &str = "engine_held_tasks";
 /// Tasks of a service dispatched and not ended (gauge).
 pub const SERVICE_IN_FLIGHT: &str = "engine_service_in_flight";
 
-/// One attempt of one step of one saga.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AttemptKey {
-    /// Saga id.
-    pub saga_id: String,
-    /// Step index.
-    pub step: usize,
-    /// Action or compensation.
-    pub kind: TaskKind,
-    /// Attempt number.
-    pub attempt: u32,
+/// The gauges of one service, as [`ServiceAdmission::take_report`] gives them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceGauges {
+    /// Service name.
+    pub service: String,
+    /// Tasks held ([`HELD_TASKS`]).
+    pub held: usize,
+    /// Tasks dispatched and not ended ([`SERVICE_IN_FLIGHT`]).
+    pub in_flight: u32,
+    /// The breaker's [`BREAKER_STATE`] value, for a service with a breaker.
+    pub breaker: Option<f64>,
+}
+
+/// What changed for operators since the last report: gauges to set, and
+/// breaker transitions (service, state entered) to count and log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceReport {
+    /// The gauges of every service that changed.
+    pub gauges: Vec<ServiceGauges>,
+    /// Breaker transitions, in order.
+    pub transitions: Vec<(String, &'static str)>,
+}
+
+/// Changes not yet reported.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Services whose gauges changed.
+    touched: BTreeSet<String>,
+    /// Breaker transitions.
+    transitions: Vec<(String, &'static str)>,
 }
 
 /// Where a service's circuit breaker stands. Stored per service; absent
@@ -341,6 +361,8 @@ pub struct ServiceAdmission {
     dirty: BTreeSet<String>,
     /// Sagas with held tasks whose state may have made them moot.
     unsettled: BTreeSet<String>,
+    /// What operators should see of the changes since [`ServiceAdmission::take_report`].
+    report: Pending,
 }
 
 impl ServiceAdmission {
@@ -427,27 +449,25 @@ impl ServiceAdmission {
         }
     }
 
-    /// Takes note of a transition of `saga`: attempts that were in flight and
-    /// ended count for their service's breaker, and free room.
-    pub fn observe(&mut self, saga: &Saga, now: Millis) {
-        let Some(before) = self.in_flight.remove(&saga.id) else {
+    /// Takes note of a transition: attempts it counted that left flight
+    /// count for their service's breaker, and free room.
+    pub fn observe(&mut self, t: &Transition<'_>, now: Millis) {
+        if t.left_flight.is_empty() {
             return;
-        };
-        let current: BTreeSet<AttemptKey> = if saga.status.is_terminal() {
-            BTreeSet::new()
-        } else {
-            attempts_in_flight(saga).into_iter().collect()
+        }
+        let Some(before) = self.in_flight.remove(&t.saga.id) else {
+            return;
         };
         let mut kept = Vec::new();
         for (key, service) in before {
-            if current.contains(&key) {
+            if !t.left_flight.contains(&key) {
                 kept.push((key, service));
                 continue;
             }
             if let Some(n) = self.counts.get_mut(&service) {
                 *n = n.saturating_sub(1);
             }
-            let ok = match attempt_outcome(saga, &key) {
+            let ok = match t.outcome(&key) {
                 Some(AttemptOutcome::Ok) => Some(true),
                 Some(
                     AttemptOutcome::Retryable { .. }
@@ -464,13 +484,13 @@ impl ServiceAdmission {
                     self.dirty.insert(service.clone());
                 }
                 if let Some(to) = to {
-                    transition(&service, to);
+                    self.report.transitions.push((service.clone(), to));
                 }
             }
             self.gauges(&service);
         }
         if !kept.is_empty() {
-            self.in_flight.insert(saga.id.clone(), kept);
+            self.in_flight.insert(t.saga.id.clone(), kept);
         }
     }
 
@@ -599,9 +619,7 @@ impl ServiceAdmission {
     /// and is no longer running: a held action of a compensating saga, or
     /// any held task of a finished one, must not wait for room.
     pub fn note(&mut self, saga: &Saga) {
-        if self.held_sagas.contains_key(&saga.id)
-            && !matches!(saga.status, crate::saga::state::SagaStatus::Running)
-        {
+        if self.held_sagas.contains_key(&saga.id) && saga.status.state() != SagaState::Running {
             self.unsettled.insert(saga.id.clone());
         }
     }
@@ -622,7 +640,7 @@ impl ServiceAdmission {
                 && let Some(to) = breaker.tick(&config, now)
             {
                 self.dirty.insert(service.clone());
-                transition(&service, to);
+                self.report.transitions.push((service.clone(), to));
                 self.gauges(&service);
             }
         }
@@ -650,7 +668,7 @@ impl ServiceAdmission {
         }
         let breaker = self.breakers.entry(service.to_string()).or_default();
         if let Some(to) = breaker.reset() {
-            transition(service, to);
+            self.report.transitions.push((service.to_string(), to));
         }
         self.dirty.insert(service.to_string());
         self.gauges(service);
@@ -727,81 +745,52 @@ impl ServiceAdmission {
         all.into_iter().collect()
     }
 
-    /// Sets the service's gauges (only for services with a policy or held
-    /// tasks, so that series do not grow with every service there is).
-    fn gauges(&self, service: &str) {
-        if !self.policies.contains_key(service) && !self.held.contains_key(service) {
-            return;
-        }
-        let name = service.to_string();
-        let held = self.held.get(service).map_or(0, VecDeque::len);
-        metrics::gauge!(HELD_TASKS, "service" => name.clone()).set(held as f64);
-        let in_flight = self.counts.get(service).copied().unwrap_or(0);
-        metrics::gauge!(SERVICE_IN_FLIGHT, "service" => name.clone()).set(f64::from(in_flight));
-        if self.breaker_config(service).is_some() {
-            let state = self.breakers.get(service).cloned().unwrap_or_default();
-            metrics::gauge!(BREAKER_STATE, "service" => name).set(state.gauge());
+    /// Marks `service`'s gauges for the next [`Self::take_report`].
+    fn gauges(&mut self, service: &str) {
+        if self.policies.contains_key(service) || self.held.contains_key(service) {
+            self.report.touched.insert(service.to_string());
         }
     }
-}
 
-fn transition(service: &str, to: &'static str) {
-    tracing::warn!(service, to, "circuit breaker {to}");
-    metrics::counter!(BREAKER_TRANSITIONS, "service" => service.to_string(), "to" => to)
-        .increment(1);
-}
-
-/// The attempts `saga` has dispatched and not ended: each step running or
-/// compensating names its current attempt, which has no outcome yet.
-pub fn attempts_in_flight(saga: &Saga) -> Vec<AttemptKey> {
-    let mut out = Vec::new();
-    for (step, state) in saga.steps.iter().enumerate() {
-        let (kind, attempt) = match state.status {
-            StepStatus::Running { attempt } => (TaskKind::Action, attempt),
-            StepStatus::Compensating { attempt } => (TaskKind::Compensation, attempt),
-            _ => continue,
-        };
-        let key = AttemptKey {
-            saga_id: saga.id.clone(),
-            step,
-            kind,
-            attempt,
-        };
-        if attempt_outcome(saga, &key).is_none() && has_attempt(saga, &key) {
-            out.push(key);
+    /// What changed for operators to see since the last call: the gauges of
+    /// every service touched, and the breaker transitions, in order.
+    pub fn take_report(&mut self) -> ServiceReport {
+        let report = std::mem::take(&mut self.report);
+        let gauges = report
+            .touched
+            .into_iter()
+            .map(|service| ServiceGauges {
+                held: self.held.get(&service).map_or(0, VecDeque::len),
+                in_flight: self.counts.get(&service).copied().unwrap_or(0),
+                breaker: self.breaker_config(&service).map(|_| {
+                    self.breakers
+                        .get(&service)
+                        .cloned()
+                        .unwrap_or_default()
+                        .gauge()
+                }),
+                service,
+            })
+            .collect();
+        ServiceReport {
+            gauges,
+            transitions: report.transitions,
         }
     }
-    out
-}
-
-/// Whether `saga` still waits on exactly attempt `key`: the saga is not
-/// terminal, the step is running (or compensating) that attempt, and the
-/// attempt has no outcome.
-pub fn waits_on(saga: &Saga, key: &AttemptKey) -> bool {
-    !saga.status.is_terminal() && attempts_in_flight(saga).contains(key)
-}
-
-fn has_attempt(saga: &Saga, key: &AttemptKey) -> bool {
-    saga.steps[key.step]
-        .attempts
-        .iter()
-        .any(|a| a.kind == key.kind && a.number == key.attempt)
-}
-
-fn attempt_outcome(saga: &Saga, key: &AttemptKey) -> Option<AttemptOutcome> {
-    saga.steps
-        .get(key.step)?
-        .attempts
-        .iter()
-        .rev()
-        .find(|a| a.kind == key.kind && a.number == key.attempt)?
-        .outcome
-        .clone()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::saga::state::StepStatus;
+    use crate::saga::transition::Before;
+    use jetsaga_protocol::TaskKind;
+
+    /// Observes the transition from [`saga_with_attempt`] to `after`.
+    fn observe(a: &mut ServiceAdmission, after: &Saga, now: Millis) {
+        let before = Before::of(&saga_with_attempt(&after.id));
+        a.observe(&before.diff(after), now);
+    }
     use std::time::Duration;
 
     fn config(failures: u32, successes: u32, open_ms: u64) -> BreakerConfig {
@@ -955,7 +944,7 @@ mod tests {
         let mut saga = saga_with_attempt("saga-1");
         saga.steps[0].status = StepStatus::Succeeded;
         saga.steps[0].attempts[0].outcome = Some(AttemptOutcome::Ok);
-        a.observe(&saga, 100);
+        observe(&mut a, &saga, 100);
         let next = a.pop_releasable("pay").unwrap();
         assert_eq!(next.key, key(3));
         a.admit("pay", next.key);
@@ -965,7 +954,7 @@ mod tests {
         let mut saga = saga_with_attempt("saga-2");
         saga.steps[0].attempts[0].outcome = Some(AttemptOutcome::Ok);
         saga.steps[0].status = StepStatus::Succeeded;
-        a.observe(&saga, 100);
+        observe(&mut a, &saga, 100);
         assert_eq!(a.route("pay", key(6)), Route::Hold(2));
         assert_eq!(a.pop_releasable("pay").unwrap().key, key(4));
     }
@@ -1014,7 +1003,7 @@ mod tests {
                 attempt: 2,
                 due: 10,
             };
-            a.observe(&saga, 1000);
+            observe(&mut a, &saga, 1000);
         }
         assert_eq!(a.status("pay").unwrap().state, "open");
         assert_eq!(a.next_wake(1000), Some(1500));
@@ -1044,13 +1033,13 @@ mod tests {
         let mut saga = saga_with_attempt("saga-3");
         saga.steps[0].attempts[0].outcome = Some(AttemptOutcome::Ok);
         saga.steps[0].status = StepStatus::Succeeded;
-        a.observe(&saga, 1600);
+        observe(&mut a, &saga, 1600);
         assert_eq!(a.status("pay").unwrap().state, "half_open");
         // The probe's success does.
         let mut saga = saga_with_attempt("saga-4");
         saga.steps[0].attempts[0].outcome = Some(AttemptOutcome::Ok);
         saga.steps[0].status = StepStatus::Succeeded;
-        a.observe(&saga, 1700);
+        observe(&mut a, &saga, 1700);
         assert_eq!(a.status("pay").unwrap().state, "closed");
         assert_eq!(a.status("pay").unwrap().in_flight, 0);
     }

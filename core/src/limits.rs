@@ -33,7 +33,8 @@
 //! and the queue in memory, rebuilt from the store when the partition
 //! starts. The partition (`crate::partition`) does the I/O around it.
 
-use crate::saga::state::{Millis, Saga, SagaStatus};
+use crate::saga::state::{Millis, Saga, SagaState, SagaStatus};
+use crate::saga::transition::Transition;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -59,10 +60,21 @@ pub const QUEUE_WAIT: &str = "engine_saga_queue_wait_seconds";
 
 /// Whether a saga in `status` counts against the limits.
 pub fn is_running(status: &SagaStatus) -> bool {
-    matches!(
-        status,
-        SagaStatus::Running | SagaStatus::Compensating { .. }
-    )
+    runs(status.state())
+}
+
+/// Whether a saga in `state` counts against the limits.
+fn runs(state: SagaState) -> bool {
+    matches!(state, SagaState::Running | SagaState::Compensating)
+}
+
+/// The limits' gauges, as [`Admission::take_gauges`] gives them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitGauges {
+    /// Sagas running over all definitions ([`RUNNING_SAGAS`]).
+    pub running: u64,
+    /// Queued sagas of each definition that changed ([`QUEUED_SAGAS`]).
+    pub queued: Vec<(String, usize)>,
 }
 
 /// The running counts and the start queue of one partition.
@@ -96,6 +108,8 @@ pub struct Observed {
     pub dequeued: Option<u64>,
     /// The saga left the running set: room may have freed.
     pub freed: bool,
+    /// How long the saga waited in the queue, when it left it, in ms.
+    pub waited: Option<Millis>,
 }
 
 impl Admission {
@@ -237,28 +251,26 @@ impl Admission {
             .and_then(|seq| self.queue.get(&seq).map(|row| (seq, row)))
     }
 
-    /// Observes a transition about to be committed: saga `after`, whose
-    /// state before was `before` (`None` for a new saga). Keeps the running
+    /// Observes a transition about to be committed. Keeps the running
     /// counts, takes an admitted or cancelled saga off the queue (the
-    /// returned row is to be removed in the same transaction) and records
-    /// how long it waited.
-    pub fn observe(&mut self, before: Option<&SagaStatus>, after: &Saga, now: Millis) -> Observed {
-        let was = before.is_some_and(is_running);
-        let is = is_running(&after.status);
+    /// returned row is to be removed in the same transaction) and says how
+    /// long it waited.
+    pub fn observe(&mut self, t: &Transition<'_>, now: Millis) -> Observed {
+        let was = t.from.is_some_and(runs);
+        let is = runs(t.to);
         if was != is {
-            self.count(&after.name, is);
+            self.count(&t.saga.name, is);
         }
         let mut observed = Observed {
             freed: was && !is,
             ..Observed::default()
         };
         self.due |= observed.freed;
-        if after.status != SagaStatus::Pending
-            && let Some(seq) = self.by_saga.get(&after.id).copied()
+        if t.to != SagaState::Pending
+            && let Some(seq) = self.by_saga.get(&t.saga.id).copied()
             && let Some(row) = self.remove(seq)
         {
-            let waited = now.saturating_sub(row.enqueued_at) as f64 / 1000.0;
-            metrics::histogram!(QUEUE_WAIT, "saga_name" => row.saga.clone()).record(waited);
+            observed.waited = Some(now.saturating_sub(row.enqueued_at));
             observed.dequeued = Some(seq);
         }
         observed
@@ -280,13 +292,19 @@ impl Admission {
         self.due = true;
     }
 
-    /// Sets `engine_running_sagas` and the `engine_queued_sagas` series that
-    /// changed since the last call.
-    pub fn publish_gauges(&mut self) {
-        metrics::gauge!(RUNNING_SAGAS).set(self.running_total as f64);
-        for name in std::mem::take(&mut self.touched) {
-            let queued = self.queued_of(&name);
-            metrics::gauge!(QUEUED_SAGAS, "saga_name" => name).set(queued as f64);
+    /// The value of `engine_running_sagas`, and of each `engine_queued_sagas`
+    /// series that changed since the last call.
+    pub fn take_gauges(&mut self) -> LimitGauges {
+        let queued = std::mem::take(&mut self.touched)
+            .into_iter()
+            .map(|name| {
+                let n = self.queued_of(&name);
+                (name, n)
+            })
+            .collect();
+        LimitGauges {
+            running: self.running_total,
+            queued,
         }
     }
 
@@ -344,6 +362,26 @@ pub struct Repair {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::saga::transition::Before;
+
+    impl Admission {
+        /// Observes `after`, whose state was `before` (`None`: a new saga).
+        fn observe_status(
+            &mut self,
+            before: Option<&SagaStatus>,
+            after: &Saga,
+            now: Millis,
+        ) -> Observed {
+            let before = match before {
+                None => Before::absent(),
+                Some(status) => Before::of(&Saga {
+                    status: status.clone(),
+                    ..after.clone()
+                }),
+            };
+            self.observe(&before.diff(after), now)
+        }
+    }
     use crate::saga::definition::{self, Format, SagaDefinition};
     use serde_json::json;
 
@@ -370,7 +408,7 @@ mod tests {
         let mut admitted = Vec::new();
         while let Some((_, row)) = a.next(|n| limits.get(n).copied()) {
             let s = saga(&row.saga_id, &row.saga, SagaStatus::Running);
-            let observed = a.observe(Some(&SagaStatus::Pending), &s, 0);
+            let observed = a.observe_status(Some(&SagaStatus::Pending), &s, 0);
             assert!(observed.dequeued.is_some());
             admitted.push(s.id);
         }
@@ -378,7 +416,7 @@ mod tests {
     }
 
     fn finish(a: &mut Admission, id: &str, name: &str) {
-        let observed = a.observe(
+        let observed = a.observe_status(
             Some(&SagaStatus::Running),
             &saga(id, name, SagaStatus::Completed),
             0,
@@ -393,7 +431,7 @@ mod tests {
         for i in 0..6 {
             let id = format!("s{i}");
             if a.room("x", None) {
-                a.observe(None, &saga(&id, "x", SagaStatus::Running), 0);
+                a.observe_status(None, &saga(&id, "x", SagaStatus::Running), 0);
             } else {
                 a.enqueue(&id, "x", 0);
             }
@@ -415,7 +453,7 @@ mod tests {
     fn a_definition_at_its_limit_does_not_block_the_others() {
         let mut a = Admission::new(Some(3));
         let limits = HashMap::from([("a", 1)]);
-        a.observe(None, &saga("a0", "a", SagaStatus::Running), 0);
+        a.observe_status(None, &saga("a0", "a", SagaStatus::Running), 0);
         a.enqueue("a1", "a", 0);
         a.enqueue("a2", "a", 0);
         a.enqueue("b1", "b", 0);
@@ -432,7 +470,7 @@ mod tests {
     #[test]
     fn the_global_limit_holds_back_every_definition() {
         let mut a = Admission::new(Some(1));
-        a.observe(None, &saga("a0", "a", SagaStatus::Running), 0);
+        a.observe_status(None, &saga("a0", "a", SagaStatus::Running), 0);
         a.enqueue("b1", "b", 0);
         a.enqueue("a1", "a", 0);
         assert!(!a.room("c", None));
@@ -446,22 +484,22 @@ mod tests {
     fn compensating_counts_as_running_and_pending_does_not() {
         let mut a = Admission::new(None);
         let running = saga("s", "x", SagaStatus::Running);
-        a.observe(None, &running, 0);
+        a.observe_status(None, &running, 0);
         let compensating = saga("s", "x", SagaStatus::Compensating { reason: "r".into() });
-        let o = a.observe(Some(&SagaStatus::Running), &compensating, 0);
+        let o = a.observe_status(Some(&SagaStatus::Running), &compensating, 0);
         assert!(!o.freed);
         assert_eq!(a.running_of("x"), 1);
-        a.observe(None, &saga("p", "x", SagaStatus::Pending), 0);
+        a.observe_status(None, &saga("p", "x", SagaStatus::Pending), 0);
         assert_eq!(a.running(), 1);
         let done = saga("s", "x", SagaStatus::Compensated { reason: "r".into() });
-        assert!(a.observe(Some(&compensating.status), &done, 0).freed);
+        assert!(a.observe_status(Some(&compensating.status), &done, 0).freed);
         assert_eq!(a.running(), 0);
     }
 
     #[test]
     fn a_cancelled_queued_saga_leaves_the_queue() {
         let mut a = Admission::new(Some(1));
-        a.observe(None, &saga("r", "x", SagaStatus::Running), 0);
+        a.observe_status(None, &saga("r", "x", SagaStatus::Running), 0);
         a.enqueue("q1", "x", 10);
         a.enqueue("q2", "x", 20);
         let cancelled = saga(
@@ -471,12 +509,13 @@ mod tests {
                 reason: "no".into(),
             },
         );
-        let o = a.observe(Some(&SagaStatus::Pending), &cancelled, 30);
+        let o = a.observe_status(Some(&SagaStatus::Pending), &cancelled, 30);
         assert_eq!(
             o,
             Observed {
                 dequeued: Some(1),
-                freed: false
+                freed: false,
+                waited: Some(20),
             }
         );
         assert_eq!(a.position("q2"), Some(1));
@@ -548,7 +587,7 @@ mod tests {
                     let id = format!("{next_id:04}");
                     next_id += 1;
                     if a.room(name, limit_of(name)) && a.queued_of(name) == 0 {
-                        a.observe(None, &saga(&id, name, SagaStatus::Running), 0);
+                        a.observe_status(None, &saga(&id, name, SagaStatus::Running), 0);
                         started.entry(name.into()).or_default().push(next_id);
                         running.push((id, name.into()));
                     } else {
@@ -557,12 +596,12 @@ mod tests {
                 } else {
                     let (id, name) = running.remove(pick % running.len());
                     let done = saga(&id, &name, SagaStatus::Completed);
-                    a.observe(Some(&SagaStatus::Running), &done, 0);
+                    a.observe_status(Some(&SagaStatus::Running), &done, 0);
                 }
                 while let Some((_, row)) = a.next(limit_of) {
                     let (id, name) = (row.saga_id.clone(), row.saga.clone());
                     let admitted = saga(&id, &name, SagaStatus::Running);
-                    a.observe(Some(&SagaStatus::Pending), &admitted, 0);
+                    a.observe_status(Some(&SagaStatus::Pending), &admitted, 0);
                     let order: u64 = id.parse::<u64>().unwrap() + 1;
                     started.entry(name.clone()).or_default().push(order);
                     running.push((id, name));
@@ -588,41 +627,21 @@ mod tests {
     }
 
     #[test]
-    fn gauges_and_the_wait_histogram_follow_the_queue() {
-        use metrics_exporter_prometheus::PrometheusBuilder;
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || {
-            let mut a = Admission::new(Some(1));
-            a.know(["x", "y"]);
-            a.observe(None, &saga("r", "x", SagaStatus::Running), 0);
-            a.enqueue("q1", "x", 1_000);
-            a.enqueue("q2", "x", 1_000);
-            a.publish_gauges();
-            let text = handle.render();
-            assert!(text.contains("engine_running_sagas 1"), "{text}");
-            assert!(
-                text.contains("engine_queued_sagas{saga_name=\"x\"} 2"),
-                "{text}"
-            );
-            assert!(
-                text.contains("engine_queued_sagas{saga_name=\"y\"} 0"),
-                "{text}"
-            );
-            finish(&mut a, "r", "x");
-            let admitted = saga("q1", "x", SagaStatus::Running);
-            a.observe(Some(&SagaStatus::Pending), &admitted, 3_500);
-            a.publish_gauges();
-            let text = handle.render();
-            assert!(
-                text.contains("engine_queued_sagas{saga_name=\"x\"} 1"),
-                "{text}"
-            );
-            assert!(
-                text.contains("engine_saga_queue_wait_seconds_sum{saga_name=\"x\"} 2.5"),
-                "{text}"
-            );
-        });
+    fn gauges_and_the_wait_follow_the_queue() {
+        let mut a = Admission::new(Some(1));
+        a.know(["x", "y"]);
+        a.observe_status(None, &saga("r", "x", SagaStatus::Running), 0);
+        a.enqueue("q1", "x", 1_000);
+        a.enqueue("q2", "x", 1_000);
+        let gauges = a.take_gauges();
+        assert_eq!(gauges.running, 1);
+        assert_eq!(gauges.queued, vec![("x".into(), 2), ("y".into(), 0)]);
+        assert_eq!(a.take_gauges().queued, vec![], "only what changed");
+        finish(&mut a, "r", "x");
+        let admitted = saga("q1", "x", SagaStatus::Running);
+        let o = a.observe_status(Some(&SagaStatus::Pending), &admitted, 3_500);
+        assert_eq!(o.waited, Some(2_500));
+        assert_eq!(a.take_gauges().queued, vec![("x".into(), 1)]);
     }
 
     #[test]

@@ -41,8 +41,13 @@
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
+use jetsaga_core::admission::{
+    BREAKER_STATE, BREAKER_TRANSITIONS, HELD_TASKS, SERVICE_IN_FLIGHT, ServiceReport,
+};
+use jetsaga_core::limits::{LimitGauges, QUEUE_WAIT, QUEUED_SAGAS, RUNNING_SAGAS};
 use jetsaga_core::saga::definition::{SagaDefinition, StepDefinition};
 use jetsaga_core::saga::state::{Attempt, AttemptOutcome, Millis, Saga, SagaState};
+use jetsaga_core::saga::transition::Transition;
 use jetsaga_protocol::{Subjects, TaskKind};
 use jetsaga_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -170,15 +175,15 @@ fn describe() {
         "Durable timers armed (step timeouts, retry delays, saga timeouts)"
     );
     describe_gauge!(
-        jetsaga_core::limits::RUNNING_SAGAS,
+        RUNNING_SAGAS,
         "Sagas running or compensating, over all definitions: what max_running_sagas bounds"
     );
     describe_gauge!(
-        jetsaga_core::limits::QUEUED_SAGAS,
+        QUEUED_SAGAS,
         "Sagas waiting in the durable start queue for room under a concurrency limit"
     );
     describe_histogram!(
-        jetsaga_core::limits::QUEUE_WAIT,
+        QUEUE_WAIT,
         Unit::Seconds,
         "Time a saga waited in the start queue, from its start to its admission (or cancellation)"
     );
@@ -193,19 +198,19 @@ fn describe() {
         "Bytes the store's files take on disk"
     );
     describe_gauge!(
-        jetsaga_core::admission::BREAKER_STATE,
+        BREAKER_STATE,
         "Circuit breaker of a service (services with one configured): 0 closed, 1 half-open, 2 open"
     );
     describe_counter!(
-        jetsaga_core::admission::BREAKER_TRANSITIONS,
+        BREAKER_TRANSITIONS,
         "Circuit breaker state changes, by service and the state entered (open, half_open, closed)"
     );
     describe_gauge!(
-        jetsaga_core::admission::HELD_TASKS,
+        HELD_TASKS,
         "Tasks held durably for a service by its open circuit breaker or its max_in_flight"
     );
     describe_gauge!(
-        jetsaga_core::admission::SERVICE_IN_FLIGHT,
+        SERVICE_IN_FLIGHT,
         "Tasks of a service (with a policy) dispatched and not ended"
     );
     // Shown from the start, not only after the first pruning.
@@ -215,42 +220,6 @@ fn describe() {
 // ---------------------------------------------------------------------------
 // Transitions
 // ---------------------------------------------------------------------------
-
-/// What [`SagaMetrics::transition`] needs to know of a saga before the
-/// transition: whether it was terminal and which attempts had ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Before {
-    /// Whether the saga was terminal.
-    terminal: bool,
-    /// Number of attempts of each step.
-    attempts: Vec<usize>,
-    /// (step, attempt index) of the attempts still in flight.
-    open: Vec<(usize, usize)>,
-}
-
-impl Before {
-    /// Takes note of `saga` before a transition.
-    pub fn of(saga: &Saga) -> Before {
-        let mut open = Vec::new();
-        for (i, step) in saga.steps.iter().enumerate() {
-            for (j, attempt) in step.attempts.iter().enumerate() {
-                if attempt.outcome.is_none() {
-                    open.push((i, j));
-                }
-            }
-        }
-        Before {
-            terminal: saga.status.is_terminal(),
-            attempts: saga.steps.iter().map(|s| s.attempts.len()).collect(),
-            open,
-        }
-    }
-
-    /// Whether attempt `index` of step `step` had not ended.
-    fn was_open(&self, step: usize, index: usize) -> bool {
-        index >= self.attempts.get(step).copied().unwrap_or(0) || self.open.contains(&(step, index))
-    }
-}
 
 /// Logs and counts a message the engine refused.
 pub fn reject(source: &str, reason: &str, detail: &str) {
@@ -302,29 +271,60 @@ impl SagaMetrics {
         metrics::gauge!(SAGA_ACTIVE, "saga_name" => name.to_string()).increment(0.0);
     }
 
-    /// Observes one committed transition of a saga of `def`: `before` as
-    /// noted before it (`None` for a saga it created), `after` as committed.
-    pub fn transition(&mut self, def: &SagaDefinition, before: Option<&Before>, after: &Saga) {
+    /// Takes note of one transition: `saga_active` when the saga starts or
+    /// finishes, `saga_executions_total` and `saga_duration_seconds` when it
+    /// finishes, and a count (and for actions a duration) of every attempt
+    /// that ended.
+    pub fn observe(&mut self, def: &SagaDefinition, t: &Transition<'_>) {
+        let after = t.saga;
         self.know(&after.name);
-        let was_active = before.is_some_and(|b| !b.terminal);
-        let is_active = !after.status.is_terminal();
+        let was_active = t.from.is_some_and(|s| !s.is_terminal());
+        let is_active = !t.to.is_terminal();
         let active = || metrics::gauge!(SAGA_ACTIVE, "saga_name" => after.name.clone());
         match (was_active, is_active) {
             (false, true) => active().increment(1.0),
             (true, false) => active().decrement(1.0),
             _ => {}
         }
-        if !is_active && before.is_none_or(|b| !b.terminal) {
+        if t.finished() {
             finished(after);
         }
-        for (i, (state, step)) in after.steps.iter().zip(&def.steps).enumerate() {
-            for (j, attempt) in state.attempts.iter().enumerate() {
-                if let Some(outcome) = &attempt.outcome
-                    && before.is_none_or(|b| b.was_open(i, j))
-                {
-                    attempt_ended(&after.name, step, attempt, outcome);
-                }
+        for (i, attempt) in &t.ended {
+            if let (Some(step), Some(outcome)) = (def.steps.get(*i), &attempt.outcome) {
+                attempt_ended(&after.name, step, attempt, outcome);
             }
+        }
+    }
+}
+
+/// Sets the concurrency limits' gauges ([`jetsaga_core::limits`]).
+pub fn publish_limits(gauges: LimitGauges) {
+    metrics::gauge!(RUNNING_SAGAS).set(gauges.running as f64);
+    for (name, queued) in gauges.queued {
+        metrics::gauge!(QUEUED_SAGAS, "saga_name" => name).set(queued as f64);
+    }
+}
+
+/// Records how long a saga of `saga_name` waited in the start queue.
+pub fn queue_waited(saga_name: &str, waited: Millis) {
+    metrics::histogram!(QUEUE_WAIT, "saga_name" => saga_name.to_string())
+        .record(waited as f64 / 1000.0);
+}
+
+/// Sets the services' gauges and counts (and logs) their breaker
+/// transitions ([`jetsaga_core::admission`]).
+pub fn publish_services(report: ServiceReport) {
+    for (service, to) in report.transitions {
+        tracing::warn!(service, to, "circuit breaker {to}");
+        metrics::counter!(BREAKER_TRANSITIONS, "service" => service, "to" => to).increment(1);
+    }
+    for g in report.gauges {
+        let service = g.service;
+        metrics::gauge!(HELD_TASKS, "service" => service.clone()).set(g.held as f64);
+        metrics::gauge!(SERVICE_IN_FLIGHT, "service" => service.clone())
+            .set(f64::from(g.in_flight));
+        if let Some(state) = g.breaker {
+            metrics::gauge!(BREAKER_STATE, "service" => service).set(state);
         }
     }
 }
@@ -489,6 +489,7 @@ mod tests {
     use jetsaga_core::saga::definition::{self, Format};
     use jetsaga_core::saga::machine;
     use jetsaga_core::saga::state::{Effect, Event, Inputs, TimerKind};
+    use jetsaga_core::saga::transition::Before;
     use jetsaga_protocol::Outcome;
     use jetsaga_protocol::telemetry::DURATION_BUCKETS;
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -520,13 +521,13 @@ mod tests {
                 0,
             );
             let mut effects = machine::apply(&mut saga, &def, Event::Start, at(0)).unwrap();
-            observer.transition(&def, None, &saga);
+            observer.observe(&def, &Before::absent().diff(&saga));
             let mut now = 0;
             while let Some(event) = events(&saga, &effects) {
                 now += 250;
                 let before = Before::of(&saga);
                 effects = machine::apply(&mut saga, &def, event, at(now)).expect("applies");
-                observer.transition(&def, Some(&before), &saga);
+                observer.observe(&def, &before.diff(&saga));
             }
         });
         handle.render()
@@ -633,31 +634,6 @@ mod tests {
         });
         assert!(has(&text, r#"saga_active{saga_name="order"} 1"#), "{text}");
         assert!(!text.contains("saga_duration_seconds_count"), "{text}");
-    }
-
-    #[test]
-    fn only_attempts_that_ended_in_the_transition_are_new() {
-        let def = definition();
-        let mut saga = machine::new_saga("s".into(), &def, json!({}), None, 0);
-        machine::apply(&mut saga, &def, Event::Start, at(0)).unwrap();
-        let before = Before::of(&saga);
-        assert!(!before.terminal);
-        assert!(before.was_open(0, 0), "in flight");
-        assert!(before.was_open(0, 1), "did not exist");
-        assert!(before.was_open(1, 0), "no attempt of the step yet");
-        machine::apply(
-            &mut saga,
-            &def,
-            Event::TaskResult {
-                step: 0,
-                kind: TaskKind::Action,
-                attempt: 1,
-                outcome: Outcome::Ok { output: json!({}) },
-            },
-            at(5),
-        )
-        .unwrap();
-        assert!(!Before::of(&saga).was_open(0, 0), "ended");
     }
 
     #[test]

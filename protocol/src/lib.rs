@@ -38,7 +38,7 @@ pub const STREAM_HEADROOM: usize = 64 * 1024;
 /// Names of every subject, stream, consumer and bucket of one installation.
 ///
 /// ```
-/// use jetsaga_worker::protocol::Subjects;
+/// use jetsaga_protocol::Subjects;
 /// let s = Subjects::new("jetsaga");
 /// assert_eq!(s.task("payments"), "jetsaga.task.payments");
 /// assert_eq!(s.tasks_stream(), "JETSAGA_TASKS");
@@ -122,7 +122,7 @@ impl Subjects {
     /// `saga.completed`) of a saga named `saga_name` is published on.
     ///
     /// ```
-    /// use jetsaga_worker::protocol::Subjects;
+    /// use jetsaga_protocol::Subjects;
     /// let s = Subjects::new("jetsaga");
     /// assert_eq!(s.event("deploy", "saga.completed"), "jetsaga.event.deploy.saga.completed");
     /// assert_eq!(s.events_stream(), "JETSAGA_EVENTS");
@@ -248,7 +248,7 @@ pub fn idempotency_key(saga_id: &str, step_id: &str, kind: TaskKind) -> String {
 /// error, or a success whose effect was compensated since). A valid KV key.
 ///
 /// ```
-/// use jetsaga_worker::protocol::{TaskKind, idempotency_key_in_generation};
+/// use jetsaga_protocol::{TaskKind, idempotency_key_in_generation};
 /// assert_eq!(idempotency_key_in_generation("s1", "pay", TaskKind::Action, 0), "s1.pay.action");
 /// assert_eq!(idempotency_key_in_generation("s1", "pay", TaskKind::Compensation, 2), "s1.pay.compensation.g2");
 /// ```

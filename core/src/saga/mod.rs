@@ -3,3 +3,4 @@
 pub mod definition;
 pub mod machine;
 pub mod state;
+pub mod transition;

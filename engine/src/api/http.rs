@@ -1177,7 +1177,7 @@ async fn prometheus_metrics() -> Response {
         openapi_json,
         prometheus_metrics,
     ),
-    components(schemas(SagaStatus, ErrorBody)),
+    components(schemas(SagaStatus, ErrorBody, schema::TaskKind)),
     tags(
         (name = "sagas", description = "Saga instances"),
         (name = "definitions", description = "Saga definitions"),

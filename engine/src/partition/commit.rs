@@ -54,6 +54,7 @@ impl Partition {
         tracing::info!(unfinished = self.active.len(), "partition resumed");
         self.resume_services()?;
         self.resume_limits(&definitions).await?;
+        self.publish_gauges();
         let mut batch = Vec::with_capacity(self.batch_size);
         // The flush of the last batch, running while the next one is applied.
         let mut flushing: Option<Flushing> = None;
@@ -122,6 +123,7 @@ impl Partition {
         self.fire_timers(&mut after)?;
         // Room freed in this batch goes to queued sagas (`jetsaga_core::limits`).
         self.admit_queued(&mut after)?;
+        self.publish_gauges();
         // The batch's changes in one transaction (a store error stops the
         // partition, nothing of the batch answered).
         self.write_pending()?;

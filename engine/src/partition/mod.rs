@@ -15,6 +15,7 @@
 
 mod command;
 mod commit;
+mod observe;
 mod outbox;
 mod services;
 mod start;

@@ -1,7 +1,7 @@
 //! What a transition's effects become: outbox rows (tasks and lifecycle
 //! events) and timers, in the store change that carries them.
 
-use super::{Partition, now_ms};
+use super::Partition;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::state::TimerKind;
 use jetsaga_core::saga::state::{Effect, LifecycleEvent, Saga};
@@ -28,7 +28,6 @@ impl Partition {
         effects: Vec<Effect>,
     ) -> Change {
         let mut change = Change::default();
-        self.services.observe(saga, now_ms());
         for effect in effects {
             match effect {
                 Effect::Dispatch {

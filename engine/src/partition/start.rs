@@ -6,6 +6,7 @@ use super::{Partition, PartitionError, StartCommand, api_error, inputs, now_ms};
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::{Event, Saga};
+use jetsaga_core::saga::transition::Before;
 use jetsaga_protocol::{self, ApiError, StartReply};
 use jetsaga_store::{Change, Prior, StoreError};
 use std::collections::HashMap;
@@ -120,8 +121,9 @@ impl Partition {
         if let Some(pending) = &traced {
             crate::trace::observe(&def, pending, &saga);
         }
-        self.metrics.transition(&def, None, &saga);
+        let dequeued = self.observe(&def, Before::absent(), &saga);
         let mut change = self.change_for(&mut saga, &def, effects);
+        change.queue_remove.extend(dequeued);
         change.idempotency_key = start.idempotency_key;
         change.prior = Prior::Absent;
         self.commit(saga, change, after)?;
@@ -150,7 +152,7 @@ impl Partition {
             self.limits.set_due();
         }
         let (row, position) = self.limits.enqueue(&saga.id, &def.name, saga.created_at);
-        self.metrics.transition(def, None, &saga);
+        self.observe(def, Before::absent(), &saga);
         let id = saga.id.clone();
         let change = Change {
             prior: Prior::Absent,
@@ -179,7 +181,6 @@ impl Partition {
     /// transition, which takes its queue row along ([`Self::commit`]).
     pub(super) fn admit_queued(&mut self, after: &mut AfterFlush) -> Result<(), PartitionError> {
         if !self.limits.take_due() || self.limits.queued() == 0 || !self.limits.global_room() {
-            self.limits.publish_gauges();
             return Ok(());
         }
         // The current definition versions hold the limits: a re-applied
@@ -229,7 +230,6 @@ impl Partition {
                 );
             }
         }
-        self.limits.publish_gauges();
         Ok(())
     }
 

@@ -4,11 +4,11 @@
 
 use super::commit::AfterFlush;
 use super::{Partition, PartitionError, api_error, event_label, inputs, now_ms};
-use crate::metrics::Before;
 use crate::metrics::reject;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::{Event, Rejection, Saga};
+use jetsaga_core::saga::transition::Before;
 use jetsaga_protocol::{self, ApiError, TaskResult};
 use jetsaga_store::{Change, Prior, StoreError};
 
@@ -199,11 +199,12 @@ impl Partition {
         let traced = crate::trace::enabled().then(|| saga.clone());
         match machine::apply(&mut saga, def, event, inputs(now_ms())) {
             Ok(effects) => {
-                self.metrics.transition(def, Some(&before), &saga);
                 if let Some(earlier) = &traced {
                     crate::trace::observe(def, earlier, &saga);
                 }
+                let dequeued = self.observe(def, before, &saga);
                 let mut change = self.change_for(&mut saga, def, effects);
+                change.queue_remove.extend(dequeued);
                 change.timers_remove.extend(timers_remove);
                 self.commit(saga.clone(), change, after)?;
                 Ok(Ok(saga))
@@ -243,17 +244,12 @@ impl Partition {
         let id = saga.id.clone();
         let state = saga.status.name();
         let terminal = saga.status.is_terminal();
-        // Concurrency limits (`jetsaga_core::limits`): keep the running counts; a
-        // saga leaving the start queue takes its row out in this transaction.
         if change.prior == Prior::Unknown
             && let Some(stored) = self.active.get(&id).or_else(|| self.pending_saga(&id))
         {
             // The store moves the index entries without decoding the record.
             change.prior = Prior::of(stored);
         }
-        let before = self.active.get(&id).map(|s| &s.status);
-        let observed = self.limits.observe(before, &saga, now_ms());
-        change.queue_remove.extend(observed.dequeued);
         change.saga = Some(saga.clone());
         self.stage(change, after);
         after.progress.push((id.clone(), state));
