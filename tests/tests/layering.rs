@@ -1,0 +1,214 @@
+//! The layering the workspace promises (docs/ARCHITECTURE.md, "Crates"):
+//! each crate depends only on the crates below it and on none of the
+//! libraries its layer forbids, and inside a crate no two top-level modules
+//! import each other, directly or around a circle.
+
+use anyhow::{Context, Result};
+use jetsaga_tests::workspace_root;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The normal (not dev) dependencies a crate's manifest names.
+fn dependencies(krate: &str) -> Result<BTreeSet<String>> {
+    let path = workspace_root().join(krate).join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let mut deps = BTreeSet::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let normal = section == "[dependencies]"
+            || (section.starts_with("[target.") && section.ends_with(".dependencies]"));
+        if !normal || line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.split(['=', '.', ' ']).next() {
+            deps.insert(name.trim().to_string());
+        }
+    }
+    Ok(deps)
+}
+
+#[test]
+fn crates_depend_only_on_the_layers_below() -> Result<()> {
+    // (crate folder, jetsaga crates it may use, libraries it must not use)
+    let rules: [(&str, &[&str], &[&str]); 6] = [
+        (
+            "protocol",
+            &[],
+            &["tokio", "async-nats", "sled", "axum", "reqwest"],
+        ),
+        (
+            "core",
+            &["jetsaga-protocol"],
+            &[
+                "tokio",
+                "sled",
+                "async-nats",
+                "axum",
+                "utoipa",
+                "reqwest",
+                "metrics",
+                "tracing",
+            ],
+        ),
+        (
+            "store",
+            &["jetsaga-protocol", "jetsaga-core"],
+            &["tokio", "async-nats", "axum"],
+        ),
+        (
+            "engine",
+            &["jetsaga-protocol", "jetsaga-core", "jetsaga-store"],
+            &[],
+        ),
+        (
+            "cli",
+            &[
+                "jetsaga-protocol",
+                "jetsaga-core",
+                "jetsaga-store",
+                "jetsaga-engine",
+            ],
+            &[],
+        ),
+        ("worker-sdk", &["jetsaga-protocol"], &["sled"]),
+    ];
+    for (krate, allowed, forbidden) in rules {
+        let deps = dependencies(krate)?;
+        for dep in &deps {
+            if dep.starts_with("jetsaga-") {
+                assert!(
+                    allowed.contains(&dep.as_str()),
+                    "{krate} depends on {dep}, which is not below it"
+                );
+            }
+            assert!(
+                !forbidden.contains(&dep.as_str()),
+                "{krate} depends on {dep}, which its layer must not use"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every `.rs` file below `dir`.
+fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sources(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The top-level modules of `krate`'s library and the ones each imports
+/// through `crate::`, test code and comments left out.
+fn module_imports(krate: &str) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let src = workspace_root().join(krate).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files)?;
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let rel = file.strip_prefix(&src)?;
+        let first = rel.components().next().context("empty path")?;
+        let module = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file)?;
+        // Unit tests may reach anywhere; they are cut at `#[cfg(test)]`.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let imports = graph.entry(module.clone()).or_default();
+        for line in code.lines() {
+            let line = line.trim_start();
+            if line.starts_with("//") {
+                continue;
+            }
+            for (i, _) in line.match_indices("crate::") {
+                let target: String = line[i + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !target.is_empty() && target != module {
+                    imports.insert(target);
+                }
+            }
+        }
+    }
+    Ok(graph)
+}
+
+/// A circle of imports in `graph`, if there is one.
+fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut circle = path[at..].to_vec();
+            circle.push(node.to_string());
+            return Some(circle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(c) = visit(node, graph, &mut Vec::new(), &mut done) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_crate_has_a_circle_of_module_imports() -> Result<()> {
+    for krate in ["protocol", "core", "store", "engine", "cli", "worker-sdk"] {
+        let graph = module_imports(krate)?;
+        assert!(!graph.is_empty(), "{krate} has modules");
+        if let Some(circle) = cycle(&graph) {
+            panic!("{krate}: modules import each other in a circle: {circle:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_cycle_check_finds_a_circle() {
+    let graph: BTreeMap<String, BTreeSet<String>> = [
+        ("a", vec!["b"]),
+        ("b", vec!["c"]),
+        ("c", vec!["a"]),
+        ("d", vec![]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.into_iter().map(str::to_string).collect()))
+    .collect();
+    assert_eq!(
+        cycle(&graph),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+}
