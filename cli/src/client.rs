@@ -3,8 +3,8 @@
 //! [`Client::connect_with`] a [`NatsConfig`] with credentials and TLS.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), jetsaga_engine::client::ClientError> {
-//! use jetsaga_engine::client::Client;
+//! # async fn demo() -> Result<(), jetsaga_cli::client::ClientError> {
+//! use jetsaga_cli::client::Client;
 //! let client = Client::connect("nats://127.0.0.1:4222", "jetsaga").await?;
 //! let started = client
 //!     .start("deploy_environment", serde_json::json!({"environment": "staging"}), Some("deploy-42"))
@@ -107,8 +107,8 @@ impl Client {
     /// installation with subject `prefix`.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), jetsaga_engine::client::ClientError> {
-    /// use jetsaga_engine::client::Client;
+    /// # async fn demo() -> Result<(), jetsaga_cli::client::ClientError> {
+    /// use jetsaga_cli::client::Client;
     /// use jetsaga_engine::config::{NatsConfig, Secret};
     /// let nats = NatsConfig {
     ///     user: Some("app".into()),

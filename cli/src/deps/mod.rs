@@ -37,8 +37,8 @@
 //! elementary cycles are not listed: a dense cluster has exponentially many.
 //!
 //! ```
-//! use jetsaga_engine::deps::{parse_manifest, resolve};
-//! use jetsaga_engine::saga::definition::Format;
+//! use jetsaga_cli::deps::{parse_manifest, resolve};
+//! use jetsaga_core::saga::definition::Format;
 //!
 //! let ledger = parse_manifest("ledger.yaml", "name: ledger\nversion: 1.3.0\n", Format::Yaml).unwrap();
 //! let payments = parse_manifest(
