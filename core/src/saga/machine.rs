@@ -91,9 +91,9 @@
 //! generation of its key ([`Attempt::generation`]).
 //!
 //! ```
-//! use jetsaga_engine::saga::definition::{RetryPolicy, SagaDefinition, StepDefinition};
-//! use jetsaga_engine::saga::machine::{apply, new_saga};
-//! use jetsaga_engine::saga::state::{Effect, Event, Inputs, SagaStatus};
+//! use jetsaga_core::saga::definition::{RetryPolicy, SagaDefinition, StepDefinition};
+//! use jetsaga_core::saga::machine::{apply, new_saga};
+//! use jetsaga_core::saga::state::{Effect, Event, Inputs, SagaStatus};
 //! use jetsaga_protocol::{Outcome, TaskKind};
 //! use std::time::Duration;
 //!
