@@ -5,9 +5,7 @@ use super::*;
 
 #[test]
 fn retries_wait_for_growing_delays_then_exhaust() {
-    let mut steps = chain(1);
-    steps[0].retry = policy(4);
-    let mut h = Harness::started(definition(steps, None));
+    let mut h = Def::chain(1).attempts(0, 4).start();
 
     for (attempt, delay) in [(1, 1_000), (2, 2_000), (3, 4_000)] {
         h.now += 500;
@@ -65,7 +63,7 @@ fn retries_wait_for_growing_delays_then_exhaust() {
 
 #[test]
 fn retry_after_is_honoured_when_later_than_the_backoff() {
-    let mut h = Harness::started(definition(chain(1), None));
+    let mut h = Def::chain(1).start();
     h.result(0, A, 1, retryable("rate limited", Some(5_000)))
         .unwrap();
     assert_eq!(
@@ -95,7 +93,7 @@ fn retry_after_is_honoured_when_later_than_the_backoff() {
 
 #[test]
 fn step_timeout_redispatches_at_once_and_fences_the_old_attempt() {
-    let mut h = Harness::started(definition(chain(2), None));
+    let mut h = Def::chain(2).start();
     h.now += STEP_TIMEOUT_MS;
     let timer = TimerKind::StepTimeout {
         step: 0,
@@ -131,13 +129,13 @@ fn step_timeout_redispatches_at_once_and_fences_the_old_attempt() {
 #[test]
 fn exhausted_timeouts_of_a_running_action_leave_its_outcome_unknown_and_roll_back() {
     // a -> b, c independent; b has 2 attempts, both time out.
-    let mut steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[0], true),
         step("c", &[], true),
-    ];
-    steps[1].retry = policy(2);
-    let mut h = Harness::started(definition(steps, None));
+    ])
+    .attempts(1, 2)
+    .start();
     h.result(0, A, 1, ok()).unwrap(); // b dispatched
     h.result(2, A, 1, ok()).unwrap();
     h.now += STEP_TIMEOUT_MS;
@@ -199,9 +197,7 @@ fn exhausted_timeouts_of_a_running_action_leave_its_outcome_unknown_and_roll_bac
 fn an_action_out_of_attempts_after_a_timeout_stops_the_saga_at_once_when_nothing_else_runs() {
     // s0 -> s1; s1's only attempt times out: nothing can be rolled back
     // (s0 is blocked by s1), so the rollback ends in the same transition.
-    let mut steps = chain(2);
-    steps[1].retry = policy(1);
-    let mut h = Harness::started(definition(steps, Some(Duration::from_secs(90))));
+    let mut h = Def::chain(2).attempts(1, 1).timeout_secs(90).start();
     h.result(0, A, 1, ok()).unwrap();
     let effects = h
         .fire(TimerKind::StepTimeout {

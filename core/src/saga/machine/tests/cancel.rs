@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn cancel_with_compensation_rolls_back_and_cannot_be_repeated() {
-    let mut h = Harness::started(definition(chain(3), None));
+    let mut h = Def::chain(3).start();
     h.result(0, A, 1, ok()).unwrap();
     let effects = h.cancel(true).unwrap();
     assert_eq!(
@@ -41,7 +41,7 @@ fn cancel_of_a_pending_saga_ends_it_cancelled_without_running_anything() {
     // A pending saga is one waiting in the start queue (`crate::limits`):
     // nothing ran, so compensating or not, it ends `cancelled`.
     for compensate in [true, false] {
-        let mut h = Harness::new(definition(chain(2), Some(Duration::from_secs(60))));
+        let mut h = Def::chain(2).timeout_secs(60).pending();
         let effects = h.cancel(compensate).unwrap();
         assert!(dispatches(&effects).is_empty(), "{effects:?}");
         assert!(effects.contains(&finished("cancelled")), "{effects:?}");
@@ -60,13 +60,14 @@ fn cancel_of_a_pending_saga_ends_it_cancelled_without_running_anything() {
 #[test]
 fn cancel_without_compensation_abandons_in_flight_work() {
     // a, b parallel; c after a; d after c.
-    let steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[], true),
         step("c", &[0], true),
         step("d", &[2], true),
-    ];
-    let mut h = Harness::started(definition(steps, Some(Duration::from_secs(60))));
+    ])
+    .timeout_secs(60)
+    .start();
     h.result(0, A, 1, ok()).unwrap(); // c dispatched
     h.result(1, A, 1, retryable("busy", None)).unwrap();
     h.now += 10;
@@ -112,12 +113,12 @@ fn cancel_without_compensation_abandons_in_flight_work() {
 
 #[test]
 fn cancel_without_compensation_stops_a_rollback() {
-    let steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[], true),
         step("c", &[1], true),
-    ];
-    let mut h = Harness::started(definition(steps, None));
+    ])
+    .start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, ok()).unwrap();
     h.result(2, A, 1, fatal("boom")).unwrap();

@@ -5,8 +5,7 @@ use super::*;
 
 #[test]
 fn failure_at_step_three_compensates_two_then_one_and_nothing_else() {
-    let timeout = Duration::from_secs(600);
-    let mut h = Harness::started(definition(chain(4), Some(timeout)));
+    let mut h = Def::chain(4).timeout_secs(600).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, ok()).unwrap();
 
@@ -75,12 +74,12 @@ fn failure_at_step_three_compensates_two_then_one_and_nothing_else() {
 #[test]
 fn steps_without_compensation_are_not_compensable_and_do_not_block() {
     // a (compensable) -> b (no compensation) -> c fails
-    let steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[0], false),
         step("c", &[1], true),
-    ];
-    let mut h = Harness::started(definition(steps, None));
+    ])
+    .start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, ok()).unwrap();
     let effects = h.result(2, A, 1, fatal("nope")).unwrap();
@@ -90,8 +89,7 @@ fn steps_without_compensation_are_not_compensable_and_do_not_block() {
     assert!(matches!(h.saga.status, SagaStatus::Compensated { .. }));
 
     // Only non-compensable steps succeeded: rolled back with nothing to run.
-    let steps = vec![step("a", &[], false), step("b", &[0], true)];
-    let mut h = Harness::started(definition(steps, None));
+    let mut h = Def::steps(vec![step("a", &[], false), step("b", &[0], true)]).start();
     h.result(0, A, 1, ok()).unwrap();
     let effects = h.result(1, A, 1, fatal("nope")).unwrap();
     assert!(dispatches(&effects).is_empty());
@@ -101,12 +99,13 @@ fn steps_without_compensation_are_not_compensable_and_do_not_block() {
 
 #[test]
 fn saga_timeout_rolls_back_while_draining_in_flight_steps() {
-    let steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[], true),
         step("c", &[0], true),
-    ];
-    let mut h = Harness::started(definition(steps, Some(Duration::from_secs(90))));
+    ])
+    .timeout_secs(90)
+    .start();
     h.result(0, A, 1, ok()).unwrap(); // c dispatched; b still running
     h.now += 90_000;
     let effects = h.fire(TimerKind::SagaTimeout).unwrap();
@@ -154,8 +153,7 @@ fn saga_timeout_rolls_back_while_draining_in_flight_steps() {
 
 #[test]
 fn draining_step_that_succeeds_gets_compensated() {
-    let steps = vec![step("a", &[], true), step("b", &[], true)];
-    let mut h = Harness::started(definition(steps, None));
+    let mut h = Def::steps(vec![step("a", &[], true), step("b", &[], true)]).start();
     let effects = h.result(0, A, 1, fatal("boom")).unwrap();
     assert!(dispatches(&effects).is_empty(), "b is in flight, a failed");
     assert_eq!(*h.status(1), StepStatus::Running { attempt: 1 });
@@ -175,13 +173,13 @@ fn draining_step_that_succeeds_gets_compensated() {
 #[test]
 fn draining_step_timeouts_redispatch_and_an_unknown_outcome_blocks_the_rollback() {
     // a -> b; c independent with 2 attempts and fails fatally once a and b ran.
-    let mut steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[], true),
         step("c", &[0], true),
-    ];
-    steps[1].retry = policy(2);
-    let mut h = Harness::started(definition(steps, None));
+    ])
+    .attempts(1, 2)
+    .start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(2, A, 1, fatal("boom")).unwrap();
     // a has no running dependents (c failed): compensated at once; b drains.
@@ -226,13 +224,13 @@ fn draining_step_timeouts_redispatch_and_an_unknown_outcome_blocks_the_rollback(
 
 #[test]
 fn unknown_outcome_while_draining_blocks_compensation_of_its_dependencies() {
-    let mut steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[0], true),
         step("c", &[], true),
-    ];
-    steps[1].retry = policy(1);
-    let mut h = Harness::started(definition(steps, None));
+    ])
+    .attempts(1, 1)
+    .start();
     h.result(0, A, 1, ok()).unwrap(); // b dispatched
     h.result(2, A, 1, fatal("boom")).unwrap();
     h.fire(TimerKind::StepTimeout {
@@ -253,9 +251,7 @@ fn unknown_outcome_while_draining_blocks_compensation_of_its_dependencies() {
 
 #[test]
 fn compensation_retries_then_fails_for_good_leaving_dependencies_uncompensated() {
-    let mut steps = chain(3);
-    steps[1].retry = policy(2);
-    let mut h = Harness::started(definition(steps, Some(Duration::from_secs(60))));
+    let mut h = Def::chain(3).attempts(1, 2).timeout_secs(60).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, ok()).unwrap();
     h.result(2, A, 1, fatal("boom")).unwrap();
@@ -317,7 +313,7 @@ fn compensation_retries_then_fails_for_good_leaving_dependencies_uncompensated()
 #[test]
 fn fatal_compensation_and_compensation_timeouts() {
     // Fatal compensation: CompensationFailed at once.
-    let mut h = Harness::started(definition(chain(2), None));
+    let mut h = Def::chain(2).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, fatal("boom")).unwrap();
     let effects = h.result(0, C, 1, fatal("cannot undo")).unwrap();
@@ -333,9 +329,7 @@ fn fatal_compensation_and_compensation_timeouts() {
     ));
 
     // Compensation timeouts: re-dispatch, then CompensationFailed.
-    let mut steps = chain(2);
-    steps[0].retry = policy(2);
-    let mut h = Harness::started(definition(steps, None));
+    let mut h = Def::chain(2).attempts(0, 2).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, fatal("boom")).unwrap();
     let effects = h
@@ -366,7 +360,7 @@ fn fatal_compensation_and_compensation_timeouts() {
 
 #[test]
 fn failing_the_first_step_fails_the_saga() {
-    let mut h = Harness::started(definition(chain(3), Some(Duration::from_secs(60))));
+    let mut h = Def::chain(3).timeout_secs(60).start();
     let effects = h.result(0, A, 1, fatal("invalid input")).unwrap();
     let reason = "step s0 failed: invalid input".to_owned();
     assert_eq!(
@@ -393,8 +387,7 @@ fn failing_the_first_step_fails_the_saga() {
 
 #[test]
 fn a_step_waiting_for_a_retry_fails_when_the_rollback_starts() {
-    let steps = vec![step("a", &[], true), step("b", &[], true)];
-    let mut h = Harness::started(definition(steps, None));
+    let mut h = Def::steps(vec![step("a", &[], true), step("b", &[], true)]).start();
     h.result(0, A, 1, retryable("busy", None)).unwrap();
     let effects = h.result(1, A, 1, fatal("boom")).unwrap();
     assert!(effects.contains(&Effect::CancelTimer {

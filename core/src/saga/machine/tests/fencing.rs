@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn stale_duplicate_and_misdirected_results_are_rejected() {
-    let mut h = Harness::started(definition(chain(2), None));
+    let mut h = Def::chain(2).start();
     let stale = |r: Result<Vec<Effect>, Rejection>| matches!(r, Err(Rejection::Stale { .. }));
     // Not the current attempt, not the current kind, not dispatched yet.
     assert!(stale(h.result(0, A, 2, ok())));
@@ -40,7 +40,7 @@ fn stale_duplicate_and_misdirected_results_are_rejected() {
 
 #[test]
 fn results_before_start_are_stale() {
-    let mut h = Harness::new(definition(chain(1), None));
+    let mut h = Def::chain(1).pending();
     assert!(matches!(
         h.result(0, A, 1, ok()),
         Err(Rejection::Stale { .. })
@@ -53,7 +53,7 @@ fn results_before_start_are_stale() {
 
 #[test]
 fn timers_are_fenced_by_attempt() {
-    let mut h = Harness::started(definition(chain(2), Some(Duration::from_secs(60))));
+    let mut h = Def::chain(2).timeout_secs(60).start();
     let stale = |r: Result<Vec<Effect>, Rejection>| matches!(r, Err(Rejection::Stale { .. }));
     // A retry timer when nothing waits, or for another attempt.
     assert!(stale(h.fire(TimerKind::Retry {
@@ -115,9 +115,9 @@ fn timers_are_fenced_by_attempt() {
 
 #[test]
 fn mismatched_definition_is_rejected() {
-    let def = definition(chain(2), None);
+    let def = Def::chain(2).build();
     let mut saga = new_saga("x".into(), &def, json!(null), None, T0);
-    let other = definition(chain(3), None);
+    let other = Def::chain(3).build();
     let before = saga.clone();
     let r = apply(
         &mut saga,

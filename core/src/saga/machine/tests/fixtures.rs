@@ -6,6 +6,7 @@ use super::*;
 pub(super) const T0: Millis = 1_000_000;
 pub(super) const STEP_TIMEOUT_MS: Millis = 30_000;
 
+/// Backoff from 1s doubling up to 60s, no jitter.
 pub(super) fn policy(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
         max_attempts,
@@ -16,6 +17,8 @@ pub(super) fn policy(max_attempts: u32) -> RetryPolicy {
     }
 }
 
+/// A step `id` of service `svc` after `depends_on`, with 3 attempts, and
+/// compensable or not.
 pub(super) fn step(id: &str, depends_on: &[usize], compensable: bool) -> StepDefinition {
     StepDefinition {
         id: id.to_owned(),
@@ -28,26 +31,65 @@ pub(super) fn step(id: &str, depends_on: &[usize], compensable: bool) -> StepDef
     }
 }
 
-pub(super) fn definition(steps: Vec<StepDefinition>, timeout: Option<Duration>) -> SagaDefinition {
-    SagaDefinition {
-        name: "test".to_owned(),
-        version: 1,
-        timeout,
-        steps,
-        triggers: Vec::new(),
-        policy: Default::default(),
-        max_running: None,
-    }
-}
+/// A test saga's definition, built from what a test changes: steps (a
+/// chain or given ones, 3 attempts each), the saga timeout (none by
+/// default), a step's attempts; then [`Def::start`] or [`Def::pending`].
+pub(super) struct Def(SagaDefinition);
 
-/// `s0 -> s1 -> ... -> s{n-1}`, all compensable.
-pub(super) fn chain(n: usize) -> Vec<StepDefinition> {
-    (0..n)
-        .map(|i| {
-            let deps: Vec<usize> = i.checked_sub(1).into_iter().collect();
-            step(&format!("s{i}"), &deps, true)
+impl Def {
+    /// `s0 -> s1 -> ... -> s{n-1}`, all compensable.
+    pub(super) fn chain(n: usize) -> Self {
+        Self::steps(
+            (0..n)
+                .map(|i| {
+                    let deps: Vec<usize> = i.checked_sub(1).into_iter().collect();
+                    step(&format!("s{i}"), &deps, true)
+                })
+                .collect(),
+        )
+    }
+
+    /// These steps (see [`step`]).
+    pub(super) fn steps(steps: Vec<StepDefinition>) -> Self {
+        Def(SagaDefinition {
+            name: "test".to_owned(),
+            version: 1,
+            timeout: None,
+            steps,
+            triggers: Vec::new(),
+            policy: Default::default(),
+            max_running: None,
         })
-        .collect()
+    }
+
+    /// A saga timeout of `secs` seconds.
+    pub(super) fn timeout_secs(mut self, secs: u64) -> Self {
+        self.0.timeout = Some(Duration::from_secs(secs));
+        self
+    }
+
+    /// At most `max_attempts` attempts for step `step` (see [`policy`]).
+    pub(super) fn attempts(mut self, step: usize, max_attempts: u32) -> Self {
+        self.0.steps[step].retry = policy(max_attempts);
+        self
+    }
+
+    /// The definition itself.
+    pub(super) fn build(self) -> SagaDefinition {
+        self.0
+    }
+
+    /// A harness with the saga created at [`T0`], not started.
+    pub(super) fn pending(self) -> Harness {
+        Harness::new(self.0)
+    }
+
+    /// A harness with the saga started at [`T0`].
+    pub(super) fn start(self) -> Harness {
+        let mut h = self.pending();
+        h.apply(Event::Start).expect("start");
+        h
+    }
 }
 
 pub(super) const A: TaskKind = TaskKind::Action;
@@ -76,15 +118,9 @@ pub(super) struct Harness {
 }
 
 impl Harness {
-    pub(super) fn new(def: SagaDefinition) -> Self {
+    fn new(def: SagaDefinition) -> Self {
         let saga = new_saga("saga-1".into(), &def, json!({"x": 1}), None, T0);
         Self { saga, def, now: T0 }
-    }
-
-    pub(super) fn started(def: SagaDefinition) -> Self {
-        let mut h = Self::new(def);
-        h.apply(Event::Start).expect("start");
-        h
     }
 
     /// Applies an event; asserts a rejection changed nothing.

@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn new_saga_is_pending_with_pending_steps() {
-    let def = definition(chain(3), None);
+    let def = Def::chain(3).build();
     let saga = new_saga("id".into(), &def, json!(1), Some("key".into()), 7);
     assert_eq!(saga.status, SagaStatus::Pending);
     assert_eq!(saga.name, "test");
@@ -22,8 +22,7 @@ fn new_saga_is_pending_with_pending_steps() {
 
 #[test]
 fn happy_path_of_a_four_step_chain() {
-    let timeout = Duration::from_secs(600);
-    let mut h = Harness::new(definition(chain(4), Some(timeout)));
+    let mut h = Def::chain(4).timeout_secs(600).pending();
 
     let effects = h.apply(Event::Start).unwrap();
     let mut expected = vec![
@@ -93,7 +92,7 @@ fn happy_path_of_a_four_step_chain() {
 
 #[test]
 fn start_without_saga_timeout_schedules_no_saga_timer_and_start_twice_is_rejected() {
-    let mut h = Harness::new(definition(chain(1), None));
+    let mut h = Def::chain(1).pending();
     let effects = h.apply(Event::Start).unwrap();
     assert!(!effects.iter().any(|e| matches!(
         e,
@@ -117,13 +116,13 @@ fn start_without_saga_timeout_schedules_no_saga_timer_and_start_twice_is_rejecte
 #[test]
 fn independent_steps_are_dispatched_together_and_joins_wait_for_all() {
     // a, b independent; c needs both; d needs a only.
-    let steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[], true),
         step("c", &[0, 1], true),
         step("d", &[0], true),
-    ];
-    let mut h = Harness::new(definition(steps, None));
+    ])
+    .pending();
     let effects = h.apply(Event::Start).unwrap();
     assert_eq!(dispatches(&effects), vec![(0, A, 1), (1, A, 1)]);
 

@@ -35,7 +35,7 @@ fn retried(from: &str, generation: u32) -> Effect {
 
 /// s0 -> s1 -> s2; s2 fails, s1's compensation fails fatally: s0 and s1 stuck.
 fn stuck_on_a_fatal_compensation() -> Harness {
-    let mut h = Harness::started(definition(chain(3), Some(Duration::from_secs(60))));
+    let mut h = Def::chain(3).timeout_secs(60).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, ok()).unwrap();
     h.result(2, A, 1, fatal("boom")).unwrap();
@@ -115,9 +115,7 @@ fn retry_resumes_a_rollback_and_a_fatal_compensation_gets_a_fresh_key() {
 #[test]
 fn a_resumed_compensation_keeps_its_key_after_a_timeout_or_retryable_errors() {
     // s0's compensation has one attempt per round.
-    let mut steps = chain(2);
-    steps[0].retry = policy(1);
-    let mut h = Harness::started(definition(steps, None));
+    let mut h = Def::chain(2).attempts(0, 1).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, fatal("boom")).unwrap();
     h.fire(TimerKind::StepTimeout {
@@ -161,13 +159,13 @@ fn a_resumed_compensation_keeps_its_key_after_a_timeout_or_retryable_errors() {
 
 /// a -> b, c independent; b's only attempt times out: a and b stuck.
 fn stuck_on_an_unknown_action() -> Harness {
-    let mut steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], true),
         step("b", &[0], true),
         step("c", &[], true),
-    ];
-    steps[1].retry = policy(1);
-    let mut h = Harness::started(definition(steps, None));
+    ])
+    .attempts(1, 1)
+    .start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(2, A, 1, fatal("boom")).unwrap();
     h.fire(TimerKind::StepTimeout {
@@ -256,7 +254,7 @@ fn a_redispatched_action_that_failed_or_times_out_again() {
 
 #[test]
 fn retry_runs_a_failed_saga_forward_again_under_a_new_generation() {
-    let mut h = Harness::started(definition(chain(2), Some(Duration::from_secs(60))));
+    let mut h = Def::chain(2).timeout_secs(60).start();
     h.result(0, A, 1, fatal("card declined")).unwrap();
     assert!(matches!(h.saga.status, SagaStatus::Failed { .. }));
     // The cause is fixed; the operator retries.
@@ -322,13 +320,13 @@ fn retry_runs_a_failed_saga_forward_again_under_a_new_generation() {
 #[test]
 fn retry_runs_a_compensated_saga_again_keeping_effects_nothing_undid() {
     // a (no compensation) -> b -> c (no compensation) -> d, which fails.
-    let steps = vec![
+    let mut h = Def::steps(vec![
         step("a", &[], false),
         step("b", &[0], true),
         step("c", &[1], false),
         step("d", &[2], true),
-    ];
-    let mut h = Harness::started(definition(steps, None));
+    ])
+    .start();
     for i in 0..3 {
         h.result(i, A, 1, Outcome::Ok { output: json!(i) }).unwrap();
     }
@@ -365,7 +363,7 @@ fn retry_is_not_applicable_to_live_completed_and_cancelled_sagas() {
         }
         other => panic!("expected not applicable, got {other:?}"),
     };
-    let mut h = Harness::new(definition(chain(2), None));
+    let mut h = Def::chain(2).pending();
     not_applicable(&mut h, false, "it is pending");
     h.apply(Event::Start).unwrap();
     not_applicable(&mut h, false, "it is running (wait until it finishes");
@@ -382,11 +380,11 @@ fn retry_is_not_applicable_to_live_completed_and_cancelled_sagas() {
     // Compensated: a forward retry applies, a compensation retry not.
     not_applicable(&mut h, true, "to run it again from the start, use retry");
 
-    let mut h = Harness::started(definition(chain(1), None));
+    let mut h = Def::chain(1).start();
     h.result(0, A, 1, ok()).unwrap();
     not_applicable(&mut h, false, "it is completed");
 
-    let mut h = Harness::started(definition(chain(1), None));
+    let mut h = Def::chain(1).start();
     h.cancel(false).unwrap();
     not_applicable(&mut h, false, "start a new saga instead");
     not_applicable(&mut h, true, "it is cancelled");
