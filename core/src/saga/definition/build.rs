@@ -7,7 +7,7 @@ use super::duration::resolve_duration;
 use super::error::{DefinitionError, Place};
 use super::parse::{RawFile, RawSaga};
 use super::policy::{build_saga_policy, check_saga_policy};
-use super::retry::{RetryContext, RetryPolicy, resolve_policy};
+use super::retry::RetryContext;
 use super::service::build_services;
 use super::trigger::{build_triggers, check_triggers};
 use super::validate::{
@@ -25,19 +25,7 @@ pub(super) fn build_file(
     let mut errs = Vec::new();
     let file = Place::new(source_name);
 
-    // File-level policies: each is checked once; `None` marks an invalid one,
-    // so steps using it do not repeat its errors.
-    let mut policies: HashMap<String, Option<RetryPolicy>> = HashMap::new();
-    let mut policy_names = Vec::new();
-    for (name, raw_policy) in raw.retry_policies.map(|e| e.0).unwrap_or_default() {
-        let resolved = resolve_policy(&file.policy(&name), "", raw_policy, &mut errs);
-        policy_names.push(name.clone());
-        policies.insert(name, resolved);
-    }
-    let retry = RetryContext {
-        policies,
-        names: policy_names,
-    };
+    let retry = RetryContext::new(&file, raw.retry_policies, &mut errs);
 
     if raw.sagas.0.is_empty() {
         errs.push(DefinitionError::Empty {

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::duration::{Human, RawDuration, check_duration, humantime_millis, resolve_duration};
 use super::error::{DefinitionError, Place};
+use super::parse::Entries;
 
 /// Name of the retry policy steps without a `retry` field use, when the file defines it.
 pub const DEFAULT_POLICY_NAME: &str = "default";
@@ -129,14 +130,32 @@ impl<'de> Deserialize<'de> for RawRetry {
     }
 }
 
+/// A file's `retry_policies`, each checked once, for its steps to use.
 pub(super) struct RetryContext {
-    /// Valid policies by name; `None` for a policy that failed validation.
-    pub(super) policies: HashMap<String, Option<RetryPolicy>>,
+    /// Valid policies by name; `None` for a policy that failed validation,
+    /// so steps using it do not repeat its errors.
+    policies: HashMap<String, Option<RetryPolicy>>,
     /// Policy names in file order, for error messages.
-    pub(super) names: Vec<String>,
+    names: Vec<String>,
 }
 
 impl RetryContext {
+    /// Checks the file's policies, pushing their problems to `errs`.
+    pub(super) fn new(
+        file: &Place,
+        raw: Option<Entries<RawPolicy>>,
+        errs: &mut Vec<DefinitionError>,
+    ) -> Self {
+        let mut policies = HashMap::new();
+        let mut names = Vec::new();
+        for (name, raw_policy) in raw.map(|e| e.0).unwrap_or_default() {
+            let resolved = resolve_policy(&file.policy(&name), "", raw_policy, errs);
+            names.push(name.clone());
+            policies.insert(name, resolved);
+        }
+        RetryContext { policies, names }
+    }
+
     /// The policy a step uses; `None` if it is invalid (errors pushed or already reported).
     pub(super) fn resolve(
         &self,
@@ -167,7 +186,7 @@ impl RetryContext {
 
 /// Builds a policy from its raw form (missing fields from
 /// [`RetryPolicy::default`]) and checks it; `None` if invalid.
-pub(super) fn resolve_policy(
+fn resolve_policy(
     place: &Place,
     prefix: &str,
     raw: RawPolicy,
