@@ -135,7 +135,7 @@ pub enum DefinitionError {
         reason: String,
     },
     /// A duration is unparsable, zero where it must be positive, not a whole
-    /// number of milliseconds, or longer than [`MAX_DURATION`] (`E-DEF-DURATION`).
+    /// number of milliseconds, or longer than [`MAX_DURATION`](super::MAX_DURATION) (`E-DEF-DURATION`).
     #[error("{place}: {reason}")]
     InvalidDuration {
         /// Where.

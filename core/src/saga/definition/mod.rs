@@ -105,7 +105,7 @@ pub struct SagaDefinition {
     pub timeout: Option<Duration>,
     /// Steps in file order. Indexes into this vector are step indexes.
     pub steps: Vec<StepDefinition>,
-    /// Subjects whose messages each start one saga (see [`crate::triggers`]).
+    /// Subjects whose messages each start one saga (see the engine's `triggers` module).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
     /// Whether and where sagas of this definition may start.

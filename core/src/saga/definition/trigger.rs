@@ -9,7 +9,7 @@ use super::error::{DefinitionError, Escaped, Place};
 use super::parse::Entries;
 
 /// A trigger of a saga definition: every message on `subject` starts one
-/// saga, deduplicated by the event's id (see [`crate::triggers`]).
+/// saga, deduplicated by the event's id (see the engine's `triggers` module).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Trigger {
     /// NATS subject; `*` matches one token, a final `>` the rest.

@@ -16,7 +16,7 @@ use super::{REQUEST_SOURCE, SagaDefinition};
 ///
 /// Checks everything file validation checks that survives in the built
 /// shape: names are tokens, at least one step, unique step ids, durations
-/// positive and at most [`MAX_DURATION`], retry policies in range,
+/// positive and at most [`MAX_DURATION`](super::MAX_DURATION), retry policies in range,
 /// dependencies in range and acyclic.
 pub fn validate(def: &SagaDefinition) -> Result<(), DefinitionError> {
     validate_in(REQUEST_SOURCE, def)
