@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
+#[cfg(test)]
+mod golden;
 pub mod http;
 
 /// Queue group of the API subscription.
