@@ -62,12 +62,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
-use utoipa::ToSchema;
 
 use jetsaga_protocol::validate_token;
 
 /// A validated saga definition, one version of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaDefinition {
     /// Saga name (a subject token).
     pub name: String,
@@ -76,7 +75,6 @@ pub struct SagaDefinition {
     pub version: u32,
     /// Whole-saga timeout: when it passes, the saga compensates (milliseconds in JSON).
     #[serde(with = "humantime_millis::option")]
-    #[schema(value_type = Option<u64>)]
     pub timeout: Option<Duration>,
     /// Steps in file order. Indexes into this vector are step indexes.
     pub steps: Vec<StepDefinition>,
@@ -94,7 +92,7 @@ pub struct SagaDefinition {
 }
 
 /// One step of a saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepDefinition {
     /// Step id, unique within the saga (a subject token).
     pub id: String,
@@ -106,7 +104,6 @@ pub struct StepDefinition {
     pub compensation: Option<String>,
     /// Time one attempt may take before it counts as timed out (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub timeout: Duration,
     /// Retry policy of both the action and the compensation.
     pub retry: RetryPolicy,
@@ -115,17 +112,15 @@ pub struct StepDefinition {
 }
 
 /// How often and how far apart attempts are made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Attempts in all, including the first; at least 1.
     pub max_attempts: u32,
     /// Delay before the second attempt (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub initial_delay: Duration,
     /// Upper bound of any delay (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub max_delay: Duration,
     /// Factor by which the delay grows per attempt; at least 1.
     pub backoff_factor: f64,
@@ -247,7 +242,7 @@ pub const REQUEST_SOURCE: &str = "request";
 pub const DEFAULT_POLICY_NAME: &str = "default";
 
 /// Parsed and validated contents of one definition file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DefinitionFile {
     /// The file's sagas, sorted by name, each with `version` 0 (the store assigns versions).
     pub sagas: Vec<SagaDefinition>,
@@ -1530,7 +1525,7 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
 
 /// A trigger of a saga definition: every message on `subject` starts one
 /// saga, deduplicated by the event's id (see [`crate::triggers`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {
     /// NATS subject; `*` matches one token, a final `>` the rest.
     pub subject: String,
@@ -1543,7 +1538,7 @@ pub struct Trigger {
 
 /// Whether and where sagas of a definition may start: capability by
 /// design, optional by policy. Sagas already running are not affected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaPolicy {
     /// `false`: no new saga of this definition starts, through any door.
     #[serde(default = "enabled_by_default")]
@@ -1830,7 +1825,7 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// replaces that service's policy (latest applied wins), services it does
 /// not name keep theirs. A service written with no fields (`payments: {}`)
 /// clears its limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePolicy {
     /// Service name (the work queue; a subject token).
     pub service: String,
@@ -1844,7 +1839,7 @@ pub struct ServicePolicy {
 }
 
 /// A service's circuit breaker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BreakerConfig {
     /// Consecutive failed attempts (error or timeout) that open it; at least 1.
     pub failure_threshold: u32,
@@ -1852,7 +1847,6 @@ pub struct BreakerConfig {
     pub success_threshold: u32,
     /// How long it stays open before a probe goes out (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub open_timeout: Duration,
 }
 

@@ -10,6 +10,7 @@ use jetsaga_core::admission::ServiceStatus;
 use jetsaga_core::saga::definition::{BreakerConfig, Format};
 use jetsaga_core::saga::state::{Attempt, AttemptOutcome, StepState, StepStatus};
 use jetsaga_protocol::TaskKind;
+use jetsaga_protocol::api::SagaSummary;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -223,35 +224,32 @@ fn service_status() -> Vec<ServiceStatus> {
 /// Each reply the API gives, by file name, as it encodes today.
 fn replies() -> Vec<(&'static str, Vec<u8>)> {
     let enc = |v: &dyn erased::Encode| v.encode();
-    let detail = SagaDetail {
-        saga: saga(SagaStatus::PartiallyCompensated {
+    let detail = view::saga_detail(
+        saga(SagaStatus::PartiallyCompensated {
             reason: "step charge failed".into(),
             stuck_steps: vec!["charge".into()],
         }),
-        definition: definition(),
-        queue_position: None,
-    };
+        &definition(),
+        None,
+    );
     let mut pending = bare_saga();
     pending.status = SagaStatus::Pending;
-    let queued = SagaDetail {
-        saga: pending.clone(),
-        definition: file().sagas.remove(0),
-        queue_position: Some(2),
-    };
+    let queued = view::saga_detail(pending.clone(), &file().sagas.remove(0), Some(2));
     let (saga_statuses, step_statuses) = statuses();
     let every_status: Vec<Saga> = saga_statuses.into_iter().map(saga).collect();
-    let every_step: Vec<Saga> = step_statuses
+    let summaries: Vec<SagaSummary> = every_status
+        .iter()
+        .chain([&pending])
+        .map(view::saga_summary)
+        .collect();
+    let every_status: Vec<_> = every_status.into_iter().map(view::saga_view).collect();
+    let every_step: Vec<_> = step_statuses
         .into_iter()
         .map(|status| {
             let mut s = bare_saga();
             s.steps[0].status = status;
-            s
+            view::saga_view(s)
         })
-        .collect();
-    let summaries: Vec<SagaSummary> = every_status
-        .iter()
-        .chain([&pending])
-        .map(SagaSummary::from)
         .collect();
     let page = SagaPage {
         sagas: summaries.clone(),
@@ -270,7 +268,7 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
                 enabled: refusal.is_none(),
                 refusal,
                 environment: Some("dev".into()),
-                definition,
+                definition: view::definition_view(&definition),
             }
         })
         .collect();
@@ -298,7 +296,10 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
             queued: true,
         },
     ];
-    let services = service_status();
+    let services: Vec<_> = service_status()
+        .into_iter()
+        .map(view::service_status)
+        .collect();
     vec![
         ("saga_detail.json", enc(&detail)),
         ("saga_detail_queued.json", enc(&queued)),
@@ -309,7 +310,7 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
         ("saga_page_last.json", enc(&last_page)),
         ("definition_listings.json", enc(&listings)),
         ("definitions_applied.json", enc(&applied)),
-        ("definition_file.json", enc(&file())),
+        ("definition_file.json", enc(&view::definition_file(&file()))),
         ("start_replies.json", enc(&started)),
         ("service_status.json", enc(&services)),
         ("saga_ref.json", enc(&SagaRef { id: "s-1".into() })),
