@@ -17,13 +17,13 @@
 use async_nats::client::{Request, RequestErrorKind};
 use futures::StreamExt;
 use jetsaga_core::saga::definition::SagaDefinition;
-use jetsaga_engine::api::{
-    AppliedDefinition, ApplyRequest, CancelRequest, Op, RetryRequest, SagaDetail, SagaRef,
-    SagaSummary,
-};
+use jetsaga_engine::api::{ApplyRequest, Op};
 use jetsaga_engine::config::{ConfigError, NatsConfig, connect_hint, connect_options};
+use jetsaga_protocol::api::{
+    AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest, SagaDetail,
+    SagaRef, SagaSummary, ServiceRef, ServiceStatus,
+};
 use jetsaga_protocol::{ApiError, ApiReply, StartReply, StartRequest, Subjects};
-use jetsaga_store::SagaFilter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -209,7 +209,7 @@ impl Client {
     }
 
     /// Sagas matching `filter`, newest first.
-    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaSummary>, ClientError> {
+    pub async fn list(&self, filter: &ListRequest) -> Result<Vec<SagaSummary>, ClientError> {
         self.call(Op::SagaList, filter).await
     }
 
@@ -295,44 +295,36 @@ impl Client {
     }
 
     /// Every service with a policy: breaker state, held and in-flight tasks.
-    pub async fn breakers(
-        &self,
-    ) -> Result<Vec<jetsaga_core::admission::ServiceStatus>, ClientError> {
+    pub async fn breakers(&self) -> Result<Vec<ServiceStatus>, ClientError> {
         self.call(Op::BreakerList, &serde_json::json!({})).await
     }
 
     /// One service's breaker state, held and in-flight tasks.
-    pub async fn breaker(
-        &self,
-        service: &str,
-    ) -> Result<jetsaga_core::admission::ServiceStatus, ClientError> {
-        let req = jetsaga_engine::api::ServiceRef {
+    pub async fn breaker(&self, service: &str) -> Result<ServiceStatus, ClientError> {
+        let req = ServiceRef {
             service: service.to_string(),
         };
         self.call(Op::BreakerGet, &req).await
     }
 
     /// Closes a service's breaker and releases its held tasks.
-    pub async fn reset_breaker(
-        &self,
-        service: &str,
-    ) -> Result<jetsaga_core::admission::ServiceStatus, ClientError> {
-        let req = jetsaga_engine::api::ServiceRef {
+    pub async fn reset_breaker(&self, service: &str) -> Result<ServiceStatus, ClientError> {
+        let req = ServiceRef {
             service: service.to_string(),
         };
         self.call(Op::BreakerReset, &req).await
     }
 
     /// The current version of every definition.
-    pub async fn definitions(&self) -> Result<Vec<SagaDefinition>, ClientError> {
+    pub async fn definitions(
+        &self,
+    ) -> Result<Vec<jetsaga_protocol::api::SagaDefinition>, ClientError> {
         self.call(Op::DefList, &serde_json::json!({})).await
     }
 
     /// The current version of every definition, each with whether its
     /// policy lets it start in the engine's environment.
-    pub async fn definition_listing(
-        &self,
-    ) -> Result<Vec<jetsaga_engine::api::DefinitionListing>, ClientError> {
+    pub async fn definition_listing(&self) -> Result<Vec<DefinitionListing>, ClientError> {
         self.call(Op::DefList, &serde_json::json!({})).await
     }
 

@@ -12,7 +12,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use jetsaga_core::saga::definition;
 use jetsaga_engine::config::{Config, ConfigError, Env, Layer, Loaded, LogFormat, NatsLayer};
 use jetsaga_engine::retention::Retention;
-use jetsaga_store::SagaFilter;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -317,8 +316,8 @@ pub enum SagaCommand {
     },
     /// List sagas, newest first.
     List {
-        /// Only in this state (pending, running, compensating, completed, compensated, failed, partially_compensated, cancelled).
-        #[arg(long)]
+        /// Only in this state.
+        #[arg(long, help = state_help())]
         state: Option<String>,
         /// Only of this definition.
         #[arg(long = "saga")]
@@ -550,6 +549,14 @@ async fn store_compact(dir: &Path, keep_old: bool, output: Output) -> anyhow::Re
 /// errors carry their cause in their message; `{:#}` would repeat it).
 fn error_message(error: &anyhow::Error) -> String {
     crate::deps::health::error_chain(error.as_ref())
+}
+
+/// Help of `saga list --state`: the states' names from their one list.
+fn state_help() -> String {
+    format!(
+        "Only in this state ({})",
+        jetsaga_protocol::api::SagaState::names()
+    )
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
@@ -954,11 +961,12 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
             limit,
             before,
         } => {
-            let filter = SagaFilter {
-                state: state.clone(),
+            let filter = jetsaga_protocol::api::ListRequest {
+                state: state.as_deref().map(str::parse).transpose()?,
                 name: saga.clone(),
                 before: before.clone(),
                 limit: *limit,
+                ..Default::default()
             };
             let sagas = client(cli).await?.list(&filter).await?;
             match cli.output {

@@ -1,9 +1,13 @@
 //! Human output of the CLI: status tables and progress lines.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use jetsaga_core::saga::state::{AttemptOutcome, Millis, SagaStatus, StepState};
-use jetsaga_engine::api::{DefinitionListing, SagaDetail, SagaSummary};
+use jetsaga_core::saga::definition::SagaPolicy;
+use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::TaskKind;
+use jetsaga_protocol::api::{
+    AttemptOutcome, DefinitionListing, SagaDetail, SagaStatus, SagaSummary, ServiceStatus,
+    StepState,
+};
 use std::time::{Duration, UNIX_EPOCH};
 
 fn time(ms: Millis) -> String {
@@ -152,7 +156,7 @@ pub(super) fn summaries(sagas: &[SagaSummary]) -> String {
         table.add_row(vec![
             s.id.clone(),
             s.name.clone(),
-            s.state.clone(),
+            s.state.to_string(),
             format!("{}/{}", s.steps_done, s.steps_total),
             time(s.created_at),
             s.finished_at
@@ -180,7 +184,7 @@ pub(super) fn definitions(defs: &[DefinitionListing]) -> String {
             d.steps.len().to_string(),
             services.join(", "),
             d.timeout
-                .map(|t| humantime::format_duration(t).to_string())
+                .map(|t| humantime::format_duration(Duration::from_millis(t)).to_string())
                 .unwrap_or_else(|| "-".into()),
             if d.triggers.is_empty() {
                 "-".into()
@@ -191,7 +195,11 @@ pub(super) fn definitions(defs: &[DefinitionListing]) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-            d.policy.summary(),
+            SagaPolicy {
+                enabled: d.policy.enabled,
+                environments: d.policy.environments.clone(),
+            }
+            .summary(),
             if listing.enabled {
                 "enabled".into()
             } else {
@@ -313,7 +321,7 @@ pub(super) fn deps_problems(report: &crate::deps::Resolution) -> String {
 
 /// Services with their breaker state, held and in-flight tasks, and policy
 /// (`jetsaga breaker list|status|reset`).
-pub(super) fn breakers(services: &[jetsaga_core::admission::ServiceStatus]) -> String {
+pub(super) fn breakers(services: &[ServiceStatus]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
         "service",
@@ -351,7 +359,7 @@ pub(super) fn breakers(services: &[jetsaga_core::admission::ServiceStatus]) -> S
                         "open after {} failures, close after {} probes, probe after {}",
                         c.failure_threshold,
                         c.success_threshold,
-                        humantime::format_duration(c.open_timeout)
+                        humantime::format_duration(Duration::from_millis(c.open_timeout))
                     )
                 },
             ),

@@ -44,7 +44,6 @@ use crate::saga::transition::Transition;
 pub use crate::saga::transition::{AttemptKey, attempts_in_flight, waits_on};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use utoipa::ToSchema;
 
 /// Breaker state (gauge): 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "engine_breaker_state";
@@ -289,7 +288,7 @@ pub enum Route {
 }
 
 /// One service's breaker and limits, as `breaker status` shows them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// Service name.
     pub service: String,
@@ -303,10 +302,8 @@ pub struct ServiceStatus {
     /// Whether a half-open breaker's probe is out.
     pub probe_in_flight: bool,
     /// Since when the breaker is in its state (open, half-open; ms since the Unix epoch).
-    #[schema(value_type = Option<u64>)]
     pub since: Option<Millis>,
     /// When an open breaker half-opens (ms since the Unix epoch).
-    #[schema(value_type = Option<u64>)]
     pub half_opens_at: Option<Millis>,
     /// Tasks held for the service.
     pub held: usize,

@@ -8,12 +8,15 @@
 //! [`Subjects`] value built from the installation's subject prefix (default
 //! `jetsaga`), so that several installations can share one NATS system.
 
+pub mod api;
 pub mod telemetry;
 pub mod trace_context;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+pub use api::{SagaState, StartReply, StartRequest};
 
 /// Default subject prefix of an installation.
 pub const DEFAULT_PREFIX: &str = "jetsaga";
@@ -209,6 +212,7 @@ pub fn validate_token(token: &str) -> Result<(), String> {
 /// Whether a task asks for a step's action or its compensation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskKind {
     /// The step's forward action.
     Action,
@@ -368,35 +372,6 @@ pub struct TaskResult {
     /// Free-form identity of the worker (host and process).
     #[serde(default)]
     pub worker: String,
-}
-
-/// Body of a start request (NATS API `saga.start`) and of a durable start
-/// message (whose subject names the saga, so `saga` may be omitted there).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StartRequest {
-    /// Saga definition name.
-    #[serde(default)]
-    pub saga: String,
-    /// Saga input.
-    #[serde(default)]
-    pub input: Value,
-    /// Idempotency key: the same key always gives the same saga instance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-}
-
-/// Reply to a successful start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StartReply {
-    /// Saga instance id.
-    pub saga_id: String,
-    /// `false` when the idempotency key named an existing saga.
-    pub created: bool,
-    /// `true` when the saga waits in the engine's durable start queue (state
-    /// `pending`) because a concurrency limit is reached; it starts by itself
-    /// once room frees. Sent only when `true`; absent means `false`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub queued: bool,
 }
 
 /// Error reply of the NATS request API.

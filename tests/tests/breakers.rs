@@ -6,8 +6,7 @@
 mod common;
 
 use common::{FINISH, HeldWorker, World, metric_value, step_is};
-use jetsaga_core::admission::ServiceStatus;
-use jetsaga_engine::api::SagaDetail;
+use jetsaga_protocol::api::{SagaDetail, ServiceStatus};
 use jetsaga_tests::wait_until;
 use serde_json::json;
 
@@ -393,7 +392,7 @@ services:
     let attempts = &done.saga.steps[0].attempts;
     assert_eq!(attempts.len(), 1);
     match &attempts[0].outcome {
-        Some(jetsaga_core::saga::state::AttemptOutcome::Fatal { error }) => {
+        Some(jetsaga_protocol::api::AttemptOutcome::Fatal { error }) => {
             assert!(error.starts_with("not dispatched"), "{error}")
         }
         other => panic!("held attempt ended {other:?}"),

@@ -40,11 +40,9 @@ mod common;
 use common::{Engine, READY};
 use futures::StreamExt;
 use jetsaga_cli::client::{Client, ClientError};
-use jetsaga_core::saga::definition::{self, SagaDefinition};
-use jetsaga_core::saga::state::AttemptOutcome;
-use jetsaga_engine::api::SagaDetail;
+use jetsaga_core::saga::definition;
 use jetsaga_examples::ledger;
-use jetsaga_store::SagaFilter;
+use jetsaga_protocol::api::{AttemptOutcome, ListRequest, SagaDefinition, SagaDetail};
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path};
 use jetsaga_worker::protocol::TaskKind;
 use rand::rngs::StdRng;
@@ -667,11 +665,12 @@ async fn all_saga_ids(client: &Client) -> BTreeSet<String> {
     let mut before = None;
     loop {
         let page = client
-            .list(&SagaFilter {
+            .list(&ListRequest {
                 state: None,
                 name: None,
                 before: before.clone(),
                 limit: 500,
+                ..ListRequest::default()
             })
             .await
             .expect("list sagas");

@@ -36,10 +36,8 @@
 mod common;
 
 use common::{READY, World, step_states};
-use jetsaga_core::saga::state::SagaStatus;
-use jetsaga_engine::api::SagaDetail;
 use jetsaga_examples::ledger::{self, LedgerEntry, StepKey};
-use jetsaga_store::SagaFilter;
+use jetsaga_protocol::api::{ListRequest, SagaDetail, SagaStatus};
 use jetsaga_tests::{ChildProcess, wait_until};
 use jetsaga_worker::protocol::{Subjects, TaskKind};
 use serde_json::{Value, json};
@@ -198,7 +196,7 @@ async fn check_outcome(world: &World, sagas: &[Started]) -> Vec<LedgerEntry> {
     }
     let listed = world
         .client
-        .list(&SagaFilter {
+        .list(&ListRequest {
             limit: 1000,
             ..Default::default()
         })

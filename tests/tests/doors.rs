@@ -6,7 +6,7 @@ mod common;
 
 use common::{World, step_states};
 use futures::StreamExt;
-use jetsaga_store::SagaFilter;
+use jetsaga_protocol::api::{ListRequest, SagaState};
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path, free_port};
 use jetsaga_worker::protocol::{ApiReply, StartReply};
 use jetsaga_worker::{TaskContext, Worker};
@@ -134,7 +134,7 @@ async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
     world.finished(&a.saga_id).await;
     let all = world
         .client
-        .list(&SagaFilter {
+        .list(&ListRequest {
             name: Some("one_step".into()),
             limit: 100,
             ..Default::default()
@@ -142,7 +142,7 @@ async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
         .await
         .unwrap();
     assert_eq!(all.len(), 2, "one saga per key: {all:?}");
-    assert!(all.iter().all(|s| s.state == "completed"));
+    assert!(all.iter().all(|s| s.state == SagaState::Completed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ mod common;
 use async_nats::jetstream::{self, consumer::pull};
 use common::World;
 use futures::StreamExt;
-use jetsaga_core::saga::state::SagaStatus;
+use jetsaga_protocol::api::SagaStatus;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
 use std::collections::HashSet;

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{World, metric_value};
+use jetsaga_protocol::api::SagaState;
 use jetsaga_worker::{TaskContext, Worker};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -209,16 +210,10 @@ async fn finished(http: &Http, id: &str) -> Value {
     jetsaga_tests::wait_until("saga finishes", common::FINISH, || async {
         let a = http.get(&format!("/v1/sagas/{id}")).await;
         let detail = a.json();
-        let state = detail["saga"]["status"]["state"].as_str()?.to_string();
-        [
-            "completed",
-            "compensated",
-            "failed",
-            "partially_compensated",
-            "cancelled",
-        ]
-        .contains(&state.as_str())
-        .then_some(detail)
+        let state = detail["saga"]["status"]["state"].as_str()?;
+        SagaState::from_name(state)
+            .is_some_and(SagaState::is_terminal)
+            .then_some(detail)
     })
     .await
 }

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{Engine, FINISH, READY, WorkerGuard, World, step, step_states};
-use jetsaga_store::{Change, OutboxMessage, SagaFilter, SledStore, Store};
+use jetsaga_protocol::api::{ListRequest, SagaState};
+use jetsaga_store::{Change, OutboxMessage, SledStore, Store};
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path};
 use jetsaga_worker::{TaskContext, Worker};
 use serde_json::{Value, json};
@@ -174,7 +175,7 @@ async fn a_second_engine_on_a_locked_store_refuses_and_the_first_keeps_serving()
     let other = Engine::start(&world.nats.url(), &world.engine.data_dir, &[]);
     let all = world
         .client
-        .list(&SagaFilter {
+        .list(&ListRequest {
             name: Some("one_step".into()),
             limit: 10,
             ..Default::default()
@@ -388,14 +389,14 @@ async fn sigterm_drains_in_order_exits_0_and_a_restart_finishes_the_sagas_in_fli
         let client = world.client.clone();
         async move {
             let all = client
-                .list(&SagaFilter {
+                .list(&ListRequest {
                     name: Some("gated".into()),
                     limit: 10,
                     ..Default::default()
                 })
                 .await
                 .ok()?;
-            (all.len() == 4 && all.iter().all(|s| s.state == "completed")).then_some(all)
+            (all.len() == 4 && all.iter().all(|s| s.state == SagaState::Completed)).then_some(all)
         }
     })
     .await;
@@ -483,7 +484,7 @@ async fn engine_and_workers_ride_out_a_nats_server_crash() {
     }
     let all = world
         .client
-        .list(&SagaFilter {
+        .list(&ListRequest {
             limit: 100,
             ..Default::default()
         })

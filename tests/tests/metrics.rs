@@ -7,7 +7,7 @@
 mod common;
 
 use common::World;
-use jetsaga_core::saga::state::SagaStatus;
+use jetsaga_protocol::api::SagaStatus;
 use jetsaga_worker::protocol::Subjects;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{FINISH, World, metric_value};
-use jetsaga_store::SagaFilter;
+use jetsaga_protocol::api::{ListRequest, SagaState};
 use jetsaga_tests::wait_until;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
@@ -92,9 +92,9 @@ async fn finished_sagas_are_pruned_after_the_retention_and_free_their_keys() {
     assert_eq!(pruned, 3.0, "only the three finished sagas were pruned");
     let completed = world
         .client
-        .list(&SagaFilter {
-            state: Some("completed".into()),
-            ..SagaFilter::default()
+        .list(&ListRequest {
+            state: Some(SagaState::Completed),
+            ..ListRequest::default()
         })
         .await
         .expect("list");

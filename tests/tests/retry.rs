@@ -6,7 +6,7 @@
 mod common;
 
 use common::{World, step, step_states};
-use jetsaga_core::saga::state::{AttemptOutcome, SagaStatus};
+use jetsaga_protocol::api::{AttemptOutcome, SagaStatus};
 use jetsaga_worker::protocol::TaskKind;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
@@ -109,7 +109,7 @@ async fn fixable_worker(world: &World, faults: Arc<Faults>) -> common::WorkerGua
 }
 
 fn kinds_and_outcomes(
-    detail: &jetsaga_engine::api::SagaDetail,
+    detail: &jetsaga_protocol::api::SagaDetail,
     id: &str,
 ) -> Vec<(TaskKind, u32, u32, Option<AttemptOutcome>)> {
     step(detail, id)
@@ -360,7 +360,7 @@ async fn finished_sagas_are_deleted_and_running_ones_are_not() {
     assert_eq!(err.code(), "E-NOT-FOUND", "{err}");
     let listed = world
         .client
-        .list(&jetsaga_store::SagaFilter::default())
+        .list(&jetsaga_protocol::api::ListRequest::default())
         .await
         .unwrap();
     assert!(listed.iter().all(|s| s.id != first.saga_id), "{listed:?}");

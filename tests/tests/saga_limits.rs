@@ -9,9 +9,7 @@
 mod common;
 
 use common::{HeldWorker, READY, World};
-use jetsaga_core::saga::state::SagaStatus;
-use jetsaga_engine::api::SagaDetail;
-use jetsaga_store::SagaFilter;
+use jetsaga_protocol::api::{ListRequest, SagaDetail, SagaState, SagaStatus};
 use jetsaga_tests::wait_until;
 use jetsaga_worker::protocol::StartReply;
 use serde_json::json;
@@ -50,11 +48,11 @@ async fn detail(world: &World, id: &str) -> SagaDetail {
 }
 
 /// Ids of the sagas in `state`, oldest first.
-async fn in_state(world: &World, state: &str) -> Vec<String> {
-    let filter = SagaFilter {
-        state: Some(state.into()),
+async fn in_state(world: &World, state: SagaState) -> Vec<String> {
+    let filter = ListRequest {
+        state: Some(state),
         limit: 1000,
-        ..SagaFilter::default()
+        ..ListRequest::default()
     };
     let mut ids: Vec<String> = world
         .client
@@ -79,7 +77,7 @@ async fn assert_queued_in_order(world: &World, queued: &[String]) {
             "queued saga {id} ran a step"
         );
     }
-    assert_eq!(in_state(world, "pending").await, queued);
+    assert_eq!(in_state(world, SagaState::Pending).await, queued);
 }
 
 /// When the saga's only step was dispatched (its first attempt started).
@@ -104,7 +102,7 @@ async fn a_global_limit_queues_starts_and_admits_them_in_start_order() {
     let mut running = held.arrivals(2).await;
     running.sort();
     assert_eq!(running, ids[..2]);
-    assert_eq!(in_state(&world, "running").await, ids[..2]);
+    assert_eq!(in_state(&world, SagaState::Running).await, ids[..2]);
     assert_queued_in_order(&world, &ids[2..]).await;
     assert!(!held.has_arrival(), "a third saga ran over the limit");
 
@@ -112,7 +110,7 @@ async fn a_global_limit_queues_starts_and_admits_them_in_start_order() {
     for next in 2..6 {
         held.release(1);
         assert_eq!(held.next_arrival().await, ids[next], "admission #{next}");
-        assert_eq!(in_state(&world, "running").await.len(), 2);
+        assert_eq!(in_state(&world, SagaState::Running).await.len(), 2);
         assert_queued_in_order(&world, &ids[next + 1..]).await;
     }
     held.release(2);
@@ -197,7 +195,7 @@ async fn queued_sagas_survive_a_kill_of_the_engine_in_order_and_run_once() {
         "{resumed}"
     );
     assert_queued_in_order(&world, &ids[1..]).await;
-    assert_eq!(in_state(&world, "running").await, ids[..1]);
+    assert_eq!(in_state(&world, SagaState::Running).await, ids[..1]);
     // The keys still name the same sagas.
     for (n, key) in keys.iter().enumerate() {
         let again = start(&world, "free", n, Some(key)).await;
@@ -220,9 +218,9 @@ async fn queued_sagas_survive_a_kill_of_the_engine_in_order_and_run_once() {
     // None lost, none doubled: four sagas, each step's handler ran once.
     let all = world
         .client
-        .list(&SagaFilter {
+        .list(&ListRequest {
             limit: 1000,
-            ..SagaFilter::default()
+            ..ListRequest::default()
         })
         .await
         .expect("list");
@@ -331,7 +329,7 @@ async fn a_durable_start_over_the_limit_is_queued_then_acknowledged() {
     // The engine acknowledges it once the queued saga is durable: the
     // work-queue stream then drops the message.
     let pending = wait_until("the durable start is queued", READY, || async {
-        let pending = in_state(&world, "pending").await;
+        let pending = in_state(&world, SagaState::Pending).await;
         (pending.len() == 1).then_some(pending)
     })
     .await;

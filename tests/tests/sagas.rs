@@ -6,8 +6,8 @@ mod common;
 
 use common::{World, step, step_is, step_states};
 use futures::StreamExt;
-use jetsaga_core::saga::state::{AttemptOutcome, SagaStatus};
 use jetsaga_examples::ledger;
+use jetsaga_protocol::api::{AttemptOutcome, SagaStatus};
 use jetsaga_worker::protocol::{Outcome, Task, TaskKind, TaskResult};
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};

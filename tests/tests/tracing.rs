@@ -6,9 +6,9 @@
 
 use jetsaga_cli::client::Client;
 use jetsaga_core::saga::definition::{self, Format};
-use jetsaga_core::saga::state::SagaStatus;
 use jetsaga_engine::config::{Config, NatsConfig};
 use jetsaga_engine::trace::{self as engine_trace, DeterministicIds, TraceParent};
+use jetsaga_protocol::api::SagaStatus;
 use jetsaga_tests::NatsServer;
 use jetsaga_worker::protocol::{ApiReply, StartReply, TaskKind};
 use jetsaga_worker::{StepError, TaskContext, Worker};

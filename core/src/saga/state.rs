@@ -7,14 +7,13 @@
 use jetsaga_protocol::{Outcome, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
 
 /// Milliseconds since the Unix epoch. The state machine never reads a clock:
 /// the current time comes in with every event.
 pub type Millis = u64;
 
 /// One saga instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saga {
     /// Instance id (a UUIDv7, so ids sort by creation time).
     pub id: String,
@@ -37,13 +36,10 @@ pub struct Saga {
     /// One entry per step of the definition, in the definition's order.
     pub steps: Vec<StepState>,
     /// When the saga was created.
-    #[schema(value_type = u64)]
     pub created_at: Millis,
     /// When the saga last changed.
-    #[schema(value_type = u64)]
     pub updated_at: Millis,
     /// When the saga reached a terminal state.
-    #[schema(value_type = Option<u64>)]
     pub finished_at: Option<Millis>,
     /// The W3C `traceparent` the start carried (see `crate::trace`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,7 +56,7 @@ fn is_zero_u64(n: &u64) -> bool {
 }
 
 /// Where a saga stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum SagaStatus {
     /// Accepted, not started yet.
@@ -128,82 +124,12 @@ impl SagaStatus {
     }
 }
 
-/// The states a saga can be in, without their data: the one list of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SagaState {
-    /// Accepted, not started yet.
-    Pending,
-    /// Steps are being run.
-    Running,
-    /// Completed steps are being compensated.
-    Compensating,
-    /// Every step succeeded.
-    Completed,
-    /// Rolled back.
-    Compensated,
-    /// Failed with nothing to compensate.
-    Failed,
-    /// Rolled back only in part; a person must act.
-    PartiallyCompensated,
-    /// Cancelled without compensation.
-    Cancelled,
-}
-
-impl SagaState {
-    /// Every state, in lifecycle order.
-    pub const ALL: [SagaState; 8] = [
-        SagaState::Pending,
-        SagaState::Running,
-        SagaState::Compensating,
-        SagaState::Completed,
-        SagaState::Compensated,
-        SagaState::Failed,
-        SagaState::PartiallyCompensated,
-        SagaState::Cancelled,
-    ];
-
-    /// Stable lowercase name (`running`, `partially_compensated`, ...), as used
-    /// by the CLI, the API, the metrics and the store's state index.
-    pub const fn name(self) -> &'static str {
-        match self {
-            SagaState::Pending => "pending",
-            SagaState::Running => "running",
-            SagaState::Compensating => "compensating",
-            SagaState::Completed => "completed",
-            SagaState::Compensated => "compensated",
-            SagaState::Failed => "failed",
-            SagaState::PartiallyCompensated => "partially_compensated",
-            SagaState::Cancelled => "cancelled",
-        }
-    }
-
-    /// The state named `name`, if there is one.
-    pub fn from_name(name: &str) -> Option<SagaState> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    /// Whether nothing will change any more.
-    pub const fn is_terminal(self) -> bool {
-        !matches!(
-            self,
-            SagaState::Pending | SagaState::Running | SagaState::Compensating
-        )
-    }
-
-    /// The terminal states, in lifecycle order.
-    pub fn terminal() -> impl Iterator<Item = SagaState> {
-        Self::ALL.into_iter().filter(|s| s.is_terminal())
-    }
-}
-
-impl std::fmt::Display for SagaState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The states a saga can be in, without their data: the one list of them,
+/// part of the protocol (a listing's `state`, a list filter).
+pub use jetsaga_protocol::api::SagaState;
 
 /// One step of one saga instance.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StepState {
     /// Where the step stands.
     pub status: StepStatus,
@@ -228,7 +154,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// Where a step stands.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StepStatus {
     /// Waiting for its dependencies.
@@ -244,7 +170,6 @@ pub enum StepStatus {
         /// Next attempt number.
         attempt: u32,
         /// When it is dispatched.
-        #[schema(value_type = u64)]
         due: Millis,
     },
     /// The action's effect happened.
@@ -266,7 +191,6 @@ pub enum StepStatus {
         /// Next compensation attempt number.
         attempt: u32,
         /// When it is dispatched.
-        #[schema(value_type = u64)]
         due: Millis,
     },
     /// The compensation's effect happened: the action is undone.
@@ -300,10 +224,9 @@ impl StepStatus {
 }
 
 /// One attempt at a step's action or compensation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     /// Action or compensation.
-    #[schema(value_type = String)]
     pub kind: TaskKind,
     /// Attempt number within its kind, from 1; it keeps growing across
     /// retries of the saga.
@@ -313,11 +236,9 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u32,
     /// When the task was dispatched.
-    #[schema(value_type = u64)]
     pub started_at: Millis,
     /// When the attempt ended (result or timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<u64>)]
     pub finished_at: Option<Millis>,
     /// How it ended; `None` while in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,7 +246,7 @@ pub struct Attempt {
 }
 
 /// How an attempt ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The worker reported success.

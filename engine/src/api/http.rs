@@ -31,10 +31,7 @@
 //! `Content-Type`: besides telling the formats apart, that keeps a web page
 //! from posting to an engine on `localhost` without a CORS preflight.
 
-use super::{
-    Api, AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest,
-    SagaDetail, SagaPage,
-};
+use super::{Api, view};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -43,9 +40,13 @@ use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use jetsaga_core::admission::ServiceStatus;
-use jetsaga_core::saga::definition::{DefinitionError, DefinitionFile, Format};
-use jetsaga_core::saga::state::{Millis, SagaStatus};
+use jetsaga_core::saga::definition::{DefinitionError, Format};
+use jetsaga_core::saga::state::Millis;
+use jetsaga_protocol::api::{
+    AppliedDefinitions, BreakerList, CancelRequest, CancelSagaRequest, DefinitionFile,
+    DefinitionList, ListRequest, RetryRequest, RetrySagaRequest, SagaDetail, SagaPage, SagaState,
+    SagaStatus, ServiceStatus, StartReply,
+};
 use jetsaga_protocol::{ApiError, HEADER_START_KEY, StartRequest};
 use jetsaga_store::sled_store::DEFAULT_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
@@ -494,63 +495,13 @@ impl FromRequest<HttpState> for DefinitionsBody {
 // Request and response bodies
 // ---------------------------------------------------------------------------
 
-/// Starts a saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartSagaRequest {
-    /// Definition name.
-    pub saga: String,
-    /// The saga's input, any JSON (`null` when absent).
-    #[serde(default)]
-    pub input: Value,
-    /// Idempotency key, 1 to 256 bytes; the `Idempotency-Key` header wins over it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-}
-
-/// A started (or found) saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct StartedSaga {
-    /// Saga id; `GET /v1/sagas/{saga_id}` (the `Location` header) reads it.
-    pub saga_id: String,
-    /// `false` when the idempotency key named an existing saga.
-    pub created: bool,
-    /// `true` when the saga waits (state `pending`) in the start queue
-    /// because a concurrency limit is reached; it starts when room frees.
-    /// Sent only when `true`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub queued: bool,
-}
-
-/// Cancels a saga.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CancelSagaRequest {
-    /// Compensate the steps that completed (`true`), or just stop (`false`).
-    #[serde(default)]
-    pub compensate: bool,
-    /// Why; recorded in the saga.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// Retries a finished saga.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySagaRequest {
-    /// Only resume the rollback of a `partially_compensated` saga; any
-    /// other state is refused (`jetsaga saga retry-compensation`).
-    #[serde(default)]
-    pub compensation_only: bool,
-}
-
 /// Query of `GET /v1/sagas`. Empty values count as absent.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Only sagas in this state: pending, running, compensating, completed,
-    /// compensated, failed, partially_compensated or cancelled.
+    /// Only sagas in this state.
+    #[param(value_type = Option<SagaState>)]
     pub state: Option<String>,
     /// Only sagas of this definition.
     pub saga: Option<String>,
@@ -580,8 +531,12 @@ impl ListParams {
                 }
             },
         };
+        let state = some(self.state)
+            .map(|v| v.parse::<SagaState>())
+            .transpose()
+            .map_err(|e| HttpError::bad_request(e.to_string()))?;
         Ok(ListRequest {
-            state: some(self.state),
+            state,
             name: some(self.saga),
             before: some(self.before),
             limit,
@@ -611,21 +566,6 @@ fn parse_time(name: &str, value: &str) -> Result<Millis, HttpError> {
         })
 }
 
-/// The current definitions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct DefinitionList {
-    /// The current version of every definition, by name, with whether its
-    /// policy lets it start in this engine.
-    pub definitions: Vec<DefinitionListing>,
-}
-
-/// What applying a definitions file did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct AppliedDefinitions {
-    /// One entry per saga of the file, by name.
-    pub applied: Vec<AppliedDefinition>,
-}
-
 /// Liveness.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
@@ -644,22 +584,6 @@ pub struct Readiness {
     pub store: String,
 }
 
-/// Stand-ins describing wire types of `jetsaga_protocol` in the
-/// OpenAPI document (that crate does not depend on utoipa).
-pub mod schema {
-    use utoipa::ToSchema;
-
-    /// Whether a task runs a step's action or undoes it.
-    #[derive(ToSchema)]
-    #[schema(rename_all = "snake_case")]
-    pub enum TaskKind {
-        /// The step's action.
-        Action,
-        /// The step's compensation.
-        Compensation,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Handlers
 // ---------------------------------------------------------------------------
@@ -675,11 +599,11 @@ pub mod schema {
     path = "/v1/sagas",
     tag = "sagas",
     params(("Idempotency-Key" = Option<String>, Header, description = "The same key always gives the same saga (1 to 256 bytes)")),
-    request_body(content = StartSagaRequest, content_type = "application/json"),
+    request_body(content = StartRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Started", body = StartedSaga,
+        (status = 201, description = "Started", body = StartReply,
             headers(("Location" = String, description = "Path of the saga"))),
-        (status = 200, description = "The idempotency key's existing saga", body = StartedSaga,
+        (status = 200, description = "The idempotency key's existing saga", body = StartReply,
             headers(("Location" = String, description = "Path of the saga"))),
         (status = 400, description = "E-BAD-REQUEST: malformed body, no saga named, bad key", body = ErrorBody),
         (status = 409, description = "E-IDEMPOTENCY-CONFLICT: the key started a saga of another definition; E-SAGA-DISABLED: the definition's policy disables it (in this engine's environment)", body = ErrorBody),
@@ -693,29 +617,20 @@ pub mod schema {
 async fn start_saga(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<StartSagaRequest>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> Result<Response, HttpError> {
     let api = state.api()?;
-    let mut idempotency_key = body.idempotency_key;
+    let mut request = start_request(body)?;
     if let Some(value) = headers.get(HEADER_START_KEY) {
         let key = value.to_str().map_err(|_| {
             HttpError::bad_request("the Idempotency-Key header must be visible ASCII")
         })?;
-        idempotency_key = Some(key.to_string());
+        request.idempotency_key = Some(key.to_string());
     }
     let traceparent = headers
         .get(crate::trace::HEADER_TRACEPARENT)
         .and_then(|v| v.to_str().ok());
-    let reply = api
-        .start_traced(
-            StartRequest {
-                saga: body.saga,
-                input: body.input,
-                idempotency_key,
-            },
-            traceparent,
-        )
-        .await?;
+    let reply = api.start_traced(request, traceparent).await?;
     let status = if reply.created {
         StatusCode::CREATED
     } else {
@@ -723,16 +638,29 @@ async fn start_saga(
     };
     let location = HeaderValue::from_str(&format!("/v1/sagas/{}", reply.saga_id))
         .map_err(|e| HttpError::new("E-INTERNAL", format!("bad saga id: {e}")))?;
-    let mut response = json(
-        status,
-        &StartedSaga {
-            saga_id: reply.saga_id,
-            created: reply.created,
-            queued: reply.queued,
-        },
-    );
+    let mut response = json(status, &reply);
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
+}
+
+/// A start request's body. Unlike NATS and durable starts, this door
+/// refuses unknown fields and wants `saga`: a typo here would otherwise
+/// start a saga without the input or key that was meant.
+fn start_request(body: serde_json::Map<String, Value>) -> Result<StartRequest, HttpError> {
+    let malformed = |e: String| HttpError::bad_request(format!("malformed JSON body: {e}"));
+    if let Some(unknown) = body
+        .keys()
+        .find(|k| !StartRequest::FIELDS.contains(&k.as_str()))
+    {
+        let expected = StartRequest::FIELDS.map(|f| format!("`{f}`")).join(", ");
+        return Err(malformed(format!(
+            "unknown field `{unknown}`, expected one of {expected}"
+        )));
+    }
+    if !body.contains_key("saga") {
+        return Err(malformed("missing field `saga`".into()));
+    }
+    serde_json::from_value(Value::Object(body)).map_err(|e| malformed(e.to_string()))
 }
 
 /// List sagas, newest first.
@@ -937,13 +865,6 @@ async fn apply_definitions(
 
 // ----- service breakers and in-flight limits (`jetsaga_core::admission`) -----
 
-/// Every service with a policy, sorted by name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BreakerList {
-    /// Each service's breaker state, held and in-flight tasks, and policy.
-    pub services: Vec<ServiceStatus>,
-}
-
 /// Every service with a policy (`services:` in a definitions file): its
 /// circuit breaker's state, its held and in-flight tasks, its limits.
 #[utoipa::path(
@@ -1027,10 +948,12 @@ fn service_name(path: Result<Path<String>, PathRejection>) -> Result<String, Htt
 )]
 async fn validate_definitions(body: DefinitionsBody) -> Result<Response, HttpError> {
     let file = parse_definitions(&body)?;
-    Ok(json(StatusCode::OK, &file))
+    Ok(json(StatusCode::OK, &view::definition_file(&file)))
 }
 
-fn parse_definitions(body: &DefinitionsBody) -> Result<DefinitionFile, HttpError> {
+fn parse_definitions(
+    body: &DefinitionsBody,
+) -> Result<jetsaga_core::saga::definition::DefinitionFile, HttpError> {
     Api::validate_definitions(&body.text, body.format)
         .map_err(|e| HttpError::invalid_definitions(&e))
 }
@@ -1177,7 +1100,7 @@ async fn prometheus_metrics() -> Response {
         openapi_json,
         prometheus_metrics,
     ),
-    components(schemas(SagaStatus, ErrorBody, schema::TaskKind)),
+    components(schemas(SagaStatus, ErrorBody)),
     tags(
         (name = "sagas", description = "Saga instances"),
         (name = "definitions", description = "Saga definitions"),

@@ -7,6 +7,9 @@
 //!   load.
 //! - [`http`]: JSON over HTTP under `/v1`, documented at `/openapi.json`.
 //!
+//! Requests and replies are the messages of [`jetsaga_protocol::api`];
+//! [`view`] turns the engine's records into them.
+//!
 //! Both adapters only decode requests, call [`Api`] and encode what it
 //! returns, so a saga started over HTTP and one started over NATS with the
 //! same idempotency key are the same saga, and every error carries the same
@@ -15,12 +18,15 @@
 use crate::partition::{PartitionHandle, StartCommand, api_error};
 use async_nats::Message;
 use futures::StreamExt;
-use jetsaga_core::admission::ServiceStatus;
 use jetsaga_core::saga::definition::ServicePolicy;
 use jetsaga_core::saga::definition::{
     self, DefinitionError, DefinitionFile, Format, SagaDefinition,
 };
-use jetsaga_core::saga::state::{Millis, Saga, SagaState, SagaStatus};
+use jetsaga_core::saga::state::{Millis, Saga, SagaStatus};
+use jetsaga_protocol::api::{
+    AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest, SagaDetail,
+    SagaPage, SagaRef, ServiceRef, ServiceStatus,
+};
 use jetsaga_protocol::{ApiError, ApiReply, HEADER_START_KEY, StartReply, StartRequest, Subjects};
 use jetsaga_store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
 use serde::{Deserialize, Serialize};
@@ -28,9 +34,11 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use utoipa::ToSchema;
 
+#[cfg(test)]
+mod golden;
 pub mod http;
+pub mod view;
 
 /// Queue group of the API subscription.
 pub const QUEUE_GROUP: &str = "jetsaga-engine";
@@ -99,137 +107,6 @@ impl Op {
     }
 }
 
-/// Names one saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SagaRef {
-    /// Saga id.
-    pub id: String,
-}
-
-/// Asks to cancel a saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CancelRequest {
-    /// Saga id.
-    pub id: String,
-    /// Compensate the completed steps.
-    #[serde(default)]
-    pub compensate: bool,
-    /// Why (recorded in the saga).
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// Asks to retry a finished saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RetryRequest {
-    /// Saga id.
-    pub id: String,
-    /// Only resume the rollback of a `partially_compensated` saga; refuse
-    /// anything else (`jetsaga saga retry-compensation`).
-    #[serde(default)]
-    pub compensation_only: bool,
-}
-
-/// A saga with the definition version it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SagaDetail {
-    /// The saga: state, every step's state and attempt history.
-    pub saga: Saga,
-    /// The definition version it runs.
-    pub definition: SagaDefinition,
-    /// For a `pending` saga waiting in the start queue under a concurrency
-    /// limit (`jetsaga_core::limits`): its 1-based place in the queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_position: Option<usize>,
-}
-
-/// One line of a saga listing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SagaSummary {
-    /// Saga id.
-    pub id: String,
-    /// Definition name.
-    pub name: String,
-    /// State name (`running`, `completed`, `partially_compensated`, ...).
-    pub state: String,
-    /// Steps succeeded or compensated so far / steps in all.
-    pub steps_done: usize,
-    /// Steps in all.
-    pub steps_total: usize,
-    /// Created at (milliseconds since the Unix epoch).
-    #[schema(value_type = u64)]
-    pub created_at: Millis,
-    /// Last change (milliseconds since the Unix epoch).
-    #[schema(value_type = u64)]
-    pub updated_at: Millis,
-    /// Finished at (milliseconds since the Unix epoch), once terminal.
-    #[schema(value_type = Option<u64>)]
-    pub finished_at: Option<Millis>,
-}
-
-impl From<&Saga> for SagaSummary {
-    fn from(s: &Saga) -> Self {
-        use jetsaga_core::saga::state::StepStatus as S;
-        Self {
-            id: s.id.clone(),
-            name: s.name.clone(),
-            state: s.status.name().to_string(),
-            steps_done: s
-                .steps
-                .iter()
-                .filter(|st| matches!(st.status, S::Succeeded | S::Compensated | S::NotCompensable))
-                .count(),
-            steps_total: s.steps.len(),
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-            finished_at: s.finished_at,
-        }
-    }
-}
-
-/// Which sagas to list (`saga.list`, and `GET /v1/sagas` once its query is
-/// decoded). Every field is optional on the wire; the fields of
-/// [`SagaFilter`] plus a time range on `created_at`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ListRequest {
-    /// Only sagas in this state (a [`SagaStatus::name`]).
-    pub state: Option<String>,
-    /// Only sagas of this definition.
-    pub name: Option<String>,
-    /// Only sagas created strictly before this id (the cursor of the next page).
-    pub before: Option<String>,
-    /// At most this many, newest first; `0` means [`DEFAULT_LIST_LIMIT`].
-    pub limit: usize,
-    /// Only sagas created at or after this time (ms since the Unix epoch).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_after: Option<Millis>,
-    /// Only sagas created strictly before this time (ms since the Unix epoch).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_before: Option<Millis>,
-}
-
-impl From<SagaFilter> for ListRequest {
-    fn from(f: SagaFilter) -> Self {
-        ListRequest {
-            state: f.state,
-            name: f.name,
-            before: f.before,
-            limit: f.limit,
-            ..ListRequest::default()
-        }
-    }
-}
-
-/// One page of a saga listing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SagaPage {
-    /// The sagas, newest first.
-    pub sagas: Vec<SagaSummary>,
-    /// Cursor of the next page (pass it as `before`); absent on the last page.
-    pub next: Option<String>,
-}
-
 /// Definitions to apply (already parsed by the client; validated again here).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyRequest {
@@ -238,43 +115,6 @@ pub struct ApplyRequest {
     /// The file's service policies (`services:`; [`jetsaga_core::admission`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServicePolicy>,
-}
-
-/// Names one service (`breaker.get`, `breaker.reset`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRef {
-    /// Service name.
-    pub service: String,
-}
-
-/// One definition of a `def.list`: the definition (its fields at the top
-/// level, so a client reading [`SagaDefinition`]s reads these too) and
-/// whether its policy lets a saga start in this engine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct DefinitionListing {
-    /// The definition's current version.
-    #[serde(flatten)]
-    pub definition: SagaDefinition,
-    /// Whether a new saga of it may start in this engine (its `policy`
-    /// against the engine's `environment`).
-    pub enabled: bool,
-    /// Why not, when not (the `E-SAGA-DISABLED` message a start gets).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refusal: Option<String>,
-    /// The engine's environment (`null`: none set).
-    #[serde(default)]
-    pub environment: Option<String>,
-}
-
-/// The outcome of applying one definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct AppliedDefinition {
-    /// Definition name.
-    pub name: String,
-    /// Current version.
-    pub version: u32,
-    /// Whether a new version was stored (`false`: identical to the current one).
-    pub changed: bool,
 }
 
 /// How far a saga's `created_at` may lie before the time in its id (a
@@ -370,11 +210,7 @@ impl Api {
         } else {
             None
         };
-        Ok(SagaDetail {
-            saga,
-            definition,
-            queue_position,
-        })
+        Ok(view::saga_detail(saga, &definition, queue_position))
     }
 
     /// A page of sagas, newest first, with the cursor of the next page.
@@ -385,17 +221,6 @@ impl Api {
     /// ids scanned from above (with a minute to spare for clock skew) and the
     /// scan stops at the first id older than `created_after`.
     pub async fn list(&self, req: &ListRequest) -> Result<SagaPage, ApiError> {
-        if let Some(state) = &req.state
-            && SagaState::from_name(state).is_none()
-        {
-            return Err(api_error(
-                "E-BAD-REQUEST",
-                format!(
-                    "unknown state {state:?}; use one of {}",
-                    SagaState::ALL.map(SagaState::name).join(", ")
-                ),
-            ));
-        }
         if let (Some(after), Some(before)) = (req.created_after, req.created_before)
             && after >= before
         {
@@ -416,7 +241,7 @@ impl Api {
         let mut sagas = if req.created_after.is_none() && req.created_before.is_none() {
             self.store
                 .list_sagas(&SagaFilter {
-                    state: req.state.clone(),
+                    state: req.state.map(|s| s.name().to_string()),
                     name: req.name.clone(),
                     before: req.before.clone(),
                     limit: want,
@@ -432,7 +257,7 @@ impl Api {
             None
         };
         Ok(SagaPage {
-            sagas: sagas.iter().map(SagaSummary::from).collect(),
+            sagas: sagas.iter().map(view::saga_summary).collect(),
             next,
         })
     }
@@ -455,7 +280,7 @@ impl Api {
             let page = self
                 .store
                 .list_sagas(&SagaFilter {
-                    state: req.state.clone(),
+                    state: req.state.map(|s| s.name().to_string()),
                     name: req.name.clone(),
                     before: cursor.clone(),
                     limit: SCAN_PAGE,
@@ -583,7 +408,7 @@ impl Api {
                     enabled: refusal.is_none(),
                     refusal,
                     environment: self.environment.clone(),
-                    definition,
+                    definition: view::definition_view(&definition),
                 }
             })
             .collect())
@@ -626,13 +451,15 @@ impl Api {
 
     /// Every service with a policy: its breaker, held and in-flight tasks.
     pub async fn breakers(&self) -> Result<Vec<ServiceStatus>, ApiError> {
-        self.partition.services().await
+        let services = self.partition.services().await?;
+        Ok(services.into_iter().map(view::service_status).collect())
     }
 
     /// One service's breaker, held and in-flight tasks; `E-NOT-FOUND` when
     /// no policy names it.
     pub async fn breaker(&self, service: &str) -> Result<ServiceStatus, ApiError> {
-        self.partition.service(service.to_string()).await
+        let status = self.partition.service(service.to_string()).await?;
+        Ok(view::service_status(status))
     }
 
     /// Closes a service's breaker and releases its held tasks (as its
@@ -640,7 +467,8 @@ impl Api {
     /// `E-NOT-FOUND` when no policy names the service, `E-NOT-APPLICABLE`
     /// when it has no breaker.
     pub async fn reset_breaker(&self, service: &str) -> Result<ServiceStatus, ApiError> {
-        self.partition.reset_breaker(service.to_string()).await
+        let status = self.partition.reset_breaker(service.to_string()).await?;
+        Ok(view::service_status(status))
     }
 
     /// Parses and validates a definitions file sent as text (errors name
@@ -883,14 +711,30 @@ mod tests {
         let req: ListRequest =
             serde_json::from_str(r#"{"state":"running","name":"n","before":"x","limit":3}"#)
                 .unwrap();
+        let expected = ListRequest {
+            state: Some(jetsaga_protocol::api::SagaState::Running),
+            name: Some("n".into()),
+            before: Some("x".into()),
+            limit: 3,
+            ..ListRequest::default()
+        };
+        assert_eq!(req, expected);
+        // What a client built from the store's filter sends reads the same.
+        let filter = serde_json::to_vec(&SagaFilter {
+            state: Some("running".into()),
+            name: Some("n".into()),
+            before: Some("x".into()),
+            limit: 3,
+        })
+        .unwrap();
         assert_eq!(
-            req,
-            ListRequest::from(SagaFilter {
-                state: Some("running".into()),
-                name: Some("n".into()),
-                before: Some("x".into()),
-                limit: 3,
-            })
+            serde_json::from_slice::<ListRequest>(&filter).unwrap(),
+            expected
+        );
+        assert_eq!(
+            serde_json::to_vec(&expected).unwrap(),
+            filter,
+            "the same bytes"
         );
         let req: ListRequest =
             serde_json::from_str(r#"{"created_after":5,"created_before":9}"#).unwrap();

@@ -21,6 +21,7 @@ use jetsaga_cli::client::Client;
 use jetsaga_core::saga::definition::{self, Format};
 use jetsaga_engine::config::{Config, NatsConfig};
 use jetsaga_examples::stats::nearest_rank;
+use jetsaga_protocol::api::SagaState;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -269,10 +270,7 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
         tokio::spawn(async move {
             while let Some(msg) = progress.next().await {
                 let state = String::from_utf8_lossy(&msg.payload).to_string();
-                if !matches!(
-                    state.as_str(),
-                    "completed" | "compensated" | "failed" | "partially_compensated" | "cancelled"
-                ) {
+                if !SagaState::from_name(&state).is_some_and(SagaState::is_terminal) {
                     continue;
                 }
                 let Some(id) = msg.subject.as_str().rsplit('.').next() else {

@@ -45,6 +45,7 @@ use jetsaga_core::saga::state::{
 use jetsaga_engine::partition::now_ms;
 use jetsaga_engine::retention::Retention;
 use jetsaga_examples::stats::nearest_rank;
+use jetsaga_protocol::api::{ListRequest, SagaState};
 use jetsaga_store::{Change, SagaFilter, SledStore, Store, TimerRow};
 use jetsaga_worker::protocol::TaskKind;
 use jetsaga_worker::{StepError, TaskContext, Worker};
@@ -381,21 +382,36 @@ fn seed(store: &SledStore, args: &Args, defs: &[SagaDefinition]) -> Result<(Seed
 }
 
 /// The filtered pages measured: (label, state, name).
-const LIST_FILTERS: [(&str, &str, &str); 2] = [
+const LIST_FILTERS: [(&str, SagaState, &str); 2] = [
     (
         "compensated_collect_payment",
-        "compensated",
+        SagaState::Compensated,
         "collect_payment",
     ),
-    ("running_create_booking", "running", "create_booking"),
+    (
+        "running_create_booking",
+        SagaState::Running,
+        "create_booking",
+    ),
 ];
 
-fn filter(state: &str, name: &str) -> SagaFilter {
+/// The store's filter of a measured page.
+fn filter(state: SagaState, name: &str) -> SagaFilter {
     SagaFilter {
-        state: Some(state.into()),
+        state: Some(state.name().into()),
         name: Some(name.into()),
         before: None,
         limit: 50,
+    }
+}
+
+/// The API's request of a measured page.
+fn list_request(state: SagaState, name: &str) -> ListRequest {
+    ListRequest {
+        state: Some(state),
+        name: Some(name.into()),
+        limit: 50,
+        ..ListRequest::default()
     }
 }
 
@@ -578,7 +594,7 @@ async fn measure_engine(
     }
     let mut lists = serde_json::Map::new();
     for (label, state, name) in LIST_FILTERS {
-        let f = filter(state, name);
+        let f = list_request(state, name);
         let mut samples = Vec::with_capacity(args.calls);
         let mut rows = 0;
         for _ in 0..args.calls {
@@ -619,7 +635,14 @@ async fn measure_engine(
         let id = pick(seeded, &mut picks).to_string();
         cli_status.push(cli(vec!["saga".into(), "status".into(), id])?);
         cli_list.push(cli([
-            "saga", "list", "--state", state, "--saga", name, "--limit", "50",
+            "saga",
+            "list",
+            "--state",
+            state.name(),
+            "--saga",
+            name,
+            "--limit",
+            "50",
         ]
         .map(String::from)
         .to_vec())?);

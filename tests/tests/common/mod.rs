@@ -5,8 +5,7 @@
 
 use jetsaga_cli::client::Client;
 use jetsaga_core::saga::definition::{self, Format};
-use jetsaga_core::saga::state::StepStatus;
-use jetsaga_engine::api::SagaDetail;
+use jetsaga_protocol::api::{SagaDetail, StepStatus};
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path};
 use jetsaga_worker::{Worker, WorkerBuilder};
 use std::path::{Path, PathBuf};
@@ -221,7 +220,7 @@ pub fn step_states(detail: &SagaDetail) -> Vec<(String, String)> {
 }
 
 /// The state of step `id`.
-pub fn step<'a>(detail: &'a SagaDetail, id: &str) -> &'a jetsaga_core::saga::state::StepState {
+pub fn step<'a>(detail: &'a SagaDetail, id: &str) -> &'a jetsaga_protocol::api::StepState {
     let i = detail.definition.step_index(id).expect("step exists");
     &detail.saga.steps[i]
 }
@@ -484,8 +483,8 @@ impl World {
     }
 
     /// The sagas of definition `name`, newest first (up to 1000).
-    pub async fn sagas_of(&self, name: &str) -> Vec<jetsaga_engine::api::SagaSummary> {
-        let filter = jetsaga_store::SagaFilter {
+    pub async fn sagas_of(&self, name: &str) -> Vec<jetsaga_protocol::api::SagaSummary> {
+        let filter = jetsaga_protocol::api::ListRequest {
             name: Some(name.to_string()),
             limit: 1000,
             ..Default::default()

@@ -89,10 +89,9 @@ pub use validate::{validate, validate_in};
 use duration::humantime_millis;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use utoipa::ToSchema;
 
 /// A validated saga definition, one version of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaDefinition {
     /// Saga name (a subject token).
     pub name: String,
@@ -101,7 +100,6 @@ pub struct SagaDefinition {
     pub version: u32,
     /// Whole-saga timeout: when it passes, the saga compensates (milliseconds in JSON).
     #[serde(with = "humantime_millis::option")]
-    #[schema(value_type = Option<u64>)]
     pub timeout: Option<Duration>,
     /// Steps in file order. Indexes into this vector are step indexes.
     pub steps: Vec<StepDefinition>,
@@ -119,7 +117,7 @@ pub struct SagaDefinition {
 }
 
 /// One step of a saga.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepDefinition {
     /// Step id, unique within the saga (a subject token).
     pub id: String,
@@ -131,7 +129,6 @@ pub struct StepDefinition {
     pub compensation: Option<String>,
     /// Time one attempt may take before it counts as timed out (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub timeout: Duration,
     /// Retry policy of both the action and the compensation.
     pub retry: RetryPolicy,
@@ -153,7 +150,7 @@ pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REQUEST_SOURCE: &str = "request";
 
 /// Parsed and validated contents of one definition file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DefinitionFile {
     /// The file's sagas, sorted by name, each with `version` 0 (the store assigns versions).
     pub sagas: Vec<SagaDefinition>,

@@ -3,13 +3,12 @@
 
 use jetsaga_protocol::validate_token;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::error::{DefinitionError, Escaped, Place};
 
 /// Whether and where sagas of a definition may start: capability by
 /// design, optional by policy. Sagas already running are not affected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaPolicy {
     /// `false`: no new saga of this definition starts, through any door.
     #[serde(default = "enabled_by_default")]

@@ -6,7 +6,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
-use utoipa::ToSchema;
 
 use super::duration::{Human, RawDuration, check_duration, humantime_millis, resolve_duration};
 use super::error::{DefinitionError, Place};
@@ -16,17 +15,15 @@ use super::parse::Entries;
 pub const DEFAULT_POLICY_NAME: &str = "default";
 
 /// How often and how far apart attempts are made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Attempts in all, including the first; at least 1.
     pub max_attempts: u32,
     /// Delay before the second attempt (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub initial_delay: Duration,
     /// Upper bound of any delay (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub max_delay: Duration,
     /// Factor by which the delay grows per attempt; at least 1.
     pub backoff_factor: f64,

@@ -3,7 +3,6 @@
 use jetsaga_protocol::validate_token;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use utoipa::ToSchema;
 
 use super::REQUEST_SOURCE;
 use super::duration::{RawDuration, check_duration, humantime_millis, resolve_duration};
@@ -33,7 +32,7 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// replaces that service's policy (latest applied wins), services it does
 /// not name keep theirs. A service written with no fields (`payments: {}`)
 /// clears its limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePolicy {
     /// Service name (the work queue; a subject token).
     pub service: String,
@@ -47,7 +46,7 @@ pub struct ServicePolicy {
 }
 
 /// A service's circuit breaker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BreakerConfig {
     /// Consecutive failed attempts (error or timeout) that open it; at least 1.
     pub failure_threshold: u32,
@@ -55,7 +54,6 @@ pub struct BreakerConfig {
     pub success_threshold: u32,
     /// How long it stays open before a probe goes out (milliseconds in JSON).
     #[serde(with = "humantime_millis")]
-    #[schema(value_type = u64)]
     pub open_timeout: Duration,
 }
 

@@ -3,14 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use utoipa::ToSchema;
 
 use super::error::{DefinitionError, Escaped, Place};
 use super::parse::Entries;
 
 /// A trigger of a saga definition: every message on `subject` starts one
 /// saga, deduplicated by the event's id (see the engine's `triggers` module).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {
     /// NATS subject; `*` matches one token, a final `>` the rest.
     pub subject: String,

@@ -1,0 +1,124 @@
+//! Requests of the request API, and the reply to a start.
+
+use super::SagaState;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Starts a saga: the body of `saga.start` and of `POST /v1/sagas`, and of
+/// a durable start message (whose subject names the saga, so `saga` may be
+/// omitted there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StartRequest {
+    /// Definition name. Required over HTTP and NATS; a durable start
+    /// message's subject names it instead.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub saga: String,
+    /// The saga's input, any JSON (`null` when absent).
+    #[serde(default)]
+    pub input: Value,
+    /// Idempotency key, 1 to 256 bytes: the same key always gives the same
+    /// saga instance. The `Idempotency-Key` header wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl StartRequest {
+    /// Every field's name, for a door that refuses unknown fields (HTTP
+    /// does; NATS and durable starts ignore them).
+    pub const FIELDS: [&'static str; 3] = ["saga", "input", "idempotency_key"];
+}
+
+/// Reply to a successful start: the saga started, or the one its
+/// idempotency key names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StartReply {
+    /// Saga id; `GET /v1/sagas/{saga_id}` (the `Location` header) reads it.
+    pub saga_id: String,
+    /// `false` when the idempotency key named an existing saga.
+    pub created: bool,
+    /// `true` when the saga waits in the engine's durable start queue (state
+    /// `pending`) because a concurrency limit is reached; it starts by itself
+    /// once room frees. Sent only when `true`; absent means `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
+}
+
+/// Names one saga (`saga.get`, `saga.delete` and its reply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaRef {
+    /// Saga id.
+    pub id: String,
+}
+
+/// Asks to cancel a saga (`saga.cancel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// Saga id.
+    pub id: String,
+    /// Compensate the completed steps.
+    #[serde(default)]
+    pub compensate: bool,
+    /// Why (recorded in the saga).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Asks to retry a finished saga (`saga.retry`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryRequest {
+    /// Saga id.
+    pub id: String,
+    /// Only resume the rollback of a `partially_compensated` saga; refuse
+    /// anything else (`jetsaga saga retry-compensation`).
+    #[serde(default)]
+    pub compensation_only: bool,
+}
+
+/// Cancels a saga.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancelSagaRequest {
+    /// Compensate the steps that completed (`true`), or just stop (`false`).
+    #[serde(default)]
+    pub compensate: bool,
+    /// Why; recorded in the saga.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Retries a finished saga.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RetrySagaRequest {
+    /// Only resume the rollback of a `partially_compensated` saga; any
+    /// other state is refused (`jetsaga saga retry-compensation`).
+    #[serde(default)]
+    pub compensation_only: bool,
+}
+
+/// Which sagas to list (`saga.list`, and `GET /v1/sagas` once its query is
+/// decoded). Every field is optional on the wire; the time range applies
+/// to `created_at`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListRequest {
+    /// Only sagas in this state.
+    pub state: Option<SagaState>,
+    /// Only sagas of this definition.
+    pub name: Option<String>,
+    /// Only sagas created strictly before this id (the cursor of the next page).
+    pub before: Option<String>,
+    /// At most this many, newest first; `0` means the engine's default (100).
+    pub limit: usize,
+    /// Only sagas created at or after this time (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_after: Option<u64>,
+    /// Only sagas created strictly before this time (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_before: Option<u64>,
+}
