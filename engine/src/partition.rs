@@ -24,8 +24,8 @@ use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::TimerKind;
 use jetsaga_core::saga::state::{Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga};
 use jetsaga_protocol::{
-    self as protocol, self, ApiError, HEADER_IDEMPOTENCY_KEY, HEADER_SAGA_ID, StartReply, Subjects,
-    Task, TaskKind, TaskResult,
+    self as protocol, self, ApiError, ErrorCode, HEADER_IDEMPOTENCY_KEY, HEADER_SAGA_ID,
+    StartReply, Subjects, Task, TaskKind, TaskResult,
 };
 use jetsaga_store::{Change, HeldTask, OutboxMessage, Prior, Store, StoreError, TimerRow};
 use serde_json::Value;
@@ -177,9 +177,11 @@ pub struct PartitionHandle {
 impl PartitionHandle {
     /// Sends a command; fails when the partition has stopped.
     pub async fn send(&self, cmd: Command) -> Result<(), ApiError> {
-        self.tx.send(cmd).await.map_err(|_| ApiError {
-            code: "E-UNAVAILABLE".into(),
-            message: "the engine is shutting down; retry against a running engine".into(),
+        self.tx.send(cmd).await.map_err(|_| {
+            api_error(
+                ErrorCode::Unavailable,
+                "the engine is shutting down; retry against a running engine",
+            )
         })
     }
 
@@ -286,18 +288,15 @@ impl PartitionHandle {
 }
 
 fn unavailable() -> ApiError {
-    ApiError {
-        code: "E-UNAVAILABLE".into(),
-        message: "the engine stopped before answering; retry".into(),
-    }
+    api_error(
+        ErrorCode::Unavailable,
+        "the engine stopped before answering; retry",
+    )
 }
 
 /// Builds an [`ApiError`].
-pub fn api_error(code: &str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        code: code.into(),
-        message: message.into(),
-    }
+pub fn api_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
 }
 
 /// Errors that stop the partition (and with it the engine).
@@ -662,7 +661,7 @@ impl Partition {
             .unwrap_or(usize::MAX);
         if size > self.max_payload {
             return Err(api_error(
-                "E-PAYLOAD-TOO-LARGE",
+                ErrorCode::PayloadTooLarge,
                 format!(
                     "saga input is {size} bytes, over the engine's limit of {} bytes (max_payload); pass a reference to large data instead",
                     self.max_payload
@@ -673,7 +672,7 @@ impl Partition {
         if let Some(key) = &start.idempotency_key {
             if key.is_empty() || key.len() > 256 {
                 return Err(api_error(
-                    "E-BAD-REQUEST",
+                    ErrorCode::BadRequest,
                     "the idempotency key must be 1 to 256 bytes long",
                 )
                 .into());
@@ -682,7 +681,7 @@ impl Partition {
                 let existing = self.saga(&id)?;
                 return match existing {
                     Some(saga) if saga.name != start.saga => Err(api_error(
-                        "E-IDEMPOTENCY-CONFLICT",
+                        ErrorCode::IdempotencyConflict,
                         format!(
                             "idempotency key {key:?} already started saga {id} of definition `{}`, not `{}`; use a new key",
                             saga.name, start.saga
@@ -707,7 +706,7 @@ impl Partition {
                 .map(|d| d.name)
                 .collect();
             return Err(api_error(
-                "E-UNKNOWN-SAGA",
+                ErrorCode::UnknownSaga,
                 format!(
                     "no saga definition named `{}` (known: {}); apply one with `jetsaga def apply FILE`",
                     start.saga,
@@ -717,7 +716,7 @@ impl Partition {
             .into());
         };
         if let Some(refusal) = def.policy.refusal(&def.name, self.environment.as_deref()) {
-            return Err(api_error("E-SAGA-DISABLED", refusal).into());
+            return Err(api_error(ErrorCode::SagaDisabled, refusal).into());
         }
         let def = Arc::new(def);
         self.definitions
@@ -738,8 +737,12 @@ impl Partition {
             return Ok(self.queue_start(saga, &def, start.idempotency_key, after)?);
         }
         let traced = crate::trace::enabled().then(|| saga.clone());
-        let effects = machine::apply(&mut saga, &def, Event::Start, inputs(now))
-            .map_err(|r| api_error("E-INTERNAL", format!("a new saga refused to start: {r}")))?;
+        let effects = machine::apply(&mut saga, &def, Event::Start, inputs(now)).map_err(|r| {
+            api_error(
+                ErrorCode::Internal,
+                format!("a new saga refused to start: {r}"),
+            )
+        })?;
         if let Some(pending) = &traced {
             crate::trace::observe(&def, pending, &saga);
         }
@@ -978,20 +981,20 @@ impl Partition {
     ) -> Result<Result<Saga, ApiError>, PartitionError> {
         let Some(saga) = self.saga(id)? else {
             return Ok(Err(api_error(
-                "E-NOT-FOUND",
+                ErrorCode::NotFound,
                 format!("no saga with id {id}"),
             )));
         };
         let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
             return Ok(Err(api_error(
-                "E-INTERNAL",
+                ErrorCode::Internal,
                 format!("saga {id} has no stored definition"),
             )));
         };
         match self.apply_event(saga, &def, event, Vec::new(), after)? {
             Ok(saga) => Ok(Ok(saga)),
             Err(rejection) => Ok(Err(api_error(
-                "E-NOT-APPLICABLE",
+                ErrorCode::NotApplicable,
                 format!("{refused} saga {id}: {rejection}"),
             ))),
         }
@@ -1007,13 +1010,13 @@ impl Partition {
     ) -> Result<Result<(), ApiError>, PartitionError> {
         let Some(saga) = self.saga(id)? else {
             return Ok(Err(api_error(
-                "E-NOT-FOUND",
+                ErrorCode::NotFound,
                 format!("no saga with id {id}"),
             )));
         };
         if !saga.status.is_terminal() {
             return Ok(Err(api_error(
-                "E-NOT-APPLICABLE",
+                ErrorCode::NotApplicable,
                 format!(
                     "cannot delete saga {id}: it is {}; only a finished saga can be deleted (cancel it first: `jetsaga saga cancel {id}`)",
                     saga.status.name()
@@ -1547,7 +1550,7 @@ impl Partition {
     ) -> Result<(), PartitionError> {
         let not_found = |service: &str| {
             api_error(
-                "E-NOT-FOUND",
+                ErrorCode::NotFound,
                 format!(
                     "no service policy for `{service}`; services get one under `services:` in a definitions file"
                 ),

@@ -8,8 +8,11 @@
 //! [`Subjects`] value built from the installation's subject prefix (default
 //! `jetsaga`), so that several installations can share one NATS system.
 
+pub mod error_code;
 pub mod telemetry;
 pub mod trace_context;
+
+pub use error_code::{ErrorCode, UnknownErrorCode};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -402,10 +405,27 @@ pub struct StartReply {
 /// Error reply of the NATS request API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// Stable error code, documented in `docs/PROTOCOL.md`.
+    /// Stable error code, documented in `docs/ERRORS.md`. Kept as sent, so
+    /// that a code of a newer engine still decodes; [`ApiError::error_code`]
+    /// reads it as an [`ErrorCode`].
     pub code: String,
     /// Human-readable explanation with what to do.
     pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code: code.as_str().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The code, or `None` for one this version does not know.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code.parse().ok()
+    }
 }
 
 /// Envelope of every NATS API reply: either `{"ok": ...}` or `{"error": {...}}`.
@@ -449,6 +469,23 @@ mod tests {
                 retry_after_ms: None
             }
         );
+    }
+
+    #[test]
+    fn api_errors_keep_their_wire_shape_and_codes_of_newer_engines() {
+        let e = ApiError::new(ErrorCode::NotFound, "no saga");
+        assert_eq!(
+            serde_json::to_string(&ApiReply::<()>::Error(e.clone())).unwrap(),
+            r#"{"error":{"code":"E-NOT-FOUND","message":"no saga"}}"#
+        );
+        assert_eq!(e.error_code(), Some(ErrorCode::NotFound));
+        let newer: ApiReply<()> =
+            serde_json::from_str(r#"{"error":{"code":"E-SOMETHING-NEW","message":"m"}}"#).unwrap();
+        let ApiReply::Error(newer) = newer else {
+            panic!("an error envelope")
+        };
+        assert_eq!(newer.code, "E-SOMETHING-NEW");
+        assert_eq!(newer.error_code(), None);
     }
 
     #[test]

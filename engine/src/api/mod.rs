@@ -21,7 +21,9 @@ use jetsaga_core::saga::definition::{
     self, DefinitionError, DefinitionFile, Format, SagaDefinition,
 };
 use jetsaga_core::saga::state::{Millis, Saga, SagaState, SagaStatus};
-use jetsaga_protocol::{ApiError, ApiReply, HEADER_START_KEY, StartReply, StartRequest, Subjects};
+use jetsaga_protocol::{
+    ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
+};
 use jetsaga_store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -339,7 +341,7 @@ impl Api {
     ) -> Result<StartReply, ApiError> {
         if req.saga.is_empty() {
             return Err(api_error(
-                "E-BAD-REQUEST",
+                ErrorCode::BadRequest,
                 "the start request names no saga (field `saga`)",
             ));
         }
@@ -359,7 +361,7 @@ impl Api {
             .store
             .saga(id)
             .map_err(internal)?
-            .ok_or_else(|| api_error("E-NOT-FOUND", format!("no saga with id {id}")))?;
+            .ok_or_else(|| api_error(ErrorCode::NotFound, format!("no saga with id {id}")))?;
         let definition = self
             .store
             .definition(&saga.name, saga.definition_version)
@@ -389,7 +391,7 @@ impl Api {
             && SagaState::from_name(state).is_none()
         {
             return Err(api_error(
-                "E-BAD-REQUEST",
+                ErrorCode::BadRequest,
                 format!(
                     "unknown state {state:?}; use one of {}",
                     SagaState::ALL.map(SagaState::name).join(", ")
@@ -400,7 +402,7 @@ impl Api {
             && after >= before
         {
             return Err(api_error(
-                "E-BAD-REQUEST",
+                ErrorCode::BadRequest,
                 format!(
                     "empty time range: created_after ({after}) must be earlier than created_before ({before})"
                 ),
@@ -531,8 +533,9 @@ impl Api {
         definitions: &[SagaDefinition],
     ) -> Result<Vec<AppliedDefinition>, ApiError> {
         for def in definitions {
-            definition::validate(def)
-                .map_err(|e| api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code())))?;
+            definition::validate(def).map_err(|e| {
+                api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
+            })?;
         }
         // The trigger consumers are set up again only when a definition's
         // triggers change, not on every apply.
@@ -654,10 +657,12 @@ impl Api {
 
     /// Reads from the store, to tell that it is open and readable.
     pub fn check_store(&self) -> Result<(), ApiError> {
-        self.store
-            .next_timer()
-            .map(|_| ())
-            .map_err(|e| api_error("E-UNAVAILABLE", format!("the store cannot be read: {e}")))
+        self.store.next_timer().map(|_| ()).map_err(|e| {
+            api_error(
+                ErrorCode::Unavailable,
+                format!("the store cannot be read: {e}"),
+            )
+        })
     }
 }
 
@@ -742,14 +747,18 @@ fn reply<T: Serialize>(r: Result<T, ApiError>) -> Vec<u8> {
     let envelope = match r {
         Ok(v) => ApiReply::Ok(v),
         Err(e) => {
-            if e.code != "E-NOT-FOUND" {
+            if e.error_code() != Some(ErrorCode::NotFound) {
                 crate::partition::reject("api", &e.code, &e.message);
             }
             ApiReply::Error(e)
         }
     };
     serde_json::to_vec(&envelope).unwrap_or_else(|_| {
-        b"{\"error\":{\"code\":\"E-INTERNAL\",\"message\":\"cannot encode reply\"}}".to_vec()
+        format!(
+            r#"{{"error":{{"code":"{}","message":"cannot encode reply"}}}}"#,
+            ErrorCode::Internal
+        )
+        .into_bytes()
     })
 }
 
@@ -759,16 +768,20 @@ fn parse<T: for<'de> Deserialize<'de>>(op: &str, payload: &[u8]) -> Result<T, Ap
     } else {
         payload
     };
-    serde_json::from_slice(payload)
-        .map_err(|e| api_error("E-BAD-REQUEST", format!("malformed {op} request: {e}")))
+    serde_json::from_slice(payload).map_err(|e| {
+        api_error(
+            ErrorCode::BadRequest,
+            format!("malformed {op} request: {e}"),
+        )
+    })
 }
 
 fn invalid_services(e: DefinitionError) -> ApiError {
-    api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code()))
+    api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    api_error("E-INTERNAL", e.to_string())
+    api_error(ErrorCode::Internal, e.to_string())
 }
 
 async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
@@ -848,7 +861,7 @@ async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
         ),
         "def.list" => reply(api.definitions().await),
         other => reply::<()>(Err(api_error(
-            "E-UNKNOWN-OPERATION",
+            ErrorCode::UnknownOperation,
             format!(
                 "no API operation {other:?}; known: {}",
                 Op::ALL.map(Op::name).join(", ")
