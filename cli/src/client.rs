@@ -165,7 +165,7 @@ impl Client {
         op: Op,
         body: &Req,
     ) -> Result<Resp, ClientError> {
-        let subject = self.subjects.api(op.name());
+        let subject = self.subjects.api(op);
         let payload = serde_json::to_vec(body).map_err(ClientError::Decode)?;
         let request = Request::new()
             .payload(payload.into())

@@ -9,10 +9,12 @@
 //! `jetsaga`), so that several installations can share one NATS system.
 
 pub mod error_code;
+pub mod op;
 pub mod telemetry;
 pub mod trace_context;
 
 pub use error_code::{ErrorCode, UnknownErrorCode};
+pub use op::Op;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -157,9 +159,17 @@ impl Subjects {
     }
 
     /// Request subject of the engine's NATS API for `op`
-    /// (for example `saga.start`, `saga.status`, `def.apply`).
-    pub fn api(&self, op: &str) -> String {
-        format!("{}.api.{op}", self.prefix)
+    /// (for example `<prefix>.api.saga.start`).
+    pub fn api(&self, op: Op) -> String {
+        format!("{}.api.{}", self.prefix, op.name())
+    }
+    /// The operation name an API subject ends with (`saga.start` of
+    /// `<prefix>.api.saga.start`), whether an [`Op`] has it or not; `None`
+    /// for a subject outside the API.
+    pub fn api_op_name<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".api.")
     }
     /// Wildcard of every API subject.
     pub fn api_wildcard(&self) -> String {
@@ -493,7 +503,14 @@ mod tests {
         let s = Subjects::new("acme.prod");
         assert_eq!(s.tasks_stream(), "ACME_PROD_TASKS");
         assert_eq!(s.service_consumer("x"), "acme-prod-svc-x");
-        assert_eq!(s.api("saga.start"), "acme.prod.api.saga.start");
+        assert_eq!(s.api(Op::SagaStart), "acme.prod.api.saga.start");
+        assert_eq!(
+            s.api_op_name("acme.prod.api.saga.start"),
+            Some("saga.start")
+        );
+        assert_eq!(s.api_op_name("acme.prod.api.nope"), Some("nope"));
+        assert_eq!(s.api_op_name("acme.prodx.api.saga.start"), None);
+        assert_eq!(s.api_op_name("acme.prod.task.x"), None);
     }
 
     #[test]
