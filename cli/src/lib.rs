@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use jetsaga_core::saga::definition;
 use jetsaga_engine::config::{Config, ConfigError, Env, Layer, Loaded, LogFormat, NatsLayer};
 use jetsaga_engine::retention::Retention;
+use jetsaga_protocol::ErrorCode;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -895,12 +896,16 @@ async fn breaker(cli: &Cli, cmd: &BreakerCommand) -> anyhow::Result<i32> {
 
 fn read_input(input: &str) -> anyhow::Result<serde_json::Value> {
     let text = match input.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("E-BAD-INPUT: cannot read input file {path}: {e}"))?,
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot read input file {path}: {e}",
+                ErrorCode::BadInput
+            )
+        })?,
         None => input.to_string(),
     };
     serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("E-BAD-INPUT: --input is not valid JSON: {e}"))
+        .map_err(|e| anyhow::anyhow!("{}: --input is not valid JSON: {e}", ErrorCode::BadInput))
 }
 
 async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {

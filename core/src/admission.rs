@@ -42,6 +42,7 @@ use crate::saga::definition::{BreakerConfig, SagaDefinition, ServicePolicy};
 use crate::saga::state::{AttemptOutcome, Millis, Saga, SagaState};
 use crate::saga::transition::Transition;
 pub use crate::saga::transition::{AttemptKey, attempts_in_flight, waits_on};
+use jetsaga_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -330,10 +331,10 @@ pub enum AdmissionError {
 
 impl AdmissionError {
     /// Stable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AdmissionError::UnknownService(_) => "E-NOT-FOUND",
-            AdmissionError::NoBreaker(_) => "E-NOT-APPLICABLE",
+            AdmissionError::UnknownService(_) => ErrorCode::NotFound,
+            AdmissionError::NoBreaker(_) => ErrorCode::NotApplicable,
         }
     }
 }
@@ -1048,8 +1049,8 @@ mod tests {
             vec![("gone".into(), BreakerState::default())],
             vec![],
         );
-        assert_eq!(a.reset("nope").unwrap_err().code(), "E-NOT-FOUND");
-        assert_eq!(a.reset("pay").unwrap_err().code(), "E-NOT-APPLICABLE");
+        assert_eq!(a.reset("nope").unwrap_err().code(), ErrorCode::NotFound);
+        assert_eq!(a.reset("pay").unwrap_err().code(), ErrorCode::NotApplicable);
         // The record of a service without a breaker is deleted.
         assert_eq!(a.take_dirty(), vec![("gone".to_string(), None)]);
     }

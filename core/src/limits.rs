@@ -383,6 +383,7 @@ mod tests {
         }
     }
     use crate::saga::definition::{self, Format, SagaDefinition};
+    use jetsaga_protocol::ErrorCode;
     use serde_json::json;
 
     fn saga(id: &str, name: &str, status: SagaStatus) -> Saga {
@@ -655,7 +656,7 @@ mod tests {
         assert_eq!(defs.sagas[0].max_running, Some(3));
         for bad in ["0", "-1", "5000000000"] {
             let e = definition::parse_str("d.yaml", &file(bad), Format::Yaml).unwrap_err();
-            assert_eq!(e.code(), "E-DEF-LIMIT", "{bad}: {e}");
+            assert_eq!(e.code(), ErrorCode::DefLimit.as_str(), "{bad}: {e}");
             let text = e.to_string();
             assert!(
                 text.contains("d.yaml")
@@ -677,7 +678,7 @@ mod tests {
         zero.max_running = Some(0);
         assert_eq!(
             definition::validate(&zero).unwrap_err().code(),
-            "E-DEF-LIMIT"
+            ErrorCode::DefLimit.as_str()
         );
     }
 }

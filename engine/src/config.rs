@@ -42,7 +42,7 @@ pub use nats::{
 pub use show::KEYS;
 
 use crate::retention::Retention;
-use jetsaga_protocol::{self as protocol, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX};
+use jetsaga_protocol::{self as protocol, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -137,11 +137,11 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A value, or a combination of values, that cannot work.
-    #[error("E-CONFIG: {0}")]
+    #[error("{code}: {0}", code = ErrorCode::Config)]
     Invalid(String),
     /// The configuration file cannot be read or parsed, or has a key that
     /// does not exist.
-    #[error("E-CONFIG-FILE: {}: {message}", path.display())]
+    #[error("{code}: {}: {message}", path.display(), code = ErrorCode::ConfigFile)]
     File {
         /// The file.
         path: PathBuf,
@@ -149,7 +149,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A `JETSAGA_*` environment variable does not parse.
-    #[error("E-CONFIG-ENV: {var}: {message}")]
+    #[error("{code}: {var}: {message}", code = ErrorCode::ConfigEnv)]
     Env {
         /// The variable.
         var: String,
@@ -160,11 +160,11 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ConfigError::Invalid(_) => "E-CONFIG",
-            ConfigError::File { .. } => "E-CONFIG-FILE",
-            ConfigError::Env { .. } => "E-CONFIG-ENV",
+            ConfigError::Invalid(_) => ErrorCode::Config,
+            ConfigError::File { .. } => ErrorCode::ConfigFile,
+            ConfigError::Env { .. } => ErrorCode::ConfigEnv,
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::metrics;
 use crate::partition::Partition;
 use async_nats::jetstream;
 use jetsaga_core::saga::definition;
-use jetsaga_protocol::Subjects;
+use jetsaga_protocol::{ErrorCode, Subjects};
 use jetsaga_store::{SledStore, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,8 +37,9 @@ pub enum EngineError {
     Store(#[from] StoreError),
     /// NATS is unreachable, or refused the credentials or TLS.
     #[error(
-        "E-NATS-CONNECT: cannot connect to NATS at {url}: {source}; {}",
-        crate::config::connect_hint(source)
+        "{code}: cannot connect to NATS at {url}: {source}; {}",
+        crate::config::connect_hint(source),
+        code = ErrorCode::NatsConnect,
     )]
     Connect {
         /// URL.
@@ -47,20 +48,21 @@ pub enum EngineError {
         source: async_nats::ConnectError,
     },
     /// The server is too old.
-    #[error("E-NATS-VERSION: nats-server {found} is too old; jetsaga needs {}.{} or newer (scripts/install-nats installs one)", MIN_NATS_VERSION.0, MIN_NATS_VERSION.1)]
+    #[error("{code}: nats-server {found} is too old; jetsaga needs {}.{} or newer (scripts/install-nats installs one)", MIN_NATS_VERSION.0, MIN_NATS_VERSION.1, code = ErrorCode::NatsVersion)]
     NatsVersion {
         /// Version reported by the server.
         found: String,
     },
     /// The server has no JetStream.
-    #[error("E-NATS-JETSTREAM: the NATS server has JetStream disabled; start it with -js")]
+    #[error("{code}: the NATS server has JetStream disabled; start it with -js", code = ErrorCode::NatsJetStream)]
     NoJetStream,
     /// Streams or consumers could not be set up.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
     /// The HTTP API cannot listen on its address.
     #[error(
-        "E-HTTP-LISTEN: cannot listen for HTTP on {addr}: {source}; choose another --http-listen address (or `off`)"
+        "{code}: cannot listen for HTTP on {addr}: {source}; choose another --http-listen address (or `off`)",
+        code = ErrorCode::HttpListen,
     )]
     HttpListen {
         /// Address.
@@ -72,7 +74,7 @@ pub enum EngineError {
     #[error("{0}")]
     Definition(String),
     /// A component failed while running.
-    #[error("E-ENGINE: {0}")]
+    #[error("{code}: {0}", code = ErrorCode::Engine)]
     Runtime(String),
 }
 
@@ -109,8 +111,12 @@ pub fn definition_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn apply_definition_files(store: &dyn Store, paths: &[PathBuf]) -> Result<(), EngineError> {
-    let files = definition_files(paths)
-        .map_err(|e| EngineError::Definition(format!("E-DEF-IO: cannot list definitions: {e}")))?;
+    let files = definition_files(paths).map_err(|e| {
+        EngineError::Definition(format!(
+            "{}: cannot list definitions: {e}",
+            ErrorCode::DefIo
+        ))
+    })?;
     for file in files {
         let parsed = definition::parse_file(Path::new(&file))
             .map_err(|e| EngineError::Definition(format!("{}: {e}", e.code())))?;

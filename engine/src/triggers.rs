@@ -58,7 +58,7 @@ use crate::metrics::reject;
 use crate::partition::{Command, PartitionHandle, StartCommand, api_error};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use jetsaga_core::saga::definition::{SagaDefinition, Trigger, input_pointer};
-use jetsaga_protocol::{ApiError, HEADER_MSG_ID, Subjects};
+use jetsaga_protocol::{ApiError, ErrorCode, HEADER_MSG_ID, Subjects};
 use jetsaga_store::Store;
 use serde_json::Value;
 use std::sync::Arc;
@@ -332,12 +332,16 @@ impl ApplyGuard {
         for def in definitions {
             for (i, trigger) in def.triggers.iter().enumerate() {
                 let at = format!(
-                    "E-DEF-TRIGGER: request: saga `{}`: field `triggers[{i}].subject`",
+                    "{}: request: saga `{}`: field `triggers[{i}].subject`",
+                    ErrorCode::DefTrigger,
                     def.name
                 );
                 match scope(&self.subjects, &trigger.subject) {
                     Err(reason) => {
-                        return Err(api_error("E-INVALID-DEFINITION", format!("{at}: {reason}")));
+                        return Err(api_error(
+                            ErrorCode::InvalidDefinition,
+                            format!("{at}: {reason}"),
+                        ));
                     }
                     Ok(Scope::Events) => {}
                     Ok(Scope::Triggers) => {
@@ -346,7 +350,7 @@ impl ApplyGuard {
                             .find(|(_, s)| overlap_in_part(s, &trigger.subject))
                         {
                             return Err(api_error(
-                                "E-INVALID-DEFINITION",
+                                ErrorCode::InvalidDefinition,
                                 format!(
                                     "{at}: subject `{}` overlaps in part the trigger subject `{other}` of saga `{saga}`, and one stream cannot capture both; use one subject that covers both (or two that do not overlap)",
                                     trigger.subject
@@ -355,7 +359,7 @@ impl ApplyGuard {
                         }
                         if let Some(other) = self.captured_by(&trigger.subject, &own).await {
                             return Err(api_error(
-                                "E-INVALID-DEFINITION",
+                                ErrorCode::InvalidDefinition,
                                 format!(
                                     "{at}: subject `{}` is already captured by stream `{other}`, and JetStream keeps a subject in one stream; trigger on a subject no stream captures (publish a copy there), or on the engine's lifecycle events",
                                     trigger.subject
@@ -514,7 +518,8 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
                     "trigger",
                     "trigger_subject",
                     &format!(
-                        "E-DEF-TRIGGER: saga `{saga}`: subject `{subject}` overlaps in part another trigger subject; this trigger is inactive"
+                        "{}: saga `{saga}`: subject `{subject}` overlaps in part another trigger subject; this trigger is inactive",
+                        ErrorCode::DefTrigger
                     ),
                 ),
                 None => own.push(subject.to_string()),
@@ -522,14 +527,18 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
                     "trigger",
                     "trigger_subject",
                     &format!(
-                        "E-DEF-TRIGGER: saga `{saga}`: subject `{subject}` is already captured by stream `{other}`; this trigger is inactive"
+                        "{}: saga `{saga}`: subject `{subject}` is already captured by stream `{other}`; this trigger is inactive",
+                        ErrorCode::DefTrigger
                     ),
                 ),
             },
             Err(reason) => reject(
                 "trigger",
                 "trigger_subject",
-                &format!("E-DEF-TRIGGER: saga `{saga}`: {reason}; this trigger is inactive"),
+                &format!(
+                    "{}: saga `{saga}`: {reason}; this trigger is inactive",
+                    ErrorCode::DefTrigger
+                ),
             ),
         }
     }
@@ -924,75 +933,75 @@ mod tests {
         let cases = [
             (
                 "triggers: [{subject: 'a..b'}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "field `triggers[0].subject`: `a..b` has an empty token",
             ),
             (
                 "triggers: [{subject: 'a.>.b'}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "`>` may only be the last token",
             ),
             (
                 "triggers: [{subject: 'a.b*'}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "must be whole tokens",
             ),
             (
                 "triggers: [{subject: '>'}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "would capture every message",
             ),
             (
                 "triggers: [{subject: '$JS.API.x'}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "system subject",
             ),
             (
                 "triggers: [{subject: a}, {subject: a}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "field `triggers[1].subject`: subject `a` is already the subject of triggers[0]",
             ),
             (
                 "triggers: [{subject: a, input: {}}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "the mapping is empty",
             ),
             (
                 "triggers: [{subject: a, input: {x: 'data..y'}}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "field `triggers[0].input.x`: `data..y` has an empty segment",
             ),
             (
                 "triggers: [{subject: a, input: {x: '/a~2'}}]",
-                "E-DEF-TRIGGER",
+                ErrorCode::DefTrigger,
                 "`~` must be followed by 0 or 1",
             ),
             (
                 "policy: {environments: []}",
-                "E-DEF-POLICY",
+                ErrorCode::DefPolicy,
                 "field `policy.environments`: the list is empty",
             ),
             (
                 "policy: {environments: [a, a]}",
-                "E-DEF-POLICY",
+                ErrorCode::DefPolicy,
                 "environment `a` is listed twice",
             ),
             (
                 "policy: {environments: ['a b']}",
-                "E-DEF-POLICY",
+                ErrorCode::DefPolicy,
                 "invalid environment `a b`",
             ),
             (
                 "policy: {enabled: false, regions: [x]}",
-                "E-DEF-PARSE",
+                ErrorCode::DefParse,
                 "regions",
             ),
         ];
         for (fragment, code, message) in cases {
             let e = parse(&format!("sagas:\n  x:\n    {fragment}\n{STEPS}")).unwrap_err();
-            assert_eq!(e.code(), code, "{fragment}: {e}");
+            assert_eq!(e.code(), code.as_str(), "{fragment}: {e}");
             assert!(e.to_string().contains(message), "{fragment}: {e}");
-            if code != "E-DEF-PARSE" {
+            if code != ErrorCode::DefParse {
                 assert!(
                     e.to_string().starts_with("t.yaml: saga `x`: field `"),
                     "{e}"

@@ -22,6 +22,7 @@ use jetsaga_engine::config::{
     Config, Env, Layer, NatsConfig, NatsLayer, connect_error_kind, connect_hint, connect_options,
 };
 use jetsaga_worker::Worker;
+use jetsaga_worker::protocol::ErrorCode;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -339,7 +340,8 @@ async fn connect(
                     _ => {
                         let hint = connect_hint(&e);
                         return Err(anyhow::Error::new(e).context(format!(
-                            "E-NATS-CONNECT: cannot connect to NATS at {url} ({hint})"
+                            "{}: cannot connect to NATS at {url} ({hint})",
+                            ErrorCode::NatsConnect
                         )));
                     }
                 }

@@ -9,8 +9,13 @@
 //! `jetsaga`), so that several installations can share one NATS system.
 
 pub mod api;
+pub mod error_code;
+pub mod op;
 pub mod telemetry;
 pub mod trace_context;
+
+pub use error_code::{ErrorCode, UnknownErrorCode};
+pub use op::Op;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -157,9 +162,17 @@ impl Subjects {
     }
 
     /// Request subject of the engine's NATS API for `op`
-    /// (for example `saga.start`, `saga.status`, `def.apply`).
-    pub fn api(&self, op: &str) -> String {
-        format!("{}.api.{op}", self.prefix)
+    /// (for example `<prefix>.api.saga.start`).
+    pub fn api(&self, op: Op) -> String {
+        format!("{}.api.{}", self.prefix, op.name())
+    }
+    /// The operation name an API subject ends with (`saga.start` of
+    /// `<prefix>.api.saga.start`), whether an [`Op`] has it or not; `None`
+    /// for a subject outside the API.
+    pub fn api_op_name<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".api.")
     }
     /// Wildcard of every API subject.
     pub fn api_wildcard(&self) -> String {
@@ -377,10 +390,27 @@ pub struct TaskResult {
 /// Error reply of the NATS request API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// Stable error code, documented in `docs/PROTOCOL.md`.
+    /// Stable error code, documented in `docs/ERRORS.md`. Kept as sent, so
+    /// that a code of a newer engine still decodes; [`ApiError::error_code`]
+    /// reads it as an [`ErrorCode`].
     pub code: String,
     /// Human-readable explanation with what to do.
     pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code: code.as_str().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The code, or `None` for one this version does not know.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code.parse().ok()
+    }
 }
 
 /// Envelope of every NATS API reply: either `{"ok": ...}` or `{"error": {...}}`.
@@ -427,11 +457,35 @@ mod tests {
     }
 
     #[test]
+    fn api_errors_keep_their_wire_shape_and_codes_of_newer_engines() {
+        let e = ApiError::new(ErrorCode::NotFound, "no saga");
+        assert_eq!(
+            serde_json::to_string(&ApiReply::<()>::Error(e.clone())).unwrap(),
+            r#"{"error":{"code":"E-NOT-FOUND","message":"no saga"}}"#
+        );
+        assert_eq!(e.error_code(), Some(ErrorCode::NotFound));
+        let newer: ApiReply<()> =
+            serde_json::from_str(r#"{"error":{"code":"E-SOMETHING-NEW","message":"m"}}"#).unwrap();
+        let ApiReply::Error(newer) = newer else {
+            panic!("an error envelope")
+        };
+        assert_eq!(newer.code, "E-SOMETHING-NEW");
+        assert_eq!(newer.error_code(), None);
+    }
+
+    #[test]
     fn names_follow_prefix() {
         let s = Subjects::new("acme.prod");
         assert_eq!(s.tasks_stream(), "ACME_PROD_TASKS");
         assert_eq!(s.service_consumer("x"), "acme-prod-svc-x");
-        assert_eq!(s.api("saga.start"), "acme.prod.api.saga.start");
+        assert_eq!(s.api(Op::SagaStart), "acme.prod.api.saga.start");
+        assert_eq!(
+            s.api_op_name("acme.prod.api.saga.start"),
+            Some("saga.start")
+        );
+        assert_eq!(s.api_op_name("acme.prod.api.nope"), Some("nope"));
+        assert_eq!(s.api_op_name("acme.prodx.api.saga.start"), None);
+        assert_eq!(s.api_op_name("acme.prod.task.x"), None);
     }
 
     #[test]

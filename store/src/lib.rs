@@ -11,6 +11,7 @@
 use futures::future::BoxFuture;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
+use jetsaga_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 pub mod compact;
@@ -50,14 +51,15 @@ pub fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 pub enum StoreError {
     /// Another process holds the store directory.
     #[error(
-        "E-STORE-LOCKED: the store at {path} is in use by another process; stop the other engine or choose another --data-dir"
+        "{code}: the store at {path} is in use by another process; stop the other engine or choose another --data-dir",
+        code = ErrorCode::StoreLocked,
     )]
     Locked {
         /// Store directory.
         path: String,
     },
     /// The store could not be opened (unreadable or corrupt).
-    #[error("E-STORE-OPEN: cannot open the store at {path}: {source}")]
+    #[error("{code}: cannot open the store at {path}: {source}", code = ErrorCode::StoreOpen)]
     Open {
         /// Store directory.
         path: String,
@@ -65,10 +67,10 @@ pub enum StoreError {
         source: sled::Error,
     },
     /// A read or write failed.
-    #[error("E-STORE-IO: store operation failed: {0}")]
+    #[error("{code}: store operation failed: {0}", code = ErrorCode::StoreIo)]
     Io(#[from] sled::Error),
     /// A record could not be encoded for storing (nothing was written).
-    #[error("E-STORE-ENCODE: record {key} cannot be encoded: {source}")]
+    #[error("{code}: record {key} cannot be encoded: {source}", code = ErrorCode::StoreEncode)]
     Encode {
         /// Record key, printable.
         key: String,
@@ -77,7 +79,7 @@ pub enum StoreError {
     },
     /// `jetsaga store compact` could not compact the store (it is left as
     /// it was).
-    #[error("E-STORE-COMPACT: cannot compact the store at {path}: {reason}")]
+    #[error("{code}: cannot compact the store at {path}: {reason}", code = ErrorCode::StoreCompact)]
     Compact {
         /// Store directory.
         path: String,
@@ -85,7 +87,7 @@ pub enum StoreError {
         reason: String,
     },
     /// A stored record could not be decoded.
-    #[error("E-STORE-CORRUPT: stored record {key} cannot be decoded: {source}")]
+    #[error("{code}: stored record {key} cannot be decoded: {source}", code = ErrorCode::StoreCorrupt)]
     Corrupt {
         /// Record key, printable.
         key: String,

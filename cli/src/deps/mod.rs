@@ -59,6 +59,7 @@ pub use health::{HealthCheck, HealthOutcome, check_health};
 
 use clap::{Args, Subcommand};
 use jetsaga_core::saga::definition::Format;
+use jetsaga_protocol::ErrorCode;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -109,7 +110,7 @@ pub struct DepsArgs {
 pub enum DepsError {
     /// A `--manifest` pattern is invalid, cannot be walked, or matches no
     /// file (`E-DEPS-GLOB`).
-    #[error("E-DEPS-GLOB: --manifest {pattern:?}: {message}")]
+    #[error("{code}: --manifest {pattern:?}: {message}", code = ErrorCode::DepsGlob)]
     Glob {
         /// The pattern as given.
         pattern: String,
@@ -251,16 +252,16 @@ pub enum Problem {
 
 impl Problem {
     /// The stable code, as in docs/ERRORS.md.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Problem::Io { .. } => "E-DEPS-IO",
-            Problem::Parse { .. } => "E-DEPS-PARSE",
-            Problem::Duplicate { .. } => "E-DEPS-DUPLICATE",
-            Problem::Missing { .. } => "E-DEPS-MISSING",
-            Problem::OptionalMissing { .. } => "N-DEPS-OPTIONAL",
-            Problem::Version { .. } => "E-DEPS-VERSION",
-            Problem::Cycle { .. } => "E-DEPS-CYCLE",
-            Problem::Health { .. } => "E-DEPS-HEALTH",
+            Problem::Io { .. } => ErrorCode::DepsIo,
+            Problem::Parse { .. } => ErrorCode::DepsParse,
+            Problem::Duplicate { .. } => ErrorCode::DepsDuplicate,
+            Problem::Missing { .. } => ErrorCode::DepsMissing,
+            Problem::OptionalMissing { .. } => ErrorCode::DepsOptional,
+            Problem::Version { .. } => ErrorCode::DepsVersion,
+            Problem::Cycle { .. } => ErrorCode::DepsCycle,
+            Problem::Health { .. } => ErrorCode::DepsHealth,
         }
     }
 

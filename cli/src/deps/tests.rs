@@ -26,7 +26,7 @@ fn svc(name: &str, version: &str, deps: &[&str]) -> Manifest {
         .unwrap_or_else(|e| panic!("{e:?}\n{text}"))
 }
 
-fn codes(r: &Resolution) -> Vec<&'static str> {
+fn codes(r: &Resolution) -> Vec<ErrorCode> {
     r.problems.iter().map(Problem::code).collect()
 }
 
@@ -35,7 +35,7 @@ fn parse_err(text: &str, format: Format) -> Vec<String> {
         .expect_err("invalid manifest")
         .iter()
         .map(|p| {
-            assert_eq!(p.code(), "E-DEPS-PARSE", "{p}");
+            assert_eq!(p.code(), ErrorCode::DepsParse, "{p}");
             p.to_string()
         })
         .collect()
@@ -101,7 +101,7 @@ fn every_cycle_is_reported_with_its_path_and_no_order() {
             "dependency cycle {p}: no start-up order exists; remove one of these dependencies"
         ))
     );
-    assert!(codes(&r).iter().all(|c| *c == "E-DEPS-CYCLE"));
+    assert!(codes(&r).iter().all(|c| *c == ErrorCode::DepsCycle));
     // Every service on a cycle appears in the report.
     for name in ["a", "b", "c", "d", "self", "x", "y"] {
         assert!(
@@ -126,7 +126,10 @@ fn missing_required_is_an_error_and_missing_optional_a_note() {
         ],
         Vec::new(),
     );
-    assert_eq!(codes(&r), vec!["E-DEPS-MISSING", "N-DEPS-OPTIONAL"]);
+    assert_eq!(
+        codes(&r),
+        vec![ErrorCode::DepsMissing, ErrorCode::DepsOptional]
+    );
     assert_eq!(
         r.problems[0].to_string(),
         "api (api.yaml) requires `db`, which no manifest declares; add its manifest or mark the dependency `optional: true`"
@@ -143,7 +146,7 @@ fn missing_required_is_an_error_and_missing_optional_a_note() {
     assert_eq!(r.exit_code(), 1);
 
     let only_notes = resolve(vec![svc("api", "1.0.0", &["metrics?"])], Vec::new());
-    assert_eq!(codes(&only_notes), vec!["N-DEPS-OPTIONAL"]);
+    assert_eq!(codes(&only_notes), vec![ErrorCode::DepsOptional]);
     assert_eq!(only_notes.exit_code(), 0);
 }
 
@@ -159,7 +162,10 @@ fn version_requirements_are_checked_against_declared_versions() {
         ],
         Vec::new(),
     );
-    assert_eq!(codes(&r), vec!["E-DEPS-VERSION", "E-DEPS-VERSION"]);
+    assert_eq!(
+        codes(&r),
+        vec![ErrorCode::DepsVersion, ErrorCode::DepsVersion]
+    );
     assert_eq!(
         r.problems[0].to_string(),
         "payments (payments.yaml) requires ledger >=1.2, <2, but ledger declares version 2.0.1 (ledger.yaml)"
@@ -183,7 +189,7 @@ fn duplicate_names_name_both_files_and_keep_the_first() {
         vec![second, first, svc("api", "1.0.0", &["db@^1"])],
         Vec::new(),
     );
-    assert_eq!(codes(&r), vec!["E-DEPS-DUPLICATE"]);
+    assert_eq!(codes(&r), vec![ErrorCode::DepsDuplicate]);
     assert_eq!(
         r.problems[0].to_string(),
         "service `db` is declared twice, in a/manifest.yaml and in b/manifest.yaml; remove or rename one"
@@ -291,13 +297,13 @@ fn unreadable_and_non_utf8_files_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope.yaml");
     let e = read_manifest(&missing).expect_err("missing");
-    assert_eq!(e[0].code(), "E-DEPS-IO");
+    assert_eq!(e[0].code(), ErrorCode::DepsIo);
     assert!(e[0].to_string().starts_with(&missing.display().to_string()));
 
     let latin1 = dir.path().join("latin1.yaml");
     std::fs::write(&latin1, b"name: caf\xe9\nversion: 1.0.0\n").expect("write");
     let e = read_manifest(&latin1).expect_err("latin1");
-    assert_eq!(e[0].code(), "E-DEPS-PARSE");
+    assert_eq!(e[0].code(), ErrorCode::DepsParse);
     assert!(e[0].to_string().contains("not valid UTF-8"));
 
     // The format follows the extension, else it is sniffed.
@@ -427,6 +433,6 @@ async fn health_probes_report_answers_refusals_and_failed_handshakes() {
 
     let mut r = resolve(services, Vec::new());
     r.add_health(checks);
-    assert_eq!(codes(&r), vec!["E-DEPS-HEALTH"; 3]);
+    assert_eq!(codes(&r), vec![ErrorCode::DepsHealth; 3]);
     assert_eq!(r.to_json(false)["health"][0]["state"], "healthy");
 }

@@ -47,7 +47,7 @@ use jetsaga_protocol::api::{
     DefinitionList, ListRequest, RetryRequest, RetrySagaRequest, SagaDetail, SagaPage, SagaState,
     SagaStatus, ServiceStatus, StartReply,
 };
-use jetsaga_protocol::{ApiError, HEADER_START_KEY, StartRequest};
+use jetsaga_protocol::{ApiError, ErrorCode, HEADER_START_KEY, StartRequest};
 use jetsaga_store::sled_store::DEFAULT_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -88,7 +88,7 @@ impl HttpState {
     fn api(&self) -> Result<Api, HttpError> {
         self.api.borrow().clone().ok_or_else(|| {
             HttpError::new(
-                "E-UNAVAILABLE",
+                ErrorCode::Unavailable,
                 "the engine is shutting down; retry against a running engine",
             )
         })
@@ -223,22 +223,13 @@ pub async fn serve(
 // Errors
 // ---------------------------------------------------------------------------
 
-/// The HTTP status of an error code.
+/// The HTTP status of an error code ([`ErrorCode::http_status`]); 500 for
+/// a code no [`ErrorCode`] has.
 pub fn status_of(code: &str) -> StatusCode {
-    match code {
-        "E-BAD-REQUEST" | "E-BAD-INPUT" => StatusCode::BAD_REQUEST,
-        "E-NOT-FOUND" => StatusCode::NOT_FOUND,
-        "E-METHOD-NOT-ALLOWED" => StatusCode::METHOD_NOT_ALLOWED,
-        // A disabled saga: the request is fine, the definition's policy
-        // (state of the server, not the caller's rights) refuses it.
-        "E-NOT-APPLICABLE" | "E-IDEMPOTENCY-CONFLICT" | "E-SAGA-DISABLED" => StatusCode::CONFLICT,
-        "E-PAYLOAD-TOO-LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
-        "E-UNSUPPORTED-MEDIA-TYPE" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "E-UNKNOWN-SAGA" | "E-INVALID-DEFINITION" => StatusCode::UNPROCESSABLE_ENTITY,
-        c if c.starts_with("E-DEF-") => StatusCode::UNPROCESSABLE_ENTITY,
-        "E-UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    code.parse::<ErrorCode>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c.http_status()).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// Body of every error answer.
@@ -313,21 +304,21 @@ impl From<&DefinitionError> for Problem {
 struct HttpError(ErrorInfo);
 
 impl HttpError {
-    fn new(code: &str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         HttpError(ErrorInfo {
-            code: code.to_string(),
+            code: code.as_str().to_string(),
             message: message.into(),
             details: Vec::new(),
         })
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Self::new("E-BAD-REQUEST", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
 
     fn invalid_definitions(e: &DefinitionError) -> Self {
         HttpError(ErrorInfo {
-            code: "E-INVALID-DEFINITION".into(),
+            code: ErrorCode::InvalidDefinition.as_str().to_string(),
             message: e.to_string(),
             details: e.errors().into_iter().map(Problem::from).collect(),
         })
@@ -336,7 +327,11 @@ impl HttpError {
 
 impl From<ApiError> for HttpError {
     fn from(e: ApiError) -> Self {
-        HttpError::new(&e.code, e.message)
+        HttpError(ErrorInfo {
+            code: e.code,
+            message: e.message,
+            details: Vec::new(),
+        })
     }
 }
 
@@ -351,7 +346,8 @@ impl IntoResponse for HttpError {
     /// The answer; refused requests are logged and counted like the NATS
     /// API's (`rejected: ...`, `source="http"`), unknown ids and routes not.
     fn into_response(self) -> Response {
-        if !matches!(self.0.code.as_str(), "E-NOT-FOUND" | "E-METHOD-NOT-ALLOWED") {
+        let quiet = [ErrorCode::NotFound, ErrorCode::MethodNotAllowed];
+        if !quiet.map(ErrorCode::as_str).contains(&self.0.code.as_str()) {
             crate::metrics::reject("http", &self.0.code, &self.0.message);
         }
         self.quiet()
@@ -369,7 +365,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            serde_json::json!({"error": {"code": "E-INTERNAL", "message": format!("cannot encode the answer: {e}")}})
+            serde_json::json!({"error": {"code": ErrorCode::Internal, "message": format!("cannot encode the answer: {e}")}})
                 .to_string(),
         )
             .into_response(),
@@ -378,7 +374,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
 
 async fn no_route(method: Method, uri: Uri) -> HttpError {
     HttpError::new(
-        "E-NOT-FOUND",
+        ErrorCode::NotFound,
         format!(
             "no route {method} {}; the routes are listed in /openapi.json",
             uri.path()
@@ -388,7 +384,7 @@ async fn no_route(method: Method, uri: Uri) -> HttpError {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
     HttpError::new(
-        "E-METHOD-NOT-ALLOWED",
+        ErrorCode::MethodNotAllowed,
         format!(
             "{} does not take {method}; see /openapi.json (the Allow header lists what it takes)",
             uri.path()
@@ -416,7 +412,7 @@ async fn body_bytes(req: Request, state: &HttpState) -> Result<Bytes, HttpError>
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::new(
-                "E-PAYLOAD-TOO-LARGE",
+                ErrorCode::PayloadTooLarge,
                 format!(
                     "the request body is over the engine's limit of {} bytes (max_payload plus {BODY_HEADROOM} bytes); pass a reference to large data instead",
                     state.body_limit
@@ -443,7 +439,7 @@ where
     async fn from_request(req: Request, state: &HttpState) -> Result<Self, HttpError> {
         if !media_type(req.headers()).is_some_and(|m| is_json(&m)) {
             return Err(HttpError::new(
-                "E-UNSUPPORTED-MEDIA-TYPE",
+                ErrorCode::UnsupportedMediaType,
                 "send the request body as JSON, with `Content-Type: application/json`",
             ));
         }
@@ -479,7 +475,7 @@ impl FromRequest<HttpState> for DefinitionsBody {
             Some(m) if is_json(m) => Format::Json,
             _ => {
                 return Err(HttpError::new(
-                    "E-UNSUPPORTED-MEDIA-TYPE",
+                    ErrorCode::UnsupportedMediaType,
                     "send a definitions file with `Content-Type: application/yaml` or `application/json`",
                 ));
             }
@@ -637,7 +633,7 @@ async fn start_saga(
         StatusCode::OK
     };
     let location = HeaderValue::from_str(&format!("/v1/sagas/{}", reply.saga_id))
-        .map_err(|e| HttpError::new("E-INTERNAL", format!("bad saga id: {e}")))?;
+        .map_err(|e| HttpError::new(ErrorCode::Internal, format!("bad saga id: {e}")))?;
     let mut response = json(status, &reply);
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
@@ -1017,7 +1013,7 @@ async fn ready(State(state): State<HttpState>) -> Response {
     } else {
         // Probes poll this: a 503 is an answer, not a refused request to log.
         HttpError::new(
-            "E-UNAVAILABLE",
+            ErrorCode::Unavailable,
             format!("not ready: {}", reasons.join("; ")),
         )
         .quiet()
@@ -1065,7 +1061,7 @@ async fn prometheus_metrics() -> Response {
             .into_response(),
         // Scrapers poll this: the answer is not a refused request to log.
         None => HttpError::new(
-            "E-UNAVAILABLE",
+            ErrorCode::Unavailable,
             "this process exports its metrics through a recorder of its own, not on /metrics",
         )
         .quiet(),

@@ -27,7 +27,9 @@ use jetsaga_protocol::api::{
     AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest, SagaDetail,
     SagaPage, SagaRef, ServiceRef, ServiceStatus,
 };
-use jetsaga_protocol::{ApiError, ApiReply, HEADER_START_KEY, StartReply, StartRequest, Subjects};
+use jetsaga_protocol::{
+    ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
+};
 use jetsaga_store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -44,68 +46,18 @@ pub mod view;
 pub const QUEUE_GROUP: &str = "jetsaga-engine";
 
 /// The API operations, as they appear in the subject `<prefix>.api.<op>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// `saga.start`: [`StartRequest`] → [`jetsaga_protocol::StartReply`].
-    SagaStart,
-    /// `saga.get`: [`SagaRef`] → [`SagaDetail`].
-    SagaGet,
-    /// `saga.list`: [`ListRequest`] → `Vec<`[`SagaSummary`]`>`.
-    SagaList,
-    /// `saga.cancel`: [`CancelRequest`] → [`SagaDetail`].
-    SagaCancel,
-    /// `saga.retry`: [`RetryRequest`] → [`SagaDetail`].
-    SagaRetry,
-    /// `saga.delete`: [`SagaRef`] → [`SagaRef`] (the deleted saga).
-    SagaDelete,
-    /// `def.apply`: [`ApplyRequest`] → `Vec<`[`AppliedDefinition`]`>`.
-    DefApply,
-    /// `def.list`: `{}` → `Vec<`[`DefinitionListing`]`>` (current versions,
-    /// each a [`SagaDefinition`] with `enabled`, `refusal`, `environment`).
-    DefList,
-    /// `breaker.list`: `{}` → `Vec<`[`ServiceStatus`]`>` (every service with
-    /// a policy: breaker, held and in-flight tasks; [`jetsaga_core::admission`]).
-    BreakerList,
-    /// `breaker.get`: [`ServiceRef`] → [`ServiceStatus`].
-    BreakerGet,
-    /// `breaker.reset`: [`ServiceRef`] → [`ServiceStatus`] (closed, held
-    /// tasks released).
-    BreakerReset,
-}
-
-impl Op {
-    /// Every operation.
-    pub const ALL: [Op; 11] = [
-        Op::SagaStart,
-        Op::SagaGet,
-        Op::SagaList,
-        Op::SagaCancel,
-        Op::SagaRetry,
-        Op::SagaDelete,
-        Op::DefApply,
-        Op::DefList,
-        Op::BreakerList,
-        Op::BreakerGet,
-        Op::BreakerReset,
-    ];
-
-    /// The subject suffix of the operation.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::SagaStart => "saga.start",
-            Op::SagaGet => "saga.get",
-            Op::SagaList => "saga.list",
-            Op::SagaCancel => "saga.cancel",
-            Op::SagaRetry => "saga.retry",
-            Op::SagaDelete => "saga.delete",
-            Op::DefApply => "def.apply",
-            Op::DefList => "def.list",
-            Op::BreakerList => "breaker.list",
-            Op::BreakerGet => "breaker.get",
-            Op::BreakerReset => "breaker.reset",
-        }
-    }
-}
+/// [`serve`] decodes their requests and answers them as:
+///
+/// - `saga.start`: [`StartRequest`] → [`jetsaga_protocol::StartReply`];
+///   `saga.get`: [`SagaRef`] → [`SagaDetail`]; `saga.list`: [`ListRequest`]
+///   → `Vec<`[`SagaSummary`]`>`; `saga.cancel`: [`CancelRequest`] →
+///   [`SagaDetail`]; `saga.retry`: [`RetryRequest`] → [`SagaDetail`];
+///   `saga.delete`: [`SagaRef`] → [`SagaRef`] (the deleted saga).
+/// - `def.apply`: [`ApplyRequest`] → `Vec<`[`AppliedDefinition`]`>`;
+///   `def.list`: `{}` → `Vec<`[`DefinitionListing`]`>` (current versions).
+/// - `breaker.list`: `{}` → `Vec<`[`ServiceStatus`]`>`; `breaker.get` and
+///   `breaker.reset`: [`ServiceRef`] → [`ServiceStatus`].
+pub use jetsaga_protocol::Op;
 
 /// Definitions to apply (already parsed by the client; validated again here).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,7 +131,7 @@ impl Api {
     ) -> Result<StartReply, ApiError> {
         if req.saga.is_empty() {
             return Err(api_error(
-                "E-BAD-REQUEST",
+                ErrorCode::BadRequest,
                 "the start request names no saga (field `saga`)",
             ));
         }
@@ -199,7 +151,7 @@ impl Api {
             .store
             .saga(id)
             .map_err(internal)?
-            .ok_or_else(|| api_error("E-NOT-FOUND", format!("no saga with id {id}")))?;
+            .ok_or_else(|| api_error(ErrorCode::NotFound, format!("no saga with id {id}")))?;
         let definition = self
             .store
             .definition(&saga.name, saga.definition_version)
@@ -225,7 +177,7 @@ impl Api {
             && after >= before
         {
             return Err(api_error(
-                "E-BAD-REQUEST",
+                ErrorCode::BadRequest,
                 format!(
                     "empty time range: created_after ({after}) must be earlier than created_before ({before})"
                 ),
@@ -356,8 +308,9 @@ impl Api {
         definitions: &[SagaDefinition],
     ) -> Result<Vec<AppliedDefinition>, ApiError> {
         for def in definitions {
-            definition::validate(def)
-                .map_err(|e| api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code())))?;
+            definition::validate(def).map_err(|e| {
+                api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
+            })?;
         }
         // The trigger consumers are set up again only when a definition's
         // triggers change, not on every apply.
@@ -482,10 +435,12 @@ impl Api {
 
     /// Reads from the store, to tell that it is open and readable.
     pub fn check_store(&self) -> Result<(), ApiError> {
-        self.store
-            .next_timer()
-            .map(|_| ())
-            .map_err(|e| api_error("E-UNAVAILABLE", format!("the store cannot be read: {e}")))
+        self.store.next_timer().map(|_| ()).map_err(|e| {
+            api_error(
+                ErrorCode::Unavailable,
+                format!("the store cannot be read: {e}"),
+            )
+        })
     }
 }
 
@@ -535,8 +490,6 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(256));
-    let api_prefix = format!("{}.", subjects.api(""));
-    let api_prefix = api_prefix.trim_end_matches('.').to_string() + ".";
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -545,15 +498,18 @@ pub async fn serve(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
-        let ctx = (client.clone(), api.clone(), api_prefix.clone());
+        let ctx = (client.clone(), api.clone(), subjects.clone());
         tracker.spawn(async move {
-            let (client, api, api_prefix) = ctx;
+            let (client, api, subjects) = ctx;
             let Some(reply) = msg.reply.clone() else {
                 tracing::debug!(subject = %msg.subject, "API request without a reply subject ignored");
                 return;
             };
-            let op = msg.subject.strip_prefix(api_prefix.as_str()).unwrap_or_default().to_string();
-            let body = handle(&op, &msg, &api).await;
+            let name = subjects.api_op_name(&msg.subject).unwrap_or_default();
+            let body = match name.parse::<Op>() {
+                Ok(op) => handle(op, &msg, &api).await,
+                Err(other) => unknown_op(&other),
+            };
             if let Err(e) = client.publish(reply, body.into()).await {
                 tracing::warn!(error = %e, "cannot send an API reply");
             }
@@ -570,39 +526,57 @@ fn reply<T: Serialize>(r: Result<T, ApiError>) -> Vec<u8> {
     let envelope = match r {
         Ok(v) => ApiReply::Ok(v),
         Err(e) => {
-            if e.code != "E-NOT-FOUND" {
+            if e.error_code() != Some(ErrorCode::NotFound) {
                 crate::metrics::reject("api", &e.code, &e.message);
             }
             ApiReply::Error(e)
         }
     };
     serde_json::to_vec(&envelope).unwrap_or_else(|_| {
-        b"{\"error\":{\"code\":\"E-INTERNAL\",\"message\":\"cannot encode reply\"}}".to_vec()
+        format!(
+            r#"{{"error":{{"code":"{}","message":"cannot encode reply"}}}}"#,
+            ErrorCode::Internal
+        )
+        .into_bytes()
     })
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(op: &str, payload: &[u8]) -> Result<T, ApiError> {
+fn unknown_op(name: &str) -> Vec<u8> {
+    reply::<()>(Err(api_error(
+        ErrorCode::UnknownOperation,
+        format!(
+            "no API operation {name:?}; known: {}",
+            Op::ALL.map(Op::name).join(", ")
+        ),
+    )))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(op: Op, payload: &[u8]) -> Result<T, ApiError> {
     let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         payload
     };
-    serde_json::from_slice(payload)
-        .map_err(|e| api_error("E-BAD-REQUEST", format!("malformed {op} request: {e}")))
+    serde_json::from_slice(payload).map_err(|e| {
+        api_error(
+            ErrorCode::BadRequest,
+            format!("malformed {op} request: {e}"),
+        )
+    })
 }
 
 fn invalid_services(e: DefinitionError) -> ApiError {
-    api_error("E-INVALID-DEFINITION", format!("{}: {e}", e.code()))
+    api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    api_error("E-INTERNAL", e.to_string())
+    api_error(ErrorCode::Internal, e.to_string())
 }
 
-async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
+async fn handle(op: Op, msg: &Message, api: &Api) -> Vec<u8> {
     let payload = &msg.payload[..];
     match op {
-        "saga.start" => reply(
+        Op::SagaStart => reply(
             async {
                 let mut req: StartRequest = parse(op, payload)?;
                 if let Some(key) = msg.headers.as_ref().and_then(|h| h.get(HEADER_START_KEY)) {
@@ -616,35 +590,35 @@ async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
             }
             .await,
         ),
-        "saga.get" => reply(
+        Op::SagaGet => reply(
             async {
                 let req: SagaRef = parse(op, payload)?;
                 api.get(&req.id).await
             }
             .await,
         ),
-        "saga.list" => reply(
+        Op::SagaList => reply(
             async {
                 let req: ListRequest = parse(op, payload)?;
                 Ok(api.list(&req).await?.sagas)
             }
             .await,
         ),
-        "saga.cancel" => reply(
+        Op::SagaCancel => reply(
             async {
                 let req: CancelRequest = parse(op, payload)?;
                 api.cancel(req).await
             }
             .await,
         ),
-        "saga.retry" => reply(
+        Op::SagaRetry => reply(
             async {
                 let req: RetryRequest = parse(op, payload)?;
                 api.retry(req).await
             }
             .await,
         ),
-        "saga.delete" => reply(
+        Op::SagaDelete => reply(
             async {
                 let req: SagaRef = parse(op, payload)?;
                 api.delete(&req.id).await?;
@@ -652,36 +626,29 @@ async fn handle(op: &str, msg: &Message, api: &Api) -> Vec<u8> {
             }
             .await,
         ),
-        "def.apply" => reply(
+        Op::DefApply => reply(
             async {
                 let req: ApplyRequest = parse(op, payload)?;
                 api.apply(&req.definitions, &req.services).await
             }
             .await,
         ),
-        "breaker.list" => reply(api.breakers().await),
-        "breaker.get" => reply(
+        Op::BreakerList => reply(api.breakers().await),
+        Op::BreakerGet => reply(
             async {
                 let req: ServiceRef = parse(op, payload)?;
                 api.breaker(&req.service).await
             }
             .await,
         ),
-        "breaker.reset" => reply(
+        Op::BreakerReset => reply(
             async {
                 let req: ServiceRef = parse(op, payload)?;
                 api.reset_breaker(&req.service).await
             }
             .await,
         ),
-        "def.list" => reply(api.definitions().await),
-        other => reply::<()>(Err(api_error(
-            "E-UNKNOWN-OPERATION",
-            format!(
-                "no API operation {other:?}; known: {}",
-                Op::ALL.map(Op::name).join(", ")
-            ),
-        ))),
+        Op::DefList => reply(api.definitions().await),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use futures::StreamExt;
-use jetsaga_protocol::{STREAM_HEADROOM, Subjects};
+use jetsaga_protocol::{ErrorCode, STREAM_HEADROOM, Subjects};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ pub mod relay;
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// A stream could not be created or updated.
-    #[error("E-NATS-STREAM: cannot create or update stream {stream}: {source}")]
+    #[error("{code}: cannot create or update stream {stream}: {source}", code = ErrorCode::NatsStream)]
     Stream {
         /// Stream name.
         stream: String,
@@ -24,7 +24,7 @@ pub enum BusError {
         source: jetstream::context::CreateStreamError,
     },
     /// A stream could not be looked up.
-    #[error("E-NATS-STREAM: cannot find stream {stream}: {source}")]
+    #[error("{code}: cannot find stream {stream}: {source}", code = ErrorCode::NatsStream)]
     GetStream {
         /// Stream name.
         stream: String,
@@ -32,7 +32,7 @@ pub enum BusError {
         source: jetstream::context::GetStreamError,
     },
     /// A consumer could not be created.
-    #[error("E-NATS-CONSUMER: cannot create consumer {consumer} on {stream}: {source}")]
+    #[error("{code}: cannot create consumer {consumer} on {stream}: {source}", code = ErrorCode::NatsConsumer)]
     Consumer {
         /// Stream name.
         stream: String,

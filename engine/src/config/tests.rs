@@ -254,7 +254,7 @@ fn environment_lists_and_errors() {
             Layer::default(),
         )
         .unwrap_err();
-        assert_eq!(err.code(), "E-CONFIG-ENV");
+        assert_eq!(err.code(), ErrorCode::ConfigEnv);
         let text = err.to_string();
         assert!(text.contains(var) && text.contains(says), "{text}");
     }
@@ -280,7 +280,7 @@ fn unknown_keys_name_the_key_and_the_file() {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         let err = Layer::from_file(&path).unwrap_err();
-        assert_eq!(err.code(), "E-CONFIG-FILE");
+        assert_eq!(err.code(), ErrorCode::ConfigFile);
         let text = err.to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");
         assert!(text.contains(&format!("unknown key {key}")), "{text}");
@@ -490,7 +490,7 @@ fn validation_names_what_is_wrong() {
     ];
     for (config, says) in cases {
         let err = config.validate().unwrap_err();
-        assert_eq!(err.code(), "E-CONFIG");
+        assert_eq!(err.code(), ErrorCode::Config);
         let text = err.to_string();
         assert!(text.contains(says), "{says:?} not in {text}");
         assert!(!text.contains("hunter2"), "{text}");

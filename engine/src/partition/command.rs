@@ -4,7 +4,7 @@ use async_nats::jetstream;
 use jetsaga_core::admission::ServiceStatus;
 use jetsaga_core::saga::definition::ServicePolicy;
 use jetsaga_core::saga::state::{Millis, Saga};
-use jetsaga_protocol::{self, ApiError, StartReply, TaskResult};
+use jetsaga_protocol::{ApiError, ErrorCode, StartReply, TaskResult};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -124,9 +124,11 @@ pub struct PartitionHandle {
 impl PartitionHandle {
     /// Sends a command; fails when the partition has stopped.
     pub async fn send(&self, cmd: Command) -> Result<(), ApiError> {
-        self.tx.send(cmd).await.map_err(|_| ApiError {
-            code: "E-UNAVAILABLE".into(),
-            message: "the engine is shutting down; retry against a running engine".into(),
+        self.tx.send(cmd).await.map_err(|_| {
+            api_error(
+                ErrorCode::Unavailable,
+                "the engine is shutting down; retry against a running engine",
+            )
         })
     }
 
@@ -233,16 +235,13 @@ impl PartitionHandle {
 }
 
 pub(super) fn unavailable() -> ApiError {
-    ApiError {
-        code: "E-UNAVAILABLE".into(),
-        message: "the engine stopped before answering; retry".into(),
-    }
+    api_error(
+        ErrorCode::Unavailable,
+        "the engine stopped before answering; retry",
+    )
 }
 
 /// Builds an [`ApiError`].
-pub fn api_error(code: &str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        code: code.into(),
-        message: message.into(),
-    }
+pub fn api_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
 }

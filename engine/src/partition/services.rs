@@ -7,7 +7,7 @@ use jetsaga_core::admission::{AttemptKey, Route, ServiceAdmission};
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::state::TimerKind;
 use jetsaga_core::saga::state::{Event, Saga};
-use jetsaga_protocol::{self as protocol, self, ApiError, TaskKind};
+use jetsaga_protocol::{self as protocol, ApiError, ErrorCode, TaskKind};
 use jetsaga_store::{Change, HeldTask, OutboxMessage, StoreError, TimerRow};
 use tokio::sync::oneshot;
 
@@ -237,7 +237,7 @@ impl Partition {
     ) -> Result<(), PartitionError> {
         let not_found = |service: &str| {
             api_error(
-                "E-NOT-FOUND",
+                ErrorCode::NotFound,
                 format!(
                     "no service policy for `{service}`; services get one under `services:` in a definitions file"
                 ),

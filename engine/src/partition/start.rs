@@ -7,7 +7,7 @@ use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::{Event, Saga};
 use jetsaga_core::saga::transition::Before;
-use jetsaga_protocol::{self, ApiError, StartReply};
+use jetsaga_protocol::{ApiError, ErrorCode, StartReply};
 use jetsaga_store::{Change, Prior, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,8 +39,7 @@ impl Partition {
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
         if size > self.max_payload {
-            return Err(api_error(
-                "E-PAYLOAD-TOO-LARGE",
+            return Err(api_error(ErrorCode::PayloadTooLarge,
                 format!(
                     "saga input is {size} bytes, over the engine's limit of {} bytes (max_payload); pass a reference to large data instead",
                     self.max_payload
@@ -51,7 +50,7 @@ impl Partition {
         if let Some(key) = &start.idempotency_key {
             if key.is_empty() || key.len() > 256 {
                 return Err(api_error(
-                    "E-BAD-REQUEST",
+                    ErrorCode::BadRequest,
                     "the idempotency key must be 1 to 256 bytes long",
                 )
                 .into());
@@ -59,8 +58,7 @@ impl Partition {
             if let Some(id) = self.saga_by_idempotency_key(key)? {
                 let existing = self.saga(&id)?;
                 return match existing {
-                    Some(saga) if saga.name != start.saga => Err(api_error(
-                        "E-IDEMPOTENCY-CONFLICT",
+                    Some(saga) if saga.name != start.saga => Err(api_error(ErrorCode::IdempotencyConflict,
                         format!(
                             "idempotency key {key:?} already started saga {id} of definition `{}`, not `{}`; use a new key",
                             saga.name, start.saga
@@ -84,8 +82,7 @@ impl Partition {
                 .into_iter()
                 .map(|d| d.name)
                 .collect();
-            return Err(api_error(
-                "E-UNKNOWN-SAGA",
+            return Err(api_error(ErrorCode::UnknownSaga,
                 format!(
                     "no saga definition named `{}` (known: {}); apply one with `jetsaga def apply FILE`",
                     start.saga,
@@ -95,7 +92,7 @@ impl Partition {
             .into());
         };
         if let Some(refusal) = def.policy.refusal(&def.name, self.environment.as_deref()) {
-            return Err(api_error("E-SAGA-DISABLED", refusal).into());
+            return Err(api_error(ErrorCode::SagaDisabled, refusal).into());
         }
         let def = Arc::new(def);
         self.definitions
@@ -116,8 +113,12 @@ impl Partition {
             return Ok(self.queue_start(saga, &def, start.idempotency_key, after)?);
         }
         let traced = crate::trace::enabled().then(|| saga.clone());
-        let effects = machine::apply(&mut saga, &def, Event::Start, inputs(now))
-            .map_err(|r| api_error("E-INTERNAL", format!("a new saga refused to start: {r}")))?;
+        let effects = machine::apply(&mut saga, &def, Event::Start, inputs(now)).map_err(|r| {
+            api_error(
+                ErrorCode::Internal,
+                format!("a new saga refused to start: {r}"),
+            )
+        })?;
         if let Some(pending) = &traced {
             crate::trace::observe(&def, pending, &saga);
         }

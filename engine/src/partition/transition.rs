@@ -9,7 +9,7 @@ use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::{Event, Rejection, Saga};
 use jetsaga_core::saga::transition::Before;
-use jetsaga_protocol::{self, ApiError, TaskResult};
+use jetsaga_protocol::{ApiError, ErrorCode, TaskResult};
 use jetsaga_store::{Change, Prior, StoreError};
 
 impl Partition {
@@ -83,20 +83,20 @@ impl Partition {
     ) -> Result<Result<Saga, ApiError>, PartitionError> {
         let Some(saga) = self.saga(id)? else {
             return Ok(Err(api_error(
-                "E-NOT-FOUND",
+                ErrorCode::NotFound,
                 format!("no saga with id {id}"),
             )));
         };
         let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
             return Ok(Err(api_error(
-                "E-INTERNAL",
+                ErrorCode::Internal,
                 format!("saga {id} has no stored definition"),
             )));
         };
         match self.apply_event(saga, &def, event, Vec::new(), after)? {
             Ok(saga) => Ok(Ok(saga)),
             Err(rejection) => Ok(Err(api_error(
-                "E-NOT-APPLICABLE",
+                ErrorCode::NotApplicable,
                 format!("{refused} saga {id}: {rejection}"),
             ))),
         }
@@ -112,13 +112,13 @@ impl Partition {
     ) -> Result<Result<(), ApiError>, PartitionError> {
         let Some(saga) = self.saga(id)? else {
             return Ok(Err(api_error(
-                "E-NOT-FOUND",
+                ErrorCode::NotFound,
                 format!("no saga with id {id}"),
             )));
         };
         if !saga.status.is_terminal() {
             return Ok(Err(api_error(
-                "E-NOT-APPLICABLE",
+                ErrorCode::NotApplicable,
                 format!(
                     "cannot delete saga {id}: it is {}; only a finished saga can be deleted (cancel it first: `jetsaga saga cancel {id}`)",
                     saga.status.name()
