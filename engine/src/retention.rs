@@ -208,7 +208,10 @@ pub async fn run(handle: PartitionHandle, retention: Duration, shutdown: Cancell
 mod tests {
     use super::*;
     use jetsaga_core::saga::state::{SagaStatus, TimerKind};
-    use jetsaga_store::{Change, SagaFilter, SledStore, TimerRow};
+    use jetsaga_store::{
+        Change, GroupCommit, IdempotencyTable, SagaFilter, SagaTable, SledStore, TimerRow,
+        TimerTable,
+    };
 
     fn saga(id: &str, status: SagaStatus, finished_at: Option<Millis>) -> Saga {
         Saga {

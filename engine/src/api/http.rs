@@ -47,7 +47,7 @@ use jetsaga_core::admission::ServiceStatus;
 use jetsaga_core::saga::definition::{DefinitionError, DefinitionFile, Format};
 use jetsaga_core::saga::state::{Millis, SagaStatus};
 use jetsaga_protocol::{ApiError, HEADER_START_KEY, StartRequest};
-use jetsaga_store::sled_store::DEFAULT_LIST_LIMIT;
+use jetsaga_store::DEFAULT_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::future::IntoFuture;

@@ -22,7 +22,7 @@ use jetsaga_core::saga::definition::{
 };
 use jetsaga_core::saga::state::{Millis, Saga, SagaState, SagaStatus};
 use jetsaga_protocol::{ApiError, ApiReply, HEADER_START_KEY, StartReply, StartRequest, Subjects};
-use jetsaga_store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
+use jetsaga_store::{DEFAULT_LIST_LIMIT, SagaFilter, Store};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Semaphore;

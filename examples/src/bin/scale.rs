@@ -45,7 +45,9 @@ use jetsaga_core::saga::state::{
 use jetsaga_engine::partition::now_ms;
 use jetsaga_engine::retention::Retention;
 use jetsaga_examples::stats::nearest_rank;
-use jetsaga_store::{Change, SagaFilter, SledStore, Store, TimerRow};
+use jetsaga_store::{
+    Change, DefinitionTable, DiskUsage, GroupCommit, SagaFilter, SagaTable, SledStore, TimerRow,
+};
 use jetsaga_worker::protocol::TaskKind;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
