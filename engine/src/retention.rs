@@ -6,13 +6,13 @@
 //! periodic task that sends [`Command::Prune`](crate::partition::Command::Prune)
 //! with a cut-off time and a batch size, the partition calls [`prune`] between
 //! other commands and makes the deletions durable with its next group commit.
-//! A batch reads only the rows it deletes ([`Store::finished_before`] walks an
+//! A batch reads only the rows it deletes ([`SagaTable::finished_before`] walks an
 //! index by finish time), and the task sends the next batch only after the
 //! previous one was answered, so pruning a large backlog never holds the
 //! partition for long.
 //!
 //! A pruned saga is deleted like `saga delete` deletes it
-//! ([`Store::delete_saga`]): its record with its step and attempt history,
+//! ([`GroupCommit::delete_saga`]): its record with its step and attempt history,
 //! its index entries, its timers and the binding of its idempotency key. A
 //! start with the same key after that starts a new saga: deduplication of
 //! starts holds within the retention.
@@ -30,7 +30,7 @@
 
 use crate::partition::{PartitionHandle, now_ms};
 use jetsaga_core::saga::state::{Millis, Saga};
-use jetsaga_store::{Store, StoreError};
+use jetsaga_store::{GroupCommit, SagaTable, StoreError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -139,7 +139,11 @@ pub fn cutoff(now: Millis, retention: Duration) -> Millis {
 /// Only for the partition, the single writer. A saga the index names that
 /// is no longer terminal is left alone (it cannot happen: the index follows
 /// every transition in the same transaction).
-pub fn prune(store: &dyn Store, before: Millis, limit: usize) -> Result<Vec<Saga>, StoreError> {
+pub fn prune<S: SagaTable + GroupCommit + ?Sized>(
+    store: &S,
+    before: Millis,
+    limit: usize,
+) -> Result<Vec<Saga>, StoreError> {
     let mut pruned = Vec::new();
     for id in store.finished_before(before, limit)? {
         match store.saga(&id)? {
@@ -208,10 +212,7 @@ pub async fn run(handle: PartitionHandle, retention: Duration, shutdown: Cancell
 mod tests {
     use super::*;
     use jetsaga_core::saga::state::{SagaStatus, TimerKind};
-    use jetsaga_store::{
-        Change, GroupCommit, IdempotencyTable, SagaFilter, SagaTable, SledStore, TimerRow,
-        TimerTable,
-    };
+    use jetsaga_store::{Change, IdempotencyTable, SagaFilter, SledStore, TimerRow, TimerTable};
 
     fn saga(id: &str, status: SagaStatus, finished_at: Option<Millis>) -> Saga {
         Saga {

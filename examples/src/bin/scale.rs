@@ -319,7 +319,11 @@ struct Seeded {
     unfinished_ids: Vec<String>,
 }
 
-fn seed(store: &SledStore, args: &Args, defs: &[SagaDefinition]) -> Result<(Seeded, Value)> {
+fn seed(
+    store: &(impl DefinitionTable + GroupCommit + SagaTable),
+    args: &Args,
+    defs: &[SagaDefinition],
+) -> Result<(Seeded, Value)> {
     let mut stored = Vec::new();
     for def in defs {
         store.put_definition(def)?;
@@ -411,7 +415,11 @@ fn pick<'a>(seeded: &'a Seeded, picks: &mut Picks) -> &'a str {
     }
 }
 
-fn measure_store(store: &SledStore, seeded: &Seeded, args: &Args) -> Result<Value> {
+fn measure_store(
+    store: &(impl SagaTable + DiskUsage),
+    seeded: &Seeded,
+    args: &Args,
+) -> Result<Value> {
     let mut picks = Picks(0x9e37_79b9_7f4a_7c15);
     let mut status = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
