@@ -4,7 +4,7 @@
 //! in order through the pure state machine ([`jetsaga_core::saga::machine`]). I/O
 //! happens around it: commands arrive on a channel, each transition becomes
 //! one [`Change`] with its outbox rows and timers, the changes of a batch are
-//! written in one store transaction ([`Store::commit_many`]) and made durable
+//! written in one store transaction ([`jetsaga_store::GroupCommit::commit_many`]) and made durable
 //! with one flush (group commit), and only then are the messages that carried
 //! the events acknowledged and the callers answered. Each transition is also
 //! observed by [`SagaMetrics`], which derives the saga and step metrics from
