@@ -229,7 +229,7 @@ impl Admission {
     }
 
     /// 1-based position of saga `id` in the queue (the API reads it from the
-    /// store: `Store::queue_position`).
+    /// store: `StartQueueTable::queue_position`).
     #[cfg(test)]
     pub fn position(&self, id: &str) -> Option<usize> {
         let seq = *self.by_saga.get(id)?;

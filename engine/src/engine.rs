@@ -15,7 +15,7 @@ use crate::partition::Partition;
 use async_nats::jetstream;
 use jetsaga_core::saga::definition;
 use jetsaga_protocol::{ErrorCode, Subjects};
-use jetsaga_store::{SledStore, Store, StoreError};
+use jetsaga_store::{DefinitionTable, ServiceTable, SledStore, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +110,10 @@ pub fn definition_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn apply_definition_files(store: &dyn Store, paths: &[PathBuf]) -> Result<(), EngineError> {
+fn apply_definition_files(
+    store: &(impl DefinitionTable + ServiceTable + ?Sized),
+    paths: &[PathBuf],
+) -> Result<(), EngineError> {
     let files = definition_files(paths).map_err(|e| {
         EngineError::Definition(format!(
             "{}: cannot list definitions: {e}",

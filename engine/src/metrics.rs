@@ -49,7 +49,7 @@ use jetsaga_core::saga::definition::{SagaDefinition, StepDefinition};
 use jetsaga_core::saga::state::{Attempt, AttemptOutcome, Millis, Saga, SagaState};
 use jetsaga_core::saga::transition::Transition;
 use jetsaga_protocol::{Subjects, TaskKind};
-use jetsaga_store::Store;
+use jetsaga_store::{DefinitionTable, DiskUsage, OutboxTable, SagaTable, TimerTable};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -401,13 +401,15 @@ fn seconds(from: Millis, to: Millis) -> f64 {
 /// Until `shutdown`, every `every`: sets the outbox and timer backlogs from
 /// the store and `saga_queue_depth` of every service named by a current
 /// definition, and folds histogram samples into their buckets.
-pub async fn poll_gauges(
-    store: Arc<dyn Store>,
+pub async fn poll_gauges<S>(
+    store: Arc<S>,
     js: jetstream::Context,
     subjects: Subjects,
     every: Duration,
     shutdown: CancellationToken,
-) {
+) where
+    S: OutboxTable + TimerTable + SagaTable + DiskUsage + DefinitionTable + ?Sized,
+{
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -6,13 +6,13 @@
 //! periodic task that sends [`Command::Prune`](crate::partition::Command::Prune)
 //! with a cut-off time and a batch size, the partition calls [`prune`] between
 //! other commands and makes the deletions durable with its next group commit.
-//! A batch reads only the rows it deletes ([`Store::finished_before`] walks an
+//! A batch reads only the rows it deletes ([`SagaTable::finished_before`] walks an
 //! index by finish time), and the task sends the next batch only after the
 //! previous one was answered, so pruning a large backlog never holds the
 //! partition for long.
 //!
 //! A pruned saga is deleted like `saga delete` deletes it
-//! ([`Store::delete_saga`]): its record with its step and attempt history,
+//! ([`GroupCommit::delete_saga`]): its record with its step and attempt history,
 //! its index entries, its timers and the binding of its idempotency key. A
 //! start with the same key after that starts a new saga: deduplication of
 //! starts holds within the retention.

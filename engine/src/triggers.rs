@@ -59,7 +59,7 @@ use crate::partition::{Command, PartitionHandle, StartCommand, api_error};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use jetsaga_core::saga::definition::{SagaDefinition, Trigger, input_pointer};
 use jetsaga_protocol::{ApiError, ErrorCode, HEADER_MSG_ID, Subjects};
-use jetsaga_store::Store;
+use jetsaga_store::DefinitionTable;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -417,7 +417,7 @@ pub struct Runtime {
     /// Stream settings (duplicate window, payload limit, replicas).
     pub settings: StreamSettings,
     /// Where the definitions are read.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn DefinitionTable>,
     /// Where starts go.
     pub partition: PartitionHandle,
     /// Ack wait of the consumers.

@@ -15,7 +15,7 @@
 //! so a running engine makes it fail with `E-STORE-LOCKED` and nothing
 //! changes.
 
-use super::{SledStore, Store, StoreError, dir_bytes};
+use super::{SagaTable, SledStore, StoreError, dir_bytes};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -139,7 +139,7 @@ fn swap_dirs(a: &Path, b: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Change;
+    use crate::{Change, GroupCommit};
     use jetsaga_core::saga::state::{Saga, SagaStatus};
 
     #[test]

@@ -1,7 +1,7 @@
 //! Pruning: deleting finished sagas past their retention, with everything
 //! they own (steps, timers, outbox rows, idempotency key, index entries).
 
-use crate::{Store, StoreError};
+use crate::{GroupCommit, SagaTable, StoreError};
 use jetsaga_core::saga::state::{Millis, Saga};
 
 /// Deletes up to `limit` terminal sagas that finished at or before `before`,
@@ -11,7 +11,11 @@ use jetsaga_core::saga::state::{Millis, Saga};
 /// Only for the partition, the single writer. A saga the index names that
 /// is no longer terminal is left alone (it cannot happen: the index follows
 /// every transition in the same transaction).
-pub fn prune(store: &dyn Store, before: Millis, limit: usize) -> Result<Vec<Saga>, StoreError> {
+pub fn prune<S: SagaTable + GroupCommit + ?Sized>(
+    store: &S,
+    before: Millis,
+    limit: usize,
+) -> Result<Vec<Saga>, StoreError> {
     let mut pruned = Vec::new();
     for id in store.finished_before(before, limit)? {
         match store.saga(&id)? {
@@ -29,7 +33,7 @@ pub fn prune(store: &dyn Store, before: Millis, limit: usize) -> Result<Vec<Saga
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Change, SagaFilter, SledStore, TimerRow};
+    use crate::{Change, IdempotencyTable, SagaFilter, SledStore, TimerRow, TimerTable};
     use jetsaga_core::saga::state::{SagaStatus, TimerKind};
     use std::time::Duration;
 

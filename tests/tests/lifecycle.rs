@@ -7,7 +7,7 @@ mod common;
 
 use common::{Engine, FINISH, READY, WorkerGuard, World, step, step_states};
 use jetsaga_protocol::api::{ListRequest, SagaState};
-use jetsaga_store::{Change, OutboxMessage, SledStore, Store};
+use jetsaga_store::{Change, GroupCommit, OutboxMessage, OutboxTable, SledStore};
 use jetsaga_tests::{ChildProcess, NatsServer, bin_path};
 use jetsaga_worker::{TaskContext, Worker};
 use serde_json::{Value, json};

@@ -48,7 +48,7 @@ use jetsaga_protocol::api::{
     SagaStatus, ServiceStatus, StartReply,
 };
 use jetsaga_protocol::{ApiError, ErrorCode, HEADER_START_KEY, StartRequest};
-use jetsaga_store::sled_store::DEFAULT_LIST_LIMIT;
+use jetsaga_store::DEFAULT_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::future::IntoFuture;

@@ -30,7 +30,7 @@ use jetsaga_protocol::api::{
 use jetsaga_protocol::{
     ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
 };
-use jetsaga_store::{SagaFilter, Store, sled_store::DEFAULT_LIST_LIMIT};
+use jetsaga_store::{DEFAULT_LIST_LIMIT, SagaFilter, Store};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Semaphore;

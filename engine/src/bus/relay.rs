@@ -4,7 +4,7 @@
 //! (all publishes of a batch are sent before any acknowledgement is awaited),
 //! and removed once JetStream acknowledged them. A row is published only
 //! after it is durable: the relay publishes rows up to
-//! [`Store::outbox_durable`], which the partition's group commit flush
+//! [`GroupCommit::outbox_durable`], which the partition's group commit flush
 //! advances (and wakes the relay after), so no task ever leaves for a state
 //! change a crash could still undo, and the relay needs no flush of its own
 //! (only at shutdown, to publish whatever is left).
@@ -17,7 +17,7 @@ use crate::crash_points;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use jetsaga_protocol::HEADER_MSG_ID;
-use jetsaga_store::Store;
+use jetsaga_store::{GroupCommit, OutboxTable};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -28,8 +28,8 @@ const BATCH: usize = 512;
 
 /// Runs the relay until `shutdown`, then publishes what is left (bounded by
 /// `drain_timeout`) and returns.
-pub async fn run(
-    store: Arc<dyn Store>,
+pub async fn run<S: OutboxTable + GroupCommit + ?Sized>(
+    store: Arc<S>,
     js: jetstream::Context,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -65,7 +65,7 @@ pub async fn run(
     }
 }
 
-async fn drain(store: &dyn Store, js: &jetstream::Context) {
+async fn drain<S: OutboxTable + GroupCommit + ?Sized>(store: &S, js: &jetstream::Context) {
     // The partition has stopped after its last flush; this one covers any
     // row written outside it.
     if let Err(e) = store.flush().await {
@@ -99,7 +99,10 @@ fn is_permanent(e: &jetstream::context::PublishError) -> bool {
 
 /// Publishes one batch of durable rows; returns how many rows were
 /// published and removed.
-async fn publish_round(store: &dyn Store, js: &jetstream::Context) -> anyhow::Result<usize> {
+async fn publish_round<S: OutboxTable + GroupCommit + ?Sized>(
+    store: &S,
+    js: &jetstream::Context,
+) -> anyhow::Result<usize> {
     // Read the mark first: rows read after it may be newer, never older.
     let Some(durable) = store.outbox_durable() else {
         return Ok(0);

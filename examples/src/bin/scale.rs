@@ -46,7 +46,9 @@ use jetsaga_engine::partition::now_ms;
 use jetsaga_engine::retention::Retention;
 use jetsaga_examples::stats::nearest_rank;
 use jetsaga_protocol::api::{ListRequest, SagaState};
-use jetsaga_store::{Change, SagaFilter, SledStore, Store, TimerRow};
+use jetsaga_store::{
+    Change, DefinitionTable, DiskUsage, GroupCommit, SagaFilter, SagaTable, SledStore, TimerRow,
+};
 use jetsaga_worker::protocol::TaskKind;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
@@ -318,7 +320,11 @@ struct Seeded {
     unfinished_ids: Vec<String>,
 }
 
-fn seed(store: &SledStore, args: &Args, defs: &[SagaDefinition]) -> Result<(Seeded, Value)> {
+fn seed(
+    store: &(impl DefinitionTable + GroupCommit + SagaTable),
+    args: &Args,
+    defs: &[SagaDefinition],
+) -> Result<(Seeded, Value)> {
     let mut stored = Vec::new();
     for def in defs {
         store.put_definition(def)?;
@@ -425,7 +431,11 @@ fn pick<'a>(seeded: &'a Seeded, picks: &mut Picks) -> &'a str {
     }
 }
 
-fn measure_store(store: &SledStore, seeded: &Seeded, args: &Args) -> Result<Value> {
+fn measure_store(
+    store: &(impl SagaTable + DiskUsage),
+    seeded: &Seeded,
+    args: &Args,
+) -> Result<Value> {
     let mut picks = Picks(0x9e37_79b9_7f4a_7c15);
     let mut status = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {

@@ -1,0 +1,155 @@
+//! A [`Change`] encoded for the group commit's transaction.
+
+use super::codec::{breaker_key, encode, finished_key, held_key, join, timer_ident, timer_key};
+use crate::{Change, Prior, StoreError};
+use jetsaga_core::saga::state::Millis;
+#[cfg(debug_assertions)]
+use {
+    super::codec::decode, jetsaga_core::saga::state::Saga,
+    sled::transaction::ConflictableTransactionError,
+};
+
+/// A change's saga record and index keys, encoded.
+pub(super) struct SagaRow {
+    pub(super) id: Vec<u8>,
+    pub(super) bytes: Vec<u8>,
+    pub(super) state_key: Vec<u8>,
+    pub(super) name_key: Vec<u8>,
+    pub(super) finished_key: Option<Vec<u8>>,
+    pub(super) prior: Prior,
+    pub(super) idempotency_key: Option<String>,
+}
+
+/// A [`Change`] encoded for the transaction (outbox rows are added under
+/// the commit lock, which numbers them).
+pub(super) struct Encoded {
+    pub(super) saga: Option<SagaRow>,
+    pub(super) outbox: Vec<OutboxRow>,
+    pub(super) timer_removes: Vec<Vec<u8>>,
+    pub(super) timer_adds: Vec<TimerAdd>,
+    pub(super) queue_adds: Vec<([u8; 8], Vec<u8>)>,
+    pub(super) queue_removes: Vec<u64>,
+    pub(super) held_adds: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) held_removes: Vec<u64>,
+    pub(super) breakers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Encoded {
+    pub(super) fn of(change: &Change) -> Result<Self, StoreError> {
+        debug_assert!(
+            change.idempotency_key.is_none() || change.saga.is_some(),
+            "an idempotency key needs the saga it binds to"
+        );
+        let saga = match &change.saga {
+            Some(saga) => Some(SagaRow {
+                id: saga.id.as_bytes().to_vec(),
+                bytes: encode("sagas", saga.id.as_bytes(), saga)?,
+                state_key: join(saga.status.name().as_bytes(), saga.id.as_bytes()),
+                name_key: join(saga.name.as_bytes(), saga.id.as_bytes()),
+                finished_key: finished_key(saga),
+                prior: change.prior.clone(),
+                idempotency_key: change.idempotency_key.clone(),
+            }),
+            None => None,
+        };
+        let timer_removes = change
+            .timers_remove
+            .iter()
+            .map(|(id, kind)| timer_ident(id, kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let timer_adds = change
+            .timers_add
+            .iter()
+            .map(|row| {
+                let ident = timer_ident(&row.saga_id, &row.timer)?;
+                let row_bytes = encode("timers", &timer_key(row.due, &ident), row)?;
+                Ok(TimerAdd {
+                    ident,
+                    due: row.due,
+                    row: row_bytes,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let queue_adds = change
+            .queue_add
+            .iter()
+            .map(|(seq, row)| {
+                Ok((
+                    seq.to_be_bytes(),
+                    encode("queued", &seq.to_be_bytes(), row)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Held tasks and breakers ([`jetsaga_core::admission`]).
+        let held_adds = change
+            .held_add
+            .iter()
+            .map(|(seq, task)| {
+                let key = held_key(*seq);
+                let value = encode("admission", &key, task)?;
+                Ok((key, value))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let breakers = change
+            .breakers
+            .iter()
+            .map(|(service, state)| {
+                let key = breaker_key(service);
+                let value = match state {
+                    Some(state) => Some(encode("admission", &key, state)?),
+                    None => None,
+                };
+                Ok((key, value))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Encoded {
+            saga,
+            outbox: Vec::new(),
+            timer_removes,
+            timer_adds,
+            queue_adds,
+            queue_removes: change.queue_remove.clone(),
+            held_adds,
+            held_removes: change.held_remove.clone(),
+            breakers,
+        })
+    }
+}
+
+/// Debug builds check that a known [`Prior`] is the stored record's: a
+/// writer whose memory drifted from the store would otherwise leave stale
+/// index entries behind.
+#[cfg(debug_assertions)]
+pub(super) fn check_prior(
+    sagas: &sled::transaction::TransactionalTree,
+    id: &[u8],
+    prior: &Prior,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let stored = match sagas.get(id)? {
+        Some(bytes) => {
+            Some(decode::<Saga>("sagas", id, &bytes).map_err(ConflictableTransactionError::Abort)?)
+        }
+        None => None,
+    };
+    match (prior, stored) {
+        (Prior::Unknown, _) | (Prior::Absent, None) => {}
+        (Prior::Stored { .. }, Some(stored)) => {
+            debug_assert_eq!(&Prior::of(&stored), prior, "stale prior of saga {stored:?}")
+        }
+        (prior, stored) => panic!("prior {prior:?} of a saga stored as {stored:?}"),
+    }
+    Ok(())
+}
+
+/// An outbox row ready to insert.
+pub(super) struct OutboxRow {
+    pub(super) key: [u8; 8],
+    pub(super) value: Vec<u8>,
+}
+
+/// A timer to arm, encoded.
+pub(super) struct TimerAdd {
+    pub(super) ident: Vec<u8>,
+    pub(super) due: Millis,
+    pub(super) row: Vec<u8>,
+}

@@ -1,0 +1,140 @@
+//! How keys and values are spelled in bytes (the layout in the module
+//! docs), and the errors of reading them back.
+
+use crate::StoreError;
+use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::TransactionError;
+
+/// Key separator between variable-length parts.
+pub(super) const SEP: u8 = 0x00;
+/// `a ‖ 0x00 ‖ b`.
+pub(super) fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(a.len() + 1 + b.len());
+    key.extend_from_slice(a);
+    key.push(SEP);
+    key.extend_from_slice(b);
+    key
+}
+
+/// `finished_at u64 ‖ saga id`: the `finished` key of a terminal saga
+/// (`None` for one that is not terminal). A terminal saga always has
+/// `finished_at`; `updated_at` stands in should it lack one.
+pub(super) fn finished_key(saga: &Saga) -> Option<Vec<u8>> {
+    if !saga.status.is_terminal() {
+        return None;
+    }
+    let at = saga.finished_at.unwrap_or(saga.updated_at);
+    Some(finished_key_at(at, saga.id.as_bytes()))
+}
+
+/// `at u64 ‖ id`.
+pub(super) fn finished_key_at(at: Millis, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+/// Key of held task `seq` in the `admission` tree.
+pub(super) fn held_key(seq: u64) -> Vec<u8> {
+    join_prefix(b'h', &seq.to_be_bytes())
+}
+
+/// Key of `service`'s breaker in the `admission` tree.
+pub(super) fn breaker_key(service: &str) -> Vec<u8> {
+    join_prefix(b'b', service.as_bytes())
+}
+
+pub(super) fn join_prefix(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(rest.len() + 1);
+    key.push(prefix);
+    key.extend_from_slice(rest);
+    key
+}
+
+pub(super) fn definition_key(name: &str, version: u32) -> Vec<u8> {
+    join(name.as_bytes(), &version.to_be_bytes())
+}
+
+/// `saga id ‖ 0x00 ‖ timer JSON`: the `timer_index` key, and the tail of the
+/// `timers` key.
+pub(super) fn timer_ident(saga_id: &str, timer: &TimerKind) -> Result<Vec<u8>, StoreError> {
+    let kind = encode("timer_index", saga_id.as_bytes(), timer)?;
+    Ok(join(saga_id.as_bytes(), &kind))
+}
+
+pub(super) fn timer_key(due: Millis, ident: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + ident.len());
+    key.extend_from_slice(&due.to_be_bytes());
+    key.extend_from_slice(ident);
+    key
+}
+
+pub(super) fn u64_of(tree: &str, key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        key: printable(tree, key),
+        source: serde::de::Error::custom(format!("expected 8 bytes, found {}", bytes.len())),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+pub(super) fn u32_of(tree: &str, key: &[u8], bytes: &[u8]) -> Result<u32, StoreError> {
+    let arr: [u8; 4] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        key: printable(tree, key),
+        source: serde::de::Error::custom(format!("expected 4 bytes, found {}", bytes.len())),
+    })?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+/// A key as text for error messages: `tree/part/part`.
+pub(super) fn printable(tree: &str, key: &[u8]) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).replace('\0', "/");
+    let shown = match tree {
+        "outbox" | "queued" => match <[u8; 8]>::try_from(key) {
+            Ok(seq) => u64::from_be_bytes(seq).to_string(),
+            Err(_) => text(key),
+        },
+        "timers" | "finished" if key.len() >= 8 => {
+            let (due, ident) = key.split_at(8);
+            let due = u64::from_be_bytes(due.try_into().unwrap_or_default());
+            format!("{due}/{}", text(ident))
+        }
+        "definitions" if key.len() >= 5 => {
+            let (name, version) = key.split_at(key.len() - 4);
+            let version = u32::from_be_bytes(version.try_into().unwrap_or_default());
+            format!("{}v{version}", text(name))
+        }
+        _ => text(key),
+    };
+    format!("{tree}/{shown}")
+}
+
+pub(super) fn decode<T: DeserializeOwned>(
+    tree: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: printable(tree, key),
+        source,
+    })
+}
+
+pub(super) fn encode<T: Serialize + ?Sized>(
+    tree: &str,
+    key: &[u8],
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+        key: printable(tree, key),
+        source,
+    })
+}
+
+pub(super) fn tx_error(error: TransactionError<StoreError>) -> StoreError {
+    match error {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Io(e),
+    }
+}

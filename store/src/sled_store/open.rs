@@ -1,0 +1,394 @@
+//! Opening a store: the format marker, sled's lock and its panics, the
+//! in-memory counts, and the one-time backfill of the `finished` index.
+
+use super::SledStore;
+use super::codec::{finished_key, join, u64_of};
+use crate::StoreError;
+use sled::Tree;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Key of the marker record in sled's default tree, written when a store is
+/// created. sled recovers a damaged or missing data file as an *empty*
+/// database without any error, so a store directory that existed before but
+/// lacks the marker has lost its data and must not be used as if new.
+const MARKER_KEY: &[u8] = b"jetsaga.store.format";
+/// Value of the marker: the on-disk format of this store.
+const MARKER_FORMAT: &[u8] = b"1";
+/// Key of the record in sled's default tree saying that the `finished` tree
+/// is complete (stores written before it existed are backfilled at open).
+const FINISHED_INDEX_KEY: &[u8] = b"jetsaga.store.finished_index";
+
+/// How the engine's sled database in `dir` is opened. No periodic flush:
+/// the engine flushes at every group commit and nothing it has not flushed
+/// is promised to anyone, so sled's background fsyncs would only cost IO.
+pub(super) fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+}
+
+/// How long [`SledStore::open`] waits for a lock to be released.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl SledStore {
+    /// Opens the store in `dir`, creating the directory and an empty store
+    /// if there is none yet.
+    ///
+    /// A directory locked by another process (or by another open store in
+    /// this process) gives [`StoreError::Locked`]. An unreadable or corrupt
+    /// directory gives [`StoreError::Open`]; so does a directory that held a
+    /// store whose data file is now missing or unreadable as a whole (sled
+    /// itself would silently start empty there).
+    ///
+    /// sled's background threads release the directory's file lock a moment
+    /// after a store is dropped, so a lock held by this very process is
+    /// waited for (up to [`LOCK_WAIT`]) before `Locked` is reported.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.display().to_string();
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            // sled writes `conf` when it creates a database.
+            let existed = dir.join("conf").exists();
+            match Self::from_config(sled_config(dir), path.clone(), existed) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A temporary store for tests, deleted when dropped.
+    pub fn temporary() -> Result<Self, StoreError> {
+        let config = sled::Config::new().temporary(true);
+        Self::from_config(config, "<temporary>".to_owned(), false)
+    }
+
+    fn from_config(config: sled::Config, path: String, existed: bool) -> Result<Self, StoreError> {
+        let open_error = |source: sled::Error| {
+            if is_lock_error(&source) {
+                StoreError::Locked { path: path.clone() }
+            } else {
+                StoreError::Open {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        };
+        let damaged = |what: String| StoreError::Open {
+            path: path.clone(),
+            source: sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what)),
+        };
+        // sled answers some kinds of damage with a panic instead of an error;
+        // the engine must report those like any other unopenable store.
+        let opened = catch_unwind_quietly(|| config.open());
+        let db = match opened {
+            Ok(result) => result.map_err(open_error)?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                return Err(damaged(format!("sled panicked while opening: {what}")));
+            }
+        };
+        match db.get(MARKER_KEY).map_err(open_error)? {
+            Some(format) if format.as_ref() == MARKER_FORMAT => {}
+            Some(format) => {
+                return Err(damaged(format!(
+                    "unknown store format {:?} (written by a newer jetsaga?)",
+                    String::from_utf8_lossy(&format)
+                )));
+            }
+            None if existed => {
+                return Err(damaged(
+                    "the directory held a store, but its data file is missing or damaged \
+                     (it reads as empty); restore it from a backup, or remove the directory \
+                     to start with an empty store"
+                        .to_owned(),
+                ));
+            }
+            None => {
+                db.insert(MARKER_KEY, MARKER_FORMAT).map_err(open_error)?;
+                db.flush().map_err(open_error)?;
+            }
+        }
+        let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let store = SledStore {
+            path: path.clone(),
+            definitions: tree("definitions")?,
+            definition_latest: tree("definition_latest")?,
+            sagas: tree("sagas")?,
+            idempotency: tree("idempotency")?,
+            by_state: tree("by_state")?,
+            by_name: tree("by_name")?,
+            outbox: tree("outbox")?,
+            timers: tree("timers")?,
+            timer_index: tree("timer_index")?,
+            finished: tree("finished")?,
+            queued: tree("queued")?,
+            admission: tree("admission")?,
+            service_policies: tree("service_policies")?,
+            saga_rows: AtomicUsize::new(0),
+            outbox_rows: AtomicUsize::new(0),
+            timer_rows: AtomicUsize::new(0),
+            outbox_written: AtomicU64::new(0),
+            outbox_durable: AtomicU64::new(0),
+            commit_lock: Mutex::new(()),
+            db,
+        };
+        let outbox_rows = count(&store.outbox).map_err(open_error)?;
+        let timer_rows = count(&store.timers).map_err(open_error)?;
+        // One `by_name` row per saga, and its rows are smaller than records.
+        let saga_rows = count(&store.by_name).map_err(open_error)?;
+        store.outbox_rows.store(outbox_rows, Ordering::Relaxed);
+        store.timer_rows.store(timer_rows, Ordering::Relaxed);
+        store.saga_rows.store(saga_rows, Ordering::Relaxed);
+        // The rows found are durable once this flush returns (sled may have
+        // written them to the file without syncing it before a crash).
+        if let Some((key, _)) = store.outbox.last().map_err(open_error)? {
+            let seq = u64_of("outbox", &key, &key)?;
+            store.db.flush().map_err(open_error)?;
+            store.outbox_written.store(seq + 1, Ordering::Relaxed);
+            store.outbox_durable.store(seq + 1, Ordering::Relaxed);
+        }
+        if store
+            .db
+            .get(FINISHED_INDEX_KEY)
+            .map_err(open_error)?
+            .is_none()
+        {
+            store.backfill_finished()?;
+        }
+        Ok(store)
+    }
+
+    /// Fills the `finished` tree from the terminal sagas of a store written
+    /// before the tree existed, then marks it complete. Runs once.
+    fn backfill_finished(&self) -> Result<(), StoreError> {
+        let mut filled = 0usize;
+        for state in jetsaga_core::saga::state::SagaState::terminal() {
+            let prefix = join(state.name().as_bytes(), b"");
+            for key in self.by_state.scan_prefix(&prefix).keys() {
+                let key = key?;
+                let id = &key[prefix.len()..];
+                if let Some(saga) = self.saga_by_key(id)?
+                    && let Some(finished) = finished_key(&saga)
+                {
+                    self.finished.insert(finished, &[])?;
+                    filled += 1;
+                }
+            }
+        }
+        self.db.insert(FINISHED_INDEX_KEY, b"1")?;
+        self.db.flush()?;
+        if filled > 0 {
+            tracing::info!(
+                sagas = filled,
+                "store: indexed finished sagas by finish time"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f`, catching a panic like [`std::panic::catch_unwind`] but without
+/// the panic hook printing it (message and backtrace, as if the process had
+/// crashed) when it comes from `f` on this thread. Panics of other threads,
+/// and of this one outside `f`, are reported by the hook as before.
+fn catch_unwind_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // `try_with`: a panic while this thread's locals are being
+            // destroyed is reported, not turned into an abort.
+            if !QUIET.try_with(std::cell::Cell::get).unwrap_or(false) {
+                report(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result
+}
+
+/// Whether `error` is sled's "could not acquire lock" from opening a
+/// directory another handle holds. sled 0.34 turns the `flock` failure into
+/// `io::ErrorKind::Other` with this text (config.rs, `try_lock`).
+fn is_lock_error(error: &sled::Error) -> bool {
+    match error {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    }
+}
+
+fn count(tree: &Tree) -> Result<usize, sled::Error> {
+    let mut n = 0;
+    for entry in tree.iter().keys() {
+        entry?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sled_store::test_support::*;
+
+    #[test]
+    fn reopen_finds_everything_and_outbox_stays_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let first_seq;
+        {
+            let store = SledStore::open(&path).unwrap();
+            store
+                .put_definition(&definition("order", "reserve"))
+                .unwrap();
+            store
+                .put_definition(&definition("order", "reserve_v2"))
+                .unwrap();
+            let mut s = saga("0001", "order", running());
+            s.idempotency_key = Some("req".into());
+            store
+                .commit(Change {
+                    saga: Some(s),
+                    idempotency_key: Some("req".into()),
+                    outbox: vec![msg(1), msg(2)],
+                    timers_add: vec![timer("0001", TimerKind::SagaTimeout, 10)],
+                    timers_remove: vec![],
+                    ..Default::default()
+                })
+                .unwrap();
+            first_seq = store.outbox(u64::MAX, 1).unwrap()[0].0;
+            futures::executor::block_on(store.flush()).unwrap();
+        }
+        {
+            let store = SledStore::open(&path).unwrap();
+            assert_eq!(store.saga("0001").unwrap().unwrap().status, running());
+            assert_eq!(
+                store.saga_by_idempotency_key("req").unwrap().as_deref(),
+                Some("0001")
+            );
+            assert_eq!(
+                store.latest_definition("order").unwrap().unwrap().version,
+                2
+            );
+            assert_eq!(store.definition("order", 1).unwrap().unwrap().version, 1);
+            assert_eq!(ids(&store.unfinished_sagas().unwrap()), vec!["0001"]);
+            assert_eq!(store.outbox_len(), 2);
+            assert_eq!(store.timers_len(), 1);
+            assert_eq!(
+                store.next_timer().unwrap(),
+                Some(timer("0001", TimerKind::SagaTimeout, 10))
+            );
+            // Rows committed after the restart sort after the old ones.
+            store
+                .commit(Change {
+                    outbox: vec![msg(3)],
+                    ..Change::default()
+                })
+                .unwrap();
+            let all = store.outbox(u64::MAX, 10).unwrap();
+            assert_eq!(all[0].0, first_seq);
+            let got: Vec<_> = all.iter().map(|(_, m)| m.clone()).collect();
+            assert_eq!(got, vec![msg(1), msg(2), msg(3)]);
+            // Drop without flush: sled flushes on drop.
+        }
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(store.outbox_len(), 3);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Locked { path } if path == &dir.path().display().to_string()),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("E-STORE-LOCKED"), "{err}");
+        drop(first);
+        // Released with the store.
+        SledStore::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_garbage_config_file_is_an_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("conf"),
+            b"this is not a sled config file at all",
+        )
+        .unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        // sled: "Read corrupted data at file offset None ...".
+        assert!(err.to_string().starts_with("E-STORE-OPEN"), "{err}");
+        assert!(err.to_string().contains("corrupted"), "{err}");
+    }
+
+    #[test]
+    fn a_garbage_data_file_is_an_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            put(&store, saga("0001", "order", running()));
+        }
+        let garbage: Vec<u8> = (0..1_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.path().join("db"), garbage).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn panics_are_caught_quietly_and_only_inside() {
+        let caught = catch_unwind_quietly(|| -> u8 { panic!("sled-like damage") }).unwrap_err();
+        assert_eq!(caught.downcast_ref::<&str>(), Some(&"sled-like damage"));
+        assert_eq!(catch_unwind_quietly(|| 7).unwrap(), 7);
+        // Nested: the outer call stays quiet after the inner one returns.
+        let outer = catch_unwind_quietly(|| {
+            let _ = catch_unwind_quietly(|| ());
+            panic!("outer")
+        });
+        assert!(outer.is_err());
+    }
+
+    #[test]
+    fn a_directory_that_is_a_file_is_an_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let err = SledStore::open(&file).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_missing_data_file_is_an_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            put(&store, saga("0001", "order", running()));
+        }
+        std::fs::remove_file(dir.path().join("db")).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing or damaged"), "{err}");
+    }
+}

@@ -1,0 +1,340 @@
+//! [`SagaTable`] on sled.
+
+use super::SledStore;
+use super::codec::{decode, join, printable};
+use crate::{DEFAULT_LIST_LIMIT, SagaFilter, SagaTable, StoreError};
+use jetsaga_core::saga::state::{Millis, Saga};
+use sled::IVec;
+use std::sync::atomic::Ordering;
+
+/// States a saga can still leave: what [`crate::SagaTable::unfinished_sagas`] returns.
+const UNFINISHED_STATES: [&str; 3] = ["pending", "running", "compensating"];
+impl SagaTable for SledStore {
+    fn saga(&self, id: &str) -> Result<Option<Saga>, StoreError> {
+        self.saga_by_key(id.as_bytes())
+    }
+    fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<Saga>, StoreError> {
+        let limit = if filter.limit == 0 {
+            DEFAULT_LIST_LIMIT
+        } else {
+            filter.limit
+        };
+        let before = filter.before.as_deref().map(str::as_bytes);
+        let index = match (&filter.state, &filter.name) {
+            (Some(state), _) => Some((&self.by_state, state.as_bytes())),
+            (None, Some(name)) => Some((&self.by_name, name.as_bytes())),
+            (None, None) => None,
+        };
+        let keep = |s: &Saga| {
+            filter
+                .state
+                .as_deref()
+                .is_none_or(|st| s.status.name() == st)
+                && filter.name.as_deref().is_none_or(|n| s.name == n)
+        };
+        match index {
+            Some((tree, value)) => {
+                let prefix = join(value, b"");
+                let skip = prefix.len();
+                let iter = match before {
+                    Some(before) => tree.range(prefix.clone()..join(value, before)),
+                    None => tree.scan_prefix(&prefix),
+                };
+                let ids = iter.keys().rev().map(|k| {
+                    k.map(|k| k.subslice(skip, k.len() - skip))
+                        .map_err(StoreError::Io)
+                });
+                self.load_sagas(ids, keep, limit)
+            }
+            None => {
+                let iter = match before {
+                    Some(before) => self.sagas.range::<&[u8], _>(..before),
+                    None => self.sagas.iter(),
+                };
+                let mut out = Vec::new();
+                for entry in iter.rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (id, bytes) = entry?;
+                    out.push(decode("sagas", &id, &bytes)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn unfinished_sagas(&self) -> Result<Vec<Saga>, StoreError> {
+        let mut ids = Vec::new();
+        for state in UNFINISHED_STATES {
+            let prefix = join(state.as_bytes(), b"");
+            for key in self.by_state.scan_prefix(&prefix).keys() {
+                let key = key?;
+                ids.push(key.subslice(prefix.len(), key.len() - prefix.len()));
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        self.load_sagas(ids.into_iter().map(Ok), |_| true, usize::MAX)
+    }
+    fn finished_before(&self, before: Millis, limit: usize) -> Result<Vec<String>, StoreError> {
+        // Every key finished at or before `before` sorts before (before + 1) ‖ ….
+        let iter = match before.checked_add(1) {
+            Some(end) => self.finished.range(..end.to_be_bytes()),
+            None => self.finished.iter(),
+        };
+        let mut out = Vec::new();
+        for key in iter.keys().take(limit) {
+            let key = key?;
+            let id = key.get(8..).unwrap_or_default();
+            match std::str::from_utf8(id) {
+                Ok(id) => out.push(id.to_owned()),
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        key: printable("finished", &key),
+                        source: serde::de::Error::custom(e),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sagas_len(&self) -> usize {
+        self.saga_rows.load(Ordering::Relaxed)
+    }
+}
+
+impl SledStore {
+    /// Loads the saga records of `ids`, in that order, keeping those that
+    /// pass `keep`, up to `limit`.
+    fn load_sagas(
+        &self,
+        ids: impl Iterator<Item = Result<IVec, StoreError>>,
+        keep: impl Fn(&Saga) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Saga>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            if out.len() >= limit {
+                break;
+            }
+            let id = id?;
+            // Indexes are written in the same transaction as the record, so a
+            // missing record cannot happen; skipping is the safe reading.
+            let Some(saga) = self.saga_by_key(&id)? else {
+                continue;
+            };
+            if keep(&saga) {
+                out.push(saga);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn saga_by_key(&self, id: &[u8]) -> Result<Option<Saga>, StoreError> {
+        match self.sagas.get(id)? {
+            Some(bytes) => decode("sagas", id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sled_store::test_support::*;
+
+    #[test]
+    fn state_index_follows_status_changes() {
+        let store = SledStore::temporary().unwrap();
+        let by_state = |state: &str| {
+            let filter = SagaFilter {
+                state: Some(state.into()),
+                ..SagaFilter::default()
+            };
+            store
+                .list_sagas(&filter)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect::<Vec<_>>()
+        };
+        put(&store, saga("0001", "order", SagaStatus::Pending));
+        put(&store, saga("0002", "order", SagaStatus::Pending));
+        assert_eq!(by_state("pending"), vec!["0002", "0001"]);
+
+        put(&store, saga("0001", "order", running()));
+        assert_eq!(by_state("pending"), vec!["0002"]);
+        assert_eq!(by_state("running"), vec!["0001"]);
+
+        put(
+            &store,
+            saga(
+                "0001",
+                "order",
+                SagaStatus::Compensating {
+                    reason: "boom".into(),
+                },
+            ),
+        );
+        put(
+            &store,
+            saga(
+                "0001",
+                "order",
+                SagaStatus::PartiallyCompensated {
+                    reason: "boom".into(),
+                    stuck_steps: vec!["reserve".into()],
+                },
+            ),
+        );
+        assert!(by_state("running").is_empty());
+        assert!(by_state("compensating").is_empty());
+        assert_eq!(by_state("partially_compensated"), vec!["0001"]);
+        assert_eq!(store.by_state.len(), 2, "one index entry per saga");
+        assert_eq!(store.by_name.len(), 2);
+        assert_eq!(ids(&store.unfinished_sagas().unwrap()), vec!["0002"]);
+    }
+
+    #[test]
+    fn unfinished_states_are_the_non_terminal_ones() {
+        let all = [
+            SagaStatus::Pending,
+            SagaStatus::Running,
+            SagaStatus::Compensating { reason: "r".into() },
+            SagaStatus::Completed,
+            SagaStatus::Compensated { reason: "r".into() },
+            SagaStatus::Failed { reason: "r".into() },
+            SagaStatus::PartiallyCompensated {
+                reason: "r".into(),
+                stuck_steps: vec![],
+            },
+            SagaStatus::Cancelled { reason: "r".into() },
+        ];
+        let names: Vec<_> = all.iter().map(SagaStatus::name).collect();
+        let every: Vec<_> = SagaState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names, every, "a status is missing here");
+        let unfinished: Vec<_> = all
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(SagaStatus::name)
+            .collect();
+        assert_eq!(unfinished, UNFINISHED_STATES);
+    }
+
+    #[test]
+    fn unfinished_sagas_are_oldest_first() {
+        let store = SledStore::temporary().unwrap();
+        put(&store, saga("0003", "order", SagaStatus::Pending));
+        put(&store, saga("0001", "order", running()));
+        put(&store, saga("0002", "order", SagaStatus::Completed));
+        put(
+            &store,
+            saga(
+                "0004",
+                "ship",
+                SagaStatus::Compensating { reason: "x".into() },
+            ),
+        );
+        put(
+            &store,
+            saga("0005", "ship", SagaStatus::Cancelled { reason: "x".into() }),
+        );
+        assert_eq!(
+            ids(&store.unfinished_sagas().unwrap()),
+            vec!["0001", "0003", "0004"]
+        );
+    }
+
+    #[test]
+    fn list_sagas_filters_pages_and_orders_newest_first() {
+        let store = SledStore::temporary().unwrap();
+        for n in 0..120u32 {
+            let name = if n % 2 == 0 { "order" } else { "ship" };
+            let status = if n % 3 == 0 {
+                SagaStatus::Completed
+            } else {
+                running()
+            };
+            put(&store, saga(&format!("{n:04}"), name, status));
+        }
+        let list = |f: SagaFilter| store.list_sagas(&f).unwrap();
+
+        // No filter, default limit.
+        let all = list(SagaFilter::default());
+        assert_eq!(all.len(), DEFAULT_LIST_LIMIT);
+        assert_eq!(all[0].id, "0119");
+        assert_eq!(all[99].id, "0020");
+
+        // Paging with `before` walks the rest without overlap.
+        let page = list(SagaFilter {
+            before: Some(all[99].id.clone()),
+            limit: 50,
+            ..SagaFilter::default()
+        });
+        assert_eq!(page.len(), 20);
+        assert_eq!(page[0].id, "0019");
+        assert_eq!(page[19].id, "0000");
+
+        // By name.
+        let ships = list(SagaFilter {
+            name: Some("ship".into()),
+            limit: 3,
+            ..SagaFilter::default()
+        });
+        assert_eq!(ids(&ships), vec!["0119", "0117", "0115"]);
+        let ships = list(SagaFilter {
+            name: Some("ship".into()),
+            before: Some("0115".into()),
+            limit: 2,
+            ..SagaFilter::default()
+        });
+        assert_eq!(ids(&ships), vec!["0113", "0111"]);
+
+        // By state, and by state and name.
+        let done = list(SagaFilter {
+            state: Some("completed".into()),
+            limit: 3,
+            ..SagaFilter::default()
+        });
+        assert_eq!(ids(&done), vec!["0117", "0114", "0111"]);
+        let done_orders = list(SagaFilter {
+            state: Some("completed".into()),
+            name: Some("order".into()),
+            limit: 3,
+            ..SagaFilter::default()
+        });
+        assert_eq!(ids(&done_orders), vec!["0114", "0108", "0102"]);
+        let done_orders = list(SagaFilter {
+            state: Some("completed".into()),
+            name: Some("order".into()),
+            before: Some("0102".into()),
+            limit: 1,
+        });
+        assert_eq!(ids(&done_orders), vec!["0096"]);
+
+        // Nothing matches.
+        assert!(
+            list(SagaFilter {
+                state: Some("nope".into()),
+                ..SagaFilter::default()
+            })
+            .is_empty()
+        );
+        assert!(
+            list(SagaFilter {
+                name: Some("ord".into()),
+                ..SagaFilter::default()
+            })
+            .is_empty(),
+            "a name is not a prefix match"
+        );
+        assert!(
+            list(SagaFilter {
+                before: Some("0000".into()),
+                ..SagaFilter::default()
+            })
+            .is_empty()
+        );
+    }
+}
