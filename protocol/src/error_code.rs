@@ -155,6 +155,13 @@ error_codes! {
     DepsOptional = "N-DEPS-OPTIONAL", 500, "a note, not an error: an optional dependency is in no manifest";
 }
 
+/// A code equals its stable string: `ErrorCode::NotFound == "E-NOT-FOUND"`.
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

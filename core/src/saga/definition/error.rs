@@ -1,5 +1,6 @@
 //! Why a definition was rejected, where, and under which stable code.
 
+use jetsaga_protocol::ErrorCode;
 use std::fmt;
 
 /// Where in a definition a problem is: source, then saga, step or retry
@@ -284,24 +285,24 @@ fn known_list(what: &str, known: &[String]) -> String {
 
 impl DefinitionError {
     /// Stable code of this error, such as `E-DEF-CYCLE` (see the module docs).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            DefinitionError::Io { .. } => "E-DEF-IO",
-            DefinitionError::Parse { .. } => "E-DEF-PARSE",
-            DefinitionError::Empty { .. } => "E-DEF-EMPTY",
-            DefinitionError::InvalidName { .. } => "E-DEF-NAME",
-            DefinitionError::InvalidDuration { .. } => "E-DEF-DURATION",
-            DefinitionError::InvalidRetry { .. } => "E-DEF-RETRY",
-            DefinitionError::UnknownPolicy { .. } => "E-DEF-UNKNOWN-POLICY",
-            DefinitionError::DuplicateStep { .. } => "E-DEF-DUPLICATE-STEP",
+            DefinitionError::Io { .. } => ErrorCode::DefIo,
+            DefinitionError::Parse { .. } => ErrorCode::DefParse,
+            DefinitionError::Empty { .. } => ErrorCode::DefEmpty,
+            DefinitionError::InvalidName { .. } => ErrorCode::DefName,
+            DefinitionError::InvalidDuration { .. } => ErrorCode::DefDuration,
+            DefinitionError::InvalidRetry { .. } => ErrorCode::DefRetry,
+            DefinitionError::UnknownPolicy { .. } => ErrorCode::DefUnknownPolicy,
+            DefinitionError::DuplicateStep { .. } => ErrorCode::DefDuplicateStep,
             DefinitionError::UnknownDependency { .. }
-            | DefinitionError::DependencyOutOfRange { .. } => "E-DEF-UNKNOWN-DEPENDENCY",
-            DefinitionError::Cycle { .. } => "E-DEF-CYCLE",
-            DefinitionError::InvalidTrigger { .. } => "E-DEF-TRIGGER",
-            DefinitionError::InvalidSagaPolicy { .. } => "E-DEF-POLICY",
-            DefinitionError::InvalidLimit { .. } => "E-DEF-LIMIT",
-            DefinitionError::InvalidService { .. } => "E-DEF-SERVICE",
-            DefinitionError::Many(_) => "E-DEF-MANY",
+            | DefinitionError::DependencyOutOfRange { .. } => ErrorCode::DefUnknownDependency,
+            DefinitionError::Cycle { .. } => ErrorCode::DefCycle,
+            DefinitionError::InvalidTrigger { .. } => ErrorCode::DefTrigger,
+            DefinitionError::InvalidSagaPolicy { .. } => ErrorCode::DefPolicy,
+            DefinitionError::InvalidLimit { .. } => ErrorCode::DefLimit,
+            DefinitionError::InvalidService { .. } => ErrorCode::DefService,
+            DefinitionError::Many(_) => ErrorCode::DefMany,
         }
     }
 

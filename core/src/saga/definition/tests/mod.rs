@@ -100,7 +100,7 @@ fn messages(e: &DefinitionError) -> Vec<String> {
 }
 
 fn codes(e: &DefinitionError) -> Vec<&'static str> {
-    e.errors().iter().map(|e| e.code()).collect()
+    e.errors().iter().map(|e| e.code().as_str()).collect()
 }
 
 fn fixture(name: &str) -> std::path::PathBuf {
