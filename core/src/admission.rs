@@ -957,33 +957,11 @@ mod tests {
         assert_eq!(a.pop_releasable("pay").unwrap().key, key(4));
     }
 
+    /// A running saga whose one step waits on its first action attempt.
     fn saga_with_attempt(id: &str) -> Saga {
-        use crate::saga::state::{Attempt, SagaStatus, StepState};
         Saga {
             id: id.into(),
-            name: "s".into(),
-            definition_version: 1,
-            input: serde_json::Value::Null,
-            idempotency_key: None,
-            generation: 0,
-            status: SagaStatus::Running,
-            steps: vec![StepState {
-                status: StepStatus::Running { attempt: 1 },
-                attempts: vec![Attempt {
-                    kind: TaskKind::Action,
-                    number: 1,
-                    generation: 0,
-                    started_at: 0,
-                    finished_at: None,
-                    outcome: None,
-                }],
-                ..StepState::default()
-            }],
-            created_at: 0,
-            updated_at: 0,
-            finished_at: None,
-            trace_parent: None,
-            event_seq: 0,
+            ..crate::saga::transition::doc_saga()
         }
     }
 

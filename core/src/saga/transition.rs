@@ -189,7 +189,8 @@ fn attempt_outcome<'a>(saga: &'a Saga, key: &AttemptKey) -> Option<&'a AttemptOu
     find_attempt(saga, key)?.outcome.as_ref()
 }
 
-/// A running saga with one running step, for the module's doc example.
+/// A running saga whose one step waits on its first action attempt, for
+/// examples and tests.
 #[doc(hidden)]
 pub fn doc_saga() -> Saga {
     use crate::saga::state::{SagaStatus, StepState};
