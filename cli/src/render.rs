@@ -54,8 +54,15 @@ fn last_error(step: &StepState) -> String {
         .unwrap_or_default()
 }
 
+/// Attempts the step made of `kind`: the latest one's number, since numbers
+/// go 1, 2, ... (the history may have dropped some from its middle).
 fn attempts(step: &StepState, kind: TaskKind) -> usize {
-    step.attempts.iter().filter(|a| a.kind == kind).count()
+    step.attempts
+        .iter()
+        .filter(|a| a.kind == kind)
+        .map(|a| a.number as usize)
+        .max()
+        .unwrap_or(0)
 }
 
 fn duration(step: &StepState, kind: TaskKind) -> String {

@@ -194,6 +194,22 @@ async fn bad_input_gets_a_clear_error_and_the_engine_keeps_serving() {
     let reply: ApiReply<StartReply> = serde_json::from_slice(&reply.payload).unwrap();
     assert!(matches!(reply, ApiReply::Error(e) if e.code == "E-BAD-REQUEST"));
 
+    // A list cursor that is not a saga id.
+    let reply = nats
+        .request("jetsaga.api.saga.list", r#"{"before": "garbage"}"#.into())
+        .await
+        .unwrap();
+    let reply: ApiReply<serde_json::Value> = serde_json::from_slice(&reply.payload).unwrap();
+    let ApiReply::Error(e) = reply else {
+        panic!("a garbage cursor is an error: {reply:?}")
+    };
+    assert_eq!(e.code, "E-BAD-REQUEST");
+    assert!(
+        e.message.contains("UUIDv7"),
+        "says what is expected: {}",
+        e.message
+    );
+
     // An operation the API does not have.
     let reply = nats
         .request("jetsaga.api.saga.status", "{}".into())

@@ -618,6 +618,8 @@ async fn sagas_are_listed_with_filters_and_pages() {
         "/v1/sagas?status=running",
         "/v1/sagas?created_after=yesterday",
         "/v1/sagas?created_after=5&created_before=5",
+        "/v1/sagas?before=garbage",
+        "/v1/sagas?before=550e8400-e29b-41d4-a716-446655440000",
     ] {
         let a = http.get(bad).await;
         http.documented("GET", "/v1/sagas", &a);

@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Why a handler's effect did not happen, and whether trying again can help.
 ///
 /// The engine retries a [`StepError::Retryable`] step with a new attempt
-/// (following the step's retry policy, and not before `retry_after`); a
+/// (following the step's retry policy, and not before `retry_after`, which
+/// the engine caps at the policy's `max_delay`); a
 /// [`StepError::Fatal`] step fails for good and the saga compensates the
 /// steps that completed.
 ///

@@ -16,7 +16,10 @@
 //!   current attempt of that kind; anything else (a late result, a duplicate
 //!   delivery, a timer of an earlier attempt) is [`Rejection::Stale`].
 //! - **Retries**: a retryable error schedules the next attempt after the
-//!   policy's backoff (or the worker's `retry_after_ms`, whichever is later).
+//!   policy's backoff (or the worker's `retry_after_ms`, whichever is later;
+//!   a `retry_after_ms` past the policy's `max_delay` counts as `max_delay`),
+//!   and never sooner than [`MIN_RETRY_DELAY`] (100 ms), so that a policy of
+//!   zero delays cannot spin.
 //!   A timed-out attempt's outcome is unknown, so the next attempt is
 //!   dispatched at once under the same idempotency key; workers deduplicate.
 //!   An action whose last attempt timed out is not `failed` (its effect may
@@ -137,7 +140,7 @@ use std::time::Duration;
 use jetsaga_protocol::{Outcome, TaskKind};
 use serde_json::Value;
 
-use super::definition::{SagaDefinition, StepDefinition};
+use super::definition::{MIN_RETRY_DELAY, SagaDefinition, StepDefinition};
 use super::state::{
     Attempt, AttemptOutcome, Effect, Event, Inputs, LifecycleEvent, Millis, Rejection, Saga,
     SagaStatus, StepState, StepStatus, TimerKind,
@@ -559,7 +562,13 @@ impl Transition<'_> {
                             && a.outcome == Some(AttemptOutcome::TimedOut)
                     })
                     .count();
-                let error = format!("action outcome unknown after {timed_out} timed-out attempts");
+                let kept = if state.attempts_dropped > 0 {
+                    " of those kept"
+                } else {
+                    ""
+                };
+                let error =
+                    format!("action outcome unknown after {timed_out} timed-out attempts{kept}");
                 // The step settles before the rollback starts (as in
                 // `fail_step`): its lifecycle event comes first, and
                 // `start_compensating` finds it no longer running.
@@ -603,7 +612,8 @@ impl Transition<'_> {
     }
 
     /// Waits for the policy's backoff (or the worker's `retry_after_ms`, if
-    /// later) before attempt `attempt + 1`.
+    /// later, but never past the policy's `max_delay`) before attempt
+    /// `attempt + 1`, and never less than [`MIN_RETRY_DELAY`].
     fn schedule_retry(
         &mut self,
         step: usize,
@@ -613,11 +623,10 @@ impl Transition<'_> {
         retry_after_ms: Option<u64>,
     ) {
         let next_attempt = attempt + 1;
-        let backoff = self
-            .step_def(step)
-            .retry
-            .delay(next_attempt, self.inputs.random);
-        let wait = backoff.max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
+        let policy = &self.step_def(step).retry;
+        let backoff = policy.delay(next_attempt, self.inputs.random);
+        let asked = Duration::from_millis(retry_after_ms.unwrap_or(0)).min(policy.max_delay);
+        let wait = backoff.max(asked).max(MIN_RETRY_DELAY);
         let due = self.after(wait);
         self.saga.steps[step].status = match kind {
             TaskKind::Action => StepStatus::RetryWaiting {
@@ -668,7 +677,7 @@ impl Transition<'_> {
             TaskKind::Action => StepStatus::Running { attempt },
             TaskKind::Compensation => StepStatus::Compensating { attempt },
         };
-        state.attempts.push(Attempt {
+        state.push_attempt(Attempt {
             kind,
             number: attempt,
             generation,

@@ -133,8 +133,16 @@ pub use jetsaga_protocol::api::SagaState;
 pub struct StepState {
     /// Where the step stands.
     pub status: StepStatus,
-    /// Every attempt of the action and of the compensation, oldest first.
+    /// The attempts of the action and of the compensation, oldest first:
+    /// all of them, or, once a step made more than
+    /// [`ATTEMPTS_KEPT_FIRST`] + [`ATTEMPTS_KEPT_LATEST`], the first and the
+    /// latest ones (and always the latest of each kind), the ones in between
+    /// counted in [`StepState::attempts_dropped`].
     pub attempts: Vec<Attempt>,
+    /// Attempts dropped from the middle of [`StepState::attempts`] to keep
+    /// a step's record bounded however often it retries.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub attempts_dropped: u64,
     /// Output of the action, once it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -151,6 +159,35 @@ pub struct StepState {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// How many of a step's first attempts its history keeps for good.
+pub const ATTEMPTS_KEPT_FIRST: usize = 5;
+/// How many of a step's latest attempts its history keeps.
+pub const ATTEMPTS_KEPT_LATEST: usize = 20;
+
+impl StepState {
+    /// Records a new attempt, then drops the oldest attempt past the first
+    /// [`ATTEMPTS_KEPT_FIRST`] if the history holds more than
+    /// [`ATTEMPTS_KEPT_FIRST`] + [`ATTEMPTS_KEPT_LATEST`]. An attempt that
+    /// is the latest of its kind is never dropped (the machine reads it for
+    /// fencing, attempt numbering and key generations), so the history
+    /// holds at most one more than that.
+    pub fn push_attempt(&mut self, attempt: Attempt) {
+        self.attempts.push(attempt);
+        if self.attempts.len() <= ATTEMPTS_KEPT_FIRST + ATTEMPTS_KEPT_LATEST {
+            return;
+        }
+        let middle = ATTEMPTS_KEPT_FIRST..self.attempts.len() - ATTEMPTS_KEPT_LATEST;
+        let droppable = middle.into_iter().find(|&i| {
+            let kind = self.attempts[i].kind;
+            self.attempts[i + 1..].iter().any(|a| a.kind == kind)
+        });
+        if let Some(i) = droppable {
+            self.attempts.remove(i);
+            self.attempts_dropped += 1;
+        }
+    }
 }
 
 /// Where a step stands.

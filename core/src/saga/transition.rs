@@ -21,6 +21,13 @@ use crate::saga::state::{Attempt, AttemptOutcome, Saga, SagaState, StepStatus};
 use jetsaga_protocol::TaskKind;
 use serde::{Deserialize, Serialize};
 
+fn kind_index(kind: TaskKind) -> usize {
+    match kind {
+        TaskKind::Action => 0,
+        TaskKind::Compensation => 1,
+    }
+}
+
 /// One attempt of one step of one saga.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AttemptKey {
@@ -40,10 +47,12 @@ pub struct AttemptKey {
 pub struct Before {
     /// Its state; `None` for a saga the transition creates.
     state: Option<SagaState>,
-    /// Number of attempts of each step.
-    attempts: Vec<usize>,
-    /// (step, attempt index) of the attempts without an outcome.
-    open: Vec<(usize, usize)>,
+    /// The latest action and compensation attempt numbers of each step (an
+    /// attempt history may drop attempts from its middle, so attempts are
+    /// known by number, not by position).
+    latest: Vec<[u32; 2]>,
+    /// (step, kind, number) of the attempts without an outcome.
+    open: Vec<(usize, TaskKind, u32)>,
     /// The attempts the saga waited on ([`attempts_in_flight`]).
     in_flight: Vec<AttemptKey>,
 }
@@ -53,7 +62,7 @@ impl Before {
     pub fn absent() -> Before {
         Before {
             state: None,
-            attempts: Vec::new(),
+            latest: Vec::new(),
             open: Vec::new(),
             in_flight: Vec::new(),
         }
@@ -62,25 +71,32 @@ impl Before {
     /// Takes note of `saga` before a transition.
     pub fn of(saga: &Saga) -> Before {
         let mut open = Vec::new();
+        let mut latest = vec![[0; 2]; saga.steps.len()];
         for (i, step) in saga.steps.iter().enumerate() {
-            for (j, attempt) in step.attempts.iter().enumerate() {
+            for attempt in &step.attempts {
                 if attempt.outcome.is_none() {
-                    open.push((i, j));
+                    open.push((i, attempt.kind, attempt.number));
                 }
+                let last = &mut latest[i][kind_index(attempt.kind)];
+                *last = (*last).max(attempt.number);
             }
         }
         Before {
             state: Some(saga.status.state()),
-            attempts: saga.steps.iter().map(|s| s.attempts.len()).collect(),
+            latest,
             open,
             in_flight: attempts_in_flight(saga),
         }
     }
 
-    /// Whether attempt `index` of step `step` had no outcome (or did not
-    /// exist yet).
-    fn was_open(&self, step: usize, index: usize) -> bool {
-        index >= self.attempts.get(step).copied().unwrap_or(0) || self.open.contains(&(step, index))
+    /// Whether `attempt` of step `step` had no outcome (or did not exist
+    /// yet: attempt numbers only grow).
+    fn was_open(&self, step: usize, attempt: &Attempt) -> bool {
+        let latest = self
+            .latest
+            .get(step)
+            .map_or(0, |l| l[kind_index(attempt.kind)]);
+        attempt.number > latest || self.open.contains(&(step, attempt.kind, attempt.number))
     }
 
     /// What changed between this and `after`, the same saga after the
@@ -88,8 +104,8 @@ impl Before {
     pub fn diff(self, after: &Saga) -> Transition<'_> {
         let mut ended = Vec::new();
         for (i, step) in after.steps.iter().enumerate() {
-            for (j, attempt) in step.attempts.iter().enumerate() {
-                if attempt.outcome.is_some() && self.was_open(i, j) {
+            for attempt in &step.attempts {
+                if attempt.outcome.is_some() && self.was_open(i, attempt) {
                     ended.push((i, attempt));
                 }
             }
@@ -256,11 +272,56 @@ mod tests {
     fn only_attempts_that_ended_in_the_transition_are_new() {
         let mut saga = doc_saga();
         let before = Before::of(&saga);
-        assert!(before.was_open(0, 0), "in flight");
-        assert!(before.was_open(0, 1), "did not exist");
-        assert!(before.was_open(1, 0), "no such step yet");
+        let first = saga.steps[0].attempts[0].clone();
+        let second = Attempt {
+            number: 2,
+            ..first.clone()
+        };
+        let compensation = Attempt {
+            kind: TaskKind::Compensation,
+            ..first.clone()
+        };
+        assert!(before.was_open(0, &first), "in flight");
+        assert!(before.was_open(0, &second), "did not exist");
+        assert!(before.was_open(0, &compensation), "did not exist");
+        assert!(before.was_open(1, &first), "no such step yet");
         saga.steps[0].attempts[0].outcome = Some(AttemptOutcome::Ok);
-        assert!(!Before::of(&saga).was_open(0, 0), "ended");
+        assert!(!Before::of(&saga).was_open(0, &first), "ended");
+    }
+
+    /// A transition that ends the in-flight attempt and dispatches the next
+    /// one (a timeout) while the history drops an attempt from its middle:
+    /// the one that ended is seen, once.
+    #[test]
+    fn an_attempt_ending_as_the_history_drops_another_is_seen_once() {
+        use crate::saga::state::{ATTEMPTS_KEPT_FIRST, ATTEMPTS_KEPT_LATEST};
+        let mut saga = doc_saga();
+        let full = (ATTEMPTS_KEPT_FIRST + ATTEMPTS_KEPT_LATEST) as u32;
+        let step = &mut saga.steps[0];
+        step.attempts[0].outcome = Some(AttemptOutcome::TimedOut);
+        for number in 2..=full {
+            let template = step.attempts[0].clone();
+            step.push_attempt(Attempt {
+                number,
+                outcome: (number < full).then_some(AttemptOutcome::TimedOut),
+                ..template
+            });
+        }
+        assert_eq!((step.attempts.len(), step.attempts_dropped), (25, 0));
+        let before = Before::of(&saga);
+        let step = &mut saga.steps[0];
+        step.attempts.last_mut().unwrap().outcome = Some(AttemptOutcome::TimedOut);
+        let template = step.attempts[0].clone();
+        step.push_attempt(Attempt {
+            number: full + 1,
+            outcome: None,
+            ..template
+        });
+        step.status = StepStatus::Running { attempt: full + 1 };
+        assert_eq!(step.attempts_dropped, 1);
+        let t = before.diff(&saga);
+        let ended: Vec<u32> = t.ended.iter().map(|(_, a)| a.number).collect();
+        assert_eq!(ended, vec![full]);
     }
 
     #[test]

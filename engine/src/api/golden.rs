@@ -108,6 +108,7 @@ fn saga(status: SagaStatus) -> Saga {
                         }),
                     ),
                 ],
+                attempts_dropped: 0,
                 output: Some(json!({"charge_id": "ch_1"})),
                 action_base: 1,
                 compensation_base: 0,
@@ -121,6 +122,7 @@ fn saga(status: SagaStatus) -> Saga {
                     attempt(TaskKind::Action, 1, Some(AttemptOutcome::Abandoned)),
                     attempt(TaskKind::Action, 2, None),
                 ],
+                attempts_dropped: 0,
                 output: None,
                 action_base: 0,
                 compensation_base: 2,
@@ -251,6 +253,13 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
             view::saga_view(s)
         })
         .collect();
+    // A step whose attempt history was cut short: the view says how many
+    // attempts it dropped.
+    let truncated = {
+        let mut s = bare_saga();
+        s.steps[0].attempts_dropped = 476;
+        view::saga_view(s)
+    };
     let page = SagaPage {
         sagas: summaries.clone(),
         next: Some("0190a000-0000-7000-8000-000000000001".into()),
@@ -305,6 +314,7 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
         ("saga_detail_queued.json", enc(&queued)),
         ("saga_every_status.json", enc(&every_status)),
         ("saga_every_step_status.json", enc(&every_step)),
+        ("saga_attempts_dropped.json", enc(&truncated)),
         ("saga_summaries.json", enc(&summaries)),
         ("saga_page.json", enc(&page)),
         ("saga_page_last.json", enc(&last_page)),

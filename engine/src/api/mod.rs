@@ -173,6 +173,9 @@ impl Api {
     /// ids scanned from above (with a minute to spare for clock skew) and the
     /// scan stops at the first id older than `created_after`.
     pub async fn list(&self, req: &ListRequest) -> Result<SagaPage, ApiError> {
+        if let Some(cursor) = &req.before {
+            check_cursor(cursor)?;
+        }
         if let (Some(after), Some(before)) = (req.created_after, req.created_before)
             && after >= before
         {
@@ -455,6 +458,28 @@ fn uuid_v7_floor(ms: Millis) -> String {
     )
 }
 
+/// Refuses a list cursor (`before`) that is not a saga id: a UUIDv7 in
+/// its canonical form (lowercase, hyphenated), as the previous page's
+/// `next` gives it. Anything else would page through the ids by string
+/// order from an arbitrary point.
+fn check_cursor(cursor: &str) -> Result<(), ApiError> {
+    let canonical = uuid::Uuid::parse_str(cursor)
+        .ok()
+        .filter(|u| u.get_version_num() == 7)
+        .is_some_and(|u| u.hyphenated().to_string() == cursor);
+    if canonical {
+        return Ok(());
+    }
+    let shown: String = cursor.chars().take(64).collect();
+    Err(api_error(
+        ErrorCode::BadRequest,
+        format!(
+            "before must be a saga id, a UUIDv7 such as 0190a000-0000-7000-8000-000000000001 \
+             (the `next` of the previous page), got {shown:?}"
+        ),
+    ))
+}
+
 /// The time in a UUIDv7 id, in ms since the Unix epoch.
 fn uuid_v7_millis(id: &str) -> Option<Millis> {
     let uuid = uuid::Uuid::parse_str(id).ok()?;
@@ -671,6 +696,26 @@ mod tests {
         assert!(uuid_v7_floor(ms - 1) < uuid_v7_floor(ms));
         assert_eq!(uuid_v7_millis("0001"), None);
         assert_eq!(uuid_v7_millis("550e8400-e29b-41d4-a716-446655440000"), None);
+    }
+
+    #[test]
+    fn a_list_cursor_is_a_canonical_uuid_v7() {
+        let id = uuid::Uuid::now_v7();
+        assert!(check_cursor(&id.to_string()).is_ok());
+        for bad in [
+            String::new(),
+            "x".into(),
+            "zzzz".into(),
+            "550e8400-e29b-41d4-a716-446655440000".into(), // v4
+            id.to_string().to_uppercase(),
+            id.simple().to_string(),
+            format!("{{{id}}}"),
+            format!("{id} "),
+        ] {
+            let e = check_cursor(&bad).expect_err(&bad);
+            assert_eq!(e.error_code(), Some(ErrorCode::BadRequest), "{bad}");
+            assert!(e.message.contains("UUIDv7"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn step_state(s: core::StepState) -> dto::StepState {
     dto::StepState {
         status: step_status(s.status),
         attempts: s.attempts.into_iter().map(attempt).collect(),
+        attempts_dropped: s.attempts_dropped,
         output: s.output,
         action_base: s.action_base,
         compensation_base: s.compensation_base,

@@ -64,7 +64,12 @@ async fn decode(
     prefix_tokens: usize,
 ) -> Option<Command> {
     match source {
-        Source::Results => match decode_result(msg.subject.as_str(), &msg.payload, max_payload) {
+        Source::Results => match decode_result(
+            msg.subject.as_str(),
+            &msg.payload,
+            max_payload,
+            prefix_tokens,
+        ) {
             Ok(result) => Some(Command::Result { result, msg }),
             Err((reason, detail)) => drop_message(source, msg, reason, &detail).await,
         },
@@ -131,15 +136,38 @@ pub(crate) fn check_size(
     Ok(())
 }
 
-/// Decodes the payload of a message on the results stream.
+/// Decodes the payload of a message on the results stream, and accepts it
+/// only on its service's own subject: `<prefix>.result.<service>` (the
+/// prefix being `prefix_tokens` tokens) with `<service>` the body's
+/// `service`. The subject is what NATS permissions confine a service's
+/// workers to; the partition then applies the result only to a step of that
+/// service (`wrong_service`), so a worker allowed to publish on its own
+/// result subject only can touch no other service's steps.
 fn decode_result(
     subject: &str,
     payload: &[u8],
     max_payload: usize,
+    prefix_tokens: usize,
 ) -> Result<TaskResult, Rejection> {
     check_size(subject, payload, max_payload)?;
-    serde_json::from_slice::<TaskResult>(payload)
-        .map_err(|e| ("malformed", format!("undecodable result on {subject}: {e}")))
+    let result = serde_json::from_slice::<TaskResult>(payload)
+        .map_err(|e| ("malformed", format!("undecodable result on {subject}: {e}")))?;
+    let tokens: Vec<&str> = subject.splitn(prefix_tokens + 2, '.').collect();
+    let service = match tokens.as_slice() {
+        [.., "result", service] if tokens.len() == prefix_tokens + 2 => Some(*service),
+        _ => None,
+    };
+    if service != Some(result.service.as_str()) {
+        return Err((
+            "subject_mismatch",
+            format!(
+                "result for service `{}` published on {subject}: a result is accepted \
+                 only on its own service's subject, <prefix>.result.{}",
+                result.service, result.service
+            ),
+        ));
+    }
+    Ok(result)
 }
 
 /// Decodes a message on the starts stream: the saga name comes from the
@@ -323,7 +351,7 @@ mod tests {
         max_payload: usize,
         prefix_tokens: usize,
     ) -> Result<(), TestCaseError> {
-        let result = decode_result(subject, payload, max_payload);
+        let result = decode_result(subject, payload, max_payload, prefix_tokens);
         let start = decode_start(subject, payload, msg_id, max_payload, prefix_tokens);
         if payload.len() > max_payload {
             let (reason, detail) = result.expect_err("an oversized result is refused");
@@ -337,9 +365,17 @@ mod tests {
             prop_assert_eq!(reason, "oversized");
             return Ok(());
         }
-        if let Err((reason, detail)) = &result {
-            prop_assert_eq!(*reason, "malformed");
-            prop_assert!(detail.starts_with("undecodable result on "), "{}", detail);
+        match &result {
+            Err((reason, detail)) if *reason == "malformed" => {
+                prop_assert!(detail.starts_with("undecodable result on "), "{}", detail);
+            }
+            Err((reason, _)) => prop_assert_eq!(*reason, "subject_mismatch"),
+            Ok(r) => {
+                let tokens: Vec<&str> = subject.splitn(prefix_tokens + 2, '.').collect();
+                prop_assert_eq!(tokens.len(), prefix_tokens + 2);
+                prop_assert_eq!(tokens[prefix_tokens], "result");
+                prop_assert_eq!(tokens[prefix_tokens + 1], r.service.as_str());
+            }
         }
         match &start {
             Err((reason, detail)) => {
@@ -388,16 +424,26 @@ mod tests {
             check_any_payload(&subject, text.as_bytes(), msg_id.as_deref(), max_payload, prefix_tokens)?;
         }
 
-        /// A well-formed result decodes to itself within the limit and is
-        /// refused as oversized one byte under it.
+        /// A well-formed result on its service's subject decodes to itself
+        /// within the limit and is refused as oversized one byte under it;
+        /// on any other subject it is refused as `subject_mismatch`.
         #[test]
-        fn results_decode_within_the_limit_and_are_oversized_beyond(result in task_result()) {
+        fn results_decode_within_the_limit_and_are_oversized_beyond(
+            result in task_result(),
+            other in "[a-z]{1,8}",
+        ) {
             let payload = serde_json::to_vec(&result).unwrap();
-            let decoded = decode_result("jetsaga.result.svc", &payload, payload.len());
-            prop_assert_eq!(decoded, Ok(result));
-            let (reason, _) = decode_result("jetsaga.result.svc", &payload, payload.len() - 1)
+            let subject = format!("jetsaga.result.{}", result.service);
+            let decoded = decode_result(&subject, &payload, payload.len(), 1);
+            prop_assert_eq!(decoded, Ok(result.clone()));
+            let (reason, _) = decode_result(&subject, &payload, payload.len() - 1, 1)
                 .expect_err("one byte over the limit");
             prop_assert_eq!(reason, "oversized");
+            if other != result.service {
+                let (reason, _) = decode_result(&format!("jetsaga.result.{other}"), &payload, payload.len(), 1)
+                    .expect_err("another service's subject");
+                prop_assert_eq!(reason, "subject_mismatch");
+            }
         }
 
         /// A well-formed start takes the saga name from the subject and the
@@ -432,19 +478,37 @@ mod tests {
     #[test]
     fn examples() {
         let ok = br#"{"saga_id":"s","step_id":"a","kind":"action","attempt":1,"service":"x","outcome":{"status":"ok"}}"#;
-        let result = decode_result("jetsaga.result.x", ok, 4096).unwrap();
+        let result = decode_result("jetsaga.result.x", ok, 4096, 1).unwrap();
         assert_eq!(
             result.outcome,
             Outcome::Ok {
                 output: Value::Null
             }
         );
-        let (reason, detail) = decode_result("jetsaga.result.x", b"not json", 4096).unwrap_err();
+        let (reason, detail) = decode_result("jetsaga.result.x", b"not json", 4096, 1).unwrap_err();
         assert_eq!(reason, "malformed");
         assert!(
             detail.starts_with("undecodable result on jetsaga.result.x: "),
             "{detail}"
         );
+        // A result is accepted only on its own service's subject: the
+        // service token of the subject is the body's `service`.
+        for subject in [
+            "jetsaga.result.y",
+            "jetsaga.result",
+            "jetsaga.result.x.y",
+            "jetsaga.task.x",
+            "a.b.result.x",
+        ] {
+            let (reason, detail) = decode_result(subject, ok, 4096, 1).unwrap_err();
+            assert_eq!(reason, "subject_mismatch", "{subject}");
+            assert!(
+                detail.contains(&format!("published on {subject}"))
+                    && detail.ends_with("<prefix>.result.x"),
+                "{detail}"
+            );
+        }
+        assert!(decode_result("a.b.result.x", ok, 4096, 2).is_ok());
         let (reason, detail) =
             decode_start("jetsaga.start.order", b"{\"input\": ", None, 4096, 1).unwrap_err();
         assert_eq!(reason, "malformed");

@@ -146,8 +146,14 @@ impl SagaStatus {
 pub struct StepState {
     /// Where the step stands.
     pub status: StepStatus,
-    /// Every attempt of the action and of the compensation, oldest first.
+    /// The attempts of the action and of the compensation, oldest first:
+    /// all of them, or for a step that made many, its first 5 and latest 20
+    /// (and always the latest of each kind); the ones in between are
+    /// counted in `attempts_dropped`.
     pub attempts: Vec<Attempt>,
+    /// Attempts dropped from the middle of `attempts`; absent when none.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub attempts_dropped: u64,
     /// Output of the action, once it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,

@@ -78,7 +78,7 @@ pub use duration::MAX_DURATION;
 pub use error::{DefinitionError, Place};
 pub use parse::{Format, parse_file, parse_str, yaml_options};
 pub use policy::SagaPolicy;
-pub use retry::{DEFAULT_POLICY_NAME, RetryPolicy};
+pub use retry::{DEFAULT_POLICY_NAME, MIN_RETRY_DELAY, RetryPolicy};
 pub use service::{
     BreakerConfig, DEFAULT_FAILURE_THRESHOLD, DEFAULT_OPEN_TIMEOUT, DEFAULT_SUCCESS_THRESHOLD,
     ServicePolicy, validate_services,

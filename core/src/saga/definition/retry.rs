@@ -14,6 +14,12 @@ use super::parse::Entries;
 /// Name of the retry policy steps without a `retry` field use, when the file defines it.
 pub const DEFAULT_POLICY_NAME: &str = "default";
 
+/// The shortest wait before a retry, whatever the policy's delays and the
+/// worker's `retry_after_ms`: a policy of zero delays with a huge
+/// `max_attempts` retries ten times a second at most instead of spinning.
+/// (A timed-out attempt is re-dispatched at once: the step's timeout paced it.)
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// How often and how far apart attempts are made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {

@@ -234,3 +234,238 @@ fn an_action_out_of_attempts_after_a_timeout_stops_the_saga_at_once_when_nothing
         }
     );
 }
+
+/// The policy of a retry storm: no delay at all, a billion attempts.
+fn storm() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 1_000_000_000,
+        initial_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+        backoff_factor: 2.0,
+        jitter: 0.0,
+    }
+}
+
+/// Fails the step's in-flight attempt `attempt` of `kind` retryably and
+/// fires its retry timer at once; returns the next attempt's number.
+fn fail_and_retry(h: &mut Harness, step: usize, kind: TaskKind, attempt: u32) -> u32 {
+    h.result(step, kind, attempt, retryable("busy", None))
+        .unwrap();
+    let due = match *h.status(step) {
+        StepStatus::RetryWaiting { due, .. } | StepStatus::CompensationRetryWaiting { due, .. } => {
+            due
+        }
+        ref other => panic!("not waiting for a retry: {other:?}"),
+    };
+    h.now = due;
+    h.fire(TimerKind::Retry {
+        step,
+        kind,
+        attempt: attempt + 1,
+    })
+    .unwrap();
+    attempt + 1
+}
+
+#[test]
+fn a_retry_after_past_the_policys_max_delay_waits_max_delay() {
+    let mut h = Def::chain(1).start();
+    // 10^15 ms is 31,700 years: the policy's max_delay (60s) bounds it.
+    h.result(
+        0,
+        A,
+        1,
+        retryable("come back later", Some(1_000_000_000_000_000)),
+    )
+    .unwrap();
+    assert_eq!(
+        *h.status(0),
+        StepStatus::RetryWaiting {
+            attempt: 2,
+            due: h.now + 60_000
+        }
+    );
+    // So does u64::MAX, without overflowing.
+    h.fire(TimerKind::Retry {
+        step: 0,
+        kind: A,
+        attempt: 2,
+    })
+    .unwrap();
+    h.result(0, A, 2, retryable("come back later", Some(u64::MAX)))
+        .unwrap();
+    assert_eq!(
+        *h.status(0),
+        StepStatus::RetryWaiting {
+            attempt: 3,
+            due: h.now + 60_000
+        }
+    );
+}
+
+#[test]
+fn a_policy_of_zero_delays_still_waits_the_minimum_retry_delay() {
+    assert_eq!(MIN_RETRY_DELAY, Duration::from_millis(100));
+    let mut h = Def::chain(1).retry(0, storm()).start();
+    h.result(0, A, 1, retryable("busy", None)).unwrap();
+    assert_eq!(
+        *h.status(0),
+        StepStatus::RetryWaiting {
+            attempt: 2,
+            due: h.now + 100
+        }
+    );
+    // A retry_after does not lift the wait past a max_delay of zero, and the
+    // floor still holds.
+    h.fire(TimerKind::Retry {
+        step: 0,
+        kind: A,
+        attempt: 2,
+    })
+    .unwrap();
+    h.result(0, A, 2, retryable("busy", Some(5_000))).unwrap();
+    assert_eq!(
+        *h.status(0),
+        StepStatus::RetryWaiting {
+            attempt: 3,
+            due: h.now + 100
+        }
+    );
+}
+
+#[test]
+fn a_retry_storm_keeps_the_first_and_latest_attempts_and_counts_the_rest() {
+    let mut h = Def::chain(1).retry(0, storm()).start();
+    let mut attempt = 1;
+    for _ in 0..500 {
+        attempt = fail_and_retry(&mut h, 0, A, attempt);
+    }
+    assert_eq!(attempt, 501);
+    let state = &h.saga.steps[0];
+    let numbers: Vec<u32> = state.attempts.iter().map(|a| a.number).collect();
+    let mut expected: Vec<u32> = (1..=5).collect();
+    expected.extend(482..=501);
+    assert_eq!(numbers, expected);
+    assert_eq!(state.attempts_dropped, 501 - 25);
+    assert_eq!(state.attempts.last().unwrap().outcome, None, "in flight");
+
+    // Fencing still works: a result for a dropped attempt, for a kept old
+    // one and for a future one is stale; the current one applies.
+    for stale in [100, 3, 490, 502] {
+        assert!(
+            matches!(h.result(0, A, stale, ok()), Err(Rejection::Stale { .. })),
+            "attempt {stale}"
+        );
+    }
+    h.result(0, A, 501, ok()).unwrap();
+    assert_eq!(h.saga.status, SagaStatus::Completed);
+    assert_eq!(
+        h.saga.steps[0].attempts.last().unwrap().outcome,
+        Some(AttemptOutcome::Ok)
+    );
+}
+
+#[test]
+fn a_compensation_storm_never_drops_the_latest_action_attempt() {
+    // s0 needs 10 attempts, then s1 fails and s0's compensation storms.
+    let mut h = Def::chain(2).retry(0, storm()).start();
+    let mut attempt = 1;
+    for _ in 0..9 {
+        attempt = fail_and_retry(&mut h, 0, A, attempt);
+    }
+    h.result(0, A, attempt, ok()).unwrap();
+    h.result(1, A, 1, fatal("boom")).unwrap();
+    let mut comp = 1;
+    for _ in 0..60 {
+        comp = fail_and_retry(&mut h, 0, C, comp);
+    }
+    h.result(0, C, comp, ok()).unwrap();
+    assert!(matches!(h.saga.status, SagaStatus::Compensated { .. }));
+    let state = &h.saga.steps[0];
+    assert!(state.attempts_dropped > 0);
+    assert!(
+        state
+            .attempts
+            .iter()
+            .any(|a| a.kind == A && a.number == 10 && a.outcome == Some(AttemptOutcome::Ok)),
+        "the latest action attempt is kept: {:?}",
+        state.attempts
+    );
+    // A retry of the saga runs the action again under the next number, so
+    // attempt numbers and task ids never repeat.
+    h.now += 1_000;
+    let effects = h
+        .apply(Event::Retry {
+            compensation_only: false,
+        })
+        .unwrap();
+    assert!(dispatches(&effects).contains(&(0, A, 11)), "{effects:?}");
+}
+
+#[test]
+fn attempts_dropped_is_serialized_only_when_attempts_were_dropped() {
+    let mut state = StepState::default();
+    let text = serde_json::to_string(&state).unwrap();
+    assert!(!text.contains("attempts_dropped"), "{text}");
+    state.attempts_dropped = 3;
+    let text = serde_json::to_string(&state).unwrap();
+    assert!(text.contains("\"attempts_dropped\":3"), "{text}");
+    let back: StepState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, state);
+}
+
+mod history {
+    use super::*;
+    use crate::saga::state::{ATTEMPTS_KEPT_FIRST, ATTEMPTS_KEPT_LATEST};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// However attempts of the two kinds interleave, the history keeps
+        /// them in order, keeps the first and the latest ones and the latest
+        /// of each kind, stays bounded, and counts every one it dropped.
+        #[test]
+        fn the_history_is_bounded_and_keeps_what_fencing_needs(
+            kinds in prop::collection::vec(any::<bool>(), 0..200),
+        ) {
+            let mut state = StepState::default();
+            let mut pushed = Vec::new();
+            let (mut actions, mut compensations) = (0u32, 0u32);
+            for compensation in kinds {
+                let (kind, number) = if compensation {
+                    compensations += 1;
+                    (C, compensations)
+                } else {
+                    actions += 1;
+                    (A, actions)
+                };
+                let attempt = Attempt {
+                    kind,
+                    number,
+                    generation: 0,
+                    started_at: 0,
+                    finished_at: None,
+                    outcome: None,
+                };
+                pushed.push(attempt.clone());
+                state.push_attempt(attempt);
+
+                let kept = &state.attempts;
+                prop_assert!(kept.len() <= ATTEMPTS_KEPT_FIRST + ATTEMPTS_KEPT_LATEST + 1);
+                prop_assert_eq!(kept.len() as u64 + state.attempts_dropped, pushed.len() as u64);
+                let first = pushed.len().min(ATTEMPTS_KEPT_FIRST);
+                prop_assert_eq!(&kept[..first], &pushed[..first]);
+                let latest = pushed.len().min(ATTEMPTS_KEPT_LATEST);
+                prop_assert_eq!(&kept[kept.len() - latest..], &pushed[pushed.len() - latest..]);
+                for kind in [A, C] {
+                    prop_assert_eq!(
+                        kept.iter().rev().find(|a| a.kind == kind),
+                        pushed.iter().rev().find(|a| a.kind == kind)
+                    );
+                }
+                // A subsequence of what was pushed, in order.
+                let mut rest = pushed.iter();
+                prop_assert!(kept.iter().all(|k| rest.any(|p| p == k)));
+            }
+        }
+    }
+}

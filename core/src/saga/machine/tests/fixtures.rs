@@ -74,6 +74,12 @@ impl Def {
         self
     }
 
+    /// Step `step` retries under `retry`.
+    pub(super) fn retry(mut self, step: usize, retry: RetryPolicy) -> Self {
+        self.0.steps[step].retry = retry;
+        self
+    }
+
     /// The definition itself.
     pub(super) fn build(self) -> SagaDefinition {
         self.0
