@@ -62,8 +62,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 /// than `max_payload` (inputs themselves are held to `max_payload`).
 pub const BODY_HEADROOM: usize = 64 * 1024;
 
-/// Most sagas one `GET /v1/sagas` page returns.
-pub const MAX_LIST_LIMIT: usize = 1000;
+pub use jetsaga_protocol::api::MAX_LIST_LIMIT;
 
 /// How long requests in flight may take to finish once the engine drains.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
