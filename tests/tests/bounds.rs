@@ -8,8 +8,11 @@ mod common;
 use common::{World, metric_value};
 use jetsaga_protocol::ApiReply;
 use jetsaga_protocol::api::{DefinitionListing, SagaDetail};
-use jetsaga_tests::NatsServer;
+use jetsaga_tests::{NatsServer, wait_until};
 use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The server's max payload in these tests: small, so that large answers
 /// are quick to build.
@@ -144,4 +147,147 @@ async fn list_limits_over_the_cap_are_refused_over_nats_as_over_http() {
         ApiReply::Ok(v) => assert_eq!(v, json!([])),
         ApiReply::Error(e) => panic!("limit 1000 is allowed: {e:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP connections
+// ---------------------------------------------------------------------------
+
+/// Longest a test waits for the engine to close a stalled connection: far
+/// above the 1 s timeouts of these tests, far below the minutes a
+/// connection stayed open without them.
+const CLOSE_BOUND: Duration = Duration::from_secs(20);
+
+/// An engine serving HTTP with `flags` on a server of its own.
+async fn http_world(flags: &[&str]) -> (World, String) {
+    let mut extra = vec!["--http-listen", "127.0.0.1:0"];
+    extra.extend_from_slice(flags);
+    let world = World::start(&extra).await;
+    let addr = world.engine.http_addr();
+    (world, addr)
+}
+
+/// Sends `sent`, then reads until the engine closes the connection (at
+/// most [`CLOSE_BOUND`]): what it answered, if anything.
+async fn answer_before_close(addr: &str, sent: &[u8], what: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(sent).await.expect("send");
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(CLOSE_BOUND, async {
+        // A reset is a close too.
+        let _ = stream.read_to_end(&mut raw).await;
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "{what}: the connection is still open after {CLOSE_BOUND:?}"
+    );
+    String::from_utf8_lossy(&raw).to_string()
+}
+
+/// Reads one answer (head and `Content-Length` body) off a kept-alive
+/// connection.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(CLOSE_BOUND, stream.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed before answering: {text}");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: engine\r\n\r\n";
+const HEALTH_ONCE: &[u8] = b"GET /health HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http_connections_are_closed_after_their_timeouts() {
+    let (_world, addr) =
+        http_world(&["--http-header-timeout", "1s", "--http-body-timeout", "1s"]).await;
+
+    // Silent, half a head: closed without an answer to a request.
+    let silent = answer_before_close(&addr, b"", "a silent connection").await;
+    assert!(!silent.contains(" 200 "), "{silent}");
+    let half = answer_before_close(&addr, b"GET /health HTTP/1.1\r\nHost: en", "half a head").await;
+    assert!(!half.contains(" 200 "), "{half}");
+
+    // Idle after an answer: the answer, then the close.
+    let idle = answer_before_close(&addr, HEALTH, "an idle kept-alive connection").await;
+    assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
+
+    // Half a body: 408, then the close.
+    let half_body = b"POST /v1/sagas HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"saga\": ";
+    let answer = answer_before_close(&addr, half_body, "half a body").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("E-REQUEST-TIMEOUT"), "{answer}");
+    let series = r#"engine_rejected_messages_total{reason="E-REQUEST-TIMEOUT"}"#;
+    assert_eq!(metric_value(&addr, series).await, Some(1.0));
+
+    // And the engine serves on.
+    let (status, _) = common::http_exchange(&addr, "GET", "/health", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
+    // A body timeout far beyond the wait: only the early check answers.
+    let (_world, addr) = http_world(&["--http-body-timeout", "1h"]).await;
+    let head = b"POST /v1/sagas HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\nContent-Length: 1000000000000000000\r\n\r\n";
+    let answer = answer_before_close(&addr, head, "a declared 10^18 bytes").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("E-PAYLOAD-TOO-LARGE"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_and_counted() {
+    // Held connections are not timed out here.
+    let (_world, addr) =
+        http_world(&["--http-max-connections", "2", "--http-header-timeout", "1h"]).await;
+    // Two connections, each answered once (so accepted), kept open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        stream.write_all(HEALTH).await.expect("send");
+        assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // A third is refused, with an answer saying why.
+    let refused = answer_before_close(&addr, b"", "a connection over the limit").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("E-TOO-MANY-CONNECTIONS"), "{refused}");
+    let refused = answer_before_close(&addr, HEALTH, "a request over the limit").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+
+    // Once one closes, /health answers on a new connection.
+    drop(held.pop());
+    let health = wait_until("/health on a freed connection", CLOSE_BOUND, || async {
+        let answer = answer_before_close(&addr, HEALTH_ONCE, "/health").await;
+        answer.starts_with("HTTP/1.1 200").then_some(answer)
+    })
+    .await;
+    assert!(health.contains("ok"), "{health}");
+    let series = r#"engine_rejected_messages_total{reason="E-TOO-MANY-CONNECTIONS"}"#;
+    let refusals = metric_value(&addr, series).await.expect("refusals counted");
+    assert!(refusals >= 2.0, "{refusals}");
+    // The held connection was served throughout.
+    let mut kept = held.pop().expect("one held");
+    kept.write_all(HEALTH).await.expect("send");
+    assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200"));
 }
