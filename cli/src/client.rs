@@ -20,13 +20,16 @@ use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_engine::api::{ApplyRequest, Op};
 use jetsaga_engine::config::{ConfigError, NatsConfig, connect_hint, connect_options};
 use jetsaga_protocol::api::{
-    AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest, SagaDetail,
-    SagaRef, SagaSummary, ServiceRef, ServiceStatus,
+    AppliedDefinition, CancelRequest, DefListRequest, DefinitionListing, ListRequest, RetryRequest,
+    SagaDetail, SagaRef, SagaSummary, ServiceRef, ServiceStatus,
 };
 use jetsaga_protocol::{ApiError, ApiReply, ErrorCode, StartReply, StartRequest, Subjects};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+
+/// Definitions asked for per `def.list` page.
+const DEFINITION_PAGE: usize = 100;
 
 /// Errors of the API client.
 #[derive(Debug, thiserror::Error)]
@@ -323,13 +326,47 @@ impl Client {
     pub async fn definitions(
         &self,
     ) -> Result<Vec<jetsaga_protocol::api::SagaDefinition>, ClientError> {
-        self.call(Op::DefList, &serde_json::json!({})).await
+        self.definition_pages(|d: &jetsaga_protocol::api::SagaDefinition| &d.name)
+            .await
     }
 
     /// The current version of every definition, each with whether its
     /// policy lets it start in the engine's environment.
     pub async fn definition_listing(&self) -> Result<Vec<DefinitionListing>, ClientError> {
-        self.call(Op::DefList, &serde_json::json!({})).await
+        self.definition_pages(|d: &DefinitionListing| &d.definition.name)
+            .await
+    }
+
+    /// Every current definition, read page by page (`def.list` with
+    /// `after`), so that no one reply has to hold them all; a page over
+    /// the NATS max payload (`E-REPLY-TOO-LARGE`) is asked again smaller.
+    async fn definition_pages<T: DeserializeOwned>(
+        &self,
+        name: impl Fn(&T) -> &String,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut out: Vec<T> = Vec::new();
+        let mut limit = DEFINITION_PAGE;
+        loop {
+            let req = DefListRequest {
+                after: out.last().map(|d| name(d).clone()),
+                limit,
+            };
+            let page: Vec<T> = match self.call(Op::DefList, &req).await {
+                Err(ClientError::Api(e))
+                    if e.error_code() == Some(ErrorCode::ReplyTooLarge) && limit > 1 =>
+                {
+                    limit /= 2;
+                    continue;
+                }
+                r => r?,
+            };
+            // An engine that does not page answers everything at once.
+            let last = page.len() != limit;
+            out.extend(page);
+            if last {
+                return Ok(out);
+            }
+        }
     }
 
     /// Calls `on_change` with the saga each time it changes, until it is

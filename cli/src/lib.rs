@@ -224,6 +224,20 @@ pub struct EngineArgs {
     /// server]
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Close an HTTP connection that has not sent a request's headers this
+    /// long after it opened or got its last answer [env:
+    /// JETSAGA_HTTP_HEADER_TIMEOUT] [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Option<Duration>,
+    /// Answer 408 to an HTTP request whose body has not arrived in full this
+    /// long after the handler started reading it [env:
+    /// JETSAGA_HTTP_BODY_TIMEOUT] [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_body_timeout: Option<Duration>,
+    /// Most HTTP connections open at once; more are answered 503 [env:
+    /// JETSAGA_HTTP_MAX_CONNECTIONS] [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<usize>,
 }
 
 /// Where `jetsaga dev` serves the HTTP API unless told otherwise.
@@ -486,6 +500,9 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
         layer.replicas = args.replicas;
         layer.retention = args.retention;
         layer.http_listen = args.http_listen.clone();
+        layer.http_header_timeout = args.http_header_timeout;
+        layer.http_body_timeout = args.http_body_timeout;
+        layer.http_max_connections = args.http_max_connections;
     }
     layer
 }
@@ -1086,8 +1103,14 @@ mod tests {
             let value = match *key {
                 "nats.url" => "nats://flag:4222",
                 "nats.tls.required" => "true",
-                "max_payload" | "batch_size" | "replicas" | "max_running_sagas" => "3000",
-                "duplicate_window" | "ack_wait" => "5s",
+                "max_payload"
+                | "batch_size"
+                | "replicas"
+                | "max_running_sagas"
+                | "http_max_connections" => "3000",
+                "duplicate_window" | "ack_wait" | "http_header_timeout" | "http_body_timeout" => {
+                    "5s"
+                }
                 "retention" => "3d",
                 "http_listen" => "127.0.0.1:0",
                 "log_format" => "json",

@@ -90,6 +90,19 @@ pub struct Config {
     /// in a file, variable or flag). Port 0 picks a free port (the engine
     /// logs the one it got).
     pub http_listen: Option<String>,
+    /// How long an HTTP connection may take to send a request's headers,
+    /// counted from when it opens or its previous answer was sent: a
+    /// connection silent, idle or sending headers slowly for longer is
+    /// closed.
+    #[serde(serialize_with = "serialize_duration")]
+    pub http_header_timeout: Duration,
+    /// How long a handler waits for a request body in full; then it answers
+    /// 408 `E-REQUEST-TIMEOUT` and the connection closes.
+    #[serde(serialize_with = "serialize_duration")]
+    pub http_body_timeout: Duration,
+    /// Most HTTP connections open at once; more are answered 503
+    /// `E-TOO-MANY-CONNECTIONS` and closed.
+    pub http_max_connections: usize,
     /// How log lines look: `text` for people, `json` for log pipelines.
     pub log_format: LogFormat,
     /// Which log lines to keep, in `tracing`'s filter syntax (`info`,
@@ -114,6 +127,9 @@ impl Default for Config {
             replicas: 1,
             retention: Retention::default(),
             http_listen: None,
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(30),
+            http_max_connections: 1024,
             log_format: LogFormat::Text,
             log: None,
         }
@@ -208,6 +224,22 @@ impl Config {
             protocol::validate_token(env).map_err(|e| {
                 ConfigError::Invalid(format!("environment {env:?} is not a valid name: {e}"))
             })?;
+        }
+        for (key, d) in [
+            ("http_header_timeout", self.http_header_timeout),
+            ("http_body_timeout", self.http_body_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} {} is below 100ms",
+                    humantime::format_duration(d)
+                )));
+            }
+        }
+        if self.http_max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "http_max_connections must be at least 1".into(),
+            ));
         }
         if let Some(addr) = &self.http_listen {
             let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());

@@ -288,14 +288,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         });
     }
     if let Some(listener) = http_listener {
-        let (client, service, max_payload, stop) = (
+        let (client, service, max_payload, limits, stop) = (
             client.clone(),
             service.clone(),
             config.max_payload,
+            api::http::Limits::of(&config),
             intake_stop.clone(),
         );
         intake_tasks.spawn(async move {
-            if let Err(e) = api::http::serve(listener, service, client, max_payload, stop).await {
+            if let Err(e) =
+                api::http::serve(listener, service, client, max_payload, limits, stop).await
+            {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });

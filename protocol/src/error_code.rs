@@ -127,6 +127,9 @@ error_codes! {
     UnsupportedMediaType = "E-UNSUPPORTED-MEDIA-TYPE", 415, "an HTTP body without a JSON (or YAML) content type";
     MethodNotAllowed = "E-METHOD-NOT-ALLOWED", 405, "the HTTP route does not take this method";
     Unavailable = "E-UNAVAILABLE", 503, "the engine is shutting down or not ready";
+    ReplyTooLarge = "E-REPLY-TOO-LARGE", 500, "the answer is larger than the NATS connection's max payload";
+    RequestTimeout = "E-REQUEST-TIMEOUT", 408, "an HTTP request body did not arrive within `http_body_timeout`";
+    TooManyConnections = "E-TOO-MANY-CONNECTIONS", 503, "the HTTP API already has `http_max_connections` connections open";
     UnknownOperation = "E-UNKNOWN-OPERATION", 500, "no request API operation of that name";
     Internal = "E-INTERNAL", 500, "the engine failed to read its store or to encode its reply";
     // Client and CLI.
@@ -229,6 +232,9 @@ mod tests {
             (UnknownSaga, 422),
             (InvalidDefinition, 422),
             (Unavailable, 503),
+            (RequestTimeout, 408),
+            (TooManyConnections, 503),
+            (ReplyTooLarge, 500),
             (Internal, 500),
             (UnknownOperation, 500),
         ] {

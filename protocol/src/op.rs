@@ -28,7 +28,7 @@ pub enum Op {
     SagaDelete,
     /// `def.apply`: definitions and service policies → the applied definitions.
     DefApply,
-    /// `def.list`: `{}` → the current definitions.
+    /// `def.list`: `{"after"?, "limit"?}` → a page of the current definitions, by name.
     DefList,
     /// `breaker.list`: `{}` → the status of every service with a policy.
     BreakerList,

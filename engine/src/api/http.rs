@@ -40,6 +40,9 @@ use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use jetsaga_core::saga::definition::{DefinitionError, Format};
 use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::api::{
@@ -51,19 +54,19 @@ use jetsaga_protocol::{ApiError, ErrorCode, HEADER_START_KEY, StartRequest};
 use jetsaga_store::DEFAULT_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::future::IntoFuture;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 /// Room for the JSON around a saga input: bodies may be this much larger
 /// than `max_payload` (inputs themselves are held to `max_payload`).
 pub const BODY_HEADROOM: usize = 64 * 1024;
 
-/// Most sagas one `GET /v1/sagas` page returns.
-pub const MAX_LIST_LIMIT: usize = 1000;
+pub use jetsaga_protocol::api::MAX_LIST_LIMIT;
 
 /// How long requests in flight may take to finish once the engine drains.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +83,8 @@ struct HttpState {
     shutdown: CancellationToken,
     /// Largest request body, in bytes.
     body_limit: usize,
+    /// How long a request body may take to arrive.
+    body_timeout: Duration,
     /// The OpenAPI document, rendered once.
     openapi: Bytes,
 }
@@ -159,6 +164,7 @@ fn router(
     api: watch::Receiver<Option<Api>>,
     nats: async_nats::Client,
     max_payload: usize,
+    body_timeout: Duration,
     shutdown: CancellationToken,
 ) -> Router {
     let body_limit = max_payload.saturating_add(BODY_HEADROOM);
@@ -170,6 +176,7 @@ fn router(
         nats,
         shutdown,
         body_limit,
+        body_timeout,
         openapi: Bytes::from(openapi),
     };
     routed()
@@ -189,34 +196,139 @@ fn routed() -> Router<HttpState> {
     })
 }
 
+/// What bounds the HTTP API's connections (`http_*` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a connection may take to send a request's headers, counted
+    /// from when it opens or its previous answer was sent; then it is
+    /// closed. This also closes idle keep-alive connections.
+    pub header_timeout: Duration,
+    /// How long a handler waits for a request body in full before it
+    /// answers 408 `E-REQUEST-TIMEOUT`.
+    pub body_timeout: Duration,
+    /// Most connections open at once; more are answered 503
+    /// `E-TOO-MANY-CONNECTIONS` and closed.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits the configuration sets.
+    pub fn of(config: &crate::config::Config) -> Limits {
+        Limits {
+            header_timeout: config.http_header_timeout,
+            body_timeout: config.http_body_timeout,
+            max_connections: config.http_max_connections,
+        }
+    }
+}
+
 /// Serves the HTTP API on `listener` until `shutdown`, then lets requests
 /// in flight finish (at most [`DRAIN_TIMEOUT`]) and returns.
+///
+/// Each connection is served by hyper's HTTP/1 connection with a header
+/// read timeout; a semaphore of `limits.max_connections` permits bounds
+/// how many are open, and a connection that finds none is refused
+/// ([`refuse`]).
 pub async fn serve(
     listener: TcpListener,
     api: Api,
     nats: async_nats::Client,
     max_payload: usize,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (gate, api) = watch::channel(Some(api));
-    let app = router(api, nats, max_payload, shutdown.clone());
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let result = tokio::select! {
-        r = server => r,
-        _ = deadline => {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "HTTP requests still open after the drain timeout; closing");
-            Ok(())
-        }
-    };
+    let app = router(
+        api,
+        nats,
+        max_payload,
+        limits.body_timeout,
+        shutdown.clone(),
+    );
+    let service = TowerToHyperService::new(app);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: give the
+                    // connections open a moment to end.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            connections.spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        let conn = http1.serve_connection(TokioIo::new(stream), service.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection closed");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "HTTP requests still open after the drain timeout; closing");
+    }
     // Whatever connection lingers, it no longer holds the partition.
     gate.send_replace(None);
-    result
+    Ok(())
+}
+
+/// How long the accept loop pauses after an accept error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a refused connection is given to take its answer.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers a connection over the limit 503 `E-TOO-MANY-CONNECTIONS`,
+/// counts it, and closes it once the client has read the answer (or after
+/// [`REFUSAL_TIMEOUT`]), so that the answer is not lost to a reset.
+async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let code = ErrorCode::TooManyConnections;
+    let message = format!(
+        "the engine already serves {max} HTTP connections (http_max_connections); retry later, reuse connections, or raise http_max_connections"
+    );
+    crate::metrics::reject("http", code.as_str(), &message);
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -338,7 +450,19 @@ impl From<ApiError> for HttpError {
 impl HttpError {
     /// The answer, without logging it as a refused request.
     fn quiet(self) -> Response {
-        json(status_of(&self.0.code), &ErrorBody { error: self.0 })
+        // What is left of a body not read in full cannot be told from the
+        // next request: the connection ends with this answer.
+        let unread = [ErrorCode::RequestTimeout, ErrorCode::PayloadTooLarge];
+        let close = unread
+            .map(ErrorCode::as_str)
+            .contains(&self.0.code.as_str());
+        let mut response = json(status_of(&self.0.code), &ErrorBody { error: self.0 });
+        if close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -409,15 +533,36 @@ fn is_json(media_type: &str) -> bool {
 }
 
 async fn body_bytes(req: Request, state: &HttpState) -> Result<Bytes, HttpError> {
-    Bytes::from_request(req, state).await.map_err(|rejection| {
+    let too_large = || {
+        HttpError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request body is over the engine's limit of {} bytes (max_payload plus {BODY_HEADROOM} bytes); pass a reference to large data instead",
+                state.body_limit
+            ),
+        )
+    };
+    // A declared length over the limit is refused before any body is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.body_limit as u64) {
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(req, state));
+    let Ok(read) = read.await else {
+        return Err(HttpError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} (http_body_timeout); send it at once",
+                humantime::format_duration(state.body_timeout)
+            ),
+        ));
+    };
+    read.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            HttpError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the request body is over the engine's limit of {} bytes (max_payload plus {BODY_HEADROOM} bytes); pass a reference to large data instead",
-                    state.body_limit
-                ),
-            )
+            too_large()
         } else {
             HttpError::bad_request(format!(
                 "cannot read the request body: {}",

@@ -24,8 +24,8 @@ use jetsaga_core::saga::definition::{
 };
 use jetsaga_core::saga::state::{Millis, Saga, SagaStatus};
 use jetsaga_protocol::api::{
-    AppliedDefinition, CancelRequest, DefinitionListing, ListRequest, RetryRequest, SagaDetail,
-    SagaPage, SagaRef, ServiceRef, ServiceStatus,
+    AppliedDefinition, CancelRequest, DefListRequest, DefinitionListing, ListRequest,
+    MAX_LIST_LIMIT, RetryRequest, SagaDetail, SagaPage, SagaRef, ServiceRef, ServiceStatus,
 };
 use jetsaga_protocol::{
     ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
@@ -54,7 +54,8 @@ pub const QUEUE_GROUP: &str = "jetsaga-engine";
 ///   [`SagaDetail`]; `saga.retry`: [`RetryRequest`] → [`SagaDetail`];
 ///   `saga.delete`: [`SagaRef`] → [`SagaRef`] (the deleted saga).
 /// - `def.apply`: [`ApplyRequest`] → `Vec<`[`AppliedDefinition`]`>`;
-///   `def.list`: `{}` → `Vec<`[`DefinitionListing`]`>` (current versions).
+///   `def.list`: [`DefListRequest`] → `Vec<`[`DefinitionListing`]`>` (a
+///   page of the current versions, by name).
 /// - `breaker.list`: `{}` → `Vec<`[`ServiceStatus`]`>`; `breaker.get` and
 ///   `breaker.reset`: [`ServiceRef`] → [`ServiceStatus`].
 pub use jetsaga_protocol::Op;
@@ -186,10 +187,10 @@ impl Api {
                 ),
             ));
         }
-        let limit = if req.limit == 0 {
-            DEFAULT_LIST_LIMIT
-        } else {
-            req.limit
+        let limit = match req.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n if n <= MAX_LIST_LIMIT => n,
+            n => return Err(limit_refused(n)),
         };
         // One more than asked tells whether there is a next page.
         let want = limit.saturating_add(1);
@@ -352,11 +353,33 @@ impl Api {
     /// The current version of every definition, by name, each with whether
     /// its policy lets it start in this engine's environment.
     pub async fn definitions(&self) -> Result<Vec<DefinitionListing>, ApiError> {
+        Ok(self.listings(self.store.list_definitions().map_err(internal)?))
+    }
+
+    /// A page of the current definitions ([`Op::DefList`]): by name, after
+    /// `req.after`, at most `req.limit` (0: [`MAX_LIST_LIMIT`]).
+    pub async fn definition_page(
+        &self,
+        req: &DefListRequest,
+    ) -> Result<Vec<DefinitionListing>, ApiError> {
+        let limit = match req.limit {
+            0 => MAX_LIST_LIMIT,
+            n if n <= MAX_LIST_LIMIT => n,
+            n => return Err(limit_refused(n)),
+        };
+        let mut definitions = self.store.list_definitions().map_err(internal)?;
+        definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        let page = definitions
+            .into_iter()
+            .filter(|d| req.after.as_ref().is_none_or(|after| d.name > *after))
+            .take(limit)
+            .collect();
+        Ok(self.listings(page))
+    }
+
+    fn listings(&self, definitions: Vec<SagaDefinition>) -> Vec<DefinitionListing> {
         let environment = self.environment.as_deref();
-        Ok(self
-            .store
-            .list_definitions()
-            .map_err(internal)?
+        definitions
             .into_iter()
             .map(|definition| {
                 let refusal = definition.policy.refusal(&definition.name, environment);
@@ -367,7 +390,7 @@ impl Api {
                     definition: view::definition_view(&definition),
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// Applies a definitions file's contents: validates the sagas and the
@@ -480,6 +503,16 @@ fn check_cursor(cursor: &str) -> Result<(), ApiError> {
     ))
 }
 
+/// The refusal of a list `limit` over [`MAX_LIST_LIMIT`].
+fn limit_refused(limit: usize) -> ApiError {
+    api_error(
+        ErrorCode::BadRequest,
+        format!(
+            "limit {limit} is over {MAX_LIST_LIMIT}; ask for at most {MAX_LIST_LIMIT} and page on (`before` for sagas, `after` for definitions)"
+        ),
+    )
+}
+
 /// The time in a UUIDv7 id, in ms since the Unix epoch.
 fn uuid_v7_millis(id: &str) -> Option<Millis> {
     let uuid = uuid::Uuid::parse_str(id).ok()?;
@@ -535,6 +568,7 @@ pub async fn serve(
                 Ok(op) => handle(op, &msg, &api).await,
                 Err(other) => unknown_op(&other),
             };
+            let body = fit(body, client.server_info().max_payload, name);
             if let Err(e) = client.publish(reply, body.into()).await {
                 tracing::warn!(error = %e, "cannot send an API reply");
             }
@@ -545,6 +579,22 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// `body`, or when it is over the connection's `max_payload` (which the
+/// server would refuse, leaving the caller to time out) an
+/// `E-REPLY-TOO-LARGE` error saying what to ask for instead.
+fn fit(body: Vec<u8>, max_payload: usize, op: &str) -> Vec<u8> {
+    if body.len() <= max_payload {
+        return body;
+    }
+    reply::<()>(Err(api_error(
+        ErrorCode::ReplyTooLarge,
+        format!(
+            "the answer to {op} is {} bytes, over the NATS max payload of {max_payload} bytes; ask for less (a smaller `limit` for saga.list and def.list), read it over the HTTP API, or raise the server's max_payload",
+            body.len()
+        ),
+    )))
 }
 
 fn reply<T: Serialize>(r: Result<T, ApiError>) -> Vec<u8> {
@@ -673,13 +723,45 @@ async fn handle(op: Op, msg: &Message, api: &Api) -> Vec<u8> {
             }
             .await,
         ),
-        Op::DefList => reply(api.definitions().await),
+        Op::DefList => reply(
+            async {
+                let req: DefListRequest = parse(op, payload)?;
+                api.definition_page(&req).await
+            }
+            .await,
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_over_the_max_payload_becomes_an_error_that_fits() {
+        let body = reply(Ok(vec!["x".repeat(2000)]));
+        assert_eq!(fit(body.clone(), body.len(), "saga.list"), body);
+        let refused = fit(body.clone(), body.len() - 1, "saga.list");
+        assert!(refused.len() < body.len());
+        let ApiReply::<()>::Error(e) = serde_json::from_slice(&refused).unwrap() else {
+            panic!("an error envelope");
+        };
+        assert_eq!(e.error_code(), Some(ErrorCode::ReplyTooLarge));
+        for part in [
+            body.len().to_string(),
+            (body.len() - 1).to_string(),
+            "saga.list".into(),
+        ] {
+            assert!(e.message.contains(&part), "{part} in {}", e.message);
+        }
+    }
+
+    #[test]
+    fn list_limits_over_the_cap_are_refused() {
+        let e = limit_refused(MAX_LIST_LIMIT + 1);
+        assert_eq!(e.error_code(), Some(ErrorCode::BadRequest));
+        assert!(e.message.contains("1001"), "{}", e.message);
+    }
 
     #[test]
     fn uuid_v7_floor_orders_ids_by_time() {

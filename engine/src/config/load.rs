@@ -49,6 +49,14 @@ pub struct Layer {
     pub retention: Option<Retention>,
     /// `http_listen`: `HOST:PORT`, or `off`.
     pub http_listen: Option<String>,
+    /// `http_header_timeout`.
+    #[serde(default, deserialize_with = "humantime_option")]
+    pub http_header_timeout: Option<Duration>,
+    /// `http_body_timeout`.
+    #[serde(default, deserialize_with = "humantime_option")]
+    pub http_body_timeout: Option<Duration>,
+    /// `http_max_connections`.
+    pub http_max_connections: Option<usize>,
     /// `log_format`.
     pub log_format: Option<LogFormat>,
     /// `log`.
@@ -229,6 +237,9 @@ impl Layer {
             replicas: env.parse("replicas")?,
             retention: env.parse("retention")?,
             http_listen: env.string("http_listen"),
+            http_header_timeout: env.parse_with("http_header_timeout", duration)?,
+            http_body_timeout: env.parse_with("http_body_timeout", duration)?,
+            http_max_connections: env.parse("http_max_connections")?,
             log_format: env.parse_with("log_format", log_format)?,
             log: env.string("log"),
         })
@@ -342,6 +353,21 @@ impl Layer {
                 "off" | "" => None,
                 addr => Some(addr.to_string()),
             })
+        );
+        set!(
+            "http_header_timeout",
+            config.http_header_timeout,
+            self.http_header_timeout
+        );
+        set!(
+            "http_body_timeout",
+            config.http_body_timeout,
+            self.http_body_timeout
+        );
+        set!(
+            "http_max_connections",
+            config.http_max_connections,
+            self.http_max_connections
         );
         set!("log_format", config.log_format, self.log_format);
         set!("log", config.log, self.log.map(Some));

@@ -30,6 +30,9 @@ pub const KEYS: &[&str] = &[
     "replicas",
     "retention",
     "http_listen",
+    "http_header_timeout",
+    "http_body_timeout",
+    "http_max_connections",
     "log_format",
     "log",
 ];

@@ -31,9 +31,13 @@ fn sample(key: &str, which: u8) -> String {
         "nats.nkey" => format!("/etc/jetsaga/user{which}.nk"),
         "nats.tls.required" => "true".into(),
         "max_payload" => format!("{}", 2048 + u32::from(which)),
-        "duplicate_window" | "ack_wait" => format!("{}s", 30 + which),
+        "duplicate_window" | "ack_wait" | "http_header_timeout" | "http_body_timeout" => {
+            format!("{}s", 30 + which)
+        }
         "retention" => format!("{}h", 1 + which),
-        "batch_size" | "replicas" | "max_running_sagas" => format!("{}", 2 + which),
+        "batch_size" | "replicas" | "max_running_sagas" | "http_max_connections" => {
+            format!("{}", 2 + which)
+        }
         "http_listen" => format!("127.0.0.1:{}", 9000 + u32::from(which)),
         "log_format" => "json".into(),
         "log" => format!("debug,x{which}=trace"),
@@ -112,8 +116,12 @@ fn every_key_can_be_set_in_a_file() {
         let value = sample(key, 1);
         let value = match *key {
             "definitions" => format!("[{value:?}]"),
-            "nats.tls.required" | "max_payload" | "batch_size" | "replicas"
-            | "max_running_sagas" => value,
+            "nats.tls.required"
+            | "max_payload"
+            | "batch_size"
+            | "replicas"
+            | "max_running_sagas"
+            | "http_max_connections" => value,
             _ => format!("{value:?}"),
         };
         // Flow mappings, one line per key: `{nats: {tls: {ca: "x"}}}`.
@@ -406,6 +414,45 @@ fn json_view_has_every_source() {
     assert_eq!(json["sources"]["prefix"]["var"], "JETSAGA_PREFIX");
     assert_eq!(json["sources"]["nats.url"]["from"], "default");
     assert_eq!(json["sources"].as_object().unwrap().len(), KEYS.len());
+}
+
+#[test]
+fn http_connection_limits_must_be_usable() {
+    for (config, key) in [
+        (
+            Config {
+                http_header_timeout: Duration::from_millis(10),
+                ..Config::default()
+            },
+            "http_header_timeout",
+        ),
+        (
+            Config {
+                http_body_timeout: Duration::ZERO,
+                ..Config::default()
+            },
+            "http_body_timeout",
+        ),
+        (
+            Config {
+                http_max_connections: 0,
+                ..Config::default()
+            },
+            "http_max_connections",
+        ),
+    ] {
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+    let c = Config::default();
+    assert_eq!(
+        (
+            c.http_header_timeout,
+            c.http_body_timeout,
+            c.http_max_connections
+        ),
+        (Duration::from_secs(10), Duration::from_secs(30), 1024)
+    );
 }
 
 #[test]

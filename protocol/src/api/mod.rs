@@ -30,8 +30,8 @@ pub use definition::{
     Trigger,
 };
 pub use request::{
-    CancelRequest, CancelSagaRequest, ListRequest, RetryRequest, RetrySagaRequest, SagaRef,
-    StartReply, StartRequest,
+    CancelRequest, CancelSagaRequest, DefListRequest, ListRequest, MAX_LIST_LIMIT, RetryRequest,
+    RetrySagaRequest, SagaRef, StartReply, StartRequest,
 };
 pub use saga::{
     Attempt, AttemptOutcome, Saga, SagaDetail, SagaPage, SagaStatus, SagaSummary, StepState,

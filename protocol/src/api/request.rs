@@ -101,6 +101,10 @@ pub struct RetrySagaRequest {
     pub compensation_only: bool,
 }
 
+/// Most items one page of `saga.list` or `def.list` (and `GET /v1/sagas`)
+/// returns; a larger `limit` is refused with `E-BAD-REQUEST` in every door.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
 /// Which sagas to list (`saga.list`, and `GET /v1/sagas` once its query is
 /// decoded). Every field is optional on the wire; the time range applies
 /// to `created_at`.
@@ -113,7 +117,8 @@ pub struct ListRequest {
     pub name: Option<String>,
     /// Only sagas created strictly before this id (the cursor of the next page).
     pub before: Option<String>,
-    /// At most this many, newest first; `0` means the engine's default (100).
+    /// At most this many, newest first: 1 to [`MAX_LIST_LIMIT`]; `0` means
+    /// the engine's default (100).
     pub limit: usize,
     /// Only sagas created at or after this time (ms since the Unix epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,4 +126,18 @@ pub struct ListRequest {
     /// Only sagas created strictly before this time (ms since the Unix epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_before: Option<u64>,
+}
+
+/// Which definitions to list (`def.list`): a page of the current
+/// definitions by name. `{}` asks for the first [`MAX_LIST_LIMIT`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DefListRequest {
+    /// Only definitions whose name sorts strictly after this one: the last
+    /// name of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many: 1 to [`MAX_LIST_LIMIT`]; `0` means
+    /// [`MAX_LIST_LIMIT`].
+    pub limit: usize,
 }
