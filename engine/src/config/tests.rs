@@ -33,7 +33,12 @@ fn sample(key: &str, which: u8) -> String {
         "max_payload" => format!("{}", 2048 + u32::from(which)),
         "duplicate_window" | "ack_wait" => format!("{}s", 30 + which),
         "retention" => format!("{}h", 1 + which),
-        "batch_size" | "replicas" | "max_running_sagas" => format!("{}", 2 + which),
+        "batch_size"
+        | "replicas"
+        | "max_running_sagas"
+        | "max_definition_steps"
+        | "max_definition_fan_out"
+        | "max_definition_bytes" => format!("{}", 2 + which),
         "http_listen" => format!("127.0.0.1:{}", 9000 + u32::from(which)),
         "log_format" => "json".into(),
         "log" => format!("debug,x{which}=trace"),
@@ -112,8 +117,14 @@ fn every_key_can_be_set_in_a_file() {
         let value = sample(key, 1);
         let value = match *key {
             "definitions" => format!("[{value:?}]"),
-            "nats.tls.required" | "max_payload" | "batch_size" | "replicas"
-            | "max_running_sagas" => value,
+            "nats.tls.required"
+            | "max_payload"
+            | "batch_size"
+            | "replicas"
+            | "max_running_sagas"
+            | "max_definition_steps"
+            | "max_definition_fan_out"
+            | "max_definition_bytes" => value,
             _ => format!("{value:?}"),
         };
         // Flow mappings, one line per key: `{nats: {tls: {ca: "x"}}}`.

@@ -4,6 +4,7 @@
 mod build;
 mod duration;
 mod fuzz;
+mod limits;
 mod parse;
 mod retry;
 mod service;
