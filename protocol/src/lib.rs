@@ -190,6 +190,38 @@ impl Subjects {
     }
 }
 
+/// The token after the prefix in every subject an installation uses:
+/// `<prefix>.task.…`, `.result.…`, `.start.…`, `.api.…`, `.progress.…`,
+/// `.event.…` (see [`Subjects`]).
+pub const SUBJECT_KINDS: &[&str] = &["task", "result", "start", "api", "progress", "event"];
+
+/// Whether `subject` has the shape of a subject of some installation,
+/// whatever its prefix: `<prefix>.<kind>.<more>`, `<kind>` one of
+/// [`SUBJECT_KINDS`] as a literal token (wildcards are not taken for one).
+/// Answers the first such reading: the prefix and the kind.
+///
+/// ```
+/// use jetsaga_protocol::installation_subject;
+/// assert_eq!(installation_subject("jetsaga.task.payments"), Some(("jetsaga", "task")));
+/// assert_eq!(installation_subject("acme.prod.start.>"), Some(("acme.prod", "start")));
+/// assert_eq!(installation_subject("orders.created"), None);
+/// assert_eq!(installation_subject("orders.task"), None); // nothing after the kind
+/// ```
+pub fn installation_subject(subject: &str) -> Option<(&str, &'static str)> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let mut offset = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        if i > 0
+            && i + 1 < tokens.len()
+            && let Some(kind) = SUBJECT_KINDS.iter().find(|k| *k == token)
+        {
+            return Some((&subject[..offset - 1], kind));
+        }
+        offset += token.len() + 1;
+    }
+    None
+}
+
 /// Checks that `prefix` is usable as a subject prefix: one or more tokens of
 /// ASCII letters, digits, `_` and `-`, separated by dots.
 pub fn validate_prefix(prefix: &str) -> Result<(), String> {

@@ -50,7 +50,7 @@
 //! | `E-DEF-DUPLICATE-STEP` | two steps of a saga share an id |
 //! | `E-DEF-UNKNOWN-DEPENDENCY` | `depends_on` names a step that does not exist |
 //! | `E-DEF-CYCLE` | the dependencies form a cycle (a step depending on itself included) |
-//! | `E-DEF-TRIGGER` | a trigger's subject is not a valid NATS subject, is repeated, or its `input` mapping has an empty field name or an invalid JSON pointer / dotted path |
+//! | `E-DEF-TRIGGER` | a trigger's subject is not a valid NATS subject, a system subject or inbox, a subject of any installation's engine (`<prefix>.task.…`), is repeated, or its `input` mapping has an empty field name or an invalid JSON pointer / dotted path |
 //! | `E-DEF-POLICY` | a saga `policy` lists no environment, an invalid one, or one twice |
 //! | `E-DEF-LIMIT` | `max_running` is not a positive whole number |
 //! | `E-DEF-SERVICE` | a service policy under `services:` is invalid (see [`ServicePolicy`]) |

@@ -8,6 +8,7 @@ mod limits;
 mod parse;
 mod retry;
 mod service;
+mod trigger;
 mod validate;
 
 use super::*;
