@@ -324,6 +324,45 @@ pub fn result_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32)
     format!("result.{saga_id}.{step_id}.{}.{attempt}", kind.as_str())
 }
 
+/// The attempt a [`result_msg_id`] names: saga id, step id, kind, attempt.
+///
+/// ```
+/// use jetsaga_protocol::{TaskKind, parse_result_msg_id, result_msg_id};
+/// let id = result_msg_id("s-1", "pay", TaskKind::Compensation, 3);
+/// assert_eq!(
+///     parse_result_msg_id(&id),
+///     Some(("s-1".to_string(), "pay".to_string(), TaskKind::Compensation, 3))
+/// );
+/// assert_eq!(parse_result_msg_id("task.s-1.pay.action.1"), None);
+/// ```
+pub fn parse_result_msg_id(id: &str) -> Option<(String, String, TaskKind, u32)> {
+    let mut parts = id.split('.');
+    let (Some("result"), Some(saga_id), Some(step_id), Some(kind), Some(attempt), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let kind = match kind {
+        "action" => TaskKind::Action,
+        "compensation" => TaskKind::Compensation,
+        _ => return None,
+    };
+    if saga_id.is_empty() || step_id.is_empty() {
+        return None;
+    }
+    Some((
+        saga_id.to_string(),
+        step_id.to_string(),
+        kind,
+        attempt.parse().ok()?,
+    ))
+}
+
 /// A unit of work for a worker: run `operation` of `service` for one step of one saga.
 ///
 /// Published by the engine on [`Subjects::task`] with `Nats-Msg-Id` =
