@@ -214,6 +214,19 @@ pub struct EngineArgs {
     /// JETSAGA_MAX_RUNNING_SAGAS] [default: unlimited]
     #[arg(long, value_name = "N")]
     pub max_running_sagas: Option<u32>,
+    /// Most steps in one saga definition [env: JETSAGA_MAX_DEFINITION_STEPS]
+    /// [default: 200]
+    #[arg(long, value_name = "N")]
+    pub max_definition_steps: Option<usize>,
+    /// Most steps a definition starts at once: steps without dependencies,
+    /// dependents of one step [env: JETSAGA_MAX_DEFINITION_FAN_OUT]
+    /// [default: 100]
+    #[arg(long, value_name = "N")]
+    pub max_definition_fan_out: Option<usize>,
+    /// Largest definitions file, in bytes [env: JETSAGA_MAX_DEFINITION_BYTES]
+    /// [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_definition_bytes: Option<usize>,
     /// How long finished sagas are kept before they are deleted (with their
     /// idempotency key), or `off` to keep them forever [env:
     /// JETSAGA_RETENTION] [default: 7d]
@@ -497,6 +510,9 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
         layer.ack_wait = args.ack_wait;
         layer.batch_size = args.batch_size;
         layer.max_running_sagas = args.max_running_sagas;
+        layer.max_definition_steps = args.max_definition_steps;
+        layer.max_definition_fan_out = args.max_definition_fan_out;
+        layer.max_definition_bytes = args.max_definition_bytes;
         layer.replicas = args.replicas;
         layer.retention = args.retention;
         layer.http_listen = args.http_listen.clone();
@@ -827,10 +843,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
     match cmd {
         DefCommand::Validate { files } => {
+            let limits = cli.loaded().config.definition_limits();
             let mut failed = false;
             let mut report = Vec::new();
             for file in jetsaga_engine::engine::definition_files(files)? {
-                match definition::parse_file(&file) {
+                match definition::parse_file_within(&file, &limits) {
                     Ok(parsed) => {
                         let names: Vec<String> =
                             parsed.sagas.iter().map(|d| d.name.clone()).collect();
@@ -861,10 +878,11 @@ async fn def(cli: &Cli, cmd: &DefCommand) -> anyhow::Result<i32> {
             Ok(i32::from(failed))
         }
         DefCommand::Apply { files } => {
+            let limits = cli.loaded().config.definition_limits();
             let mut defs = Vec::new();
             let mut services = Vec::new();
             for file in jetsaga_engine::engine::definition_files(files)? {
-                let parsed = definition::parse_file(&file)
+                let parsed = definition::parse_file_within(&file, &limits)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
                 defs.extend(parsed.sagas);
                 // Service policies (`jetsaga_core::admission`): a later file's wins.
@@ -1107,7 +1125,10 @@ mod tests {
                 | "batch_size"
                 | "replicas"
                 | "max_running_sagas"
-                | "http_max_connections" => "3000",
+                | "http_max_connections"
+                | "max_definition_steps"
+                | "max_definition_fan_out"
+                | "max_definition_bytes" => "3000",
                 "duplicate_window" | "ack_wait" | "http_header_timeout" | "http_body_timeout" => {
                     "5s"
                 }

@@ -42,6 +42,7 @@ pub use nats::{
 pub use show::KEYS;
 
 use crate::retention::Retention;
+use jetsaga_core::saga::definition::{self, DefinitionLimits};
 use jetsaga_protocol::{self as protocol, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -80,6 +81,14 @@ pub struct Config {
     /// ([`jetsaga_core::limits`]). Unlimited when absent (`0` in a file, variable
     /// or flag).
     pub max_running_sagas: Option<u32>,
+    /// Most steps in one saga definition; a larger one is refused
+    /// (`E-DEF-TOO-LARGE`) by `def apply`, `--definitions` and `def validate`.
+    pub max_definition_steps: usize,
+    /// Most steps of a definition one transition can start at once: the
+    /// steps without dependencies, and the dependents of any one step.
+    pub max_definition_fan_out: usize,
+    /// Largest definitions file (or text sent to the API), in bytes.
+    pub max_definition_bytes: usize,
     /// Replicas of the engine's streams (1 on a single server, 3 in a cluster).
     pub replicas: usize,
     /// How long finished (terminal) sagas are kept before they are deleted
@@ -124,6 +133,9 @@ impl Default for Config {
             ack_wait: Duration::from_secs(10),
             batch_size: 256,
             max_running_sagas: None,
+            max_definition_steps: definition::DEFAULT_MAX_STEPS,
+            max_definition_fan_out: definition::DEFAULT_MAX_FAN_OUT,
+            max_definition_bytes: definition::DEFAULT_MAX_FILE_BYTES,
             replicas: 1,
             retention: Retention::default(),
             http_listen: None,
@@ -195,6 +207,15 @@ impl Config {
                 self.max_payload
             )));
         }
+        for (key, value) in [
+            ("max_definition_steps", self.max_definition_steps),
+            ("max_definition_fan_out", self.max_definition_fan_out),
+            ("max_definition_bytes", self.max_definition_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
         if !(1..=5).contains(&self.replicas) {
             return Err(ConfigError::Invalid(format!(
                 "replicas {} is out of range; JetStream allows 1 to 5",
@@ -250,6 +271,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The size limits definitions must keep to.
+    pub fn definition_limits(&self) -> DefinitionLimits {
+        DefinitionLimits {
+            max_steps: self.max_definition_steps,
+            max_fan_out: self.max_definition_fan_out,
+            max_file_bytes: self.max_definition_bytes,
+        }
     }
 
     /// The checks of what a client of the API uses: `nats`, `prefix`, `log`.

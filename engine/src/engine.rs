@@ -113,6 +113,7 @@ pub fn definition_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 fn apply_definition_files(
     store: &(impl DefinitionTable + ServiceTable + ?Sized),
     paths: &[PathBuf],
+    limits: &definition::DefinitionLimits,
 ) -> Result<(), EngineError> {
     let files = definition_files(paths).map_err(|e| {
         EngineError::Definition(format!(
@@ -121,7 +122,7 @@ fn apply_definition_files(
         ))
     })?;
     for file in files {
-        let parsed = definition::parse_file(Path::new(&file))
+        let parsed = definition::parse_file_within(Path::new(&file), limits)
             .map_err(|e| EngineError::Definition(format!("{}: {e}", e.code())))?;
         for def in parsed.sagas {
             let applied = store.put_definition(&def)?;
@@ -170,7 +171,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     config.validate()?;
     metrics::install();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
-    apply_definition_files(&*store, &config.definitions)?;
+    apply_definition_files(&*store, &config.definitions, &config.definition_limits())?;
     let client = connect(&config.nats, "jetsaga-engine").await?;
     let subjects = Subjects::new(&config.prefix);
     let js = jetstream::new(client.clone());
@@ -253,6 +254,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         crate::triggers::ApplyGuard::new(js.clone(), subjects.clone());
     let service = api::Api::new(store.clone(), handle.clone())
         .with_environment(config.environment.clone())
+        .with_definition_limits(config.definition_limits())
         .with_triggers(trigger_guard.clone());
     intake_tasks.spawn(crate::triggers::run(
         crate::triggers::Runtime {

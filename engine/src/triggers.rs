@@ -25,8 +25,10 @@
 //!   `<PREFIX>_EVENTS` itself through a second durable consumer,
 //!   `<prefix>-engine-triggers`, filtered on exactly those subjects and
 //!   created to deliver only events published from then on.
-//! - Any other subject under the prefix (starts, tasks, results, the API)
-//!   and a subject another stream already captures are refused when the
+//! - Any other subject under the prefix (starts, tasks, results, the API),
+//!   another installation's lifecycle events (`<other>.event.…`; the
+//!   engine subjects of any prefix are already refused by definition
+//!   validation) and a subject another stream already captures are refused when the
 //!   definition is applied ([`ApplyGuard`], `E-DEF-TRIGGER`): consuming a
 //!   stream the engine does not own could take messages from its owner's
 //!   consumers (work queues) and would tie the engine to its retention.
@@ -144,6 +146,11 @@ pub fn scope(subjects: &Subjects, subject: &str) -> Result<Scope, String> {
     if collide(&format!("{prefix}.>"), subject) {
         return Err(format!(
             "subject `{subject}` overlaps the engine's own subjects under `{prefix}.`; a trigger on the engine's subjects may only name lifecycle events, `{events_base}.<saga>.<type>`"
+        ));
+    }
+    if let Some((other, "event")) = jetsaga_protocol::installation_subject(subject) {
+        return Err(format!(
+            "subject `{subject}` is a lifecycle event of another installation (prefix `{other}`), whose events stream captures it; a trigger may only name this installation's events, `{events_base}.<saga>.<type>`"
         ));
     }
     if subject.starts_with("_INBOX.") || subject == "_INBOX" {
@@ -805,6 +812,17 @@ mod tests {
         for bad in ["jetsaga.start.order", "jetsaga.>", "*.start.x", "_INBOX.x"] {
             assert!(scope(&s, bad).is_err(), "{bad}");
         }
+        // Another installation's lifecycle events are its events stream's.
+        let e = scope(&s, "acme.event.order.saga.completed").unwrap_err();
+        assert!(
+            e.contains("lifecycle event of another installation (prefix `acme`)"),
+            "{e}"
+        );
+        let acme_prod = Subjects::new("acme.prod");
+        assert_eq!(
+            scope(&acme_prod, "acme.prod.event.order.saga.completed"),
+            Ok(Scope::Events)
+        );
         assert_eq!(s.triggers_stream(), "JETSAGA_TRIGGERS");
     }
 

@@ -91,6 +91,7 @@ error_codes! {
     DefTrigger = "E-DEF-TRIGGER", 422, "a trigger's subject or input mapping is invalid";
     DefPolicy = "E-DEF-POLICY", 422, "a saga's `policy` is invalid";
     DefService = "E-DEF-SERVICE", 422, "a service policy under `services:` is invalid";
+    DefTooLarge = "E-DEF-TOO-LARGE", 422, "a definition has more steps, fan-out or bytes than the engine allows";
     DefMany = "E-DEF-MANY", 422, "several definition problems, one per line";
     // Store.
     StoreLocked = "E-STORE-LOCKED", 500, "another process holds the store directory";

@@ -190,6 +190,38 @@ impl Subjects {
     }
 }
 
+/// The token after the prefix in every subject an installation uses:
+/// `<prefix>.task.…`, `.result.…`, `.start.…`, `.api.…`, `.progress.…`,
+/// `.event.…` (see [`Subjects`]).
+pub const SUBJECT_KINDS: &[&str] = &["task", "result", "start", "api", "progress", "event"];
+
+/// Whether `subject` has the shape of a subject of some installation,
+/// whatever its prefix: `<prefix>.<kind>.<more>`, `<kind>` one of
+/// [`SUBJECT_KINDS`] as a literal token (wildcards are not taken for one).
+/// Answers the first such reading: the prefix and the kind.
+///
+/// ```
+/// use jetsaga_protocol::installation_subject;
+/// assert_eq!(installation_subject("jetsaga.task.payments"), Some(("jetsaga", "task")));
+/// assert_eq!(installation_subject("acme.prod.start.>"), Some(("acme.prod", "start")));
+/// assert_eq!(installation_subject("orders.created"), None);
+/// assert_eq!(installation_subject("orders.task"), None); // nothing after the kind
+/// ```
+pub fn installation_subject(subject: &str) -> Option<(&str, &'static str)> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let mut offset = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        if i > 0
+            && i + 1 < tokens.len()
+            && let Some(kind) = SUBJECT_KINDS.iter().find(|k| *k == token)
+        {
+            return Some((&subject[..offset - 1], kind));
+        }
+        offset += token.len() + 1;
+    }
+    None
+}
+
 /// Checks that `prefix` is usable as a subject prefix: one or more tokens of
 /// ASCII letters, digits, `_` and `-`, separated by dots.
 pub fn validate_prefix(prefix: &str) -> Result<(), String> {
@@ -290,6 +322,45 @@ pub fn task_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32) -
 /// `Nats-Msg-Id` of a result message.
 pub fn result_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32) -> String {
     format!("result.{saga_id}.{step_id}.{}.{attempt}", kind.as_str())
+}
+
+/// The attempt a [`result_msg_id`] names: saga id, step id, kind, attempt.
+///
+/// ```
+/// use jetsaga_protocol::{TaskKind, parse_result_msg_id, result_msg_id};
+/// let id = result_msg_id("s-1", "pay", TaskKind::Compensation, 3);
+/// assert_eq!(
+///     parse_result_msg_id(&id),
+///     Some(("s-1".to_string(), "pay".to_string(), TaskKind::Compensation, 3))
+/// );
+/// assert_eq!(parse_result_msg_id("task.s-1.pay.action.1"), None);
+/// ```
+pub fn parse_result_msg_id(id: &str) -> Option<(String, String, TaskKind, u32)> {
+    let mut parts = id.split('.');
+    let (Some("result"), Some(saga_id), Some(step_id), Some(kind), Some(attempt), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let kind = match kind {
+        "action" => TaskKind::Action,
+        "compensation" => TaskKind::Compensation,
+        _ => return None,
+    };
+    if saga_id.is_empty() || step_id.is_empty() {
+        return None;
+    }
+    Some((
+        saga_id.to_string(),
+        step_id.to_string(),
+        kind,
+        attempt.parse().ok()?,
+    ))
 }
 
 /// A unit of work for a worker: run `operation` of `service` for one step of one saga.

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{World, http_exchange};
-use jetsaga_tests::wait_until;
+use jetsaga_tests::{NatsServer, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -365,11 +365,20 @@ async fn subjects_the_engine_cannot_capture_are_refused_at_apply() {
         "{e}"
     );
     assert!(e.contains("captured by stream `SHOP`"), "{e}");
-    let e = apply("jetsaga.start.t").await.unwrap_err().to_string();
-    assert!(
-        e.contains("E-DEF-TRIGGER") && e.contains("lifecycle events"),
-        "{e}"
-    );
+    // Any installation's engine subjects are refused by validation.
+    for subject in ["jetsaga.start.t", "acme.task.payments"] {
+        let bad = jetsaga_core::saga::definition::parse_str(
+            "t.yaml",
+            &format!("sagas:\n  t:\n    triggers:\n      - subject: {subject}\n    steps:\n      - {{id: a, service: echo, operation: echo}}\n"),
+            jetsaga_core::saga::definition::Format::Yaml,
+        )
+        .unwrap_err();
+        assert_eq!(bad.code(), "E-DEF-TRIGGER");
+        assert!(
+            bad.to_string().contains("is a jetsaga engine subject"),
+            "{bad}"
+        );
+    }
     // Not a subject at all: refused by validation, naming the field.
     let bad = jetsaga_core::saga::definition::parse_str(
         "t.yaml",
@@ -404,5 +413,41 @@ async fn subjects_the_engine_cannot_capture_are_refused_at_apply() {
     assert!(
         e.contains("overlaps in part the trigger subject `orders.*.created` of saga `t`"),
         "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_names_the_stream_of_another_installation_that_took_a_subject() {
+    // Another installation's trigger stream captured `jetsaga.task.payments`
+    // (as an engine that did not refuse such a trigger let it).
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ACME_TRIGGERS".into(),
+        subjects: vec!["jetsaga.task.payments".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = jetsaga_tests::run_command(
+        &jetsaga_tests::bin_path("jetsaga"),
+        &[
+            "--nats-url",
+            &nats.url(),
+            "server",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("E-NATS-STREAM: cannot create stream JETSAGA_TASKS: stream ACME_TRIGGERS (of another installation, or made by hand) already captures subject `jetsaga.task.payments`, which overlaps JETSAGA_TASKS's `jetsaga.task.>`")
+            && err.contains("change the trigger that captures `jetsaga.task.payments`")
+            && err.contains("another prefix"),
+        "{err}"
     );
 }

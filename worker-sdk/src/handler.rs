@@ -121,14 +121,30 @@ impl OutputLimit {
         )
     }
 
-    /// `outcome`, or a fatal outcome if it is an output over the limit.
-    fn check(&self, outcome: Outcome) -> Outcome {
-        let Outcome::Ok { output } = &outcome else {
-            return outcome;
-        };
-        let size = json_size(output);
+    /// `outcome`, or a fatal outcome if it is an output over the limit; an
+    /// error's text over the limit is cut to fit (its outcome stays what it
+    /// is), so that the result still fits in a message the engine takes.
+    pub(crate) fn check(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::Ok { output } => self.check_output(output),
+            Outcome::Fatal { error } => Outcome::Fatal {
+                error: self.cap_error(error),
+            },
+            Outcome::Retryable {
+                error,
+                retry_after_ms,
+            } => Outcome::Retryable {
+                error: self.cap_error(error),
+                retry_after_ms,
+            },
+        }
+    }
+
+    /// `Ok` with `output`, or a fatal outcome if it is over the limit.
+    fn check_output(&self, output: serde_json::Value) -> Outcome {
+        let size = json_size(&output);
         if size <= self.bytes {
-            return outcome;
+            return Outcome::Ok { output };
         }
         Outcome::Fatal {
             error: format!(
@@ -137,6 +153,50 @@ impl OutputLimit {
             ),
         }
     }
+
+    /// `error`, or its beginning and a note of the cut if its JSON is larger
+    /// than the limit; the result is at most the limit in bytes of JSON.
+    fn cap_error(&self, error: String) -> String {
+        let size = json_str_size(&error);
+        if size <= self.bytes {
+            return error;
+        }
+        let note = format!(
+            "… [error text cut: it was {size} bytes of JSON, more than the limit of {} ({})]",
+            self.bytes, self.source
+        );
+        // Room for the characters kept: the limit less the quotes and the note.
+        let room = self.bytes.saturating_sub(json_str_size(&note));
+        let mut used = 0;
+        let mut end = 0;
+        for (i, c) in error.char_indices() {
+            used += json_char_size(c);
+            if used > room {
+                break;
+            }
+            end = i + c.len_utf8();
+        }
+        let mut cut = error;
+        cut.truncate(end);
+        if json_str_size(&cut) + json_str_size(&note) - 2 <= self.bytes {
+            cut.push_str(&note);
+        }
+        cut
+    }
+}
+
+/// Bytes of `c` inside a JSON string, as serde_json writes it.
+fn json_char_size(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Bytes of `s` as a JSON string, quotes included.
+fn json_str_size(s: &str) -> usize {
+    2 + s.chars().map(json_char_size).sum::<usize>()
 }
 
 /// Bytes of `value` as JSON, counted without writing them anywhere.
@@ -539,6 +599,69 @@ mod tests {
             OutputLimit::offline(None)
         );
         assert_eq!(OutputLimit::offline(Some(10)).bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_keeps_its_outcome_and_fits_the_limit() {
+        // A handler that repeats an input of the engine's whole max_payload
+        // in its error: the result must still fit, and stay fatal.
+        let input = "x".repeat(crate::protocol::DEFAULT_MAX_PAYLOAD);
+        let w = Worker::builder("inventory")
+            .handler("fail", |_ctx: TaskContext, input: String| async move {
+                Err::<(), _>(StepError::fatal(format!("bad \"input\": {input}")))
+            })
+            .handler("busy", |_ctx: TaskContext, input: String| async move {
+                Err::<(), _>(StepError::retry_after(
+                    format!("busy\n{input}"),
+                    Duration::from_secs(1),
+                ))
+            });
+        let limit = super::DEFAULT_MAX_OUTPUT_BYTES;
+        let out = w
+            .run_one(task(TaskKind::Action, "fail", json!(input)))
+            .await;
+        let Outcome::Fatal { error } = out else {
+            panic!("expected fatal, got {out:?}");
+        };
+        assert!(super::json_str_size(&error) <= limit, "{}", error.len());
+        assert!(error.starts_with("bad \"input\": xxx"), "{}", &error[..40]);
+        assert!(
+            error.ends_with(&format!(
+                "more than the limit of {limit} (the engine's max_payload of 524288 bytes less 16384 for the result envelope)]"
+            )),
+            "{}",
+            &error[error.len() - 200..]
+        );
+        let out = w
+            .run_one(task(TaskKind::Action, "busy", json!(input)))
+            .await;
+        let Outcome::Retryable {
+            error,
+            retry_after_ms,
+        } = out
+        else {
+            panic!("expected retryable, got {out:?}");
+        };
+        assert_eq!(retry_after_ms, Some(1000));
+        assert!(super::json_str_size(&error) <= limit);
+        assert!(error.contains("error text cut"));
+
+        // The worker's own cap applies too; a short error is left alone.
+        let small = super::OutputLimit::offline(Some(100));
+        let Outcome::Fatal { error } = small.check(Outcome::Fatal {
+            error: "\u{1}".repeat(500),
+        }) else {
+            panic!("stays fatal");
+        };
+        assert!(super::json_str_size(&error) <= 100, "{error:?}");
+        assert_eq!(
+            small.check(Outcome::Fatal {
+                error: "short".into()
+            }),
+            Outcome::Fatal {
+                error: "short".into()
+            }
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use jetsaga_core::saga::definition::{DefinitionError, Format};
+use jetsaga_core::saga::definition::{DefinitionError, DefinitionLimits, Format};
 use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::api::{
     AppliedDefinitions, BreakerList, CancelRequest, CancelSagaRequest, DefinitionFile,
@@ -85,6 +85,8 @@ struct HttpState {
     body_limit: usize,
     /// How long a request body may take to arrive.
     body_timeout: Duration,
+    /// The size limits of definitions sent to validate or apply.
+    definition_limits: DefinitionLimits,
     /// The OpenAPI document, rendered once.
     openapi: Bytes,
 }
@@ -171,8 +173,13 @@ fn router(
     let openapi = openapi()
         .to_json()
         .expect("the OpenAPI document encodes as JSON");
+    let definition_limits = api
+        .borrow()
+        .as_ref()
+        .map_or_else(DefinitionLimits::default, Api::definition_limits);
     let state = HttpState {
         api,
+        definition_limits,
         nats,
         shutdown,
         body_limit,
@@ -999,7 +1006,7 @@ async fn apply_definitions(
     State(state): State<HttpState>,
     body: DefinitionsBody,
 ) -> Result<Response, HttpError> {
-    let file = parse_definitions(&body)?;
+    let file = parse_definitions(&body, &state.definition_limits)?;
     let applied = state.api()?.apply(&file.sagas, &file.services).await?;
     Ok(json(StatusCode::OK, &AppliedDefinitions { applied }))
 }
@@ -1087,15 +1094,19 @@ fn service_name(path: Result<Path<String>, PathRejection>) -> Result<String, Htt
         (status = 422, description = "E-INVALID-DEFINITION: every problem in `details`, each with its E-DEF-* code", body = ErrorBody),
     )
 )]
-async fn validate_definitions(body: DefinitionsBody) -> Result<Response, HttpError> {
-    let file = parse_definitions(&body)?;
+async fn validate_definitions(
+    State(state): State<HttpState>,
+    body: DefinitionsBody,
+) -> Result<Response, HttpError> {
+    let file = parse_definitions(&body, &state.definition_limits)?;
     Ok(json(StatusCode::OK, &view::definition_file(&file)))
 }
 
 fn parse_definitions(
     body: &DefinitionsBody,
+    limits: &DefinitionLimits,
 ) -> Result<jetsaga_core::saga::definition::DefinitionFile, HttpError> {
-    Api::validate_definitions(&body.text, body.format)
+    Api::validate_definitions_within(&body.text, body.format, limits)
         .map_err(|e| HttpError::invalid_definitions(&e))
 }
 

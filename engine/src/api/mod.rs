@@ -20,7 +20,7 @@ use async_nats::Message;
 use futures::StreamExt;
 use jetsaga_core::saga::definition::ServicePolicy;
 use jetsaga_core::saga::definition::{
-    self, DefinitionError, DefinitionFile, Format, SagaDefinition,
+    self, DefinitionError, DefinitionFile, DefinitionLimits, Format, SagaDefinition,
 };
 use jetsaga_core::saga::state::{Millis, Saga, SagaStatus};
 use jetsaga_protocol::api::{
@@ -89,6 +89,8 @@ pub struct Api {
     environment: Option<String>,
     /// Checks trigger subjects before an apply, and waits for them after.
     triggers: Option<crate::triggers::ApplyGuard>,
+    /// The size limits applied definitions must keep to.
+    definition_limits: DefinitionLimits,
 }
 
 impl Api {
@@ -99,7 +101,20 @@ impl Api {
             partition,
             environment: None,
             triggers: None,
+            definition_limits: DefinitionLimits::default(),
         }
+    }
+
+    /// Sets the size limits applied definitions must keep to (the engine's
+    /// `max_definition_*`); the defaults otherwise.
+    pub fn with_definition_limits(mut self, limits: DefinitionLimits) -> Self {
+        self.definition_limits = limits;
+        self
+    }
+
+    /// The size limits applied definitions must keep to.
+    pub fn definition_limits(&self) -> DefinitionLimits {
+        self.definition_limits
     }
 
     /// Sets the engine's environment, against which `def.list` evaluates
@@ -312,7 +327,8 @@ impl Api {
         definitions: &[SagaDefinition],
     ) -> Result<Vec<AppliedDefinition>, ApiError> {
         for def in definitions {
-            definition::validate(def).map_err(|e| {
+            definition::validate_within(definition::REQUEST_SOURCE, def, &self.definition_limits)
+                .map_err(|e| {
                 api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
             })?;
         }
@@ -451,12 +467,22 @@ impl Api {
     }
 
     /// Parses and validates a definitions file sent as text (errors name
-    /// the source `request`). Pure: stores nothing, so it needs no engine.
+    /// the source `request`) within the default size limits. Pure: stores
+    /// nothing, so it needs no engine.
     pub fn validate_definitions(
         text: &str,
         format: Format,
     ) -> Result<DefinitionFile, DefinitionError> {
-        definition::parse_str(definition::REQUEST_SOURCE, text, format)
+        Self::validate_definitions_within(text, format, &DefinitionLimits::default())
+    }
+
+    /// Like [`validate_definitions`](Self::validate_definitions), within `limits`.
+    pub fn validate_definitions_within(
+        text: &str,
+        format: Format,
+        limits: &DefinitionLimits,
+    ) -> Result<DefinitionFile, DefinitionError> {
+        definition::parse_str_within(definition::REQUEST_SOURCE, text, format, limits)
     }
 
     /// Reads from the store, to tell that it is open and readable.

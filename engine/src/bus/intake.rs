@@ -4,12 +4,21 @@
 //! the partition, which acknowledges it only once the state change it causes
 //! is durable. Messages that cannot be decoded are acknowledged at once (so
 //! they are not redelivered forever), logged and counted.
+//!
+//! A result over `max_payload` is not read, but its `Nats-Msg-Id` header
+//! (`result.<saga>.<step>.<kind>.<attempt>`, which workers set) still says
+//! which attempt it answers: that attempt then fails as `fatal`, with an
+//! error saying the result was too large ([`oversized_failure`]), as an
+//! output too large to carry does in the SDK. Counted as `oversized` either
+//! way; without the header the result is dropped.
 
 use crate::crash_points;
 use crate::metrics::reject;
 use crate::partition::{Command, PartitionHandle, StartCommand};
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use jetsaga_protocol::{HEADER_MSG_ID, StartRequest, TaskResult};
+use jetsaga_protocol::{
+    HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, StartRequest, TaskResult, parse_result_msg_id,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Which stream a consumer reads.
@@ -71,7 +80,33 @@ async fn decode(
             prefix_tokens,
         ) {
             Ok(result) => Some(Command::Result { result, msg }),
-            Err((reason, detail)) => drop_message(source, msg, reason, &detail).await,
+            Err((reason, detail)) => {
+                let failure = (reason == OVERSIZED)
+                    .then(|| {
+                        oversized_failure(
+                            msg.subject.as_str(),
+                            header(&msg, HEADER_MSG_ID).as_deref(),
+                            header(&msg, HEADER_SAGA_ID).as_deref(),
+                            msg.payload.len(),
+                            max_payload,
+                        )
+                    })
+                    .flatten();
+                match failure {
+                    Some(result) => {
+                        reject(source.label(), reason, &detail);
+                        tracing::warn!(
+                            saga_id = %result.saga_id,
+                            step = %result.step_id,
+                            kind = %result.kind,
+                            attempt = result.attempt,
+                            "{detail}; failing that attempt as fatal"
+                        );
+                        Some(Command::Result { result, msg })
+                    }
+                    None => drop_message(source, msg, reason, &detail).await,
+                }
+            }
         },
         Source::Starts => {
             let msg_id = header(&msg, HEADER_MSG_ID);
@@ -118,6 +153,40 @@ pub(crate) fn stream_position(msg: &jetstream::Message) -> Option<String> {
         .map(|i| format!("{}:{}", i.stream, i.stream_sequence))
 }
 
+/// The reason a payload over `max_payload` is counted under.
+const OVERSIZED: &str = "oversized";
+
+/// The fatal failure of the attempt an oversized result answers, when its
+/// `Nats-Msg-Id` (`msg_id`) names one and agrees with its `Jetsaga-Saga-Id`
+/// (`saga_header`, when present); the service is the subject's last token.
+pub(crate) fn oversized_failure(
+    subject: &str,
+    msg_id: Option<&str>,
+    saga_header: Option<&str>,
+    size: usize,
+    max_payload: usize,
+) -> Option<TaskResult> {
+    let (saga_id, step_id, kind, attempt) = parse_result_msg_id(msg_id?)?;
+    if saga_header.is_some_and(|s| s != saga_id) {
+        return None;
+    }
+    let service = subject.rsplit('.').next()?.to_string();
+    Some(TaskResult {
+        saga_id,
+        step_id,
+        kind,
+        attempt,
+        service,
+        outcome: Outcome::Fatal {
+            error: format!(
+                "the worker's result was {size} bytes, over the engine's max_payload of {max_payload}, so the engine could not read it and failed the attempt; keep outputs and error texts smaller (store large data elsewhere and return a reference), or raise max_payload"
+            ),
+        },
+        replayed: false,
+        worker: String::new(),
+    })
+}
+
 /// Refuses a payload over `max_payload` bytes.
 pub(crate) fn check_size(
     subject: &str,
@@ -126,7 +195,7 @@ pub(crate) fn check_size(
 ) -> Result<(), Rejection> {
     if payload.len() > max_payload {
         return Err((
-            "oversized",
+            OVERSIZED,
             format!(
                 "{} bytes on {subject}, over max_payload {max_payload}",
                 payload.len()
@@ -539,5 +608,53 @@ mod tests {
             assert_eq!(reason, "malformed");
             assert!(detail.contains("is not <prefix>.start.<saga>"), "{detail}");
         }
+    }
+
+    #[test]
+    fn an_oversized_result_that_names_its_attempt_fails_it_as_fatal() {
+        let id = jetsaga_protocol::result_msg_id("s-1", "pay", TaskKind::Action, 2);
+        let result = oversized_failure(
+            "acme.prod.result.payments",
+            Some(&id),
+            Some("s-1"),
+            9000,
+            4096,
+        )
+        .expect("the header names the attempt");
+        assert_eq!(
+            (
+                result.saga_id.as_str(),
+                result.step_id.as_str(),
+                result.kind,
+                result.attempt
+            ),
+            ("s-1", "pay", TaskKind::Action, 2)
+        );
+        assert_eq!(result.service, "payments");
+        assert!(!result.replayed);
+        let Outcome::Fatal { error } = &result.outcome else {
+            panic!("fatal: {result:?}");
+        };
+        assert!(
+            error.starts_with(
+                "the worker's result was 9000 bytes, over the engine's max_payload of 4096"
+            ),
+            "{error}"
+        );
+        // Without the header the attempt is unknown, and a saga header that
+        // disagrees makes the header untrustworthy: dropped as before.
+        assert_eq!(
+            oversized_failure("jetsaga.result.p", None, Some("s-1"), 9000, 4096),
+            None
+        );
+        assert_eq!(
+            oversized_failure("jetsaga.result.p", Some(&id), Some("s-2"), 9000, 4096),
+            None
+        );
+        assert_eq!(
+            oversized_failure("jetsaga.result.p", Some("junk"), None, 9000, 4096),
+            None
+        );
+        assert!(oversized_failure("jetsaga.result.p", Some(&id), None, 9000, 4096).is_some());
     }
 }

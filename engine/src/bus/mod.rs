@@ -23,6 +23,23 @@ pub enum BusError {
         /// Cause.
         source: jetstream::context::CreateStreamError,
     },
+    /// Another stream already captures a subject of a stream the engine
+    /// creates: typically the trigger stream of another installation that
+    /// took one of this installation's subjects.
+    #[error(
+        "{code}: cannot create stream {stream}: stream {other} (of another installation, or made by hand) already captures subject `{other_subject}`, which overlaps {stream}'s `{subject}`, and JetStream keeps each subject in one stream; change the trigger that captures `{other_subject}` (and apply that installation's definitions again), or give one installation another prefix",
+        code = ErrorCode::NatsStream
+    )]
+    Overlap {
+        /// The stream the engine creates.
+        stream: String,
+        /// Its subject the other stream overlaps.
+        subject: String,
+        /// The other stream.
+        other: String,
+        /// The other stream's subject.
+        other_subject: String,
+    },
     /// A stream could not be looked up.
     #[error("{code}: cannot find stream {stream}: {source}", code = ErrorCode::NatsStream)]
     GetStream {
@@ -131,13 +148,47 @@ pub(crate) async fn create_stream(
     config: stream::Config,
 ) -> Result<(), BusError> {
     let name = config.name.clone();
-    js.create_or_update_stream(config)
-        .await
-        .map(drop)
-        .map_err(|source| BusError::Stream {
-            stream: name,
-            source,
-        })
+    let subjects = config.subjects.clone();
+    match js.create_or_update_stream(config).await {
+        Ok(_) => Ok(()),
+        Err(source) => Err(match overlapping_stream(js, &name, &subjects).await {
+            Some((subject, other, other_subject)) => BusError::Overlap {
+                stream: name,
+                subject,
+                other,
+                other_subject,
+            },
+            None => BusError::Stream {
+                stream: name,
+                source,
+            },
+        }),
+    }
+}
+
+/// The first stream other than `own` with a subject that overlaps one of
+/// `subjects`: (our subject, that stream, its subject). Best effort: `None`
+/// when the streams cannot be listed.
+async fn overlapping_stream(
+    js: &jetstream::Context,
+    own: &str,
+    subjects: &[String],
+) -> Option<(String, String, String)> {
+    let mut streams = js.streams();
+    while let Some(Ok(info)) = streams.next().await {
+        if info.config.name == own {
+            continue;
+        }
+        for theirs in &info.config.subjects {
+            if let Some(ours) = subjects
+                .iter()
+                .find(|ours| crate::triggers::collide(ours, theirs))
+            {
+                return Some((ours.clone(), info.config.name.clone(), theirs.clone()));
+            }
+        }
+    }
+    None
 }
 
 /// The settings of the engine's durable pull consumers: explicit acks,

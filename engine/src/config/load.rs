@@ -43,6 +43,12 @@ pub struct Layer {
     pub batch_size: Option<usize>,
     /// `max_running_sagas`: a count, `0` for unlimited.
     pub max_running_sagas: Option<u32>,
+    /// `max_definition_steps`.
+    pub max_definition_steps: Option<usize>,
+    /// `max_definition_fan_out`.
+    pub max_definition_fan_out: Option<usize>,
+    /// `max_definition_bytes`.
+    pub max_definition_bytes: Option<usize>,
     /// `replicas`.
     pub replicas: Option<usize>,
     /// `retention`: a duration, or `off`.
@@ -234,6 +240,9 @@ impl Layer {
             ack_wait: env.parse_with("ack_wait", duration)?,
             batch_size: env.parse("batch_size")?,
             max_running_sagas: env.parse("max_running_sagas")?,
+            max_definition_steps: env.parse("max_definition_steps")?,
+            max_definition_fan_out: env.parse("max_definition_fan_out")?,
+            max_definition_bytes: env.parse("max_definition_bytes")?,
             replicas: env.parse("replicas")?,
             retention: env.parse("retention")?,
             http_listen: env.string("http_listen"),
@@ -343,6 +352,21 @@ impl Layer {
             "max_running_sagas",
             config.max_running_sagas,
             self.max_running_sagas.map(|n| (n > 0).then_some(n))
+        );
+        set!(
+            "max_definition_steps",
+            config.max_definition_steps,
+            self.max_definition_steps
+        );
+        set!(
+            "max_definition_fan_out",
+            config.max_definition_fan_out,
+            self.max_definition_fan_out
+        );
+        set!(
+            "max_definition_bytes",
+            config.max_definition_bytes,
+            self.max_definition_bytes
         );
         set!("replicas", config.replicas, self.replicas);
         set!("retention", config.retention, self.retention);

@@ -35,9 +35,13 @@ fn sample(key: &str, which: u8) -> String {
             format!("{}s", 30 + which)
         }
         "retention" => format!("{}h", 1 + which),
-        "batch_size" | "replicas" | "max_running_sagas" | "http_max_connections" => {
-            format!("{}", 2 + which)
-        }
+        "batch_size"
+        | "replicas"
+        | "max_running_sagas"
+        | "http_max_connections"
+        | "max_definition_steps"
+        | "max_definition_fan_out"
+        | "max_definition_bytes" => format!("{}", 2 + which),
         "http_listen" => format!("127.0.0.1:{}", 9000 + u32::from(which)),
         "log_format" => "json".into(),
         "log" => format!("debug,x{which}=trace"),
@@ -121,7 +125,10 @@ fn every_key_can_be_set_in_a_file() {
             | "batch_size"
             | "replicas"
             | "max_running_sagas"
-            | "http_max_connections" => value,
+            | "http_max_connections"
+            | "max_definition_steps"
+            | "max_definition_fan_out"
+            | "max_definition_bytes" => value,
             _ => format!("{value:?}"),
         };
         // Flow mappings, one line per key: `{nats: {tls: {ca: "x"}}}`.

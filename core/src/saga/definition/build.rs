@@ -14,13 +14,16 @@ use super::validate::{
     check_step_names, check_token, cycle_error, duplicate_step, find_cycle, invalid_limit,
     no_steps, step_label,
 };
-use super::{DEFAULT_STEP_TIMEOUT, DefinitionFile, SagaDefinition, StepDefinition};
+use super::{
+    DEFAULT_STEP_TIMEOUT, DefinitionFile, DefinitionLimits, SagaDefinition, StepDefinition,
+};
 
 /// Builds and checks every saga and service policy of a parsed file,
 /// reporting all problems at once.
 pub(super) fn build_file(
     source_name: &str,
     raw: RawFile,
+    limits: &DefinitionLimits,
 ) -> Result<DefinitionFile, DefinitionError> {
     let mut errs = Vec::new();
     let file = Place::new(source_name);
@@ -35,7 +38,8 @@ pub(super) fn build_file(
     }
     let mut sagas = Vec::new();
     for (name, raw_saga) in raw.sagas.0 {
-        if let Some(saga) = build_saga(&file.saga(&name), name, raw_saga, &retry, &mut errs) {
+        if let Some(saga) = build_saga(&file.saga(&name), name, raw_saga, &retry, limits, &mut errs)
+        {
             sagas.push(saga);
         }
     }
@@ -51,6 +55,7 @@ fn build_saga(
     name: String,
     raw: RawSaga,
     retry: &RetryContext,
+    limits: &DefinitionLimits,
     errs: &mut Vec<DefinitionError>,
 ) -> Option<SagaDefinition> {
     let before = errs.len();
@@ -132,6 +137,7 @@ fn build_saga(
     if let Some(cycle) = find_cycle(&deps) {
         errs.push(cycle_error(saga, &cycle, &labels));
     }
+    limits.check_saga(saga, &deps, &labels, errs);
     let triggers = build_triggers(raw.triggers);
     let policy = build_saga_policy(saga, raw.policy, errs);
     check_triggers(saga, &triggers, errs);

@@ -239,6 +239,15 @@ pub enum DefinitionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A definition is over one of its size limits (`E-DEF-TOO-LARGE`):
+    /// steps per saga, fan-out, or file size ([`DefinitionLimits`](super::DefinitionLimits)).
+    #[error("{place}: {reason}")]
+    TooLarge {
+        /// Where (the file, the saga's `steps`, or a step).
+        place: Box<Place>,
+        /// Which limit, and the value over it.
+        reason: String,
+    },
     /// A service policy under `services:` is invalid (`E-DEF-SERVICE`).
     #[error(
         "{source_name}: service `{}`: field `{field}`: {reason}",
@@ -302,6 +311,7 @@ impl DefinitionError {
             DefinitionError::InvalidSagaPolicy { .. } => ErrorCode::DefPolicy,
             DefinitionError::InvalidLimit { .. } => ErrorCode::DefLimit,
             DefinitionError::InvalidService { .. } => ErrorCode::DefService,
+            DefinitionError::TooLarge { .. } => ErrorCode::DefTooLarge,
             DefinitionError::Many(_) => ErrorCode::DefMany,
         }
     }
@@ -329,7 +339,8 @@ impl DefinitionError {
             | DefinitionError::Cycle { place, .. }
             | DefinitionError::InvalidTrigger { place, .. }
             | DefinitionError::InvalidSagaPolicy { place, .. }
-            | DefinitionError::InvalidLimit { place, .. } => Some(place.as_ref()),
+            | DefinitionError::InvalidLimit { place, .. }
+            | DefinitionError::TooLarge { place, .. } => Some(place.as_ref()),
             DefinitionError::Io { .. }
             | DefinitionError::Parse { .. }
             | DefinitionError::InvalidService { .. }

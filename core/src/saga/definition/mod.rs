@@ -50,20 +50,22 @@
 //! | `E-DEF-DUPLICATE-STEP` | two steps of a saga share an id |
 //! | `E-DEF-UNKNOWN-DEPENDENCY` | `depends_on` names a step that does not exist |
 //! | `E-DEF-CYCLE` | the dependencies form a cycle (a step depending on itself included) |
-//! | `E-DEF-TRIGGER` | a trigger's subject is not a valid NATS subject, is repeated, or its `input` mapping has an empty field name or an invalid JSON pointer / dotted path |
+//! | `E-DEF-TRIGGER` | a trigger's subject is not a valid NATS subject, a system subject or inbox, a subject of any installation's engine (`<prefix>.task.…`), is repeated, or its `input` mapping has an empty field name or an invalid JSON pointer / dotted path |
 //! | `E-DEF-POLICY` | a saga `policy` lists no environment, an invalid one, or one twice |
 //! | `E-DEF-LIMIT` | `max_running` is not a positive whole number |
 //! | `E-DEF-SERVICE` | a service policy under `services:` is invalid (see [`ServicePolicy`]) |
+//! | `E-DEF-TOO-LARGE` | a saga has more steps, or a fan-out wider, than [`DefinitionLimits`] allow, or the file is larger |
 //! | `E-DEF-MANY` | several of the above; see [`DefinitionError::errors`] |
 //!
 //! The model is defined here; the rest is split by concern: `parse` (text
 //! to the raw serde shape), `build` (raw shape to model), `validate` (checks
-//! shared with re-validation), `duration`, `retry`, `trigger`, `policy` (a
+//! shared with re-validation), `limits` (size limits), `duration`, `retry`, `trigger`, `policy` (a
 //! saga's `policy`), `service` (`services:`) and `error`.
 
 mod build;
 mod duration;
 mod error;
+mod limits;
 mod parse;
 mod policy;
 mod retry;
@@ -76,7 +78,10 @@ mod tests;
 
 pub use duration::MAX_DURATION;
 pub use error::{DefinitionError, Place};
-pub use parse::{Format, parse_file, parse_str, yaml_options};
+pub use limits::{
+    DEFAULT_MAX_FAN_OUT, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_STEPS, DefinitionLimits,
+};
+pub use parse::{Format, parse_file, parse_file_within, parse_str, parse_str_within, yaml_options};
 pub use policy::SagaPolicy;
 pub use retry::{DEFAULT_POLICY_NAME, MIN_RETRY_DELAY, RetryPolicy};
 pub use service::{
@@ -84,7 +89,7 @@ pub use service::{
     ServicePolicy, validate_services,
 };
 pub use trigger::{Trigger, input_pointer, validate_trigger_subject};
-pub use validate::{validate, validate_in};
+pub use validate::{validate, validate_in, validate_within};
 
 use duration::humantime_millis;
 use serde::{Deserialize, Serialize};

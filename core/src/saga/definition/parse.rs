@@ -7,7 +7,6 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::path::Path;
 
-use super::DefinitionFile;
 use super::build::build_file;
 use super::duration::RawDuration;
 use super::error::{DefinitionError, Escaped};
@@ -15,6 +14,7 @@ use super::policy::RawSagaPolicy;
 use super::retry::{RawPolicy, RawRetry};
 use super::service::RawService;
 use super::trigger::RawTrigger;
+use super::{DefinitionFile, DefinitionLimits};
 
 /// Syntax of a definition file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,13 +50,36 @@ impl Format {
 /// Reads, parses and validates the definition file at `path`.
 ///
 /// The format follows the extension (`.yaml`, `.yml`, `.json`); any other
-/// file is sniffed with [`Format::sniff`]. Errors name the file as `path` displays.
+/// file is sniffed with [`Format::sniff`]. Errors name the file as `path`
+/// displays. Applies the default [`DefinitionLimits`].
 pub fn parse_file(path: &Path) -> Result<DefinitionFile, DefinitionError> {
+    parse_file_within(path, &DefinitionLimits::default())
+}
+
+/// Like [`parse_file`], refusing what is over `limits` (`E-DEF-TOO-LARGE`);
+/// a file over the size limit is not read past it.
+pub fn parse_file_within(
+    path: &Path,
+    limits: &DefinitionLimits,
+) -> Result<DefinitionFile, DefinitionError> {
+    use std::io::Read;
     let source_name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|error| DefinitionError::Io {
+    let io = |error| DefinitionError::Io {
         source_name: source_name.clone(),
         error,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(limits.max_file_bytes as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(io)?;
+    if bytes.len() > limits.max_file_bytes {
+        // Name the file's whole size, not the prefix read.
+        let len = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
+        limits.check_file(&source_name, len.max(bytes.len()))?;
+    }
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
         Err(e) => {
@@ -76,22 +99,34 @@ pub fn parse_file(path: &Path) -> Result<DefinitionFile, DefinitionError> {
         }
     };
     let format = Format::from_path(path).unwrap_or_else(|| Format::sniff(text));
-    parse_str(&source_name, text, format)
+    parse_str_within(&source_name, text, format, limits)
 }
 
 /// Parses and validates definition `text` in `format`; `source_name` (a file
-/// name, say) prefixes every error message.
+/// name, say) prefixes every error message. Applies the default [`DefinitionLimits`].
 pub fn parse_str(
     source_name: &str,
     text: &str,
     format: Format,
 ) -> Result<DefinitionFile, DefinitionError> {
+    parse_str_within(source_name, text, format, &DefinitionLimits::default())
+}
+
+/// Like [`parse_str`], refusing what is over `limits` (`E-DEF-TOO-LARGE`);
+/// text over the size limit is not parsed.
+pub fn parse_str_within(
+    source_name: &str,
+    text: &str,
+    format: Format,
+    limits: &DefinitionLimits,
+) -> Result<DefinitionFile, DefinitionError> {
+    limits.check_file(source_name, text.len())?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw = match format {
         Format::Yaml => parse_yaml(source_name, text)?,
         Format::Json => parse_json(source_name, text)?,
     };
-    build_file(source_name, raw)
+    build_file(source_name, raw, limits)
 }
 
 #[derive(Debug, Deserialize)]

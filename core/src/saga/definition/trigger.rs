@@ -39,7 +39,12 @@ pub(super) fn build_triggers(raw: Vec<RawTrigger>) -> Vec<Trigger> {
 
 /// Checks that `subject` is a NATS subject a trigger may listen on: dot
 /// separated non-empty tokens without whitespace, `*` and `>` only as whole
-/// tokens, `>` only last, not a `$` system subject, not `>` alone.
+/// tokens, `>` only last, not a `$` system subject (`$JS.`, `$KV.`, …), not
+/// a reply inbox (`_INBOX.`), not `>` alone, and not a subject of any
+/// installation's engine (`<prefix>.task.…`, `.result.…`, `.start.…`,
+/// `.api.…`, `.progress.…`), whose streams capture or serve it. Lifecycle
+/// events (`<prefix>.event.…`) pass here: the engine checks them against
+/// its own prefix when the definition is applied.
 pub fn validate_trigger_subject(subject: &str) -> Result<(), String> {
     if subject.is_empty() {
         return Err("the subject is empty".into());
@@ -58,6 +63,12 @@ pub fn validate_trigger_subject(subject: &str) -> Result<(), String> {
     }
     if subject == ">" {
         return Err("`>` alone would capture every message; name the subjects".into());
+    }
+    if subject == "_INBOX" || subject.starts_with("_INBOX.") {
+        return Err(format!(
+            "`{}` is a reply inbox; triggers listen on application subjects",
+            Escaped(subject)
+        ));
     }
     let tokens: Vec<&str> = subject.split('.').collect();
     for (i, token) in tokens.iter().enumerate() {
@@ -82,6 +93,15 @@ pub fn validate_trigger_subject(subject: &str) -> Result<(), String> {
                 Escaped(subject)
             ));
         }
+    }
+    if let Some((prefix, kind)) = jetsaga_protocol::installation_subject(subject)
+        && kind != "event"
+    {
+        return Err(format!(
+            "`{}` is a jetsaga engine subject (the {kind} subjects of an installation with prefix `{}`), which that installation's streams capture; a trigger there would break it. Trigger on an application subject (one without a `{kind}` token after the first)",
+            Escaped(subject),
+            Escaped(prefix)
+        ));
     }
     Ok(())
 }

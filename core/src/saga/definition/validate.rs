@@ -9,7 +9,7 @@ use super::error::{DefinitionError, Place};
 use super::policy::check_saga_policy;
 use super::retry::check_policy;
 use super::trigger::check_triggers;
-use super::{REQUEST_SOURCE, SagaDefinition};
+use super::{DefinitionLimits, REQUEST_SOURCE, SagaDefinition};
 
 /// Re-validates a definition that arrived already built (for example in a
 /// request to the engine); errors name the source `request`.
@@ -17,13 +17,22 @@ use super::{REQUEST_SOURCE, SagaDefinition};
 /// Checks everything file validation checks that survives in the built
 /// shape: names are tokens, at least one step, unique step ids, durations
 /// positive and at most [`MAX_DURATION`](super::MAX_DURATION), retry policies in range,
-/// dependencies in range and acyclic.
+/// dependencies in range and acyclic, and the default [`DefinitionLimits`].
 pub fn validate(def: &SagaDefinition) -> Result<(), DefinitionError> {
     validate_in(REQUEST_SOURCE, def)
 }
 
 /// Like [`validate`], with errors naming `source_name`.
 pub fn validate_in(source_name: &str, def: &SagaDefinition) -> Result<(), DefinitionError> {
+    validate_within(source_name, def, &DefinitionLimits::default())
+}
+
+/// Like [`validate_in`], refusing a definition over `limits` (`E-DEF-TOO-LARGE`).
+pub fn validate_within(
+    source_name: &str,
+    def: &SagaDefinition,
+    limits: &DefinitionLimits,
+) -> Result<(), DefinitionError> {
     let mut errs = Vec::new();
     let saga = Place::new(source_name).saga(&def.name);
     check_token(&saga, "saga name", &def.name, &mut errs);
@@ -71,6 +80,7 @@ pub fn validate_in(source_name: &str, def: &SagaDefinition) -> Result<(), Defini
     if let Some(cycle) = find_cycle(&deps) {
         errs.push(cycle_error(&saga, &cycle, &labels));
     }
+    limits.check_saga(&saga, &deps, &labels, &mut errs);
     check_triggers(&saga, &def.triggers, &mut errs);
     check_saga_policy(&saga, &def.policy, &mut errs);
     if def.max_running == Some(0) {

@@ -4,9 +4,11 @@
 mod build;
 mod duration;
 mod fuzz;
+mod limits;
 mod parse;
 mod retry;
 mod service;
+mod trigger;
 mod validate;
 
 use super::*;

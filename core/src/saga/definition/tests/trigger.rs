@@ -1,0 +1,71 @@
+//! Trigger subjects that would capture an installation's own subjects.
+
+use super::*;
+
+fn with_trigger(subject: &str) -> Result<DefinitionFile, DefinitionError> {
+    yaml(&format!(
+        "sagas:\n  s:\n    triggers:\n      - subject: '{subject}'\n    steps:\n      - {{id: a, service: svc, operation: op}}\n"
+    ))
+}
+
+#[test]
+fn any_installations_engine_subjects_are_refused() {
+    for (subject, prefix, kind) in [
+        ("jetsaga.task.payments", "jetsaga", "task"),
+        ("acme.result.payments", "acme", "result"),
+        ("acme.prod.start.>", "acme.prod", "start"),
+        ("jetsaga.api.saga.start", "jetsaga", "api"),
+        ("other.progress.*", "other", "progress"),
+    ] {
+        let e = with_trigger(subject).unwrap_err();
+        assert_eq!(e.code(), "E-DEF-TRIGGER", "{subject}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "bad.yaml: saga `s`: field `triggers[0].subject`: `{subject}` is a jetsaga engine subject (the {kind} subjects of an installation with prefix `{prefix}`), which that installation's streams capture; a trigger there would break it. Trigger on an application subject (one without a `{kind}` token after the first)"
+            )
+        );
+    }
+}
+
+#[test]
+fn system_subjects_and_inboxes_are_refused() {
+    for (subject, why) in [
+        ("$JS.API.STREAM.NAMES", "system subject"),
+        ("$KV.bucket.key", "system subject"),
+        ("_INBOX.abc", "reply inbox"),
+        ("_INBOX", "reply inbox"),
+    ] {
+        let e = with_trigger(subject).unwrap_err();
+        assert_eq!(e.code(), "E-DEF-TRIGGER", "{subject}");
+        assert!(e.to_string().contains(why), "{subject}: {e}");
+    }
+}
+
+#[test]
+fn application_subjects_and_lifecycle_events_pass() {
+    // Lifecycle events pass here; the engine checks their prefix on apply.
+    for subject in [
+        "orders.created",
+        "orders.*.created",
+        "orders.>",
+        "stock.low.*",
+        "shop.task",
+        "task.created",
+        "jetsaga.event.order.saga.completed",
+    ] {
+        assert!(with_trigger(subject).is_ok(), "{subject}");
+    }
+}
+
+#[test]
+fn built_definitions_are_checked_too() {
+    let mut def = built();
+    def.triggers = vec![Trigger {
+        subject: "jetsaga.start.x".into(),
+        input: None,
+    }];
+    let e = validate(&def).unwrap_err();
+    assert_eq!(e.code(), "E-DEF-TRIGGER");
+    assert!(e.to_string().contains("is a jetsaga engine subject"), "{e}");
+}
