@@ -60,6 +60,7 @@ use crate::metrics::reject;
 use crate::partition::{Command, PartitionHandle, StartCommand, api_error};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use jetsaga_core::saga::definition::{SagaDefinition, Trigger, input_pointer};
+use jetsaga_protocol::pattern::{collide, covers, overlap_in_part, reduce};
 use jetsaga_protocol::{ApiError, ErrorCode, HEADER_MSG_ID, Subjects};
 use jetsaga_store::DefinitionTable;
 use serde_json::Value;
@@ -74,56 +75,6 @@ pub const TRIGGERED_STARTS: &str = "engine_triggered_starts_total";
 
 /// Longest idempotency key the engine accepts.
 const MAX_KEY: usize = 256;
-
-// ---------------------------------------------------------------------------
-// Subjects
-// ---------------------------------------------------------------------------
-
-/// Whether every subject `inner` matches is matched by `outer` too.
-pub fn covers(outer: &str, inner: &str) -> bool {
-    let (mut o, mut i) = (outer.split('.'), inner.split('.'));
-    loop {
-        match (o.next(), i.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(t)) if t != ">" => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether some subject matches both patterns.
-pub fn collide(a: &str, b: &str) -> bool {
-    let (mut x, mut y) = (a.split('.'), b.split('.'));
-    loop {
-        match (x.next(), y.next()) {
-            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
-            (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
-            (Some(p), Some(q)) if p == q => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether some subject matches both patterns while neither covers the
-/// other (`a.*.c`, `a.b.*`): JetStream refuses such a pair in one stream.
-pub fn overlap_in_part(a: &str, b: &str) -> bool {
-    collide(a, b) && !covers(a, b) && !covers(b, a)
-}
-
-/// `subjects` without duplicates and without those another one covers,
-/// sorted: what a stream or a consumer filter may list.
-pub fn reduce(subjects: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut all: Vec<String> = subjects.into_iter().collect();
-    all.sort();
-    all.dedup();
-    all.iter()
-        .filter(|s| !all.iter().any(|o| o != *s && covers(o, s)))
-        .cloned()
-        .collect()
-}
 
 /// Where a trigger subject's messages are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -778,27 +729,6 @@ async fn handle(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn subjects_match_cover_and_collide() {
-        assert!(covers("orders.created", "orders.created"));
-        assert!(covers("orders.*", "orders.created"));
-        assert!(covers("orders.>", "orders.eu.created"));
-        assert!(!covers("orders.>", "orders"));
-        assert!(!covers("orders.*", "orders.eu.created"));
-        assert!(covers("orders.>", "orders.*"));
-        assert!(covers("orders.*", "orders.created"));
-        assert!(!covers("orders.*", "orders.>"));
-        assert!(collide("orders.*.x", "orders.eu.*"));
-        assert!(!collide("orders.a", "orders.b"));
-        assert!(!collide("orders.>", "orders"));
-        assert!(overlap_in_part("orders.*.x", "orders.eu.*"));
-        assert!(!overlap_in_part("orders.>", "orders.eu.*"));
-        assert_eq!(
-            reduce(["a.b".into(), "a.*".into(), "c".into(), "a.*".into()]),
-            vec!["a.*".to_string(), "c".to_string()]
-        );
-    }
 
     #[test]
     fn scopes() {

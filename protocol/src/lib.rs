@@ -11,6 +11,7 @@
 pub mod api;
 pub mod error_code;
 pub mod op;
+pub mod pattern;
 pub mod telemetry;
 pub mod trace_context;
 

@@ -182,7 +182,7 @@ async fn overlapping_stream(
         for theirs in &info.config.subjects {
             if let Some(ours) = subjects
                 .iter()
-                .find(|ours| crate::triggers::collide(ours, theirs))
+                .find(|ours| jetsaga_protocol::pattern::collide(ours, theirs))
             {
                 return Some((ours.clone(), info.config.name.clone(), theirs.clone()));
             }
