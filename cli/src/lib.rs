@@ -89,7 +89,7 @@ pub enum Command {
     Saga(SagaCommand),
     /// Service circuit breakers and in-flight limits (`services:` in a
     /// definitions file).
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "circuit-breaker")]
     Breaker(BreakerCommand),
     /// The configuration.
     #[command(subcommand)]
@@ -147,18 +147,48 @@ pub enum EventsCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Publish DATA on SUBJECT (core NATS, any subject).
+    /// Print the last events the lifecycle events stream keeps, oldest
+    /// first, and exit (`tail` follows new ones instead).
+    Log {
+        /// How many of the newest events to print.
+        #[arg(long = "tail", value_name = "N", default_value_t = 100)]
+        last: u64,
+    },
+    /// Publish DATA on SUBJECT (core NATS, any subject); or, with --type
+    /// and --source, a CloudEvent of that type on the subject named by the
+    /// type (unless SUBJECT is given), its `data` the JSON of DATA or
+    /// --data.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["subject", "type_"])))]
     Publish {
         /// Subject.
-        subject: String,
+        subject: Option<String>,
         /// Message body, or @FILE to read it from a file.
-        data: String,
+        #[arg(conflicts_with = "data_flag", required_unless_present_any = ["type_", "data_flag"])]
+        data: Option<String>,
+        /// Publish a CloudEvent of this type, e.g. `environment.lifecycle.created`.
+        #[arg(long = "type", value_name = "TYPE", requires = "source")]
+        type_: Option<String>,
+        /// The CloudEvent's source, e.g. the publishing service's name.
+        #[arg(long, value_name = "SOURCE", requires = "type_")]
+        source: Option<String>,
+        /// The message body (same as DATA), or @FILE.
+        #[arg(long = "data", value_name = "DATA")]
+        data_flag: Option<String>,
     },
-    /// Print every message on SUBJECT (core NATS, wildcards allowed) until
-    /// interrupted.
+    /// Print every message on SUBJECT or on each --channels subject (core
+    /// NATS, wildcards allowed) until interrupted.
+    #[command(group(clap::ArgGroup::new("subjects").required(true).args(["subject", "channels"])))]
     Subscribe {
         /// Subject.
-        subject: String,
+        subject: Option<String>,
+        /// Subjects, comma separated or repeated, e.g. 'environment.lifecycle.*'.
+        #[arg(
+            long,
+            value_name = "SUBJECT",
+            value_delimiter = ',',
+            conflicts_with = "subject"
+        )]
+        channels: Vec<String>,
     },
 }
 
@@ -314,13 +344,25 @@ pub enum BreakerCommand {
     Reset {
         /// Service name.
         name: String,
+        /// The state to put the breaker in; `closed` is what `reset` does
+        /// without it.
+        #[arg(long, value_enum, value_name = "STATE")]
+        force_state: Option<ForcedState>,
     },
+}
+
+/// A state `breaker reset --force-state` puts a breaker in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForcedState {
+    /// Closed: tasks pass, held ones are released in order.
+    Closed,
 }
 
 /// `jetsaga saga ...`.
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
     /// Start a saga; prints its id.
+    #[command(visible_alias = "execute")]
     Start {
         /// Definition name.
         name: String,
@@ -652,6 +694,44 @@ fn events_filter(prefix: &str, saga: Option<&str>, type_: Option<&str>) -> Strin
     }
 }
 
+/// Prints one message of the lifecycle events stream: the CloudEvent's
+/// line, or its JSON.
+fn print_event(output: Output, subject: &str, payload: &[u8]) {
+    match output {
+        Output::Json => println!("{}", String::from_utf8_lossy(payload)),
+        Output::Table => {
+            match serde_json::from_slice::<jetsaga_engine::events::CloudEvent>(payload) {
+                Ok(ce) => println!("{}", event_line(&ce)),
+                Err(_) => println!("{subject} {}", String::from_utf8_lossy(payload)),
+            }
+        }
+    }
+}
+
+/// The CloudEvent `events publish --type --source` sends: `data` is the
+/// body's JSON, or the body as a string (`text/plain`) when it is not JSON.
+fn cloud_event(type_: &str, source: &str, body: Option<&[u8]>) -> serde_json::Value {
+    let mut event = serde_json::json!({
+        "specversion": "1.0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "source": source,
+        "type": type_,
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    });
+    if let Some(body) = body {
+        let (content_type, data) = match serde_json::from_slice(body) {
+            Ok(json) => ("application/json", json),
+            Err(_) => (
+                "text/plain",
+                String::from_utf8_lossy(body).into_owned().into(),
+            ),
+        };
+        event["datacontenttype"] = content_type.into();
+        event["data"] = data;
+    }
+    event
+}
+
 /// One line of `events tail` for a CloudEvent.
 fn event_line(ce: &jetsaga_engine::events::CloudEvent) -> String {
     let d = &ce.data;
@@ -693,17 +773,41 @@ async fn events(cli: &Cli, cmd: &EventsCommand) -> anyhow::Result<i32> {
     let prefix = cli.loaded().config.prefix.clone();
     let subjects = jetsaga_protocol::Subjects::new(&prefix);
     match cmd {
-        EventsCommand::Publish { subject, data } => {
-            let body = match data.strip_prefix('@') {
-                Some(path) => std::fs::read(path)?,
-                None => data.clone().into_bytes(),
+        EventsCommand::Publish {
+            subject,
+            data,
+            type_,
+            source,
+            data_flag,
+        } => {
+            let body = match data.as_ref().or(data_flag.as_ref()) {
+                Some(data) => match data.strip_prefix('@') {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        anyhow::anyhow!("{}: cannot read {path}: {e}", ErrorCode::BadInput)
+                    })?),
+                    None => Some(data.clone().into_bytes()),
+                },
+                None => None,
             };
-            nats.publish(subject.clone(), body.into()).await?;
+            let (subject, body) = match (type_, source) {
+                (Some(type_), Some(source)) => {
+                    let event = cloud_event(type_, source, body.as_deref());
+                    let subject = subject.clone().unwrap_or_else(|| type_.clone());
+                    (subject, serde_json::to_vec(&event)?)
+                }
+                _ => (
+                    subject.clone().unwrap_or_default(),
+                    body.unwrap_or_default(),
+                ),
+            };
+            nats.publish(subject, body.into()).await?;
             nats.flush().await?;
             Ok(0)
         }
-        EventsCommand::Subscribe { subject } => {
-            let mut sub = nats.subscribe(subject.clone()).await?;
+        EventsCommand::Subscribe { subject, channels } => {
+            let subjects = subject.iter().chain(channels).cloned();
+            let subs = futures::future::try_join_all(subjects.map(|s| nats.subscribe(s))).await?;
+            let mut sub = futures::stream::select_all(subs);
             let stop = shutdown_on_signals();
             loop {
                 let msg = tokio::select! {
@@ -730,6 +834,38 @@ async fn events(cli: &Cli, cmd: &EventsCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        EventsCommand::Log { last } => {
+            use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+            let js = async_nats::jetstream::new(nats);
+            let mut stream = js.get_stream(subjects.events_stream()).await?;
+            let state = stream.info().await?.state.clone();
+            if state.messages == 0 || *last == 0 {
+                return Ok(0);
+            }
+            let start = state
+                .last_sequence
+                .saturating_sub(*last - 1)
+                .max(state.first_sequence);
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ..Default::default()
+                })
+                .await?;
+            let mut messages = consumer.messages().await?;
+            while let Some(msg) = messages.next().await {
+                let msg = msg?;
+                print_event(cli.output, &msg.subject, &msg.payload);
+                let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+                if info.stream_sequence >= state.last_sequence || info.pending == 0 {
+                    break;
+                }
+            }
+            std::io::stdout().flush()?;
+            Ok(0)
+        }
         EventsCommand::Tail { saga, type_, all } => {
             use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
             let js = async_nats::jetstream::new(nats);
@@ -754,21 +890,7 @@ async fn events(cli: &Cli, cmd: &EventsCommand) -> anyhow::Result<i32> {
                 };
                 let Some(msg) = msg else { break };
                 let msg = msg?;
-                match cli.output {
-                    Output::Json => println!("{}", String::from_utf8_lossy(&msg.payload)),
-                    Output::Table => {
-                        match serde_json::from_slice::<jetsaga_engine::events::CloudEvent>(
-                            &msg.payload,
-                        ) {
-                            Ok(ce) => println!("{}", event_line(&ce)),
-                            Err(_) => println!(
-                                "{} {}",
-                                msg.subject,
-                                String::from_utf8_lossy(&msg.payload)
-                            ),
-                        }
-                    }
-                }
+                print_event(cli.output, &msg.subject, &msg.payload);
                 std::io::stdout().flush()?;
             }
             Ok(0)
@@ -919,7 +1041,10 @@ async fn breaker(cli: &Cli, cmd: &BreakerCommand) -> anyhow::Result<i32> {
     let services = match cmd {
         BreakerCommand::List => client.breakers().await?,
         BreakerCommand::Status { name } => vec![client.breaker(name).await?],
-        BreakerCommand::Reset { name } => vec![client.reset_breaker(name).await?],
+        BreakerCommand::Reset {
+            name,
+            force_state: None | Some(ForcedState::Closed),
+        } => vec![client.reset_breaker(name).await?],
     };
     match (cli.output, cmd) {
         (Output::Json, BreakerCommand::List) => print_json(&services)?,
@@ -1107,6 +1232,92 @@ mod tests {
             message: "bad".into(),
         });
         assert_eq!(error_message(&own), "E-CONFIG-FILE: x.yaml: bad");
+    }
+
+    #[test]
+    fn runbook_verbs_parse_to_jetsaga_commands() {
+        let command = |args: &[&str]| parse(args).command;
+        assert!(matches!(
+            command(&["saga", "execute", "deploy", "--input", "{\"a\": 1}"]),
+            Command::Saga(SagaCommand::Start { name, input, .. }) if name == "deploy" && input == "{\"a\": 1}"
+        ));
+        assert!(matches!(
+            command(&["circuit-breaker", "reset", "pay", "--force-state", "closed"]),
+            Command::Breaker(BreakerCommand::Reset { name, force_state: Some(ForcedState::Closed) }) if name == "pay"
+        ));
+        assert!(matches!(
+            command(&["circuit-breaker", "status", "pay"]),
+            Command::Breaker(BreakerCommand::Status { .. })
+        ));
+        assert!(matches!(
+            command(&["events", "publish", "--type", "env.up", "--source", "executor"]),
+            Command::Events(EventsCommand::Publish { subject: None, type_: Some(t), source: Some(s), .. })
+                if t == "env.up" && s == "executor"
+        ));
+        assert!(matches!(
+            command(&["events", "publish", "a.b", "hello"]),
+            Command::Events(EventsCommand::Publish {
+                subject: Some(_),
+                data: Some(_),
+                type_: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            command(&["events", "subscribe", "--channels", "environment.lifecycle.*,x.y", "--channels", "z"]),
+            Command::Events(EventsCommand::Subscribe { subject: None, channels }) if channels == ["environment.lifecycle.*", "x.y", "z"]
+        ));
+        assert!(matches!(
+            command(&["events", "log", "--tail", "100"]),
+            Command::Events(EventsCommand::Log { last: 100 })
+        ));
+        let refused = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("jetsaga").chain(args.iter().copied())).is_err()
+        };
+        // A type needs a source; a raw message needs a subject and a body;
+        // subscribe needs a subject or channels, not both.
+        assert!(refused(&["events", "publish", "--type", "t"]));
+        assert!(refused(&["events", "publish", "a.b"]));
+        assert!(refused(&["events", "subscribe"]));
+        assert!(refused(&["events", "subscribe", "a", "--channels", "b"]));
+    }
+
+    #[test]
+    fn help_shows_jetsagas_own_names_first() {
+        fn line(help: &str, name: &str) -> String {
+            help.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no `{name}` in {help}"))
+                .to_string()
+        }
+        let mut cli = Cli::command();
+        let top = cli.render_help().to_string();
+        assert!(
+            line(&top, "breaker").contains("[alias: circuit-breaker]"),
+            "{top}"
+        );
+        let saga = cli.find_subcommand_mut("saga").expect("saga");
+        let help = saga.render_help().to_string();
+        assert!(line(&help, "start").contains("[alias: execute]"), "{help}");
+    }
+
+    #[test]
+    fn a_published_event_is_a_cloud_event() {
+        let event = cloud_event("env.up", "executor", Some(b"{\"n\": 1}"));
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(
+            (&event["type"], &event["source"]),
+            (&"env.up".into(), &"executor".into())
+        );
+        assert_eq!(event["data"]["n"], 1);
+        assert_eq!(event["datacontenttype"], "application/json");
+        assert!(humantime::parse_rfc3339(event["time"].as_str().expect("time")).is_ok());
+        let text = cloud_event("env.up", "executor", Some(b"not json"));
+        assert_eq!(
+            (&text["data"], &text["datacontenttype"]),
+            (&"not json".into(), &"text/plain".into())
+        );
+        assert!(cloud_event("t", "s", None).get("data").is_none());
     }
 
     #[test]

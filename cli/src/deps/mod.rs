@@ -14,6 +14,25 @@
 //!     optional: true                      # may be absent from the deployment
 //! ```
 //!
+//! or the service-block shape, recognised by its top-level `service` key:
+//!
+//! ```yaml
+//! service:
+//!   name: executor
+//!   version: 1.5.0
+//!   health_check: http://executor:8090/health   # optional: its own health URL
+//!   dependencies:                               # optional
+//!     - name: analyzer
+//!       version: ">=1.2.0"
+//!       required: true                          # default; false = optional
+//!       health_check: http://analyzer:8080/health  # the dependency's health URL
+//! ```
+//!
+//! A dependency's `health_check` is probed (by `--check-health`) as the
+//! health URL of that service when its own manifest declares none; the
+//! first such URL, by dependent name, counts. Errors name fields as the
+//! file writes them (`service.dependencies[1].version`).
+//!
 //! [`resolve`] turns the manifests into a start-up order (Kahn's algorithm,
 //! ties broken by service name) and levels (services that can start in
 //! parallel), and reports every problem at once, each with a stable code
@@ -144,6 +163,11 @@ pub struct Dependency {
     /// Whether the deployment may lack the service. A declared optional
     /// dependency still orders the start-up and still has its version checked.
     pub optional: bool,
+    /// The dependency's health URL as this manifest gives it (the
+    /// service-block shape's `health_check`); a declared service without a
+    /// health URL of its own is probed at the first one given (by
+    /// dependent name).
+    pub health: Option<String>,
 }
 
 /// A problem found in the manifests, with a stable code ([`Problem::code`]).
@@ -284,6 +308,7 @@ impl Problem {
 // Manifests
 // ---------------------------------------------------------------------------
 
+/// jetsaga's own manifest shape: `name`, `version`, `health`, `depends_on`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
@@ -303,6 +328,103 @@ struct RawDependency {
     version: Option<String>,
     #[serde(default)]
     optional: bool,
+}
+
+/// The service-block shape: everything under a top-level `service`, its
+/// dependencies in `dependencies` with `required` (default true) and the
+/// dependency's `health_check` URL.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBlockFile {
+    service: ServiceBlock,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBlock {
+    name: String,
+    version: String,
+    #[serde(default)]
+    health_check: Option<String>,
+    #[serde(default)]
+    dependencies: Vec<ServiceBlockDependency>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBlockDependency {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default = "yes")]
+    required: bool,
+    #[serde(default)]
+    health_check: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which shape a manifest is written in: a top-level `service` key means
+/// the service-block shape.
+#[derive(Deserialize)]
+#[serde(rename = "manifest")]
+struct Shape {
+    #[serde(default)]
+    service: Option<serde::de::IgnoredAny>,
+}
+
+/// A manifest of either shape, with the names its fields have in the file
+/// (so errors name what the author wrote).
+struct Normalized {
+    name: String,
+    version: String,
+    health: Option<String>,
+    dependencies: Vec<(String, Option<String>, bool, Option<String>)>,
+    /// `""` or `"service."`.
+    prefix: &'static str,
+    /// `health` or `health_check`.
+    health_field: &'static str,
+    /// `depends_on` or `dependencies`.
+    list_field: &'static str,
+}
+
+impl From<RawManifest> for Normalized {
+    fn from(raw: RawManifest) -> Self {
+        Normalized {
+            name: raw.name,
+            version: raw.version,
+            health: raw.health,
+            dependencies: raw
+                .depends_on
+                .into_iter()
+                .map(|d| (d.name, d.version, d.optional, None))
+                .collect(),
+            prefix: "",
+            health_field: "health",
+            list_field: "depends_on",
+        }
+    }
+}
+
+impl From<ServiceBlockFile> for Normalized {
+    fn from(raw: ServiceBlockFile) -> Self {
+        let raw = raw.service;
+        Normalized {
+            name: raw.name,
+            version: raw.version,
+            health: raw.health_check,
+            dependencies: raw
+                .dependencies
+                .into_iter()
+                .map(|d| (d.name, d.version, !d.required, d.health_check))
+                .collect(),
+            prefix: "service.",
+            health_field: "health_check",
+            list_field: "dependencies",
+        }
+    }
 }
 
 /// The files the `--manifest` patterns match, sorted and without repeats.
@@ -361,19 +483,32 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
             message: message.replace('\n', " "),
         }]
     };
-    let raw: RawManifest = match format {
-        Format::Yaml => serde_saphyr::from_str_with_options(
-            text,
-            jetsaga_core::saga::definition::yaml_options(),
-        )
-        .map_err(|e| syntax(e.to_string()))?,
-        Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
+    fn from_text<T: serde::de::DeserializeOwned>(text: &str, format: Format) -> Result<T, String> {
+        match format {
+            Format::Yaml => serde_saphyr::from_str_with_options(
+                text,
+                jetsaga_core::saga::definition::yaml_options(),
+            )
+            .map_err(|e| e.to_string()),
+            Format::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
+        }
+    }
+    let shape: Shape = from_text(text, format).map_err(syntax)?;
+    let raw: Normalized = if shape.service.is_some() {
+        from_text::<ServiceBlockFile>(text, format)
+            .map_err(syntax)?
+            .into()
+    } else {
+        from_text::<RawManifest>(text, format)
+            .map_err(syntax)?
+            .into()
     };
+    let (prefix, list) = (raw.prefix, raw.list_field);
     let mut problems = Vec::new();
     let mut bad = |field: String, message: String| {
         problems.push(Problem::Parse {
             file: file.to_owned(),
-            field: Some(field),
+            field: Some(format!("{prefix}{field}")),
             message,
         })
     };
@@ -391,48 +526,46 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
             )
         })
         .ok();
-    if let Some(url) = &raw.health {
-        match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            Ok(u) => bad(
-                "health".into(),
-                format!(
-                    "{url:?} has scheme {:?}; use an http:// or https:// URL",
-                    u.scheme()
-                ),
-            ),
-            Err(e) => bad("health".into(), format!("{url:?} is not a URL: {e}")),
-        }
+    if let Some(url) = &raw.health
+        && let Err(message) = check_health_url(url)
+    {
+        bad(raw.health_field.into(), message);
     }
     let mut depends_on = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, dep) in raw.depends_on.iter().enumerate() {
-        if let Err(e) = jetsaga_protocol::validate_token(&dep.name) {
-            bad(format!("depends_on[{i}].name"), format!("service name {e}"));
+    for (i, (name, version, optional, health)) in raw.dependencies.iter().enumerate() {
+        if let Err(e) = jetsaga_protocol::validate_token(name) {
+            bad(format!("{list}[{i}].name"), format!("service name {e}"));
         }
-        if let Some(first) = seen.insert(&dep.name, i) {
+        if let Some(first) = seen.insert(name, i) {
             bad(
-                format!("depends_on[{i}].name"),
-                format!("`{}` is already listed at depends_on[{first}]", dep.name),
+                format!("{list}[{i}].name"),
+                format!("`{name}` is already listed at {prefix}{list}[{first}]"),
             );
         }
-        let requirement = match &dep.version {
+        let requirement = match version {
             None => None,
             Some(req) => match VersionReq::parse(req.trim()) {
                 Ok(req) => Some(req),
                 Err(e) => {
                     bad(
-                        format!("depends_on[{i}].version"),
+                        format!("{list}[{i}].version"),
                         format!("{req:?} is not a semver requirement such as \">=1.2, <2\": {e}"),
                     );
                     None
                 }
             },
         };
+        if let Some(url) = health
+            && let Err(message) = check_health_url(url)
+        {
+            bad(format!("{list}[{i}].health_check"), message);
+        }
         depends_on.push(Dependency {
-            name: dep.name.clone(),
+            name: name.clone(),
             version: requirement,
-            optional: dep.optional,
+            optional: *optional,
+            health: health.clone(),
         });
     }
     match version {
@@ -444,6 +577,18 @@ pub fn parse_manifest(file: &str, text: &str, format: Format) -> Result<Manifest
             depends_on,
         }),
         _ => Err(problems),
+    }
+}
+
+/// Whether `url` can be probed: an http or https URL.
+fn check_health_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        Ok(u) => Err(format!(
+            "{url:?} has scheme {:?}; use an http:// or https:// URL",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("{url:?} is not a URL: {e}")),
     }
 }
 
@@ -525,6 +670,7 @@ impl Resolution {
                             "name": d.name,
                             "version": d.version.as_ref().map(ToString::to_string),
                             "optional": d.optional,
+                            "health": d.health,
                         })).collect::<Vec<_>>(),
                     })
                 })
@@ -567,6 +713,19 @@ pub fn resolve(mut manifests: Vec<Manifest>, mut problems: Vec<Problem>) -> Reso
                 second: manifest.file,
             }),
             _ => services.push(manifest),
+        }
+    }
+    // A dependency's health URL given by a dependent (`health_check`)
+    // stands for a service that declares none of its own.
+    let given: HashMap<String, String> = services
+        .iter()
+        .rev()
+        .flat_map(|s| &s.depends_on)
+        .filter_map(|d| Some((d.name.clone(), d.health.clone()?)))
+        .collect();
+    for service in &mut services {
+        if service.health.is_none() {
+            service.health = given.get(&service.name).cloned();
         }
     }
     let index: HashMap<&str, usize> = services

@@ -436,3 +436,149 @@ async fn health_probes_report_answers_refusals_and_failed_handshakes() {
     assert_eq!(codes(&r), vec![ErrorCode::DepsHealth; 3]);
     assert_eq!(r.to_json(false)["health"][0]["state"], "healthy");
 }
+
+#[test]
+fn service_block_manifests_parse_to_the_same_model() {
+    let block = r#"
+service:
+  name: "executor"
+  version: "1.5.0"
+  dependencies:
+    - name: "analyzer"
+      version: ">=1.2.0"
+      required: true
+      health_check: "http://analyzer:8080/health"
+    - name: "storage"
+      version: ">=2.0.0"
+      required: false
+"#;
+    let own = r#"
+name: executor
+version: 1.5.0
+depends_on:
+  - name: analyzer
+    version: ">=1.2.0"
+  - name: storage
+    version: ">=2.0.0"
+    optional: true
+"#;
+    let from_block = parse_manifest("m", block, Format::Yaml).expect("service block");
+    let mut from_own = parse_manifest("m", own, Format::Yaml).expect("own shape");
+    assert_eq!(
+        from_block.depends_on[0].health.as_deref(),
+        Some("http://analyzer:8080/health")
+    );
+    from_own.depends_on[0].health = Some("http://analyzer:8080/health".into());
+    assert_eq!(from_block, from_own);
+    assert!(!from_block.depends_on[0].optional && from_block.depends_on[1].optional);
+
+    let json = r#"{"service": {"name": "executor", "version": "1.5.0", "dependencies": [
+        {"name": "analyzer", "version": ">=1.2.0", "required": true, "health_check": "http://analyzer:8080/health"},
+        {"name": "storage", "version": ">=2.0.0", "required": false}]}}"#;
+    assert_eq!(
+        parse_manifest("m", json, Format::Json).expect("json"),
+        from_block
+    );
+
+    // `required` defaults to true; no `dependencies` means none.
+    let defaulted = parse_manifest(
+        "m",
+        "service:\n  name: a\n  version: 1.0.0\n  dependencies:\n    - name: b\n",
+        Format::Yaml,
+    )
+    .expect("defaulted");
+    assert!(!defaulted.depends_on[0].optional);
+    let bare = parse_manifest(
+        "m",
+        "service:\n  name: analyzer\n  version: 1.2.3\n",
+        Format::Yaml,
+    )
+    .expect("bare");
+    assert!(bare.depends_on.is_empty() && bare.health.is_none());
+}
+
+#[test]
+fn service_block_errors_name_the_fields_as_written() {
+    let unknown = parse_err(
+        "service:\n  name: a\n  version: 1.0.0\n  depends_on: []\n",
+        Format::Yaml,
+    );
+    assert!(unknown[0].contains("depends_on"), "{unknown:?}");
+    let mixed = parse_err(
+        "service:\n  name: a\n  version: 1.0.0\nname: a\n",
+        Format::Yaml,
+    );
+    assert!(mixed[0].contains("name"), "{mixed:?}");
+    let many = parse_err(
+        "service:\n  name: a\n  version: 1.0.0\n  dependencies:\n    - name: b\n      version: '>>1'\n      health_check: ftp://b/health\n    - name: b\n",
+        Format::Yaml,
+    );
+    let fields: Vec<&str> = many
+        .iter()
+        .map(|m| {
+            m.split("field `")
+                .nth(1)
+                .and_then(|f| f.split('`').next())
+                .unwrap_or(m)
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "service.dependencies[0].version",
+            "service.dependencies[0].health_check",
+            "service.dependencies[1].name"
+        ],
+        "{many:?}"
+    );
+    assert!(
+        many[2].contains("already listed at service.dependencies[0]"),
+        "{many:?}"
+    );
+}
+
+#[test]
+fn a_dependents_health_check_stands_for_a_service_without_its_own() {
+    let parse = |file: &str, text: &str| {
+        parse_manifest(file, text, Format::Yaml).unwrap_or_else(|e| panic!("{e:?}"))
+    };
+    let executor = parse(
+        "executor.yaml",
+        "service:\n  name: executor\n  version: 1.5.0\n  dependencies:\n    - name: analyzer\n      health_check: http://analyzer:8080/health\n    - name: storage\n      health_check: http://storage:8081/from-executor\n",
+    );
+    let analyzer = parse(
+        "analyzer.yaml",
+        "service:\n  name: analyzer\n  version: 1.2.0\n",
+    );
+    let storage = parse(
+        "storage.yaml",
+        "name: storage\nversion: 2.0.0\nhealth: http://storage:8081/own\n",
+    );
+    let r = resolve(vec![executor, analyzer, storage], Vec::new());
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(
+        r.order,
+        Some(vec![
+            "analyzer".to_string(),
+            "storage".to_string(),
+            "executor".to_string()
+        ])
+    );
+    assert_eq!(
+        r.service("analyzer").and_then(|s| s.health.as_deref()),
+        Some("http://analyzer:8080/health")
+    );
+    assert_eq!(
+        r.service("storage").and_then(|s| s.health.as_deref()),
+        Some("http://storage:8081/own")
+    );
+    assert_eq!(
+        r.service("executor").and_then(|s| s.health.as_deref()),
+        None
+    );
+    let report = r.to_json(true);
+    assert_eq!(
+        report["services"][1]["depends_on"][0]["health"],
+        "http://analyzer:8080/health"
+    );
+}
