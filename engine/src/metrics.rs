@@ -213,9 +213,42 @@ fn describe() {
         SERVICE_IN_FLIGHT,
         "Tasks of a service (with a policy) dispatched and not ended"
     );
-    // Shown from the start, not only after the first pruning.
+    // Counters whose label sets are known up front exist at zero from the
+    // start, so that a healthy engine shows 0 rather than "No data" and the
+    // first occurrence is an increase.
     metrics::counter!(PRUNED_SAGAS).absolute(0);
+    metrics::counter!(PUBLISH_DUPLICATES).increment(0);
+    for reason in REJECT_REASONS {
+        metrics::counter!(REJECTED, "reason" => *reason).increment(0);
+    }
+    for kind in crate::events::type_suffixes() {
+        metrics::counter!(EVENTS, "type" => kind).increment(0);
+    }
 }
+
+/// The fixed `reason`s of [`REJECTED`], each created at zero when the
+/// metrics are installed. Requests refused by the NATS or HTTP API (and
+/// starts refused by a trigger) are counted under their error code instead,
+/// a series that appears with the first such refusal.
+pub const REJECT_REASONS: &[&str] = &[
+    // Late or repeated results, expected after redeliveries.
+    "stale",
+    "terminal",
+    // Something to fix.
+    "not_applicable",
+    "malformed",
+    "oversized",
+    "subject_mismatch",
+    "unknown_saga",
+    "unknown_definition",
+    "unknown_step",
+    "wrong_service",
+    "unpublishable",
+    "trigger_subject",
+    "trigger_id",
+    "trigger_mapping",
+    "trigger_unmatched",
+];
 
 // ---------------------------------------------------------------------------
 // Transitions
@@ -636,6 +669,25 @@ mod tests {
         });
         assert!(has(&text, r#"saga_active{saga_name="order"} 1"#), "{text}");
         assert!(!text.contains("saga_duration_seconds_count"), "{text}");
+    }
+
+    #[test]
+    fn every_rejection_reason_is_created_at_zero() {
+        use jetsaga_core::saga::state::Rejection;
+        let reasons = [
+            Rejection::Terminal("completed"),
+            Rejection::UnknownStep(9),
+            Rejection::Stale {
+                step: "x".into(),
+                kind: TaskKind::Action,
+                attempt: 1,
+            },
+            Rejection::NotApplicable("x".into()),
+        ]
+        .map(|r| r.reason());
+        for reason in reasons.into_iter().chain([crate::bus::intake::OVERSIZED]) {
+            assert!(REJECT_REASONS.contains(&reason), "{reason}");
+        }
     }
 
     #[test]
