@@ -41,7 +41,8 @@
 //! front start at zero, so a healthy engine shows 0 rather than no data:
 //! each stored definition's executions and step attempts (every outcome),
 //! the fixed rejection reasons ([`REJECT_REASONS`]), the lifecycle event
-//! types, publish duplicates and pruned sagas.
+//! types, the transitions of each configured breaker, publish duplicates
+//! and pruned sagas.
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
@@ -389,6 +390,11 @@ pub fn publish_services(report: ServiceReport) {
         metrics::gauge!(SERVICE_IN_FLIGHT, "service" => service.clone())
             .set(f64::from(g.in_flight));
         if let Some(state) = g.breaker {
+            // Every transition of a configured breaker exists from the start.
+            for to in ["open", "half_open", "closed"] {
+                metrics::counter!(BREAKER_TRANSITIONS, "service" => service.clone(), "to" => to)
+                    .increment(0);
+            }
             metrics::gauge!(BREAKER_STATE, "service" => service).set(state);
         }
     }

@@ -191,6 +191,25 @@ async fn engine_and_workers_export_what_the_dashboard_and_alerts_query() {
             ),
             Expect::Is(1.0),
         ),
+        // Series no attempt reached yet exist at zero.
+        (
+            format!(
+                "saga_step_attempts_total{{{}}}",
+                step("mark_ready", "environment", "timed_out")
+            ),
+            Expect::Is(0.0),
+        ),
+        (
+            format!(
+                "saga_compensations_total{{{}}}",
+                step("register_manifest", "manifest", "abandoned")
+            ),
+            Expect::Is(0.0),
+        ),
+        (
+            r#"engine_breaker_transitions_total{service="manifest",to="open"}"#.to_string(),
+            Expect::Is(0.0),
+        ),
         (
             r#"engine_rejected_messages_total{reason="malformed"}"#.to_string(),
             Expect::AtLeast(1.0),
