@@ -10,7 +10,7 @@
 //! window drops a republished row. See `docs/PROTOCOL.md`.
 
 use jetsaga_core::saga::definition::SagaDefinition;
-use jetsaga_core::saga::state::{LifecycleEvent, Millis, Saga};
+use jetsaga_core::saga::state::{LifecycleEvent, Millis, Saga, SagaState};
 use jetsaga_protocol::{HEADER_SAGA_ID, Subjects, TaskKind};
 use jetsaga_store::OutboxMessage;
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,24 @@ pub fn type_suffix(event: &LifecycleEvent) -> String {
         LifecycleEvent::StepCompensated { .. } => "step.compensated".into(),
         LifecycleEvent::StepCompensationFailed { .. } => "step.compensation_failed".into(),
     }
+}
+
+/// Every [`type_suffix`] an event can have.
+pub fn type_suffixes() -> Vec<String> {
+    let mut all: Vec<String> = [
+        "saga.started",
+        "saga.compensating",
+        "saga.retried",
+        "step.succeeded",
+        "step.retrying",
+        "step.failed",
+        "step.compensated",
+        "step.compensation_failed",
+    ]
+    .map(String::from)
+    .into();
+    all.extend(SagaState::terminal().map(|state| format!("saga.{}", state.name())));
+    all
 }
 
 /// RFC 3339 (milliseconds, UTC) of a [`Millis`] timestamp.
@@ -205,6 +223,24 @@ pub fn outbox_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_type_is_listed() {
+        let all = type_suffixes();
+        for state in [
+            "completed",
+            "compensated",
+            "partially_compensated",
+            "failed",
+            "cancelled",
+        ] {
+            let finished = LifecycleEvent::SagaFinished {
+                state: state.into(),
+            };
+            assert!(all.contains(&type_suffix(&finished)), "{state}: {all:?}");
+        }
+        assert!(all.contains(&type_suffix(&LifecycleEvent::SagaStarted)));
+    }
 
     #[test]
     fn type_suffixes_and_time() {

@@ -37,7 +37,12 @@
 //! Attempt outcomes are `ok`, `retryable`, `fatal`, `timed_out` and
 //! `abandoned` (in flight when the saga was cancelled without compensation).
 //! No label carries a saga id: series grow with definitions, steps and
-//! services, never with traffic.
+//! services, never with traffic. Counters whose label sets are known up
+//! front start at zero, so a healthy engine shows 0 rather than no data:
+//! each stored definition's executions and step attempts (every outcome),
+//! the fixed rejection reasons ([`REJECT_REASONS`]), the lifecycle event
+//! types, the transitions of each configured breaker, publish duplicates
+//! and pruned sagas.
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
@@ -213,9 +218,42 @@ fn describe() {
         SERVICE_IN_FLIGHT,
         "Tasks of a service (with a policy) dispatched and not ended"
     );
-    // Shown from the start, not only after the first pruning.
+    // Counters whose label sets are known up front exist at zero from the
+    // start, so that a healthy engine shows 0 rather than "No data" and the
+    // first occurrence is an increase.
     metrics::counter!(PRUNED_SAGAS).absolute(0);
+    metrics::counter!(PUBLISH_DUPLICATES).increment(0);
+    for reason in REJECT_REASONS {
+        metrics::counter!(REJECTED, "reason" => *reason).increment(0);
+    }
+    for kind in crate::events::type_suffixes() {
+        metrics::counter!(EVENTS, "type" => kind).increment(0);
+    }
 }
+
+/// The fixed `reason`s of [`REJECTED`], each created at zero when the
+/// metrics are installed. Requests refused by the NATS or HTTP API (and
+/// starts refused by a trigger) are counted under their error code instead,
+/// a series that appears with the first such refusal.
+pub const REJECT_REASONS: &[&str] = &[
+    // Late or repeated results, expected after redeliveries.
+    "stale",
+    "terminal",
+    // Something to fix.
+    "not_applicable",
+    "malformed",
+    "oversized",
+    "subject_mismatch",
+    "unknown_saga",
+    "unknown_definition",
+    "unknown_step",
+    "wrong_service",
+    "unpublishable",
+    "trigger_subject",
+    "trigger_id",
+    "trigger_mapping",
+    "trigger_unmatched",
+];
 
 // ---------------------------------------------------------------------------
 // Transitions
@@ -233,21 +271,26 @@ pub fn reject(source: &str, reason: &str, detail: &str) {
 pub struct SagaMetrics {
     /// Definitions whose series exist.
     known: HashSet<String>,
+    /// Definition versions whose step series exist.
+    known_steps: HashSet<(String, u32)>,
 }
 
 impl SagaMetrics {
     /// Sets `saga_active` from what the store holds when the partition
     /// starts: every definition (at zero) and every unfinished saga. Also
-    /// creates each definition's `saga_executions_total` series at zero, so
-    /// that the first saga to end in a state is an increase.
+    /// creates each definition's `saga_executions_total`,
+    /// `saga_step_attempts_total` and `saga_compensations_total` series at
+    /// zero, so that the first saga to end in a state (or the first attempt
+    /// with an outcome) is an increase and a panel shows 0, not "No data".
     pub fn resume<'a>(
         &mut self,
-        definitions: impl IntoIterator<Item = &'a str>,
+        definitions: impl IntoIterator<Item = &'a SagaDefinition>,
         unfinished: impl IntoIterator<Item = &'a Saga>,
     ) {
         let mut active: BTreeMap<&str, u64> = BTreeMap::new();
-        for name in definitions {
-            active.entry(name).or_default();
+        for def in definitions {
+            self.know_steps(def);
+            active.entry(def.name.as_str()).or_default();
         }
         for saga in unfinished {
             *active.entry(saga.name.as_str()).or_default() += 1;
@@ -271,6 +314,28 @@ impl SagaMetrics {
         metrics::gauge!(SAGA_ACTIVE, "saga_name" => name.to_string()).increment(0.0);
     }
 
+    /// Creates the attempt counters of every step of `def` at zero (for
+    /// each outcome; compensations for steps that have one), the first time.
+    fn know_steps(&mut self, def: &SagaDefinition) {
+        if !self.known_steps.insert((def.name.clone(), def.version)) {
+            return;
+        }
+        for step in &def.steps {
+            for outcome in OUTCOMES {
+                let labels = [
+                    ("saga_name", def.name.clone()),
+                    ("step", step.id.clone()),
+                    ("service", step.service.clone()),
+                    ("outcome", outcome.to_string()),
+                ];
+                metrics::counter!(STEP_ATTEMPTS, &labels).increment(0);
+                if step.compensation.is_some() {
+                    metrics::counter!(COMPENSATIONS, &labels).increment(0);
+                }
+            }
+        }
+    }
+
     /// Takes note of one transition: `saga_active` when the saga starts or
     /// finishes, `saga_executions_total` and `saga_duration_seconds` when it
     /// finishes, and a count (and for actions a duration) of every attempt
@@ -278,6 +343,7 @@ impl SagaMetrics {
     pub fn observe(&mut self, def: &SagaDefinition, t: &Transition<'_>) {
         let after = t.saga;
         self.know(&after.name);
+        self.know_steps(def);
         let was_active = t.from.is_some_and(|s| !s.is_terminal());
         let is_active = !t.to.is_terminal();
         let active = || metrics::gauge!(SAGA_ACTIVE, "saga_name" => after.name.clone());
@@ -324,6 +390,11 @@ pub fn publish_services(report: ServiceReport) {
         metrics::gauge!(SERVICE_IN_FLIGHT, "service" => service.clone())
             .set(f64::from(g.in_flight));
         if let Some(state) = g.breaker {
+            // Every transition of a configured breaker exists from the start.
+            for to in ["open", "half_open", "closed"] {
+                metrics::counter!(BREAKER_TRANSITIONS, "service" => service.clone(), "to" => to)
+                    .increment(0);
+            }
             metrics::gauge!(BREAKER_STATE, "service" => service).set(state);
         }
     }
@@ -378,6 +449,9 @@ fn attempt_ended(
         }
     }
 }
+
+/// Every `outcome` label ([`outcome_label`]).
+pub const OUTCOMES: [&str; 5] = ["ok", "retryable", "fatal", "timed_out", "abandoned"];
 
 /// The `outcome` label of an attempt outcome.
 pub fn outcome_label(outcome: &AttemptOutcome) -> &'static str {
@@ -514,7 +588,11 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             let def = definition();
             let mut observer = SagaMetrics::default();
-            observer.resume(["order", "other"], []);
+            let other = SagaDefinition {
+                name: "other".into(),
+                ..def.clone()
+            };
+            observer.resume([&def, &other], []);
             let mut saga = machine::new_saga(
                 "0192f5a0-0000-7000-8000-000000000000".into(),
                 &def,
@@ -626,6 +704,68 @@ mod tests {
     }
 
     #[test]
+    fn step_counters_exist_at_zero_for_every_outcome() {
+        // The first attempt's result ends the run: one `ok` attempt of reserve.
+        let text = observed(|_, effects| match dispatched(effects) {
+            Some((0, kind, 1)) => result(0, kind, 1, Outcome::Ok { output: json!({}) }),
+            _ => None,
+        });
+        let series = |metric: &str, saga: &str, step: &str, service: &str, outcome: &str| {
+            format!(
+                r#"{metric}{{saga_name="{saga}",step="{step}",service="{service}",outcome="{outcome}"}}"#
+            )
+        };
+        assert!(
+            has(
+                &text,
+                &format!(
+                    "{} 1",
+                    series(STEP_ATTEMPTS, "order", "reserve", "stock", "ok")
+                )
+            ),
+            "{text}"
+        );
+        for saga in ["order", "other"] {
+            for outcome in OUTCOMES {
+                let zero = |metric, step, service| {
+                    format!("{} 0", series(metric, saga, step, service, outcome))
+                };
+                if (saga, outcome) != ("order", "ok") {
+                    assert!(
+                        has(&text, &zero(STEP_ATTEMPTS, "reserve", "stock")),
+                        "{text}"
+                    );
+                }
+                assert!(
+                    has(&text, &zero(STEP_ATTEMPTS, "pay", "payments")),
+                    "{text}"
+                );
+                assert!(
+                    has(&text, &zero(COMPENSATIONS, "reserve", "stock")),
+                    "{text}"
+                );
+                // `pay` has no compensation: no series.
+                assert!(
+                    !text.contains(&series(COMPENSATIONS, saga, "pay", "payments", outcome)),
+                    "{text}"
+                );
+            }
+        }
+        for (i, outcome) in [
+            AttemptOutcome::Ok,
+            AttemptOutcome::Retryable { error: "e".into() },
+            AttemptOutcome::Fatal { error: "e".into() },
+            AttemptOutcome::TimedOut,
+            AttemptOutcome::Abandoned,
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_eq!(outcome_label(outcome), OUTCOMES[i]);
+        }
+    }
+
+    #[test]
     fn a_saga_still_running_is_active() {
         let text = observed(|_, effects| {
             // Only the first step's first attempt: the saga stays running.
@@ -636,6 +776,25 @@ mod tests {
         });
         assert!(has(&text, r#"saga_active{saga_name="order"} 1"#), "{text}");
         assert!(!text.contains("saga_duration_seconds_count"), "{text}");
+    }
+
+    #[test]
+    fn every_rejection_reason_is_created_at_zero() {
+        use jetsaga_core::saga::state::Rejection;
+        let reasons = [
+            Rejection::Terminal("completed"),
+            Rejection::UnknownStep(9),
+            Rejection::Stale {
+                step: "x".into(),
+                kind: TaskKind::Action,
+                attempt: 1,
+            },
+            Rejection::NotApplicable("x".into()),
+        ]
+        .map(|r| r.reason());
+        for reason in reasons.into_iter().chain([crate::bus::intake::OVERSIZED]) {
+            assert!(REJECT_REASONS.contains(&reason), "{reason}");
+        }
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! ```
 //!
 //! - `fail`: `"fatal"` or `"retryable"`: the step's action fails.
-//! - `times`: fail attempts `1..=times` and succeed afterwards; without it the
-//!   action fails on every attempt.
+//! - `times`: the faults strike attempts `1..=times` only (both `fail` and
+//!   `delay_ms`); later attempts run clean. Without it they strike every
+//!   attempt.
 //! - `delay_ms`: sleep this long before acting (to exercise timeouts, or to
 //!   give you time to kill a worker mid-step).
 //! - `compensation`, `compensation_times`, `compensation_delay_ms`: the same
@@ -45,7 +46,8 @@ pub struct StepFaults {
     /// How the action fails, if it does.
     #[serde(default)]
     pub fail: Option<FailMode>,
-    /// Fail action attempts `1..=times`; `None` = every attempt.
+    /// `fail` and `delay_ms` strike action attempts `1..=times`; `None` =
+    /// every attempt.
     #[serde(default)]
     pub times: Option<u32>,
     /// Sleep before the action, in milliseconds.
@@ -54,7 +56,8 @@ pub struct StepFaults {
     /// How the compensation fails, if it does.
     #[serde(default)]
     pub compensation: Option<FailMode>,
-    /// Fail compensation attempts `1..=compensation_times`; `None` = every attempt.
+    /// `compensation` and `compensation_delay_ms` strike compensation
+    /// attempts `1..=compensation_times`; `None` = every attempt.
     #[serde(default)]
     pub compensation_times: Option<u32>,
     /// Sleep before the compensation, in milliseconds.
@@ -82,10 +85,12 @@ impl StepFaults {
                 self.compensation_delay_ms,
             ),
         };
-        let fail = mode.filter(|_| times.is_none_or(|n| attempt <= n));
+        if times.is_some_and(|n| attempt > n) {
+            return Decision::default();
+        }
         Decision {
             delay: delay.filter(|ms| *ms > 0).map(Duration::from_millis),
-            fail,
+            fail: mode,
         }
     }
 }
@@ -216,6 +221,24 @@ mod tests {
         );
         let all = parse(&input).unwrap();
         assert_eq!(all["a"].compensation, Some(FailMode::Retryable));
+    }
+
+    #[test]
+    fn times_bounds_the_delay_too() {
+        let input = json!({"faults": {"a": {"delay_ms": 11000, "times": 1}}});
+        let at = |n| decide(&input, "a", TaskKind::Action, n).unwrap();
+        assert_eq!(at(1).delay, Some(Duration::from_millis(11000)));
+        assert_eq!(at(2), Decision::default());
+        let comp = json!({"faults": {"a": {"compensation_delay_ms": 7, "compensation_times": 2}}});
+        let c = |n| decide(&comp, "a", TaskKind::Compensation, n).unwrap();
+        assert_eq!(c(2).delay, Some(Duration::from_millis(7)));
+        assert_eq!(c(3), Decision::default());
+        // Without `times` the delay strikes every attempt.
+        let always = json!({"faults": {"a": {"delay_ms": 5}}});
+        assert_eq!(
+            decide(&always, "a", TaskKind::Action, 9).unwrap().delay,
+            Some(Duration::from_millis(5))
+        );
     }
 
     #[test]

@@ -277,4 +277,75 @@ mod tests {
             "documented codes with no ErrorCode: {unknown:?}"
         );
     }
+
+    /// The codes the request API and the HTTP API answer.
+    const ANSWERED: &[ErrorCode] = &[
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownSaga,
+        ErrorCode::NotFound,
+        ErrorCode::NotApplicable,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::SagaDisabled,
+        ErrorCode::InvalidDefinition,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Unavailable,
+        ErrorCode::ReplyTooLarge,
+        ErrorCode::RequestTimeout,
+        ErrorCode::TooManyConnections,
+        ErrorCode::UnknownOperation,
+        ErrorCode::Internal,
+    ];
+
+    /// `docs/PROTOCOL.md` stands alone: every code it names exists, and its
+    /// "Error codes" section lists exactly the codes a request can be
+    /// answered with (and the definition problems' `E-DEF-*`), each with
+    /// its HTTP status.
+    #[test]
+    fn protocol_md_lists_the_answered_codes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+        let text = std::fs::read_to_string(path).expect("docs/PROTOCOL.md is readable");
+        let named: BTreeSet<&str> = text
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|t| {
+                (t.starts_with("E-") || t.starts_with("N-"))
+                    && t.chars().all(|c| c.is_ascii_uppercase() || c == '-')
+                    && !t.ends_with('-')
+            })
+            .collect();
+        assert!(named.len() > 20, "only {} codes found", named.len());
+        for code in &named {
+            assert!(
+                code.parse::<ErrorCode>().is_ok(),
+                "PROTOCOL.md names {code}, no ErrorCode"
+            );
+        }
+        let section = text
+            .split("\n## Error codes\n")
+            .nth(1)
+            .expect("an Error codes section");
+        let section = section.split("\n## ").next().unwrap();
+        let mut listed = BTreeSet::new();
+        for row in section.lines().filter_map(|l| l.strip_prefix("| `")) {
+            let mut cells = row.split(" | ");
+            let code: ErrorCode = cells.next().unwrap().trim_end_matches('`').parse().unwrap();
+            if let Some(status) = cells.next().and_then(|c| c.parse::<u16>().ok()) {
+                assert_eq!(status, code.http_status(), "{code}");
+            }
+            listed.insert(code.as_str());
+        }
+        let expected: BTreeSet<&str> = ANSWERED
+            .iter()
+            .chain(
+                ErrorCode::ALL
+                    .iter()
+                    .filter(|c| c.as_str().starts_with("E-DEF-")),
+            )
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(listed, expected);
+    }
 }

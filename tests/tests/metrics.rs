@@ -191,6 +191,25 @@ async fn engine_and_workers_export_what_the_dashboard_and_alerts_query() {
             ),
             Expect::Is(1.0),
         ),
+        // Series no attempt reached yet exist at zero.
+        (
+            format!(
+                "saga_step_attempts_total{{{}}}",
+                step("mark_ready", "environment", "timed_out")
+            ),
+            Expect::Is(0.0),
+        ),
+        (
+            format!(
+                "saga_compensations_total{{{}}}",
+                step("register_manifest", "manifest", "abandoned")
+            ),
+            Expect::Is(0.0),
+        ),
+        (
+            r#"engine_breaker_transitions_total{service="manifest",to="open"}"#.to_string(),
+            Expect::Is(0.0),
+        ),
         (
             r#"engine_rejected_messages_total{reason="malformed"}"#.to_string(),
             Expect::AtLeast(1.0),
@@ -609,6 +628,79 @@ fn metric_names(expr: &str) -> Vec<String> {
         names.push(word);
     }
     names
+}
+
+/// A fresh engine with no traffic: the counters whose label sets are known
+/// up front exist at zero, so the dashboard's panels (rejected messages
+/// among them) show 0 rather than "No data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_engine_exports_known_counters_at_zero() {
+    let world = World::start(&["--http-listen", "127.0.0.1:0"]).await;
+    let addr = world.engine.http_addr();
+    let reasons = [
+        "stale",
+        "terminal",
+        "not_applicable",
+        "malformed",
+        "oversized",
+        "subject_mismatch",
+        "unknown_saga",
+        "unknown_definition",
+        "unknown_step",
+        "wrong_service",
+        "unpublishable",
+        "trigger_subject",
+        "trigger_id",
+        "trigger_mapping",
+        "trigger_unmatched",
+    ];
+    let types = [
+        "saga.started",
+        "saga.compensating",
+        "saga.retried",
+        "saga.completed",
+        "saga.compensated",
+        "saga.partially_compensated",
+        "saga.failed",
+        "saga.cancelled",
+        "step.succeeded",
+        "step.retrying",
+        "step.failed",
+        "step.compensated",
+        "step.compensation_failed",
+    ];
+    let expected: Vec<(String, Expect)> = reasons
+        .iter()
+        .map(|r| format!(r#"engine_rejected_messages_total{{reason="{r}"}}"#))
+        .chain(
+            types
+                .iter()
+                .map(|t| format!(r#"engine_events_total{{type="{t}"}}"#)),
+        )
+        .chain([
+            "engine_publish_duplicates_total".to_string(),
+            "engine_pruned_sagas_total".to_string(),
+        ])
+        .map(|series| (series, Expect::Is(0.0)))
+        .collect();
+    settled("fresh engine", &addr, &expected).await;
+}
+
+/// The breaker-state panel names the gauge's values.
+#[test]
+fn breaker_panel_names_the_states() {
+    let path = jetsaga_tests::workspace_root().join("deploy/grafana/dashboards/jetsaga.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panel = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "Circuit breaker state by service")
+        .expect("breaker panel");
+    let options = &panel["fieldConfig"]["defaults"]["mappings"][0]["options"];
+    for (value, text) in [("0", "closed"), ("1", "half-open"), ("2", "open")] {
+        assert_eq!(options[value]["text"], text, "{value}: {panel}");
+    }
 }
 
 #[test]

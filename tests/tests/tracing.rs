@@ -12,7 +12,8 @@ use jetsaga_protocol::api::SagaStatus;
 use jetsaga_tests::NatsServer;
 use jetsaga_worker::protocol::{ApiReply, StartReply, TaskKind};
 use jetsaga_worker::{StepError, TaskContext, Worker};
-use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+use opentelemetry::Value as OtelValue;
+use opentelemetry::trace::{SpanId, Status, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,6 +48,13 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
         .iter()
         .find(|kv| kv.key.as_str() == key)
         .map(|kv| kv.value.to_string())
+}
+
+fn attr_value(span: &SpanData, key: &str) -> Option<OtelValue> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -207,8 +215,25 @@ async fn spans_link_caller_saga_attempts_and_handlers() {
             .find(|s| s.name == "task" && s.parent_span_id == attempt_span)
             .unwrap_or_else(|| panic!("no worker span under {step} attempt {n}"));
         assert_eq!(task.span_context.trace_id(), trace_id);
-        assert_eq!(attr(task, "step_id").as_deref(), Some(step));
-        assert_eq!(attr(task, "attempt"), Some(n.to_string()));
+        // Named and typed as the engine's spans: a search by `saga.id` finds both.
+        assert_eq!(attr(task, "saga.id").as_deref(), Some(saga_id.as_str()));
+        assert_eq!(attr(task, "step").as_deref(), Some(step));
+        assert_eq!(attr_value(task, "attempt"), Some(OtelValue::I64(n.into())));
+        assert_eq!(
+            attr_value(attempt, "attempt"),
+            Some(OtelValue::I64(n.into()))
+        );
+        assert_eq!(attr(task, "outcome").as_deref(), Some(outcome));
+        // A failed handler's span has status ERROR with the error.
+        if outcome == "ok" {
+            assert_eq!(task.status, Status::Unset, "{step} attempt {n}");
+        } else {
+            assert_eq!(
+                task.status,
+                Status::error("warehouse busy"),
+                "{step} attempt {n}"
+            );
+        }
 
         // The handler's own span nests under the task span.
         let user = spans

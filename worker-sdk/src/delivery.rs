@@ -139,21 +139,40 @@ pub(crate) async fn handle(
             return;
         }
     };
+    // Attribute names and types as on the engine's spans (`saga.id`, `step`,
+    // an integer `attempt`), so one search finds both.
     let span = info_span!(
         "task",
-        saga_id = %task.saga_id,
-        step_id = %task.step_id,
-        attempt = task.attempt,
+        saga.id = %task.saga_id,
+        step = %task.step_id,
+        service = %task.service,
+        attempt = i64::from(task.attempt),
         operation = %task.operation,
         kind = %task.kind,
         stream_seq,
         delivered,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
     );
     // A child of the engine's span of this step attempt, when tracing is on.
     crate::trace::link(&span, msg.headers.as_ref());
     process(&shared, &msg, task, ack_wait, permit)
         .instrument(span)
         .await;
+}
+
+/// Records `outcome` on the `task` span: its name, and for a failed
+/// handler the OpenTelemetry status ERROR with the error.
+fn record_outcome(span: &tracing::Span, outcome: &Outcome) {
+    span.record("outcome", outcome.as_str());
+    match outcome {
+        Outcome::Ok { .. } => {}
+        Outcome::Retryable { error, .. } | Outcome::Fatal { error } => {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+        }
+    }
 }
 
 /// Steps 2 to 6 for a decoded task.
@@ -185,6 +204,10 @@ async fn process(
     let ctx = TaskContext::received(Arc::new(task));
     let work = async {
         let (outcome, replayed) = produce_outcome(shared, &ctx).await?;
+        // Recorded before the result leaves: the engine may close the
+        // attempt span as soon as it applies the result, while this span
+        // lasts until the acknowledgement.
+        record_outcome(&tracing::Span::current(), &outcome);
         publish(shared, ctx.task(), &outcome, replayed).await?;
         Ok::<_, Unfinished>(outcome)
     };

@@ -8,6 +8,14 @@
 //! ([`link`]), so the `tracing` spans a handler opens nest under it and the
 //! whole saga reads as one trace: caller → saga → step attempt → handler.
 //!
+//! The `task` span carries the engine's attribute names and types
+//! (`saga.id`, `step`, `service`, an integer `attempt`, `kind`), plus
+//! `operation` and the handler's `outcome`; a failed handler (retryable or
+//! fatal) sets its status to ERROR with the error. The outcome is recorded
+//! before the result is published. The span itself lasts until the task is
+//! acknowledged, after the publish, so it ends a little after its parent
+//! attempt span, which the engine closes when it applies the result.
+//!
 //! Linking needs a [`tracing_opentelemetry`] layer in the process's
 //! subscriber; without one it does nothing. With the `otlp` feature,
 //! [`init`] sets up an OTLP exporter from the standard `OTEL_*` environment

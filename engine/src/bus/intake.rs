@@ -154,7 +154,7 @@ pub(crate) fn stream_position(msg: &jetstream::Message) -> Option<String> {
 }
 
 /// The reason a payload over `max_payload` is counted under.
-const OVERSIZED: &str = "oversized";
+pub(crate) const OVERSIZED: &str = "oversized";
 
 /// The fatal failure of the attempt an oversized result answers, when its
 /// `Nats-Msg-Id` (`msg_id`) names one and agrees with its `Jetsaga-Saga-Id`

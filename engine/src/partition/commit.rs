@@ -47,10 +47,8 @@ impl Partition {
             self.active.insert(saga.id.clone(), saga);
         }
         let definitions = self.store.list_definitions()?;
-        self.metrics.resume(
-            definitions.iter().map(|d| d.name.as_str()),
-            self.active.values(),
-        );
+        self.metrics
+            .resume(definitions.iter(), self.active.values());
         tracing::info!(unfinished = self.active.len(), "partition resumed");
         self.resume_services()?;
         self.resume_limits(&definitions).await?;

@@ -1,0 +1,201 @@
+//! What docs/PROTOCOL.md tells a worker written with a plain NATS client
+//! about the JetStream API, checked against a real nats-server: consumer
+//! creation that never changes a shared consumer, the `STREAM.MSG.GET`
+//! reply shape, direct gets on a bucket without `allow_direct`, and writing
+//! a record over a delete marker.
+
+use async_nats::jetstream::{self, kv};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use jetsaga_tests::NatsServer;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A JetStream API request; the JSON reply.
+async fn api(client: &async_nats::Client, subject: &str, body: Value) -> Value {
+    let reply = client
+        .request(
+            subject.to_string(),
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+fn consumer_create(ack_wait: Duration, action: Option<&str>) -> Value {
+    let mut body = json!({"stream_name": "JETSAGA_TASKS", "config": {
+        "durable_name": "jetsaga-svc-payments",
+        "filter_subject": "jetsaga.task.payments",
+        "ack_policy": "explicit",
+        "ack_wait": ack_wait.as_nanos() as u64,
+        "max_deliver": -1,
+        "deliver_policy": "all"
+    }});
+    if let Some(action) = action {
+        body["action"] = json!(action);
+    }
+    body
+}
+
+#[tokio::test]
+async fn consumer_create_with_action_create_never_changes_a_shared_consumer() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: "JETSAGA_TASKS".into(),
+        subjects: vec!["jetsaga.task.>".into()],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let create = "$JS.API.CONSUMER.CREATE.JETSAGA_TASKS.jetsaga-svc-payments.jetsaga.task.payments";
+    let info = "$JS.API.CONSUMER.INFO.JETSAGA_TASKS.jetsaga-svc-payments";
+    let ack_wait = |reply: &Value| reply["config"]["ack_wait"].as_u64();
+
+    // Before it exists, CONSUMER.INFO answers 10014.
+    let missing = api(&client, info, json!({})).await;
+    assert_eq!(missing["error"]["err_code"], 10014, "{missing}");
+
+    // The documented payload creates it, and is idempotent.
+    let thirty = Duration::from_secs(30);
+    let first = api(&client, create, consumer_create(thirty, Some("create"))).await;
+    assert_eq!(ack_wait(&first), Some(30_000_000_000), "{first}");
+    let again = api(&client, create, consumer_create(thirty, Some("create"))).await;
+    assert!(again.get("error").is_none(), "{again}");
+
+    // Other settings with `"action": "create"`: refused with 10148, the
+    // shared consumer unchanged.
+    let sixty = Duration::from_secs(60);
+    let refused = api(&client, create, consumer_create(sixty, Some("create"))).await;
+    assert_eq!(refused["error"]["err_code"], 10148, "{refused}");
+    let unchanged = api(&client, info, json!({})).await;
+    assert_eq!(ack_wait(&unchanged), Some(30_000_000_000), "{unchanged}");
+
+    // Without an action the same request silently updates it.
+    let updated = api(&client, create, consumer_create(sixty, None)).await;
+    assert!(updated.get("error").is_none(), "{updated}");
+    let changed = api(&client, info, json!({})).await;
+    assert_eq!(ack_wait(&changed), Some(60_000_000_000), "{changed}");
+}
+
+#[tokio::test]
+async fn idempotency_lookups_and_records_as_documented() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    // The bucket as another client may create it: a KV stream without
+    // `allow_direct`.
+    js.create_stream(jetstream::stream::Config {
+        name: "KV_JETSAGA_IDEMPOTENCY".into(),
+        subjects: vec!["$KV.JETSAGA_IDEMPOTENCY.>".into()],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let bucket: kv::Store = js.get_key_value("JETSAGA_IDEMPOTENCY").await.unwrap();
+    let stream = "KV_JETSAGA_IDEMPOTENCY";
+    let key = "0192f5a0-1234-7000-8000-00000000abcd.pay.action";
+    let subject = format!("$KV.JETSAGA_IDEMPOTENCY.{key}");
+
+    // A direct get on a stream without `allow_direct`: no responders.
+    let direct = client
+        .request(
+            format!("$JS.API.DIRECT.GET.{stream}.{subject}"),
+            Vec::new().into(),
+        )
+        .await;
+    assert!(
+        matches!(&direct, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "{direct:?}"
+    );
+
+    // No record: 404 / 10037.
+    let get = format!("$JS.API.STREAM.MSG.GET.{stream}");
+    let none = api(&client, &get, json!({"last_by_subj": subject})).await;
+    assert_eq!(
+        none["type"],
+        "io.nats.jetstream.api.v1.stream_msg_get_response"
+    );
+    assert_eq!(none["error"]["code"], 404, "{none}");
+    assert_eq!(none["error"]["err_code"], 10037, "{none}");
+
+    // A record: create-only write, then the reply's base64 `data`, and in
+    // base64 `hdrs` the headers it was published with (no `KV-Operation`).
+    let record = |expected: u64| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        headers
+    };
+    let outcome = br#"{"status":"ok","output":{"charge_id":"ch_1"}}"#;
+    let ack = js
+        .publish_with_headers(subject.clone(), record(0), outcome.as_slice().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let found = api(&client, &get, json!({"last_by_subj": subject})).await;
+    let message = &found["message"];
+    assert_eq!(message["subject"], subject.as_str(), "{found}");
+    assert_eq!(message["seq"], ack.sequence, "{found}");
+    let hdrs = STANDARD.decode(message["hdrs"].as_str().unwrap()).unwrap();
+    let hdrs = String::from_utf8(hdrs).unwrap();
+    assert_eq!(
+        hdrs,
+        "NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 0\r\n\r\n"
+    );
+    let data = STANDARD.decode(message["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, outcome);
+
+    // A second create-only write: 10071, a message exists.
+    let second = js
+        .publish_with_headers(subject.clone(), record(0), outcome.as_slice().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(second.to_string().contains("10071"), "{second}");
+
+    // A delete marker: headers in base64 `hdrs` with `KV-Operation: DEL`,
+    // no `data`; a create-only write fails, one expecting the marker's
+    // sequence succeeds.
+    bucket.delete(key).await.unwrap();
+    let marker = api(&client, &get, json!({"last_by_subj": subject})).await;
+    let message = &marker["message"];
+    let hdrs = STANDARD.decode(message["hdrs"].as_str().unwrap()).unwrap();
+    let hdrs = String::from_utf8(hdrs).unwrap();
+    assert!(hdrs.starts_with("NATS/1.0\r\n"), "{hdrs:?}");
+    assert!(hdrs.contains("KV-Operation: DEL\r\n"), "{hdrs:?}");
+    assert!(hdrs.ends_with("\r\n\r\n"), "{hdrs:?}");
+    assert!(message.get("data").is_none(), "{marker}");
+    let over_marker = js
+        .publish_with_headers(subject.clone(), record(0), outcome.as_slice().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(over_marker.to_string().contains("10071"), "{over_marker}");
+    let marker_seq = message["seq"].as_u64().unwrap();
+    js.publish_with_headers(
+        subject.clone(),
+        record(marker_seq),
+        outcome.as_slice().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(
+        bucket.get(key).await.unwrap().as_deref(),
+        Some(outcome.as_slice())
+    );
+}
