@@ -261,7 +261,13 @@ fn crashed_at(process: &ChildProcess, point: &str) -> String {
 
 /// The value of `name=value` in a log line (span or event field).
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    // The whole field name: `step=` must not match `other_step=`.
+    let key = format!("{name}=");
+    let at = line
+        .match_indices(&key)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || matches!(line.as_bytes()[i - 1], b' ' | b'{'))?
+        + key.len();
     let rest = &line[at..];
     let end = rest.find([' ', '}', ':']).unwrap_or(rest.len());
     Some(rest[..end].trim_matches('"'))
@@ -529,8 +535,8 @@ impl TaskRef {
             other => panic!("kind {other} in {line:?}"),
         };
         TaskRef {
-            saga_id: get("saga_id"),
-            step_id: get("step_id"),
+            saga_id: get("saga.id"),
+            step_id: get("step"),
             kind,
             stream_seq: get("stream_seq"),
         }
@@ -542,8 +548,8 @@ impl TaskRef {
 
     /// Whether `line` was written while handling this task message.
     fn is_in(&self, line: &str) -> bool {
-        field(line, "saga_id") == Some(&self.saga_id)
-            && field(line, "step_id") == Some(&self.step_id)
+        field(line, "saga.id") == Some(&self.saga_id)
+            && field(line, "step") == Some(&self.step_id)
             && field(line, "kind") == Some(&self.kind.to_string())
             && field(line, "stream_seq") == Some(&self.stream_seq)
     }

@@ -208,6 +208,17 @@ async fn three_node_cluster_replicates_and_survives_a_node_crash() {
     assert_eq!(cluster.url_list().split(',').count(), 3);
     let js = jetstream::new(cluster.client().await);
     file_stream(&js, "REPLICATED", 3).await;
+    // A replicated stream takes writes once its Raft group has elected a
+    // leader, which can follow the create's answer on a loaded machine.
+    jetsaga_tests::wait_until("the new stream's leader", SHORT, || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("REPLICATED").await.ok()?;
+            let info = stream.info().await.ok()?;
+            info.cluster.as_ref()?.leader.clone()
+        }
+    })
+    .await;
     js.publish("REPLICATED.a", "1".into())
         .await
         .unwrap()
