@@ -20,8 +20,9 @@ use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_engine::api::{ApplyRequest, Op};
 use jetsaga_engine::config::{ConfigError, NatsConfig, connect_hint, connect_options};
 use jetsaga_protocol::api::{
-    AppliedDefinition, CancelRequest, DefListRequest, DefinitionListing, ListRequest, RetryRequest,
-    SagaDetail, SagaRef, SagaSummary, ServiceRef, ServiceStatus,
+    AppliedDefinition, CancelRequest, DefListRequest, DefinitionListing, GetRequest, ListRequest,
+    RetryRequest, SagaDetail, SagaRef, SagaStats, SagaSummary, ServiceRef, ServiceStatus,
+    StatsRequest,
 };
 use jetsaga_protocol::{ApiError, ApiReply, ErrorCode, StartReply, StartRequest, Subjects};
 use serde::Serialize;
@@ -213,6 +214,21 @@ impl Client {
     pub async fn get(&self, id: &str) -> Result<SagaDetail, ClientError> {
         self.call(Op::SagaGet, &SagaRef { id: id.to_string() })
             .await
+    }
+
+    /// The saga started with idempotency key `key`, or `E-NOT-FOUND`.
+    /// Only reads: unlike a start with the same key, it never starts one.
+    pub async fn get_by_key(&self, key: &str) -> Result<SagaDetail, ClientError> {
+        let req = GetRequest {
+            id: None,
+            idempotency_key: Some(key.to_string()),
+        };
+        self.call(Op::SagaGet, &req).await
+    }
+
+    /// Counts, rates and durations of the stored sagas `req` selects.
+    pub async fn stats(&self, req: &StatsRequest) -> Result<SagaStats, ClientError> {
+        self.call(Op::SagaStats, req).await
     }
 
     /// Sagas matching `filter`, newest first.

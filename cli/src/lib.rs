@@ -379,10 +379,28 @@ pub enum SagaCommand {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Show a saga and its steps.
+    /// Show a saga and its steps, by id or by the idempotency key it was
+    /// started with (`--key`, which only reads: it never starts a saga).
     Status {
         /// Saga id.
-        id: String,
+        #[arg(
+            required_unless_present = "idempotency_key",
+            conflicts_with = "idempotency_key"
+        )]
+        id: Option<String>,
+        /// The idempotency key the saga was started with.
+        #[arg(long = "key", value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
+    /// Counts per state, success and compensation rates and durations of
+    /// the sagas the engine keeps, per definition and overall.
+    Stats {
+        /// Only sagas of this definition.
+        #[arg(long = "saga")]
+        saga: Option<String>,
+        /// Only sagas created within this long (e.g. 15m, 24h, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
     },
     /// List sagas, newest first.
     List {
@@ -1112,11 +1130,31 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        SagaCommand::Status { id } => {
-            let detail = client(cli).await?.get(id).await?;
+        SagaCommand::Status {
+            id,
+            idempotency_key,
+        } => {
+            let client = client(cli).await?;
+            let detail = match (id, idempotency_key) {
+                (_, Some(key)) => client.get_by_key(key).await?,
+                (Some(id), None) => client.get(id).await?,
+                (None, None) => anyhow::bail!("name the saga by its id or by --key"),
+            };
             match cli.output {
                 Output::Json => print_json(&detail)?,
                 Output::Table => println!("{}", render::saga(&detail)),
+            }
+            Ok(0)
+        }
+        SagaCommand::Stats { saga, since } => {
+            let req = jetsaga_protocol::api::StatsRequest {
+                saga: saga.clone(),
+                since: since.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            };
+            let stats = client(cli).await?.stats(&req).await?;
+            match cli.output {
+                Output::Json => print_json(&stats)?,
+                Output::Table => println!("{}", render::stats(&stats)),
             }
             Ok(0)
         }

@@ -5,8 +5,8 @@ use jetsaga_core::saga::definition::SagaPolicy;
 use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::TaskKind;
 use jetsaga_protocol::api::{
-    AttemptOutcome, DefinitionListing, SagaDetail, SagaStatus, SagaSummary, ServiceStatus,
-    StepState,
+    AttemptOutcome, DefinitionListing, SagaDetail, SagaStats, SagaStatus, SagaSummary,
+    ServiceStatus, Stats, StepState,
 };
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -373,4 +373,56 @@ pub(super) fn breakers(services: &[ServiceStatus]) -> String {
         ]);
     }
     table.to_string()
+}
+
+/// `jetsaga saga stats`: one row per definition, then the total.
+pub(super) fn stats(stats: &SagaStats) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "saga",
+        "total",
+        "states",
+        "success",
+        "compensated",
+        "avg",
+        "p50",
+        "p95",
+    ]);
+    let rows = stats
+        .definitions
+        .iter()
+        .map(|d| (d.name.as_str(), &d.stats))
+        .chain(std::iter::once(("(all)", &stats.overall)));
+    for (name, s) in rows {
+        table.add_row(stats_row(name, s));
+    }
+    let mut out = table.to_string();
+    if let Some(after) = stats.created_after {
+        out.push_str(&format!("\nsagas created since {}", time(after)));
+    }
+    out
+}
+
+fn stats_row(name: &str, s: &Stats) -> Vec<String> {
+    let states = s
+        .states
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(state, n)| format!("{state} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", r * 100.0));
+    let ms = |f: fn(&jetsaga_protocol::api::Durations) -> u64| {
+        s.duration.as_ref().map_or("-".into(), |d| span(0, f(d)))
+    };
+    vec![
+        name.to_string(),
+        s.total.to_string(),
+        states,
+        rate(s.success_rate),
+        rate(s.compensation_rate),
+        ms(|d| d.avg),
+        ms(|d| d.p50),
+        ms(|d| d.p95),
+    ]
 }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 pub enum Op {
     /// `saga.start`: a [`crate::StartRequest`] → [`crate::StartReply`].
     SagaStart,
-    /// `saga.get`: `{"id"}` → the saga's detail.
+    /// `saga.get`: `{"id"}` or `{"idempotency_key"}` → the saga's detail.
     SagaGet,
     /// `saga.list`: a filter → the saga summaries.
     SagaList,
@@ -26,6 +26,8 @@ pub enum Op {
     SagaRetry,
     /// `saga.delete`: `{"id"}` → `{"id"}` (the deleted saga).
     SagaDelete,
+    /// `saga.stats`: `{"saga"?, "since"?}` → counts, rates and durations.
+    SagaStats,
     /// `def.apply`: definitions and service policies → the applied definitions.
     DefApply,
     /// `def.list`: `{"after"?, "limit"?}` → a page of the current definitions, by name.
@@ -40,13 +42,14 @@ pub enum Op {
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::SagaStart,
         Op::SagaGet,
         Op::SagaList,
         Op::SagaCancel,
         Op::SagaRetry,
         Op::SagaDelete,
+        Op::SagaStats,
         Op::DefApply,
         Op::DefList,
         Op::BreakerList,
@@ -63,6 +66,7 @@ impl Op {
             Op::SagaCancel => "saga.cancel",
             Op::SagaRetry => "saga.retry",
             Op::SagaDelete => "saga.delete",
+            Op::SagaStats => "saga.stats",
             Op::DefApply => "def.apply",
             Op::DefList => "def.list",
             Op::BreakerList => "breaker.list",

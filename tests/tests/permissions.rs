@@ -230,6 +230,15 @@ async fn a_worker_is_confined_to_its_own_services_tasks_and_results() {
         .unwrap();
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(reply["ok"]["saga"]["id"], json!(mail), "{reply}");
+    let reply = viewer
+        .request("jetsaga.api.saga.stats", "{}".into())
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(
+        reply["ok"]["overall"]["total"].as_u64() >= Some(1),
+        "{reply}"
+    );
     assert_denied(
         &viewer,
         &mut viewer_denied,

@@ -69,6 +69,14 @@ fn scale_runs_with_tiny_numbers_and_reports_sane_figures() {
     let (resume, ready) = (num(&engine["resume_ms"]), num(&engine["ready_ms"]));
     assert!(resume > 0.0 && ready > 0.0, "{engine}");
     check_latency("api status", &engine["status"], 20);
+    let stats = &engine["stats"];
+    for label in ["all", "one_definition", "last_hour"] {
+        check_latency(&format!("stats {label}"), &stats[label], 5);
+    }
+    assert_eq!(stats["all"]["sagas"], 220, "{stats}");
+    let one = stats["one_definition"]["sagas"].as_u64().expect("sagas");
+    assert!(one > 0 && one < 220, "{stats}");
+    assert!(stats["last_hour"]["sagas"].as_u64().expect("sagas") <= 220);
     check_latency("cli status", &engine["cli"]["status"], 2);
     for (who, lists) in [("store", &store["list"]), ("api", &engine["list"])] {
         let lists = lists.as_object().expect("list measurements");

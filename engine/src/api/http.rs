@@ -13,6 +13,8 @@
 //! | `POST /v1/sagas` | start a saga (`Idempotency-Key` header: 201 when created, 200 with the existing saga) |
 //! | `GET /v1/sagas` | list sagas, newest first, with filters and a `next` cursor |
 //! | `GET /v1/sagas/{id}` | one saga with its steps, attempts and definition |
+//! | `GET /v1/sagas/by-key/{key}` | the saga an idempotency key started (only reads) |
+//! | `GET /v1/stats` | counts per state, success and compensation rates, durations |
 //! | `POST /v1/sagas/{id}/cancel` | cancel a saga, compensating or not |
 //! | `POST /v1/sagas/{id}/retry` | retry a finished saga: resume its rollback, or run it again |
 //! | `DELETE /v1/sagas/{id}` | delete a finished saga (204) |
@@ -48,7 +50,7 @@ use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::api::{
     AppliedDefinitions, BreakerList, CancelRequest, CancelSagaRequest, DefinitionFile,
     DefinitionList, ListRequest, RetryRequest, RetrySagaRequest, SagaDetail, SagaPage, SagaState,
-    SagaStatus, ServiceStatus, StartReply,
+    SagaStats, SagaStatus, ServiceStatus, StartReply, StatsRequest,
 };
 use jetsaga_protocol::{ApiError, ErrorCode, HEADER_START_KEY, StartRequest};
 use jetsaga_store::DEFAULT_LIST_LIMIT;
@@ -139,6 +141,8 @@ fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/sagas", start_saga),
         Route::new(Method::GET, "/v1/sagas", list_sagas),
         Route::new(Method::GET, "/v1/sagas/{id}", get_saga),
+        Route::new(Method::GET, "/v1/sagas/by-key/{key}", get_saga_by_key),
+        Route::new(Method::GET, "/v1/stats", saga_stats),
         Route::new(Method::POST, "/v1/sagas/{id}/cancel", cancel_saga),
         Route::new(Method::POST, "/v1/sagas/{id}/retry", retry_saga),
         Route::new(Method::DELETE, "/v1/sagas/{id}", delete_saga),
@@ -964,6 +968,96 @@ async fn delete_saga(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The saga started with this idempotency key (the `Idempotency-Key` of
+/// `POST /v1/sagas`, the key of a durable start). Only reads: it never
+/// starts a saga, not even for a durable start not yet consumed.
+#[utoipa::path(
+    get,
+    path = "/v1/sagas/by-key/{key}",
+    tag = "sagas",
+    params(("key" = String, Path, description = "Idempotency key of the saga's start")),
+    responses(
+        (status = 200, description = "The saga", body = SagaDetail),
+        (status = 404, description = "E-NOT-FOUND: no saga with this idempotency key", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn get_saga_by_key(
+    State(state): State<HttpState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let key = path
+        .map(|Path(key)| key)
+        .map_err(|e| HttpError::bad_request(format!("bad idempotency key: {}", e.body_text())))?;
+    let detail = state.api()?.get_by_key(&key).await?;
+    Ok(json(StatusCode::OK, &detail))
+}
+
+/// Query of `GET /v1/stats`. Empty values count as absent.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams {
+    /// Only sagas of this definition.
+    pub saga: Option<String>,
+    /// Only sagas created within this long before now: a duration
+    /// (`90s`, `15m`, `24h`, `7d`) or milliseconds.
+    pub since: Option<String>,
+}
+
+impl StatsParams {
+    fn into_request(self) -> Result<StatsRequest, HttpError> {
+        let since = match self.since.filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(parse_since(&v).ok_or_else(|| {
+                HttpError::bad_request(format!(
+                    "since {v:?} is not a duration (such as 15m, 24h, 7d) or milliseconds"
+                ))
+            })?),
+        };
+        Ok(StatsRequest {
+            saga: self.saga.filter(|v| !v.is_empty()),
+            since,
+        })
+    }
+}
+
+/// A `since` of `GET /v1/stats`: milliseconds, or a duration such as `24h`.
+fn parse_since(v: &str) -> Option<u64> {
+    v.parse::<u64>().ok().or_else(|| {
+        humantime::parse_duration(v)
+            .ok()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// Counts per state, success rate (`completed` of the finished), compensation
+/// rate (`compensated` and `partially_compensated` of the finished), and the
+/// average, p50, p95 and longest duration of the finished sagas: per
+/// definition and overall, over the sagas the store keeps. One scan of the
+/// stored sagas; `since` bounds it to the sagas created in the window.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "sagas",
+    params(StatsParams),
+    responses(
+        (status = 200, description = "The statistics", body = SagaStats),
+        (status = 400, description = "E-BAD-REQUEST: bad `since`, unknown parameter", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn saga_stats(
+    State(state): State<HttpState>,
+    query: Result<Query<StatsParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = query.map_err(|e| {
+        HttpError::bad_request(format!("{}; known parameters: saga, since", e.body_text()))
+    })?;
+    let stats = state.api()?.stats(&params.into_request()?).await?;
+    Ok(json(StatusCode::OK, &stats))
+}
+
 fn saga_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
     path.map(|Path(id)| id)
         .map_err(|e| HttpError::bad_request(format!("bad saga id: {}", e.body_text())))
@@ -1238,6 +1332,8 @@ async fn prometheus_metrics() -> Response {
         start_saga,
         list_sagas,
         get_saga,
+        get_saga_by_key,
+        saga_stats,
         cancel_saga,
         retry_saga,
         delete_saga,

@@ -24,8 +24,9 @@ use jetsaga_core::saga::definition::{
 };
 use jetsaga_core::saga::state::{Millis, Saga, SagaStatus};
 use jetsaga_protocol::api::{
-    AppliedDefinition, CancelRequest, DefListRequest, DefinitionListing, ListRequest,
-    MAX_LIST_LIMIT, RetryRequest, SagaDetail, SagaPage, SagaRef, ServiceRef, ServiceStatus,
+    AppliedDefinition, CancelRequest, DefListRequest, DefinitionListing, GetRequest, ListRequest,
+    MAX_LIST_LIMIT, RetryRequest, SagaDetail, SagaPage, SagaRef, SagaStats, ServiceRef,
+    ServiceStatus, StatsRequest,
 };
 use jetsaga_protocol::{
     ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
@@ -40,6 +41,7 @@ use tokio_util::task::TaskTracker;
 #[cfg(test)]
 mod golden;
 pub mod http;
+mod stats;
 pub mod view;
 
 /// Queue group of the API subscription.
@@ -49,10 +51,11 @@ pub const QUEUE_GROUP: &str = "jetsaga-engine";
 /// [`serve`] decodes their requests and answers them as:
 ///
 /// - `saga.start`: [`StartRequest`] → [`jetsaga_protocol::StartReply`];
-///   `saga.get`: [`SagaRef`] → [`SagaDetail`]; `saga.list`: [`ListRequest`]
+///   `saga.get`: [`GetRequest`] → [`SagaDetail`]; `saga.list`: [`ListRequest`]
 ///   → `Vec<`[`SagaSummary`]`>`; `saga.cancel`: [`CancelRequest`] →
 ///   [`SagaDetail`]; `saga.retry`: [`RetryRequest`] → [`SagaDetail`];
-///   `saga.delete`: [`SagaRef`] → [`SagaRef`] (the deleted saga).
+///   `saga.delete`: [`SagaRef`] → [`SagaRef`] (the deleted saga);
+///   `saga.stats`: [`StatsRequest`] → [`SagaStats`].
 /// - `def.apply`: [`ApplyRequest`] → `Vec<`[`AppliedDefinition`]`>`;
 ///   `def.list`: [`DefListRequest`] → `Vec<`[`DefinitionListing`]`>` (a
 ///   page of the current versions, by name).
@@ -77,6 +80,9 @@ const ID_CLOCK_SLACK_MS: Millis = 60_000;
 
 /// Sagas read from the store per round while a time range is filtered.
 const SCAN_PAGE: usize = 256;
+
+/// Sagas read from the store per round by [`Api::stats`].
+const STATS_PAGE: usize = 1024;
 
 /// The API's business logic, shared by every transport: each method is one
 /// operation, returning the value to send or an [`ApiError`] with its stable
@@ -179,6 +185,81 @@ impl Api {
             None
         };
         Ok(view::saga_detail(saga, &definition, queue_position))
+    }
+
+    /// The saga started with idempotency key `key` ([`Api::get`]), or
+    /// `E-NOT-FOUND`. Only reads: a start with that key not yet consumed
+    /// stays unconsumed.
+    pub async fn get_by_key(&self, key: &str) -> Result<SagaDetail, ApiError> {
+        let id = self
+            .store
+            .saga_by_idempotency_key(key)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                api_error(
+                    ErrorCode::NotFound,
+                    format!("no saga with idempotency key {key:?}"),
+                )
+            })?;
+        self.get(&id).await
+    }
+
+    /// `saga.get`: by `id` or by `idempotency_key`, exactly one of them.
+    pub async fn get_saga(&self, req: &GetRequest) -> Result<SagaDetail, ApiError> {
+        match (&req.id, &req.idempotency_key) {
+            (Some(id), None) => self.get(id).await,
+            (None, Some(key)) => self.get_by_key(key).await,
+            _ => Err(api_error(
+                ErrorCode::BadRequest,
+                "saga.get names a saga by exactly one of `id` and `idempotency_key`",
+            )),
+        }
+    }
+
+    /// Counts per state, success and compensation rates and durations of
+    /// the stored sagas, per definition and overall ([`SagaStats`]).
+    ///
+    /// One scan of the sagas (of the `saga` definition's name index when
+    /// given), newest first, on a blocking thread: `since` stops it at the
+    /// first saga id (a UUIDv7) older than `now - since`, so its cost
+    /// follows the sagas in the window, not the store.
+    pub async fn stats(&self, req: &StatsRequest) -> Result<SagaStats, ApiError> {
+        let created_after = req
+            .since
+            .map(|since| crate::partition::now_ms().saturating_sub(since));
+        let store = self.store.clone();
+        let name = req.saga.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut sagas = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store
+                    .list_sagas(&SagaFilter {
+                        state: None,
+                        name: name.clone(),
+                        before: cursor.take(),
+                        limit: STATS_PAGE,
+                    })
+                    .map_err(internal)?;
+                let exhausted = page.len() < STATS_PAGE;
+                cursor = page.last().map(|s| s.id.clone());
+                for saga in page {
+                    if let (Some(after), Some(id_ms)) = (created_after, uuid_v7_millis(&saga.id))
+                        && id_ms < after
+                    {
+                        return Ok(stats::summarize(&sagas, created_after));
+                    }
+                    if created_after.is_none_or(|a| saga.created_at >= a) {
+                        sagas.push(saga);
+                    }
+                }
+                if exhausted {
+                    return Ok(stats::summarize(&sagas, created_after));
+                }
+            }
+        })
+        .await
+        .map_err(internal)?
     }
 
     /// A page of sagas, newest first, with the cursor of the next page.
@@ -693,8 +774,8 @@ async fn handle(op: Op, msg: &Message, api: &Api) -> Vec<u8> {
         ),
         Op::SagaGet => reply(
             async {
-                let req: SagaRef = parse(op, payload)?;
-                api.get(&req.id).await
+                let req: GetRequest = parse(op, payload)?;
+                api.get_saga(&req).await
             }
             .await,
         ),
@@ -724,6 +805,13 @@ async fn handle(op: Op, msg: &Message, api: &Api) -> Vec<u8> {
                 let req: SagaRef = parse(op, payload)?;
                 api.delete(&req.id).await?;
                 Ok(req)
+            }
+            .await,
+        ),
+        Op::SagaStats => reply(
+            async {
+                let req: StatsRequest = parse(op, payload)?;
+                api.stats(&req).await
             }
             .await,
         ),

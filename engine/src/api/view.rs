@@ -14,14 +14,18 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A saga with the definition version it runs.
+/// A saga with the definition version it runs; each step carries its id.
 pub fn saga_detail(
     saga: core::Saga,
     definition: &def::SagaDefinition,
     queue_position: Option<usize>,
 ) -> dto::SagaDetail {
+    let mut saga = saga_view(saga);
+    for (step, d) in saga.steps.iter_mut().zip(&definition.steps) {
+        step.id = Some(d.id.clone());
+    }
     dto::SagaDetail {
-        saga: saga_view(saga),
+        saga,
         definition: definition_view(definition),
         queue_position,
     }
@@ -69,6 +73,7 @@ fn saga_status(s: core::SagaStatus) -> dto::SagaStatus {
 
 fn step_state(s: core::StepState) -> dto::StepState {
     dto::StepState {
+        id: None,
         status: step_status(s.status),
         attempts: s.attempts.into_iter().map(attempt).collect(),
         attempts_dropped: s.attempts_dropped,

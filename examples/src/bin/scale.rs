@@ -16,6 +16,9 @@
 //!    (which must count every unfinished saga) and to `engine ready`. Then
 //!    `saga get` and filtered `saga list` pages over NATS through the API
 //!    client, and the same two through the `jetsaga` CLI (a process per call).
+//!    Then `saga stats` over NATS: over every stored saga, over one
+//!    definition, and over the last hour (`since`), each count checked
+//!    against the seed.
 //! 4. **prune backlog**: the engine again on that store with a 1 s
 //!    retention, so every seeded finished saga is past it: the time until
 //!    all are pruned and only the unfinished ones are left.
@@ -45,7 +48,7 @@ use jetsaga_core::saga::state::{
 use jetsaga_engine::partition::now_ms;
 use jetsaga_engine::retention::Retention;
 use jetsaga_examples::stats::nearest_rank;
-use jetsaga_protocol::api::{ListRequest, SagaState};
+use jetsaga_protocol::api::{ListRequest, SagaState, StatsRequest};
 use jetsaga_store::{
     Change, DefinitionTable, DiskUsage, GroupCommit, SagaFilter, SagaTable, SledStore, TimerRow,
 };
@@ -657,8 +660,10 @@ async fn measure_engine(
         .map(String::from)
         .to_vec())?);
     }
+    let stats = measure_stats(&client, args).await?;
     engine.stop()?;
     Ok(json!({
+        "stats": stats,
         "resume_ms": resume_ms,
         "ready_ms": ready_ms,
         "resumed_unfinished": resumed_count,
@@ -671,6 +676,55 @@ async fn measure_engine(
         },
     }))
 }
+
+/// Timed `saga.stats` calls: over every stored saga, over one definition,
+/// over the last hour (seeded sagas were created over the last days, so
+/// the window holds few of them; `since` bounds the scan).
+async fn measure_stats(client: &Client, args: &Args) -> Result<Value> {
+    let seeded = (args.finished + args.unfinished) as u64;
+    let cases = [
+        ("all", StatsRequest::default()),
+        (
+            "one_definition",
+            StatsRequest {
+                saga: Some("collect_payment".into()),
+                since: None,
+            },
+        ),
+        (
+            "last_hour",
+            StatsRequest {
+                saga: None,
+                since: Some(3_600_000),
+            },
+        ),
+    ];
+    let mut out = serde_json::Map::new();
+    for (label, req) in cases {
+        let mut samples = Vec::new();
+        let mut total = 0;
+        for _ in 0..STATS_CALLS {
+            let t = Instant::now();
+            let stats = client.stats(&req).await?;
+            samples.push(elapsed_ms(t));
+            total = stats.overall.total;
+        }
+        if label == "all" && total != seeded {
+            bail!("saga stats counted {total} sagas, {seeded} were seeded");
+        }
+        if total > seeded {
+            bail!("saga stats {label} counted {total} sagas, over the {seeded} seeded");
+        }
+        let mut l = latency(samples);
+        l["sagas"] = json!(total);
+        eprintln!("scale: saga stats {label} over {total} sagas: {l}");
+        out.insert(label.into(), l);
+    }
+    Ok(Value::Object(out))
+}
+
+/// Timed calls per `saga.stats` measurement (each a scan of the store).
+const STATS_CALLS: usize = 5;
 
 /// Restarts the engine on the seeded store with a 1 s retention, so every
 /// seeded finished saga is past it, and times how long pruning them all

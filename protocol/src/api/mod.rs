@@ -23,6 +23,7 @@ pub mod request;
 pub mod saga;
 pub mod service;
 mod state;
+pub mod stats;
 
 pub use definition::{
     AppliedDefinition, AppliedDefinitions, BreakerConfig, DefinitionFile, DefinitionList,
@@ -30,8 +31,8 @@ pub use definition::{
     Trigger,
 };
 pub use request::{
-    CancelRequest, CancelSagaRequest, DefListRequest, ListRequest, MAX_LIST_LIMIT, RetryRequest,
-    RetrySagaRequest, SagaRef, StartReply, StartRequest,
+    CancelRequest, CancelSagaRequest, DefListRequest, GetRequest, ListRequest, MAX_LIST_LIMIT,
+    RetryRequest, RetrySagaRequest, SagaRef, StartReply, StartRequest, StatsRequest,
 };
 pub use saga::{
     Attempt, AttemptOutcome, Saga, SagaDetail, SagaPage, SagaStatus, SagaSummary, StepState,
@@ -39,3 +40,4 @@ pub use saga::{
 };
 pub use service::{BreakerList, ServiceRef, ServiceStatus};
 pub use state::{SagaState, UnknownState};
+pub use stats::{DefinitionStats, Durations, SagaStats, Stats};

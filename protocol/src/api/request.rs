@@ -141,3 +141,30 @@ pub struct DefListRequest {
     /// [`MAX_LIST_LIMIT`].
     pub limit: usize,
 }
+
+/// Names the saga to read (`saga.get`): by `id`, or by the idempotency key
+/// it was started with. Exactly one of the two. A lookup by key only reads:
+/// it never starts a saga, not even for a durable start not yet consumed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetRequest {
+    /// Saga id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The idempotency key of the saga's start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// Which sagas to summarize (`saga.stats`, `GET /v1/stats`). Every field is
+/// optional; `{}` covers every saga the store keeps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatsRequest {
+    /// Only sagas of this definition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saga: Option<String>,
+    /// Only sagas created within this many milliseconds before now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}

@@ -144,6 +144,10 @@ impl SagaStatus {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepState {
+    /// The step's id in the definition (`definition.steps[i].id` for
+    /// `steps[i]`). Sent in a saga detail; absent from engines before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Where the step stands.
     pub status: StepStatus,
     /// The attempts of the action and of the compensation, oldest first:
