@@ -330,10 +330,16 @@ impl Client {
         self.call(Op::BreakerGet, &req).await
     }
 
-    /// Closes a service's breaker and releases its held tasks.
-    pub async fn reset_breaker(&self, service: &str) -> Result<ServiceStatus, ClientError> {
-        let req = ServiceRef {
+    /// Closes a service's breaker and releases its held tasks, or forces
+    /// it into `state`.
+    pub async fn reset_breaker(
+        &self,
+        service: &str,
+        state: Option<jetsaga_protocol::api::ForcedState>,
+    ) -> Result<ServiceStatus, ClientError> {
+        let req = jetsaga_protocol::api::BreakerReset {
             service: service.to_string(),
+            state,
         };
         self.call(Op::BreakerReset, &req).await
     }

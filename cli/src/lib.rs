@@ -341,11 +341,13 @@ pub enum BreakerCommand {
         name: String,
     },
     /// Close a service's breaker; its held tasks are released in order.
+    /// With `--force-state open` it opens instead, holding the service's
+    /// tasks from now until its open timeout passes.
     Reset {
         /// Service name.
         name: String,
-        /// The state to put the breaker in; `closed` is what `reset` does
-        /// without it.
+        /// The state to put the breaker in (recorded as `forced` in its
+        /// history); `closed` is what `reset` does without it.
         #[arg(long, value_enum, value_name = "STATE")]
         force_state: Option<ForcedState>,
     },
@@ -354,6 +356,8 @@ pub enum BreakerCommand {
 /// A state `breaker reset --force-state` puts a breaker in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ForcedState {
+    /// Open: tasks are held from now; it half-opens after its open timeout.
+    Open,
     /// Closed: tasks pass, held ones are released in order.
     Closed,
 }
@@ -1059,15 +1063,24 @@ async fn breaker(cli: &Cli, cmd: &BreakerCommand) -> anyhow::Result<i32> {
     let services = match cmd {
         BreakerCommand::List => client.breakers().await?,
         BreakerCommand::Status { name } => vec![client.breaker(name).await?],
-        BreakerCommand::Reset {
-            name,
-            force_state: None | Some(ForcedState::Closed),
-        } => vec![client.reset_breaker(name).await?],
+        BreakerCommand::Reset { name, force_state } => {
+            let state = force_state.map(|s| match s {
+                ForcedState::Open => jetsaga_protocol::api::ForcedState::Open,
+                ForcedState::Closed => jetsaga_protocol::api::ForcedState::Closed,
+            });
+            vec![client.reset_breaker(name, state).await?]
+        }
     };
     match (cli.output, cmd) {
         (Output::Json, BreakerCommand::List) => print_json(&services)?,
         (Output::Json, _) => print_json(&services[0])?,
-        (Output::Table, _) => println!("{}", render::breakers(&services)),
+        (Output::Table, BreakerCommand::List) => println!("{}", render::breakers(&services)),
+        (Output::Table, _) => {
+            println!("{}", render::breakers(&services));
+            if let Some(history) = render::breaker_history(&services[0]) {
+                println!("history:\n{history}");
+            }
+        }
     }
     Ok(0)
 }
@@ -1282,6 +1295,10 @@ mod tests {
         assert!(matches!(
             command(&["circuit-breaker", "reset", "pay", "--force-state", "closed"]),
             Command::Breaker(BreakerCommand::Reset { name, force_state: Some(ForcedState::Closed) }) if name == "pay"
+        ));
+        assert!(matches!(
+            command(&["circuit-breaker", "reset", "pay", "--force-state", "open"]),
+            Command::Breaker(BreakerCommand::Reset { name, force_state: Some(ForcedState::Open) }) if name == "pay"
         ));
         assert!(matches!(
             command(&["circuit-breaker", "status", "pay"]),

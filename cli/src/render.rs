@@ -375,6 +375,27 @@ pub(super) fn breakers(services: &[ServiceStatus]) -> String {
     table.to_string()
 }
 
+/// A breaker's latest transitions, oldest first (`jetsaga breaker
+/// status|reset`); `None` when it has none.
+pub(super) fn breaker_history(s: &ServiceStatus) -> Option<String> {
+    if s.history.is_empty() {
+        return None;
+    }
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(vec!["at", "from", "to", "cause"]);
+    for t in &s.history {
+        table.add_row(vec![
+            time(t.at),
+            t.from.clone(),
+            t.to.clone(),
+            t.cause.clone(),
+        ]);
+    }
+    Some(table.to_string())
+}
+
 /// `jetsaga saga stats`: one row per definition, then the total.
 pub(super) fn stats(stats: &SagaStats) -> String {
     let mut table = Table::new();

@@ -121,6 +121,171 @@ impl Default for BreakerState {
     }
 }
 
+/// How many transitions a breaker's history keeps (the latest).
+pub const HISTORY_LEN: usize = 20;
+
+/// A breaker's state without its data: what a transition goes from and to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerPhase {
+    /// Tasks go out.
+    Closed,
+    /// Tasks are held.
+    Open,
+    /// One probe at a time goes out.
+    HalfOpen,
+}
+
+impl BreakerPhase {
+    /// Stable name: `closed`, `open`, `half_open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerPhase::Closed => "closed",
+            BreakerPhase::Open => "open",
+            BreakerPhase::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Why a breaker changed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerCause {
+    /// Consecutive failures reached the threshold (closed → open).
+    Failures,
+    /// The open timeout passed (open → half-open).
+    Timeout,
+    /// A probe's result (half-open → closed on enough successes, → open on a failure).
+    Probe,
+    /// An operator's reset (→ closed).
+    Reset,
+    /// An operator forced the state (`--force-state open|closed`).
+    Forced,
+}
+
+impl BreakerCause {
+    /// Stable name: `failures`, `timeout`, `probe`, `reset`, `forced`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerCause::Failures => "failures",
+            BreakerCause::Timeout => "timeout",
+            BreakerCause::Probe => "probe",
+            BreakerCause::Reset => "reset",
+            BreakerCause::Forced => "forced",
+        }
+    }
+}
+
+/// One entry of a breaker's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerTransition {
+    /// When (ms since the Unix epoch).
+    pub at: Millis,
+    /// The state it left.
+    pub from: BreakerPhase,
+    /// The state it entered (the same as `from` for a forced state it was in).
+    pub to: BreakerPhase,
+    /// Why.
+    pub cause: BreakerCause,
+}
+
+/// The state an operator forces a breaker into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForcedState {
+    /// Open from now: tasks are held; it half-opens after its `open_timeout`.
+    Open,
+    /// Closed with no failures counted: held tasks are released.
+    Closed,
+}
+
+/// A service's breaker as stored: its state and its latest
+/// [`HISTORY_LEN`] transitions, oldest first. Its JSON is the state's,
+/// with a `history` field only when there is one, so a record written
+/// before histories existed loads as a breaker without history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breaker {
+    /// Where it stands.
+    #[serde(flatten)]
+    pub state: BreakerState,
+    /// Its latest transitions, oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub history: VecDeque<BreakerTransition>,
+}
+
+impl From<BreakerState> for Breaker {
+    fn from(state: BreakerState) -> Self {
+        Breaker {
+            state,
+            history: VecDeque::new(),
+        }
+    }
+}
+
+impl Breaker {
+    fn push(&mut self, at: Millis, from: BreakerPhase, cause: BreakerCause) {
+        if self.history.len() >= HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(BreakerTransition {
+            at,
+            from,
+            to: self.state.phase(),
+            cause,
+        });
+    }
+
+    /// [`BreakerState::record`], noting a change of state in the history.
+    pub fn record(
+        &mut self,
+        config: &BreakerConfig,
+        key: &AttemptKey,
+        ok: Option<bool>,
+        now: Millis,
+    ) -> Option<&'static str> {
+        let from = self.state.phase();
+        let to = self.state.record(config, key, ok, now)?;
+        let cause = match from {
+            BreakerPhase::Closed => BreakerCause::Failures,
+            _ => BreakerCause::Probe,
+        };
+        self.push(now, from, cause);
+        Some(to)
+    }
+
+    /// [`BreakerState::tick`], noting a change of state in the history.
+    pub fn tick(&mut self, config: &BreakerConfig, now: Millis) -> Option<&'static str> {
+        let from = self.state.phase();
+        let to = self.state.tick(config, now)?;
+        self.push(now, from, BreakerCause::Timeout);
+        Some(to)
+    }
+
+    /// [`BreakerState::reset`] at `now`, noting a change of state in the history.
+    pub fn reset(&mut self, now: Millis) -> Option<&'static str> {
+        let from = self.state.phase();
+        let to = self.state.reset()?;
+        self.push(now, from, BreakerCause::Reset);
+        Some(to)
+    }
+
+    /// Forces the breaker open (from `now`) or closed. The history always
+    /// notes it, even when the breaker was in that state already (a forced
+    /// open restarts its open timeout). Returns the state entered, if it
+    /// changed state.
+    pub fn force(&mut self, state: ForcedState, now: Millis) -> Option<&'static str> {
+        let from = self.state.phase();
+        self.state = match state {
+            ForcedState::Open => BreakerState::Open {
+                since: now,
+                failures: 0,
+            },
+            ForcedState::Closed => BreakerState::Closed { failures: 0 },
+        };
+        self.push(now, from, BreakerCause::Forced);
+        (self.state.phase() != from).then(|| self.state.name())
+    }
+}
+
 /// What a breaker lets through now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -135,10 +300,15 @@ pub enum Gate {
 impl BreakerState {
     /// Stable name: `closed`, `open`, `half_open`.
     pub fn name(&self) -> &'static str {
+        self.phase().name()
+    }
+
+    /// The state without its data.
+    pub fn phase(&self) -> BreakerPhase {
         match self {
-            BreakerState::Closed { .. } => "closed",
-            BreakerState::Open { .. } => "open",
-            BreakerState::HalfOpen { .. } => "half_open",
+            BreakerState::Closed { .. } => BreakerPhase::Closed,
+            BreakerState::Open { .. } => BreakerPhase::Open,
+            BreakerState::HalfOpen { .. } => BreakerPhase::HalfOpen,
         }
     }
 
@@ -314,6 +484,9 @@ pub struct ServiceStatus {
     pub max_in_flight: Option<u32>,
     /// The breaker's configuration, if any.
     pub circuit_breaker: Option<BreakerConfig>,
+    /// The breaker's latest transitions, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<BreakerTransition>,
 }
 
 /// Why an operator's request about a service was refused.
@@ -344,7 +517,7 @@ impl AdmissionError {
 #[derive(Debug, Default)]
 pub struct ServiceAdmission {
     policies: HashMap<String, ServicePolicy>,
-    breakers: HashMap<String, BreakerState>,
+    breakers: HashMap<String, Breaker>,
     /// Attempts in flight, by saga, with their service.
     in_flight: HashMap<String, Vec<(AttemptKey, String)>>,
     /// Attempts in flight, by service.
@@ -369,7 +542,7 @@ impl ServiceAdmission {
     /// added with [`ServiceAdmission::resume`].
     pub fn load(
         policies: Vec<ServicePolicy>,
-        breakers: Vec<(String, BreakerState)>,
+        breakers: Vec<(String, Breaker)>,
         held: Vec<(u64, String, AttemptKey)>,
     ) -> Self {
         let mut admission = ServiceAdmission {
@@ -512,7 +685,7 @@ impl ServiceAdmission {
             return false;
         }
         match self.breakers.get(service) {
-            Some(b) => b.gate() != Gate::Hold,
+            Some(b) => b.state.gate() != Gate::Hold,
             None => true,
         }
     }
@@ -522,8 +695,8 @@ impl ServiceAdmission {
     pub fn admit(&mut self, service: &str, key: AttemptKey) {
         if self.breaker_config(service).is_some() {
             let breaker = self.breakers.entry(service.to_string()).or_default();
-            if breaker.gate() == Gate::Probe {
-                breaker.probe_sent(&key);
+            if breaker.state.gate() == Gate::Probe {
+                breaker.state.probe_sent(&key);
                 self.dirty.insert(service.to_string());
             }
         }
@@ -652,12 +825,18 @@ impl ServiceAdmission {
         }
         self.breakers
             .iter()
-            .filter_map(|(s, b)| b.deadline(self.breaker_config(s)?))
+            .filter_map(|(s, b)| b.state.deadline(self.breaker_config(s)?))
             .min()
     }
 
-    /// Closes `service`'s breaker (an operator's reset).
-    pub fn reset(&mut self, service: &str) -> Result<(), AdmissionError> {
+    /// Closes `service`'s breaker (an operator's reset) at `now`, or, with
+    /// `force`, puts it in that state (see [`Breaker::force`]).
+    pub fn reset(
+        &mut self,
+        service: &str,
+        force: Option<ForcedState>,
+        now: Millis,
+    ) -> Result<(), AdmissionError> {
         if !self.policies.contains_key(service) {
             return Err(AdmissionError::UnknownService(service.to_string()));
         }
@@ -665,7 +844,11 @@ impl ServiceAdmission {
             return Err(AdmissionError::NoBreaker(service.to_string()));
         }
         let breaker = self.breakers.entry(service.to_string()).or_default();
-        if let Some(to) = breaker.reset() {
+        let to = match force {
+            None => breaker.reset(now),
+            Some(state) => breaker.force(state, now),
+        };
+        if let Some(to) = to {
             self.report.transitions.push((service.to_string(), to));
         }
         self.dirty.insert(service.to_string());
@@ -675,7 +858,7 @@ impl ServiceAdmission {
 
     /// Breakers changed since the last call, to store: `None` deletes the
     /// record (the service has no breaker state any more).
-    pub fn take_dirty(&mut self) -> Vec<(String, Option<BreakerState>)> {
+    pub fn take_dirty(&mut self) -> Vec<(String, Option<Breaker>)> {
         std::mem::take(&mut self.dirty)
             .into_iter()
             .map(|s| {
@@ -694,7 +877,7 @@ impl ServiceAdmission {
             .map(|c| (c, self.breakers.get(service).cloned().unwrap_or_default()));
         let (state, failures, successes, probe, since, half_opens_at) = match &breaker {
             None => ("none", 0, 0, false, None, None),
-            Some((config, b)) => match b {
+            Some((config, Breaker { state: b, .. })) => match b {
                 BreakerState::Closed { failures } => (b.name(), *failures, 0, false, None, None),
                 BreakerState::Open { since, failures } => (
                     b.name(),
@@ -723,6 +906,9 @@ impl ServiceAdmission {
             in_flight: self.counts.get(service).copied().unwrap_or(0),
             max_in_flight: policy.max_in_flight,
             circuit_breaker: policy.circuit_breaker.clone(),
+            history: breaker
+                .map(|(_, b)| b.history.into_iter().collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -765,6 +951,7 @@ impl ServiceAdmission {
                         .get(&service)
                         .cloned()
                         .unwrap_or_default()
+                        .state
                         .gauge()
                 }),
                 service,
@@ -988,9 +1175,17 @@ mod tests {
             a.take_dirty(),
             vec![(
                 "pay".to_string(),
-                Some(BreakerState::Open {
-                    since: 1000,
-                    failures: 2
+                Some(Breaker {
+                    state: BreakerState::Open {
+                        since: 1000,
+                        failures: 2
+                    },
+                    history: VecDeque::from([BreakerTransition {
+                        at: 1000,
+                        from: BreakerPhase::Closed,
+                        to: BreakerPhase::Open,
+                        cause: BreakerCause::Failures,
+                    }]),
                 })
             )]
         );
@@ -1018,18 +1213,158 @@ mod tests {
         observe(&mut a, &saga, 1700);
         assert_eq!(a.status("pay").unwrap().state, "closed");
         assert_eq!(a.status("pay").unwrap().in_flight, 0);
+        let history: Vec<_> = a
+            .status("pay")
+            .unwrap()
+            .history
+            .iter()
+            .map(|t| (t.at, t.from, t.to, t.cause))
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                (
+                    1000,
+                    BreakerPhase::Closed,
+                    BreakerPhase::Open,
+                    BreakerCause::Failures
+                ),
+                (
+                    1500,
+                    BreakerPhase::Open,
+                    BreakerPhase::HalfOpen,
+                    BreakerCause::Timeout
+                ),
+                (
+                    1700,
+                    BreakerPhase::HalfOpen,
+                    BreakerPhase::Closed,
+                    BreakerCause::Probe
+                ),
+            ]
+        );
     }
 
     #[test]
     fn reset_needs_a_known_service_with_a_breaker() {
         let mut a = ServiceAdmission::load(
             vec![policy(Some(1), None)],
-            vec![("gone".into(), BreakerState::default())],
+            vec![("gone".into(), Breaker::default())],
             vec![],
         );
-        assert_eq!(a.reset("nope").unwrap_err().code(), ErrorCode::NotFound);
-        assert_eq!(a.reset("pay").unwrap_err().code(), ErrorCode::NotApplicable);
+        assert_eq!(
+            a.reset("nope", None, 0).unwrap_err().code(),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            a.reset("pay", Some(ForcedState::Open), 0)
+                .unwrap_err()
+                .code(),
+            ErrorCode::NotApplicable
+        );
         // The record of a service without a breaker is deleted.
         assert_eq!(a.take_dirty(), vec![("gone".to_string(), None)]);
+    }
+
+    #[test]
+    fn forcing_open_holds_tasks_until_its_timeout_and_forcing_closed_releases_them() {
+        let mut a =
+            ServiceAdmission::load(vec![policy(None, Some(config(3, 1, 500)))], vec![], vec![]);
+        a.reset("pay", Some(ForcedState::Open), 1000).unwrap();
+        let status = a.status("pay").unwrap();
+        assert_eq!(status.state, "open");
+        assert_eq!(status.half_opens_at, Some(1500));
+        assert_eq!(a.route("pay", key(1)), Route::Hold(0));
+        assert_eq!(
+            a.take_report().transitions,
+            vec![("pay".to_string(), "open")]
+        );
+        // Forced open again: the timeout starts over, and the history says so.
+        a.reset("pay", Some(ForcedState::Open), 1200).unwrap();
+        assert_eq!(a.status("pay").unwrap().half_opens_at, Some(1700));
+        assert!(a.take_report().transitions.is_empty());
+        a.tick(1600);
+        assert_eq!(a.pop_releasable("pay"), None);
+        a.reset("pay", Some(ForcedState::Closed), 1650).unwrap();
+        assert_eq!(a.pop_releasable("pay").map(|h| h.key), Some(key(1)));
+        let history: Vec<_> = a
+            .status("pay")
+            .unwrap()
+            .history
+            .iter()
+            .map(|t| (t.at, t.from.name(), t.to.name(), t.cause.name()))
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                (1000, "closed", "open", "forced"),
+                (1200, "open", "open", "forced"),
+                (1650, "open", "closed", "forced"),
+            ]
+        );
+        // A plain reset of a closed breaker is no transition.
+        a.reset("pay", None, 1700).unwrap();
+        assert_eq!(a.status("pay").unwrap().history.len(), 3);
+    }
+
+    #[test]
+    fn a_forced_open_breaker_half_opens_after_its_timeout() {
+        let c = config(3, 1, 500);
+        let mut b = Breaker::default();
+        assert_eq!(b.force(ForcedState::Open, 100), Some("open"));
+        assert_eq!(b.tick(&c, 599), None);
+        assert_eq!(b.tick(&c, 600), Some("half_open"));
+        assert_eq!(b.state.gate(), Gate::Probe);
+        assert_eq!(b.reset(700), Some("closed"));
+        let causes: Vec<_> = b.history.iter().map(|t| t.cause).collect();
+        assert_eq!(
+            causes,
+            vec![
+                BreakerCause::Forced,
+                BreakerCause::Timeout,
+                BreakerCause::Reset
+            ]
+        );
+    }
+
+    #[test]
+    fn the_history_keeps_the_latest_transitions() {
+        let mut b = Breaker::default();
+        for at in 0..(HISTORY_LEN as u64 + 5) {
+            b.force(ForcedState::Open, at);
+        }
+        assert_eq!(b.history.len(), HISTORY_LEN);
+        assert_eq!(b.history.front().map(|t| t.at), Some(5));
+        assert_eq!(b.history.back().map(|t| t.at), Some(HISTORY_LEN as u64 + 4));
+    }
+
+    #[test]
+    fn a_breaker_without_history_stores_as_its_state_did() {
+        let state = BreakerState::Open {
+            since: 7,
+            failures: 3,
+        };
+        let old = serde_json::to_string(&state).unwrap();
+        let breaker = Breaker::from(state);
+        assert_eq!(serde_json::to_string(&breaker).unwrap(), old);
+        let loaded: Breaker = serde_json::from_str(&old).unwrap();
+        assert_eq!(loaded, breaker);
+        let probe = Breaker::from(BreakerState::HalfOpen {
+            since: 9,
+            probe: Some(key(2)),
+            successes: 1,
+        });
+        let json = serde_json::to_string(&probe).unwrap();
+        assert_eq!(json, serde_json::to_string(&probe.state).unwrap());
+        assert_eq!(serde_json::from_str::<Breaker>(&json).unwrap(), probe);
+        // With history, it round-trips.
+        let mut forced = breaker.clone();
+        forced.force(ForcedState::Closed, 10);
+        let json = serde_json::to_string(&forced).unwrap();
+        assert!(
+            json.contains(r#""history":[{"at":10,"from":"open","to":"closed","cause":"forced"}]"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Breaker>(&json).unwrap(), forced);
     }
 }

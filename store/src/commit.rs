@@ -68,7 +68,7 @@ pub struct Change {
     /// missing one is no error).
     pub held_remove: Vec<u64>,
     /// Circuit breakers to store, by service; `None` deletes the record.
-    pub breakers: Vec<(String, Option<jetsaga_core::admission::BreakerState>)>,
+    pub breakers: Vec<(String, Option<jetsaga_core::admission::Breaker>)>,
 }
 
 /// Writing state changes and making them durable: the single writer's

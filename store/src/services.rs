@@ -3,7 +3,7 @@
 
 use crate::StoreError;
 use crate::outbox::OutboxMessage;
-use jetsaga_core::admission::BreakerState;
+use jetsaga_core::admission::Breaker;
 use jetsaga_core::saga::definition::ServicePolicy;
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,7 @@ pub trait ServiceTable: Send + Sync {
     /// One held task.
     fn held_task(&self, seq: u64) -> Result<Option<HeldTask>, StoreError>;
     /// Every stored circuit breaker, by service.
-    fn breakers(&self) -> Result<Vec<(String, BreakerState)>, StoreError>;
+    fn breakers(&self) -> Result<Vec<(String, Breaker)>, StoreError>;
     /// Stores a service's policy, replacing the one it had (latest applied
     /// wins). Returns whether it changed. Durable after the next
     /// [`crate::GroupCommit::flush`], like a definition.

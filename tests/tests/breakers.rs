@@ -233,7 +233,7 @@ async fn reset_closes_the_breaker_and_releases_held_tasks() {
 
     let unknown = world.client.breaker("nope").await.unwrap_err();
     assert_eq!(unknown.code(), "E-NOT-FOUND", "{unknown}");
-    let no_breaker = world.client.reset_breaker("audit").await.unwrap_err();
+    let no_breaker = world.client.reset_breaker("audit", None).await.unwrap_err();
     assert_eq!(no_breaker.code(), "E-NOT-APPLICABLE", "{no_breaker}");
     let (code, body) = common::http_exchange(&http, "GET", "/v1/breakers/nope", None).await;
     assert_eq!(code, 404, "{body}");
@@ -402,7 +402,11 @@ services:
 
     // Reset: only the opener's task goes out; it now succeeds.
     gate.set_broken(false);
-    world.client.reset_breaker("gate").await.expect("reset");
+    world
+        .client
+        .reset_breaker("gate", None)
+        .await
+        .expect("reset");
     all_completed(&world, &opener).await;
     let arrivals = gate.arrived_so_far();
     assert_eq!(
@@ -413,4 +417,103 @@ services:
     assert!(arrivals.iter().all(|id| *id == opener[0]), "{arrivals:?}");
     assert_eq!(queued_tasks(&world, "gate").await, 0);
     gate.stop().await;
+}
+
+/// The runbook's `circuit-breaker reset SERVICE --force-state open|closed`:
+/// forced open, a healthy service's task is held (not published, the saga
+/// still running) and the status shows `open` with a `forced` entry in the
+/// breaker's history; forced closed (over HTTP, `{"state": "closed"}`),
+/// the task goes out and the saga completes; the history shows both, and a
+/// plain reset of the closed breaker (no body) adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forcing_a_breaker_open_holds_its_tasks_and_forcing_it_closed_releases_them() {
+    let world = World::start(&["--http-listen", "127.0.0.1:0"]).await;
+    let http = world.engine.http_addr();
+    let yaml = format!(
+        "{}services:\n  vault:\n    circuit_breaker: {{ failure_threshold: 5, open_timeout: 1h }}\n",
+        saga_yaml("lock", "vault")
+    );
+    world.apply_yaml(&yaml).await;
+    let vault = HeldWorker::passing(&world, "vault", "charge").await;
+
+    let forced = world.cli(&[
+        "--output",
+        "json",
+        "circuit-breaker",
+        "reset",
+        "vault",
+        "--force-state",
+        "open",
+    ]);
+    assert!(forced.status.success(), "{forced:?}");
+    let forced: ServiceStatus = serde_json::from_slice(&forced.stdout).expect("json status");
+    assert_eq!(forced.state, "open");
+    let since = forced.since.expect("open since");
+    assert_eq!(forced.half_opens_at, Some(since + 3_600_000));
+    let entries = |s: &ServiceStatus| -> Vec<(String, String, String)> {
+        s.history
+            .iter()
+            .map(|t| (t.from.clone(), t.to.clone(), t.cause.clone()))
+            .collect()
+    };
+    let opened = (
+        "closed".to_string(),
+        "open".to_string(),
+        "forced".to_string(),
+    );
+    assert_eq!(entries(&forced), std::slice::from_ref(&opened));
+    assert_eq!(forced.history[0].at, since);
+
+    // A saga of the healthy service is held: its task is not published.
+    let ids = start_sagas(&world, "lock", "lock", 1).await;
+    let held = wait_status(&world, "vault", "the task held", |s| s.held == 1).await;
+    assert_eq!((held.state.as_str(), held.in_flight), ("open", 0));
+    assert_eq!(entries(&held), std::slice::from_ref(&opened));
+    assert_eq!(
+        queued_tasks(&world, "vault").await,
+        0,
+        "held, not published"
+    );
+    assert_eq!(vault.total_runs(), 0);
+    let detail = world.client.get(&ids[0]).await.expect("saga");
+    assert_eq!(detail.saga.status.name(), "running");
+    // `breaker status` shows the history as a table.
+    let status = world.cli(&["circuit-breaker", "status", "vault"]);
+    assert!(status.status.success(), "{status:?}");
+    let table = common::text(&status.stdout);
+    assert!(
+        table.contains("history:") && table.contains("forced"),
+        "{table}"
+    );
+
+    // Forced closed over HTTP: the held task goes out, the saga completes.
+    let (code, body) = common::http_exchange(
+        &http,
+        "POST",
+        "/v1/breakers/vault/reset",
+        Some(r#"{"state": "closed"}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let closed: ServiceStatus = serde_json::from_str(&body).expect("status json");
+    assert_eq!((closed.state.as_str(), closed.held), ("closed", 0));
+    all_completed(&world, &ids).await;
+    assert_eq!(vault.total_runs(), 1);
+    let reclosed = (
+        "open".to_string(),
+        "closed".to_string(),
+        "forced".to_string(),
+    );
+    let status = world.cli(&["--output", "json", "breaker", "status", "vault"]);
+    assert!(status.status.success(), "{status:?}");
+    let status: ServiceStatus = serde_json::from_slice(&status.stdout).expect("json status");
+    assert_eq!(entries(&status), [opened.clone(), reclosed.clone()]);
+
+    // A plain reset (no body) of the closed breaker is no transition.
+    let (code, body) = common::http_exchange(&http, "POST", "/v1/breakers/vault/reset", None).await;
+    assert_eq!(code, 200, "{body}");
+    let plain: ServiceStatus = serde_json::from_str(&body).expect("status json");
+    assert_eq!(plain.state, "closed");
+    assert_eq!(entries(&plain), [opened, reclosed]);
+    vault.stop().await;
 }

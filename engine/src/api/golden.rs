@@ -206,6 +206,7 @@ fn service_status() -> Vec<ServiceStatus> {
                 success_threshold: 2,
                 open_timeout: Duration::from_secs(30),
             }),
+            history: vec![],
         },
         ServiceStatus {
             service: "email".into(),
@@ -219,8 +220,33 @@ fn service_status() -> Vec<ServiceStatus> {
             in_flight: 0,
             max_in_flight: None,
             circuit_breaker: None,
+            history: vec![],
         },
     ]
+}
+
+/// A breaker forced open by an operator, with its history.
+fn service_status_history() -> ServiceStatus {
+    use jetsaga_core::admission::{BreakerCause, BreakerPhase, BreakerTransition};
+    let mut status = service_status().remove(0);
+    status.failures = 0;
+    status.since = Some(200);
+    status.half_opens_at = Some(30_200);
+    status.history = vec![
+        BreakerTransition {
+            at: 100,
+            from: BreakerPhase::Closed,
+            to: BreakerPhase::Open,
+            cause: BreakerCause::Failures,
+        },
+        BreakerTransition {
+            at: 200,
+            from: BreakerPhase::Open,
+            to: BreakerPhase::Open,
+            cause: BreakerCause::Forced,
+        },
+    ];
+    status
 }
 
 /// Each reply the API gives, by file name, as it encodes today.
@@ -323,6 +349,10 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
         ("definition_file.json", enc(&view::definition_file(&file()))),
         ("start_replies.json", enc(&started)),
         ("service_status.json", enc(&services)),
+        (
+            "service_status_history.json",
+            enc(&view::service_status(service_status_history())),
+        ),
         ("saga_ref.json", enc(&SagaRef { id: "s-1".into() })),
     ]
 }

@@ -23,7 +23,7 @@
 //! | `POST /v1/definitions/validate` | check a definitions file, reporting every problem |
 //! | `GET /v1/breakers` | every service with a policy: breaker state, held and in-flight tasks |
 //! | `GET /v1/breakers/{service}` | one service's breaker state, held and in-flight tasks |
-//! | `POST /v1/breakers/{service}/reset` | close a service's breaker, releasing its held tasks |
+//! | `POST /v1/breakers/{service}/reset` | close a service's breaker, releasing its held tasks; body `{"state": "open"}` forces it open |
 //! | `GET /health` | the process serves (always 200) |
 //! | `GET /ready` | the store is readable and NATS connected (200), or why not (503) |
 //! | `GET /openapi.json` | the OpenAPI document |
@@ -48,9 +48,9 @@ use hyper_util::service::TowerToHyperService;
 use jetsaga_core::saga::definition::{DefinitionError, DefinitionLimits, Format};
 use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::api::{
-    AppliedDefinitions, BreakerList, CancelRequest, CancelSagaRequest, DefinitionFile,
-    DefinitionList, ListRequest, RetryRequest, RetrySagaRequest, SagaDetail, SagaPage, SagaState,
-    SagaStats, SagaStatus, ServiceStatus, StartReply, StatsRequest,
+    AppliedDefinitions, BreakerList, BreakerResetBody, CancelRequest, CancelSagaRequest,
+    DefinitionFile, DefinitionList, ListRequest, RetryRequest, RetrySagaRequest, SagaDetail,
+    SagaPage, SagaState, SagaStats, SagaStatus, ServiceStatus, StartReply, StatsRequest,
 };
 use jetsaga_protocol::{ApiError, ErrorCode, HEADER_START_KEY, StartRequest};
 use jetsaga_store::DEFAULT_LIST_LIMIT;
@@ -611,6 +611,35 @@ where
     }
 }
 
+/// An optional JSON request body decoded into `T`: no body (or one of
+/// whitespace only) is `T::default()` whatever the `Content-Type`; a body
+/// must be JSON.
+struct OptionalJsonBody<T>(T);
+
+impl<T> FromRequest<HttpState> for OptionalJsonBody<T>
+where
+    T: for<'de> Deserialize<'de> + Default + Send,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &HttpState) -> Result<Self, HttpError> {
+        let json = media_type(req.headers()).is_some_and(|m| is_json(&m));
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        if !json {
+            return Err(HttpError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the request body as JSON, with `Content-Type: application/json`",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJsonBody)
+            .map_err(|e| HttpError::bad_request(format!("malformed JSON body: {e}")))
+    }
+}
+
 /// A definitions file in the request body, YAML or JSON as its
 /// `Content-Type` says.
 struct DefinitionsBody {
@@ -1144,14 +1173,21 @@ async fn get_breaker(
 }
 
 /// Close a service's circuit breaker; its held tasks are released in order
-/// (as its in-flight limit allows). Answers once that is durable.
+/// (as its in-flight limit allows). With a body `{"state": "open"}` the
+/// breaker is forced open instead (its tasks are held from now; it
+/// half-opens after its `open_timeout`); `{"state": "closed"}` forces it
+/// closed. No body is a plain reset. Answers once that is durable.
 #[utoipa::path(
     post,
     path = "/v1/breakers/{service}/reset",
     tag = "services",
     params(("service" = String, Path, description = "Service name")),
+    request_body(content = Option<BreakerResetBody>, content_type = "application/json",
+        description = "Optional: the state to force; no body closes the breaker"),
     responses(
         (status = 200, description = "Reset: the service as it is now", body = ServiceStatus),
+        (status = 400, description = "E-BAD-REQUEST: a malformed body", body = ErrorBody),
+        (status = 415, description = "E-UNSUPPORTED-MEDIA-TYPE: a body that is not JSON", body = ErrorBody),
         (status = 404, description = "E-NOT-FOUND: no policy names this service", body = ErrorBody),
         (status = 409, description = "E-NOT-APPLICABLE: the service has no circuit breaker", body = ErrorBody),
         (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
@@ -1160,11 +1196,12 @@ async fn get_breaker(
 async fn reset_breaker(
     State(state): State<HttpState>,
     path: Result<Path<String>, PathRejection>,
+    OptionalJsonBody(body): OptionalJsonBody<BreakerResetBody>,
 ) -> Result<Response, HttpError> {
     let service = service_name(path)?;
     Ok(json(
         StatusCode::OK,
-        &state.api()?.reset_breaker(&service).await?,
+        &state.api()?.reset_breaker(&service, body.state).await?,
     ))
 }
 
@@ -1458,6 +1495,8 @@ mod tests {
         for name in [
             "BreakerList",
             "ServiceStatus",
+            "BreakerTransition",
+            "BreakerResetBody",
             "BreakerConfig",
             "ServicePolicy",
         ] {

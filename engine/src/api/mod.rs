@@ -24,9 +24,9 @@ use jetsaga_core::saga::definition::{
 };
 use jetsaga_core::saga::state::{Millis, Saga, SagaStatus};
 use jetsaga_protocol::api::{
-    AppliedDefinition, CancelRequest, DefListRequest, DefinitionListing, GetRequest, ListRequest,
-    MAX_LIST_LIMIT, RetryRequest, SagaDetail, SagaPage, SagaRef, SagaStats, ServiceRef,
-    ServiceStatus, StatsRequest,
+    AppliedDefinition, BreakerReset, CancelRequest, DefListRequest, DefinitionListing, ForcedState,
+    GetRequest, ListRequest, MAX_LIST_LIMIT, RetryRequest, SagaDetail, SagaPage, SagaRef,
+    SagaStats, ServiceRef, ServiceStatus, StatsRequest,
 };
 use jetsaga_protocol::{
     ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
@@ -60,7 +60,7 @@ pub const QUEUE_GROUP: &str = "jetsaga-engine";
 ///   `def.list`: [`DefListRequest`] → `Vec<`[`DefinitionListing`]`>` (a
 ///   page of the current versions, by name).
 /// - `breaker.list`: `{}` → `Vec<`[`ServiceStatus`]`>`; `breaker.get` and
-///   `breaker.reset`: [`ServiceRef`] → [`ServiceStatus`].
+///   `breaker.reset`: [`BreakerReset`] → [`ServiceStatus`].
 pub use jetsaga_protocol::Op;
 
 /// Definitions to apply (already parsed by the client; validated again here).
@@ -539,11 +539,23 @@ impl Api {
     }
 
     /// Closes a service's breaker and releases its held tasks (as its
-    /// in-flight limit allows); answers once that is durable.
+    /// in-flight limit allows), or forces it into `state` (open: held from
+    /// now); answers once that is durable.
     /// `E-NOT-FOUND` when no policy names the service, `E-NOT-APPLICABLE`
     /// when it has no breaker.
-    pub async fn reset_breaker(&self, service: &str) -> Result<ServiceStatus, ApiError> {
-        let status = self.partition.reset_breaker(service.to_string()).await?;
+    pub async fn reset_breaker(
+        &self,
+        service: &str,
+        state: Option<ForcedState>,
+    ) -> Result<ServiceStatus, ApiError> {
+        let state = state.map(|s| match s {
+            ForcedState::Open => jetsaga_core::admission::ForcedState::Open,
+            ForcedState::Closed => jetsaga_core::admission::ForcedState::Closed,
+        });
+        let status = self
+            .partition
+            .reset_breaker(service.to_string(), state)
+            .await?;
         Ok(view::service_status(status))
     }
 
@@ -832,8 +844,8 @@ async fn handle(op: Op, msg: &Message, api: &Api) -> Vec<u8> {
         ),
         Op::BreakerReset => reply(
             async {
-                let req: ServiceRef = parse(op, payload)?;
-                api.reset_breaker(&req.service).await
+                let req: BreakerReset = parse(op, payload)?;
+                api.reset_breaker(&req.service, req.state).await
             }
             .await,
         ),

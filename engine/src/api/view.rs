@@ -220,5 +220,15 @@ pub fn service_status(s: admission::ServiceStatus) -> dto::ServiceStatus {
         in_flight: s.in_flight,
         max_in_flight: s.max_in_flight,
         circuit_breaker: s.circuit_breaker.as_ref().map(breaker_config),
+        history: s
+            .history
+            .into_iter()
+            .map(|t| dto::BreakerTransition {
+                at: t.at,
+                from: t.from.name().to_string(),
+                to: t.to.name().to_string(),
+                cause: t.cause.name().to_string(),
+            })
+            .collect(),
     }
 }

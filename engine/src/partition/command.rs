@@ -106,10 +106,13 @@ pub enum ServicesCommand {
         /// Where to answer.
         reply: oneshot::Sender<Result<ServiceStatus, ApiError>>,
     },
-    /// Close a service's breaker and release its held tasks.
+    /// Close a service's breaker and release its held tasks, or force it
+    /// open or closed.
     Reset {
         /// Service name.
         service: String,
+        /// The state to force; `None` for a plain reset.
+        state: Option<jetsaga_core::admission::ForcedState>,
         /// Answered once the reset is durable.
         reply: oneshot::Sender<Result<ServiceStatus, ApiError>>,
     },
@@ -211,12 +214,20 @@ impl PartitionHandle {
         rx.await.map_err(|_| unavailable())?
     }
 
-    /// Closes a service's breaker, releasing its held tasks; answers once
-    /// that is durable.
-    pub async fn reset_breaker(&self, service: String) -> Result<ServiceStatus, ApiError> {
+    /// Closes a service's breaker, releasing its held tasks, or forces it
+    /// into `state`; answers once that is durable.
+    pub async fn reset_breaker(
+        &self,
+        service: String,
+        state: Option<jetsaga_core::admission::ForcedState>,
+    ) -> Result<ServiceStatus, ApiError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Services(ServicesCommand::Reset { service, reply }))
-            .await?;
+        self.send(Command::Services(ServicesCommand::Reset {
+            service,
+            state,
+            reply,
+        }))
+        .await?;
         rx.await.map_err(|_| unavailable())?
     }
 

@@ -259,10 +259,21 @@ impl Partition {
                     .ok_or_else(|| not_found(&service));
                 service_reply(reply, status)
             }
-            ServicesCommand::Reset { service, reply } => {
-                let result = match self.services.reset(&service) {
+            ServicesCommand::Reset {
+                service,
+                state,
+                reply,
+            } => {
+                let result = match self.services.reset(&service, state, now_ms()) {
                     Ok(()) => {
-                        tracing::info!(service = %service, "circuit breaker reset");
+                        match state {
+                            None => tracing::info!(service = %service, "circuit breaker reset"),
+                            Some(state) => tracing::info!(
+                                service = %service,
+                                state = ?state,
+                                "circuit breaker state forced"
+                            ),
+                        }
                         self.release_held(after)?;
                         self.services
                             .status(&service)

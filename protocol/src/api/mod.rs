@@ -38,6 +38,9 @@ pub use saga::{
     Attempt, AttemptOutcome, Saga, SagaDetail, SagaPage, SagaStatus, SagaSummary, StepState,
     StepStatus,
 };
-pub use service::{BreakerList, ServiceRef, ServiceStatus};
+pub use service::{
+    BreakerList, BreakerReset, BreakerResetBody, BreakerTransition, ForcedState, ServiceRef,
+    ServiceStatus,
+};
 pub use state::{SagaState, UnknownState};
 pub use stats::{DefinitionStats, Durations, SagaStats, Stats};

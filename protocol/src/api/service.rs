@@ -31,6 +31,27 @@ pub struct ServiceStatus {
     pub max_in_flight: Option<u32>,
     /// The breaker's configuration, if any.
     pub circuit_breaker: Option<BreakerConfig>,
+    /// The breaker's latest transitions (up to 20), oldest first; omitted
+    /// when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<BreakerTransition>,
+}
+
+/// One transition of a service's circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BreakerTransition {
+    /// When (ms since the Unix epoch).
+    pub at: u64,
+    /// The state it left: `closed`, `open`, `half_open`.
+    pub from: String,
+    /// The state it entered (the same as `from` when an operator forced
+    /// the state it was in).
+    pub to: String,
+    /// Why: `failures` (the failure threshold was reached), `timeout` (the
+    /// open timeout passed), `probe` (a probe's result), `reset` (an
+    /// operator's reset), `forced` (an operator forced the state).
+    pub cause: String,
 }
 
 /// Every service with a policy, sorted by name.
@@ -46,4 +67,37 @@ pub struct BreakerList {
 pub struct ServiceRef {
     /// Service name.
     pub service: String,
+}
+
+/// The state `breaker.reset` puts a breaker in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ForcedState {
+    /// Open from now: the service's tasks are held; it half-opens after its
+    /// `open_timeout` like any open breaker.
+    Open,
+    /// Closed: held tasks are released (as the in-flight limit allows).
+    Closed,
+}
+
+/// `breaker.reset`: close a service's breaker, or force it open or closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerReset {
+    /// Service name.
+    pub service: String,
+    /// The state to force. Absent: a plain reset (closed, recorded as
+    /// `reset`); present: that state, recorded as `forced`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ForcedState>,
+}
+
+/// The optional body of `POST /v1/breakers/{service}/reset`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BreakerResetBody {
+    /// The state to force: `open` or `closed`. Absent (or no body): a plain
+    /// reset to closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ForcedState>,
 }

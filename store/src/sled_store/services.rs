@@ -23,7 +23,7 @@ impl ServiceTable for SledStore {
         }
     }
 
-    fn breakers(&self) -> Result<Vec<(String, jetsaga_core::admission::BreakerState)>, StoreError> {
+    fn breakers(&self) -> Result<Vec<(String, jetsaga_core::admission::Breaker)>, StoreError> {
         let mut out = Vec::new();
         for entry in self.admission.scan_prefix([b'b']) {
             let (key, bytes) = entry?;
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn held_tasks_breakers_and_service_policies_survive_a_reopen() {
         use crate::HeldTask;
-        use jetsaga_core::admission::BreakerState;
+        use jetsaga_core::admission::{Breaker, BreakerState, ForcedState};
         use jetsaga_core::saga::definition::{BreakerConfig, ServicePolicy};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
@@ -76,10 +76,9 @@ mod tests {
             timeout_ms: 1000,
             message: msg(n),
         };
-        let open = BreakerState::Open {
-            since: 5,
-            failures: 3,
-        };
+        // A breaker with history (forced open), so that it survives a reopen too.
+        let mut open = Breaker::from(BreakerState::Closed { failures: 1 });
+        open.force(ForcedState::Open, 5);
         let policy = ServicePolicy {
             service: "pay".into(),
             max_in_flight: Some(2),
@@ -98,7 +97,7 @@ mod tests {
                     held_add: vec![(1, held(1)), (2, held(2)), (3, held(3))],
                     breakers: vec![
                         ("pay".into(), Some(open.clone())),
-                        ("gone".into(), Some(BreakerState::default())),
+                        ("gone".into(), Some(Breaker::default())),
                     ],
                     ..Default::default()
                 })
