@@ -1,7 +1,8 @@
 //! The layering the workspace promises (docs/ARCHITECTURE.md, "Crates"):
 //! each crate depends only on the crates below it and on none of the
-//! libraries its layer forbids, and inside a crate no two top-level modules
-//! import each other, directly or around a circle.
+//! libraries its layer forbids, and inside a crate no two top-level modules,
+//! nor two children of one folder module, import each other, directly or
+//! around a circle.
 
 use anyhow::{Context, Result};
 use jetsaga_tests::workspace_root;
@@ -95,6 +96,9 @@ fn crates_depend_only_on_the_layers_below() -> Result<()> {
     Ok(())
 }
 
+/// Modules and the modules each imports.
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
 /// Every `.rs` file below `dir`.
 fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir)? {
@@ -110,7 +114,7 @@ fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
 
 /// The top-level modules of `krate`'s library and the ones each imports
 /// through `crate::`, test code and comments left out.
-fn module_imports(krate: &str) -> Result<BTreeMap<String, BTreeSet<String>>> {
+fn module_imports(krate: &str) -> Result<Graph> {
     let src = workspace_root().join(krate).join("src");
     let mut files = Vec::new();
     sources(&src, &mut files)?;
@@ -191,6 +195,68 @@ fn no_crate_has_a_circle_of_module_imports() -> Result<()> {
         assert!(!graph.is_empty(), "{krate} has modules");
         if let Some(circle) = cycle(&graph) {
             panic!("{krate}: modules import each other in a circle: {circle:?}");
+        }
+    }
+    Ok(())
+}
+
+/// For each module that is a folder in `krate`, its child modules and the
+/// siblings each imports through `super::`, test code left out.
+fn sibling_imports(krate: &str) -> Result<Vec<(String, Graph)>> {
+    let src = workspace_root().join(krate).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files)?;
+    let mut folders: BTreeMap<std::path::PathBuf, Graph> = BTreeMap::new();
+    for file in &files {
+        let (Some(dir), Some(stem)) = (file.parent(), file.file_stem()) else {
+            continue;
+        };
+        let stem = stem.to_string_lossy().to_string();
+        if dir == src || ["mod", "tests"].contains(&stem.as_str()) || dir.ends_with("tests") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file)?;
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut imports = BTreeSet::new();
+        for line in code.lines().map(str::trim_start) {
+            if line.starts_with("//") {
+                continue;
+            }
+            for (i, _) in line.match_indices("super::") {
+                let target: String = line[i + "super::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // `super::name::...` names a sibling module.
+                if line[i + "super::".len() + target.len()..].starts_with("::") {
+                    imports.insert(target);
+                }
+            }
+        }
+        folders
+            .entry(dir.to_path_buf())
+            .or_default()
+            .insert(stem, imports);
+    }
+    Ok(folders
+        .into_iter()
+        .map(|(dir, mut graph)| {
+            let siblings: BTreeSet<String> = graph.keys().cloned().collect();
+            for imports in graph.values_mut() {
+                imports.retain(|m| siblings.contains(m));
+            }
+            (dir.display().to_string(), graph)
+        })
+        .collect())
+}
+
+#[test]
+fn no_folder_module_has_a_circle_of_child_imports() -> Result<()> {
+    for krate in ["protocol", "core", "store", "engine", "cli", "worker-sdk"] {
+        for (folder, graph) in sibling_imports(krate)? {
+            if let Some(circle) = cycle(&graph) {
+                panic!("{folder}: child modules import each other in a circle: {circle:?}");
+            }
         }
     }
     Ok(())

@@ -1,31 +1,13 @@
 //! The commit loop: apply a batch of commands, write it in one
 //! transaction, flush once (group commit), then acknowledge and answer.
 
-use super::services::ServiceReply;
 use super::start::StartFailure;
-use super::{Command, Partition, PartitionError, Reply, now_ms};
+use super::{AfterFlush, Command, Partition, PartitionError, now_ms};
 use crate::crash_points;
 use crate::metrics::reject;
-use async_nats::jetstream;
-use jetsaga_core::saga::state::{Event, Saga};
-use jetsaga_protocol::{self, StartReply};
+use jetsaga_core::saga::state::Event;
 use jetsaga_store::StoreError;
 use std::time::Duration;
-
-/// What to do once the current batch is durable.
-#[derive(Default)]
-pub(super) struct AfterFlush {
-    pub(super) acks: Vec<jetstream::Message>,
-    pub(super) start_replies: Vec<Reply<StartReply>>,
-    /// Answers to cancels and retries.
-    pub(super) saga_replies: Vec<Reply<Saga>>,
-    pub(super) delete_replies: Vec<Reply<()>>,
-    /// Answers about services ([`jetsaga_core::admission`]), sent after the flush.
-    pub(super) service_replies: Vec<ServiceReply>,
-    pub(super) prune_replies: Vec<Reply<usize>>,
-    pub(super) progress: Vec<(String, &'static str)>,
-    pub(super) committed: usize,
-}
 
 /// A batch whose flush is in progress (see `Partition::process`).
 pub(super) struct Flushing {

@@ -24,14 +24,13 @@ mod tests;
 mod transition;
 
 pub use command::{Command, PartitionHandle, ServicesCommand, StartCommand, api_error};
-use commit::AfterFlush;
 
 use crate::metrics::SagaMetrics;
 use jetsaga_core::admission::ServiceAdmission;
 use jetsaga_core::limits::Admission;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::state::{Event, Inputs, Millis, Saga};
-use jetsaga_protocol::{self, ApiError, Subjects};
+use jetsaga_protocol::{ApiError, Subjects};
 use jetsaga_store::{Change, HeldTask, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,6 +64,24 @@ pub fn now_ms() -> Millis {
         .map(|d| d.as_millis() as Millis)
         .unwrap_or(0)
 }
+
+/// What to do once the current batch is durable.
+#[derive(Default)]
+struct AfterFlush {
+    acks: Vec<async_nats::jetstream::Message>,
+    start_replies: Vec<Reply<jetsaga_protocol::StartReply>>,
+    /// Answers to cancels and retries.
+    saga_replies: Vec<Reply<Saga>>,
+    delete_replies: Vec<Reply<()>>,
+    /// Answers about services ([`jetsaga_core::admission`]), sent after the flush.
+    service_replies: Vec<ServiceReply>,
+    prune_replies: Vec<Reply<usize>>,
+    progress: Vec<(String, &'static str)>,
+    committed: usize,
+}
+
+/// An answer about services, sent once the batch is durable.
+type ServiceReply = Box<dyn FnOnce() + Send>;
 
 /// Errors that stop the partition (and with it the engine).
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,10 @@
 //! Service admission: circuit breakers and in-flight limits
 //! (`jetsaga_core::admission`) around task dispatch.
 
-use super::commit::AfterFlush;
-use super::{Partition, PartitionError, ServicesCommand, api_error, now_ms, pending_held};
+use super::{
+    AfterFlush, Partition, PartitionError, ServiceReply, ServicesCommand, api_error, now_ms,
+    pending_held,
+};
 use jetsaga_core::admission::{AttemptKey, Route, ServiceAdmission};
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::state::TimerKind;
@@ -10,9 +12,6 @@ use jetsaga_core::saga::state::{Event, Saga};
 use jetsaga_protocol::{self as protocol, ApiError, ErrorCode, TaskKind};
 use jetsaga_store::{Change, HeldTask, OutboxMessage, StoreError, TimerRow};
 use tokio::sync::oneshot;
-
-/// An answer about services, sent once the batch is durable.
-pub(super) type ServiceReply = Box<dyn FnOnce() + Send>;
 
 pub(super) fn service_reply<T: Send + 'static>(
     reply: oneshot::Sender<Result<T, ApiError>>,

@@ -1,8 +1,7 @@
 //! Starts: idempotency keys, definitions, and the start queue of the
 //! concurrency limits (`jetsaga_core::limits`).
 
-use super::commit::AfterFlush;
-use super::{Partition, PartitionError, StartCommand, api_error, inputs, now_ms};
+use super::{AfterFlush, Partition, PartitionError, StartCommand, api_error, inputs, now_ms};
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::{Event, Saga};

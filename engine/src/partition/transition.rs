@@ -2,8 +2,7 @@
 //! each transition goes through the pure machine and is staged for the
 //! batch's transaction.
 
-use super::commit::AfterFlush;
-use super::{Partition, PartitionError, api_error, event_label, inputs, now_ms};
+use super::{AfterFlush, Partition, PartitionError, api_error, event_label, inputs, now_ms};
 use crate::metrics::reject;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use super::duration::resolve_duration;
 use super::error::{DefinitionError, Place};
-use super::parse::{RawFile, RawSaga};
 use super::policy::{build_saga_policy, check_saga_policy};
+use super::raw::{RawFile, RawSaga};
 use super::retry::RetryContext;
 use super::service::build_services;
 use super::trigger::{build_triggers, check_triggers};

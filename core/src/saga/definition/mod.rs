@@ -64,10 +64,12 @@
 
 mod build;
 mod duration;
+mod entries;
 mod error;
 mod limits;
 mod parse;
 mod policy;
+mod raw;
 mod retry;
 mod service;
 mod trigger;

@@ -1,19 +1,12 @@
 //! Reading definition text: formats, the YAML and JSON parsers and their
-//! error positions, and the raw serde shape of a file (unknown fields
-//! rejected) that [`super::build`] turns into the model.
+//! error positions; the text becomes the file's raw shape ([`super::raw`]),
+//! which [`super::build`] turns into the model.
 
-use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-use std::fmt;
 use std::path::Path;
 
 use super::build::build_file;
-use super::duration::RawDuration;
-use super::error::{DefinitionError, Escaped};
-use super::policy::RawSagaPolicy;
-use super::retry::{RawPolicy, RawRetry};
-use super::service::RawService;
-use super::trigger::RawTrigger;
+use super::error::DefinitionError;
+use super::raw::RawFile;
 use super::{DefinitionFile, DefinitionLimits};
 
 /// Syntax of a definition file.
@@ -127,81 +120,6 @@ pub fn parse_str_within(
         Format::Json => parse_json(source_name, text)?,
     };
     build_file(source_name, raw, limits)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawFile {
-    pub(super) sagas: Entries<RawSaga>,
-    #[serde(default)]
-    pub(super) retry_policies: Option<Entries<RawPolicy>>,
-    #[serde(default)]
-    pub(super) services: Option<Entries<RawService>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawSaga {
-    #[serde(default)]
-    pub(super) timeout: Option<RawDuration>,
-    pub(super) steps: Vec<RawStep>,
-    #[serde(default)]
-    pub(super) triggers: Vec<RawTrigger>,
-    #[serde(default)]
-    pub(super) policy: Option<RawSagaPolicy>,
-    /// Wider than the model's `u32` so that zero or a negative count is
-    /// reported by validation, naming the field.
-    #[serde(default)]
-    pub(super) max_running: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawStep {
-    pub(super) id: String,
-    pub(super) service: String,
-    pub(super) operation: String,
-    #[serde(default)]
-    pub(super) compensation: Option<String>,
-    #[serde(default)]
-    pub(super) timeout: Option<RawDuration>,
-    #[serde(default)]
-    pub(super) retry: Option<RawRetry>,
-    #[serde(default)]
-    pub(super) depends_on: Vec<String>,
-}
-
-/// A map kept in file order that rejects duplicate keys (serde_json would
-/// silently keep the last one).
-#[derive(Debug)]
-pub(super) struct Entries<T>(pub(super) Vec<(String, T)>);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct EntriesVisitor<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for EntriesVisitor<T> {
-            type Value = Entries<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of names to definitions")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut seen = std::collections::HashSet::new();
-                let mut entries = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if !seen.insert(key.clone()) {
-                        return Err(de::Error::custom(format_args!(
-                            "duplicate key `{}`",
-                            Escaped(&key)
-                        )));
-                    }
-                    let value = map.next_value::<T>()?;
-                    entries.push((key, value));
-                }
-                Ok(Entries(entries))
-            }
-        }
-        d.deserialize_map(EntriesVisitor(std::marker::PhantomData))
-    }
 }
 
 /// How every YAML file the engine reads is parsed (definitions, the

@@ -8,8 +8,8 @@ use std::fmt;
 use std::time::Duration;
 
 use super::duration::{Human, RawDuration, check_duration, humantime_millis, resolve_duration};
+use super::entries::Entries;
 use super::error::{DefinitionError, Place};
-use super::parse::Entries;
 
 /// Name of the retry policy steps without a `retry` field use, when the file defines it.
 pub const DEFAULT_POLICY_NAME: &str = "default";

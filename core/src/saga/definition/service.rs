@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::REQUEST_SOURCE;
 use super::duration::{RawDuration, check_duration, humantime_millis, resolve_duration};
+use super::entries::Entries;
 use super::error::{DefinitionError, Place};
-use super::parse::Entries;
 
 /// `circuit_breaker.failure_threshold` when a file leaves it out.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;

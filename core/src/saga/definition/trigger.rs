@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+use super::entries::Entries;
 use super::error::{DefinitionError, Escaped, Place};
-use super::parse::Entries;
 
 /// A trigger of a saga definition: every message on `subject` starts one
 /// saga, deduplicated by the event's id (see the engine's `triggers` module).
