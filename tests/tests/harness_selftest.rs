@@ -219,30 +219,12 @@ async fn three_node_cluster_replicates_and_survives_a_node_crash() {
         }
     })
     .await;
-    js.publish("REPLICATED.a", "1".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let ack = publish_when_accepted(&js, "REPLICATED.a", "1").await;
+    assert_eq!(ack.sequence, 1);
 
     cluster.kill(2);
     // Two of three nodes keep the quorum: writes still succeed.
-    let ack = tokio::time::timeout(SHORT, async {
-        loop {
-            // The stream may be electing a new leader right now.
-            match js.publish("REPLICATED.b", "2".into()).await {
-                Ok(ack) => match ack.await {
-                    Ok(ack) => break ack,
-                    Err(e) => tracing::debug!("publish ack: {e}"),
-                },
-                Err(e) => tracing::debug!("publish: {e}"),
-            }
-            // Back off between retries while the stream elects a leader.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("quorum accepts writes");
+    let ack = publish_when_accepted(&js, "REPLICATED.b", "2").await;
     assert_eq!(ack.sequence, 2);
 
     cluster.restart(2);
@@ -259,4 +241,34 @@ async fn three_node_cluster_replicates_and_survives_a_node_crash() {
     })
     .await;
     assert_eq!(messages, 2);
+}
+
+/// Publishes until the stream acknowledges. Right after a stream is created
+/// the node this client talks to may not yet know of its subjects (the
+/// publish meets "no responders"), and right after a node dies the stream
+/// may be electing a new leader; both pass within `SHORT`. The subject is
+/// the message id, so a retry after a lost acknowledgement is deduplicated.
+async fn publish_when_accepted(
+    js: &jetstream::Context,
+    subject: &'static str,
+    payload: &'static str,
+) -> jetstream::publish::PublishAck {
+    tokio::time::timeout(SHORT, async {
+        loop {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(subject);
+            match js.send_publish(subject, publish).await {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => break ack,
+                    Err(e) => tracing::debug!("publish ack: {e}"),
+                },
+                Err(e) => tracing::debug!("publish: {e}"),
+            }
+            // Back off between retries while the cluster settles.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream accepts a write on {subject}"))
 }
