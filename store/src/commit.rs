@@ -7,10 +7,14 @@ use crate::services::HeldTask;
 use crate::start_queue::QueuedRow;
 use crate::timers::TimerRow;
 use futures::future::BoxFuture;
-use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
+use jetsaga_core::saga::state::{Millis, Saga, SagaState, TimerKind};
+use serde::{Deserialize, Serialize};
 
 /// What the writer knows of the stored record a [`Change`] replaces, so the
 /// store can move the saga's index entries without reading and decoding it.
+///
+/// In serde form the state is its name; a name that is no saga state fails
+/// to deserialise.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Prior {
     /// Not known: the store reads the stored record.
@@ -41,8 +45,68 @@ impl Prior {
     }
 }
 
-/// One atomic state change.
-#[derive(Debug, Clone, Default)]
+/// [`Prior`] as serde sees it: the state by name.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PriorForm {
+    Unknown,
+    Absent,
+    Stored {
+        state: String,
+        finished: Option<Millis>,
+    },
+}
+
+impl From<Prior> for PriorForm {
+    fn from(prior: Prior) -> Self {
+        match prior {
+            Prior::Unknown => PriorForm::Unknown,
+            Prior::Absent => PriorForm::Absent,
+            Prior::Stored { state, finished } => PriorForm::Stored {
+                state: state.to_owned(),
+                finished,
+            },
+        }
+    }
+}
+
+impl TryFrom<PriorForm> for Prior {
+    type Error = String;
+
+    fn try_from(form: PriorForm) -> Result<Self, Self::Error> {
+        Ok(match form {
+            PriorForm::Unknown => Prior::Unknown,
+            PriorForm::Absent => Prior::Absent,
+            PriorForm::Stored { state, finished } => Prior::Stored {
+                state: SagaState::from_name(&state)
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown saga state {state:?} in a prior (expected one of: {})",
+                            SagaState::names()
+                        )
+                    })?
+                    .name(),
+                finished,
+            },
+        })
+    }
+}
+
+impl Serialize for Prior {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        PriorForm::from(self.clone()).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prior {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Prior::try_from(PriorForm::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One atomic state change. Its serde form (JSON) is what the journal
+/// carries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The saga's new state (inserted or replaced). Indexes follow it.
     pub saga: Option<Saga>,
@@ -111,4 +175,124 @@ pub trait GroupCommit: Send + Sync {
     /// Publishing only rows up to it keeps the outbox's promise without a
     /// flush of the publisher's own.
     fn outbox_durable(&self) -> Option<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetsaga_core::admission::Breaker;
+    use jetsaga_core::saga::state::SagaStatus;
+    use jetsaga_protocol::TaskKind;
+
+    fn saga(status: SagaStatus) -> Saga {
+        Saga {
+            id: "0001".into(),
+            name: "order".into(),
+            definition_version: 2,
+            input: serde_json::json!({ "order": 1 }),
+            idempotency_key: Some("req-1".into()),
+            generation: 1,
+            status,
+            steps: vec![],
+            created_at: 1_000,
+            updated_at: 2_000,
+            finished_at: None,
+            trace_parent: Some("00-abc-def-01".into()),
+            event_seq: 5,
+        }
+    }
+
+    fn message(n: u8) -> OutboxMessage {
+        OutboxMessage {
+            subject: format!("jetsaga.task.{n}"),
+            msg_id: format!("msg-{n}"),
+            headers: vec![("k".into(), n.to_string())],
+            payload: vec![n, 0, 255],
+        }
+    }
+
+    #[test]
+    fn a_change_survives_json() {
+        let prior_saga = saga(SagaStatus::Running);
+        let change = Change {
+            saga: Some(saga(SagaStatus::Compensating {
+                reason: "step failed".into(),
+            })),
+            prior: Prior::of(&prior_saga),
+            idempotency_key: Some("req-1".into()),
+            outbox: vec![message(1), message(2)],
+            timers_add: vec![TimerRow {
+                saga_id: "0001".into(),
+                timer: TimerKind::Retry {
+                    step: 1,
+                    kind: TaskKind::Compensation,
+                    attempt: 2,
+                },
+                due: 9_000,
+            }],
+            timers_remove: vec![("0001".into(), TimerKind::SagaTimeout)],
+            queue_add: vec![(
+                7,
+                QueuedRow {
+                    saga_id: "0002".into(),
+                    saga: "order".into(),
+                    enqueued_at: 1_500,
+                },
+            )],
+            queue_remove: vec![6],
+            held_add: vec![(
+                3,
+                HeldTask {
+                    service: "inventory".into(),
+                    saga_id: "0001".into(),
+                    step: 0,
+                    kind: TaskKind::Action,
+                    attempt: 1,
+                    timeout_ms: 5_000,
+                    message: message(3),
+                },
+            )],
+            held_remove: vec![2],
+            breakers: vec![
+                ("inventory".into(), Some(Breaker::default())),
+                ("payments".into(), None),
+            ],
+        };
+        let json = serde_json::to_string(&change).unwrap();
+        let back: Change = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, change);
+    }
+
+    #[test]
+    fn every_prior_survives_json_with_its_state_by_name() {
+        let mut done = saga(SagaStatus::Completed);
+        done.finished_at = Some(3_000);
+        let priors = [
+            Prior::Unknown,
+            Prior::Absent,
+            Prior::of(&saga(SagaStatus::Pending)),
+            Prior::of(&done),
+        ];
+        for prior in priors {
+            let json = serde_json::to_value(&prior).unwrap();
+            assert_eq!(serde_json::from_value::<Prior>(json).unwrap(), prior);
+        }
+        assert_eq!(
+            serde_json::to_value(Prior::of(&done)).unwrap(),
+            serde_json::json!({ "stored": { "state": "completed", "finished": 3_000 } })
+        );
+    }
+
+    #[test]
+    fn a_prior_with_an_unknown_state_does_not_deserialise() {
+        let err = serde_json::from_value::<Prior>(
+            serde_json::json!({ "stored": { "state": "sleeping", "finished": null } }),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown saga state \"sleeping\""),
+            "{err}"
+        );
+        assert!(err.to_string().contains("running"), "{err}");
+    }
 }
