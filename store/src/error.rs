@@ -50,4 +50,24 @@ pub enum StoreError {
         /// Cause.
         source: serde_json::Error,
     },
+    /// A journal record was offered out of order: its number is not the
+    /// stored one plus one (nothing was written).
+    #[error(
+        "{code}: journal record {offered} cannot follow record {stored}: records apply in order, each once",
+        code = ErrorCode::StoreIo,
+    )]
+    JournalOrder {
+        /// Number of the last record the store applied.
+        stored: u64,
+        /// Number of the record offered.
+        offered: u64,
+    },
+    /// A snapshot could not be written, or not be restored (truncated,
+    /// corrupt, not a snapshot, or a target directory that is not empty);
+    /// a failed restore leaves no store at the target.
+    #[error("{code}: snapshot: {reason}", code = ErrorCode::StoreCorrupt)]
+    Snapshot {
+        /// Why.
+        reason: String,
+    },
 }

@@ -17,6 +17,7 @@
 //! | [`StartQueueTable`] | the start queue of the concurrency limits | partition, API (queue position) |
 //! | [`ServiceTable`] | held tasks, circuit breakers, service policies | partition; policies: API, start-up |
 //! | [`GroupCommit`] | atomic writes ([`Change`], saga deletion), flush, the durable outbox mark | partition, retention, relay, API (flush) |
+//! | [`JournalTable`] | the last applied record of the partition's journal, written atomically with that record's changes | partition (leader and standby), start-up |
 //! | [`DiskUsage`] | bytes on disk | metrics, `scale` |
 //!
 //! Each state change is one [`Change`] carrying the outbox rows and timers
@@ -49,6 +50,7 @@ mod definitions;
 mod disk;
 mod error;
 mod idempotency;
+mod journal;
 mod outbox;
 mod prune;
 mod sagas;
@@ -64,6 +66,7 @@ pub use definitions::{Applied, DefinitionTable};
 pub use disk::{DiskUsage, dir_bytes};
 pub use error::StoreError;
 pub use idempotency::IdempotencyTable;
+pub use journal::{JournalPosition, JournalTable};
 pub use outbox::{OutboxMessage, OutboxTable};
 pub use prune::prune;
 pub use sagas::{DEFAULT_LIST_LIMIT, SagaFilter, SagaTable};
@@ -83,6 +86,7 @@ pub trait Store:
     + StartQueueTable
     + ServiceTable
     + GroupCommit
+    + JournalTable
     + DiskUsage
     + Send
     + Sync
@@ -99,6 +103,7 @@ impl<T> Store for T where
         + StartQueueTable
         + ServiceTable
         + GroupCommit
+        + JournalTable
         + DiskUsage
         + 'static
 {

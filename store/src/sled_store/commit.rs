@@ -1,26 +1,38 @@
 //! [`GroupCommit`] on sled: a batch of changes in one transaction over the
-//! trees it writes, and the flush that makes it durable.
+//! trees it writes (with the journal position, for
+//! [`crate::JournalTable`]), and the flush that makes it durable.
 
 use super::SledStore;
 #[cfg(debug_assertions)]
 use super::change::check_prior;
 use super::change::{Encoded, OutboxRow};
 use super::codec::{
-    decode, finished_key, finished_key_at, held_key, join, timer_key, tx_error, u64_of,
+    decode, encode, finished_key, finished_key_at, held_key, join, timer_key, tx_error, u64_of,
 };
+use super::journal::{JOURNAL_KEY, stored_position};
 use super::outbox::encode_outbox;
-use crate::{Change, GroupCommit, Prior, StoreError};
+use crate::{Change, GroupCommit, JournalPosition, Prior, StoreError};
 use futures::future::BoxFuture;
 use jetsaga_core::saga::state::Saga;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use std::sync::atomic::Ordering;
 
-impl GroupCommit for SledStore {
-    fn commit_many(&self, changes: &[Change]) -> Result<(), StoreError> {
-        if changes.is_empty() {
+impl SledStore {
+    /// Writes `changes` in one transaction, and with them the journal
+    /// `position` if given (checked to follow the stored one): the body of
+    /// [`GroupCommit::commit_many`] and [`crate::JournalTable::commit_journaled`].
+    pub(super) fn write_changes(
+        &self,
+        changes: &[Change],
+        position: Option<JournalPosition>,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() && position.is_none() {
             return Ok(());
         }
+        let position = position
+            .map(|p| Ok::<_, StoreError>((p, encode("meta", JOURNAL_KEY, &p)?)))
+            .transpose()?;
         // Encode everything first: the transaction closure may run more than
         // once and should only move bytes.
         let mut encoded = changes
@@ -38,7 +50,7 @@ impl GroupCommit for SledStore {
         for (change, enc) in changes.iter().zip(&mut encoded) {
             enc.outbox.reserve(change.outbox.len());
             for msg in &change.outbox {
-                let seq = self.db.generate_id()?;
+                let seq = self.db.generate_id()? + self.seq_offset;
                 let key = seq.to_be_bytes();
                 enc.outbox.push(OutboxRow {
                     value: encode_outbox(&key, msg)?,
@@ -59,6 +71,7 @@ impl GroupCommit for SledStore {
             &self.finished,
             &self.queued,
             &self.admission,
+            &self.meta,
         )
             .transaction(
                 |(
@@ -72,7 +85,20 @@ impl GroupCommit for SledStore {
                     finished,
                     queued,
                     admission,
+                    meta,
                 )| {
+                    if let Some((offered, bytes)) = &position {
+                        let stored = stored_position(meta)?;
+                        if stored.record.checked_add(1) != Some(offered.record) {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::JournalOrder {
+                                    stored: stored.record,
+                                    offered: offered.record,
+                                },
+                            ));
+                        }
+                        meta.insert(JOURNAL_KEY, bytes.as_slice())?;
+                    }
                     let mut new_sagas = 0usize;
                     let mut delta: isize = 0;
                     for enc in &encoded {
@@ -206,6 +232,13 @@ impl GroupCommit for SledStore {
         }
         Ok(())
     }
+}
+
+impl GroupCommit for SledStore {
+    fn commit_many(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.write_changes(changes, None)
+    }
+
     fn delete_saga(&self, id: &str) -> Result<Option<Saga>, StoreError> {
         self.delete(id)
     }

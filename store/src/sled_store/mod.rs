@@ -3,7 +3,10 @@
 //! [`crate::OutboxTable`], …). `open.rs` opens a store, `codec.rs` spells
 //! keys and values in bytes, `change.rs` encodes a [`crate::Change`] and
 //! `commit.rs` writes a batch of them ([`crate::GroupCommit`]), `delete.rs`
-//! deletes a saga, `copy.rs` copies a store for [`crate::compact`].
+//! deletes a saga, `copy.rs` copies a store for [`crate::compact`],
+//! `journal.rs` reads the journal position the commit writes
+//! ([`crate::JournalTable`]), `snapshot.rs` writes a store to a stream and
+//! restores it from one.
 //!
 //! Layout (one sled tree each; `‖` is concatenation, integers are big-endian
 //! so byte order is numeric order):
@@ -24,6 +27,7 @@
 //! | `admission`         | `h` ‖ hold seq u64                       | [`crate::HeldTask`] JSON |
 //! |                     | `b` ‖ service                            | breaker state JSON |
 //! | `service_policies`  | service                                  | service policy JSON |
+//! | `meta`              | `journal`                                | [`crate::JournalPosition`] JSON |
 //!
 //! `finished` holds the terminal sagas by the time they finished (written in
 //! the transaction of the terminal transition, removed when the saga leaves
@@ -40,7 +44,10 @@
 //!
 //! Saga ids are UUIDv7, so key order is creation order and listings walk the
 //! trees backwards for newest first. Outbox sequence numbers come from
-//! [`sled::Db::generate_id`], which stays monotonic across restarts.
+//! [`sled::Db::generate_id`], which stays monotonic across restarts; a copy
+//! of the data in a fresh database (restored snapshot, compaction) starts
+//! its generator again, so at open the store offsets it past the last
+//! stored row.
 //!
 //! Counting rows in sled is a full scan, so the store keeps the outbox and
 //! timer row counts in memory (counted once at open, then adjusted by every
@@ -59,10 +66,12 @@ mod copy;
 mod definitions;
 mod delete;
 mod idempotency;
+mod journal;
 mod open;
 mod outbox;
 mod sagas;
 mod services;
+mod snapshot;
 mod start_queue;
 mod timers;
 
@@ -93,12 +102,19 @@ pub struct SledStore {
     admission: Tree,
     /// Service policies ([`jetsaga_core::saga::definition::ServicePolicy`]).
     service_policies: Tree,
+    /// The journal position ([`crate::JournalTable`]).
+    meta: Tree,
     /// Rows in `sagas`.
     saga_rows: AtomicUsize,
     /// Rows in `outbox`.
     outbox_rows: AtomicUsize,
     /// Rows in `timers`.
     timer_rows: AtomicUsize,
+    /// Added to [`sled::Db::generate_id`] to number outbox rows: 0, except
+    /// in a store copied into a fresh database (a restored snapshot, a
+    /// compacted store), whose id generator starts again below the rows
+    /// it holds. Set at open so that new rows sort after every stored one.
+    seq_offset: u64,
     /// Highest outbox sequence written plus one (0: none).
     outbox_written: AtomicU64,
     /// Highest outbox sequence a completed flush covered plus one (0: none).

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// created. sled recovers a damaged or missing data file as an *empty*
 /// database without any error, so a store directory that existed before but
 /// lacks the marker has lost its data and must not be used as if new.
-const MARKER_KEY: &[u8] = b"jetsaga.store.format";
+pub(super) const MARKER_KEY: &[u8] = b"jetsaga.store.format";
 /// Value of the marker: the on-disk format of this store.
 const MARKER_FORMAT: &[u8] = b"1";
 /// Key of the record in sled's default tree saying that the `finished` tree
@@ -68,44 +68,45 @@ impl SledStore {
     }
 
     fn from_config(config: sled::Config, path: String, existed: bool) -> Result<Self, StoreError> {
-        let open_error = |source: sled::Error| {
-            if is_lock_error(&source) {
-                StoreError::Locked { path: path.clone() }
-            } else {
-                StoreError::Open {
-                    path: path.clone(),
-                    source,
-                }
-            }
-        };
-        let damaged = |what: String| StoreError::Open {
-            path: path.clone(),
-            source: sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what)),
-        };
         // sled answers some kinds of damage with a panic instead of an error;
         // the engine must report those like any other unopenable store.
-        let opened = catch_unwind_quietly(|| config.open());
-        let db = match opened {
-            Ok(result) => result.map_err(open_error)?,
+        let db = match catch_unwind_quietly(|| config.open()) {
+            Ok(result) => result.map_err(open_error(&path))?,
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<String>()
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("unknown panic");
-                return Err(damaged(format!("sled panicked while opening: {what}")));
+                return Err(damaged(
+                    &path,
+                    format!("sled panicked while opening: {what}"),
+                ));
             }
         };
-        match db.get(MARKER_KEY).map_err(open_error)? {
+        Self::from_db(db, path, existed)
+    }
+
+    /// The store on the open database `db`: checks the format marker (or
+    /// writes it, in a new store), opens the trees and sets up the
+    /// in-memory counts. `existed`: whether the directory held a database
+    /// before.
+    pub(super) fn from_db(db: sled::Db, path: String, existed: bool) -> Result<Self, StoreError> {
+        let open_error = open_error(&path);
+        match db.get(MARKER_KEY).map_err(&open_error)? {
             Some(format) if format.as_ref() == MARKER_FORMAT => {}
             Some(format) => {
-                return Err(damaged(format!(
-                    "unknown store format {:?} (written by a newer jetsaga?)",
-                    String::from_utf8_lossy(&format)
-                )));
+                return Err(damaged(
+                    &path,
+                    format!(
+                        "unknown store format {:?} (written by a newer jetsaga?)",
+                        String::from_utf8_lossy(&format)
+                    ),
+                ));
             }
             None if existed => {
                 return Err(damaged(
+                    &path,
                     "the directory held a store, but its data file is missing or damaged \
                      (it reads as empty); restore it from a backup, or remove the directory \
                      to start with an empty store"
@@ -113,11 +114,22 @@ impl SledStore {
                 ));
             }
             None => {
-                db.insert(MARKER_KEY, MARKER_FORMAT).map_err(open_error)?;
-                db.flush().map_err(open_error)?;
+                db.insert(MARKER_KEY, MARKER_FORMAT).map_err(&open_error)?;
+                db.flush().map_err(&open_error)?;
             }
         }
-        let tree = |name: &str| db.open_tree(name).map_err(open_error);
+        let tree = |name: &str| db.open_tree(name).map_err(&open_error);
+        let outbox = tree("outbox")?;
+        let last_seq = match outbox.last().map_err(&open_error)? {
+            Some((key, _)) => Some(u64_of("outbox", &key, &key)?),
+            None => None,
+        };
+        // A fresh database's id generator starts at 0 even when the data was
+        // copied in with higher sequences; new rows must sort after them.
+        let seq_offset = match last_seq {
+            Some(seq) => (seq + 1).saturating_sub(db.generate_id().map_err(&open_error)?),
+            None => 0,
+        };
         let store = SledStore {
             path: path.clone(),
             definitions: tree("definitions")?,
@@ -126,13 +138,15 @@ impl SledStore {
             idempotency: tree("idempotency")?,
             by_state: tree("by_state")?,
             by_name: tree("by_name")?,
-            outbox: tree("outbox")?,
+            outbox,
             timers: tree("timers")?,
             timer_index: tree("timer_index")?,
             finished: tree("finished")?,
             queued: tree("queued")?,
             admission: tree("admission")?,
             service_policies: tree("service_policies")?,
+            meta: tree("meta")?,
+            seq_offset,
             saga_rows: AtomicUsize::new(0),
             outbox_rows: AtomicUsize::new(0),
             timer_rows: AtomicUsize::new(0),
@@ -141,25 +155,24 @@ impl SledStore {
             commit_lock: Mutex::new(()),
             db,
         };
-        let outbox_rows = count(&store.outbox).map_err(open_error)?;
-        let timer_rows = count(&store.timers).map_err(open_error)?;
+        let outbox_rows = count(&store.outbox).map_err(&open_error)?;
+        let timer_rows = count(&store.timers).map_err(&open_error)?;
         // One `by_name` row per saga, and its rows are smaller than records.
-        let saga_rows = count(&store.by_name).map_err(open_error)?;
+        let saga_rows = count(&store.by_name).map_err(&open_error)?;
         store.outbox_rows.store(outbox_rows, Ordering::Relaxed);
         store.timer_rows.store(timer_rows, Ordering::Relaxed);
         store.saga_rows.store(saga_rows, Ordering::Relaxed);
         // The rows found are durable once this flush returns (sled may have
         // written them to the file without syncing it before a crash).
-        if let Some((key, _)) = store.outbox.last().map_err(open_error)? {
-            let seq = u64_of("outbox", &key, &key)?;
-            store.db.flush().map_err(open_error)?;
+        if let Some(seq) = last_seq {
+            store.db.flush().map_err(&open_error)?;
             store.outbox_written.store(seq + 1, Ordering::Relaxed);
             store.outbox_durable.store(seq + 1, Ordering::Relaxed);
         }
         if store
             .db
             .get(FINISHED_INDEX_KEY)
-            .map_err(open_error)?
+            .map_err(&open_error)?
             .is_none()
         {
             store.backfill_finished()?;
@@ -193,6 +206,33 @@ impl SledStore {
             );
         }
         Ok(())
+    }
+}
+
+/// How a sled error opening the store at `path` is reported: another
+/// process's lock is [`StoreError::Locked`], anything else
+/// [`StoreError::Open`].
+fn open_error(path: &str) -> impl Fn(sled::Error) -> StoreError + '_ {
+    move |source| {
+        if is_lock_error(&source) {
+            StoreError::Locked {
+                path: path.to_owned(),
+            }
+        } else {
+            StoreError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// [`StoreError::Open`] for a store at `path` that sled opened but that is
+/// damaged as a store.
+fn damaged(path: &str, what: String) -> StoreError {
+    StoreError::Open {
+        path: path.to_owned(),
+        source: sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what)),
     }
 }
 
