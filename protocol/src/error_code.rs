@@ -112,6 +112,9 @@ error_codes! {
     ConfigFile = "E-CONFIG-FILE", 500, "the configuration file cannot be read or does not parse";
     ConfigEnv = "E-CONFIG-ENV", 500, "a `JETSAGA_*` variable has a value of the wrong form";
     Engine = "E-ENGINE", 500, "a part of the engine failed while running";
+    Partitions = "E-PARTITIONS", 500, "the installation records another number of partitions than the engine was started with";
+    Journal = "E-JOURNAL", 500, "a partition's journal cannot be read, written or applied";
+    Deposed = "E-DEPOSED", 500, "another engine took over a partition this engine led";
     HttpListen = "E-HTTP-LISTEN", 500, "the HTTP API cannot listen on its address";
     // `jetsaga dev`.
     DevNoNats = "E-DEV-NO-NATS", 500, "no nats-server binary was found";
@@ -128,6 +131,7 @@ error_codes! {
     UnsupportedMediaType = "E-UNSUPPORTED-MEDIA-TYPE", 415, "an HTTP body without a JSON (or YAML) content type";
     MethodNotAllowed = "E-METHOD-NOT-ALLOWED", 405, "the HTTP route does not take this method";
     Unavailable = "E-UNAVAILABLE", 503, "the engine is shutting down or not ready";
+    NoLeader = "E-NO-LEADER", 503, "no engine leads the partition the request needs (a takeover is in progress)";
     ReplyTooLarge = "E-REPLY-TOO-LARGE", 500, "the answer is larger than the NATS connection's max payload";
     RequestTimeout = "E-REQUEST-TIMEOUT", 408, "an HTTP request body did not arrive within `http_body_timeout`";
     TooManyConnections = "E-TOO-MANY-CONNECTIONS", 503, "the HTTP API already has `http_max_connections` connections open";
@@ -233,6 +237,7 @@ mod tests {
             (UnknownSaga, 422),
             (InvalidDefinition, 422),
             (Unavailable, 503),
+            (NoLeader, 503),
             (RequestTimeout, 408),
             (TooManyConnections, 503),
             (ReplyTooLarge, 500),

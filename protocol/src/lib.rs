@@ -189,12 +189,58 @@ impl Subjects {
     pub fn idempotency_bucket(&self) -> String {
         format!("{}_IDEMPOTENCY", self.stream_prefix)
     }
+
+    /// Stream holding every partition's journal (one subject each).
+    pub fn journal_stream(&self) -> String {
+        format!("{}_JOURNAL", self.stream_prefix)
+    }
+    /// Subject of partition `partition`'s journal.
+    pub fn journal(&self, partition: u32) -> String {
+        format!("{}.journal.{partition}", self.prefix)
+    }
+    /// Wildcard of every journal subject.
+    pub fn journal_wildcard(&self) -> String {
+        format!("{}.journal.>", self.prefix)
+    }
+    /// Key-value bucket of the installation's layout and the partitions'
+    /// leases (`partitions`, `lease.<partition>`).
+    pub fn cluster_bucket(&self) -> String {
+        format!("{}_CLUSTER", self.stream_prefix)
+    }
+    /// Key-value bucket of the engines' heartbeats (`<engine id>`), whose
+    /// entries age out when an engine stops beating.
+    pub fn engines_bucket(&self) -> String {
+        format!("{}_ENGINES", self.stream_prefix)
+    }
+    /// Object store of the partitions' snapshots (`partition.<partition>`).
+    pub fn snapshots_bucket(&self) -> String {
+        format!("{}_SNAPSHOTS", self.stream_prefix)
+    }
+    /// Request subject served only by the leader of `partition`: the
+    /// engines that do not lead it forward `op` there.
+    pub fn leader_api(&self, partition: u32, op: Op) -> String {
+        format!("{}.lead.{partition}.{}", self.prefix, op.name())
+    }
+    /// Wildcard of every request subject of the leader of `partition`.
+    pub fn leader_api_wildcard(&self, partition: u32) -> String {
+        format!("{}.lead.{partition}.>", self.prefix)
+    }
+    /// The operation name a leader request subject ends with.
+    pub fn leader_api_op_name<'a>(&self, partition: u32, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".lead.")?
+            .strip_prefix(partition.to_string().as_str())?
+            .strip_prefix('.')
+    }
 }
 
 /// The token after the prefix in every subject an installation uses:
 /// `<prefix>.task.…`, `.result.…`, `.start.…`, `.api.…`, `.progress.…`,
-/// `.event.…` (see [`Subjects`]).
-pub const SUBJECT_KINDS: &[&str] = &["task", "result", "start", "api", "progress", "event"];
+/// `.event.…`, `.journal.…`, `.lead.…` (see [`Subjects`]).
+pub const SUBJECT_KINDS: &[&str] = &[
+    "task", "result", "start", "api", "progress", "event", "journal", "lead",
+];
 
 /// Whether `subject` has the shape of a subject of some installation,
 /// whatever its prefix: `<prefix>.<kind>.<more>`, `<kind>` one of

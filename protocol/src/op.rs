@@ -38,11 +38,15 @@ pub enum Op {
     BreakerGet,
     /// `breaker.reset`: `{"service"}` → its status (closed, held tasks released).
     BreakerReset,
+    /// `cluster.status`: `{}` → the engines and partitions of the installation.
+    ClusterStatus,
+    /// `cluster.step-down`: `{"partition"}` → the engine that released it.
+    ClusterStepDown,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 14] = [
         Op::SagaStart,
         Op::SagaGet,
         Op::SagaList,
@@ -55,6 +59,8 @@ impl Op {
         Op::BreakerList,
         Op::BreakerGet,
         Op::BreakerReset,
+        Op::ClusterStatus,
+        Op::ClusterStepDown,
     ];
 
     /// The subject suffix of the operation.
@@ -72,6 +78,8 @@ impl Op {
             Op::BreakerList => "breaker.list",
             Op::BreakerGet => "breaker.get",
             Op::BreakerReset => "breaker.reset",
+            Op::ClusterStatus => "cluster.status",
+            Op::ClusterStepDown => "cluster.step-down",
         }
     }
 }

@@ -18,6 +18,7 @@
 //! assert!(line.state.is_terminal());
 //! ```
 
+pub mod cluster;
 pub mod definition;
 pub mod request;
 pub mod saga;
@@ -25,6 +26,7 @@ pub mod service;
 mod state;
 pub mod stats;
 
+pub use cluster::{ClusterStatus, EngineStatus, PartitionStatus, StepDownReply, StepDownRequest};
 pub use definition::{
     AppliedDefinition, AppliedDefinitions, BreakerConfig, DefinitionFile, DefinitionList,
     DefinitionListing, RetryPolicy, SagaDefinition, SagaPolicy, ServicePolicy, StepDefinition,
