@@ -112,6 +112,16 @@ pub struct Config {
     /// Most HTTP connections open at once; more are answered 503
     /// `E-TOO-MANY-CONNECTIONS` and closed.
     pub http_max_connections: usize,
+    /// This engine's id in the cluster; by default one made at the first
+    /// start from the host name and kept in the data directory.
+    pub engine_id: Option<String>,
+    /// How long a partition's leader lease lasts without renewal: an engine
+    /// that dies without handing over is replaced after at most this.
+    #[serde(serialize_with = "serialize_duration")]
+    pub lease_ttl: Duration,
+    /// How often a leader renews its leases (less than `lease_ttl`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub lease_renew: Duration,
     /// How log lines look: `text` for people, `json` for log pipelines.
     pub log_format: LogFormat,
     /// Which log lines to keep, in `tracing`'s filter syntax (`info`,
@@ -141,6 +151,9 @@ impl Default for Config {
             http_listen: None,
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(30),
+            engine_id: None,
+            lease_ttl: Duration::from_secs(3),
+            lease_renew: Duration::from_secs(1),
             http_max_connections: 1024,
             log_format: LogFormat::Text,
             log: None,
@@ -256,6 +269,26 @@ impl Config {
                     humantime::format_duration(d)
                 )));
             }
+        }
+        if self.lease_ttl < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid(format!(
+                "lease_ttl {} is below 500ms",
+                humantime::format_duration(self.lease_ttl)
+            )));
+        }
+        if self.lease_renew.is_zero() || self.lease_renew * 2 > self.lease_ttl {
+            return Err(ConfigError::Invalid(format!(
+                "lease_renew {} must be more than 0 and at most half of lease_ttl ({})",
+                humantime::format_duration(self.lease_renew),
+                humantime::format_duration(self.lease_ttl)
+            )));
+        }
+        if let Some(id) = &self.engine_id
+            && (!protocol::is_valid_kv_key(id) || id.contains('.'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "engine_id {id:?} must be letters, digits, `-` and `_`"
+            )));
         }
         if self.http_max_connections == 0 {
             return Err(ConfigError::Invalid(

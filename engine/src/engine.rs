@@ -9,13 +9,14 @@
 
 use crate::api;
 use crate::bus::{self, StreamSettings, intake, relay};
+use crate::cluster;
 use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::partition::Partition;
 use async_nats::jetstream;
 use jetsaga_core::saga::definition;
 use jetsaga_protocol::{ErrorCode, Subjects};
-use jetsaga_store::{DefinitionTable, ServiceTable, SledStore, Store, StoreError};
+use jetsaga_store::{GroupCommit, JournalTable, SagaTable, SledStore, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,28 +111,43 @@ pub fn definition_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn apply_definition_files(
-    store: &(impl DefinitionTable + ServiceTable + ?Sized),
+/// Parses every definition file `paths` name (as [`definition_files`]
+/// lists them), refusing the first invalid one.
+fn read_definition_files(
     paths: &[PathBuf],
     limits: &definition::DefinitionLimits,
-) -> Result<(), EngineError> {
+) -> Result<Vec<(PathBuf, definition::DefinitionFile)>, EngineError> {
     let files = definition_files(paths).map_err(|e| {
         EngineError::Definition(format!(
             "{}: cannot list definitions: {e}",
             ErrorCode::DefIo
         ))
     })?;
-    for file in files {
-        let parsed = definition::parse_file_within(Path::new(&file), limits)
-            .map_err(|e| EngineError::Definition(format!("{}: {e}", e.code())))?;
-        for def in parsed.sagas {
-            let applied = store.put_definition(&def)?;
-            tracing::info!(file = %file.display(), saga = %applied.name, version = applied.version, changed = applied.changed, "definition loaded");
-        }
-        // Service policies (`jetsaga_core::admission`); the partition loads them at start.
-        for policy in parsed.services {
-            let changed = store.put_service_policy(&policy)?;
-            tracing::info!(file = %file.display(), service = %policy.service, changed, "service policy loaded");
+    files
+        .into_iter()
+        .map(|file| {
+            let parsed = definition::parse_file_within(Path::new(&file), limits)
+                .map_err(|e| EngineError::Definition(format!("{}: {e}", e.code())))?;
+            Ok((file, parsed))
+        })
+        .collect()
+}
+
+/// Applies the definition files through `api` (the leader's partition, or
+/// forwarded to it), as one request per file.
+async fn apply_definition_files(
+    api: &api::Api,
+    files: &[(PathBuf, definition::DefinitionFile)],
+) -> Result<(), EngineError> {
+    for (file, parsed) in files {
+        let applied = api
+            .apply(&parsed.sagas, &parsed.services)
+            .await
+            .map_err(|e| {
+                EngineError::Definition(format!("{}: {}: {}", file.display(), e.code, e.message))
+            })?;
+        for a in applied {
+            tracing::info!(file = %file.display(), saga = %a.name, version = a.version, changed = a.changed, "definition loaded");
         }
     }
     Ok(())
@@ -151,6 +167,15 @@ pub async fn connect(
     })?;
     let client = crate::config::connect_options(nats)?
         .name(name)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("lost the connection to NATS; reconnecting")
+                }
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                other => tracing::debug!(event = %other, "NATS connection event"),
+            }
+        })
         .connect(addrs)
         .await
         .map_err(|source| EngineError::Connect {
@@ -166,13 +191,178 @@ pub async fn connect(
     Ok(client)
 }
 
+/// [`connect`], retried with a log line until NATS answers or `shutdown`
+/// (`None`): an engine started before its NATS waits for it. Refusals that
+/// retrying cannot cure (bad URL, credentials, an old server) end it.
+async fn connect_retrying(
+    nats: &crate::config::NatsConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<async_nats::Client>, EngineError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match connect(nats, "jetsaga-engine").await {
+            Ok(client) => return Ok(Some(client)),
+            Err(EngineError::Connect { url, source }) if unreachable(&source) => {
+                tracing::warn!(nats = %url, error = %source, retry_in = ?delay, "NATS is not reachable yet; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Whether `e` says no server answered (worth retrying), rather than that
+/// one answered and refused (credentials, TLS), which retrying cannot cure.
+fn unreachable(e: &async_nats::ConnectError) -> bool {
+    use std::error::Error;
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        async_nats::ConnectErrorKind::TimedOut => true,
+        async_nats::ConnectErrorKind::Io => {
+            let io_kind = e
+                .source()
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .map(std::io::Error::kind);
+            match io_kind {
+                Some(kind) => matches!(
+                    kind,
+                    K::ConnectionRefused
+                        | K::ConnectionReset
+                        | K::ConnectionAborted
+                        | K::NotConnected
+                        | K::TimedOut
+                        | K::HostUnreachable
+                        | K::NetworkUnreachable
+                        | K::AddrNotAvailable
+                ),
+                None => {
+                    let text = e.to_string();
+                    text.contains("Connection refused") || text.contains("timed out")
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Catches the store up with partition 0's journal; a store that diverged
+/// from it (its engine was deposed in the middle of a group commit) is
+/// moved aside and rebuilt from the journal.
+async fn recover(
+    mut store: Arc<SledStore>,
+    cluster: &cluster::Cluster,
+    data_dir: &Path,
+    engine_id: &str,
+    local: &cluster::members::Local,
+) -> Result<Arc<SledStore>, EngineError> {
+    let journal_error = |e: cluster::replica::ReplicaError| EngineError::Runtime(e.to_string());
+    let Some(last) = cluster
+        .journal
+        .last(0)
+        .await
+        .map_err(|e| EngineError::Runtime(e.to_string()))?
+    else {
+        let position = store.journal_position()?;
+        if position.record > 0 {
+            return Err(EngineError::Runtime(format!(
+                "{}: the journal of partition 0 is empty, but this engine's store applied {} of its records: the journal stream was deleted or replaced; restore it, or start this engine with an empty data directory",
+                ErrorCode::Journal,
+                position.record
+            )));
+        }
+        return Ok(store);
+    };
+    match cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied).await {
+        Ok(n) => {
+            local
+                .caught_up
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(store)
+        }
+        Err(e @ cluster::replica::ReplicaError::Diverged { .. }) => {
+            let aside = data_dir.with_extension(format!("diverged-{}", crate::partition::now_ms()));
+            tracing::warn!(error = %e, moved_to = %aside.display(), "the store diverged from the journal; rebuilding it from the journal");
+            drop(store);
+            std::fs::rename(data_dir, &aside).map_err(|io| {
+                EngineError::Runtime(format!(
+                    "cannot move the diverged store {} aside: {io}",
+                    data_dir.display()
+                ))
+            })?;
+            store = Arc::new(SledStore::open(data_dir)?);
+            let _ = std::fs::write(data_dir.join("engine-id"), format!("{engine_id}\n"));
+            let n = cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied)
+                .await
+                .map_err(journal_error)?;
+            local
+                .caught_up
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(store)
+        }
+        Err(e) => Err(journal_error(e)),
+    }
+}
+
+/// What the engine shares between its roles.
+struct Shared {
+    config: Config,
+    store: Arc<SledStore>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    settings: StreamSettings,
+    cluster: cluster::Cluster,
+    role: api::route::Role,
+    service: api::Api,
+    local: cluster::members::Local,
+    files: Vec<(PathBuf, definition::DefinitionFile)>,
+    ready: Arc<std::sync::Once>,
+    draining: Arc<std::sync::Once>,
+}
+
+impl Shared {
+    /// Logs "engine draining" once.
+    fn draining(&self) {
+        self.draining
+            .call_once(|| tracing::info!("engine draining"));
+    }
+
+    /// Logs "engine ready" once.
+    fn ready(&self) {
+        self.ready.call_once(|| {
+            tracing::info!(prefix = %self.config.prefix, nats = %self.config.nats.url, data_dir = %self.config.data_dir.display(), engine = %self.cluster.engine, "engine ready");
+        });
+    }
+}
+
+/// How a term as leader ended.
+enum Term {
+    /// The engine shuts down (after a graceful drain and release).
+    Shutdown,
+    /// It handed the partition over and goes on as a standby.
+    SteppedDown,
+}
+
 /// Runs the engine until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), EngineError> {
     config.validate()?;
     metrics::install();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
-    apply_definition_files(&*store, &config.definitions, &config.definition_limits())?;
-    let client = connect(&config.nats, "jetsaga-engine").await?;
+    let files = read_definition_files(&config.definitions, &config.definition_limits())?;
+    let store = Arc::new(SledStore::open(&config.data_dir)?);
+    let engine_id =
+        cluster::engine_id(config.engine_id.as_deref(), &config.data_dir).map_err(|e| {
+            EngineError::Runtime(format!(
+                "cannot keep the engine id in {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+    let Some(client) = connect_retrying(&config.nats, &shutdown).await? else {
+        return Ok(());
+    };
     let subjects = Subjects::new(&config.prefix);
     let js = jetstream::new(client.clone());
     if js.query_account().await.is_err() {
@@ -184,22 +374,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         replicas: config.replicas,
     };
     bus::ensure_streams(&js, &subjects, &settings).await?;
-    let results = bus::engine_consumer(
+    let chunk = client
+        .server_info()
+        .max_payload
+        .saturating_sub(16 * 1024)
+        .max(1024);
+    let cluster = cluster::Cluster::join(
         &js,
         &subjects,
-        &subjects.results_stream(),
-        subjects.results_wildcard(),
-        config.ack_wait,
+        &settings,
+        chunk,
+        engine_id.clone(),
+        cluster::PARTITIONS,
+        cluster::LeaseTiming {
+            ttl: config.lease_ttl,
+            renew: config.lease_renew,
+        },
     )
-    .await?;
-    let starts = bus::engine_consumer(
-        &js,
-        &subjects,
-        &subjects.starts_stream(),
-        subjects.starts_wildcard(),
-        config.ack_wait,
-    )
-    .await?;
+    .await
+    .map_err(|e| EngineError::Runtime(e.to_string()))?;
+    let local = cluster::members::Local::default();
+    let store = recover(store, &cluster, &config.data_dir, &engine_id, &local).await?;
 
     let http_listener = match &config.http_listen {
         Some(addr) => {
@@ -219,19 +414,318 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         None => None,
     };
 
+    let role = api::route::Role::default();
+    // A forwarded request waits for a takeover: a lease TTL and the new
+    // leader's catching up.
+    let forward_wait = config.lease_ttl * 3 + Duration::from_secs(2);
+    let service = api::Api::routed(
+        store.clone(),
+        role.clone(),
+        Some(api::route::Forwarder::new(
+            client.clone(),
+            subjects.clone(),
+            forward_wait,
+        )),
+    )
+    .with_environment(config.environment.clone())
+    .with_definition_limits(config.definition_limits())
+    .with_cluster(cluster.clone());
+
+    // The doors every engine serves, leader or not.
+    let doors_stop = CancellationToken::new();
+    let doors = TaskTracker::new();
+    {
+        let sub = api::listen(&client, &subjects).await.map_err(|e| {
+            EngineError::Runtime(format!("cannot subscribe to the API subjects: {e}"))
+        })?;
+        let (client, subjects, service, stop) = (
+            client.clone(),
+            subjects.clone(),
+            service.clone(),
+            doors_stop.clone(),
+        );
+        doors.spawn(async move {
+            if let Err(e) = api::serve(client, sub, subjects, service, api::Door::Api, stop).await {
+                tracing::error!(error = %e, "API stopped");
+            }
+        });
+    }
+    if let Some(listener) = http_listener {
+        let (client, service, max_payload, limits, stop) = (
+            client.clone(),
+            service.clone(),
+            config.max_payload,
+            api::http::Limits::of(&config),
+            doors_stop.clone(),
+        );
+        doors.spawn(async move {
+            if let Err(e) =
+                api::http::serve(listener, service, client, max_payload, limits, stop).await
+            {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+    doors.spawn(cluster::members::beat(
+        cluster.clone(),
+        local.clone(),
+        doors_stop.clone(),
+    ));
+    doors.spawn(metrics::poll_gauges(
+        store.clone(),
+        js.clone(),
+        subjects.clone(),
+        metrics::POLL_EVERY,
+        doors_stop.clone(),
+    ));
+    doors.close();
+
+    let shared = Shared {
+        config,
+        store: store.clone(),
+        client: client.clone(),
+        js,
+        subjects,
+        settings,
+        cluster,
+        role,
+        service,
+        local,
+        files,
+        ready: Arc::new(std::sync::Once::new()),
+        draining: Arc::new(std::sync::Once::new()),
+    };
+    if !shared.files.is_empty() {
+        // A standby hands its definition files to the leader once there is
+        // one; the leader applies its own when it takes over.
+        let (service, files, role) = (
+            shared.service.clone(),
+            shared.files.clone(),
+            shared.role.clone(),
+        );
+        let stop = doors_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = async {
+                    // The leader applies its own.
+                    if role.handle().is_some() { return Ok(()); }
+                    apply_definition_files(&service, &files).await
+                } => if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot apply the definition files through the leader");
+                }
+            }
+        });
+    }
+
+    let result = roles(&shared, &shutdown).await;
+    shared.draining();
+    doors_stop.cancel();
+    doors.wait().await;
+    shared.store.flush().await?;
+    let _ = client.flush().await;
+    match &result {
+        Ok(()) => tracing::info!("engine stopped"),
+        Err(e) => tracing::error!(error = %e, "engine stopped"),
+    }
+    result
+}
+
+/// Standby and leader, in turn, until `shutdown`.
+async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), EngineError> {
+    let mut not_before = None;
+    loop {
+        // Standby: apply the journal as it grows until the lease is ours.
+        let tail_stop = CancellationToken::new();
+        let tail = tokio::spawn(cluster::replica::tail(
+            shared.store.clone() as Arc<dyn Store>,
+            shared.cluster.journal.clone(),
+            0,
+            shared.local.applied.clone(),
+            tail_stop.clone(),
+        ));
+        let mut leaderless_since = std::time::Instant::now();
+        let held = tokio::select! {
+            held = shared.cluster.leases.acquire(0, not_before, shutdown, |holder| {
+                if holder.engine != shared.cluster.engine {
+                    leaderless_since = std::time::Instant::now();
+                    shared.ready();
+                }
+            }) => held,
+            r = &mut Box::pin(async {
+                // A tail that ends on its own failed: its store cannot
+                // follow the journal.
+                match tail.await {
+                    Ok(Ok(())) => std::future::pending::<EngineError>().await,
+                    Ok(Err(e)) => EngineError::Runtime(e.to_string()),
+                    Err(e) => EngineError::Runtime(format!("the journal reader failed: {e}")),
+                }
+            }) => return Err(r),
+        };
+        tail_stop.cancel();
+        let Some(held) = held else {
+            return Ok(());
+        };
+        ::metrics::histogram!(metrics::LEADERLESS).record(leaderless_since.elapsed().as_secs_f64());
+        match lead(shared, held, shutdown).await? {
+            Term::Shutdown => return Ok(()),
+            Term::SteppedDown => {
+                // Another engine gets the partition first.
+                not_before = Some(std::time::Instant::now() + shared.config.lease_ttl);
+            }
+        }
+    }
+}
+
+/// One term as the leader of partition 0: catch up, append the epoch's
+/// first record (the fence), run the partition and everything around it
+/// while the lease holds, then drain and release it.
+async fn lead(
+    shared: &Shared,
+    mut held: cluster::Held,
+    shutdown: &CancellationToken,
+) -> Result<Term, EngineError> {
+    let runtime = |e: String| EngineError::Runtime(e);
+    let config = &shared.config;
+    let store = &shared.store;
+    let journal = &shared.cluster.journal;
+    // Catch up with every record of the previous leader.
+    let last = journal.last(0).await.map_err(|e| runtime(e.to_string()))?;
+    if let Some(last) = &last {
+        let n = cluster::replica::catch_up(&**store, journal, 0, last, &shared.local.applied)
+            .await
+            .map_err(|e| runtime(e.to_string()))?;
+        shared
+            .local
+            .caught_up
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    let position = store.journal_position()?;
+    // Publish again what the previous leader may not have published;
+    // unless this engine was that leader and its store holds every record
+    // it wrote (with their outbox rows): a restart.
+    let own_records = match (&last, &held.own_previous) {
+        (Some(last), Some(own)) => {
+            own.epoch == last.epoch
+                && shared
+                    .local
+                    .caught_up
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 0
+                && position.epoch == last.epoch
+                && position.record == last.number
+        }
+        _ => false,
+    };
+    let outbox = match &last {
+        Some(last) if !own_records => {
+            cluster::replica::outbox_to_restore(journal, 0, last.outbox_from, last)
+                .await
+                .map_err(|e| runtime(e.to_string()))?
+        }
+        _ => Vec::new(),
+    };
+    let last_seq = last.map_or(0, |m| m.seq);
+    let first = cluster::Record {
+        number: position.record + 1,
+        epoch: held.epoch,
+        engine: shared.cluster.engine.clone(),
+        seeded: last.is_none() && store.sagas_len() > 0,
+        outbox_from: last_seq + 1,
+        changes: if outbox.is_empty() {
+            Vec::new()
+        } else {
+            vec![jetsaga_store::Change {
+                outbox,
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    };
+    let restored = first.outbox().count();
+    let first_seq = match journal.append(0, &first, last_seq).await {
+        Ok(seq) => seq,
+        Err(cluster::JournalError::Fenced { .. }) => {
+            tracing::warn!(
+                "another engine wrote to the journal as this one took the lease; standing by"
+            );
+            return Ok(Term::SteppedDown);
+        }
+        Err(e) => return Err(runtime(e.to_string())),
+    };
+    store.commit_journaled(
+        &first.changes,
+        jetsaga_store::JournalPosition {
+            record: first.number,
+            epoch: first.epoch,
+            resume_seq: first_seq,
+        },
+    )?;
+    store.flush().await?;
+    shared
+        .local
+        .applied
+        .store(first.number, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        partition = 0,
+        epoch = held.epoch,
+        record = first.number,
+        restored_outbox = restored,
+        "leading partition 0"
+    );
+
+    let relayed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = crate::partition::JournalWriter::new(
+        journal.clone(),
+        0,
+        held.epoch,
+        shared.cluster.engine.clone(),
+        first.number,
+        first_seq,
+        relayed.clone(),
+    );
+
+    let results = bus::engine_consumer(
+        &shared.js,
+        &shared.subjects,
+        &shared.subjects.results_stream(),
+        shared.subjects.results_wildcard(),
+        config.ack_wait,
+    )
+    .await?;
+    let starts = bus::engine_consumer(
+        &shared.js,
+        &shared.subjects,
+        &shared.subjects.starts_stream(),
+        shared.subjects.starts_wildcard(),
+        config.ack_wait,
+    )
+    .await?;
     let relay_wake = Arc::new(Notify::new());
     let (partition, handle) = Partition::new(
         store.clone(),
-        subjects.clone(),
-        client.clone(),
+        shared.subjects.clone(),
+        shared.client.clone(),
         relay_wake.clone(),
         config.max_payload,
         config.batch_size,
     );
-    let partition = partition.with_max_running_sagas(config.max_running_sagas);
-    let partition = partition.with_environment(config.environment.clone());
-    let intake_stop = CancellationToken::new();
+    let partition = partition
+        .with_max_running_sagas(config.max_running_sagas)
+        .with_environment(config.environment.clone())
+        .with_journal(writer);
+    let mut partition_task = tokio::spawn(partition.run());
     let relay_stop = CancellationToken::new();
+    let relay_task = tokio::spawn(relay::run(
+        store.clone(),
+        shared.js.clone(),
+        relay_wake,
+        relayed,
+        relay_stop.clone(),
+        Duration::from_secs(5),
+    ));
+
+    let intake_stop = CancellationToken::new();
     let intake_tasks = TaskTracker::new();
     let prefix_tokens = config.prefix.split('.').count();
     for (source, consumer) in [
@@ -247,20 +741,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             intake_stop.clone(),
         ));
     }
-    // The service both API adapters call; it holds a partition handle, so
-    // every copy must be gone (dropped below, or with its adapter's task)
-    // before the partition can stop.
     let (trigger_guard, trigger_signals) =
-        crate::triggers::ApplyGuard::new(js.clone(), subjects.clone());
-    let service = api::Api::new(store.clone(), handle.clone())
-        .with_environment(config.environment.clone())
-        .with_definition_limits(config.definition_limits())
-        .with_triggers(trigger_guard.clone());
+        crate::triggers::ApplyGuard::new(shared.js.clone(), shared.subjects.clone());
     intake_tasks.spawn(crate::triggers::run(
         crate::triggers::Runtime {
-            js: js.clone(),
-            subjects: subjects.clone(),
-            settings: settings.clone(),
+            js: shared.js.clone(),
+            subjects: shared.subjects.clone(),
+            settings: shared.settings.clone(),
             store: store.clone(),
             partition: handle.clone(),
             ack_wait: config.ack_wait,
@@ -268,43 +755,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         trigger_signals,
         intake_stop.clone(),
     ));
-    // Ready means listening: the trigger subjects of the definitions loaded
-    // above are captured before the engine says so.
-    trigger_guard.applied().await;
-    {
-        // Ready means answering: the API's subscription is live at the
-        // server before the engine says so.
-        let sub = api::listen(&client, &subjects).await.map_err(|e| {
-            EngineError::Runtime(format!("cannot subscribe to the API subjects: {e}"))
-        })?;
-        let (client, subjects, service, stop) = (
-            client.clone(),
-            subjects.clone(),
-            service.clone(),
-            intake_stop.clone(),
-        );
-        intake_tasks.spawn(async move {
-            if let Err(e) = api::serve(client, sub, subjects, service, stop).await {
-                tracing::error!(error = %e, "API stopped");
-            }
-        });
-    }
-    if let Some(listener) = http_listener {
-        let (client, service, max_payload, limits, stop) = (
-            client.clone(),
-            service.clone(),
-            config.max_payload,
-            api::http::Limits::of(&config),
-            intake_stop.clone(),
-        );
-        intake_tasks.spawn(async move {
-            if let Err(e) =
-                api::http::serve(listener, service, client, max_payload, limits, stop).await
-            {
-                tracing::error!(error = %e, "HTTP API stopped");
-            }
-        });
-    }
     if let Some(period) = config.retention.period() {
         intake_tasks.spawn(crate::retention::run(
             handle.clone(),
@@ -312,48 +762,107 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             intake_stop.clone(),
         ));
     }
-    intake_tasks.spawn(metrics::poll_gauges(
-        store.clone(),
-        js.clone(),
-        subjects.clone(),
-        metrics::POLL_EVERY,
-        intake_stop.clone(),
-    ));
+    shared.role.set_triggers(Some(trigger_guard.clone()));
+    shared.role.set(Some(handle.clone()));
+    // The leader's own definition files, through its partition.
+    apply_definition_files(&shared.service, &shared.files).await?;
+    // Ready means listening: the trigger subjects of the definitions are
+    // captured before the engine says so.
+    trigger_guard.applied().await;
+    {
+        let sub = api::listen_as_leader(&shared.client, &shared.subjects)
+            .await
+            .map_err(|e| {
+                runtime(format!(
+                    "cannot subscribe to the leader's API subjects: {e}"
+                ))
+            })?;
+        let (client, subjects, service, stop) = (
+            shared.client.clone(),
+            shared.subjects.clone(),
+            shared.service.leader_only(),
+            intake_stop.clone(),
+        );
+        intake_tasks.spawn(async move {
+            if let Err(e) =
+                api::serve(client, sub, subjects, service, api::Door::Leader, stop).await
+            {
+                tracing::error!(error = %e, "leader API stopped");
+            }
+        });
+    }
     intake_tasks.close();
     drop(handle);
-    drop(service);
-    let mut partition_task = tokio::spawn(partition.run());
-    let relay_task = tokio::spawn(relay::run(
-        store.clone(),
-        js.clone(),
-        relay_wake,
-        relay_stop.clone(),
-        Duration::from_secs(5),
-    ));
-    tracing::info!(prefix = %config.prefix, nats = %config.nats.url, data_dir = %config.data_dir.display(), "engine ready");
+    shared
+        .local
+        .leading
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    ::metrics::gauge!(metrics::LEADING).set(1.0);
+    shared.ready();
 
-    let early = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        r = &mut partition_task => Some(r),
+    let lease_stop = CancellationToken::new();
+    enum End {
+        Shutdown,
+        StepDown,
+        Lost(cluster::Lost),
+        Partition(Result<Result<(), crate::partition::PartitionError>, tokio::task::JoinError>),
+    }
+    let end = tokio::select! {
+        _ = shutdown.cancelled() => End::Shutdown,
+        _ = shared.role.step_down_requested() => End::StepDown,
+        lost = shared.cluster.leases.keep(&mut held, &lease_stop) => match lost {
+            Some(lost) => End::Lost(lost),
+            None => End::Shutdown,
+        },
+        r = &mut partition_task => End::Partition(r),
     };
-    tracing::info!("engine draining");
+    // Drain: the doors stop taking new work for the partition, the
+    // partition applies what is queued and stops, the relay publishes.
+    if matches!(end, End::Shutdown) {
+        shared.draining();
+    }
+    shared.role.set(None);
+    shared.role.set_triggers(None);
+    shared
+        .local
+        .leading
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    ::metrics::gauge!(metrics::LEADING).set(0.0);
     intake_stop.cancel();
     intake_tasks.wait().await;
-    let partition_result = match early {
-        Some(r) => r,
-        None => partition_task.await,
+    let (end, partition_result) = match end {
+        End::Partition(r) => (End::Partition(Ok(Ok(()))), r),
+        other => (other, partition_task.await),
     };
     relay_stop.cancel();
     let _ = relay_task.await;
     store.flush().await?;
-    let _ = client.flush().await;
     match partition_result {
-        Ok(Ok(())) => {
-            tracing::info!("engine stopped");
-            Ok(())
+        Ok(Ok(())) => {}
+        Ok(Err(crate::partition::PartitionError::Journal(e))) => {
+            // The store holds a record the journal refused: only a restart
+            // (which rebuilds the store from the journal) can go on.
+            return Err(EngineError::Runtime(format!(
+                "{e}; this engine stops applying partition 0 and exits, so that it restarts as a standby"
+            )));
         }
-        Ok(Err(e)) => Err(EngineError::Runtime(e.to_string())),
-        Err(e) => Err(EngineError::Runtime(format!("partition task failed: {e}"))),
+        Ok(Err(e)) => return Err(EngineError::Runtime(e.to_string())),
+        Err(e) => return Err(EngineError::Runtime(format!("partition task failed: {e}"))),
+    }
+    match end {
+        End::Lost(lost) => {
+            tracing::warn!(partition = 0, %lost, "lost the lease of partition 0; standing by");
+            Ok(Term::SteppedDown)
+        }
+        End::Shutdown => {
+            shared.cluster.leases.release(&held).await;
+            Ok(Term::Shutdown)
+        }
+        End::StepDown | End::Partition(_) => {
+            shared.cluster.leases.release(&held).await;
+            tracing::info!(partition = 0, "stepped down");
+            Ok(Term::SteppedDown)
+        }
     }
 }
 

@@ -33,6 +33,8 @@
 
 pub mod api;
 pub mod bus;
+pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod crash_points;
 pub mod engine;
@@ -40,6 +42,7 @@ pub mod events;
 pub mod metrics;
 pub mod partition;
 pub mod retention;
+pub mod streams;
 pub mod trace;
 pub mod triggers;
 

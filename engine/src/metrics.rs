@@ -92,6 +92,19 @@ pub const STORED_SAGAS: &str = "engine_stored_sagas";
 /// Bytes the store's files take on disk (gauge).
 pub const STORE_SIZE: &str = "engine_store_size_bytes";
 
+/// Partition leases this engine took (counter).
+pub const LEASE_ACQUISITIONS: &str = "engine_lease_acquisitions_total";
+/// Partition leases this engine lost without releasing them (counter).
+pub const LEASE_LOSSES: &str = "engine_lease_losses_total";
+/// Time to append one record to a partition's journal (histogram).
+pub const JOURNAL_APPEND: &str = "engine_journal_append_seconds";
+/// How far behind its writer the last record a standby applied was (gauge).
+pub const STANDBY_LAG_MS: &str = "engine_standby_lag_milliseconds";
+/// Partitions this engine leads (gauge).
+pub const LEADING: &str = "engine_partitions_led";
+/// Time a partition was without a leader before this engine took it (histogram).
+pub const LEADERLESS: &str = "engine_partition_leaderless_seconds";
+
 /// How often [`poll_gauges`] polls, by default.
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
 
@@ -218,6 +231,29 @@ fn describe() {
         SERVICE_IN_FLIGHT,
         "Tasks of a service (with a policy) dispatched and not ended"
     );
+    describe_counter!(LEASE_ACQUISITIONS, "Partition leases this engine took");
+    describe_counter!(
+        LEASE_LOSSES,
+        "Partition leases this engine lost (another engine took it, or it could not be renewed in time)"
+    );
+    describe_histogram!(
+        JOURNAL_APPEND,
+        Unit::Seconds,
+        "Time to append one group commit's record to the partition's journal"
+    );
+    describe_gauge!(
+        STANDBY_LAG_MS,
+        "How far behind its leader the last journal record this standby applied was, in milliseconds"
+    );
+    describe_gauge!(LEADING, "Partitions this engine leads");
+    describe_histogram!(
+        LEADERLESS,
+        Unit::Seconds,
+        "Time a partition was without a leader (since the previous leader's last renewal) when this engine took it"
+    );
+    metrics::counter!(LEASE_ACQUISITIONS).increment(0);
+    metrics::counter!(LEASE_LOSSES).increment(0);
+    metrics::gauge!(LEADING).set(0.0);
     // Counters whose label sets are known up front exist at zero from the
     // start, so that a healthy engine shows 0 rather than "No data" and the
     // first occurrence is an increase.

@@ -471,7 +471,9 @@ async fn engine_killed_between_intake_and_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_killed_before_answering_a_start_keeps_the_saga() {
-    let failpoints = "partition.after_flush=return";
+    // The first flush is the apply of the definitions (which goes through
+    // the partition, to be journaled); the second is the start's.
+    let failpoints = "partition.after_flush=1*off->return";
     let mut world =
         World::start_with_env(&["--ack-wait", ACK_WAIT], &[("FAILPOINTS", failpoints)]).await;
     assert_armed(&world.engine.process);

@@ -24,9 +24,10 @@ use jetsaga_core::saga::definition::{
 };
 use jetsaga_core::saga::state::{Millis, Saga, SagaStatus};
 use jetsaga_protocol::api::{
-    AppliedDefinition, BreakerReset, CancelRequest, DefListRequest, DefinitionListing, ForcedState,
-    GetRequest, ListRequest, MAX_LIST_LIMIT, RetryRequest, SagaDetail, SagaPage, SagaRef,
-    SagaStats, ServiceRef, ServiceStatus, StatsRequest,
+    AppliedDefinition, BreakerReset, CancelRequest, ClusterStatus, DefListRequest,
+    DefinitionListing, ForcedState, GetRequest, ListRequest, MAX_LIST_LIMIT, RetryRequest,
+    SagaDetail, SagaPage, SagaRef, SagaStats, ServiceRef, ServiceStatus, StatsRequest,
+    StepDownReply, StepDownRequest,
 };
 use jetsaga_protocol::{
     ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
@@ -41,8 +42,34 @@ use tokio_util::task::TaskTracker;
 #[cfg(test)]
 mod golden;
 pub mod http;
+pub mod route;
 mod stats;
 pub mod view;
+
+/// Where a request goes ([`Api::route`]).
+enum Route {
+    /// This engine leads: its partition.
+    Local(PartitionHandle),
+    /// Another engine leads: forward.
+    Forward(Box<route::Forwarder>),
+    /// Another engine leads, and this request was forwarded already.
+    Refuse,
+}
+
+/// The local partition's handle, or returns the answer of the leader (or
+/// the refusal) from the enclosing method.
+macro_rules! routed {
+    ($self:ident, $op:expr, $req:expr) => {
+        routed!($self, $op, $req, None)
+    };
+    ($self:ident, $op:expr, $req:expr, $headers:expr) => {
+        match $self.route() {
+            Route::Local(handle) => handle,
+            Route::Forward(f) => return f.call($op, $req, $headers).await,
+            Route::Refuse => return Err(route::not_leader()),
+        }
+    };
+}
 
 /// Queue group of the API subscription.
 pub const QUEUE_GROUP: &str = "jetsaga-engine";
@@ -90,11 +117,14 @@ const STATS_PAGE: usize = 1024;
 #[derive(Clone)]
 pub struct Api {
     store: Arc<dyn Store>,
-    partition: PartitionHandle,
+    /// The partition's handle while this engine leads it.
+    role: route::Role,
+    /// Where requests go while it does not (`None`: they are refused).
+    forward: Option<route::Forwarder>,
+    /// The cluster, for `cluster.status`.
+    cluster: Option<crate::cluster::Cluster>,
     /// The engine's environment, shown with each definition's policy.
     environment: Option<String>,
-    /// Checks trigger subjects before an apply, and waits for them after.
-    triggers: Option<crate::triggers::ApplyGuard>,
     /// The size limits applied definitions must keep to.
     definition_limits: DefinitionLimits,
 }
@@ -102,12 +132,50 @@ pub struct Api {
 impl Api {
     /// The API over `store` (reads) and `partition` (state changes).
     pub fn new(store: Arc<dyn Store>, partition: PartitionHandle) -> Self {
+        Self::routed(store, route::Role::leading(partition), None)
+    }
+
+    /// The API of an engine in a cluster: it answers from its partition
+    /// while `role` leads, and forwards every request with `forward` (or
+    /// refuses it, `None`) while it does not.
+    pub fn routed(
+        store: Arc<dyn Store>,
+        role: route::Role,
+        forward: Option<route::Forwarder>,
+    ) -> Self {
         Self {
             store,
-            partition,
+            role,
+            forward,
+            cluster: None,
             environment: None,
-            triggers: None,
             definition_limits: DefinitionLimits::default(),
+        }
+    }
+
+    /// Answers `cluster.status` from `cluster`.
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The same API, refusing (`E-NO-LEADER`) instead of forwarding while
+    /// it does not lead: what serves requests forwarded to the leader.
+    pub fn leader_only(&self) -> Self {
+        Self {
+            forward: None,
+            ..self.clone()
+        }
+    }
+
+    /// Where a request goes now.
+    fn route(&self) -> Route {
+        match self.role.handle() {
+            Some(handle) => Route::Local(handle),
+            None => match &self.forward {
+                Some(f) => Route::Forward(Box::new(f.clone())),
+                None => Route::Refuse,
+            },
         }
     }
 
@@ -132,8 +200,8 @@ impl Api {
 
     /// Checks the trigger subjects of applied definitions against the
     /// streams with `guard`, and waits after an apply until they are captured.
-    pub fn with_triggers(mut self, guard: crate::triggers::ApplyGuard) -> Self {
-        self.triggers = Some(guard);
+    pub fn with_triggers(self, guard: crate::triggers::ApplyGuard) -> Self {
+        self.role.set_triggers(Some(guard));
         self
     }
 
@@ -157,7 +225,13 @@ impl Api {
                 "the start request names no saga (field `saga`)",
             ));
         }
-        self.partition
+        let headers = trace_parent.map(|tp| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(crate::trace::HEADER_TRACEPARENT, tp);
+            h
+        });
+        let partition = routed!(self, Op::SagaStart, &req, headers);
+        partition
             .start(StartCommand {
                 saga: req.saga,
                 input: req.input,
@@ -169,6 +243,19 @@ impl Api {
 
     /// One saga with its steps, attempt history and definition.
     pub async fn get(&self, id: &str) -> Result<SagaDetail, ApiError> {
+        routed!(
+            self,
+            Op::SagaGet,
+            &GetRequest {
+                id: Some(id.to_string()),
+                idempotency_key: None,
+            }
+        );
+        self.get_local(id).await
+    }
+
+    /// [`Api::get`] from this engine's store.
+    async fn get_local(&self, id: &str) -> Result<SagaDetail, ApiError> {
         let saga = self
             .store
             .saga(id)
@@ -191,6 +278,14 @@ impl Api {
     /// `E-NOT-FOUND`. Only reads: a start with that key not yet consumed
     /// stays unconsumed.
     pub async fn get_by_key(&self, key: &str) -> Result<SagaDetail, ApiError> {
+        routed!(
+            self,
+            Op::SagaGet,
+            &GetRequest {
+                id: None,
+                idempotency_key: Some(key.to_string()),
+            }
+        );
         let id = self
             .store
             .saga_by_idempotency_key(key)
@@ -201,7 +296,7 @@ impl Api {
                     format!("no saga with idempotency key {key:?}"),
                 )
             })?;
-        self.get(&id).await
+        self.get_local(&id).await
     }
 
     /// `saga.get`: by `id` or by `idempotency_key`, exactly one of them.
@@ -224,6 +319,7 @@ impl Api {
     /// first saga id (a UUIDv7) older than `now - since`, so its cost
     /// follows the sagas in the window, not the store.
     pub async fn stats(&self, req: &StatsRequest) -> Result<SagaStats, ApiError> {
+        routed!(self, Op::SagaStats, req);
         let created_after = req
             .since
             .map(|since| crate::partition::now_ms().saturating_sub(since));
@@ -270,6 +366,8 @@ impl Api {
     /// ids scanned from above (with a minute to spare for clock skew) and the
     /// scan stops at the first id older than `created_after`.
     pub async fn list(&self, req: &ListRequest) -> Result<SagaPage, ApiError> {
+        // Forwarded as a page (cursor included): see `handle_forwarded`.
+        routed!(self, Op::SagaList, req);
         if let Some(cursor) = &req.before {
             check_cursor(cursor)?;
         }
@@ -365,6 +463,7 @@ impl Api {
     /// Cancels a saga (with or without compensating what completed) and
     /// returns it as it is once the cancel is durable.
     pub async fn cancel(&self, req: CancelRequest) -> Result<SagaDetail, ApiError> {
+        let partition = routed!(self, Op::SagaCancel, &req);
         let reason = req.reason.unwrap_or_else(|| {
             if req.compensate {
                 "cancelled with compensation".into()
@@ -372,11 +471,10 @@ impl Api {
                 "cancelled".into()
             }
         });
-        let saga = self
-            .partition
+        let saga = partition
             .cancel(req.id.clone(), req.compensate, reason)
             .await?;
-        self.get(&saga.id).await
+        self.get_local(&saga.id).await
     }
 
     /// Retries a finished saga whose cause was fixed, and returns it as it
@@ -385,11 +483,11 @@ impl Api {
     /// (with `compensation_only`, only the former is accepted). Any other
     /// state answers `E-NOT-APPLICABLE`.
     pub async fn retry(&self, req: RetryRequest) -> Result<SagaDetail, ApiError> {
-        let saga = self
-            .partition
+        let partition = routed!(self, Op::SagaRetry, &req);
+        let saga = partition
             .retry(req.id.clone(), req.compensation_only)
             .await?;
-        self.get(&saga.id).await
+        self.get_local(&saga.id).await
     }
 
     /// Deletes a terminal saga once the deletion is durable: its record,
@@ -397,7 +495,17 @@ impl Api {
     /// start a new saga). A saga that is not terminal answers
     /// `E-NOT-APPLICABLE`; an unknown id `E-NOT-FOUND`.
     pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
-        self.partition.delete(id.to_string()).await
+        let partition = match self.route() {
+            Route::Local(handle) => handle,
+            Route::Forward(f) => {
+                let _: SagaRef = f
+                    .call(Op::SagaDelete, &SagaRef { id: id.to_string() }, None)
+                    .await?;
+                return Ok(());
+            }
+            Route::Refuse => return Err(route::not_leader()),
+        };
+        partition.delete(id.to_string()).await
     }
 
     /// Validates every definition, then stores each as a new version of its
@@ -407,50 +515,30 @@ impl Api {
         &self,
         definitions: &[SagaDefinition],
     ) -> Result<Vec<AppliedDefinition>, ApiError> {
-        for def in definitions {
-            definition::validate_within(definition::REQUEST_SOURCE, def, &self.definition_limits)
-                .map_err(|e| {
-                api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
-            })?;
-        }
-        // The trigger consumers are set up again only when a definition's
-        // triggers change, not on every apply.
-        let mut triggers_changed = false;
-        if let Some(guard) = &self.triggers {
-            let current = self.store.list_definitions().map_err(internal)?;
-            guard.check(definitions, &current).await?;
-            triggers_changed = definitions.iter().any(|def| {
-                let before = current
-                    .iter()
-                    .find(|c| c.name == def.name)
-                    .map_or(&[][..], |c| c.triggers.as_slice());
-                before != def.triggers.as_slice()
-            });
-        }
-        let mut out = Vec::new();
-        for def in definitions {
-            let applied = self.store.put_definition(def).map_err(internal)?;
-            tracing::info!(saga = %applied.name, version = applied.version, changed = applied.changed, "definition applied");
-            out.push(AppliedDefinition {
-                name: applied.name,
-                version: applied.version,
-                changed: applied.changed,
-            });
-        }
-        // The answer promises the definitions are stored: durable first.
-        self.store.flush().await.map_err(internal)?;
-        if let Some(guard) = &self.triggers
-            && triggers_changed
-        {
-            guard.applied().await;
-        }
-        Ok(out)
+        self.apply(definitions, &[]).await
     }
 
     /// The current version of every definition, by name, each with whether
     /// its policy lets it start in this engine's environment.
     pub async fn definitions(&self) -> Result<Vec<DefinitionListing>, ApiError> {
-        Ok(self.listings(self.store.list_definitions().map_err(internal)?))
+        if let Route::Local(_) = self.route() {
+            return Ok(self.listings(self.store.list_definitions().map_err(internal)?));
+        }
+        // Page through the leader's.
+        let mut out: Vec<DefinitionListing> = Vec::new();
+        loop {
+            let page = self
+                .definition_page(&DefListRequest {
+                    after: out.last().map(|d| d.definition.name.clone()),
+                    limit: MAX_LIST_LIMIT,
+                })
+                .await?;
+            let full = page.len() == MAX_LIST_LIMIT;
+            out.extend(page);
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 
     /// A page of the current definitions ([`Op::DefList`]): by name, after
@@ -459,6 +547,7 @@ impl Api {
         &self,
         req: &DefListRequest,
     ) -> Result<Vec<DefinitionListing>, ApiError> {
+        routed!(self, Op::DefList, req);
         let limit = match req.limit {
             0 => MAX_LIST_LIMIT,
             n if n <= MAX_LIST_LIMIT => n,
@@ -491,50 +580,90 @@ impl Api {
     }
 
     /// Applies a definitions file's contents: validates the sagas and the
-    /// service policies, then stores the sagas ([`Api::apply_definitions`])
-    /// and the policies ([`Api::apply_services`]). Nothing is stored when
-    /// any of them is invalid.
+    /// service policies, then stores the sagas (each as a new version of
+    /// its name, unless identical to the current one) and the policies
+    /// (replacing the service's: latest applied wins) and puts the
+    /// policies to use, once that is durable. Nothing is stored when any
+    /// of them is invalid.
     pub async fn apply(
         &self,
         definitions: &[SagaDefinition],
         services: &[ServicePolicy],
     ) -> Result<Vec<AppliedDefinition>, ApiError> {
         definition::validate_services(services).map_err(invalid_services)?;
-        let applied = self.apply_definitions(definitions).await?;
-        self.apply_services(services).await?;
-        Ok(applied)
-    }
-
-    /// Stores each service policy, validated by [`Api::apply`] (replacing
-    /// the service's policy: latest applied wins), and puts them to use.
-    /// Returns the services whose policy changed.
-    async fn apply_services(&self, services: &[ServicePolicy]) -> Result<Vec<String>, ApiError> {
-        if services.is_empty() {
-            return Ok(Vec::new());
+        for def in definitions {
+            definition::validate_within(definition::REQUEST_SOURCE, def, &self.definition_limits)
+                .map_err(|e| {
+                    api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
+                })?;
         }
-        let mut changed = Vec::new();
-        for policy in services {
-            if self.store.put_service_policy(policy).map_err(internal)? {
-                changed.push(policy.service.clone());
+        let partition = routed!(
+            self,
+            Op::DefApply,
+            &ApplyRequest {
+                definitions: definitions.to_vec(),
+                services: services.to_vec(),
             }
+        );
+        // The trigger consumers are set up again only when a definition's
+        // triggers change, not on every apply.
+        let mut triggers_changed = false;
+        let triggers = self.role.triggers();
+        if let Some(guard) = &triggers {
+            let current = self.store.list_definitions().map_err(internal)?;
+            guard.check(definitions, &current).await?;
+            triggers_changed = definitions.iter().any(|def| {
+                let before = current
+                    .iter()
+                    .find(|c| c.name == def.name)
+                    .map_or(&[][..], |c| c.triggers.as_slice());
+                before != def.triggers.as_slice()
+            });
+        }
+        // Stored by the partition, so that the journal has them.
+        let applied = partition
+            .definitions(definitions.to_vec(), services.to_vec())
+            .await?;
+        for policy in services {
             tracing::info!(service = %policy.service, max_in_flight = ?policy.max_in_flight, circuit_breaker = ?policy.circuit_breaker, "service policy applied");
         }
-        // One fsync for all of them, before anything is answered.
-        self.store.flush().await.map_err(internal)?;
-        self.partition.service_policies(services.to_vec()).await?;
-        Ok(changed)
+        let out = applied
+            .into_iter()
+            .map(|applied| {
+                tracing::info!(saga = %applied.name, version = applied.version, changed = applied.changed, "definition applied");
+                AppliedDefinition {
+                    name: applied.name,
+                    version: applied.version,
+                    changed: applied.changed,
+                }
+            })
+            .collect();
+        if let Some(guard) = &triggers
+            && triggers_changed
+        {
+            guard.applied().await;
+        }
+        Ok(out)
     }
 
     /// Every service with a policy: its breaker, held and in-flight tasks.
     pub async fn breakers(&self) -> Result<Vec<ServiceStatus>, ApiError> {
-        let services = self.partition.services().await?;
+        let partition = routed!(self, Op::BreakerList, &serde_json::json!({}));
+        let services = partition.services().await?;
         Ok(services.into_iter().map(view::service_status).collect())
     }
 
     /// One service's breaker, held and in-flight tasks; `E-NOT-FOUND` when
     /// no policy names it.
     pub async fn breaker(&self, service: &str) -> Result<ServiceStatus, ApiError> {
-        let status = self.partition.service(service.to_string()).await?;
+        let partition = routed!(
+            self,
+            Op::BreakerGet,
+            &ServiceRef {
+                service: service.to_string()
+            }
+        );
+        let status = partition.service(service.to_string()).await?;
         Ok(view::service_status(status))
     }
 
@@ -548,14 +677,19 @@ impl Api {
         service: &str,
         state: Option<ForcedState>,
     ) -> Result<ServiceStatus, ApiError> {
+        let partition = routed!(
+            self,
+            Op::BreakerReset,
+            &BreakerReset {
+                service: service.to_string(),
+                state,
+            }
+        );
         let state = state.map(|s| match s {
             ForcedState::Open => jetsaga_core::admission::ForcedState::Open,
             ForcedState::Closed => jetsaga_core::admission::ForcedState::Closed,
         });
-        let status = self
-            .partition
-            .reset_breaker(service.to_string(), state)
-            .await?;
+        let status = partition.reset_breaker(service.to_string(), state).await?;
         Ok(view::service_status(status))
     }
 
@@ -576,6 +710,48 @@ impl Api {
         limits: &DefinitionLimits,
     ) -> Result<DefinitionFile, DefinitionError> {
         definition::parse_str_within(definition::REQUEST_SOURCE, text, format, limits)
+    }
+
+    /// The engines and partitions of the installation (`cluster.status`),
+    /// from what every engine records in NATS: any engine answers it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        match &self.cluster {
+            Some(cluster) => crate::cluster::members::status(cluster)
+                .await
+                .map_err(|e| api_error(ErrorCode::Unavailable, e)),
+            None => Err(api_error(
+                ErrorCode::NotApplicable,
+                "this engine runs without a cluster",
+            )),
+        }
+    }
+
+    /// Hands partition `req.partition` over (`cluster.step-down`): its
+    /// leader drains it, releases its lease, and does not take it again
+    /// for a lease TTL, so that another engine takes it.
+    pub async fn step_down(&self, req: &StepDownRequest) -> Result<StepDownReply, ApiError> {
+        if req.partition >= crate::cluster::PARTITIONS {
+            return Err(api_error(
+                ErrorCode::BadRequest,
+                format!(
+                    "no partition {}; the installation has {}",
+                    req.partition,
+                    crate::cluster::PARTITIONS
+                ),
+            ));
+        }
+        routed!(self, Op::ClusterStepDown, req);
+        let Some(cluster) = &self.cluster else {
+            return Err(api_error(
+                ErrorCode::NotApplicable,
+                "this engine runs without a cluster: there is nobody to hand over to",
+            ));
+        };
+        self.role.request_step_down();
+        Ok(StepDownReply {
+            partition: req.partition,
+            released_by: cluster.engine.clone(),
+        })
     }
 
     /// Reads from the store, to tell that it is open and readable.
@@ -657,12 +833,37 @@ pub async fn listen(
     Ok(sub)
 }
 
-/// Serves the API over NATS on `sub` (from [`listen`]) until `shutdown`.
+/// Which subjects a [`serve`] loop answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `<prefix>.api.<op>`, served by every engine in a queue group.
+    Api,
+    /// `<prefix>.lead.0.<op>`, served by the leader only: requests other
+    /// engines forward ([`route`]).
+    Leader,
+}
+
+/// Subscribes to the subject only the leader of partition 0 serves
+/// ([`Door::Leader`]); like [`listen`], returns once the server has it.
+pub async fn listen_as_leader(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = client
+        .queue_subscribe(subjects.leader_api_wildcard(0), QUEUE_GROUP.into())
+        .await?;
+    client.flush().await?;
+    Ok(sub)
+}
+
+/// Serves the API over NATS on `sub` (from [`listen`] or
+/// [`listen_as_leader`], as `door` says) until `shutdown`.
 pub async fn serve(
     client: async_nats::Client,
     mut sub: async_nats::Subscriber,
     subjects: Subjects,
     api: Api,
+    door: Door,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
@@ -682,9 +883,13 @@ pub async fn serve(
                 tracing::debug!(subject = %msg.subject, "API request without a reply subject ignored");
                 return;
             };
-            let name = subjects.api_op_name(&msg.subject).unwrap_or_default();
+            let name = match door {
+                Door::Api => subjects.api_op_name(&msg.subject),
+                Door::Leader => subjects.leader_api_op_name(0, &msg.subject),
+            }
+            .unwrap_or_default();
             let body = match name.parse::<Op>() {
-                Ok(op) => handle(op, &msg, &api).await,
+                Ok(op) => handle(op, &msg, &api, door).await,
                 Err(other) => unknown_op(&other),
             };
             let body = fit(body, client.server_info().max_payload, name);
@@ -767,7 +972,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     api_error(ErrorCode::Internal, e.to_string())
 }
 
-async fn handle(op: Op, msg: &Message, api: &Api) -> Vec<u8> {
+async fn handle(op: Op, msg: &Message, api: &Api, door: Door) -> Vec<u8> {
     let payload = &msg.payload[..];
     match op {
         Op::SagaStart => reply(
@@ -791,10 +996,26 @@ async fn handle(op: Op, msg: &Message, api: &Api) -> Vec<u8> {
             }
             .await,
         ),
+        // Forwarded lists answer the whole page, cursor included.
+        Op::SagaList if door == Door::Leader => reply(
+            async {
+                let req: ListRequest = parse(op, payload)?;
+                api.list(&req).await
+            }
+            .await,
+        ),
         Op::SagaList => reply(
             async {
                 let req: ListRequest = parse(op, payload)?;
                 Ok(api.list(&req).await?.sagas)
+            }
+            .await,
+        ),
+        Op::ClusterStatus => reply(api.cluster_status().await),
+        Op::ClusterStepDown => reply(
+            async {
+                let req: StepDownRequest = parse(op, payload)?;
+                api.step_down(&req).await
             }
             .await,
         ),

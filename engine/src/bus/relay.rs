@@ -19,6 +19,7 @@ use async_nats::jetstream;
 use jetsaga_protocol::HEADER_MSG_ID;
 use jetsaga_store::{GroupCommit, OutboxTable};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,20 +29,23 @@ const BATCH: usize = 512;
 
 /// Runs the relay until `shutdown`, then publishes what is left (bounded by
 /// `drain_timeout`) and returns.
+/// `relayed` follows the highest outbox sequence published with every
+/// row below it (the journal's `outbox_from` is derived from it).
 pub async fn run<S: OutboxTable + GroupCommit + ?Sized>(
     store: Arc<S>,
     js: jetstream::Context,
     wake: Arc<Notify>,
+    relayed: Arc<AtomicU64>,
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) {
     let mut failures: u32 = 0;
     loop {
         if shutdown.is_cancelled() {
-            let _ = tokio::time::timeout(drain_timeout, drain(&*store, &js)).await;
+            let _ = tokio::time::timeout(drain_timeout, drain(&*store, &js, &relayed)).await;
             return;
         }
-        match publish_round(&*store, &js).await {
+        match publish_round(&*store, &js, &relayed).await {
             Ok(0) => {
                 failures = 0;
                 metrics::gauge!("engine_outbox_backlog").set(store.outbox_len() as f64);
@@ -65,14 +69,18 @@ pub async fn run<S: OutboxTable + GroupCommit + ?Sized>(
     }
 }
 
-async fn drain<S: OutboxTable + GroupCommit + ?Sized>(store: &S, js: &jetstream::Context) {
+async fn drain<S: OutboxTable + GroupCommit + ?Sized>(
+    store: &S,
+    js: &jetstream::Context,
+    relayed: &AtomicU64,
+) {
     // The partition has stopped after its last flush; this one covers any
     // row written outside it.
     if let Err(e) = store.flush().await {
         tracing::warn!(error = %e, "outbox relay could not flush the store before draining");
         return;
     }
-    while let Ok(n) = publish_round(store, js).await {
+    while let Ok(n) = publish_round(store, js, relayed).await {
         if n == 0 {
             break;
         }
@@ -102,6 +110,7 @@ fn is_permanent(e: &jetstream::context::PublishError) -> bool {
 async fn publish_round<S: OutboxTable + GroupCommit + ?Sized>(
     store: &S,
     js: &jetstream::Context,
+    relayed: &AtomicU64,
 ) -> anyhow::Result<usize> {
     // Read the mark first: rows read after it may be newer, never older.
     let Some(durable) = store.outbox_durable() else {
@@ -111,6 +120,7 @@ async fn publish_round<S: OutboxTable + GroupCommit + ?Sized>(
     if rows.is_empty() {
         return Ok(0);
     }
+    let top = rows.last().map_or(0, |(seq, _)| *seq);
     let started = std::time::Instant::now();
     let mut pending = Vec::with_capacity(rows.len());
     let mut refused = Vec::new();
@@ -185,6 +195,10 @@ async fn publish_round<S: OutboxTable + GroupCommit + ?Sized>(
     store.outbox_remove(&done)?;
     match error {
         Some(e) => Err(e.into()),
-        None => Ok(done.len()),
+        None => {
+            // Rows are read from the oldest: every row up to `top` is gone.
+            relayed.fetch_max(top, Ordering::AcqRel);
+            Ok(done.len())
+        }
     }
 }

@@ -63,6 +63,14 @@ pub struct Layer {
     pub http_body_timeout: Option<Duration>,
     /// `http_max_connections`.
     pub http_max_connections: Option<usize>,
+    /// `engine_id`.
+    pub engine_id: Option<String>,
+    /// `lease_ttl`.
+    #[serde(default, deserialize_with = "humantime_option")]
+    pub lease_ttl: Option<Duration>,
+    /// `lease_renew`.
+    #[serde(default, deserialize_with = "humantime_option")]
+    pub lease_renew: Option<Duration>,
     /// `log_format`.
     pub log_format: Option<LogFormat>,
     /// `log`.
@@ -249,6 +257,9 @@ impl Layer {
             http_header_timeout: env.parse_with("http_header_timeout", duration)?,
             http_body_timeout: env.parse_with("http_body_timeout", duration)?,
             http_max_connections: env.parse("http_max_connections")?,
+            engine_id: env.string("engine_id"),
+            lease_ttl: env.parse_with("lease_ttl", duration)?,
+            lease_renew: env.parse_with("lease_renew", duration)?,
             log_format: env.parse_with("log_format", log_format)?,
             log: env.string("log"),
         })
@@ -393,6 +404,9 @@ impl Layer {
             config.http_max_connections,
             self.http_max_connections
         );
+        set!("engine_id", config.engine_id, self.engine_id.map(Some));
+        set!("lease_ttl", config.lease_ttl, self.lease_ttl);
+        set!("lease_renew", config.lease_renew, self.lease_renew);
         set!("log_format", config.log_format, self.log_format);
         set!("log", config.log, self.log.map(Some));
     }

@@ -36,6 +36,9 @@ pub const KEYS: &[&str] = &[
     "http_header_timeout",
     "http_body_timeout",
     "http_max_connections",
+    "engine_id",
+    "lease_ttl",
+    "lease_renew",
     "log_format",
     "log",
 ];

@@ -35,6 +35,9 @@ fn sample(key: &str, which: u8) -> String {
             format!("{}s", 30 + which)
         }
         "retention" => format!("{}h", 1 + which),
+        "lease_ttl" => format!("{}s", 10 + which),
+        "lease_renew" => format!("{}ms", 1500 + u32::from(which)),
+        "engine_id" => format!("engine-{which}"),
         "batch_size"
         | "replicas"
         | "max_running_sagas"

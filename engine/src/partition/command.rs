@@ -71,6 +71,17 @@ pub enum Command {
     },
     /// A request about service breakers and limits ([`jetsaga_core::admission`]).
     Services(ServicesCommand),
+    /// Store definitions (each a new version unless identical to the
+    /// current one) and service policies, and put the policies to use;
+    /// answered with what was stored once that is durable.
+    Definitions {
+        /// Validated definitions.
+        definitions: Vec<jetsaga_core::saga::definition::SagaDefinition>,
+        /// Validated service policies.
+        services: Vec<ServicePolicy>,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<Vec<jetsaga_store::Applied>, ApiError>>,
+    },
     /// Delete up to `limit` terminal sagas finished at or before `before`
     /// (retention: [`crate::retention`]); answered with how many were
     /// deleted once that is durable.
@@ -181,6 +192,23 @@ impl PartitionHandle {
     pub async fn delete(&self, id: String) -> Result<(), ApiError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Delete { id, reply: tx }).await?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Stores definitions and service policies and waits until that is
+    /// durable (and journaled).
+    pub async fn definitions(
+        &self,
+        definitions: Vec<jetsaga_core::saga::definition::SagaDefinition>,
+        services: Vec<ServicePolicy>,
+    ) -> Result<Vec<jetsaga_store::Applied>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Definitions {
+            definitions,
+            services,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| unavailable())?
     }
 

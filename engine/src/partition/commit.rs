@@ -6,13 +6,14 @@ use super::{AfterFlush, Command, Partition, PartitionError, now_ms};
 use crate::crash_points;
 use crate::metrics::reject;
 use jetsaga_core::saga::state::Event;
-use jetsaga_store::StoreError;
 use std::time::Duration;
 
 /// A batch whose flush is in progress (see `Partition::process`).
 pub(super) struct Flushing {
-    /// The store's flush, covering every write of the batch.
-    done: futures::future::BoxFuture<'static, Result<(), StoreError>>,
+    /// The store's flush, covering every write of the batch, and the
+    /// append of its records to the journal; answers the stream sequence
+    /// of the first record (0: not journaled).
+    done: futures::future::BoxFuture<'static, Result<u64, PartitionError>>,
     /// What to do once it completes.
     after: AfterFlush,
     /// When the flush started, for the debug log.
@@ -49,9 +50,10 @@ impl Partition {
                 Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
                 None => Duration::from_secs(3600),
             };
-            // `None`: the flush in progress completed; else whether the
-            // command channel is still open.
-            let open = tokio::select! {
+            // `Err(first)`: the flush in progress completed (its first
+            // record at `first`); else whether the command channel is
+            // still open.
+            let open: Result<bool, u64> = tokio::select! {
                 biased;
                 done = async {
                     match flushing.as_mut() {
@@ -59,23 +61,25 @@ impl Partition {
                         None => std::future::pending().await,
                     }
                 } => {
-                    done?;
-                    None
+                    Err(done?)
                 }
-                n = self.rx.recv_many(&mut batch, self.batch_size) => Some(n > 0),
-                _ = tokio::time::sleep(wait) => Some(true),
+                n = self.rx.recv_many(&mut batch, self.batch_size) => Ok(n > 0),
+                _ = tokio::time::sleep(wait) => Ok(true),
             };
-            let Some(open) = open else {
-                if let Some(f) = flushing.take() {
-                    self.flushed(f).await;
+            let open = match open {
+                Ok(open) => open,
+                Err(first) => {
+                    if let Some(f) = flushing.take() {
+                        self.flushed(f, first).await;
+                    }
+                    continue;
                 }
-                continue;
             };
             self.process(&mut batch, &mut flushing).await?;
             if !open {
                 if let Some(mut f) = flushing.take() {
-                    (&mut f.done).await?;
-                    self.flushed(f).await;
+                    let first = (&mut f.done).await?;
+                    self.flushed(f, first).await;
                 }
                 break;
             }
@@ -107,10 +111,11 @@ impl Partition {
         // The batch's changes in one transaction (a store error stops the
         // partition, nothing of the batch answered).
         self.write_pending()?;
+        let records = std::mem::take(&mut self.unsent);
         let apply_us = started.elapsed().as_micros() as u64;
         if let Some(mut previous) = flushing.take() {
-            (&mut previous.done).await?;
-            self.flushed(previous).await;
+            let first = (&mut previous.done).await?;
+            self.flushed(previous, first).await;
         }
         if after.committed > 0 {
             tracing::debug!(
@@ -122,8 +127,30 @@ impl Partition {
             );
             crash_points::pass(crash_points::PARTITION_AFTER_COMMIT);
             let store = self.store.clone();
+            let append = match self.journal.as_ref() {
+                Some(writer) if !records.is_empty() => Some(writer.append(records)),
+                _ => None,
+            };
             *flushing = Some(Flushing {
-                done: Box::pin(async move { store.flush().await }),
+                done: Box::pin(async move {
+                    let appended = async {
+                        match append {
+                            Some(task) => task
+                                .await
+                                .map_err(|e| {
+                                    PartitionError::Journal(crate::cluster::JournalError::Nats {
+                                        partition: 0,
+                                        reason: format!("the append task failed: {e}"),
+                                    })
+                                })?
+                                .map_err(PartitionError::from),
+                            None => Ok(0),
+                        }
+                    };
+                    let flushed = async { store.flush().await.map_err(PartitionError::from) };
+                    let (first, ()) = futures::try_join!(appended, flushed)?;
+                    Ok(first)
+                }),
                 after,
                 started: std::time::Instant::now(),
             });
@@ -134,9 +161,15 @@ impl Partition {
         Ok(())
     }
 
-    /// A batch's flush completed: wake the relay, then answer the batch.
-    pub(super) async fn flushed(&mut self, f: Flushing) {
+    /// A batch's flush (and append, its first record at `first`)
+    /// completed: wake the relay, then answer the batch.
+    pub(super) async fn flushed(&mut self, f: Flushing, first: u64) {
         crash_points::pass(crash_points::PARTITION_AFTER_FLUSH);
+        if first > 0
+            && let Some(writer) = self.journal.as_mut()
+        {
+            writer.appended(first, self.store.outbox_durable().unwrap_or(0));
+        }
         self.relay.notify_one();
         tracing::debug!(
             transitions = f.after.committed,
@@ -167,6 +200,9 @@ impl Partition {
             reply();
         }
         for (tx, r) in after.prune_replies {
+            let _ = tx.send(r);
+        }
+        for (tx, r) in after.definition_replies {
             let _ = tx.send(r);
         }
         for (id, state) in after.progress {
@@ -239,6 +275,31 @@ impl Partition {
                 after.delete_replies.push((reply, r));
             }
             Command::Services(cmd) => self.services_command(cmd, after)?,
+            Command::Definitions {
+                definitions,
+                services,
+                reply,
+            } => {
+                // The definitions go ahead of the changes in the next record.
+                self.write_pending()?;
+                let mut applied = Vec::with_capacity(definitions.len());
+                for def in &definitions {
+                    applied.push(self.store.put_definition(def)?);
+                }
+                for policy in &services {
+                    self.store.put_service_policy(policy)?;
+                }
+                if !services.is_empty() {
+                    tracing::info!(services = services.len(), "service policies in use");
+                    self.services.set_policies(services.clone());
+                    // Raised limits and removed breakers release held tasks.
+                    self.release_held(after)?;
+                }
+                self.staged.definitions.extend(definitions);
+                self.staged.services.extend(services);
+                after.committed += 1;
+                after.definition_replies.push((reply, Ok(applied)));
+            }
             Command::Prune {
                 before,
                 limit,
@@ -247,6 +308,9 @@ impl Partition {
                 // Pruning reads and deletes in the store itself.
                 self.write_pending()?;
                 let pruned = jetsaga_store::prune(&*self.store, before, limit)?;
+                self.staged
+                    .deletes
+                    .extend(pruned.iter().map(|s| s.id.clone()));
                 if !pruned.is_empty() {
                     metrics::counter!(crate::metrics::PRUNED_SAGAS).increment(pruned.len() as u64);
                 }

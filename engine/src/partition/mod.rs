@@ -15,6 +15,7 @@
 
 mod command;
 mod commit;
+mod journaled;
 mod observe;
 mod outbox;
 mod services;
@@ -24,6 +25,7 @@ mod tests;
 mod transition;
 
 pub use command::{Command, PartitionHandle, ServicesCommand, StartCommand, api_error};
+pub use journaled::JournalWriter;
 
 use crate::metrics::SagaMetrics;
 use jetsaga_core::admission::ServiceAdmission;
@@ -34,7 +36,6 @@ use jetsaga_protocol::{ApiError, Subjects};
 use jetsaga_store::{Change, HeldTask, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Number of partitions of the key space. Sagas map to partitions by id.
@@ -57,13 +58,7 @@ pub fn partition_of(saga_id: &str) -> u32 {
     }
 }
 
-/// The current time in milliseconds since the Unix epoch.
-pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// What to do once the current batch is durable.
 #[derive(Default)]
@@ -76,6 +71,7 @@ struct AfterFlush {
     /// Answers about services ([`jetsaga_core::admission`]), sent after the flush.
     service_replies: Vec<ServiceReply>,
     prune_replies: Vec<Reply<usize>>,
+    definition_replies: Vec<Reply<Vec<jetsaga_store::Applied>>>,
     progress: Vec<(String, &'static str)>,
     committed: usize,
 }
@@ -89,6 +85,10 @@ pub enum PartitionError {
     /// The store failed; state can no longer be made durable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The journal did not take a record: another engine leads the
+    /// partition now, or JetStream failed.
+    #[error(transparent)]
+    Journal(#[from] crate::cluster::JournalError),
 }
 
 /// The single writer of one partition.
@@ -114,6 +114,12 @@ pub struct Partition {
     services: ServiceAdmission,
     /// The engine's environment, which definition policies are checked against.
     environment: Option<String>,
+    /// Where records are appended, when the partition is journaled.
+    journal: Option<JournalWriter>,
+    /// Records written to the store in this batch, not yet appended.
+    unsent: Vec<crate::cluster::Record>,
+    /// What the batch wrote besides its changes, for the next record.
+    staged: journaled::Staged,
 }
 
 impl Partition {
@@ -142,6 +148,9 @@ impl Partition {
             limits: Admission::new(None),
             services: ServiceAdmission::default(),
             environment: None,
+            journal: None,
+            unsent: Vec::new(),
+            staged: journaled::Staged::default(),
         };
         (partition, PartitionHandle { tx })
     }
@@ -191,17 +200,6 @@ impl Partition {
     fn stage(&mut self, change: Change, after: &mut AfterFlush) {
         self.pending.push(change);
         after.committed += 1;
-    }
-
-    /// Writes the batch's changes so far in one transaction. On an error
-    /// none of them is written, and the partition stops.
-    fn write_pending(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let result = self.store.commit_many(&self.pending);
-        self.pending.clear();
-        result
     }
 }
 

@@ -277,9 +277,8 @@ impl Partition {
             "concurrency limits resumed"
         );
         self.admit_queued(&mut after)?;
-        self.write_pending()?;
         if after.committed > 0 {
-            self.store.flush().await?;
+            self.write_durably().await?;
             self.relay.notify_one();
         }
         Ok(())

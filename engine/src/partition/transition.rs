@@ -127,6 +127,7 @@ impl Partition {
         // The store deletes what it has: the batch's changes go first.
         self.write_pending()?;
         self.store.delete_saga(id)?;
+        self.staged.deletes.push(id.to_string());
         self.active.remove(id);
         after.committed += 1;
         after.progress.push((id.to_string(), "deleted"));

@@ -66,6 +66,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Subject prefix of the engine under test.
 const PREFIX: &str = "jetsaga";
+/// Subject prefix of the long run: an installation of its own, since its
+/// store is not the seeded one (one installation's engines share one
+/// journal, so a second store on `PREFIX` would join it).
+const LONG_RUN_PREFIX: &str = "scale-long";
 /// The example definitions the seeded sagas run.
 const DEFINITIONS: [&str; 2] = [
     include_str!("../../definitions/collect_payment.yaml"),
@@ -838,7 +842,11 @@ async fn metrics(addr: &str) -> Result<String> {
     }
 }
 
-async fn workers(url: &str, stop: &CancellationToken) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+async fn workers(
+    url: &str,
+    prefix: &str,
+    stop: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let ok = |_ctx: TaskContext, _in: Value| async { Ok::<_, StepError>(json!({ "ok": true })) };
     let mut handles = Vec::new();
     for (service, action, compensation) in [
@@ -847,7 +855,10 @@ async fn workers(url: &str, stop: &CancellationToken) -> Result<Vec<tokio::task:
         ("email", "send_receipt", None),
         ("analytics", "track", None),
     ] {
-        let mut builder = Worker::builder(service).concurrency(64).handler(action, ok);
+        let mut builder = Worker::builder(service)
+            .prefix(prefix)
+            .concurrency(64)
+            .handler(action, ok);
         if let Some(c) = compensation {
             builder = builder.compensation(c, ok);
         }
@@ -864,19 +875,28 @@ async fn workers(url: &str, stop: &CancellationToken) -> Result<Vec<tokio::task:
 
 async fn long_run(args: &Args, bin: &Path, data_dir: &Path) -> Result<Value> {
     let retention = args.retention.to_string();
-    let mut engine =
-        EngineProcess::start(bin, &args.nats_url, data_dir, &["--retention", &retention])?;
+    let mut engine = EngineProcess::start(
+        bin,
+        &args.nats_url,
+        data_dir,
+        &["--retention", &retention, "--prefix", LONG_RUN_PREFIX],
+    )?;
     let (http, _) = engine.wait_for("http listening")?;
     let addr = http["addr"].as_str().context("http address")?.to_string();
     engine.wait_for("engine ready")?;
-    let client = Client::connect(&args.nats_url, PREFIX).await?;
+    let client = Client::connect(&args.nats_url, LONG_RUN_PREFIX).await?;
     let defs: Vec<SagaDefinition> = definitions()?
         .into_iter()
         .filter(|d| d.name == "collect_payment")
+        // The seeded installation's streams capture its trigger subjects.
+        .map(|mut d| {
+            d.triggers.clear();
+            d
+        })
         .collect();
     client.apply(defs).await?;
     let stop = CancellationToken::new();
-    let worker_tasks = workers(&args.nats_url, &stop).await?;
+    let worker_tasks = workers(&args.nats_url, LONG_RUN_PREFIX, &stop).await?;
 
     let started = Arc::new(AtomicU64::new(0));
     let failed_starts = Arc::new(AtomicU64::new(0));

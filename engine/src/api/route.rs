@@ -1,0 +1,166 @@
+//! Which engine answers: the leader of the partition answers from its own
+//! partition and store; every other engine forwards the request to it, on
+//! the subject only the leader serves (`<prefix>.lead.<partition>.<op>`),
+//! and relays its answer. During a takeover no engine serves that subject
+//! for a moment: a forwarded request waits for the new leader (up to the
+//! forward timeout) instead of failing.
+
+use crate::partition::{PartitionHandle, api_error};
+use crate::triggers::ApplyGuard;
+use async_nats::HeaderMap;
+use jetsaga_protocol::{ApiError, ApiReply, ErrorCode, Op, Subjects};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Whether this engine leads partition 0 right now, with the handle to its
+/// partition when it does.
+#[derive(Clone, Default)]
+pub struct Role {
+    handle: Arc<RwLock<Option<PartitionHandle>>>,
+    /// The leader's trigger consumer's guard ([`crate::triggers`]).
+    triggers: Arc<RwLock<Option<ApplyGuard>>>,
+    step_down: Arc<Notify>,
+}
+
+impl Role {
+    /// A role that always leads through `handle` (a single engine without
+    /// a cluster, or a test).
+    pub fn leading(handle: PartitionHandle) -> Self {
+        let role = Self::default();
+        role.set(Some(handle));
+        role
+    }
+
+    /// Leads through `handle` from now on (`None`: no longer leads).
+    pub fn set(&self, handle: Option<PartitionHandle>) {
+        *self.handle.write().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+
+    /// The partition's handle while this engine leads it.
+    pub fn handle(&self) -> Option<PartitionHandle> {
+        self.handle
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the guard of the trigger consumer the leader runs.
+    pub fn set_triggers(&self, guard: Option<ApplyGuard>) {
+        *self.triggers.write().unwrap_or_else(|e| e.into_inner()) = guard;
+    }
+
+    /// The guard of the trigger consumer, while this engine leads.
+    pub fn triggers(&self) -> Option<ApplyGuard> {
+        self.triggers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Asks the engine to hand its partition over (`cluster.step-down`).
+    pub fn request_step_down(&self) {
+        self.step_down.notify_one();
+    }
+
+    /// Completes when a step-down was asked for.
+    pub async fn step_down_requested(&self) {
+        self.step_down.notified().await;
+    }
+}
+
+/// Sends requests to the leader of partition 0.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: async_nats::Client,
+    subjects: Subjects,
+    /// How long a request waits for a leader in all.
+    wait: Duration,
+}
+
+impl Forwarder {
+    /// Forwards over `client` to the leader of `subjects`' installation,
+    /// waiting up to `wait` for one.
+    pub fn new(client: async_nats::Client, subjects: Subjects, wait: Duration) -> Self {
+        Self {
+            client,
+            subjects,
+            wait,
+        }
+    }
+
+    /// Sends `op` with `request` to the leader and answers its reply.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        op: Op,
+        request: &Req,
+        headers: Option<HeaderMap>,
+    ) -> Result<Resp, ApiError> {
+        let payload: bytes::Bytes = serde_json::to_vec(request)
+            .map_err(|e| api_error(ErrorCode::Internal, format!("cannot encode {op}: {e}")))?
+            .into();
+        let subject = self.subjects.leader_api(0, op);
+        let deadline = Instant::now() + self.wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let mut request = async_nats::Request::new()
+                .payload(payload.clone())
+                .timeout(Some(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(100)),
+                ));
+            if let Some(h) = &headers {
+                request = request.headers(h.clone());
+            }
+            let no_leader = match self.client.send_request(subject.clone(), request).await {
+                Ok(msg) => match serde_json::from_slice::<ApiReply<Resp>>(&msg.payload) {
+                    Ok(ApiReply::Ok(v)) => return Ok(v),
+                    Ok(ApiReply::Error(e)) if e.error_code() == Some(ErrorCode::NoLeader) => {
+                        e.message
+                    }
+                    Ok(ApiReply::Error(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(api_error(
+                            ErrorCode::Internal,
+                            format!("the leader's answer to {op} does not decode: {e}"),
+                        ));
+                    }
+                },
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    "no engine leads partition 0 right now".to_string()
+                }
+                Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                    return Err(api_error(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the leader did not answer {op} in time; retry (a start with the same idempotency key is the same saga)"
+                        ),
+                    ));
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(api_error(
+                    ErrorCode::NoLeader,
+                    format!(
+                        "{no_leader}; waited {:?} for a leader to take {op}; retry",
+                        self.wait
+                    ),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}
+
+/// The refusal of a request that reached an engine which does not lead.
+pub fn not_leader() -> ApiError {
+    api_error(
+        ErrorCode::NoLeader,
+        "this engine does not lead partition 0 (the lease moved); retry",
+    )
+}

@@ -1,0 +1,290 @@
+//! The engine's JetStream streams and its own consumers: their settings,
+//! creation (idempotent, with a clear error when another stream holds a
+//! subject), and the pull consumers of the results and starts streams.
+//! Below the bus and the cluster, which both create streams.
+
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
+use futures::StreamExt;
+use jetsaga_protocol::{ErrorCode, STREAM_HEADROOM, Subjects};
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Errors while setting up streams and consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A stream could not be created or updated.
+    #[error("{code}: cannot create or update stream {stream}: {source}", code = ErrorCode::NatsStream)]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        source: jetstream::context::CreateStreamError,
+    },
+    /// Another stream already captures a subject of a stream the engine
+    /// creates: typically the trigger stream of another installation that
+    /// took one of this installation's subjects.
+    #[error(
+        "{code}: cannot create stream {stream}: stream {other} (of another installation, or made by hand) already captures subject `{other_subject}`, which overlaps {stream}'s `{subject}`, and JetStream keeps each subject in one stream; change the trigger that captures `{other_subject}` (and apply that installation's definitions again), or give one installation another prefix",
+        code = ErrorCode::NatsStream
+    )]
+    Overlap {
+        /// The stream the engine creates.
+        stream: String,
+        /// Its subject the other stream overlaps.
+        subject: String,
+        /// The other stream.
+        other: String,
+        /// The other stream's subject.
+        other_subject: String,
+    },
+    /// A stream could not be looked up.
+    #[error("{code}: cannot find stream {stream}: {source}", code = ErrorCode::NatsStream)]
+    GetStream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        source: jetstream::context::GetStreamError,
+    },
+    /// A consumer could not be created.
+    #[error("{code}: cannot create consumer {consumer} on {stream}: {source}", code = ErrorCode::NatsConsumer)]
+    Consumer {
+        /// Stream name.
+        stream: String,
+        /// Consumer name.
+        consumer: String,
+        /// Cause.
+        source: jetstream::stream::ConsumerError,
+    },
+}
+
+/// Stream settings the engine applies.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Duplicate window (`Nats-Msg-Id` de-duplication).
+    pub duplicate_window: Duration,
+    /// Largest message accepted by the streams.
+    pub max_payload: usize,
+    /// Replicas (1 on a single server).
+    pub replicas: usize,
+}
+
+/// Creates (or updates to the current settings) the tasks, results and starts
+/// work-queue streams and the events stream (limits retention, 7 days). Idempotent: every engine start calls it.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &StreamSettings,
+) -> Result<(), BusError> {
+    use stream::RetentionPolicy::{Limits, WorkQueue};
+    let streams = [
+        (
+            subjects.tasks_stream(),
+            subjects.tasks_wildcard(),
+            WorkQueue,
+            "step tasks, one durable consumer per service",
+        ),
+        (
+            subjects.results_stream(),
+            subjects.results_wildcard(),
+            WorkQueue,
+            "task results, consumed by the engine",
+        ),
+        (
+            subjects.starts_stream(),
+            subjects.starts_wildcard(),
+            WorkQueue,
+            "durable saga starts; Nats-Msg-Id is the idempotency key",
+        ),
+        (
+            subjects.events_stream(),
+            subjects.events_wildcard(),
+            Limits,
+            "saga lifecycle events (CloudEvents 1.0 JSON), one subject per saga and type",
+        ),
+    ];
+    for (name, subject, retention, description) in streams {
+        let config = stream::Config {
+            // Work queues empty themselves; events age out.
+            max_age: if retention == Limits {
+                EVENTS_MAX_AGE
+            } else {
+                Duration::ZERO
+            },
+            ..stream_config(name, description, vec![subject], retention, settings)
+        };
+        create_stream(js, config).await?;
+    }
+    Ok(())
+}
+
+/// One of the engine's file streams: `settings`' duplicate window, replicas
+/// and largest message (`max_payload` plus [`STREAM_HEADROOM`]).
+pub(crate) fn stream_config(
+    name: String,
+    description: &str,
+    subjects: Vec<String>,
+    retention: stream::RetentionPolicy,
+    settings: &StreamSettings,
+) -> stream::Config {
+    stream::Config {
+        name,
+        description: Some(format!("jetsaga: {description}")),
+        subjects,
+        retention,
+        storage: stream::StorageType::File,
+        duplicate_window: settings.duplicate_window,
+        max_message_size: i32::try_from(settings.max_payload + STREAM_HEADROOM).unwrap_or(i32::MAX),
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream `config` describes, or updates it to `config`.
+pub(crate) async fn create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), BusError> {
+    let name = config.name.clone();
+    let subjects = config.subjects.clone();
+    match js.create_or_update_stream(config).await {
+        Ok(_) => Ok(()),
+        Err(source) => Err(match overlapping_stream(js, &name, &subjects).await {
+            Some((subject, other, other_subject)) => BusError::Overlap {
+                stream: name,
+                subject,
+                other,
+                other_subject,
+            },
+            None => BusError::Stream {
+                stream: name,
+                source,
+            },
+        }),
+    }
+}
+
+/// The first stream other than `own` with a subject that overlaps one of
+/// `subjects`: (our subject, that stream, its subject). Best effort: `None`
+/// when the streams cannot be listed.
+async fn overlapping_stream(
+    js: &jetstream::Context,
+    own: &str,
+    subjects: &[String],
+) -> Option<(String, String, String)> {
+    let mut streams = js.streams();
+    while let Some(Ok(info)) = streams.next().await {
+        if info.config.name == own {
+            continue;
+        }
+        for theirs in &info.config.subjects {
+            if let Some(ours) = subjects
+                .iter()
+                .find(|ours| jetsaga_protocol::pattern::collide(ours, theirs))
+            {
+                return Some((ours.clone(), info.config.name.clone(), theirs.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// The settings of the engine's durable pull consumers: explicit acks,
+/// `ack_wait`, no delivery limit, up to 10 000 unacknowledged.
+pub(crate) fn pull_config(name: &str, description: &str, ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_string()),
+        description: Some(description.to_string()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// How long the events stream keeps a lifecycle event.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Gets or creates the engine's durable pull consumer on `stream`.
+pub async fn engine_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    stream: &str,
+    filter: String,
+    ack_wait: Duration,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+    let name = subjects.engine_consumer();
+    let err = |source| BusError::Consumer {
+        stream: stream.to_string(),
+        consumer: name.clone(),
+        source,
+    };
+    let stream_handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|source| BusError::GetStream {
+            stream: stream.to_string(),
+            source,
+        })?;
+    stream_handle
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                filter_subject: filter,
+                ..pull_config(&name, "jetsaga engine", ack_wait)
+            },
+        )
+        .await
+        .map_err(err)
+}
+
+/// Pulls `consumer` until `stop` is cancelled, handing each message to
+/// `handle`, which returns `false` to stop (the partition has stopped).
+///
+/// Messages arrive in batches of up to 256 from one long-lived pull stream;
+/// when the stream cannot be opened (NATS down, consumer gone) the pull is
+/// tried again every second, and a message-level error is logged and skipped
+/// (the server redelivers what was not acknowledged). `what` names the
+/// consumer in the log.
+pub async fn consume_each<F, Fut>(
+    consumer: &PullConsumer,
+    what: &'static str,
+    stop: &CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(jetstream::Message) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        let messages = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = consumer.stream().max_messages_per_batch(256).messages() => m,
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = what, "cannot pull; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = messages.next() => n,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    if !handle(msg).await {
+                        return;
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, consumer = what, "pull stream error"),
+                None => break,
+            }
+        }
+    }
+}
