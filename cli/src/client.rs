@@ -317,6 +317,22 @@ impl Client {
         self.call(Op::DefApply, &req).await
     }
 
+    /// The engines and partitions of the installation.
+    pub async fn cluster_status(
+        &self,
+    ) -> Result<jetsaga_protocol::api::ClusterStatus, ClientError> {
+        self.call(Op::ClusterStatus, &serde_json::json!({})).await
+    }
+
+    /// Has the leader of `partition` hand it over to another engine.
+    pub async fn step_down(
+        &self,
+        partition: u32,
+    ) -> Result<jetsaga_protocol::api::StepDownReply, ClientError> {
+        let req = jetsaga_protocol::api::StepDownRequest { partition };
+        self.call(Op::ClusterStepDown, &req).await
+    }
+
     /// Every service with a policy: breaker state, held and in-flight tasks.
     pub async fn breakers(&self) -> Result<Vec<ServiceStatus>, ClientError> {
         self.call(Op::BreakerList, &serde_json::json!({})).await

@@ -91,6 +91,9 @@ pub enum Command {
     /// definitions file).
     #[command(subcommand, visible_alias = "circuit-breaker")]
     Breaker(BreakerCommand),
+    /// The engines of the installation and the partitions they lead.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -104,6 +107,22 @@ pub enum Command {
     /// The engine's store, offline (the engine stopped).
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+/// `jetsaga cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The engines (id, host, pid, partitions led, journal records
+    /// applied) and each partition's leader, lease and journal, from what
+    /// the engines record in NATS: any engine answers, over NATS.
+    Status,
+    /// Has the leader of PARTITION drain it and release its lease, so that
+    /// another engine takes it over (the leader waits a lease TTL before it
+    /// would take it again).
+    StepDown {
+        /// Partition number.
+        partition: u32,
+    },
 }
 
 /// `jetsaga store ...`.
@@ -281,6 +300,19 @@ pub struct EngineArgs {
     /// JETSAGA_HTTP_MAX_CONNECTIONS] [default: 1024]
     #[arg(long, value_name = "N")]
     pub http_max_connections: Option<usize>,
+    /// This engine's id in the cluster [env: JETSAGA_ENGINE_ID] [default:
+    /// the host name and a random suffix, kept in the data directory]
+    #[arg(long, value_name = "ID")]
+    pub engine_id: Option<String>,
+    /// How long a partition's leader lease lasts without renewal: a dead
+    /// leader is replaced after at most this [env: JETSAGA_LEASE_TTL]
+    /// [default: 3s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// How often a leader renews its leases, at most half the TTL [env:
+    /// JETSAGA_LEASE_RENEW] [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lease_renew: Option<Duration>,
 }
 
 /// Where `jetsaga dev` serves the HTTP API unless told otherwise.
@@ -518,6 +550,7 @@ impl Cli {
             Command::Def(_)
             | Command::Saga(_)
             | Command::Breaker(_)
+            | Command::Cluster(_)
             | Command::Events(_)
             | Command::Deps(_)
             | Command::Store(_) => (Config::default(), None),
@@ -583,6 +616,9 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
         layer.http_header_timeout = args.http_header_timeout;
         layer.http_body_timeout = args.http_body_timeout;
         layer.http_max_connections = args.http_max_connections;
+        layer.engine_id = args.engine_id.clone();
+        layer.lease_ttl = args.lease_ttl;
+        layer.lease_renew = args.lease_renew;
     }
     layer
 }
@@ -668,6 +704,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Def(cmd) => def(&cli, cmd).await,
         Command::Saga(cmd) => saga(&cli, cmd).await,
         Command::Breaker(cmd) => breaker(&cli, cmd).await,
+        Command::Cluster(cmd) => cluster(&cli, cmd).await,
         Command::Config(ConfigCommand::Check(_)) => config_check(&cli),
         Command::Events(cmd) => events(&cli, cmd).await,
         Command::Store(StoreCommand::Compact(args)) => {
@@ -1085,6 +1122,36 @@ async fn breaker(cli: &Cli, cmd: &BreakerCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+async fn cluster(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<i32> {
+    let client = client(cli).await?;
+    match cmd {
+        ClusterCommand::Status => {
+            let status = client.cluster_status().await?;
+            match cli.output {
+                Output::Json => print_json(&status)?,
+                Output::Table => println!("{}", render::cluster(&status, now_ms())),
+            }
+        }
+        ClusterCommand::StepDown { partition } => {
+            let reply = client.step_down(*partition).await?;
+            match cli.output {
+                Output::Json => print_json(&reply)?,
+                Output::Table => println!(
+                    "partition {}: {} stepped down; another engine takes it over",
+                    reply.partition, reply.released_by
+                ),
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn read_input(input: &str) -> anyhow::Result<serde_json::Value> {
     let text = match input.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).map_err(|e| {
@@ -1399,6 +1466,9 @@ mod tests {
                     "5s"
                 }
                 "retention" => "3d",
+                "lease_ttl" => "4s",
+                "lease_renew" => "2s",
+                "engine_id" => "flagged-engine",
                 "http_listen" => "127.0.0.1:0",
                 "log_format" => "json",
                 "log" => "debug",

@@ -447,3 +447,59 @@ fn stats_row(name: &str, s: &Stats) -> Vec<String> {
         ms(|d| d.p95),
     ]
 }
+
+/// The engines and partitions of an installation (`jetsaga cluster status`),
+/// lease expiry relative to `now`.
+pub(super) fn cluster(status: &jetsaga_protocol::api::ClusterStatus, now: Millis) -> String {
+    let mut partitions = Table::new();
+    partitions.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "partition",
+        "leader",
+        "epoch",
+        "lease expires",
+        "journal record",
+        "journal seq",
+        "applied (engine: record)",
+    ]);
+    for p in &status.partitions {
+        partitions.add_row(vec![
+            p.partition.to_string(),
+            p.leader.clone().unwrap_or_else(|| "none".into()),
+            p.epoch.map_or_else(|| "-".into(), |e| e.to_string()),
+            p.lease_expires_at.map_or_else(
+                || "-".into(),
+                |at| format!("in {} ms", at.saturating_sub(now)),
+            ),
+            p.journal_last_record.to_string(),
+            p.journal_last_seq.to_string(),
+            p.applied
+                .iter()
+                .map(|(engine, record)| format!("{engine}: {record}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ]);
+    }
+    let mut engines = Table::new();
+    engines
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(vec!["engine", "host", "pid", "leads", "started", "seen"]);
+    for e in &status.engines {
+        engines.add_row(vec![
+            e.id.clone(),
+            e.host.clone(),
+            e.pid.to_string(),
+            if e.partitions.is_empty() {
+                "-".into()
+            } else {
+                e.partitions
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            time(e.started_at),
+            format!("{} ms ago", now.saturating_sub(e.seen_at)),
+        ]);
+    }
+    format!("{partitions}\n{engines}")
+}
