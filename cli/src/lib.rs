@@ -313,6 +313,11 @@ pub struct EngineArgs {
     /// JETSAGA_LEASE_RENEW] [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lease_renew: Option<Duration>,
+    /// Journal records between two snapshots of a partition's store; the
+    /// journal is trimmed to the latest [env: JETSAGA_SNAPSHOT_EVERY]
+    /// [default: 10000]
+    #[arg(long, value_name = "RECORDS")]
+    pub snapshot_every: Option<u64>,
 }
 
 /// Where `jetsaga dev` serves the HTTP API unless told otherwise.
@@ -619,6 +624,7 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
         layer.engine_id = args.engine_id.clone();
         layer.lease_ttl = args.lease_ttl;
         layer.lease_renew = args.lease_renew;
+        layer.snapshot_every = args.snapshot_every;
     }
     layer
 }
@@ -1222,7 +1228,20 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
             };
             match cli.output {
                 Output::Json => print_json(&detail)?,
-                Output::Table => println!("{}", render::saga(&detail)),
+                Output::Table => {
+                    println!("{}", render::saga(&detail));
+                    // Where it lives: its partition and that partition's
+                    // leader (best effort: an older engine has no cluster).
+                    if let Ok(status) = client.cluster_status().await
+                        && let Some(p) = status.partitions.first()
+                    {
+                        println!(
+                            "partition {}, led by {}",
+                            p.partition,
+                            p.leader.as_deref().unwrap_or("no engine right now")
+                        );
+                    }
+                }
             }
             Ok(0)
         }
@@ -1459,6 +1478,7 @@ mod tests {
                 | "replicas"
                 | "max_running_sagas"
                 | "http_max_connections"
+                | "snapshot_every"
                 | "max_definition_steps"
                 | "max_definition_fan_out"
                 | "max_definition_bytes" => "3000",

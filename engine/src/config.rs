@@ -122,6 +122,10 @@ pub struct Config {
     /// How often a leader renews its leases (less than `lease_ttl`).
     #[serde(serialize_with = "serialize_duration")]
     pub lease_renew: Duration,
+    /// Journal records between two snapshots of a partition's store (taken
+    /// by a standby, or by an engine as it takes a partition over); the
+    /// journal is trimmed to the latest snapshot.
+    pub snapshot_every: u64,
     /// How log lines look: `text` for people, `json` for log pipelines.
     pub log_format: LogFormat,
     /// Which log lines to keep, in `tracing`'s filter syntax (`info`,
@@ -154,6 +158,7 @@ impl Default for Config {
             engine_id: None,
             lease_ttl: Duration::from_secs(3),
             lease_renew: Duration::from_secs(1),
+            snapshot_every: 10_000,
             http_max_connections: 1024,
             log_format: LogFormat::Text,
             log: None,
@@ -282,6 +287,11 @@ impl Config {
                 humantime::format_duration(self.lease_renew),
                 humantime::format_duration(self.lease_ttl)
             )));
+        }
+        if self.snapshot_every == 0 {
+            return Err(ConfigError::Invalid(
+                "snapshot_every must be at least 1".into(),
+            ));
         }
         if let Some(id) = &self.engine_id
             && (!protocol::is_valid_kv_key(id) || id.contains('.'))

@@ -16,7 +16,7 @@ use crate::partition::Partition;
 use async_nats::jetstream;
 use jetsaga_core::saga::definition;
 use jetsaga_protocol::{ErrorCode, Subjects};
-use jetsaga_store::{GroupCommit, JournalTable, SagaTable, SledStore, Store, StoreError};
+use jetsaga_store::{GroupCommit, JournalTable, SagaTable, SledStore, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,17 +249,20 @@ fn unreachable(e: &async_nats::ConnectError) -> bool {
     }
 }
 
-/// Catches the store up with partition 0's journal; a store that diverged
-/// from it (its engine was deposed in the middle of a group commit) is
-/// moved aside and rebuilt from the journal.
+/// Catches the store up with partition 0's journal. A store that cannot
+/// follow it (it diverged: its engine was deposed in the middle of a group
+/// commit; or the records it needs were trimmed after a snapshot; or it is
+/// empty and the journal starts from an upgraded store) is moved aside and
+/// rebuilt from the latest snapshot and the journal.
 async fn recover(
-    mut store: Arc<SledStore>,
+    store: Arc<SledStore>,
     cluster: &cluster::Cluster,
     data_dir: &Path,
     engine_id: &str,
     local: &cluster::members::Local,
 ) -> Result<Arc<SledStore>, EngineError> {
-    let journal_error = |e: cluster::replica::ReplicaError| EngineError::Runtime(e.to_string());
+    use cluster::replica::ReplicaError;
+    let journal_error = |e: ReplicaError| EngineError::Runtime(e.to_string());
     let Some(last) = cluster
         .journal
         .last(0)
@@ -276,35 +279,49 @@ async fn recover(
         }
         return Ok(store);
     };
-    match cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied).await {
+    let e = match cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied)
+        .await
+    {
         Ok(n) => {
             local
                 .caught_up
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            Ok(store)
+            return Ok(store);
         }
-        Err(e @ cluster::replica::ReplicaError::Diverged { .. }) => {
-            let aside = data_dir.with_extension(format!("diverged-{}", crate::partition::now_ms()));
-            tracing::warn!(error = %e, moved_to = %aside.display(), "the store diverged from the journal; rebuilding it from the journal");
-            drop(store);
-            std::fs::rename(data_dir, &aside).map_err(|io| {
-                EngineError::Runtime(format!(
-                    "cannot move the diverged store {} aside: {io}",
-                    data_dir.display()
-                ))
-            })?;
-            store = Arc::new(SledStore::open(data_dir)?);
-            let _ = std::fs::write(data_dir.join("engine-id"), format!("{engine_id}\n"));
-            let n = cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied)
-                .await
-                .map_err(journal_error)?;
-            local
-                .caught_up
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            Ok(store)
-        }
-        Err(e) => Err(journal_error(e)),
-    }
+        Err(
+            e @ (ReplicaError::Diverged { .. }
+            | ReplicaError::Gap { .. }
+            | ReplicaError::Seeded { .. }),
+        ) => e,
+        Err(e) => return Err(journal_error(e)),
+    };
+    let aside = data_dir.with_extension(format!("replaced-{}", crate::clock::now_ms()));
+    tracing::warn!(error = %e, moved_to = %aside.display(), "the store cannot follow the journal; rebuilding it from the latest snapshot and the journal");
+    drop(store);
+    std::fs::rename(data_dir, &aside).map_err(|io| {
+        EngineError::Runtime(format!(
+            "cannot move the store {} aside: {io}",
+            data_dir.display()
+        ))
+    })?;
+    let store = match cluster
+        .snapshots
+        .restore(0, data_dir)
+        .await
+        .map_err(EngineError::Runtime)?
+    {
+        Some(restored) => Arc::new(restored),
+        None if matches!(e, ReplicaError::Diverged { .. }) => Arc::new(SledStore::open(data_dir)?),
+        None => return Err(journal_error(e)),
+    };
+    let _ = std::fs::write(data_dir.join("engine-id"), format!("{engine_id}\n"));
+    let n = cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied)
+        .await
+        .map_err(journal_error)?;
+    local
+        .caught_up
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    Ok(store)
 }
 
 /// What the engine shares between its roles.
@@ -390,6 +407,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             ttl: config.lease_ttl,
             renew: config.lease_renew,
         },
+        config.snapshot_every,
     )
     .await
     .map_err(|e| EngineError::Runtime(e.to_string()))?;
@@ -538,13 +556,18 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
         // Standby: apply the journal as it grows until the lease is ours.
         let tail_stop = CancellationToken::new();
         let tail = tokio::spawn(cluster::replica::tail(
-            shared.store.clone() as Arc<dyn Store>,
+            shared.store.clone(),
             shared.cluster.journal.clone(),
             0,
             shared.local.applied.clone(),
+            (
+                shared.cluster.snapshots.clone(),
+                shared.cluster.snapshot_every,
+            ),
             tail_stop.clone(),
         ));
         let mut leaderless_since = std::time::Instant::now();
+        let mut tail = tail;
         let held = tokio::select! {
             held = shared.cluster.leases.acquire(0, not_before, shutdown, |holder| {
                 if holder.engine != shared.cluster.engine {
@@ -552,17 +575,25 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
                     shared.ready();
                 }
             }) => held,
-            r = &mut Box::pin(async {
-                // A tail that ends on its own failed: its store cannot
-                // follow the journal.
-                match tail.await {
-                    Ok(Ok(())) => std::future::pending::<EngineError>().await,
-                    Ok(Err(e)) => EngineError::Runtime(e.to_string()),
-                    Err(e) => EngineError::Runtime(format!("the journal reader failed: {e}")),
-                }
-            }) => return Err(r),
+            // A tail that ends on its own failed: its store cannot follow
+            // the journal.
+            r = &mut tail => return Err(match r {
+                Ok(Ok(())) => EngineError::Runtime("the journal reader stopped".into()),
+                Ok(Err(e)) => EngineError::Runtime(e.to_string()),
+                Err(e) => EngineError::Runtime(format!("the journal reader failed: {e}")),
+            }),
         };
+        // One writer at a time: the tail is done before the leader writes.
         tail_stop.cancel();
+        match tail.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(EngineError::Runtime(e.to_string())),
+            Err(e) => {
+                return Err(EngineError::Runtime(format!(
+                    "the journal reader failed: {e}"
+                )));
+            }
+        }
         let Some(held) = held else {
             return Ok(());
         };
@@ -600,7 +631,23 @@ async fn lead(
             .caught_up
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
-    let position = store.journal_position()?;
+    let mut position = store.journal_position()?;
+    // A snapshot, when one is due, while the store is quiet: every
+    // `snapshot_every` records, and for a store that held state before the
+    // journal existed (so that other engines can start from it).
+    let latest = shared.cluster.snapshots.latest(0).await;
+    let upgraded = last.is_none() && store.sagas_len() > 0 && latest.is_none();
+    let due = position
+        .record
+        .saturating_sub(latest.map_or(0, |p| p.record))
+        >= shared.cluster.snapshot_every;
+    if upgraded || due {
+        let outbox_from = last.map_or(0, |m| m.outbox_from);
+        if let Err(e) = shared.cluster.snapshots.take(store, 0, outbox_from).await {
+            tracing::warn!(error = %e, "snapshot failed; leading without it");
+        }
+        position = store.journal_position()?;
+    }
     // Publish again what the previous leader may not have published;
     // unless this engine was that leader and its store holds every record
     // it wrote (with their outbox rows): a restart.
@@ -626,12 +673,20 @@ async fn lead(
         _ => Vec::new(),
     };
     let last_seq = last.map_or(0, |m| m.seq);
+    // Where records may hold outbox messages not yet published: from the
+    // new first record on (it carries what was restored), or, when this
+    // engine's own store still holds its earlier records' rows, from where
+    // its last record said.
+    let outbox_from = match &last {
+        Some(last) if own_records => last.outbox_from.min(last_seq + 1),
+        _ => last_seq + 1,
+    };
     let first = cluster::Record {
         number: position.record + 1,
         epoch: held.epoch,
         engine: shared.cluster.engine.clone(),
         seeded: last.is_none() && store.sagas_len() > 0,
-        outbox_from: last_seq + 1,
+        outbox_from,
         changes: if outbox.is_empty() {
             Vec::new()
         } else {
@@ -649,6 +704,7 @@ async fn lead(
             tracing::warn!(
                 "another engine wrote to the journal as this one took the lease; standing by"
             );
+            shared.cluster.leases.release(&held).await;
             return Ok(Term::SteppedDown);
         }
         Err(e) => return Err(runtime(e.to_string())),
@@ -674,17 +730,35 @@ async fn lead(
         "leading partition 0"
     );
 
-    let relayed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = crate::partition::JournalWriter::new(
+    let marks = relay::Marks {
+        journaled: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        relayed: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    let mut writer = crate::partition::JournalWriter::new(
         journal.clone(),
         0,
         held.epoch,
         shared.cluster.engine.clone(),
         first.number,
         first_seq,
-        relayed.clone(),
+        marks.clone(),
     );
+    // The outbox rows restored above are unpublished until the relay says
+    // otherwise: later records point back at this one until then.
+    writer.appended(outbox_from, store.outbox_durable().unwrap_or(0));
 
+    if held.expired {
+        // The previous leader died with results and starts pulled and not
+        // acknowledged: deliver them again now, not after the ack wait.
+        for stream in [
+            shared.subjects.results_stream(),
+            shared.subjects.starts_stream(),
+        ] {
+            if bus::reset_engine_consumer(&shared.js, &shared.subjects, &stream).await? {
+                tracing::info!(stream = %stream, "recreated the engine's consumer: what the previous leader had pulled comes again at once");
+            }
+        }
+    }
     let results = bus::engine_consumer(
         &shared.js,
         &shared.subjects,
@@ -720,7 +794,7 @@ async fn lead(
         store.clone(),
         shared.js.clone(),
         relay_wake,
-        relayed,
+        marks,
         relay_stop.clone(),
         Duration::from_secs(5),
     ));

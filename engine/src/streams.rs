@@ -206,6 +206,26 @@ pub(crate) fn pull_config(name: &str, description: &str, ack_wait: Duration) -> 
 /// How long the events stream keeps a lifecycle event.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Deletes the engine's durable consumer on `stream`, if it exists, so
+/// that [`engine_consumer`] creates it anew: the messages a dead engine had
+/// pulled and not acknowledged are then delivered at once instead of after
+/// the ack wait (a work queue keeps every message not acknowledged).
+pub async fn reset_engine_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    stream: &str,
+) -> Result<bool, BusError> {
+    let name = subjects.engine_consumer();
+    let stream_handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|source| BusError::GetStream {
+            stream: stream.to_string(),
+            source,
+        })?;
+    Ok(stream_handle.delete_consumer(&name).await.is_ok())
+}
+
 /// Gets or creates the engine's durable pull consumer on `stream`.
 pub async fn engine_consumer(
     js: &jetstream::Context,

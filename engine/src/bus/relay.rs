@@ -24,28 +24,52 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// The marks the relay shares with the partition.
+#[derive(Debug, Clone)]
+pub struct Marks {
+    /// The highest outbox sequence whose record the journal took.
+    pub journaled: Arc<AtomicU64>,
+    /// The highest outbox sequence published, with every row below it.
+    pub relayed: Arc<AtomicU64>,
+}
+
+impl Marks {
+    /// Marks of a partition without a journal: every durable row may go.
+    pub fn unjournaled() -> Self {
+        Self {
+            journaled: Arc::new(AtomicU64::new(u64::MAX)),
+            relayed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
 /// Most rows published per round.
 const BATCH: usize = 512;
 
 /// Runs the relay until `shutdown`, then publishes what is left (bounded by
 /// `drain_timeout`) and returns.
-/// `relayed` follows the highest outbox sequence published with every
-/// row below it (the journal's `outbox_from` is derived from it).
+/// `journaled` bounds the rows published: the highest outbox sequence
+/// whose record the partition's journal took (`u64::MAX` unjournaled), so
+/// that nothing leaves for a state change the journal may still refuse.
+/// `relayed` follows the highest outbox sequence published with every row
+/// below it (the journal's `outbox_from` is derived from it).
 pub async fn run<S: OutboxTable + GroupCommit + ?Sized>(
     store: Arc<S>,
     js: jetstream::Context,
     wake: Arc<Notify>,
-    relayed: Arc<AtomicU64>,
+    marks: Marks,
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) {
+    let Marks { journaled, relayed } = marks;
     let mut failures: u32 = 0;
     loop {
         if shutdown.is_cancelled() {
-            let _ = tokio::time::timeout(drain_timeout, drain(&*store, &js, &relayed)).await;
+            let _ = tokio::time::timeout(drain_timeout, drain(&*store, &js, &journaled, &relayed))
+                .await;
             return;
         }
-        match publish_round(&*store, &js, &relayed).await {
+        match publish_round(&*store, &js, &journaled, &relayed).await {
             Ok(0) => {
                 failures = 0;
                 metrics::gauge!("engine_outbox_backlog").set(store.outbox_len() as f64);
@@ -72,6 +96,7 @@ pub async fn run<S: OutboxTable + GroupCommit + ?Sized>(
 async fn drain<S: OutboxTable + GroupCommit + ?Sized>(
     store: &S,
     js: &jetstream::Context,
+    journaled: &AtomicU64,
     relayed: &AtomicU64,
 ) {
     // The partition has stopped after its last flush; this one covers any
@@ -80,7 +105,7 @@ async fn drain<S: OutboxTable + GroupCommit + ?Sized>(
         tracing::warn!(error = %e, "outbox relay could not flush the store before draining");
         return;
     }
-    while let Ok(n) = publish_round(store, js, relayed).await {
+    while let Ok(n) = publish_round(store, js, journaled, relayed).await {
         if n == 0 {
             break;
         }
@@ -110,12 +135,14 @@ fn is_permanent(e: &jetstream::context::PublishError) -> bool {
 async fn publish_round<S: OutboxTable + GroupCommit + ?Sized>(
     store: &S,
     js: &jetstream::Context,
+    journaled: &AtomicU64,
     relayed: &AtomicU64,
 ) -> anyhow::Result<usize> {
-    // Read the mark first: rows read after it may be newer, never older.
+    // Read the marks first: rows read after them may be newer, never older.
     let Some(durable) = store.outbox_durable() else {
         return Ok(0);
     };
+    let durable = durable.min(journaled.load(Ordering::Acquire));
     let rows = store.outbox(durable, BATCH)?;
     if rows.is_empty() {
         return Ok(0);

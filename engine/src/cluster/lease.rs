@@ -55,6 +55,9 @@ pub struct Held {
     /// The lease this one replaced, when it was this engine's own (a
     /// restart taking its lease back).
     pub own_previous: Option<LeaseValue>,
+    /// Whether it was taken from another engine that stopped renewing it
+    /// (rather than released, or never held).
+    pub expired: bool,
     /// When the last successful renewal was sent.
     renewed: Instant,
 }
@@ -180,6 +183,7 @@ impl Leases {
                     let expired = first_seen.elapsed() >= ttl;
                     if (mine || expired) && may_take {
                         if let Some(mut held) = self.take(partition, entry.revision).await {
+                            held.expired = !mine;
                             held.own_previous = value.filter(|_| mine);
                             return Some(held);
                         }
@@ -238,6 +242,7 @@ impl Leases {
             revision: taken,
             renewed: sent,
             own_previous: None,
+            expired: false,
         };
         match self.renew(&mut held).await {
             Ok(()) => {

@@ -20,6 +20,7 @@ pub mod journal;
 pub mod lease;
 pub mod members;
 pub mod replica;
+pub mod snapshot;
 
 use async_nats::jetstream::{self, kv};
 use jetsaga_protocol::{ErrorCode, Subjects};
@@ -45,7 +46,7 @@ pub enum ClusterError {
         reason: String,
     },
     /// The installation records another partition count.
-    #[error("{code}: the installation under prefix {prefix:?} has {recorded} partitions, recorded in NATS at its first start, and this engine was started with {configured}; start it with --partitions {recorded}", code = ErrorCode::Partitions)]
+    #[error("{code}: the installation under prefix {prefix:?} has {recorded} partitions, recorded in NATS at its first start, and this engine serves {configured}; run an engine of the release that set it up, or give this one another prefix", code = ErrorCode::Partitions)]
     Partitions {
         /// Prefix.
         prefix: String,
@@ -75,6 +76,10 @@ pub struct Cluster {
     pub engine: String,
     /// The installation's partition count.
     pub partitions: u32,
+    /// The partitions' snapshots.
+    pub snapshots: snapshot::Snapshots,
+    /// Records between two snapshots.
+    pub snapshot_every: u64,
 }
 
 impl Cluster {
@@ -89,6 +94,7 @@ impl Cluster {
         engine: String,
         partitions: u32,
         timing: LeaseTiming,
+        snapshot_every: u64,
     ) -> Result<Self, ClusterError> {
         let journal = Journal::ensure(js, subjects, settings, chunk)
             .await
@@ -123,12 +129,20 @@ impl Cluster {
         )
         .await?;
         check_partitions(&cluster_kv, subjects.prefix(), partitions).await?;
+        let snapshots = snapshot::Snapshots::open(js, subjects, settings.replicas, journal.clone())
+            .await
+            .map_err(|reason| ClusterError::Setup {
+                what: "the snapshot bucket".into(),
+                reason,
+            })?;
         Ok(Self {
             journal,
             leases: Leases::new(cluster_kv, engine.clone(), timing),
             engines,
             engine,
             partitions,
+            snapshots,
+            snapshot_every,
         })
     }
 }

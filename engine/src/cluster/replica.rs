@@ -14,9 +14,12 @@
 //! ([`outbox_to_restore`]).
 
 use super::journal::{Journal, JournalError, Mark, Record};
+use super::snapshot::Snapshots;
 use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::ErrorCode;
-use jetsaga_store::{Change, JournalPosition, OutboxMessage, Store, StoreError};
+use jetsaga_store::{
+    Change, JournalPosition, JournalTable, OutboxMessage, SledStore, Store, StoreError,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -90,7 +93,7 @@ pub fn apply(
             found: record.number,
         });
     }
-    if record.seeded && position.record == 0 {
+    if record.seeded && position.record == 0 && store.sagas_len() == 0 {
         return Err(ReplicaError::Seeded { partition });
     }
     for definition in &record.definitions {
@@ -186,15 +189,23 @@ pub async fn catch_up(
     Ok(count)
 }
 
-/// Applies `partition`'s records to `store` as they come, until `stop`.
-/// Errors of NATS are retried; a store that diverged or a gap ends it.
+/// Applies `partition`'s records to `store` as they come, until `stop`,
+/// and snapshots the store every `snapshots.1` records (between two
+/// records, when it holds only what the journal took). Errors of NATS are
+/// retried; a store that diverged or a gap ends it.
 pub async fn tail(
-    store: Arc<dyn Store>,
+    store: Arc<SledStore>,
     journal: Journal,
     partition: u32,
     applied: Arc<AtomicU64>,
+    snapshots: (Snapshots, u64),
     stop: CancellationToken,
 ) -> Result<(), ReplicaError> {
+    let (snapshots, every) = snapshots;
+    let mut since = store
+        .journal_position()?
+        .record
+        .saturating_sub(snapshots.latest(partition).await.map_or(0, |p| p.record));
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -217,9 +228,17 @@ pub async fn tail(
             };
             match next {
                 Some(Ok((mark, record))) => {
-                    apply(&*store, partition, &mark, &record, false)?;
+                    if apply(&*store, partition, &mark, &record, false)? {
+                        since += 1;
+                    }
                     applied.store(record.number, Ordering::Relaxed);
                     metrics::gauge!(crate::metrics::STANDBY_LAG_MS).set(lag_ms(&record) as f64);
+                    if since >= every {
+                        if let Err(e) = snapshots.take(&store, partition, mark.outbox_from).await {
+                            tracing::warn!(partition, error = %e, "snapshot failed; trying again after as many records");
+                        }
+                        since = 0;
+                    }
                 }
                 Some(Err(JournalError::Corrupt { seq, reason, .. })) => {
                     return Err(ReplicaError::Journal(JournalError::Corrupt {

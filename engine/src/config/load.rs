@@ -71,6 +71,8 @@ pub struct Layer {
     /// `lease_renew`.
     #[serde(default, deserialize_with = "humantime_option")]
     pub lease_renew: Option<Duration>,
+    /// `snapshot_every`.
+    pub snapshot_every: Option<u64>,
     /// `log_format`.
     pub log_format: Option<LogFormat>,
     /// `log`.
@@ -260,6 +262,7 @@ impl Layer {
             engine_id: env.string("engine_id"),
             lease_ttl: env.parse_with("lease_ttl", duration)?,
             lease_renew: env.parse_with("lease_renew", duration)?,
+            snapshot_every: env.parse("snapshot_every")?,
             log_format: env.parse_with("log_format", log_format)?,
             log: env.string("log"),
         })
@@ -407,6 +410,7 @@ impl Layer {
         set!("engine_id", config.engine_id, self.engine_id.map(Some));
         set!("lease_ttl", config.lease_ttl, self.lease_ttl);
         set!("lease_renew", config.lease_renew, self.lease_renew);
+        set!("snapshot_every", config.snapshot_every, self.snapshot_every);
         set!("log_format", config.log_format, self.log_format);
         set!("log", config.log, self.log.map(Some));
     }

@@ -39,6 +39,7 @@ pub const KEYS: &[&str] = &[
     "engine_id",
     "lease_ttl",
     "lease_renew",
+    "snapshot_every",
     "log_format",
     "log",
 ];

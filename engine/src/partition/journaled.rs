@@ -22,6 +22,9 @@ pub struct JournalWriter {
     last_seq: Arc<AtomicU64>,
     /// The highest outbox sequence the relay published, with every lower one.
     relayed: Arc<AtomicU64>,
+    /// The highest outbox sequence whose record the journal took: the
+    /// relay publishes no further.
+    journaled: Arc<AtomicU64>,
     /// Per appended batch: the stream sequence of its first record and the
     /// highest outbox sequence it may hold.
     batches: VecDeque<(u64, u64)>,
@@ -30,7 +33,7 @@ pub struct JournalWriter {
 impl JournalWriter {
     /// A writer continuing `partition`'s journal after record
     /// `last_number` at stream sequence `last_seq`, as `engine` in `epoch`;
-    /// `relayed` is the relay's published mark ([`crate::bus::relay`]).
+    /// `marks` are the relay's ([`crate::bus::relay::Marks`]).
     pub fn new(
         journal: Journal,
         partition: u32,
@@ -38,7 +41,7 @@ impl JournalWriter {
         engine: String,
         last_number: u64,
         last_seq: u64,
-        relayed: Arc<AtomicU64>,
+        marks: crate::bus::relay::Marks,
     ) -> Self {
         Self {
             journal,
@@ -47,7 +50,8 @@ impl JournalWriter {
             engine,
             next_number: last_number + 1,
             last_seq: Arc::new(AtomicU64::new(last_seq)),
-            relayed,
+            relayed: marks.relayed,
+            journaled: marks.journaled,
             batches: VecDeque::new(),
         }
     }
@@ -115,10 +119,12 @@ impl JournalWriter {
         })
     }
 
-    /// A batch whose first record is at `first_seq` is durable; its outbox
-    /// rows go up to `outbox_top`.
-    pub(super) fn appended(&mut self, first_seq: u64, outbox_top: u64) {
+    /// A batch whose first record is at `first_seq` is durable and
+    /// journaled; its outbox rows go up to `outbox_top`, which the relay
+    /// may now publish.
+    pub fn appended(&mut self, first_seq: u64, outbox_top: u64) {
         self.batches.push_back((first_seq, outbox_top));
+        self.journaled.fetch_max(outbox_top, Ordering::AcqRel);
     }
 }
 

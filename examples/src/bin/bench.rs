@@ -8,8 +8,13 @@
 //! work-queue stream of tasks, one of results, pull consumers) at the same
 //! concurrency. `docs/BENCHMARKS.md` explains the numbers.
 //!
+//! With `--cluster`, three nats-servers form a cluster on loopback and
+//! every stream (the engine's journal and streams, the floor's) has three
+//! replicas.
+//!
 //! ```text
 //! bench --nats-server .venv/bin/nats-server --sagas 2000 --steps 4 --concurrency 64
+//! bench --nats-server .venv/bin/nats-server --cluster --json
 //! bench --nats-url nats://127.0.0.1:4222 --compensation --json
 //! ```
 
@@ -52,6 +57,10 @@ struct Args {
     /// periodic sync.
     #[arg(long, conflicts_with = "nats_url")]
     sync_always: bool,
+    /// Start three nats-servers as a cluster instead of one; every stream
+    /// then has three replicas.
+    #[arg(long, conflicts_with = "nats_url")]
+    cluster: bool,
     /// Use an existing server instead (it must have JetStream).
     #[arg(long)]
     nats_url: Option<String>,
@@ -142,6 +151,77 @@ async fn start_server(bin: &Path, sync_always: bool) -> Result<(OwnedServer, Str
     }
 }
 
+/// Starts three nats-servers as one cluster (JetStream, free ports, temp
+/// stores) and waits until it takes replicated streams; answers them and
+/// the comma-separated client URLs.
+async fn start_cluster(bin: &Path, sync_always: bool) -> Result<(Vec<OwnedServer>, String)> {
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_>>()?;
+    let mut servers = Vec::new();
+    for (i, (client, route)) in ports.iter().enumerate() {
+        let store = tempfile::tempdir()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .filter(|(_, r)| r != route)
+            .map(|(_, r)| format!("\"nats-route://127.0.0.1:{r}\""))
+            .collect();
+        let conf = store.path().join("server.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nlisten: \"127.0.0.1:{client}\"\njetstream {{\n  store_dir: {:?}\n{}}}\ncluster {{\n  name: bench\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n}}\n",
+                store.path().join("data").display().to_string(),
+                if sync_always {
+                    "  sync_interval: always\n"
+                } else {
+                    ""
+                },
+                routes.join(", ")
+            ),
+        )?;
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        servers.push(OwnedServer {
+            child,
+            _store: store,
+        });
+    }
+    let url = ports
+        .iter()
+        .map(|(c, _)| format!("nats://127.0.0.1:{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Ready: a replicated stream can be created (a meta leader exists).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = connect(&url).await {
+            let js = jetstream::new(c);
+            let probe = js
+                .create_stream(stream::Config {
+                    name: "BENCH_PROBE".into(),
+                    subjects: vec!["bench.probe".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            if probe.is_ok() {
+                let _ = js.delete_stream("BENCH_PROBE").await;
+                return Ok((servers, url));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the nats-server cluster at {url} did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// utime + stime of process `pid` (`self` for this one), in seconds.
 fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -199,12 +279,13 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
         nats: NatsConfig::new(url),
         prefix: PREFIX.into(),
         data_dir: data_dir.clone(),
+        replicas: replicas(args),
         ..Config::default()
     };
     let engine_stop = CancellationToken::new();
     let mut engine = tokio::spawn(jetsaga_engine::run(config, engine_stop.clone()));
 
-    let client = Client::new(async_nats::connect(url).await?, PREFIX);
+    let client = Client::new(connect(url).await?, PREFIX);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         tokio::select! {
@@ -252,7 +333,7 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
                     Ok::<_, StepError>(Value::Null)
                 }
             })
-            .build(async_nats::connect(url).await?)
+            .build(connect(url).await?)
             .await?;
         workers.push(tokio::spawn(worker.run(workers_stop.clone())));
     }
@@ -368,14 +449,29 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
     }))
 }
 
+/// Connects to the server(s) of `url`, a comma-separated list.
+async fn connect(url: &str) -> Result<async_nats::Client> {
+    let addrs = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(async_nats::connect(addrs).await?)
+}
+
+/// Replicas of every stream: three on a cluster.
+fn replicas(args: &Args) -> usize {
+    if args.cluster { 3 } else { 1 }
+}
+
 async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> {
-    let nats = async_nats::connect(url).await?;
+    let nats = connect(url).await?;
     let js = jetstream::new(nats.clone());
     let tasks_stream = js
         .get_or_create_stream(stream::Config {
             name: "BENCHFLOOR_TASKS".into(),
             subjects: vec!["benchfloor.task".into()],
             retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: replicas(args),
             ..Default::default()
         })
         .await?;
@@ -384,6 +480,7 @@ async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> 
             name: "BENCHFLOOR_RESULTS".into(),
             subjects: vec!["benchfloor.result".into()],
             retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: replicas(args),
             ..Default::default()
         })
         .await?;
@@ -403,7 +500,7 @@ async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> 
     let stop = CancellationToken::new();
     let mut floor_workers = Vec::new();
     for _ in 0..args.workers.max(1) {
-        let worker_js = jetstream::new(async_nats::connect(url).await?);
+        let worker_js = jetstream::new(connect(url).await?);
         let mut messages = tasks.messages().await?;
         let stop = stop.clone();
         floor_workers.push(tokio::spawn(async move {
@@ -511,32 +608,40 @@ async fn main() -> Result<()> {
     if args.sagas == 0 || args.steps == 0 {
         bail!("--sagas and --steps must be at least 1");
     }
-    let mut owned = None;
+    let mut owned: Vec<OwnedServer> = Vec::new();
     let url = match (&args.nats_url, &args.nats_server) {
         (Some(url), _) => url.clone(),
-        (None, Some(bin)) => {
-            let (server, url) = start_server(bin, args.sync_always).await?;
-            owned = Some(server);
-            url
-        }
-        (None, None) => {
-            let (server, url) = start_server(Path::new("nats-server"), args.sync_always).await?;
-            owned = Some(server);
-            url
+        (None, bin) => {
+            let bin = bin.as_deref().unwrap_or(Path::new("nats-server"));
+            if args.cluster {
+                let (servers, url) = start_cluster(bin, args.sync_always).await?;
+                owned = servers;
+                url
+            } else {
+                let (server, url) = start_server(bin, args.sync_always).await?;
+                owned.push(server);
+                url
+            }
         }
     };
-    let probe = async_nats::connect(&url).await?;
+    let probe = connect(&url).await?;
     let version = probe.server_info().version;
-    let server_pid = owned.as_ref().map(|s| s.child.id().to_string());
-    let server_cpu = |pid: &Option<String>| pid.as_deref().and_then(cpu_seconds);
+    let server_pids: Vec<String> = owned.iter().map(|s| s.child.id().to_string()).collect();
+    // Every server's CPU, summed (`None` when one cannot be read).
+    let server_cpu = |pids: &Vec<String>| -> Option<f64> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|p| cpu_seconds(p)).sum()
+    };
 
     let counter = Arc::new(AtomicU64::new(0));
-    let s0 = server_cpu(&server_pid);
+    let s0 = server_cpu(&server_pids);
     let mut engine = engine_phase(&args, &url, counter).await?;
-    let s1 = server_cpu(&server_pid);
+    let s1 = server_cpu(&server_pids);
     let round_trips = engine["step_round_trips"].as_u64().unwrap_or(0);
     let mut floor = floor_phase(&args, &url, round_trips).await?;
-    let s2 = server_cpu(&server_pid);
+    let s2 = server_cpu(&server_pids);
     if let (Some(a), Some(b), Some(c)) = (s0, s1, s2) {
         engine["nats_server_cpu_s"] = json!(b - a);
         floor["nats_server_cpu_s"] = json!(c - b);
@@ -561,7 +666,9 @@ async fn main() -> Result<()> {
             "workers": args.workers,
             "compensation": args.compensation,
             "nats_server_version": version,
-            "own_server": owned.is_some(),
+            "own_server": !owned.is_empty(),
+            "cluster": args.cluster,
+            "replicas": replicas(&args),
             "server_sync_always": args.sync_always,
         },
         "engine": engine,
