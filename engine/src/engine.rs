@@ -872,6 +872,8 @@ async fn lead(
         .leading
         .store(true, std::sync::atomic::Ordering::Relaxed);
     ::metrics::gauge!(metrics::LEADING).set(1.0);
+    // A leader applies no records of another: no lag to show.
+    ::metrics::gauge!(metrics::STANDBY_LAG_MS).set(0.0);
     shared.ready();
 
     let lease_stop = CancellationToken::new();

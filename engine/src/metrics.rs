@@ -254,6 +254,7 @@ fn describe() {
     metrics::counter!(LEASE_ACQUISITIONS).increment(0);
     metrics::counter!(LEASE_LOSSES).increment(0);
     metrics::gauge!(LEADING).set(0.0);
+    metrics::gauge!(STANDBY_LAG_MS).set(0.0);
     // Counters whose label sets are known up front exist at zero from the
     // start, so that a healthy engine shows 0 rather than "No data" and the
     // first occurrence is an increase.

@@ -296,6 +296,7 @@ mod tests {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Unavailable,
+        ErrorCode::NoLeader,
         ErrorCode::ReplyTooLarge,
         ErrorCode::RequestTimeout,
         ErrorCode::TooManyConnections,
