@@ -608,6 +608,25 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
     }
 }
 
+/// A failure of a takeover before its first record: the journal did not
+/// answer (worth standing by and trying again), or anything else.
+enum Unanswered {
+    Journal(cluster::JournalError),
+    Fatal(EngineError),
+}
+
+/// Gives a lease taken up before the term began (the journal did not
+/// answer) and goes back to standing by.
+async fn stand_by(
+    shared: &Shared,
+    held: &cluster::Held,
+    error: cluster::JournalError,
+) -> Result<Term, EngineError> {
+    tracing::warn!(partition = 0, %error, "cannot take over: the journal does not answer; standing by");
+    shared.cluster.leases.release(held).await;
+    Ok(Term::SteppedDown)
+}
+
 /// One term as the leader of partition 0: catch up, append the epoch's
 /// first record (the fence), run the partition and everything around it
 /// while the lease holds, then drain and release it.
@@ -620,12 +639,29 @@ async fn lead(
     let config = &shared.config;
     let store = &shared.store;
     let journal = &shared.cluster.journal;
+    // Until the term's first record is in the journal, nothing of it is
+    // written: a journal that does not answer (JetStream electing a leader
+    // for it) sends the engine back to standing by, not out.
+    let replica = |e: cluster::replica::ReplicaError| match e {
+        cluster::replica::ReplicaError::Journal(e @ cluster::JournalError::Nats { .. }) => {
+            Unanswered::Journal(e)
+        }
+        other => Unanswered::Fatal(runtime(other.to_string())),
+    };
     // Catch up with every record of the previous leader.
-    let last = journal.last(0).await.map_err(|e| runtime(e.to_string()))?;
+    let last = match journal.last(0).await {
+        Ok(last) => last,
+        Err(e) => return stand_by(shared, &held, e).await,
+    };
     if let Some(last) = &last {
-        let n = cluster::replica::catch_up(&**store, journal, 0, last, &shared.local.applied)
+        let n = match cluster::replica::catch_up(&**store, journal, 0, last, &shared.local.applied)
             .await
-            .map_err(|e| runtime(e.to_string()))?;
+            .map_err(replica)
+        {
+            Ok(n) => n,
+            Err(Unanswered::Journal(e)) => return stand_by(shared, &held, e).await,
+            Err(Unanswered::Fatal(e)) => return Err(e),
+        };
         shared
             .local
             .caught_up
@@ -666,9 +702,14 @@ async fn lead(
     };
     let outbox = match &last {
         Some(last) if !own_records => {
-            cluster::replica::outbox_to_restore(journal, 0, last.outbox_from, last)
+            match cluster::replica::outbox_to_restore(journal, 0, last.outbox_from, last)
                 .await
-                .map_err(|e| runtime(e.to_string()))?
+                .map_err(replica)
+            {
+                Ok(outbox) => outbox,
+                Err(Unanswered::Journal(e)) => return stand_by(shared, &held, e).await,
+                Err(Unanswered::Fatal(e)) => return Err(e),
+            }
         }
         _ => Vec::new(),
     };
@@ -707,6 +748,7 @@ async fn lead(
             shared.cluster.leases.release(&held).await;
             return Ok(Term::SteppedDown);
         }
+        Err(e @ cluster::JournalError::Nats { .. }) => return stand_by(shared, &held, e).await,
         Err(e) => return Err(runtime(e.to_string())),
     };
     store.commit_journaled(

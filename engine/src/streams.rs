@@ -140,14 +140,47 @@ pub(crate) fn stream_config(
     }
 }
 
+/// How long each but the last request to create or update a stream is
+/// waited for before it is asked again (the last one waits for the
+/// JetStream context's own timeout).
+const STREAM_SETUP_WAITS: [Duration; 4] = [
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(8),
+];
+
 /// Creates the stream `config` describes, or updates it to `config`.
+///
+/// Asked again when JetStream does not answer soon: engines starting
+/// together on a cluster ask for the same replicated stream at once, and
+/// such requests can go unanswered (seen with three engines on a fresh
+/// 3-node cluster: every first request timed out, every second one found
+/// the stream at once). Creating or updating to the same config again is
+/// harmless.
 pub(crate) async fn create_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<(), BusError> {
     let name = config.name.clone();
     let subjects = config.subjects.clone();
-    match js.create_or_update_stream(config).await {
+    let mut created = None;
+    for (attempt, wait) in STREAM_SETUP_WAITS.into_iter().enumerate() {
+        match tokio::time::timeout(wait, js.create_or_update_stream(config.clone())).await {
+            Ok(result) => {
+                created = Some(result);
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(stream = %name, attempt = attempt + 1, waited = ?wait, "stream setup unanswered; asking again");
+            }
+        }
+    }
+    let created = match created {
+        Some(result) => result,
+        None => js.create_or_update_stream(config).await,
+    };
+    match created {
         Ok(_) => Ok(()),
         Err(source) => Err(match overlapping_stream(js, &name, &subjects).await {
             Some((subject, other, other_subject)) => BusError::Overlap {

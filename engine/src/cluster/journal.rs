@@ -34,8 +34,12 @@ pub const HEADER_OUTBOX_FROM: &str = "Jetsaga-Outbox-From";
 /// Header: `<part>/<parts>` of a record split over several messages.
 pub const HEADER_PART: &str = "Jetsaga-Part";
 
-/// How many times an append is retried after an answer that did not come.
-const APPEND_ATTEMPTS: u32 = 5;
+/// How long an append is retried after answers that did not come: longer
+/// than JetStream takes to elect a new leader for the stream when the node
+/// leading it dies (its Raft election timeout is 4-9 s). The fence keeps a
+/// late append from landing after another engine's record, and the message
+/// id keeps a repeated one from landing twice.
+const APPEND_PATIENCE: Duration = Duration::from_secs(20);
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +290,8 @@ impl Journal {
     ) -> Result<u64, JournalError> {
         use jetstream::context::PublishErrorKind as K;
         let subject = self.subjects.journal(partition);
-        let mut attempt = 0;
+        let deadline = std::time::Instant::now() + APPEND_PATIENCE;
+        let mut attempt = 0u64;
         loop {
             attempt += 1;
             let sent = self
@@ -306,11 +311,11 @@ impl Journal {
                     });
                 }
                 Err(e)
-                    if attempt < APPEND_ATTEMPTS
+                    if std::time::Instant::now() < deadline
                         && matches!(e.kind(), K::TimedOut | K::StreamNotFound | K::BrokenPipe) =>
                 {
                     tracing::warn!(partition, error = %e, attempt, "journal append unanswered; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt.min(10))).await;
                 }
                 Err(e) => return Err(nats(partition, format!("cannot append: {e}"))),
             }

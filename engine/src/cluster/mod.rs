@@ -165,6 +165,9 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
     }
 }
 
+/// How many times the partition count is asked for before an engine gives up.
+const SETUP_ATTEMPTS: u32 = 8;
+
 /// Records `partitions` at the first start; refuses another count later.
 async fn check_partitions(
     kv: &kv::Store,
@@ -175,16 +178,32 @@ async fn check_partitions(
         what: "the installation's partition count".into(),
         reason,
     };
-    let recorded = match kv.create("partitions", partitions.to_string().into()).await {
-        Ok(_) => {
-            tracing::info!(partitions, "recorded the installation's partition count");
-            return Ok(());
+    // A bucket another engine created a moment ago may not answer yet
+    // (no responders while its replicas elect a leader): asked again.
+    let mut attempt = 0;
+    let recorded = loop {
+        attempt += 1;
+        let read = match kv.create("partitions", partitions.to_string().into()).await {
+            Ok(_) => {
+                tracing::info!(partitions, "recorded the installation's partition count");
+                return Ok(());
+            }
+            Err(_) => kv.get("partitions").await,
+        };
+        match read {
+            Ok(Some(recorded)) => break recorded,
+            Ok(None) if attempt >= SETUP_ATTEMPTS => {
+                return Err(setup("the record exists but cannot be read".into()));
+            }
+            Err(e) if attempt >= SETUP_ATTEMPTS => return Err(setup(e.to_string())),
+            Ok(None) | Err(_) => {
+                tracing::warn!(
+                    attempt,
+                    "the installation's partition count cannot be read yet; retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+            }
         }
-        Err(_) => kv
-            .get("partitions")
-            .await
-            .map_err(|e| setup(e.to_string()))?
-            .ok_or_else(|| setup("the record exists but cannot be read".into()))?,
     };
     let recorded: u32 = std::str::from_utf8(&recorded)
         .ok()

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+pub mod chaos;
 pub mod tls;
 
 /// How long a test waits for a process to be ready.
@@ -54,6 +55,8 @@ sagas:
 pub struct Engine {
     pub process: ChildProcess,
     pub data_dir: PathBuf,
+    /// Process name (in panics and kept logs).
+    name: String,
     nats_url: String,
     extra: Vec<String>,
 }
@@ -71,7 +74,33 @@ impl Engine {
 
     /// Starts it again on the same store (after `kill` or `terminate`).
     pub fn restart(&mut self) {
-        self.process = spawn_engine(&self.nats_url, &self.data_dir, &self.extra);
+        self.respawn();
+        self.wait_ready();
+    }
+
+    /// Starts it again on the same store without waiting for it.
+    pub fn respawn(&mut self) {
+        self.process =
+            spawn_engine_process(&self.name, &self.nats_url, &self.data_dir, &self.extra, &[]);
+    }
+
+    /// Spawns `jetsaga server` as process `name` against `nats_url` (one URL
+    /// or a comma-separated list) with its store in `data_dir`, without
+    /// waiting for it to be ready (see [`Engine::wait_ready`]).
+    pub fn spawn(name: &str, nats_url: &str, data_dir: &Path, extra: &[&str]) -> Engine {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Engine {
+            process: spawn_engine_process(name, nats_url, data_dir, &extra, &[]),
+            data_dir: data_dir.to_path_buf(),
+            name: name.to_string(),
+            nats_url: nats_url.to_string(),
+            extra,
+        }
+    }
+
+    /// Waits until it logs "engine ready" (a standby: once a leader exists).
+    pub fn wait_ready(&self) {
+        self.process.wait_for_log("engine ready", READY);
     }
 
     /// The `HOST:PORT` its HTTP API listens on (started with
@@ -84,10 +113,6 @@ impl Engine {
             .unwrap_or_else(|| panic!("no addr in {line:?}"))
             .to_string()
     }
-}
-
-fn spawn_engine(nats_url: &str, data_dir: &Path, extra: &[String]) -> ChildProcess {
-    spawn_engine_with_env(nats_url, data_dir, extra, &[])
 }
 
 /// One test's world: a nats-server, an engine process, an API client.
@@ -245,17 +270,20 @@ impl Engine {
         envs: &[(&str, &str)],
     ) -> Engine {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let process = spawn_engine_with_env(nats_url, data_dir, &extra, envs);
+        let process = spawn_engine_process("engine", nats_url, data_dir, &extra, envs);
+        process.wait_for_log("engine ready", READY);
         Engine {
             process,
             data_dir: data_dir.to_path_buf(),
+            name: "engine".to_string(),
             nats_url: nats_url.to_string(),
             extra,
         }
     }
 }
 
-fn spawn_engine_with_env(
+fn spawn_engine_process(
+    name: &str,
     nats_url: &str,
     data_dir: &Path,
     extra: &[String],
@@ -272,9 +300,7 @@ fn spawn_engine_with_env(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut all_envs = vec![("JETSAGA_LOG", "info,jetsaga_engine=debug")];
     all_envs.extend_from_slice(envs);
-    let process = ChildProcess::spawn("engine", &bin_path("jetsaga"), &args, &all_envs);
-    process.wait_for_log("engine ready", READY);
-    process
+    ChildProcess::spawn(name, &bin_path("jetsaga"), &args, &all_envs)
 }
 
 impl World {
