@@ -535,3 +535,34 @@ async fn a_new_token_configures_an_engine_that_accepts_it() {
     );
     assert_eq!(made["sha256"], entry.sha256.to_string());
 }
+
+/// The shipped deployments set tokens that parse and validate (the engines
+/// there listen on 0.0.0.0 and would not start without them).
+#[test]
+fn the_shipped_deployments_configure_tokens() {
+    let root = jetsaga_tests::workspace_root();
+    for file in [
+        "deploy/kubernetes/engine-http-tokens.yaml",
+        "deploy/systemd/jetsaga.env",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        let value = text
+            .lines()
+            .map(str::trim)
+            .find_map(|l| {
+                l.strip_prefix("JETSAGA_HTTP_TOKENS=")
+                    .or_else(|| l.strip_prefix("JETSAGA_HTTP_TOKENS: "))
+            })
+            .unwrap_or_else(|| panic!("{file} sets no JETSAGA_HTTP_TOKENS"));
+        let tokens = HttpToken::parse_list(value).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!tokens.is_empty(), "{file}");
+        jetsaga_engine::api::auth::validate(&tokens).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let statefulset =
+        std::fs::read_to_string(root.join("deploy/kubernetes/engine-statefulset.yaml")).unwrap();
+    assert!(statefulset.contains("name: JETSAGA_HTTP_TOKENS"));
+    assert!(statefulset.contains("name: jetsaga-http-tokens"));
+    let kustomization =
+        std::fs::read_to_string(root.join("deploy/kubernetes/kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("engine-http-tokens.yaml"));
+}
