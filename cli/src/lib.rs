@@ -10,6 +10,7 @@ use crate::client::{Client, ClientError};
 use crate::dev::{DevNats, find_nats_server};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jetsaga_core::saga::definition;
+use jetsaga_engine::api::auth::{self, HttpToken, Role};
 use jetsaga_engine::config::{Config, ConfigError, Env, Layer, Loaded, LogFormat, NatsLayer};
 use jetsaga_engine::retention::Retention;
 use jetsaga_protocol::ErrorCode;
@@ -217,7 +218,19 @@ pub enum ConfigCommand {
     /// Print the configuration `server` would run with (YAML with where each
     /// value came from, or --output json), secrets masked; exit 1 if it is
     /// invalid.
-    Check(ServerArgs),
+    Check(Box<ServerArgs>),
+    /// Make a bearer token for the HTTP API: prints the token (256 random
+    /// bits; shown once, keep it secret) and the `http_tokens` entry with its
+    /// SHA-256, which is all the engine keeps.
+    NewToken {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Who holds it, as logs name it [default: the role and a few hex
+        /// digits of the digest]
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// Engine settings shared by `server`, `dev` and `config check`. Each flag
@@ -300,6 +313,30 @@ pub struct EngineArgs {
     /// JETSAGA_HTTP_MAX_CONNECTIONS] [default: 1024]
     #[arg(long, value_name = "N")]
     pub http_max_connections: Option<usize>,
+    /// Bearer tokens of the HTTP API as NAME:ROLE:SHA256, comma separated
+    /// or repeated (`jetsaga config new-token` makes one); replaces the
+    /// file's list [env: JETSAGA_HTTP_TOKENS] [default: none, every route
+    /// open]
+    #[arg(long, value_name = "NAME:ROLE:SHA256", value_delimiter = ',')]
+    pub http_tokens: Option<Vec<HttpToken>>,
+    /// Serve the HTTP API on an address other than loopback without
+    /// tokens, behind a proxy that authenticates [env:
+    /// JETSAGA_HTTP_INSECURE] [default: false]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub http_insecure: Option<bool>,
+    /// PEM certificate chain of the HTTP API: with --http-tls-key, it
+    /// serves HTTPS [env: JETSAGA_HTTP_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key of --http-tls-cert [env: JETSAGA_HTTP_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub http_tls_key: Option<PathBuf>,
     /// This engine's id in the cluster [env: JETSAGA_ENGINE_ID] [default:
     /// the host name and a random suffix, kept in the data directory]
     #[arg(long, value_name = "ID")]
@@ -548,9 +585,8 @@ impl Cli {
     /// configuration before its error).
     pub fn load_config(&mut self, env: &Env) -> Result<&Loaded, ConfigError> {
         let (defaults, engine) = match &self.command {
-            Command::Server(args) | Command::Config(ConfigCommand::Check(args)) => {
-                (Config::default(), Some(&args.engine))
-            }
+            Command::Server(args) => (Config::default(), Some(&args.engine)),
+            Command::Config(ConfigCommand::Check(args)) => (Config::default(), Some(&args.engine)),
             Command::Dev(args) => (dev_defaults(), Some(&args.engine)),
             Command::Def(_)
             | Command::Saga(_)
@@ -558,6 +594,7 @@ impl Cli {
             | Command::Cluster(_)
             | Command::Events(_)
             | Command::Deps(_)
+            | Command::Config(ConfigCommand::NewToken { .. })
             | Command::Store(_) => (Config::default(), None),
         };
         let file = self
@@ -621,6 +658,10 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
         layer.http_header_timeout = args.http_header_timeout;
         layer.http_body_timeout = args.http_body_timeout;
         layer.http_max_connections = args.http_max_connections;
+        layer.http_tokens = args.http_tokens.clone();
+        layer.http_insecure = args.http_insecure;
+        layer.http_tls_cert = args.http_tls_cert.clone();
+        layer.http_tls_key = args.http_tls_key.clone();
         layer.engine_id = args.engine_id.clone();
         layer.lease_ttl = args.lease_ttl;
         layer.lease_renew = args.lease_renew;
@@ -712,6 +753,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Breaker(cmd) => breaker(&cli, cmd).await,
         Command::Cluster(cmd) => cluster(&cli, cmd).await,
         Command::Config(ConfigCommand::Check(_)) => config_check(&cli),
+        Command::Config(ConfigCommand::NewToken { role, name }) => {
+            new_token(*role, name.as_deref(), cli.output)
+        }
         Command::Events(cmd) => events(&cli, cmd).await,
         Command::Store(StoreCommand::Compact(args)) => {
             store_compact(&cli.loaded().config.data_dir, args.keep_old, cli.output).await
@@ -970,21 +1014,65 @@ fn config_check(cli: &Cli) -> anyhow::Result<i32> {
     let checked = loaded
         .config
         .validate()
-        .and_then(|()| jetsaga_engine::config::connect_options(&loaded.config.nats).map(drop));
+        .and_then(|()| jetsaga_engine::config::connect_options(&loaded.config.nats).map(drop))
+        .map_err(|e| (e.code(), e.to_string()))
+        .and_then(|()| {
+            jetsaga_engine::api::http::Security::of(&loaded.config)
+                .map(drop)
+                .map_err(|e| (ErrorCode::HttpTls, e.to_string()))
+        });
     match cli.output {
         Output::Table => print!("{}", loaded.annotated_yaml()),
         Output::Json => {
             let mut report = loaded.to_json();
             report["valid"] = checked.is_ok().into();
-            if let Err(e) = &checked {
-                report["error"] = serde_json::json!({"code": e.code(), "message": e.to_string()});
+            if let Err((code, message)) = &checked {
+                report["error"] = serde_json::json!({"code": code, "message": message});
             }
             print_json(&report)?;
         }
     }
-    checked?;
+    if let Err((_, message)) = checked {
+        anyhow::bail!(message);
+    }
     if cli.output == Output::Table {
         eprintln!("ok: the configuration is valid");
+    }
+    Ok(0)
+}
+
+/// `jetsaga config new-token`: a fresh token and its configuration entry.
+fn new_token(role: Role, name: Option<&str>, output: Output) -> anyhow::Result<i32> {
+    let token = auth::new_token();
+    let digest = auth::TokenDigest::of(&token);
+    let name = name.map_or_else(
+        || format!("{role}-{}", &digest.to_string()[..8]),
+        str::to_string,
+    );
+    let entry = HttpToken {
+        name,
+        role,
+        sha256: digest,
+    };
+    auth::validate(std::slice::from_ref(&entry))
+        .map_err(|e| ConfigError::Invalid(e.replace("http_tokens: name", "--name")))?;
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "name": entry.name,
+            "role": entry.role,
+            "token": token,
+            "sha256": entry.sha256,
+            "yaml": entry.yaml_line(),
+            "env": format!("JETSAGA_HTTP_TOKENS={entry}"),
+        }))?,
+        Output::Table => {
+            println!("token:  {token}");
+            println!("yaml:   {}", entry.yaml_line());
+            println!("env:    JETSAGA_HTTP_TOKENS={entry}");
+            eprintln!(
+                "keep the token secret: it is shown only now, and the engine keeps only its SHA-256. Put the yaml line under `http_tokens:` in the configuration file (or the env form, comma separated, in JETSAGA_HTTP_TOKENS); callers send `Authorization: Bearer <token>`."
+            );
+        }
     }
     Ok(0)
 }
@@ -1472,7 +1560,10 @@ mod tests {
         for key in KEYS {
             let value = match *key {
                 "nats.url" => "nats://flag:4222",
-                "nats.tls.required" => "true",
+                "nats.tls.required" | "http_insecure" => "true",
+                "http_tokens" => {
+                    "ops:operate:0101010101010101010101010101010101010101010101010101010101010101"
+                }
                 "max_payload"
                 | "batch_size"
                 | "replicas"
@@ -1510,6 +1601,22 @@ mod tests {
         }
         assert_eq!(loaded.config.log_format, LogFormat::Json);
         assert!(loaded.config.nats.tls.required);
+        assert!(loaded.config.http_insecure);
+        assert_eq!(loaded.config.http_tokens[0].role, Role::Operate);
+        // Tokens may be repeated as well as comma separated.
+        let digest = "02".repeat(32);
+        let (a, b) = (
+            format!("a:read:{digest}"),
+            format!("b:admin:{}", "03".repeat(32)),
+        );
+        let loaded = load(&["server", "--http-tokens", &a, "--http-tokens", &b], &[]);
+        let names: Vec<&str> = loaded
+            .config
+            .http_tokens
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]

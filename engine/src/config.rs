@@ -41,6 +41,7 @@ pub use nats::{
 };
 pub use show::KEYS;
 
+use crate::api::auth::{self, HttpToken};
 use crate::retention::Retention;
 use jetsaga_core::saga::definition::{self, DefinitionLimits};
 use jetsaga_protocol::{self as protocol, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, ErrorCode};
@@ -112,6 +113,18 @@ pub struct Config {
     /// Most HTTP connections open at once; more are answered 503
     /// `E-TOO-MANY-CONNECTIONS` and closed.
     pub http_max_connections: usize,
+    /// Bearer tokens of the HTTP API, each with a name and a role, kept as
+    /// SHA-256 digests ([`crate::api::auth`]). With none, every HTTP route
+    /// is open.
+    pub http_tokens: Vec<HttpToken>,
+    /// Lets the HTTP API listen on an address other than loopback without
+    /// tokens, for a listener behind a proxy that authenticates.
+    pub http_insecure: bool,
+    /// PEM file of the HTTP API's certificate chain; with `http_tls_key`,
+    /// the listener speaks HTTPS.
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of `http_tls_cert`.
+    pub http_tls_key: Option<PathBuf>,
     /// This engine's id in the cluster; by default one made at the first
     /// start from the host name and kept in the data directory.
     pub engine_id: Option<String>,
@@ -155,6 +168,10 @@ impl Default for Config {
             http_listen: None,
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(30),
+            http_tokens: Vec::new(),
+            http_insecure: false,
+            http_tls_cert: None,
+            http_tls_key: None,
             engine_id: None,
             lease_ttl: Duration::from_secs(3),
             lease_renew: Duration::from_secs(1),
@@ -194,6 +211,16 @@ pub enum ConfigError {
         /// What is wrong, with the line and column when known.
         message: String,
     },
+    /// The HTTP API would listen on an address other than loopback with no
+    /// token configured: anyone who reaches it could run every operation.
+    #[error(
+        "{code}: http_listen {addr} is not a loopback address and no http_tokens are configured, so anyone who reaches it could start, cancel, delete and redefine sagas; configure http_tokens (`jetsaga config new-token --role admin`), listen on 127.0.0.1, or pass --http-insecure (http_insecure: true) when a proxy that authenticates stands in front",
+        code = ErrorCode::HttpInsecure
+    )]
+    InsecureHttp {
+        /// The address.
+        addr: String,
+    },
     /// A `JETSAGA_*` environment variable does not parse.
     #[error("{code}: {var}: {message}", code = ErrorCode::ConfigEnv)]
     Env {
@@ -211,6 +238,7 @@ impl ConfigError {
             ConfigError::Invalid(_) => ErrorCode::Config,
             ConfigError::File { .. } => ErrorCode::ConfigFile,
             ConfigError::Env { .. } => ErrorCode::ConfigEnv,
+            ConfigError::InsecureHttp { .. } => ErrorCode::HttpInsecure,
         }
     }
 }
@@ -313,6 +341,24 @@ impl Config {
                 )));
             }
         }
+        self.validate_http_access()
+    }
+
+    /// The checks of `http_tokens`, `http_tls_*` and `http_insecure`.
+    fn validate_http_access(&self) -> Result<(), ConfigError> {
+        auth::validate(&self.http_tokens).map_err(ConfigError::Invalid)?;
+        if self.http_tls_cert.is_some() != self.http_tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "http_tls_cert and http_tls_key go together: set both for HTTPS, or neither".into(),
+            ));
+        }
+        if let Some(addr) = &self.http_listen
+            && !is_loopback(addr)
+            && self.http_tokens.is_empty()
+            && !self.http_insecure
+        {
+            return Err(ConfigError::InsecureHttp { addr: addr.clone() });
+        }
         Ok(())
     }
 
@@ -336,6 +382,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether the host of `addr` (`HOST:PORT`) is a loopback address
+/// (`127.0.0.0/8`, `::1`) or `localhost`; any other name counts as not.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Durations as humantime strings (`2m`, `10s`), as files take them.

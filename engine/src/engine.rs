@@ -71,6 +71,9 @@ pub enum EngineError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The HTTP API's certificate or key cannot be used.
+    #[error(transparent)]
+    HttpTls(#[from] api::https::TlsError),
     /// A definition file is invalid.
     #[error("{0}")]
     Definition(String),
@@ -367,6 +370,7 @@ enum Term {
 /// Runs the engine until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), EngineError> {
     config.validate()?;
+    let http_security = api::http::Security::of(&config)?;
     metrics::install();
     let files = read_definition_files(&config.definitions, &config.definition_limits())?;
     let store = Arc::new(SledStore::open(&config.data_dir)?);
@@ -426,7 +430,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             let bound = listener
                 .local_addr()
                 .map_or_else(|_| addr.clone(), |a| a.to_string());
-            tracing::info!(addr = %bound, "http listening");
+            tracing::info!(
+                addr = %bound,
+                tls = http_security.tls.is_some(),
+                tokens = config.http_tokens.len(),
+                "http listening"
+            );
             Some(listener)
         }
         None => None,
@@ -477,9 +486,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             doors_stop.clone(),
         );
         doors.spawn(async move {
-            if let Err(e) =
-                api::http::serve(listener, service, client, max_payload, limits, stop).await
-            {
+            let served = api::http::serve(
+                listener,
+                service,
+                client,
+                max_payload,
+                limits,
+                http_security,
+                stop,
+            );
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });

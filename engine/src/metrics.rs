@@ -22,6 +22,7 @@
 //! | `saga_compensations_total` | counter | `saga_name`, `step`, `service`, `outcome` (compensation attempts) |
 //! | `saga_queue_depth` | gauge | `service` |
 //! | `engine_rejected_messages_total` | counter | `reason` |
+//! | `engine_http_auth_refused_total` | counter | `reason` (`missing`, `malformed`, `unknown`, `forbidden`: [`crate::api::auth`]) |
 //! | `engine_publish_duplicates_total` | counter | |
 //! | `engine_events_total` | counter | `type` (lifecycle events committed to the outbox) |
 //! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
@@ -77,6 +78,8 @@ pub const COMPENSATIONS: &str = "saga_compensations_total";
 pub const QUEUE_DEPTH: &str = "saga_queue_depth";
 /// Messages the engine refused (counter).
 pub const REJECTED: &str = "engine_rejected_messages_total";
+/// HTTP requests refused for their bearer token, by reason (counter).
+pub const HTTP_AUTH_REFUSED: &str = "engine_http_auth_refused_total";
 /// Lifecycle events committed to the outbox, by type suffix (counter).
 pub const EVENTS: &str = "engine_events_total";
 /// Outbox rows JetStream reported as duplicates (counter).
@@ -177,6 +180,10 @@ fn describe() {
         "Messages and requests the engine refused, by reason"
     );
     describe_counter!(
+        HTTP_AUTH_REFUSED,
+        "HTTP requests refused for their bearer token: missing, malformed, unknown, or of a role below the route's (forbidden)"
+    );
+    describe_counter!(
         EVENTS,
         "Lifecycle events (CloudEvents) committed to the outbox with their transition, by type"
     );
@@ -266,6 +273,14 @@ fn describe() {
     for kind in crate::events::type_suffixes() {
         metrics::counter!(EVENTS, "type" => kind).increment(0);
     }
+    for reason in crate::api::auth::Refusal::REASONS {
+        metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason).increment(0);
+    }
+}
+
+/// Counts an HTTP request refused for its bearer token.
+pub fn http_auth_refused(reason: &'static str) {
+    metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason).increment(1);
 }
 
 /// The fixed `reason`s of [`REJECTED`], each created at zero when the

@@ -116,6 +116,8 @@ error_codes! {
     Journal = "E-JOURNAL", 500, "a partition's journal cannot be read, written or applied";
     Deposed = "E-DEPOSED", 500, "another engine took over a partition this engine led";
     HttpListen = "E-HTTP-LISTEN", 500, "the HTTP API cannot listen on its address";
+    HttpInsecure = "E-HTTP-INSECURE", 500, "the HTTP API would listen on an address other than loopback with no token configured";
+    HttpTls = "E-HTTP-TLS", 500, "the HTTP API's certificate or key cannot be read or used";
     // `jetsaga dev`.
     DevNoNats = "E-DEV-NO-NATS", 500, "no nats-server binary was found";
     DevNatsStart = "E-DEV-NATS-START", 500, "the nats-server child could not be started or did not become ready";
@@ -130,6 +132,8 @@ error_codes! {
     InvalidDefinition = "E-INVALID-DEFINITION", 422, "an applied definition does not validate";
     UnsupportedMediaType = "E-UNSUPPORTED-MEDIA-TYPE", 415, "an HTTP body without a JSON (or YAML) content type";
     MethodNotAllowed = "E-METHOD-NOT-ALLOWED", 405, "the HTTP route does not take this method";
+    Unauthenticated = "E-UNAUTHENTICATED", 401, "an HTTP request without a bearer token, with a malformed one, or with one the engine does not know";
+    Forbidden = "E-FORBIDDEN", 403, "the HTTP request's token has a role below the one the route needs";
     Unavailable = "E-UNAVAILABLE", 503, "the engine is shutting down or not ready";
     NoLeader = "E-NO-LEADER", 503, "no engine leads the partition the request needs (a takeover is in progress)";
     ReplyTooLarge = "E-REPLY-TOO-LARGE", 500, "the answer is larger than the NATS connection's max payload";
@@ -229,6 +233,8 @@ mod tests {
             (BadInput, 400),
             (NotFound, 404),
             (MethodNotAllowed, 405),
+            (Unauthenticated, 401),
+            (Forbidden, 403),
             (NotApplicable, 409),
             (IdempotencyConflict, 409),
             (SagaDisabled, 409),
@@ -295,6 +301,8 @@ mod tests {
         ErrorCode::InvalidDefinition,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
         ErrorCode::Unavailable,
         ErrorCode::NoLeader,
         ErrorCode::ReplyTooLarge,

@@ -677,6 +677,11 @@ async fn a_fresh_engine_exports_known_counters_at_zero() {
                 .iter()
                 .map(|t| format!(r#"engine_events_total{{type="{t}"}}"#)),
         )
+        .chain(
+            ["missing", "malformed", "unknown", "forbidden"]
+                .iter()
+                .map(|r| format!(r#"engine_http_auth_refused_total{{reason="{r}"}}"#)),
+        )
         .chain([
             "engine_publish_duplicates_total".to_string(),
             "engine_pruned_sagas_total".to_string(),

@@ -29,10 +29,20 @@
 //! | `GET /openapi.json` | the OpenAPI document |
 //! | `GET /metrics` | Prometheus metrics, text exposition format ([`crate::metrics`]) |
 //!
+//! When tokens are configured (`http_tokens`, [`super::auth`]), every route
+//! but `/health`, `/ready`, `/metrics` and `/openapi.json` needs
+//! `Authorization: Bearer <token>` of the role the route table gives it:
+//! 401 `E-UNAUTHENTICATED` without a known token, 403 `E-FORBIDDEN` below
+//! the role. Those four stay open for probes and scrapers; none of them
+//! reveals a saga, and the OpenAPI document is the public contract. With
+//! `http_tls_cert` and `http_tls_key` the listener speaks HTTPS
+//! ([`super::https`]).
+//!
 //! Request bodies must be sent with a JSON (or, for definitions, YAML)
 //! `Content-Type`: besides telling the formats apart, that keeps a web page
 //! from posting to an engine on `localhost` without a CORS preflight.
 
+use super::auth::{Caller, Refusal, Role, Tokens};
 use super::{Api, view};
 use axum::Router;
 use axum::body::Bytes;
@@ -40,6 +50,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use hyper::server::conn::http1;
@@ -58,8 +69,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -115,12 +128,28 @@ struct Route {
     method: Method,
     /// Path, with `{name}` for path parameters.
     path: &'static str,
+    /// The role a token needs to call it when tokens are configured; `None`
+    /// for the routes that stay open.
+    role: Option<Role>,
     /// The handler, to be routed for a method.
     handler: Box<dyn FnOnce(MethodFilter) -> MethodRouter<HttpState>>,
 }
 
 impl Route {
-    fn new<H, T>(method: Method, path: &'static str, handler: H) -> Route
+    /// A route callers of `role` and above may call.
+    fn new<H, T>(method: Method, path: &'static str, role: Role, handler: H) -> Route
+    where
+        H: Handler<T, HttpState>,
+        T: 'static,
+    {
+        Route {
+            role: Some(role),
+            ..Route::open(method, path, handler)
+        }
+    }
+
+    /// A route anyone may call, tokens or not.
+    fn open<H, T>(method: Method, path: &'static str, handler: H) -> Route
     where
         H: Handler<T, HttpState>,
         T: 'static,
@@ -128,6 +157,7 @@ impl Route {
         Route {
             method,
             path,
+            role: None,
             handler: Box::new(move |filter| on(filter, handler)),
         }
     }
@@ -137,29 +167,36 @@ impl Route {
 /// and a test checks that it and the OpenAPI document ([`openapi`]) name
 /// the same routes.
 fn routes() -> Vec<Route> {
+    use Role::{Admin, Operate, Read};
     vec![
-        Route::new(Method::POST, "/v1/sagas", start_saga),
-        Route::new(Method::GET, "/v1/sagas", list_sagas),
-        Route::new(Method::GET, "/v1/sagas/{id}", get_saga),
-        Route::new(Method::GET, "/v1/sagas/by-key/{key}", get_saga_by_key),
-        Route::new(Method::GET, "/v1/stats", saga_stats),
-        Route::new(Method::POST, "/v1/sagas/{id}/cancel", cancel_saga),
-        Route::new(Method::POST, "/v1/sagas/{id}/retry", retry_saga),
-        Route::new(Method::DELETE, "/v1/sagas/{id}", delete_saga),
-        Route::new(Method::GET, "/v1/definitions", list_definitions),
-        Route::new(Method::POST, "/v1/definitions", apply_definitions),
+        Route::new(Method::POST, "/v1/sagas", Operate, start_saga),
+        Route::new(Method::GET, "/v1/sagas", Read, list_sagas),
+        Route::new(Method::GET, "/v1/sagas/{id}", Read, get_saga),
+        Route::new(Method::GET, "/v1/sagas/by-key/{key}", Read, get_saga_by_key),
+        Route::new(Method::GET, "/v1/stats", Read, saga_stats),
+        Route::new(Method::POST, "/v1/sagas/{id}/cancel", Operate, cancel_saga),
+        Route::new(Method::POST, "/v1/sagas/{id}/retry", Operate, retry_saga),
+        Route::new(Method::DELETE, "/v1/sagas/{id}", Operate, delete_saga),
+        Route::new(Method::GET, "/v1/definitions", Read, list_definitions),
+        Route::new(Method::POST, "/v1/definitions", Admin, apply_definitions),
         Route::new(
             Method::POST,
             "/v1/definitions/validate",
+            Admin,
             validate_definitions,
         ),
-        Route::new(Method::GET, "/v1/breakers", list_breakers),
-        Route::new(Method::GET, "/v1/breakers/{service}", get_breaker),
-        Route::new(Method::POST, "/v1/breakers/{service}/reset", reset_breaker),
-        Route::new(Method::GET, "/health", health),
-        Route::new(Method::GET, "/ready", ready),
-        Route::new(Method::GET, "/openapi.json", openapi_json),
-        Route::new(Method::GET, "/metrics", prometheus_metrics),
+        Route::new(Method::GET, "/v1/breakers", Read, list_breakers),
+        Route::new(Method::GET, "/v1/breakers/{service}", Read, get_breaker),
+        Route::new(
+            Method::POST,
+            "/v1/breakers/{service}/reset",
+            Admin,
+            reset_breaker,
+        ),
+        Route::open(Method::GET, "/health", health),
+        Route::open(Method::GET, "/ready", ready),
+        Route::open(Method::GET, "/openapi.json", openapi_json),
+        Route::open(Method::GET, "/metrics", prometheus_metrics),
     ]
 }
 
@@ -171,6 +208,7 @@ fn router(
     nats: async_nats::Client,
     max_payload: usize,
     body_timeout: Duration,
+    tokens: Tokens,
     shutdown: CancellationToken,
 ) -> Router {
     let body_limit = max_payload.saturating_add(BODY_HEADROOM);
@@ -190,7 +228,7 @@ fn router(
         body_timeout,
         openapi: Bytes::from(openapi),
     };
-    routed()
+    routed(&Arc::new(tokens))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -198,13 +236,100 @@ fn router(
 }
 
 /// A router with every route of [`routes`], each under the method and
-/// path the table gives, waiting for its state.
-fn routed() -> Router<HttpState> {
+/// path the table gives and behind a [`Guard`] of its role, waiting for
+/// its state.
+fn routed(tokens: &Arc<Tokens>) -> Router<HttpState> {
     routes().into_iter().fold(Router::new(), |router, route| {
         let filter = MethodFilter::try_from(route.method.clone())
             .unwrap_or_else(|e| panic!("route {} {}: {e}", route.method, route.path));
-        router.route(route.path, (route.handler)(filter))
+        let mut handler = (route.handler)(filter);
+        if let Some(needs) = route.role {
+            let guard = Guard {
+                tokens: tokens.clone(),
+                needs,
+            };
+            handler = handler.route_layer(middleware::from_fn_with_state(guard, authorize));
+        }
+        router.route(route.path, handler)
     })
+}
+
+/// What a route's guard knows: the tokens, and the role the route needs.
+#[derive(Clone)]
+struct Guard {
+    tokens: Arc<Tokens>,
+    needs: Role,
+}
+
+/// Lets a request through to its route when its bearer token has the
+/// route's role (or no tokens are configured), and logs who made a request
+/// that changes something; refuses it otherwise, before its body is read.
+async fn authorize(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default());
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    match guard.tokens.check(authorization, guard.needs) {
+        Ok(None) => next.run(request).await,
+        Ok(Some(Caller { name, role })) => {
+            let response = next.run(request).await;
+            if !method.is_safe() {
+                tracing::info!(
+                    token = %name,
+                    %role,
+                    %method,
+                    path,
+                    status = response.status().as_u16(),
+                    "http request"
+                );
+            }
+            response
+        }
+        Err(refusal) => refuse_caller(&refusal, &method, &path),
+    }
+}
+
+/// The answer to a request its token may not make: 401 with
+/// `WWW-Authenticate: Bearer` (RFC 6750) or 403; counted by reason.
+fn refuse_caller(refusal: &Refusal, method: &Method, path: &str) -> Response {
+    crate::metrics::http_auth_refused(refusal.reason());
+    let (code, message, challenge) = match refusal {
+        Refusal::Missing => (
+            ErrorCode::Unauthenticated,
+            format!(
+                "{method} {path} needs a bearer token (`Authorization: Bearer <token>`); `jetsaga config new-token` makes one"
+            ),
+            "Bearer realm=\"jetsaga\"",
+        ),
+        Refusal::Malformed => (
+            ErrorCode::Unauthenticated,
+            "the Authorization header is not `Bearer <token>`".to_string(),
+            "Bearer realm=\"jetsaga\", error=\"invalid_request\"",
+        ),
+        Refusal::Unknown => (
+            ErrorCode::Unauthenticated,
+            "the bearer token is none of the engine's http_tokens".to_string(),
+            "Bearer realm=\"jetsaga\", error=\"invalid_token\"",
+        ),
+        Refusal::Forbidden { caller, needs } => (
+            ErrorCode::Forbidden,
+            format!(
+                "token {} has role {}; {method} {path} needs {needs} or above",
+                caller.name, caller.role
+            ),
+            "",
+        ),
+    };
+    let mut response = HttpError::new(code, message).into_response();
+    if !challenge.is_empty() {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    response
 }
 
 /// What bounds the HTTP API's connections (`http_*` in the configuration).
@@ -233,12 +358,37 @@ impl Limits {
     }
 }
 
+/// Who may call the HTTP API and how connections are protected
+/// (`http_tokens`, `http_tls_*` in the configuration).
+#[derive(Clone, Default)]
+pub struct Security {
+    /// The bearer tokens; none leaves every route open.
+    pub tokens: Tokens,
+    /// TLS on every connection, when set.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Security {
+    /// What the configuration sets, its certificate and key read now.
+    pub fn of(config: &crate::config::Config) -> Result<Security, super::https::TlsError> {
+        let tls = match (&config.http_tls_cert, &config.http_tls_key) {
+            (Some(cert), Some(key)) => Some(super::https::acceptor(cert, key)?),
+            _ => None,
+        };
+        Ok(Security {
+            tokens: Tokens::new(&config.http_tokens),
+            tls,
+        })
+    }
+}
+
 /// Serves the HTTP API on `listener` until `shutdown`, then lets requests
 /// in flight finish (at most [`DRAIN_TIMEOUT`]) and returns.
 ///
 /// Each connection is served by hyper's HTTP/1 connection with a header
-/// read timeout; a semaphore of `limits.max_connections` permits bounds
-/// how many are open, and a connection that finds none is refused
+/// read timeout, after a TLS handshake (bounded by the same timeout) when
+/// `security.tls` is set; a semaphore of `limits.max_connections` permits
+/// bounds how many are open, and a connection that finds none is refused
 /// ([`refuse`]).
 pub async fn serve(
     listener: TcpListener,
@@ -246,6 +396,7 @@ pub async fn serve(
     nats: async_nats::Client,
     max_payload: usize,
     limits: Limits,
+    security: Security,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (gate, api) = watch::channel(Some(api));
@@ -254,8 +405,10 @@ pub async fn serve(
         nats,
         max_payload,
         limits.body_timeout,
+        security.tokens,
         shutdown.clone(),
     );
+    let tls = security.tls;
     let service = TowerToHyperService::new(app);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
@@ -278,22 +431,37 @@ pub async fn serve(
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            connections.spawn(refuse(stream, limits.max_connections));
+            let tls = tls.clone();
+            connections.spawn(async move {
+                match tls {
+                    None => refuse(stream, limits.max_connections).await,
+                    Some(tls) => {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(REFUSAL_TIMEOUT, tls.accept(stream)).await
+                        {
+                            refuse(stream, limits.max_connections).await;
+                        }
+                    }
+                }
+            });
             continue;
         };
-        let conn = http1.serve_connection(TokioIo::new(stream), service.clone());
-        let shutdown = shutdown.clone();
+        let (http1, service, shutdown, tls) = (
+            http1.clone(),
+            service.clone(),
+            shutdown.clone(),
+            tls.clone(),
+        );
         connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => serve_connection(&http1, stream, service, shutdown).await,
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(&http1, stream, service, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP connection closed");
             }
             drop(permit);
         });
@@ -311,6 +479,30 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves one connection (plain TCP or TLS) until it ends, or gracefully
+/// once `shutdown` is cancelled.
+async fn serve_connection<S>(
+    http1: &http1::Builder,
+    stream: S,
+    service: TowerToHyperService<Router>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection closed");
+    }
+}
+
 /// How long the accept loop pauses after an accept error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -320,7 +512,7 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Answers a connection over the limit 503 `E-TOO-MANY-CONNECTIONS`,
 /// counts it, and closes it once the client has read the answer (or after
 /// [`REFUSAL_TIMEOUT`]), so that the answer is not lost to a reset.
-async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, max: usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let code = ErrorCode::TooManyConnections;
     let message = format!(
@@ -1447,7 +1639,7 @@ mod tests {
             "documented routes the router does not serve: {unserved:?}"
         );
         // Building the router checks that no two routes overlap.
-        let _ = routed();
+        let _ = routed(&Arc::default());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   [`Op`]); replies are [`ApiReply`] JSON envelopes. The engine serves them
 //!   in the queue group `jetsaga-engine`, so several engines could share the
 //!   load.
-//! - [`http`]: JSON over HTTP under `/v1`, documented at `/openapi.json`.
+//! - [`http`]: JSON over HTTP under `/v1`, documented at `/openapi.json`;
+//!   [`auth`] says which bearer tokens may call which of its routes.
 //!
 //! Requests and replies are the messages of [`jetsaga_protocol::api`];
 //! [`view`] turns the engine's records into them.
@@ -39,9 +40,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod auth;
 #[cfg(test)]
 mod golden;
 pub mod http;
+pub mod https;
 pub mod route;
 mod stats;
 pub mod view;

@@ -4,6 +4,7 @@
 
 use super::nats::{Nkey, Secret};
 use super::{Config, ConfigError, LogFormat};
+use crate::api::auth::HttpToken;
 use crate::retention::Retention;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -63,6 +64,14 @@ pub struct Layer {
     pub http_body_timeout: Option<Duration>,
     /// `http_max_connections`.
     pub http_max_connections: Option<usize>,
+    /// `http_tokens` (replaces, does not extend, what lower layers gave).
+    pub http_tokens: Option<Vec<HttpToken>>,
+    /// `http_insecure`.
+    pub http_insecure: Option<bool>,
+    /// `http_tls_cert`.
+    pub http_tls_cert: Option<PathBuf>,
+    /// `http_tls_key`.
+    pub http_tls_key: Option<PathBuf>,
     /// `engine_id`.
     pub engine_id: Option<String>,
     /// `lease_ttl`.
@@ -208,7 +217,8 @@ impl Env {
 
 impl Layer {
     /// The settings given by `JETSAGA_*` environment variables, one per key
-    /// (see [`env_var`]); `JETSAGA_DEFINITIONS` is comma separated.
+    /// (see [`env_var`]); `JETSAGA_DEFINITIONS` is comma separated, and so
+    /// is `JETSAGA_HTTP_TOKENS` (`name:role:sha256,...`).
     pub fn from_env(env: &Env) -> Result<Layer, ConfigError> {
         let duration = |v: &str| humantime::parse_duration(v.trim()).map_err(|e| e.to_string());
         let bool = |v: &str| match v.trim().to_ascii_lowercase().as_str() {
@@ -259,6 +269,10 @@ impl Layer {
             http_header_timeout: env.parse_with("http_header_timeout", duration)?,
             http_body_timeout: env.parse_with("http_body_timeout", duration)?,
             http_max_connections: env.parse("http_max_connections")?,
+            http_tokens: env.parse_with("http_tokens", HttpToken::parse_list)?,
+            http_insecure: env.parse_with("http_insecure", bool)?,
+            http_tls_cert: env.string("http_tls_cert").map(PathBuf::from),
+            http_tls_key: env.string("http_tls_key").map(PathBuf::from),
             engine_id: env.string("engine_id"),
             lease_ttl: env.parse_with("lease_ttl", duration)?,
             lease_renew: env.parse_with("lease_renew", duration)?,
@@ -406,6 +420,18 @@ impl Layer {
             "http_max_connections",
             config.http_max_connections,
             self.http_max_connections
+        );
+        set!("http_tokens", config.http_tokens, self.http_tokens);
+        set!("http_insecure", config.http_insecure, self.http_insecure);
+        set!(
+            "http_tls_cert",
+            config.http_tls_cert,
+            self.http_tls_cert.map(Some)
+        );
+        set!(
+            "http_tls_key",
+            config.http_tls_key,
+            self.http_tls_key.map(Some)
         );
         set!("engine_id", config.engine_id, self.engine_id.map(Some));
         set!("lease_ttl", config.lease_ttl, self.lease_ttl);

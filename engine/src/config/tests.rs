@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::auth::Role;
 use std::path::Path;
 
 fn yaml(text: &str) -> Layer {
@@ -29,7 +30,8 @@ fn sample(key: &str, which: u8) -> String {
     match key {
         "nats.url" => format!("nats://host{which}:4222"),
         "nats.nkey" => format!("/etc/jetsaga/user{which}.nk"),
-        "nats.tls.required" => "true".into(),
+        "nats.tls.required" | "http_insecure" => "true".into(),
+        "http_tokens" => format!("t{which}:operate:{}", "ab".repeat(32)),
         "max_payload" => format!("{}", 2048 + u32::from(which)),
         "duplicate_window" | "ack_wait" | "http_header_timeout" | "http_body_timeout" => {
             format!("{}s", 30 + which)
@@ -104,6 +106,15 @@ fn every_key_has_an_environment_variable() {
     assert_eq!(loaded.config.ack_wait, Duration::from_secs(32));
     assert_eq!(loaded.config.log_format, LogFormat::Json);
     assert!(loaded.config.nats.tls.required);
+    assert!(loaded.config.http_insecure);
+    assert_eq!(
+        loaded.config.http_tokens,
+        vec![HttpToken {
+            name: "t2".into(),
+            role: Role::Operate,
+            sha256: "ab".repeat(32).parse().unwrap(),
+        }]
+    );
     assert_eq!(
         loaded.config.nats.nkey,
         Some(Nkey::File("/etc/jetsaga/user2.nk".into()))
@@ -124,7 +135,12 @@ fn every_key_can_be_set_in_a_file() {
         let value = sample(key, 1);
         let value = match *key {
             "definitions" => format!("[{value:?}]"),
+            "http_tokens" => format!(
+                "[{{name: t1, role: read, sha256: \"{}\"}}]",
+                "cd".repeat(32)
+            ),
             "nats.tls.required"
+            | "http_insecure"
             | "max_payload"
             | "batch_size"
             | "replicas"
@@ -470,6 +486,7 @@ fn http_connection_limits_must_be_usable() {
 fn http_listen_is_host_and_port() {
     let with = |addr: &str| Config {
         http_listen: Some(addr.into()),
+        http_insecure: true,
         ..Config::default()
     };
     assert!(Config::default().validate().is_ok());
@@ -559,4 +576,157 @@ fn validation_names_what_is_wrong() {
         ..Config::default()
     };
     assert!(engine_only.validate_client().is_ok());
+}
+
+fn digest(byte: &str) -> String {
+    byte.repeat(32)
+}
+
+#[test]
+fn http_tokens_in_a_file_the_environment_and_flags() {
+    let text = format!(
+        "http_tokens:\n  - {{ name: viewer, role: read, sha256: \"{}\" }}\n  - {{ name: root, role: admin, sha256: \"{}\" }}\n",
+        digest("01"),
+        digest("02")
+    );
+    let loaded = resolve(Some(&text), &[], Layer::default());
+    let tokens = &loaded.config.http_tokens;
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(
+        (tokens[0].name.as_str(), tokens[0].role),
+        ("viewer", Role::Read)
+    );
+    assert_eq!(
+        (tokens[1].name.as_str(), tokens[1].role),
+        ("root", Role::Admin)
+    );
+    assert!(loaded.config.validate().is_ok());
+    // The environment replaces the file's list.
+    let env_value = format!("ops:operate:{}", digest("03"));
+    let loaded = resolve(
+        Some(&text),
+        &[("JETSAGA_HTTP_TOKENS", env_value.as_str())],
+        Layer::default(),
+    );
+    assert_eq!(loaded.config.http_tokens.len(), 1);
+    assert_eq!(loaded.config.http_tokens[0].name, "ops");
+    // What `config check` prints reads back.
+    let again = Config::resolve(
+        Config::default(),
+        Some(("printed.yaml".into(), yaml(&loaded.annotated_yaml()))),
+        &Env::default(),
+        Layer::default(),
+    )
+    .unwrap();
+    assert_eq!(again.config.http_tokens, loaded.config.http_tokens);
+    // Bad values name the variable or the field.
+    for (value, says) in [
+        ("ops:operate", "name:role:sha256"),
+        ("ops:root:00", "unknown role"),
+        ("ops:read:00", "64 hex digits"),
+    ] {
+        let err = Config::resolve(
+            Config::default(),
+            None,
+            &env(&[("JETSAGA_HTTP_TOKENS", value)]),
+            Layer::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ConfigEnv);
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    for (text, says) in [
+        (
+            "http_tokens:\n  - { name: a, role: root, sha256: \"00\" }\n",
+            "read, operate, admin",
+        ),
+        (
+            "http_tokens:\n  - { name: a, role: read, sha256: \"00\" }\n",
+            "64 hex digits",
+        ),
+        ("http_tokens:\n  - { name: a, role: read }\n", "sha256"),
+    ] {
+        let err = Layer::parse_str(text, FileFormat::Yaml).unwrap_err();
+        assert!(err.contains(says), "{says:?} not in {err}");
+    }
+}
+
+#[test]
+fn http_tokens_are_checked_together() {
+    let token = |name: &str, d: &str| HttpToken {
+        name: name.into(),
+        role: Role::Read,
+        sha256: digest(d).parse().unwrap(),
+    };
+    let with = |tokens: Vec<HttpToken>| Config {
+        http_tokens: tokens,
+        ..Config::default()
+    };
+    assert!(
+        with(vec![token("a", "01"), token("b", "02")])
+            .validate()
+            .is_ok()
+    );
+    for (config, says) in [
+        (with(vec![token("a", "01"), token("a", "02")]), "used twice"),
+        (
+            with(vec![token("a", "01"), token("b", "01")]),
+            "digest of another token",
+        ),
+        (with(vec![token("a b", "01")]), "http_tokens: name"),
+    ] {
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Config);
+        assert!(err.to_string().contains(says), "{says:?} not in {err}");
+    }
+    let half = Config {
+        http_tls_cert: Some("cert.pem".into()),
+        ..Config::default()
+    };
+    assert!(
+        half.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("go together")
+    );
+}
+
+#[test]
+fn a_listener_beyond_loopback_needs_tokens_or_http_insecure() {
+    let listen = |addr: &str| Config {
+        http_listen: Some(addr.into()),
+        ..Config::default()
+    };
+    for open in [
+        "127.0.0.1:8080",
+        "127.1.2.3:0",
+        "[::1]:8080",
+        "localhost:80",
+    ] {
+        assert!(listen(open).validate().is_ok(), "{open}");
+    }
+    for exposed in [
+        "0.0.0.0:8080",
+        "[::]:8080",
+        "10.0.0.5:80",
+        "engine.example:8080",
+    ] {
+        let err = listen(exposed).validate().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::HttpInsecure, "{exposed}");
+        let text = err.to_string();
+        assert!(
+            text.contains("--http-insecure") && text.contains(exposed),
+            "{text}"
+        );
+        let insecure = Config {
+            http_insecure: true,
+            ..listen(exposed)
+        };
+        assert!(insecure.validate().is_ok(), "{exposed}");
+        let with_tokens = Config {
+            http_tokens: vec![HttpToken::of("ops", Role::Operate, "t")],
+            ..listen(exposed)
+        };
+        assert!(with_tokens.validate().is_ok(), "{exposed}");
+    }
 }
