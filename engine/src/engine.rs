@@ -631,15 +631,48 @@ enum Unanswered {
     Fatal(EngineError),
 }
 
-/// Gives a lease taken up before the term began (the journal did not
+/// A lease renewed on a task of its own from the moment it is taken, so
+/// that a takeover that takes long (a long journal to catch up, JetStream
+/// electing a leader) does not lose it meanwhile.
+struct Renewal {
+    held: Arc<tokio::sync::Mutex<cluster::Held>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Option<cluster::Lost>>,
+}
+
+impl Renewal {
+    fn start(leases: cluster::Leases, held: cluster::Held) -> Self {
+        let held = Arc::new(tokio::sync::Mutex::new(held));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (held, stop) = (held.clone(), stop.clone());
+            async move {
+                let mut held = held.lock().await;
+                leases.keep(&mut held, &stop).await
+            }
+        });
+        Self { held, stop, task }
+    }
+
+    /// Stops renewing (the task must not have ended) and releases the
+    /// lease, so that another engine takes it at once.
+    async fn release(self, leases: &cluster::Leases) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let held = self.held.lock().await;
+        leases.release(&held).await;
+    }
+}
+
+/// Gives a lease taken up before the term could begin (NATS did not
 /// answer) and goes back to standing by.
 async fn stand_by(
     shared: &Shared,
-    held: &cluster::Held,
-    error: cluster::JournalError,
+    renewal: Renewal,
+    error: impl std::fmt::Display,
 ) -> Result<Term, EngineError> {
-    tracing::warn!(partition = 0, %error, "cannot take over: the journal does not answer; standing by");
-    shared.cluster.leases.release(held).await;
+    tracing::warn!(partition = 0, %error, "cannot take over: NATS does not answer; standing by");
+    renewal.release(&shared.cluster.leases).await;
     Ok(Term::SteppedDown)
 }
 
@@ -648,10 +681,12 @@ async fn stand_by(
 /// while the lease holds, then drain and release it.
 async fn lead(
     shared: &Shared,
-    mut held: cluster::Held,
+    held: cluster::Held,
     shutdown: &CancellationToken,
 ) -> Result<Term, EngineError> {
     let runtime = |e: String| EngineError::Runtime(e);
+    let (epoch, own_previous, expired) = (held.epoch, held.own_previous.clone(), held.expired);
+    let mut renewal = Renewal::start(shared.cluster.leases.clone(), held);
     let config = &shared.config;
     let store = &shared.store;
     let journal = &shared.cluster.journal;
@@ -667,7 +702,7 @@ async fn lead(
     // Catch up with every record of the previous leader.
     let last = match journal.last(0).await {
         Ok(last) => last,
-        Err(e) => return stand_by(shared, &held, e).await,
+        Err(e) => return stand_by(shared, renewal, e).await,
     };
     if let Some(last) = &last {
         let n = match cluster::replica::catch_up(&**store, journal, 0, last, &shared.local.applied)
@@ -675,7 +710,7 @@ async fn lead(
             .map_err(replica)
         {
             Ok(n) => n,
-            Err(Unanswered::Journal(e)) => return stand_by(shared, &held, e).await,
+            Err(Unanswered::Journal(e)) => return stand_by(shared, renewal, e).await,
             Err(Unanswered::Fatal(e)) => return Err(e),
         };
         shared
@@ -703,7 +738,7 @@ async fn lead(
     // Publish again what the previous leader may not have published;
     // unless this engine was that leader and its store holds every record
     // it wrote (with their outbox rows): a restart.
-    let own_records = match (&last, &held.own_previous) {
+    let own_records = match (&last, &own_previous) {
         (Some(last), Some(own)) => {
             own.epoch == last.epoch
                 && shared
@@ -723,7 +758,7 @@ async fn lead(
                 .map_err(replica)
             {
                 Ok(outbox) => outbox,
-                Err(Unanswered::Journal(e)) => return stand_by(shared, &held, e).await,
+                Err(Unanswered::Journal(e)) => return stand_by(shared, renewal, e).await,
                 Err(Unanswered::Fatal(e)) => return Err(e),
             }
         }
@@ -740,7 +775,7 @@ async fn lead(
     };
     let first = cluster::Record {
         number: position.record + 1,
-        epoch: held.epoch,
+        epoch,
         engine: shared.cluster.engine.clone(),
         seeded: last.is_none() && store.sagas_len() > 0,
         outbox_from,
@@ -761,10 +796,10 @@ async fn lead(
             tracing::warn!(
                 "another engine wrote to the journal as this one took the lease; standing by"
             );
-            shared.cluster.leases.release(&held).await;
+            renewal.release(&shared.cluster.leases).await;
             return Ok(Term::SteppedDown);
         }
-        Err(e @ cluster::JournalError::Nats { .. }) => return stand_by(shared, &held, e).await,
+        Err(e @ cluster::JournalError::Nats { .. }) => return stand_by(shared, renewal, e).await,
         Err(e) => return Err(runtime(e.to_string())),
     };
     store.commit_journaled(
@@ -782,7 +817,7 @@ async fn lead(
         .store(first.number, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         partition = 0,
-        epoch = held.epoch,
+        epoch,
         record = first.number,
         restored_outbox = restored,
         "leading partition 0"
@@ -795,44 +830,56 @@ async fn lead(
     let mut writer = crate::partition::JournalWriter::new(
         journal.clone(),
         0,
-        held.epoch,
+        epoch,
         shared.cluster.engine.clone(),
         first.number,
         first_seq,
         marks.clone(),
-    );
+    )
+    .with_applied(shared.local.applied.clone());
     // The outbox rows restored above are unpublished until the relay says
     // otherwise: later records point back at this one until then.
     writer.appended(outbox_from, store.outbox_durable().unwrap_or(0));
 
-    if held.expired {
-        // The previous leader died with results and starts pulled and not
-        // acknowledged: deliver them again now, not after the ack wait.
-        for stream in [
-            shared.subjects.results_stream(),
-            shared.subjects.starts_stream(),
-        ] {
-            if bus::reset_engine_consumer(&shared.js, &shared.subjects, &stream).await? {
-                tracing::info!(stream = %stream, "recreated the engine's consumer: what the previous leader had pulled comes again at once");
+    // The consumers; NATS not answering here (say, electing a stream
+    // leader) sends the engine back to standing by: nothing of the term is
+    // answered yet.
+    let consumers = async {
+        if expired {
+            // The previous leader died with results and starts pulled and
+            // not acknowledged: deliver them again now, not after the ack
+            // wait.
+            for stream in [
+                shared.subjects.results_stream(),
+                shared.subjects.starts_stream(),
+            ] {
+                if bus::reset_engine_consumer(&shared.js, &shared.subjects, &stream).await? {
+                    tracing::info!(stream = %stream, "recreated the engine's consumer: what the previous leader had pulled comes again at once");
+                }
             }
         }
-    }
-    let results = bus::engine_consumer(
-        &shared.js,
-        &shared.subjects,
-        &shared.subjects.results_stream(),
-        shared.subjects.results_wildcard(),
-        config.ack_wait,
-    )
-    .await?;
-    let starts = bus::engine_consumer(
-        &shared.js,
-        &shared.subjects,
-        &shared.subjects.starts_stream(),
-        shared.subjects.starts_wildcard(),
-        config.ack_wait,
-    )
-    .await?;
+        let results = bus::engine_consumer(
+            &shared.js,
+            &shared.subjects,
+            &shared.subjects.results_stream(),
+            shared.subjects.results_wildcard(),
+            config.ack_wait,
+        )
+        .await?;
+        let starts = bus::engine_consumer(
+            &shared.js,
+            &shared.subjects,
+            &shared.subjects.starts_stream(),
+            shared.subjects.starts_wildcard(),
+            config.ack_wait,
+        )
+        .await?;
+        Ok::<_, bus::BusError>((results, starts))
+    };
+    let (results, starts) = match consumers.await {
+        Ok(c) => c,
+        Err(e) => return stand_by(shared, renewal, e).await,
+    };
     let relay_wake = Arc::new(Notify::new());
     let (partition, handle) = Partition::new(
         store.clone(),
@@ -934,7 +981,6 @@ async fn lead(
     ::metrics::gauge!(metrics::STANDBY_LAG_MS).set(0.0);
     shared.ready();
 
-    let lease_stop = CancellationToken::new();
     enum End {
         Shutdown,
         StepDown,
@@ -944,10 +990,11 @@ async fn lead(
     let end = tokio::select! {
         _ = shutdown.cancelled() => End::Shutdown,
         _ = shared.role.step_down_requested() => End::StepDown,
-        lost = shared.cluster.leases.keep(&mut held, &lease_stop) => match lost {
-            Some(lost) => End::Lost(lost),
-            None => End::Shutdown,
-        },
+        lost = &mut renewal.task => End::Lost(
+            lost.ok()
+                .flatten()
+                .unwrap_or_else(|| cluster::Lost::Expired("the renewal stopped".into())),
+        ),
         r = &mut partition_task => End::Partition(r),
     };
     // Drain: the doors stop taking new work for the partition, the
@@ -970,7 +1017,14 @@ async fn lead(
     };
     relay_stop.cancel();
     let _ = relay_task.await;
-    store.flush().await?;
+    if let Err(e) = store.flush().await {
+        renewal.stop.cancel();
+        return Err(e.into());
+    }
+    if !matches!(partition_result, Ok(Ok(()))) {
+        // Exiting: the lease runs out by itself.
+        renewal.stop.cancel();
+    }
     match partition_result {
         Ok(Ok(())) => {}
         Ok(Err(crate::partition::PartitionError::Journal(e))) => {
@@ -989,11 +1043,11 @@ async fn lead(
             Ok(Term::SteppedDown)
         }
         End::Shutdown => {
-            shared.cluster.leases.release(&held).await;
+            renewal.release(&shared.cluster.leases).await;
             Ok(Term::Shutdown)
         }
         End::StepDown | End::Partition(_) => {
-            shared.cluster.leases.release(&held).await;
+            renewal.release(&shared.cluster.leases).await;
             tracing::info!(partition = 0, "stepped down");
             Ok(Term::SteppedDown)
         }

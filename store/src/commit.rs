@@ -109,29 +109,40 @@ impl<'de> Deserialize<'de> for Prior {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The saga's new state (inserted or replaced). Indexes follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga: Option<Saga>,
     /// The stored record `saga` replaces, when the writer knows it
     /// ([`Prior::Unknown`] is always safe: the store then reads it).
+    #[serde(default)]
     pub prior: Prior,
     /// Idempotency key to bind to `saga` (start requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Messages to publish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<OutboxMessage>,
     /// Timers to arm.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timers_add: Vec<TimerRow>,
     /// Timers to disarm, by saga and kind (a missing one is no error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timers_remove: Vec<(String, TimerKind)>,
     /// Rows to add to the start queue, by enqueue sequence ([`jetsaga_core::limits`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queue_add: Vec<(u64, QueuedRow)>,
     /// Rows to remove from the start queue, by enqueue sequence (a missing
     /// one is no error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queue_remove: Vec<u64>,
     /// Tasks to hold ([`jetsaga_core::admission`]), by hold sequence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_add: Vec<(u64, HeldTask)>,
     /// Held tasks to remove (released or dropped), by hold sequence (a
     /// missing one is no error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_remove: Vec<u64>,
     /// Circuit breakers to store, by service; `None` deletes the record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub breakers: Vec<(String, Option<jetsaga_core::admission::Breaker>)>,
 }
 

@@ -28,6 +28,8 @@ pub struct JournalWriter {
     /// Per appended batch: the stream sequence of its first record and the
     /// highest outbox sequence it may hold.
     batches: VecDeque<(u64, u64)>,
+    /// The number of the last record appended, for the engine's heartbeat.
+    applied: Arc<AtomicU64>,
 }
 
 impl JournalWriter {
@@ -53,7 +55,14 @@ impl JournalWriter {
             relayed: marks.relayed,
             journaled: marks.journaled,
             batches: VecDeque::new(),
+            applied: Arc::new(AtomicU64::new(last_number)),
         }
+    }
+
+    /// Keeps `applied` at the number of the last record appended.
+    pub fn with_applied(mut self, applied: Arc<AtomicU64>) -> Self {
+        self.applied = applied;
+        self
     }
 
     /// The next record, its number taken.
@@ -102,6 +111,7 @@ impl JournalWriter {
         let journal = self.journal.clone();
         let partition = self.partition;
         let last_seq = self.last_seq.clone();
+        let applied = self.applied.clone();
         tokio::spawn(async move {
             let mut first = 0;
             for record in &records {
@@ -114,6 +124,7 @@ impl JournalWriter {
                     first = expected + 1;
                 }
                 last_seq.store(seq, Ordering::Release);
+                applied.store(record.number, Ordering::Relaxed);
             }
             Ok(first)
         })
