@@ -41,13 +41,14 @@ pub use nats::{
 };
 pub use show::KEYS;
 
-use crate::api::auth::{self, HttpToken};
+pub mod tokens;
 use crate::retention::Retention;
 use jetsaga_core::saga::definition::{self, DefinitionLimits};
 use jetsaga_protocol::{self as protocol, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
+use tokens::HttpToken;
 
 /// Everything the engine needs to run. Its `Debug` and `Serialize` show
 /// secrets as `***`.
@@ -114,7 +115,7 @@ pub struct Config {
     /// `E-TOO-MANY-CONNECTIONS` and closed.
     pub http_max_connections: usize,
     /// Bearer tokens of the HTTP API, each with a name and a role, kept as
-    /// SHA-256 digests ([`crate::api::auth`]). With none, every HTTP route
+    /// SHA-256 digests ([`tokens`]). With none, every HTTP route
     /// is open.
     pub http_tokens: Vec<HttpToken>,
     /// Lets the HTTP API listen on an address other than loopback without
@@ -346,7 +347,7 @@ impl Config {
 
     /// The checks of `http_tokens`, `http_tls_*` and `http_insecure`.
     fn validate_http_access(&self) -> Result<(), ConfigError> {
-        auth::validate(&self.http_tokens).map_err(ConfigError::Invalid)?;
+        tokens::validate(&self.http_tokens).map_err(ConfigError::Invalid)?;
         if self.http_tls_cert.is_some() != self.http_tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "http_tls_cert and http_tls_key go together: set both for HTTPS, or neither".into(),

@@ -22,7 +22,7 @@
 //! | `saga_compensations_total` | counter | `saga_name`, `step`, `service`, `outcome` (compensation attempts) |
 //! | `saga_queue_depth` | gauge | `service` |
 //! | `engine_rejected_messages_total` | counter | `reason` |
-//! | `engine_http_auth_refused_total` | counter | `reason` (`missing`, `malformed`, `unknown`, `forbidden`: [`crate::api::auth`]) |
+//! | `engine_http_auth_refused_total` | counter | `reason` (`missing`, `malformed`, `unknown`, `forbidden`: [`AUTH_REFUSED_REASONS`]) |
 //! | `engine_publish_duplicates_total` | counter | |
 //! | `engine_events_total` | counter | `type` (lifecycle events committed to the outbox) |
 //! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
@@ -107,6 +107,10 @@ pub const STANDBY_LAG_MS: &str = "engine_standby_lag_milliseconds";
 pub const LEADING: &str = "engine_partitions_led";
 /// Time a partition was without a leader before this engine took it (histogram).
 pub const LEADERLESS: &str = "engine_partition_leaderless_seconds";
+
+/// The `reason`s of the HTTP API's refused requests, each created at zero
+/// (the API's `Refusal::reason`).
+pub const AUTH_REFUSED_REASONS: [&str; 4] = ["missing", "malformed", "unknown", "forbidden"];
 
 /// How often [`poll_gauges`] polls, by default.
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
@@ -273,7 +277,7 @@ fn describe() {
     for kind in crate::events::type_suffixes() {
         metrics::counter!(EVENTS, "type" => kind).increment(0);
     }
-    for reason in crate::api::auth::Refusal::REASONS {
+    for reason in AUTH_REFUSED_REASONS {
         metrics::counter!(HTTP_AUTH_REFUSED, "reason" => reason).increment(0);
     }
 }

@@ -14,10 +14,18 @@
 //! - `sigterm_hands_the_partition_over`: a leader told to stop drains,
 //!   releases the lease and exits 0; a standby leads at once; sagas started
 //!   before and after finish. Prints the handover time.
+//! - `step_down_hands_the_partition_over_and_keeps_the_engine`: `cluster
+//!   step-down 0` moves the partition to another engine; the one that
+//!   stepped down stays up as a standby; sagas started before and after
+//!   finish.
 //! - `a_standby_with_an_empty_data_dir_rebuilds_from_the_journal`: an
 //!   engine started with nothing on disk applies the whole journal, then
 //!   serves every old saga exactly as the first engine did and runs new
 //!   ones once the first is gone.
+//! - `an_empty_engine_starts_from_the_latest_snapshot_and_the_tail`: a
+//!   standby snapshots every few records and trims the journal; an engine
+//!   started with nothing on disk restores the snapshot, applies the tail
+//!   and, once the others are gone, serves every saga as they did.
 //! - `three_engines_started_at_once_with_the_same_definitions`: a cold
 //!   start race: all get ready without errors, exactly one leads, the
 //!   definitions are applied once (version 1), sagas run.
@@ -474,6 +482,63 @@ async fn sigterm_hands_the_partition_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_down_hands_the_partition_over_and_keeps_the_engine() {
+    let seed = seed();
+    println!("ha: seed {seed} (replay with JETSAGA_HA_SEED={seed})");
+    let ha = Ha::with_engines(2).await;
+    let defs = apply_definitions(&ha.client).await;
+    let _workers = ha.workers();
+    let plans = Arc::new(plan(&mut StdRng::seed_from_u64(seed), seed, &defs, 20));
+    let stats = Arc::new(StartStats::default());
+    let before = Starts::spawn(&ha.client, &plans, 0..10, Duration::from_millis(20), &stats);
+    before.wait_started(10).await;
+
+    let leader = ha.leader().await;
+    let offsets = ha.offsets();
+    let asked_at = Instant::now();
+    let reply = ha.client.step_down(0).await.expect("cluster step-down 0");
+    assert_eq!(reply.partition, 0);
+    assert_eq!(reply.released_by, ha.ids[leader], "the leader answers");
+    let (next, _) = ha.wait_for_line(&offsets, LEADING, Some(leader)).await;
+    println!(
+        "ha: step-down of {}; {} leads after {:.2}s",
+        ha.ids[leader],
+        ha.ids[next],
+        asked_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        ha.leader().await,
+        next,
+        "cluster status names the new leader"
+    );
+    assert!(
+        ha.engines[leader].process.try_wait().is_none(),
+        "the engine that stepped down keeps running:\n{}",
+        ha.engines[leader].process.log()
+    );
+    let status = ha.status().await;
+    assert!(
+        status
+            .engines
+            .iter()
+            .any(|e| e.id == ha.ids[leader] && e.partitions.is_empty()),
+        "it beats as a standby: {status:?}"
+    );
+
+    let after = Starts::spawn(
+        &ha.client,
+        &plans,
+        10..20,
+        Duration::from_millis(20),
+        &stats,
+    );
+    let mut started = before.join().await;
+    started.extend(after.join().await);
+    let ids = ids_in_order(&plans, started);
+    ha.judge(&plans, &ids, &format!("seed {seed}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_with_an_empty_data_dir_rebuilds_from_the_journal() {
     let seed = seed();
     let mut ha = Ha::with_engines(1).await;
@@ -531,6 +596,70 @@ async fn a_standby_with_an_empty_data_dir_rebuilds_from_the_journal() {
     }
 
     // And it runs new ones.
+    let new = Starts::spawn(&ha.client, &plans, 20..30, Duration::ZERO, &stats);
+    let new_ids: Vec<String> = new.join().await.into_iter().map(|(_, id)| id).collect();
+    let ids: Vec<String> = old_ids.into_iter().chain(new_ids).collect();
+    ha.judge(&plans, &ids, &format!("seed {seed}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_engine_starts_from_the_latest_snapshot_and_the_tail() {
+    let seed = seed();
+    let mut ha = Ha::with_engines(1).await;
+    // A standby that snapshots every 25 records (and trims the journal).
+    let standby = ha.start_engine(&["--snapshot-every", "25"]);
+    let defs = apply_definitions(&ha.client).await;
+    let _workers = ha.workers();
+    let plans = Arc::new(plan(&mut StdRng::seed_from_u64(seed), seed, &defs, 30));
+    let stats = Arc::new(StartStats::default());
+    let old = Starts::spawn(&ha.client, &plans, 0..20, Duration::ZERO, &stats);
+    let old_ids: Vec<String> = old.join().await.into_iter().map(|(_, id)| id).collect();
+    let before = settle(&ha.client, &old_ids, SETTLE).await;
+    let snapshot = blocking(|| {
+        ha.engines[standby]
+            .process
+            .wait_for_log("snapshot taken", READY)
+    });
+    println!("ha: the standby took a snapshot: {snapshot}");
+
+    // An engine with nothing on disk: the journal's first records are gone,
+    // so it starts from the snapshot.
+    let third = ha.start_engine(&[]);
+    let log = ha.engines[third].process.log();
+    assert!(
+        log.contains("restored the store from the latest snapshot"),
+        "the new engine starts from the snapshot:\n{log}"
+    );
+    wait_until(
+        "the new engine to apply the journal's tail",
+        TAKEOVER,
+        || async {
+            let status = ha.client.cluster_status().await.ok()?;
+            let p = status.partitions.first()?;
+            let applied = *p.applied.get(&ha.ids[third])?;
+            (p.journal_last_record > 0 && applied == p.journal_last_record).then_some(())
+        },
+    )
+    .await;
+
+    // The others go; it serves every old saga as they did, and runs new ones.
+    for i in [0, standby] {
+        let status = blocking(|| ha.engines[i].process.terminate());
+        assert!(
+            status.success(),
+            "engine {} exits 0, got {status}",
+            ha.ids[i]
+        );
+    }
+    assert_eq!(ha.leader().await, third);
+    for id in &old_ids {
+        let now = ha.client.get(id).await.expect("the new leader answers");
+        assert_eq!(
+            serde_json::to_value(&before[id]).expect("detail encodes"),
+            serde_json::to_value(&now).expect("detail encodes"),
+            "saga {id} reads the same from the restored store"
+        );
+    }
     let new = Starts::spawn(&ha.client, &plans, 20..30, Duration::ZERO, &stats);
     let new_ids: Vec<String> = new.join().await.into_iter().map(|(_, id)| id).collect();
     let ids: Vec<String> = old_ids.into_iter().chain(new_ids).collect();

@@ -497,3 +497,29 @@ async fn engine_and_workers_ride_out_a_nats_server_crash() {
         world.engine.process.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_started_before_nats_waits_for_it_then_serves() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    // The server is gone when the engine starts (same port and store later).
+    nats.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::spawn("engine-before-nats", &url, &dir.path().join("data"), &[]);
+    let line = engine
+        .process
+        .wait_for_log("NATS is not reachable yet; retrying", READY);
+    assert!(line.contains("WARN"), "the retry is a warning: {line}");
+    assert!(
+        engine.process.try_wait().is_none(),
+        "the engine keeps waiting for NATS instead of exiting:\n{}",
+        engine.process.log()
+    );
+    nats.restart();
+    engine.wait_ready();
+    let client = jetsaga_cli::client::Client::connect(&url, "jetsaga")
+        .await
+        .unwrap();
+    let page = client.list(&ListRequest::default()).await;
+    assert!(page.is_ok(), "the engine answers once NATS is up: {page:?}");
+}

@@ -24,24 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// The marks the relay shares with the partition.
-#[derive(Debug, Clone)]
-pub struct Marks {
-    /// The highest outbox sequence whose record the journal took.
-    pub journaled: Arc<AtomicU64>,
-    /// The highest outbox sequence published, with every row below it.
-    pub relayed: Arc<AtomicU64>,
-}
-
-impl Marks {
-    /// Marks of a partition without a journal: every durable row may go.
-    pub fn unjournaled() -> Self {
-        Self {
-            journaled: Arc::new(AtomicU64::new(u64::MAX)),
-            relayed: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
+pub use crate::partition::Marks;
 
 /// Most rows published per round.
 const BATCH: usize = 512;

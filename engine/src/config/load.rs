@@ -3,8 +3,8 @@
 //! order while [`Sources`] records which source set each key.
 
 use super::nats::{Nkey, Secret};
+use super::tokens::HttpToken;
 use super::{Config, ConfigError, LogFormat};
-use crate::api::auth::HttpToken;
 use crate::retention::Retention;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
+use super::tokens::Role;
 use super::*;
-use crate::api::auth::Role;
 use std::path::Path;
 
 fn yaml(text: &str) -> Layer {

@@ -35,7 +35,7 @@ pub struct JournalWriter {
 impl JournalWriter {
     /// A writer continuing `partition`'s journal after record
     /// `last_number` at stream sequence `last_seq`, as `engine` in `epoch`;
-    /// `marks` are the relay's ([`crate::bus::relay::Marks`]).
+    /// `marks` are shared with the relay ([`Marks`]).
     pub fn new(
         journal: Journal,
         partition: u32,
@@ -43,7 +43,7 @@ impl JournalWriter {
         engine: String,
         last_number: u64,
         last_seq: u64,
-        marks: crate::bus::relay::Marks,
+        marks: Marks,
     ) -> Self {
         Self {
             journal,
@@ -217,5 +217,24 @@ pub(super) struct Staged {
 impl Staged {
     fn is_empty(&self) -> bool {
         self.definitions.is_empty() && self.services.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// The marks the relay shares with the partition.
+#[derive(Debug, Clone)]
+pub struct Marks {
+    /// The highest outbox sequence whose record the journal took.
+    pub journaled: Arc<AtomicU64>,
+    /// The highest outbox sequence published, with every row below it.
+    pub relayed: Arc<AtomicU64>,
+}
+
+impl Marks {
+    /// Marks of a partition without a journal: every durable row may go.
+    pub fn unjournaled() -> Self {
+        Self {
+            journaled: Arc::new(AtomicU64::new(u64::MAX)),
+            relayed: Arc::new(AtomicU64::new(0)),
+        }
     }
 }

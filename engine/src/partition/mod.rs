@@ -25,7 +25,7 @@ mod tests;
 mod transition;
 
 pub use command::{Command, PartitionHandle, ServicesCommand, StartCommand, api_error};
-pub use journaled::JournalWriter;
+pub use journaled::{JournalWriter, Marks};
 
 use crate::metrics::SagaMetrics;
 use jetsaga_core::admission::ServiceAdmission;
