@@ -298,22 +298,38 @@ async fn recover(
         ) => e,
         Err(e) => return Err(journal_error(e)),
     };
-    let aside = data_dir.with_extension(format!("replaced-{}", crate::clock::now_ms()));
+    // The data directory may be a mount point (a volume): its contents
+    // move, not the directory.
+    let ms = crate::clock::now_ms();
+    let aside = data_dir.join(format!("replaced-{ms}"));
     tracing::warn!(error = %e, moved_to = %aside.display(), "the store cannot follow the journal; rebuilding it from the latest snapshot and the journal");
     drop(store);
-    std::fs::rename(data_dir, &aside).map_err(|io| {
+    move_contents(data_dir, &aside).map_err(|io| {
         EngineError::Runtime(format!(
-            "cannot move the store {} aside: {io}",
-            data_dir.display()
+            "cannot move the store in {} aside to {}: {io}",
+            data_dir.display(),
+            aside.display()
         ))
     })?;
-    let store = match cluster
+    let restoring = data_dir.join(format!("restoring-{ms}"));
+    let restored = cluster
         .snapshots
-        .restore(0, data_dir)
+        .restore(0, &restoring)
         .await
-        .map_err(EngineError::Runtime)?
-    {
-        Some(restored) => Arc::new(restored),
+        .map_err(EngineError::Runtime)?;
+    let store = match restored {
+        Some(restored) => {
+            drop(restored);
+            move_contents(&restoring, data_dir)
+                .and_then(|()| std::fs::remove_dir(&restoring))
+                .map_err(|io| {
+                    EngineError::Runtime(format!(
+                        "cannot move the restored store into {}: {io}",
+                        data_dir.display()
+                    ))
+                })?;
+            Arc::new(SledStore::open(data_dir)?)
+        }
         None if matches!(e, ReplicaError::Diverged { .. }) => Arc::new(SledStore::open(data_dir)?),
         None => return Err(journal_error(e)),
     };
@@ -325,6 +341,26 @@ async fn recover(
         .caught_up
         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     Ok(store)
+}
+
+/// Moves every entry of `from` into `to` (created if missing), except
+/// `engine-id` and the directories of earlier replacements and restores.
+fn move_contents(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        if entry.path() == to
+            || name_str == "engine-id"
+            || name_str.starts_with("replaced-")
+            || name_str.starts_with("restoring-")
+        {
+            continue;
+        }
+        std::fs::rename(entry.path(), to.join(&name))?;
+    }
+    Ok(())
 }
 
 /// What the engine shares between its roles.
@@ -599,6 +635,12 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
                 Err(e) => EngineError::Runtime(format!("the journal reader failed: {e}")),
             }),
         };
+        // Renewed from now on, however long the tail takes to stop (it may
+        // be writing a snapshot).
+        let renewal = held.map(|held| {
+            let facts = (held.epoch, held.own_previous.clone(), held.expired);
+            (facts, Renewal::start(shared.cluster.leases.clone(), held))
+        });
         // One writer at a time: the tail is done before the leader writes.
         tail_stop.cancel();
         match tail.await {
@@ -610,11 +652,11 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
                 )));
             }
         }
-        let Some(held) = held else {
+        let Some((facts, renewal)) = renewal else {
             return Ok(());
         };
         ::metrics::histogram!(metrics::LEADERLESS).record(leaderless_since.elapsed().as_secs_f64());
-        match lead(shared, held, shutdown).await? {
+        match lead(shared, facts, renewal, shutdown).await? {
             Term::Shutdown => return Ok(()),
             Term::SteppedDown => {
                 // Another engine gets the partition first.
@@ -681,12 +723,11 @@ async fn stand_by(
 /// while the lease holds, then drain and release it.
 async fn lead(
     shared: &Shared,
-    held: cluster::Held,
+    (epoch, own_previous, expired): (u64, Option<cluster::lease::LeaseValue>, bool),
+    mut renewal: Renewal,
     shutdown: &CancellationToken,
 ) -> Result<Term, EngineError> {
     let runtime = |e: String| EngineError::Runtime(e);
-    let (epoch, own_previous, expired) = (held.epoch, held.own_previous.clone(), held.expired);
-    let mut renewal = Renewal::start(shared.cluster.leases.clone(), held);
     let config = &shared.config;
     let store = &shared.store;
     let journal = &shared.cluster.journal;
@@ -764,7 +805,9 @@ async fn lead(
         }
         _ => Vec::new(),
     };
-    let last_seq = last.map_or(0, |m| m.seq);
+    // The first record follows the partition's last message (the fence),
+    // which may be a part of a record whose append failed halfway.
+    let last_seq = last.map_or(0, |m| m.fence);
     // Where records may hold outbox messages not yet published: from the
     // new first record on (it carries what was restored), or, when this
     // engine's own store still holds its earlier records' rows, from where
@@ -839,7 +882,7 @@ async fn lead(
     .with_applied(shared.local.applied.clone());
     // The outbox rows restored above are unpublished until the relay says
     // otherwise: later records point back at this one until then.
-    writer.appended(outbox_from, store.outbox_durable().unwrap_or(0));
+    writer.appended(outbox_from, store.outbox_written());
 
     // The consumers; NATS not answering here (say, electing a stream
     // leader) sends the engine back to standing by: nothing of the term is

@@ -186,6 +186,9 @@ pub trait GroupCommit: Send + Sync {
     /// Publishing only rows up to it keeps the outbox's promise without a
     /// flush of the publisher's own.
     fn outbox_durable(&self) -> Option<u64>;
+    /// The highest outbox sequence written, durable or not; `None` before
+    /// any row.
+    fn outbox_written(&self) -> Option<u64>;
 }
 
 #[cfg(test)]

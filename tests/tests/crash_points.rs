@@ -442,17 +442,22 @@ async fn engine_killed_after_publish_before_outbox_removal() {
     let round = last_before_crash(&run.crashed_log, "outbox rows published");
     let published = number(round, "published");
     assert!(published >= 1, "{round}");
-    // The restarted relay published those rows again, and JetStream
-    // recognised every one of them by its Nats-Msg-Id (and no other row).
+    // The restarted engine published those rows again, and JetStream
+    // recognised each of them by its Nats-Msg-Id. It may publish more again:
+    // its store is not flushed per batch (the journal is what is durable),
+    // so a store that lost its last records catches up from the journal and
+    // publishes again what those records' outbox held: copies of rows
+    // already out are duplicates too, and the sagas' ends and the ledger
+    // (checked by `engine_crash`) show nothing ran twice.
     let duplicates: usize = run
         .restarted_log
         .lines()
         .filter(|l| l.contains("outbox rows published"))
         .map(|l| number(l, "duplicates"))
         .sum();
-    assert_eq!(
-        duplicates, published,
-        "restarted engine log:\n{}",
+    assert!(
+        duplicates >= published,
+        "{duplicates} duplicates for {published} rows published before the kill; restarted engine log:\n{}",
         run.restarted_log
     );
 }

@@ -62,7 +62,8 @@ impl Role {
 
     /// Asks the engine to hand its partition over (`cluster.step-down`).
     pub fn request_step_down(&self) {
-        self.step_down.notify_one();
+        // Only a term waiting now hears it: none is kept for the next one.
+        self.step_down.notify_waiters();
     }
 
     /// Completes when a step-down was asked for.

@@ -3,9 +3,11 @@
 //! Rows are published in commit order with their `Nats-Msg-Id`, pipelined
 //! (all publishes of a batch are sent before any acknowledgement is awaited),
 //! and removed once JetStream acknowledged them. A row is published only
-//! after it is durable: the relay publishes rows up to
-//! [`GroupCommit::outbox_durable`], which the partition's group commit flush
-//! advances (and wakes the relay after), so no task ever leaves for a state
+//! once the state change that wrote it can no longer be undone: once the
+//! partition's journal took its record ([`Marks::journaled`], advanced by
+//! the partition after each append, which wakes the relay), or, for a
+//! partition without a journal, once a store flush covered it
+//! ([`GroupCommit::outbox_durable`]). So no task ever leaves for a state
 //! change a crash could still undo, and the relay needs no flush of its own
 //! (only at shutdown, to publish whatever is left).
 //! A crash after publishing and before removal republishes the row, which the
@@ -31,11 +33,11 @@ const BATCH: usize = 512;
 
 /// Runs the relay until `shutdown`, then publishes what is left (bounded by
 /// `drain_timeout`) and returns.
-/// `journaled` bounds the rows published: the highest outbox sequence
-/// whose record the partition's journal took (`u64::MAX` unjournaled), so
-/// that nothing leaves for a state change the journal may still refuse.
-/// `relayed` follows the highest outbox sequence published with every row
-/// below it (the journal's `outbox_from` is derived from it).
+/// `marks.journaled` bounds the rows published (only rows whose record the
+/// partition's journal took; without a journal, the store's flush), so
+/// that nothing leaves for a state change the journal may still refuse;
+/// `marks.relayed` follows what was published (the journal's
+/// `outbox_from` is derived from it).
 pub async fn run<S: OutboxTable + GroupCommit + ?Sized>(
     store: Arc<S>,
     js: jetstream::Context,
@@ -122,10 +124,17 @@ async fn publish_round<S: OutboxTable + GroupCommit + ?Sized>(
     relayed: &AtomicU64,
 ) -> anyhow::Result<usize> {
     // Read the marks first: rows read after them may be newer, never older.
-    let Some(durable) = store.outbox_durable() else {
+    // Journaled, the journal's mark is the bound (the store is not flushed
+    // per batch); else the store's flush.
+    let gate = journaled.load(Ordering::Acquire);
+    let bound = if gate == u64::MAX {
+        store.outbox_durable()
+    } else {
+        gate.checked_sub(1)
+    };
+    let Some(durable) = bound else {
         return Ok(0);
     };
-    let durable = durable.min(journaled.load(Ordering::Acquire));
     let rows = store.outbox(durable, BATCH)?;
     if rows.is_empty() {
         return Ok(0);
@@ -207,7 +216,7 @@ async fn publish_round<S: OutboxTable + GroupCommit + ?Sized>(
         Some(e) => Err(e.into()),
         None => {
             // Rows are read from the oldest: every row up to `top` is gone.
-            relayed.fetch_max(top, Ordering::AcqRel);
+            relayed.fetch_max(top + 1, Ordering::AcqRel);
             Ok(done.len())
         }
     }

@@ -128,6 +128,10 @@ pub struct Mark {
     pub outbox_from: u64,
     /// Part (1-based) and number of parts.
     pub part: (u32, u32),
+    /// The sequence of the partition's last message when this mark was
+    /// read as its last record ([`Journal::last`]): the next append fences
+    /// on it. `seq` unless parts of a record whose append failed follow.
+    pub fence: u64,
 }
 
 impl Mark {
@@ -143,6 +147,7 @@ impl Mark {
         };
         Some(Mark {
             seq,
+            fence: seq,
             first: seq,
             number: number(HEADER_RECORD)?,
             epoch: number(HEADER_EPOCH)?,
@@ -200,26 +205,59 @@ impl Journal {
         })
     }
 
-    /// The mark of the partition's last message, `None` for an empty journal.
+    /// The mark of the partition's last whole record, `None` for a journal
+    /// without one. Parts of a record whose append failed halfway may
+    /// follow it: they are no record (readers drop them), and the mark's
+    /// `fence` is the last of them, which the next append must follow.
     pub async fn last(&self, partition: u32) -> Result<Option<Mark>, JournalError> {
         let stream = self.stream_handle(partition).await?;
-        match stream
-            .direct_get_last_for_subject(self.subjects.journal(partition))
-            .await
-        {
-            Ok(msg) => {
-                let seq = msg.sequence;
-                Mark::of(seq, Some(&msg.headers))
-                    .map(Some)
-                    .ok_or_else(|| JournalError::Corrupt {
-                        partition,
-                        seq,
-                        reason: "a journal message without its record headers".into(),
-                    })
+        let subject = self.subjects.journal(partition);
+        let msg = match stream.direct_get_last_for_subject(&subject).await {
+            Ok(msg) => msg,
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                return Ok(None);
             }
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(nats(partition, format!("cannot read the last record: {e}"))),
+            Err(e) => return Err(nats(partition, format!("cannot read the last record: {e}"))),
+        };
+        let fence = msg.sequence;
+        let mut mark = Self::mark_of(partition, msg.sequence, &msg.headers)?;
+        // Walk back over the parts of a record that was never finished.
+        let mut seq = fence;
+        while !mark.last_part() {
+            seq -= 1;
+            if seq == 0 {
+                return Ok(Some(Mark {
+                    seq: 0,
+                    fence,
+                    first: 0,
+                    number: 0,
+                    epoch: 0,
+                    outbox_from: 0,
+                    part: (1, 1),
+                }));
+            }
+            let msg = match stream.direct_get(seq).await {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(nats(partition, format!("cannot read record at {seq}: {e}")));
+                }
+            };
+            if msg.subject.as_str() != subject {
+                continue;
+            }
+            mark = Self::mark_of(partition, seq, &msg.headers)?;
         }
+        mark.fence = fence;
+        Ok(Some(mark))
+    }
+
+    fn mark_of(partition: u32, seq: u64, headers: &HeaderMap) -> Result<Mark, JournalError> {
+        Mark::of(seq, Some(headers)).ok_or_else(|| JournalError::Corrupt {
+            partition,
+            seq,
+            reason: "a journal message without its record headers".into(),
+        })
     }
 
     async fn stream_handle(&self, partition: u32) -> Result<stream::Stream, JournalError> {
@@ -352,6 +390,7 @@ impl Journal {
             messages,
             parts: Vec::new(),
             first: 0,
+            expecting: None,
         })
     }
 
@@ -385,6 +424,8 @@ pub struct Reader {
     messages: consumer::push::Ordered,
     parts: Vec<u8>,
     first: u64,
+    /// The record (number, epoch) and the next part `parts` expects.
+    expecting: Option<(u64, u64, u32)>,
 }
 
 impl Reader {
@@ -420,12 +461,20 @@ impl Reader {
             if mark.part.0 == 1 {
                 self.parts.clear();
                 self.first = seq;
+            } else if self.expecting != Some((mark.number, mark.epoch, mark.part.0)) {
+                // A part of a record whose earlier parts were not read (or
+                // whose append failed halfway): no record.
+                self.parts.clear();
+                self.expecting = None;
+                continue;
             }
             mark.first = self.first;
             self.parts.extend_from_slice(&msg.payload);
             if !mark.last_part() {
+                self.expecting = Some((mark.number, mark.epoch, mark.part.0 + 1));
                 continue;
             }
+            self.expecting = None;
             let body = std::mem::take(&mut self.parts);
             return Some(
                 serde_json::from_slice::<Record>(&body)

@@ -261,11 +261,20 @@ impl Leases {
     pub async fn renew(&self, held: &mut Held) -> Result<(), Lost> {
         let sent = Instant::now();
         let key = lease_key(held.partition);
-        match self
-            .kv
-            .update(&key, self.value(held.epoch), held.revision)
-            .await
+        // Bounded by what is left of the lease: a renewal that hangs must
+        // not keep the holder leading past it.
+        let left = self.deadline().saturating_sub(held.renewed.elapsed());
+        let update = self.kv.update(&key, self.value(held.epoch), held.revision);
+        let answered = match tokio::time::timeout(left.max(Duration::from_millis(10)), update).await
         {
+            Ok(answered) => answered,
+            Err(_) => {
+                return Err(Lost::Expired(
+                    "the renewal was not answered within the lease".into(),
+                ));
+            }
+        };
+        match answered {
             Ok(revision) => {
                 held.revision = revision;
                 held.renewed = sent;

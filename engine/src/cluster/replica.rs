@@ -279,7 +279,7 @@ pub async fn outbox_to_restore(
     until: &Mark,
 ) -> Result<Vec<OutboxMessage>, ReplicaError> {
     let mut out = Vec::new();
-    if from > until.seq {
+    if from > until.seq || until.number == 0 {
         return Ok(out);
     }
     let mut reader = journal.read(partition, from).await?;

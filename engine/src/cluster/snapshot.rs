@@ -96,6 +96,18 @@ impl Snapshots {
         .await
         .map_err(|e| format!("the snapshot task failed: {e}"))?
         .map_err(|e| format!("cannot write the snapshot: {e}"))?;
+        // Another engine may have uploaded a newer one meanwhile: keep it.
+        if let Some(latest) = self.latest(partition).await
+            && latest.record >= position.record
+        {
+            tracing::debug!(
+                partition,
+                record = position.record,
+                latest = latest.record,
+                "a newer snapshot exists; not uploading this one"
+            );
+            return Ok(latest);
+        }
         let mut reader = tokio::fs::File::open(file.path())
             .await
             .map_err(|e| format!("cannot read the snapshot back: {e}"))?;

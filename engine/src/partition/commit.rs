@@ -18,6 +18,8 @@ pub(super) struct Flushing {
     after: AfterFlush,
     /// When the flush started, for the debug log.
     started: std::time::Instant,
+    /// The store's highest outbox sequence written with the batch.
+    outbox_top: Option<u64>,
 }
 
 impl Partition {
@@ -112,6 +114,7 @@ impl Partition {
         // partition, nothing of the batch answered).
         self.write_pending()?;
         let records = std::mem::take(&mut self.unsent);
+        let outbox_top = self.store.outbox_written();
         let apply_us = started.elapsed().as_micros() as u64;
         if let Some(mut previous) = flushing.take() {
             let first = (&mut previous.done).await?;
@@ -127,7 +130,8 @@ impl Partition {
             );
             crash_points::pass(crash_points::PARTITION_AFTER_COMMIT);
             let store = self.store.clone();
-            let append = match self.journal.as_ref() {
+            let journaled = self.journal.is_some();
+            let append = match self.journal.as_mut() {
                 Some(writer) if !records.is_empty() => Some(writer.append(records)),
                 _ => None,
             };
@@ -147,12 +151,21 @@ impl Partition {
                             None => Ok(0),
                         }
                     };
-                    let flushed = async { store.flush().await.map_err(PartitionError::from) };
+                    // Journaled, the journal is what makes the batch durable:
+                    // a store that loses its tail catches up from it (and
+                    // sled flushes in the background anyway).
+                    let flushed = async {
+                        match journaled {
+                            true => Ok(()),
+                            false => store.flush().await.map_err(PartitionError::from),
+                        }
+                    };
                     let (first, ()) = futures::try_join!(appended, flushed)?;
                     Ok(first)
                 }),
                 after,
                 started: std::time::Instant::now(),
+                outbox_top,
             });
         } else {
             // Nothing new to make durable, and everything before is.
@@ -168,7 +181,7 @@ impl Partition {
         if first > 0
             && let Some(writer) = self.journal.as_mut()
         {
-            writer.appended(first, self.store.outbox_durable().unwrap_or(0));
+            writer.appended(first, f.outbox_top);
         }
         self.relay.notify_one();
         tracing::debug!(

@@ -10,6 +10,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The end of a batch whose append is in flight: it holds rows not yet
+/// published, whatever the relay has done.
+const IN_FLIGHT: u64 = u64::MAX;
+
 /// Where a leader appends its partition's records.
 pub struct JournalWriter {
     journal: Journal,
@@ -20,13 +24,13 @@ pub struct JournalWriter {
     next_number: u64,
     /// Stream sequence of the last part appended.
     last_seq: Arc<AtomicU64>,
-    /// The highest outbox sequence the relay published, with every lower one.
+    /// Every outbox row below it was published ([`Marks::relayed`]).
     relayed: Arc<AtomicU64>,
-    /// The highest outbox sequence whose record the journal took: the
-    /// relay publishes no further.
+    /// Every outbox row below it is in a record the journal took
+    /// ([`Marks::journaled`]).
     journaled: Arc<AtomicU64>,
     /// Per appended batch: the stream sequence of its first record and the
-    /// highest outbox sequence it may hold.
+    /// end (one past the highest outbox sequence) of the rows it may hold.
     batches: VecDeque<(u64, u64)>,
     /// The number of the last record appended, for the engine's heartbeat.
     applied: Arc<AtomicU64>,
@@ -92,7 +96,7 @@ impl JournalWriter {
     /// From where records may hold outbox messages not yet published.
     fn outbox_from(&mut self) -> u64 {
         let relayed = self.relayed.load(Ordering::Acquire);
-        while self.batches.front().is_some_and(|(_, top)| *top <= relayed) {
+        while self.batches.front().is_some_and(|(_, end)| *end <= relayed) {
             self.batches.pop_front();
         }
         match self.batches.front() {
@@ -103,11 +107,15 @@ impl JournalWriter {
 
     /// Appends `records` in order, each fenced on the one before, on a task
     /// of its own (encoding runs beside the partition); answers the stream
-    /// sequence of the first.
+    /// sequence of the first. Until [`JournalWriter::appended`] says which
+    /// outbox rows the batch holds, later records point back at it
+    /// (`outbox_from`), as if none of them were published.
     pub(super) fn append(
-        &self,
+        &mut self,
         records: Vec<Record>,
     ) -> tokio::task::JoinHandle<Result<u64, JournalError>> {
+        self.batches
+            .push_back((self.last_seq.load(Ordering::Acquire) + 1, IN_FLIGHT));
         let journal = self.journal.clone();
         let partition = self.partition;
         let last_seq = self.last_seq.clone();
@@ -130,12 +138,16 @@ impl JournalWriter {
         })
     }
 
-    /// A batch whose first record is at `first_seq` is durable and
-    /// journaled; its outbox rows go up to `outbox_top`, which the relay
-    /// may now publish.
-    pub fn appended(&mut self, first_seq: u64, outbox_top: u64) {
-        self.batches.push_back((first_seq, outbox_top));
-        self.journaled.fetch_max(outbox_top, Ordering::AcqRel);
+    /// A batch whose first record is at `first_seq` is in the journal; the
+    /// outbox rows written with it go up to `outbox_top` (the store's
+    /// highest written then), which the relay may now publish.
+    pub fn appended(&mut self, first_seq: u64, outbox_top: Option<u64>) {
+        let end = outbox_top.map_or(0, |top| top + 1);
+        match self.batches.iter_mut().find(|(_, e)| *e == IN_FLIGHT) {
+            Some(entry) => *entry = (entry.0.min(first_seq), end),
+            None => self.batches.push_back((first_seq, end)),
+        }
+        self.journaled.fetch_max(end, Ordering::AcqRel);
     }
 }
 
@@ -179,27 +191,26 @@ impl Partition {
     }
 
     /// Appends the records written so far (fenced) and waits for the
-    /// append, then flushes: for writes outside a batch (resuming).
+    /// append (journaled), or flushes (not): for writes outside a batch
+    /// (resuming).
     pub(super) async fn write_durably(&mut self) -> Result<(), PartitionError> {
         self.write_pending()?;
         let records = std::mem::take(&mut self.unsent);
-        if let Some(writer) = self.journal.as_mut()
-            && !records.is_empty()
-        {
-            let first = writer.append(records).await.map_err(|e| {
-                PartitionError::Journal(JournalError::Nats {
-                    partition: 0,
-                    reason: e.to_string(),
-                })
-            })??;
-            let top = self.store.outbox_durable().unwrap_or(0);
-            self.store.flush().await?;
-            let top = self.store.outbox_durable().unwrap_or(top);
-            if let Some(writer) = self.journal.as_mut() {
+        let top = self.store.outbox_written();
+        match self.journal.as_mut() {
+            Some(writer) => {
+                if records.is_empty() {
+                    return Ok(());
+                }
+                let first = writer.append(records).await.map_err(|e| {
+                    PartitionError::Journal(JournalError::Nats {
+                        partition: 0,
+                        reason: format!("the append task failed: {e}"),
+                    })
+                })??;
                 writer.appended(first, top);
             }
-        } else {
-            self.store.flush().await?;
+            None => self.store.flush().await?,
         }
         Ok(())
     }
@@ -220,12 +231,15 @@ impl Staged {
     }
 }
 
-/// The marks the relay shares with the partition.
+/// The marks the relay shares with the partition, each an end: one past
+/// the highest outbox sequence it covers (0: none).
 #[derive(Debug, Clone)]
 pub struct Marks {
-    /// The highest outbox sequence whose record the journal took.
+    /// Every outbox row below it is in a record the journal took: the relay
+    /// publishes no row at or above it (`u64::MAX`: the partition has no
+    /// journal, and the store's flush is the bound).
     pub journaled: Arc<AtomicU64>,
-    /// The highest outbox sequence published, with every row below it.
+    /// Every outbox row below it was published.
     pub relayed: Arc<AtomicU64>,
 }
 

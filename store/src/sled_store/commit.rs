@@ -257,6 +257,10 @@ impl GroupCommit for SledStore {
     fn outbox_durable(&self) -> Option<u64> {
         self.outbox_durable.load(Ordering::Acquire).checked_sub(1)
     }
+
+    fn outbox_written(&self) -> Option<u64> {
+        self.outbox_written.load(Ordering::Acquire).checked_sub(1)
+    }
 }
 
 #[cfg(test)]
