@@ -137,7 +137,7 @@ impl Forwarder {
                     return Err(api_error(
                         ErrorCode::Unavailable,
                         format!(
-                            "the leader did not answer {op} in time; retry (a start with the same idempotency key is the same saga)"
+                            "the leader did not answer {op} in time, so its outcome is unknown; retry a start only with its idempotency key (the same key is the same saga)"
                         ),
                     ));
                 }

@@ -212,12 +212,25 @@ impl Journal {
     pub async fn last(&self, partition: u32) -> Result<Option<Mark>, JournalError> {
         let stream = self.stream_handle(partition).await?;
         let subject = self.subjects.journal(partition);
-        let msg = match stream.direct_get_last_for_subject(&subject).await {
-            Ok(msg) => msg,
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
-                return Ok(None);
+        // A stream just created (or electing a leader) may not answer
+        // direct gets for a moment: asked again within the append's budget.
+        let deadline = std::time::Instant::now() + APPEND_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        let msg = loop {
+            match stream.direct_get_last_for_subject(&subject).await {
+                Ok(msg) => break msg,
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                    return Ok(None);
+                }
+                Err(e) if std::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(partition, error = %e, "the journal's last record is not readable yet; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(nats(partition, format!("cannot read the last record: {e}")));
+                }
             }
-            Err(e) => return Err(nats(partition, format!("cannot read the last record: {e}"))),
         };
         let fence = msg.sequence;
         let mut mark = Self::mark_of(partition, msg.sequence, &msg.headers)?;
@@ -261,12 +274,26 @@ impl Journal {
     }
 
     async fn stream_handle(&self, partition: u32) -> Result<stream::Stream, JournalError> {
-        self.js.get_stream(&self.stream).await.map_err(|e| {
-            nats(
-                partition,
-                format!("cannot find stream {}: {e}", self.stream),
-            )
-        })
+        // Asked again for a while: a replicated stream just created or
+        // electing a leader does not answer at once.
+        let deadline = std::time::Instant::now() + APPEND_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.js.get_stream(&self.stream).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if std::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(partition, error = %e, "the journal stream does not answer yet; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(nats(
+                        partition,
+                        format!("cannot find stream {}: {e}", self.stream),
+                    ));
+                }
+            }
+        }
     }
 
     /// Appends `record` to `partition`'s journal after the message at
