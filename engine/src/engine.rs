@@ -422,8 +422,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     };
     let subjects = Subjects::new(&config.prefix);
     let js = jetstream::new(client.clone());
-    if js.query_account().await.is_err() {
-        return Err(EngineError::NoJetStream);
+    // A cluster still electing its JetStream meta leader answers no
+    // account info for a moment: asked again for a while before the engine
+    // says JetStream is off.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = js.query_account().await {
+        if std::time::Instant::now() >= deadline || shutdown.is_cancelled() {
+            return Err(EngineError::NoJetStream);
+        }
+        tracing::warn!(error = %e, "JetStream does not answer yet; asking again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let settings = StreamSettings {
         duplicate_window: config.duplicate_window,
