@@ -629,9 +629,12 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
         let mut leaderless_since = std::time::Instant::now();
         let mut tail = tail;
         let held = tokio::select! {
-            held = shared.cluster.leases.acquire(0, not_before, shutdown, |holder| {
+            held = shared.cluster.leases.acquire(0, not_before, shutdown, |holder, renewed| {
                 if holder.engine != shared.cluster.engine {
-                    leaderless_since = std::time::Instant::now();
+                    // Led until its last renewal seen: leaderless since.
+                    if renewed {
+                        leaderless_since = std::time::Instant::now();
+                    }
                     shared.ready();
                 }
             }) => held,

@@ -134,8 +134,9 @@ impl Leases {
     }
 
     /// Waits until this engine takes `partition`'s lease, or `stop` is
-    /// cancelled (`None`). `on_holder` hears of every holder seen (a live
-    /// other leader), so the caller can tell when the partition is led.
+    /// cancelled (`None`). `on_holder` hears of every other holder seen,
+    /// and whether its revision is new (a renewal: it was alive then), so
+    /// the caller can tell when the partition is led, and since when not.
     /// `not_before`: the engine does not take the lease before then (after
     /// it stepped down, so that another engine gets it).
     pub async fn acquire(
@@ -143,7 +144,7 @@ impl Leases {
         partition: u32,
         not_before: Option<Instant>,
         stop: &tokio_util::sync::CancellationToken,
-        mut on_holder: impl FnMut(&LeaseValue),
+        mut on_holder: impl FnMut(&LeaseValue, bool),
     ) -> Option<Held> {
         let key = lease_key(partition);
         // The revision seen and when it was first seen.
@@ -165,17 +166,17 @@ impl Leases {
                     let ttl = value
                         .as_ref()
                         .map_or(self.timing.ttl, |v| Duration::from_millis(v.ttl_ms));
-                    let first_seen = match seen {
-                        Some((rev, at)) if rev == entry.revision => at,
+                    let (first_seen, fresh) = match seen {
+                        Some((rev, at)) if rev == entry.revision => (at, false),
                         _ => {
                             seen = Some((entry.revision, Instant::now()));
-                            Instant::now()
+                            (Instant::now(), true)
                         }
                     };
                     if let Some(v) = &value
                         && !mine
                     {
-                        on_holder(v);
+                        on_holder(v, fresh);
                     }
                     // The same engine id is the same data directory (the
                     // store's lock holds one process to it): a restart
