@@ -557,6 +557,21 @@ pub async fn http_exchange(
 pub async fn metric_value(addr: &str, series: &str) -> Option<f64> {
     let (status, text) = http_exchange(addr, "GET", "/metrics", None).await;
     assert_eq!(status, 200, "{text}");
+    series_value(&text, series)
+}
+
+/// [`metric_value`], or `None` also while `/metrics` is not served (an
+/// engine at its connection limit answers 503).
+pub async fn metric_value_once_served(addr: &str, series: &str) -> Option<f64> {
+    let (status, text) = http_exchange(addr, "GET", "/metrics", None).await;
+    if status != 200 {
+        return None;
+    }
+    series_value(&text, series)
+}
+
+/// The value of `series` in the Prometheus text `text`.
+fn series_value(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?
