@@ -15,6 +15,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
+use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use jetsaga_core::saga::definition::{SagaDefinition, ServicePolicy};
 use jetsaga_protocol::{ErrorCode, STREAM_HEADROOM, Subjects};
@@ -40,6 +41,18 @@ pub const HEADER_PART: &str = "Jetsaga-Part";
 /// late append from landing after another engine's record, and the message
 /// id keeps a repeated one from landing twice.
 const APPEND_PATIENCE: Duration = Duration::from_secs(20);
+
+/// How the journal asks again while JetStream does not answer (a stream
+/// just created, or electing a leader): 50 ms doubling to 1 s, jittered,
+/// for up to [`APPEND_PATIENCE`] in all.
+fn patience() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_total_delay(Some(APPEND_PATIENCE))
+        .without_max_times()
+}
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -212,25 +225,18 @@ impl Journal {
     pub async fn last(&self, partition: u32) -> Result<Option<Mark>, JournalError> {
         let stream = self.stream_handle(partition).await?;
         let subject = self.subjects.journal(partition);
-        // A stream just created (or electing a leader) may not answer
-        // direct gets for a moment: asked again within the append's budget.
-        let deadline = std::time::Instant::now() + APPEND_PATIENCE;
-        let mut pause = Duration::from_millis(50);
-        let msg = loop {
-            match stream.direct_get_last_for_subject(&subject).await {
-                Ok(msg) => break msg,
-                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
-                    return Ok(None);
-                }
-                Err(e) if std::time::Instant::now() + pause < deadline => {
-                    tracing::debug!(partition, error = %e, "the journal's last record is not readable yet; asking again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    return Err(nats(partition, format!("cannot read the last record: {e}")));
-                }
-            }
+        let not_found = |e: &jetstream::stream::DirectGetError| {
+            e.kind() == jetstream::stream::DirectGetErrorKind::NotFound
+        };
+        let msg = match (|| stream.direct_get_last_for_subject(subject.as_str()))
+            .retry(patience())
+            .when(|e| !not_found(e))
+            .notify(|e, _| tracing::debug!(partition, error = %e, "the journal's last record is not readable yet; asking again"))
+            .await
+        {
+            Ok(msg) => msg,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(nats(partition, format!("cannot read the last record: {e}"))),
         };
         let fence = msg.sequence;
         let mut mark = Self::mark_of(partition, msg.sequence, &msg.headers)?;
@@ -274,26 +280,11 @@ impl Journal {
     }
 
     async fn stream_handle(&self, partition: u32) -> Result<stream::Stream, JournalError> {
-        // Asked again for a while: a replicated stream just created or
-        // electing a leader does not answer at once.
-        let deadline = std::time::Instant::now() + APPEND_PATIENCE;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match self.js.get_stream(&self.stream).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) if std::time::Instant::now() + pause < deadline => {
-                    tracing::debug!(partition, error = %e, "the journal stream does not answer yet; asking again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    return Err(nats(
-                        partition,
-                        format!("cannot find stream {}: {e}", self.stream),
-                    ));
-                }
-            }
-        }
+        (|| self.js.get_stream(&self.stream))
+            .retry(patience())
+            .notify(|e, _| tracing::debug!(partition, error = %e, "the journal stream does not answer yet; asking again"))
+            .await
+            .map_err(|e| nats(partition, format!("cannot find stream {}: {e}", self.stream)))
     }
 
     /// Appends `record` to `partition`'s journal after the message at
@@ -355,35 +346,29 @@ impl Journal {
     ) -> Result<u64, JournalError> {
         use jetstream::context::PublishErrorKind as K;
         let subject = self.subjects.journal(partition);
-        let deadline = std::time::Instant::now() + APPEND_PATIENCE;
-        let mut attempt = 0u64;
-        loop {
-            attempt += 1;
-            let sent = self
-                .js
-                .publish_with_headers(subject.clone(), headers.clone(), body.clone().into())
-                .await;
-            let acked = match sent {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match acked {
-                Ok(ack) => return Ok(ack.sequence),
-                Err(e) if e.kind() == K::WrongLastSequence => {
-                    return Err(JournalError::Fenced {
-                        partition,
-                        expected,
-                    });
-                }
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && matches!(e.kind(), K::TimedOut | K::StreamNotFound | K::BrokenPipe) =>
-                {
-                    tracing::warn!(partition, error = %e, attempt, "journal append unanswered; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt.min(10))).await;
-                }
-                Err(e) => return Err(nats(partition, format!("cannot append: {e}"))),
-            }
+        let body = bytes::Bytes::from(body);
+        let append = || async {
+            self.js
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await?
+                .await
+        };
+        // Asked again only when no answer came: the fence and the message id
+        // keep a late or repeated append from landing wrongly.
+        match append
+            .retry(patience())
+            .when(|e| matches!(e.kind(), K::TimedOut | K::StreamNotFound | K::BrokenPipe))
+            .notify(
+                |e, _| tracing::warn!(partition, error = %e, "journal append unanswered; retrying"),
+            )
+            .await
+        {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == K::WrongLastSequence => Err(JournalError::Fenced {
+                partition,
+                expected,
+            }),
+            Err(e) => Err(nats(partition, format!("cannot append: {e}"))),
         }
     }
 
@@ -513,14 +498,6 @@ impl Reader {
                     }),
             );
         }
-    }
-
-    /// [`Reader::next`] within `wait`: `None` when nothing came in time.
-    pub async fn next_within(
-        &mut self,
-        wait: Duration,
-    ) -> Option<Option<Result<(Mark, Record), JournalError>>> {
-        tokio::time::timeout(wait, self.next()).await.ok()
     }
 }
 

@@ -23,6 +23,7 @@ pub mod replica;
 pub mod snapshot;
 
 use async_nats::jetstream::{self, kv};
+use backon::Retryable;
 use jetsaga_protocol::{ErrorCode, Subjects};
 use std::path::Path;
 use std::time::Duration;
@@ -166,7 +167,7 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
 }
 
 /// How many times the partition count is asked for before an engine gives up.
-const SETUP_ATTEMPTS: u32 = 8;
+const SETUP_ATTEMPTS: usize = 8;
 
 /// Records `partitions` at the first start; refuses another count later.
 async fn check_partitions(
@@ -180,30 +181,31 @@ async fn check_partitions(
     };
     // A bucket another engine created a moment ago may not answer yet
     // (no responders while its replicas elect a leader): asked again.
-    let mut attempt = 0;
-    let recorded = loop {
-        attempt += 1;
-        let read = match kv.create("partitions", partitions.to_string().into()).await {
-            Ok(_) => {
-                tracing::info!(partitions, "recorded the installation's partition count");
-                return Ok(());
-            }
-            Err(_) => kv.get("partitions").await,
-        };
-        match read {
-            Ok(Some(recorded)) => break recorded,
-            Ok(None) if attempt >= SETUP_ATTEMPTS => {
-                return Err(setup("the record exists but cannot be read".into()));
-            }
-            Err(e) if attempt >= SETUP_ATTEMPTS => return Err(setup(e.to_string())),
-            Ok(None) | Err(_) => {
-                tracing::warn!(
-                    attempt,
-                    "the installation's partition count cannot be read yet; retrying"
-                );
-                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-            }
+    let read = || async {
+        match kv.create("partitions", partitions.to_string().into()).await {
+            Ok(_) => Ok(None),
+            Err(_) => match kv.get("partitions").await {
+                Ok(Some(recorded)) => Ok(Some(recorded)),
+                Ok(None) => Err("the record exists but cannot be read".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
         }
+    };
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(SETUP_ATTEMPTS);
+    let recorded = match read
+        .retry(backoff)
+        .notify(|e, _| tracing::warn!(error = %e, "the installation's partition count cannot be read yet; retrying"))
+        .await
+    {
+        Ok(None) => {
+            tracing::info!(partitions, "recorded the installation's partition count");
+            return Ok(());
+        }
+        Ok(Some(recorded)) => recorded,
+        Err(e) => return Err(setup(e)),
     };
     let recorded: u32 = std::str::from_utf8(&recorded)
         .ok()

@@ -242,13 +242,3 @@ pub struct Marks {
     /// Every outbox row below it was published.
     pub relayed: Arc<AtomicU64>,
 }
-
-impl Marks {
-    /// Marks of a partition without a journal: every durable row may go.
-    pub fn unjournaled() -> Self {
-        Self {
-            journaled: Arc::new(AtomicU64::new(u64::MAX)),
-            relayed: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
