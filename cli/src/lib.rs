@@ -355,6 +355,11 @@ pub struct EngineArgs {
     /// [default: 10000]
     #[arg(long, value_name = "RECORDS")]
     pub snapshot_every: Option<u64>,
+    /// The installation's number of partitions, fixed at its first start
+    /// (1 to 4096); each has its own journal, lease and leader [env:
+    /// JETSAGA_PARTITIONS] [default: 1]
+    #[arg(long, value_name = "N")]
+    pub partitions: Option<u32>,
 }
 
 /// Where `jetsaga dev` serves the HTTP API unless told otherwise.
@@ -666,6 +671,7 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
         layer.lease_ttl = args.lease_ttl;
         layer.lease_renew = args.lease_renew;
         layer.snapshot_every = args.snapshot_every;
+        layer.partitions = args.partitions;
     }
     layer
 }
@@ -1570,6 +1576,7 @@ mod tests {
                 | "max_running_sagas"
                 | "http_max_connections"
                 | "snapshot_every"
+                | "partitions"
                 | "max_definition_steps"
                 | "max_definition_fan_out"
                 | "max_definition_bytes" => "3000",

@@ -140,6 +140,11 @@ pub struct Config {
     /// by a standby, or by an engine as it takes a partition over); the
     /// journal is trimmed to the latest snapshot.
     pub snapshot_every: u64,
+    /// The installation's number of partitions (1 to 4096): chosen at its
+    /// first start and recorded in NATS; an engine configured with another
+    /// number refuses to start. Each partition has its own journal, lease
+    /// and leader, so more partitions spread the work among more engines.
+    pub partitions: u32,
     /// How log lines look: `text` for people, `json` for log pipelines.
     pub log_format: LogFormat,
     /// Which log lines to keep, in `tracing`'s filter syntax (`info`,
@@ -177,6 +182,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(3),
             lease_renew: Duration::from_secs(1),
             snapshot_every: 10_000,
+            partitions: 1,
             http_max_connections: 1024,
             log_format: LogFormat::Text,
             log: None,
@@ -315,6 +321,13 @@ impl Config {
                 "lease_renew {} must be more than 0 and at most half of lease_ttl ({})",
                 humantime::format_duration(self.lease_renew),
                 humantime::format_duration(self.lease_ttl)
+            )));
+        }
+        if !(1..=protocol::partition::MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(ConfigError::Invalid(format!(
+                "partitions {} must be from 1 to {}",
+                self.partitions,
+                protocol::partition::MAX_PARTITIONS
             )));
         }
         if self.snapshot_every == 0 {

@@ -252,7 +252,7 @@ fn unreachable(e: &async_nats::ConnectError) -> bool {
     }
 }
 
-/// Catches the store up with partition 0's journal. A store that cannot
+/// Catches the store of `partition` (in `dir`) up with its journal. A store that cannot
 /// follow it (it diverged: its engine was deposed in the middle of a group
 /// commit; or the records it needs were trimmed after a snapshot; or it is
 /// empty and the journal starts from an upgraded store) is moved aside and
@@ -260,6 +260,7 @@ fn unreachable(e: &async_nats::ConnectError) -> bool {
 async fn recover(
     store: Arc<SledStore>,
     cluster: &cluster::Cluster,
+    partition: u32,
     data_dir: &Path,
     engine_id: &str,
     local: &cluster::members::Local,
@@ -268,22 +269,28 @@ async fn recover(
     let journal_error = |e: ReplicaError| EngineError::Runtime(e.to_string());
     let Some(last) = cluster
         .journal
-        .last(0)
+        .last(partition)
         .await
         .map_err(|e| EngineError::Runtime(e.to_string()))?
     else {
         let position = store.journal_position()?;
         if position.record > 0 {
             return Err(EngineError::Runtime(format!(
-                "{}: the journal of partition 0 is empty, but this engine's store applied {} of its records: the journal stream was deleted or replaced; restore it, or start this engine with an empty data directory",
+                "{}: the journal of partition {partition} is empty, but this engine's store applied {} of its records: the journal stream was deleted or replaced; restore it, or start this engine with an empty data directory",
                 ErrorCode::Journal,
                 position.record
             )));
         }
         return Ok(store);
     };
-    let e = match cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied)
-        .await
+    let e = match cluster::replica::catch_up(
+        &*store,
+        &cluster.journal,
+        partition,
+        &last,
+        &local.applied,
+    )
+    .await
     {
         Ok(n) => {
             local
@@ -302,7 +309,7 @@ async fn recover(
     // move, not the directory.
     let ms = crate::clock::now_ms();
     let aside = data_dir.join(format!("replaced-{ms}"));
-    tracing::warn!(error = %e, moved_to = %aside.display(), "the store cannot follow the journal; rebuilding it from the latest snapshot and the journal");
+    tracing::warn!(partition, error = %e, moved_to = %aside.display(), "the store cannot follow the journal; rebuilding it from the latest snapshot and the journal");
     drop(store);
     move_contents(data_dir, &aside).map_err(|io| {
         EngineError::Runtime(format!(
@@ -314,7 +321,7 @@ async fn recover(
     let restoring = data_dir.join(format!("restoring-{ms}"));
     let restored = cluster
         .snapshots
-        .restore(0, &restoring)
+        .restore(partition, &restoring)
         .await
         .map_err(EngineError::Runtime)?;
     let store = match restored {
@@ -333,8 +340,10 @@ async fn recover(
         None if matches!(e, ReplicaError::Diverged { .. }) => Arc::new(SledStore::open(data_dir)?),
         None => return Err(journal_error(e)),
     };
-    let _ = std::fs::write(data_dir.join("engine-id"), format!("{engine_id}\n"));
-    let n = cluster::replica::catch_up(&*store, &cluster.journal, 0, &last, &local.applied)
+    if partition == 0 {
+        let _ = std::fs::write(data_dir.join("engine-id"), format!("{engine_id}\n"));
+    }
+    let n = cluster::replica::catch_up(&*store, &cluster.journal, partition, &last, &local.applied)
         .await
         .map_err(journal_error)?;
     local
@@ -343,8 +352,20 @@ async fn recover(
     Ok(store)
 }
 
+/// Where this engine keeps the store of `partition`: the data directory
+/// itself in an installation of one partition, `partition-<n>` in it
+/// otherwise.
+pub fn partition_dir(data_dir: &Path, partition: u32, partitions: u32) -> PathBuf {
+    if partitions <= 1 {
+        data_dir.to_path_buf()
+    } else {
+        data_dir.join(format!("partition-{partition}"))
+    }
+}
+
 /// Moves every entry of `from` into `to` (created if missing), except
-/// `engine-id` and the directories of earlier replacements and restores.
+/// `engine-id`, the other partitions' stores and the directories of
+/// earlier replacements and restores.
 fn move_contents(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -355,6 +376,7 @@ fn move_contents(from: &Path, to: &Path) -> std::io::Result<()> {
             || name_str == "engine-id"
             || name_str.starts_with("replaced-")
             || name_str.starts_with("restoring-")
+            || name_str.starts_with("partition-")
         {
             continue;
         }
@@ -363,10 +385,18 @@ fn move_contents(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One partition as this engine holds it: its store, and what it reports
+/// of it.
+struct Slot {
+    partition: u32,
+    store: Arc<SledStore>,
+    local: cluster::members::Local,
+}
+
 /// What the engine shares between its roles.
 struct Shared {
     config: Config,
-    store: Arc<SledStore>,
+    slots: Vec<Slot>,
     client: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
@@ -374,7 +404,8 @@ struct Shared {
     cluster: cluster::Cluster,
     role: api::route::Role,
     service: api::Api,
-    local: cluster::members::Local,
+    /// Engines with a current heartbeat (this one included).
+    alive: Arc<std::sync::atomic::AtomicUsize>,
     files: Vec<(PathBuf, definition::DefinitionFile)>,
     ready: Arc<std::sync::Once>,
     draining: Arc<std::sync::Once>,
@@ -388,12 +419,53 @@ impl Shared {
     }
 
     /// Logs "engine ready" once.
+    /// Whether this engine leads fewer partitions than its share.
+    fn short_of_share(&self) -> bool {
+        let alive = self.alive.load(std::sync::atomic::Ordering::Relaxed).max(1) as u32;
+        (self.role.led().len() as u32) < self.config.partitions.div_ceil(alive)
+    }
+
+    /// Completes when this engine should hand `partition` to another to
+    /// spread the partitions evenly ([`cluster::members::should_give_up`]):
+    /// checked every few seconds, one partition (its highest led) at a time.
+    async fn give_up_wanted(&self, partition: u32) {
+        if self.config.partitions <= 1 {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(BALANCE_EVERY).await;
+            if self.role.led().last() != Some(&partition) {
+                continue;
+            }
+            if let Ok(engines) = cluster::members::engines(&self.cluster).await
+                && cluster::members::should_give_up(
+                    &engines,
+                    &self.cluster.engine,
+                    self.role.led().len(),
+                    self.config.partitions,
+                )
+            {
+                tracing::info!(
+                    partition,
+                    led = self.role.led().len(),
+                    engines = engines.len(),
+                    "handing a partition over to spread the partitions among the engines"
+                );
+                return;
+            }
+        }
+    }
+
     fn ready(&self) {
         self.ready.call_once(|| {
             tracing::info!(prefix = %self.config.prefix, nats = %self.config.nats.url, data_dir = %self.config.data_dir.display(), engine = %self.cluster.engine, "engine ready");
         });
     }
 }
+
+/// How often a leader checks whether to hand a partition over to spread
+/// them among the engines.
+const BALANCE_EVERY: Duration = Duration::from_secs(3);
 
 /// How a term as leader ended.
 enum Term {
@@ -409,7 +481,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     let http_security = api::http::Security::of(&config)?;
     metrics::install();
     let files = read_definition_files(&config.definitions, &config.definition_limits())?;
-    let store = Arc::new(SledStore::open(&config.data_dir)?);
+    let partitions = config.partitions;
+    let mut stores = Vec::new();
+    for p in 0..partitions {
+        let dir = partition_dir(&config.data_dir, p, partitions);
+        stores.push(Arc::new(SledStore::open(&dir)?));
+    }
     let engine_id =
         cluster::engine_id(config.engine_id.as_deref(), &config.data_dir).map_err(|e| {
             EngineError::Runtime(format!(
@@ -450,7 +527,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         &settings,
         chunk,
         engine_id.clone(),
-        cluster::PARTITIONS,
+        partitions,
         cluster::LeaseTiming {
             ttl: config.lease_ttl,
             renew: config.lease_renew,
@@ -459,8 +536,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     )
     .await
     .map_err(|e| EngineError::Runtime(e.to_string()))?;
-    let local = cluster::members::Local::default();
-    let store = recover(store, &cluster, &config.data_dir, &engine_id, &local).await?;
+    ::metrics::gauge!(metrics::PARTITIONS).set(f64::from(partitions));
+    let mut slots = Vec::new();
+    for (p, store) in (0..partitions).zip(stores) {
+        let local = cluster::members::Local::default();
+        let dir = partition_dir(&config.data_dir, p, partitions);
+        let store = recover(store, &cluster, p, &dir, &engine_id, &local).await?;
+        slots.push(Slot {
+            partition: p,
+            store,
+            local,
+        });
+    }
 
     let http_listener = match &config.http_listen {
         Some(addr) => {
@@ -485,12 +572,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         None => None,
     };
 
-    let role = api::route::Role::default();
+    let role = api::route::Role::of(partitions);
     // A forwarded request waits for a takeover: a lease TTL and the new
     // leader's catching up.
     let forward_wait = config.lease_ttl * 3 + Duration::from_secs(2);
     let service = api::Api::routed(
-        store.clone(),
+        slots
+            .iter()
+            .map(|s| s.store.clone() as Arc<dyn jetsaga_store::Store>)
+            .collect(),
         role.clone(),
         Some(api::route::Forwarder::new(
             client.clone(),
@@ -544,13 +634,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
             }
         });
     }
+    let alive = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     doors.spawn(cluster::members::beat(
         cluster.clone(),
-        local.clone(),
+        slots.iter().map(|s| s.local.clone()).collect(),
+        alive.clone(),
         doors_stop.clone(),
     ));
     doors.spawn(metrics::poll_gauges(
-        store.clone(),
+        slots.iter().map(|s| s.store.clone()).collect(),
         js.clone(),
         subjects.clone(),
         metrics::POLL_EVERY,
@@ -560,7 +652,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
 
     let shared = Shared {
         config,
-        store: store.clone(),
+        slots,
         client: client.clone(),
         js,
         subjects,
@@ -568,7 +660,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         cluster,
         role,
         service,
-        local,
+        alive,
         files,
         ready: Arc::new(std::sync::Once::new()),
         draining: Arc::new(std::sync::Once::new()),
@@ -587,7 +679,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
                 _ = stop.cancelled() => {}
                 r = async {
                     // The leader applies its own.
-                    if role.handle().is_some() { return Ok(()); }
+                    if role.led().len() == role.partitions() as usize { return Ok(()); }
                     apply_definition_files(&service, &files).await
                 } => if let Err(e) = r {
                     tracing::error!(error = %e, "cannot apply the definition files through the leader");
@@ -596,11 +688,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
         });
     }
 
-    let result = roles(&shared, &shutdown).await;
+    let result = every_partition(&shared, &shutdown).await;
     shared.draining();
     doors_stop.cancel();
     doors.wait().await;
-    shared.store.flush().await?;
+    for slot in &shared.slots {
+        slot.store.flush().await?;
+    }
     let _ = client.flush().await;
     match &result {
         Ok(()) => tracing::info!("engine stopped"),
@@ -609,17 +703,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     result
 }
 
-/// Standby and leader, in turn, until `shutdown`.
-async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), EngineError> {
+/// [`roles`] of every partition at once, until `shutdown`; the first
+/// that fails stops the others (they drain and hand their partitions
+/// over) and is the answer.
+async fn every_partition(shared: &Shared, shutdown: &CancellationToken) -> Result<(), EngineError> {
+    let stop = shutdown.child_token();
+    let results = futures::future::join_all(shared.slots.iter().map(|slot| {
+        let stop = stop.clone();
+        async move {
+            let r = roles(shared, slot, &stop).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        }
+    }))
+    .await;
+    results.into_iter().collect()
+}
+
+/// Standby and leader of `slot`'s partition, in turn, until `shutdown`.
+async fn roles(
+    shared: &Shared,
+    slot: &Slot,
+    shutdown: &CancellationToken,
+) -> Result<(), EngineError> {
+    let p = slot.partition;
     let mut not_before = None;
     loop {
         // Standby: apply the journal as it grows until the lease is ours.
         let tail_stop = CancellationToken::new();
         let tail = tokio::spawn(cluster::replica::tail(
-            shared.store.clone(),
+            slot.store.clone(),
             shared.cluster.journal.clone(),
-            0,
-            shared.local.applied.clone(),
+            p,
+            slot.local.applied.clone(),
             (
                 shared.cluster.snapshots.clone(),
                 shared.cluster.snapshot_every,
@@ -629,7 +747,7 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
         let mut leaderless_since = std::time::Instant::now();
         let mut tail = tail;
         let held = tokio::select! {
-            held = shared.cluster.leases.acquire(0, not_before, shutdown, |holder, renewed| {
+            held = shared.cluster.leases.acquire(p, not_before, shutdown, || shared.short_of_share(), |holder, renewed| {
                 if holder.engine != shared.cluster.engine {
                     // Led until its last renewal seen: leaderless since.
                     if renewed {
@@ -667,7 +785,7 @@ async fn roles(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Engi
             return Ok(());
         };
         ::metrics::histogram!(metrics::LEADERLESS).record(leaderless_since.elapsed().as_secs_f64());
-        match lead(shared, facts, renewal, shutdown).await? {
+        match lead(shared, slot, facts, renewal, shutdown).await? {
             Term::Shutdown => return Ok(()),
             Term::SteppedDown => {
                 // Another engine gets the partition first.
@@ -721,26 +839,30 @@ impl Renewal {
 /// answer) and goes back to standing by.
 async fn stand_by(
     shared: &Shared,
+    partition: u32,
     renewal: Renewal,
     error: impl std::fmt::Display,
 ) -> Result<Term, EngineError> {
-    tracing::warn!(partition = 0, %error, "cannot take over: NATS does not answer; standing by");
+    tracing::warn!(partition, %error, "cannot take over: NATS does not answer; standing by");
     renewal.release(&shared.cluster.leases).await;
     Ok(Term::SteppedDown)
 }
 
-/// One term as the leader of partition 0: catch up, append the epoch's
+/// One term as the leader of `slot`'s partition: catch up, append the epoch's
 /// first record (the fence), run the partition and everything around it
 /// while the lease holds, then drain and release it.
 async fn lead(
     shared: &Shared,
+    slot: &Slot,
     (epoch, own_previous, expired): (u64, Option<cluster::lease::LeaseValue>, bool),
     mut renewal: Renewal,
     shutdown: &CancellationToken,
 ) -> Result<Term, EngineError> {
     let runtime = |e: String| EngineError::Runtime(e);
     let config = &shared.config;
-    let store = &shared.store;
+    let p = slot.partition;
+    let partitions = config.partitions;
+    let store = &slot.store;
     let journal = &shared.cluster.journal;
     // Until the term's first record is in the journal, nothing of it is
     // written: a journal that does not answer (JetStream electing a leader
@@ -752,21 +874,20 @@ async fn lead(
         other => Unanswered::Fatal(runtime(other.to_string())),
     };
     // Catch up with every record of the previous leader.
-    let last = match journal.last(0).await {
+    let last = match journal.last(p).await {
         Ok(last) => last,
-        Err(e) => return stand_by(shared, renewal, e).await,
+        Err(e) => return stand_by(shared, p, renewal, e).await,
     };
     if let Some(last) = &last {
-        let n = match cluster::replica::catch_up(&**store, journal, 0, last, &shared.local.applied)
+        let n = match cluster::replica::catch_up(&**store, journal, p, last, &slot.local.applied)
             .await
             .map_err(replica)
         {
             Ok(n) => n,
-            Err(Unanswered::Journal(e)) => return stand_by(shared, renewal, e).await,
+            Err(Unanswered::Journal(e)) => return stand_by(shared, p, renewal, e).await,
             Err(Unanswered::Fatal(e)) => return Err(e),
         };
-        shared
-            .local
+        slot.local
             .caught_up
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
@@ -774,7 +895,7 @@ async fn lead(
     // A snapshot, when one is due, while the store is quiet: every
     // `snapshot_every` records, and for a store that held state before the
     // journal existed (so that other engines can start from it).
-    let latest = shared.cluster.snapshots.latest(0).await;
+    let latest = shared.cluster.snapshots.latest(p).await;
     let upgraded = last.is_none() && store.sagas_len() > 0 && latest.is_none();
     let due = position
         .record
@@ -782,7 +903,7 @@ async fn lead(
         >= shared.cluster.snapshot_every;
     if upgraded || due {
         let outbox_from = last.map_or(0, |m| m.outbox_from);
-        if let Err(e) = shared.cluster.snapshots.take(store, 0, outbox_from).await {
+        if let Err(e) = shared.cluster.snapshots.take(store, p, outbox_from).await {
             tracing::warn!(error = %e, "snapshot failed; leading without it");
         }
         position = store.journal_position()?;
@@ -793,7 +914,7 @@ async fn lead(
     let own_records = match (&last, &own_previous) {
         (Some(last), Some(own)) => {
             own.epoch == last.epoch
-                && shared
+                && slot
                     .local
                     .caught_up
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -805,12 +926,12 @@ async fn lead(
     };
     let outbox = match &last {
         Some(last) if !own_records => {
-            match cluster::replica::outbox_to_restore(journal, 0, last.outbox_from, last)
+            match cluster::replica::outbox_to_restore(journal, p, last.outbox_from, last)
                 .await
                 .map_err(replica)
             {
                 Ok(outbox) => outbox,
-                Err(Unanswered::Journal(e)) => return stand_by(shared, renewal, e).await,
+                Err(Unanswered::Journal(e)) => return stand_by(shared, p, renewal, e).await,
                 Err(Unanswered::Fatal(e)) => return Err(e),
             }
         }
@@ -844,7 +965,7 @@ async fn lead(
         ..Default::default()
     };
     let restored = first.outbox().count();
-    let first_seq = match journal.append(0, &first, last_seq).await {
+    let first_seq = match journal.append(p, &first, last_seq).await {
         Ok(seq) => seq,
         Err(cluster::JournalError::Fenced { .. }) => {
             tracing::warn!(
@@ -853,7 +974,9 @@ async fn lead(
             renewal.release(&shared.cluster.leases).await;
             return Ok(Term::SteppedDown);
         }
-        Err(e @ cluster::JournalError::Nats { .. }) => return stand_by(shared, renewal, e).await,
+        Err(e @ cluster::JournalError::Nats { .. }) => {
+            return stand_by(shared, p, renewal, e).await;
+        }
         Err(e) => return Err(runtime(e.to_string())),
     };
     store.commit_journaled(
@@ -865,16 +988,15 @@ async fn lead(
         },
     )?;
     store.flush().await?;
-    shared
-        .local
+    slot.local
         .applied
         .store(first.number, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        partition = 0,
+        partition = p,
         epoch,
         record = first.number,
         restored_outbox = restored,
-        "leading partition 0"
+        "leading partition {p}"
     );
 
     let marks = relay::Marks {
@@ -883,14 +1005,14 @@ async fn lead(
     };
     let mut writer = crate::partition::JournalWriter::new(
         journal.clone(),
-        0,
+        p,
         epoch,
         shared.cluster.engine.clone(),
         first.number,
         first_seq,
         marks.clone(),
     )
-    .with_applied(shared.local.applied.clone());
+    .with_applied(slot.local.applied.clone());
     // The outbox rows restored above are unpublished until the relay says
     // otherwise: later records point back at this one until then.
     writer.appended(outbox_from, store.outbox_written());
@@ -899,41 +1021,43 @@ async fn lead(
     // leader) sends the engine back to standing by: nothing of the term is
     // answered yet.
     let consumers = async {
+        // The leader of partition 0 also reads the durable starts (and
+        // runs the triggers) for every partition.
+        let mut streams = vec![(
+            shared.subjects.results_stream(),
+            shared.subjects.engine_consumer_of(p),
+            shared.subjects.results_of(p, partitions),
+        )];
+        if p == 0 {
+            streams.push((
+                shared.subjects.starts_stream(),
+                shared.subjects.engine_consumer(),
+                shared.subjects.starts_wildcard(),
+            ));
+        }
         if expired {
             // The previous leader died with results and starts pulled and
             // not acknowledged: deliver them again now, not after the ack
             // wait.
-            for stream in [
-                shared.subjects.results_stream(),
-                shared.subjects.starts_stream(),
-            ] {
-                if bus::reset_engine_consumer(&shared.js, &shared.subjects, &stream).await? {
-                    tracing::info!(stream = %stream, "recreated the engine's consumer: what the previous leader had pulled comes again at once");
+            for (stream, name, _) in &streams {
+                if bus::reset_engine_consumer(&shared.js, stream, name).await? {
+                    tracing::info!(partition = p, stream = %stream, "recreated the engine's consumer: what the previous leader had pulled comes again at once");
                 }
             }
         }
-        let results = bus::engine_consumer(
-            &shared.js,
-            &shared.subjects,
-            &shared.subjects.results_stream(),
-            shared.subjects.results_wildcard(),
-            config.ack_wait,
-        )
-        .await?;
-        let starts = bus::engine_consumer(
-            &shared.js,
-            &shared.subjects,
-            &shared.subjects.starts_stream(),
-            shared.subjects.starts_wildcard(),
-            config.ack_wait,
-        )
-        .await?;
-        Ok::<_, bus::BusError>((results, starts))
+        let mut consumers = Vec::new();
+        for (stream, name, filter) in streams {
+            consumers.push(
+                bus::engine_consumer(&shared.js, &stream, name, filter, config.ack_wait).await?,
+            );
+        }
+        Ok::<_, bus::BusError>(consumers)
     };
-    let (results, starts) = match consumers.await {
-        Ok(c) => c,
-        Err(e) => return stand_by(shared, renewal, e).await,
+    let mut consumers = match consumers.await {
+        Ok(c) => c.into_iter(),
+        Err(e) => return stand_by(shared, p, renewal, e).await,
     };
+    let (results, starts) = (consumers.next(), consumers.next());
     let relay_wake = Arc::new(Notify::new());
     let (partition, handle) = Partition::new(
         store.clone(),
@@ -944,6 +1068,7 @@ async fn lead(
         config.batch_size,
     );
     let partition = partition
+        .with_number(p, partitions)
         .with_max_running_sagas(config.max_running_sagas)
         .with_environment(config.environment.clone())
         .with_journal(writer);
@@ -961,33 +1086,43 @@ async fn lead(
     let intake_stop = CancellationToken::new();
     let intake_tasks = TaskTracker::new();
     let prefix_tokens = config.prefix.split('.').count();
-    for (source, consumer) in [
-        (intake::Source::Results, results),
-        (intake::Source::Starts, starts),
-    ] {
+    // Starts (durable and triggered) go to the partition of their key,
+    // here or through its leader: with one partition, this one.
+    let starts_to: Arc<dyn crate::partition::Starts> = if partitions == 1 {
+        Arc::new(handle.clone())
+    } else {
+        Arc::new(shared.service.clone())
+    };
+    let feeds = [
+        results.map(|c| (intake::Feed::Results(handle.clone()), c)),
+        starts.map(|c| (intake::Feed::Starts(starts_to.clone()), c)),
+    ];
+    for (feed, consumer) in feeds.into_iter().flatten() {
         intake_tasks.spawn(intake::run(
-            source,
+            feed,
             consumer,
-            handle.clone(),
             config.max_payload,
             prefix_tokens,
             intake_stop.clone(),
         ));
     }
-    let (trigger_guard, trigger_signals) =
-        crate::triggers::ApplyGuard::new(shared.js.clone(), shared.subjects.clone());
-    intake_tasks.spawn(crate::triggers::run(
-        crate::triggers::Runtime {
-            js: shared.js.clone(),
-            subjects: shared.subjects.clone(),
-            settings: shared.settings.clone(),
-            store: store.clone(),
-            partition: handle.clone(),
-            ack_wait: config.ack_wait,
-        },
-        trigger_signals,
-        intake_stop.clone(),
-    ));
+    let trigger_guard = (p == 0).then(|| {
+        let (guard, signals) =
+            crate::triggers::ApplyGuard::new(shared.js.clone(), shared.subjects.clone());
+        intake_tasks.spawn(crate::triggers::run(
+            crate::triggers::Runtime {
+                js: shared.js.clone(),
+                subjects: shared.subjects.clone(),
+                settings: shared.settings.clone(),
+                store: store.clone(),
+                starts: starts_to.clone(),
+                ack_wait: config.ack_wait,
+            },
+            signals,
+            intake_stop.clone(),
+        ));
+        guard
+    });
     if let Some(period) = config.retention.period() {
         intake_tasks.spawn(crate::retention::run(
             handle.clone(),
@@ -995,15 +1130,19 @@ async fn lead(
             intake_stop.clone(),
         ));
     }
-    shared.role.set_triggers(Some(trigger_guard.clone()));
-    shared.role.set(Some(handle.clone()));
+    if trigger_guard.is_some() {
+        shared.role.set_triggers(trigger_guard.clone());
+    }
+    shared.role.set(p, Some(handle.clone()));
     // The leader's own definition files, through its partition.
-    apply_definition_files(&shared.service, &shared.files).await?;
+    apply_definition_files(&shared.service.leader_of(p), &shared.files).await?;
     // Ready means listening: the trigger subjects of the definitions are
     // captured before the engine says so.
-    trigger_guard.applied().await;
+    if let Some(guard) = &trigger_guard {
+        guard.applied().await;
+    }
     {
-        let sub = api::listen_as_leader(&shared.client, &shared.subjects)
+        let sub = api::listen_as_leader(&shared.client, &shared.subjects, p)
             .await
             .map_err(|e| {
                 runtime(format!(
@@ -1013,26 +1152,28 @@ async fn lead(
         let (client, subjects, service, stop) = (
             shared.client.clone(),
             shared.subjects.clone(),
-            shared.service.leader_only(),
+            shared.service.leader_of(p),
             intake_stop.clone(),
         );
         intake_tasks.spawn(async move {
             if let Err(e) =
-                api::serve(client, sub, subjects, service, api::Door::Leader, stop).await
+                api::serve(client, sub, subjects, service, api::Door::Leader(p), stop).await
             {
                 tracing::error!(error = %e, "leader API stopped");
             }
         });
     }
     intake_tasks.close();
+    // The partition stops once the doors and intake that hold its handle
+    // are done: no other handle may outlive them.
     drop(handle);
-    shared
-        .local
+    drop(starts_to);
+    slot.local
         .leading
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    ::metrics::gauge!(metrics::LEADING).set(1.0);
+    ::metrics::gauge!(metrics::LEADING).increment(1.0);
     // A leader applies no records of another: no lag to show.
-    ::metrics::gauge!(metrics::STANDBY_LAG_MS).set(0.0);
+    ::metrics::gauge!(metrics::STANDBY_LAG_MS, "partition" => p.to_string()).set(0.0);
     shared.ready();
 
     enum End {
@@ -1043,7 +1184,8 @@ async fn lead(
     }
     let end = tokio::select! {
         _ = shutdown.cancelled() => End::Shutdown,
-        _ = shared.role.step_down_requested() => End::StepDown,
+        _ = shared.role.step_down_requested(p) => End::StepDown,
+        _ = shared.give_up_wanted(p) => End::StepDown,
         lost = &mut renewal.task => End::Lost(
             lost.ok()
                 .flatten()
@@ -1056,13 +1198,14 @@ async fn lead(
     if matches!(end, End::Shutdown) {
         shared.draining();
     }
-    shared.role.set(None);
-    shared.role.set_triggers(None);
-    shared
-        .local
+    shared.role.set(p, None);
+    if trigger_guard.is_some() {
+        shared.role.set_triggers(None);
+    }
+    slot.local
         .leading
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    ::metrics::gauge!(metrics::LEADING).set(0.0);
+    ::metrics::gauge!(metrics::LEADING).decrement(1.0);
     intake_stop.cancel();
     intake_tasks.wait().await;
     let (end, partition_result) = match end {
@@ -1085,7 +1228,7 @@ async fn lead(
             // The store holds a record the journal refused: only a restart
             // (which rebuilds the store from the journal) can go on.
             return Err(EngineError::Runtime(format!(
-                "{e}; this engine stops applying partition 0 and exits, so that it restarts as a standby"
+                "{e}; this engine stops applying partition {p} and exits, so that it restarts as a standby"
             )));
         }
         Ok(Err(e)) => return Err(EngineError::Runtime(e.to_string())),
@@ -1093,7 +1236,7 @@ async fn lead(
     }
     match end {
         End::Lost(lost) => {
-            tracing::warn!(partition = 0, %lost, "lost the lease of partition 0; standing by");
+            tracing::warn!(partition = p, %lost, "lost the lease of partition {p}; standing by");
             Ok(Term::SteppedDown)
         }
         End::Shutdown => {
@@ -1102,7 +1245,7 @@ async fn lead(
         }
         End::StepDown | End::Partition(_) => {
             renewal.release(&shared.cluster.leases).await;
-            tracing::info!(partition = 0, "stepped down");
+            tracing::info!(partition = p, "stepped down");
             Ok(Term::SteppedDown)
         }
     }

@@ -105,6 +105,8 @@ pub const JOURNAL_APPEND: &str = "engine_journal_append_seconds";
 pub const STANDBY_LAG_MS: &str = "engine_standby_lag_milliseconds";
 /// Partitions this engine leads (gauge).
 pub const LEADING: &str = "engine_partitions_led";
+/// The installation's partition count (gauge).
+pub const PARTITIONS: &str = "engine_partitions";
 /// Time a partition was without a leader before this engine took it (histogram).
 pub const LEADERLESS: &str = "engine_partition_leaderless_seconds";
 
@@ -257,6 +259,10 @@ fn describe() {
         "How far behind its leader the last journal record this standby applied was, in milliseconds"
     );
     describe_gauge!(LEADING, "Partitions this engine leads");
+    describe_gauge!(
+        PARTITIONS,
+        "The installation's number of partitions: summed over the engines, engine_partitions_led is this when every partition has a leader"
+    );
     describe_histogram!(
         LEADERLESS,
         Unit::Seconds,
@@ -265,7 +271,7 @@ fn describe() {
     metrics::counter!(LEASE_ACQUISITIONS).increment(0);
     metrics::counter!(LEASE_LOSSES).increment(0);
     metrics::gauge!(LEADING).set(0.0);
-    metrics::gauge!(STANDBY_LAG_MS).set(0.0);
+    metrics::gauge!(STANDBY_LAG_MS, "partition" => "0").set(0.0);
     // Counters whose label sets are known up front exist at zero from the
     // start, so that a healthy engine shows 0 rather than "No data" and the
     // first occurrence is an increase.
@@ -329,9 +335,46 @@ pub struct SagaMetrics {
     known: HashSet<String>,
     /// Definition versions whose step series exist.
     known_steps: HashSet<(String, u32)>,
+    /// The `partition` label of the partition's gauges, in an installation
+    /// of more than one (each partition sets its own).
+    partition: Option<String>,
+}
+
+/// `base`, with the `partition` label when there is one.
+fn with_partition(
+    mut base: Vec<(&'static str, String)>,
+    partition: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    if let Some(p) = partition {
+        base.push(("partition", p.to_string()));
+    }
+    base
 }
 
 impl SagaMetrics {
+    /// The metrics of partition `partition` of an installation of
+    /// `partitions`: with more than one, its gauges carry a `partition`
+    /// label, so that the partitions an engine leads do not overwrite each
+    /// other's.
+    pub fn of_partition(partition: u32, partitions: u32) -> Self {
+        Self {
+            partition: (partitions > 1).then(|| partition.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// The `partition` label's value, when the gauges carry one.
+    pub fn partition(&self) -> Option<&str> {
+        self.partition.as_deref()
+    }
+
+    fn active(&self, name: &str) -> metrics::Gauge {
+        metrics::gauge!(
+            SAGA_ACTIVE,
+            &with_partition(vec![("saga_name", name.to_string())], self.partition())
+        )
+    }
+
     /// Sets `saga_active` from what the store holds when the partition
     /// starts: every definition (at zero) and every unfinished saga. Also
     /// creates each definition's `saga_executions_total`,
@@ -353,7 +396,7 @@ impl SagaMetrics {
         }
         for (name, count) in active {
             self.know(name);
-            metrics::gauge!(SAGA_ACTIVE, "saga_name" => name.to_string()).set(count as f64);
+            self.active(name).set(count as f64);
         }
     }
 
@@ -367,7 +410,7 @@ impl SagaMetrics {
             metrics::counter!(SAGA_EXECUTIONS, "saga_name" => name.to_string(), "status" => status.name())
                 .increment(0);
         }
-        metrics::gauge!(SAGA_ACTIVE, "saga_name" => name.to_string()).increment(0.0);
+        self.active(name).increment(0.0);
     }
 
     /// Creates the attempt counters of every step of `def` at zero (for
@@ -402,10 +445,9 @@ impl SagaMetrics {
         self.know_steps(def);
         let was_active = t.from.is_some_and(|s| !s.is_terminal());
         let is_active = !t.to.is_terminal();
-        let active = || metrics::gauge!(SAGA_ACTIVE, "saga_name" => after.name.clone());
         match (was_active, is_active) {
-            (false, true) => active().increment(1.0),
-            (true, false) => active().decrement(1.0),
+            (false, true) => self.active(&after.name).increment(1.0),
+            (true, false) => self.active(&after.name).decrement(1.0),
             _ => {}
         }
         if t.finished() {
@@ -419,11 +461,16 @@ impl SagaMetrics {
     }
 }
 
-/// Sets the concurrency limits' gauges ([`jetsaga_core::limits`]).
-pub fn publish_limits(gauges: LimitGauges) {
-    metrics::gauge!(RUNNING_SAGAS).set(gauges.running as f64);
+/// Sets the concurrency limits' gauges ([`jetsaga_core::limits`]) of the
+/// partition labelled `partition` (none with one partition).
+pub fn publish_limits(gauges: LimitGauges, partition: Option<&str>) {
+    metrics::gauge!(RUNNING_SAGAS, &with_partition(vec![], partition)).set(gauges.running as f64);
     for (name, queued) in gauges.queued {
-        metrics::gauge!(QUEUED_SAGAS, "saga_name" => name).set(queued as f64);
+        metrics::gauge!(
+            QUEUED_SAGAS,
+            &with_partition(vec![("saga_name", name)], partition)
+        )
+        .set(queued as f64);
     }
 }
 
@@ -434,24 +481,25 @@ pub fn queue_waited(saga_name: &str, waited: Millis) {
 }
 
 /// Sets the services' gauges and counts (and logs) their breaker
-/// transitions ([`jetsaga_core::admission`]).
-pub fn publish_services(report: ServiceReport) {
+/// transitions ([`jetsaga_core::admission`]) of the partition labelled
+/// `partition` (none with one partition).
+pub fn publish_services(report: ServiceReport, partition: Option<&str>) {
     for (service, to) in report.transitions {
         tracing::warn!(service, to, "circuit breaker {to}");
         metrics::counter!(BREAKER_TRANSITIONS, "service" => service, "to" => to).increment(1);
     }
     for g in report.gauges {
         let service = g.service;
-        metrics::gauge!(HELD_TASKS, "service" => service.clone()).set(g.held as f64);
-        metrics::gauge!(SERVICE_IN_FLIGHT, "service" => service.clone())
-            .set(f64::from(g.in_flight));
+        let labels = with_partition(vec![("service", service.clone())], partition);
+        metrics::gauge!(HELD_TASKS, &labels).set(g.held as f64);
+        metrics::gauge!(SERVICE_IN_FLIGHT, &labels).set(f64::from(g.in_flight));
         if let Some(state) = g.breaker {
             // Every transition of a configured breaker exists from the start.
             for to in ["open", "half_open", "closed"] {
                 metrics::counter!(BREAKER_TRANSITIONS, "service" => service.clone(), "to" => to)
                     .increment(0);
             }
-            metrics::gauge!(BREAKER_STATE, "service" => service).set(state);
+            metrics::gauge!(BREAKER_STATE, &labels).set(state);
         }
     }
 }
@@ -532,7 +580,7 @@ fn seconds(from: Millis, to: Millis) -> f64 {
 /// the store and `saga_queue_depth` of every service named by a current
 /// definition, and folds histogram samples into their buckets.
 pub async fn poll_gauges<S>(
-    store: Arc<S>,
+    stores: Vec<Arc<S>>,
     js: jetstream::Context,
     subjects: Subjects,
     every: Duration,
@@ -550,14 +598,19 @@ pub async fn poll_gauges<S>(
         if let Some(handle) = HANDLE.get() {
             handle.run_upkeep();
         }
-        metrics::gauge!(OUTBOX_BACKLOG).set(store.outbox_len() as f64);
-        metrics::gauge!(TIMER_BACKLOG).set(store.timers_len() as f64);
-        metrics::gauge!(STORED_SAGAS).set(store.sagas_len() as f64);
-        match store.size_on_disk() {
+        let sum = |f: &dyn Fn(&S) -> usize| stores.iter().map(|s| f(s)).sum::<usize>() as f64;
+        metrics::gauge!(OUTBOX_BACKLOG).set(sum(&|s| s.outbox_len()));
+        metrics::gauge!(TIMER_BACKLOG).set(sum(&|s| s.timers_len()));
+        metrics::gauge!(STORED_SAGAS).set(sum(&|s| s.sagas_len()));
+        match stores
+            .iter()
+            .map(|s| s.size_on_disk())
+            .sum::<Result<u64, _>>()
+        {
             Ok(bytes) => metrics::gauge!(STORE_SIZE).set(bytes as f64),
             Err(e) => tracing::debug!(error = %e, "cannot read the store's size on disk"),
         }
-        let services: BTreeSet<String> = match store.list_definitions() {
+        let services: BTreeSet<String> = match stores[0].list_definitions() {
             Ok(defs) => defs
                 .into_iter()
                 .flat_map(|d| d.steps.into_iter().map(|s| s.service))

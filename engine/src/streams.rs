@@ -245,10 +245,9 @@ pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// the ack wait (a work queue keeps every message not acknowledged).
 pub async fn reset_engine_consumer(
     js: &jetstream::Context,
-    subjects: &Subjects,
     stream: &str,
+    name: &str,
 ) -> Result<bool, BusError> {
-    let name = subjects.engine_consumer();
     let stream_handle = js
         .get_stream(stream)
         .await
@@ -256,18 +255,17 @@ pub async fn reset_engine_consumer(
             stream: stream.to_string(),
             source,
         })?;
-    Ok(stream_handle.delete_consumer(&name).await.is_ok())
+    Ok(stream_handle.delete_consumer(name).await.is_ok())
 }
 
-/// Gets or creates the engine's durable pull consumer on `stream`.
+/// Gets or creates the engine's durable pull consumer `name` on `stream`.
 pub async fn engine_consumer(
     js: &jetstream::Context,
-    subjects: &Subjects,
     stream: &str,
+    name: String,
     filter: String,
     ack_wait: Duration,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
-    let name = subjects.engine_consumer();
     let err = |source| BusError::Consumer {
         stream: stream.to_string(),
         consumer: name.clone(),

@@ -57,7 +57,7 @@
 
 use crate::bus::{BusError, StreamSettings, intake};
 use crate::metrics::reject;
-use crate::partition::{Command, PartitionHandle, StartCommand, api_error};
+use crate::partition::{StartCommand, Starts, api_error};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use jetsaga_core::saga::definition::{SagaDefinition, Trigger, input_pointer};
 use jetsaga_protocol::pattern::{collide, covers, overlap_in_part, reduce};
@@ -66,7 +66,7 @@ use jetsaga_store::DefinitionTable;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -376,8 +376,8 @@ pub struct Runtime {
     pub settings: StreamSettings,
     /// Where the definitions are read.
     pub store: Arc<dyn DefinitionTable>,
-    /// Where starts go.
-    pub partition: PartitionHandle,
+    /// Where starts go: the partitions their keys belong to.
+    pub starts: Arc<dyn Starts>,
     /// Ack wait of the consumers.
     pub ack_wait: Duration,
 }
@@ -520,8 +520,8 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
         crate::bus::create_stream(&rt.js, config).await?;
         let consumer = crate::bus::engine_consumer(
             &rt.js,
-            &rt.subjects,
             &own_stream,
+            rt.subjects.engine_consumer(),
             String::new(),
             rt.ack_wait,
         )
@@ -680,42 +680,38 @@ async fn handle(
                 continue;
             }
         };
-        let (tx, rx) = oneshot::channel();
         let start = StartCommand {
             saga: def.name.clone(),
             input,
             idempotency_key: Some(key),
             trace_parent: trace_parent.clone(),
         };
-        if rt
-            .partition
-            .send(Command::Start {
-                start,
-                reply: Some(tx),
-                ack: None,
-            })
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        answers.push((def.name.clone(), rx));
+        answers.push((def.name.clone(), rt.starts.start(start)));
     }
     // Acknowledged once every start it caused is durable (the partition
     // answers after its group commit) or refused; not at all if the engine
     // stops first, so it is delivered again and deduplicated by the key.
     acks.spawn(async move {
-        for (saga, rx) in answers {
-            match rx.await {
-                Ok(Ok(reply)) if reply.created => {
+        for (saga, answer) in answers {
+            match answer.await {
+                Ok(reply) if reply.created => {
                     metrics::counter!(TRIGGERED_STARTS, "saga" => saga.clone()).increment(1);
                     tracing::info!(saga_id = %reply.saga_id, saga = %saga, event_id = %id, %subject, "saga triggered");
                 }
-                Ok(Ok(reply)) => {
+                Ok(reply) => {
                     tracing::debug!(saga_id = %reply.saga_id, saga = %saga, event_id = %id, "trigger repeat; saga already started");
                 }
-                Ok(Err(e)) => crate::metrics::reject("trigger", &e.code, &e.message),
-                Err(_) => return,
+                // The partition stopped, or has no leader: delivered again.
+                Err(e)
+                    if matches!(
+                        e.error_code(),
+                        Some(ErrorCode::Unavailable | ErrorCode::NoLeader)
+                    ) =>
+                {
+                    tracing::warn!(error = %e.message, saga = %saga, event_id = %id, "trigger start not taken; the event comes again");
+                    return;
+                }
+                Err(e) => crate::metrics::reject("trigger", &e.code, &e.message),
             }
         }
         if let Err(e) = msg.ack().await {

@@ -75,6 +75,7 @@ fn task(saga: &str, step: &Step, kind: TaskKind, operation: &str) -> Task {
         input: json!({}),
         context: BTreeMap::new(),
         timeout_ms: 10_000,
+        partition: 0,
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod error_code;
 pub mod op;
+pub mod partition;
 pub mod pattern;
 pub mod telemetry;
 pub mod trace_context;
@@ -101,9 +102,38 @@ impl Subjects {
         format!("{}-svc-{service}", self.prefix.replace('.', "-"))
     }
 
-    /// Subject a worker publishes the result of a task of `service` on.
+    /// Subject a worker publishes the result of a task of `service` on,
+    /// for a saga of partition 0.
     pub fn result(&self, service: &str) -> String {
         format!("{}.result.{service}", self.prefix)
+    }
+    /// Subject a worker publishes the result of a task of `service` on,
+    /// for a saga of `partition` (the task's [`Task::partition`]):
+    /// `<prefix>.result.<service>` for partition 0, as before partitions,
+    /// and `<prefix>.result.<service>.<partition>` for the others, so that
+    /// the leader of each partition consumes its own.
+    ///
+    /// ```
+    /// use jetsaga_protocol::Subjects;
+    /// let s = Subjects::new("jetsaga");
+    /// assert_eq!(s.result_in("payments", 0), "jetsaga.result.payments");
+    /// assert_eq!(s.result_in("payments", 3), "jetsaga.result.payments.3");
+    /// ```
+    pub fn result_in(&self, service: &str, partition: u32) -> String {
+        if partition == 0 {
+            self.result(service)
+        } else {
+            format!("{}.result.{service}.{partition}", self.prefix)
+        }
+    }
+    /// The results of the sagas of `partition`, in an installation of
+    /// `partitions`: what the engine consumer of that partition reads.
+    pub fn results_of(&self, partition: u32, partitions: u32) -> String {
+        match (partition, partitions) {
+            (_, 0 | 1) => self.results_wildcard(),
+            (0, _) => format!("{}.result.*", self.prefix),
+            (p, _) => format!("{}.result.*.{p}", self.prefix),
+        }
     }
     /// Wildcard of every result subject.
     pub fn results_wildcard(&self) -> String {
@@ -155,6 +185,16 @@ impl Subjects {
     /// Name of the engine's durable consumer on the results and starts streams.
     pub fn engine_consumer(&self) -> String {
         format!("{}-engine", self.prefix.replace('.', "-"))
+    }
+    /// Name of the durable consumer with which the leader of `partition`
+    /// reads its results: [`Self::engine_consumer`] for partition 0,
+    /// `<prefix>-engine-p<partition>` for the others.
+    pub fn engine_consumer_of(&self, partition: u32) -> String {
+        if partition == 0 {
+            self.engine_consumer()
+        } else {
+            format!("{}-p{partition}", self.engine_consumer())
+        }
     }
     /// Name of the engine's durable consumer of trigger subjects on the
     /// events stream.
@@ -442,6 +482,15 @@ pub struct Task {
     /// Time the worker has for this attempt, in milliseconds; after it the
     /// engine considers the attempt timed out.
     pub timeout_ms: u64,
+    /// The saga's partition; its result goes to
+    /// [`Subjects::result_in`]`(service, partition)`. Absent (0) in an
+    /// installation of one partition.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub partition: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The outcome of running a task.
@@ -781,6 +830,7 @@ mod tests {
                         input,
                         context,
                         timeout_ms,
+                        partition: timeout_ms as u32 % 5,
                     },
                 )
         }

@@ -34,6 +34,13 @@
 //!   no result is rejected for an unknown saga.
 //! - `a_nats_node_killed_under_load`: the node leading the journal stream
 //!   dies while sagas run; all finish exactly once.
+//! - `partitions_spread_over_the_engines_and_fail_over`: an installation
+//!   of 4 partitions and three engines started at once with the same
+//!   `--definitions`: the partitions spread over the engines, the same
+//!   idempotency key gives the same saga through any engine, sagas land in
+//!   every partition, and after a `kill -9` of an engine its partitions are
+//!   led by the others and every saga ends exactly once; an engine
+//!   configured with another partition count refuses to start.
 //! - `chaos_of_leader_kills_and_a_nats_node`: 300 sagas with faults while
 //!   the current leader is killed (and restarted) again and again and a
 //!   NATS node dies once. Seeded; `JETSAGA_HA_SEED=<u64>` replays a run.
@@ -666,10 +673,8 @@ async fn an_empty_engine_starts_from_the_latest_snapshot_and_the_tail() {
     ha.judge(&plans, &ids, &format!("seed {seed}")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_engines_started_at_once_with_the_same_definitions() {
-    let seed = seed();
-    let mut ha = Ha::new().await;
+/// A directory with the chaos definitions' files, for `--definitions`.
+fn definitions_dir(ha: &Ha) -> String {
     let defs_dir = ha.dir.path().join("definitions");
     std::fs::create_dir_all(&defs_dir).expect("definitions dir");
     for name in common::chaos::DEFINITIONS {
@@ -678,7 +683,28 @@ async fn three_engines_started_at_once_with_the_same_definitions() {
             .join(format!("{name}.yaml"));
         std::fs::copy(&from, defs_dir.join(format!("{name}.yaml"))).expect("copy definition");
     }
-    let defs_arg = defs_dir.display().to_string();
+    defs_dir.display().to_string()
+}
+
+/// No engine logged an ERROR line, and every one still runs.
+fn assert_no_errors(ha: &Ha) {
+    for (id, e) in ha.ids.iter().zip(&ha.engines) {
+        let log = e.process.log();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(
+            errors.is_empty(),
+            "engine {id} logged errors:\n{}",
+            errors.join("\n")
+        );
+        assert!(e.process.try_wait().is_none(), "engine {id} runs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_engines_started_at_once_with_the_same_definitions() {
+    let seed = seed();
+    let mut ha = Ha::new().await;
+    let defs_arg = definitions_dir(&ha);
     let started_at = Instant::now();
     for _ in 0..3 {
         ha.spawn_engine(&["--definitions", &defs_arg]);
@@ -697,16 +723,7 @@ async fn three_engines_started_at_once_with_the_same_definitions() {
         "ha: three engines ready {:.2}s after they were started together",
         started_at.elapsed().as_secs_f64()
     );
-    for (id, e) in ha.ids.iter().zip(&ha.engines) {
-        let log = e.process.log();
-        let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
-        assert!(
-            errors.is_empty(),
-            "engine {id} logged errors:\n{}",
-            errors.join("\n")
-        );
-        assert!(e.process.try_wait().is_none(), "engine {id} runs");
-    }
+    assert_no_errors(&ha);
 
     let leader = ha.leader().await;
     let leading: Vec<&String> = ha
@@ -746,6 +763,256 @@ async fn three_engines_started_at_once_with_the_same_definitions() {
     let starts = Starts::spawn(&ha.client, &plans, 0..12, Duration::ZERO, &stats);
     let ids = ids_in_order(&plans, starts.join().await);
     ha.judge(&plans, &ids, &format!("seed {seed}")).await;
+}
+
+/// The partitions of the installation in
+/// `partitions_spread_over_the_engines_and_fail_over`.
+const PARTITIONS: u32 = 4;
+
+/// Waits until each of the `PARTITIONS` partitions is led by an engine of
+/// `alive` (ids), as both the leases and the leaders' heartbeats say, and
+/// each of them leads at least one; answers the status.
+async fn spread(ha: &Ha, alive: &[&str]) -> ClusterStatus {
+    wait_until(
+        &format!("{PARTITIONS} partitions led by each of {alive:?}"),
+        TAKEOVER,
+        || async {
+            let status = ha.client.cluster_status().await.ok()?;
+            let by_lease: Vec<&str> = status
+                .partitions
+                .iter()
+                .filter_map(|p| p.leader.as_deref())
+                .collect();
+            let mut by_beat: Vec<(u32, &str)> = status
+                .engines
+                .iter()
+                .flat_map(|e| e.partitions.iter().map(|p| (*p, e.id.as_str())))
+                .collect();
+            by_beat.sort();
+            let agree = by_lease.len() == PARTITIONS as usize
+                && by_beat.len() == PARTITIONS as usize
+                && by_beat.iter().zip(&by_lease).all(|((_, a), b)| a == b);
+            let each = alive.iter().all(|id| {
+                status
+                    .engines
+                    .iter()
+                    .any(|e| e.id == *id && !e.partitions.is_empty())
+            });
+            let only = by_lease.iter().all(|l| alive.contains(l));
+            (agree && each && only).then_some(status)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_over_the_engines_and_fail_over() {
+    use jetsaga_protocol::partition;
+    let seed = seed();
+    println!("ha: seed {seed} (replay with JETSAGA_HA_SEED={seed})");
+    let mut ha = Ha::new().await;
+    let defs_arg = definitions_dir(&ha);
+    let partitions = PARTITIONS.to_string();
+    let started_at = Instant::now();
+    for _ in 0..3 {
+        ha.spawn_engine(&[
+            "--partitions",
+            &partitions,
+            "--definitions",
+            &defs_arg,
+            "--http-listen",
+            "127.0.0.1:0",
+        ]);
+    }
+    for e in &ha.engines {
+        blocking(|| e.wait_ready());
+    }
+    let ids: Vec<String> = ha.ids.clone();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let status = spread(&ha, &ids).await;
+    println!(
+        "ha: {PARTITIONS} partitions spread over three engines {:.2}s after they were started together: {:?}",
+        started_at.elapsed().as_secs_f64(),
+        status
+            .engines
+            .iter()
+            .map(|e| (e.id.as_str(), e.partitions.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_no_errors(&ha);
+    let stored = ha.client.definitions().await.expect("list definitions");
+    let versions: BTreeMap<&str, u32> = stored
+        .iter()
+        .map(|d| (d.name.as_str(), d.version))
+        .collect();
+    let expected: BTreeMap<&str, u32> =
+        common::chaos::DEFINITIONS.iter().map(|n| (*n, 1)).collect();
+    assert_eq!(versions, expected, "each definition applied once");
+    let defs = stored
+        .into_iter()
+        .map(|d| (d.name.clone(), Arc::new(d)))
+        .collect();
+    let _workers = ha.workers();
+    let plans = Arc::new(plan(&mut StdRng::seed_from_u64(seed), seed, &defs, 40));
+
+    // One key, started through two engines' HTTP doors: one saga.
+    let first = &plans[0];
+    let body =
+        serde_json::json!({"saga": first.saga, "input": first.input, "idempotency_key": first.key})
+            .to_string();
+    let mut replies = Vec::new();
+    for i in [0, 1] {
+        let (code, text) =
+            http_exchange(&ha.engines[i].http_addr(), "POST", "/v1/sagas", Some(&body)).await;
+        assert!(
+            code == 201 || code == 200,
+            "start through {}: {code} {text}",
+            ha.ids[i]
+        );
+        replies.push(serde_json::from_str::<StartReply>(&text).expect("a start reply"));
+    }
+    assert_eq!(replies[0].saga_id, replies[1].saga_id, "one key, one saga");
+    assert!(replies[0].created && !replies[1].created, "{replies:?}");
+    assert_eq!(
+        partition::of_saga(&replies[0].saga_id, PARTITIONS),
+        partition::of_key(&first.key, PARTITIONS),
+        "the saga lives in its key's partition"
+    );
+
+    let stats = Arc::new(StartStats::default());
+    let starts = Starts::spawn(
+        &ha.client,
+        &plans,
+        1..plans.len(),
+        Duration::from_millis(40),
+        &stats,
+    );
+    starts.wait_started(plans.len() / 2).await;
+    // Kill the engine leading the most partitions.
+    let status = ha.status().await;
+    let victim_id = status
+        .engines
+        .iter()
+        .max_by_key(|e| e.partitions.len())
+        .map(|e| e.id.clone())
+        .expect("engines");
+    let victim = ha.index_of(&victim_id);
+    let killed_at = Instant::now();
+    ha.kill(victim);
+    let alive: Vec<&str> = ids.iter().copied().filter(|id| *id != victim_id).collect();
+    // Its leases taken by the others: the takeover.
+    wait_until(
+        "the killed engine's partitions led again",
+        TAKEOVER,
+        || async {
+            let status = ha.client.cluster_status().await.ok()?;
+            status
+                .partitions
+                .iter()
+                .all(|p| p.leader.as_deref().is_some_and(|l| alive.contains(&l)))
+                .then_some(())
+        },
+    )
+    .await;
+    let takeover = killed_at.elapsed();
+    // And the heartbeats agree (the killed engine's has aged out).
+    let status = spread(&ha, &alive).await;
+    println!(
+        "ha: kill -9 of {victim_id}; its partitions led again after {:.2}s, the heartbeats agree after {:.2}s: {:?}",
+        takeover.as_secs_f64(),
+        killed_at.elapsed().as_secs_f64(),
+        status
+            .engines
+            .iter()
+            .map(|e| (e.id.as_str(), e.partitions.clone()))
+            .collect::<Vec<_>>()
+    );
+
+    let mut started = starts.join().await;
+    started.push((0, replies[0].saga_id.clone()));
+    let saga_ids = ids_in_order(&plans, started);
+    ha.judge(&plans, &saga_ids, &format!("seed {seed}")).await;
+    let used: std::collections::BTreeSet<u32> = saga_ids
+        .iter()
+        .map(|id| partition::of_saga(id, PARTITIONS))
+        .collect();
+    assert_eq!(
+        used.len(),
+        PARTITIONS as usize,
+        "sagas in every partition: {used:?}"
+    );
+    for (p, id) in plans.iter().zip(&saga_ids) {
+        assert_eq!(
+            partition::of_saga(id, PARTITIONS),
+            partition::of_key(&p.key, PARTITIONS),
+            "saga {id} of key {}",
+            p.key
+        );
+    }
+
+    // SIGTERM to one of the two left: the last takes its partitions at once.
+    let status = ha.status().await;
+    let stopping_id = alive[0].to_string();
+    let last_id = alive[1].to_string();
+    let stopping = ha.index_of(&stopping_id);
+    let signalled_at = Instant::now();
+    ha.engines[stopping].process.signal(Signal::SIGTERM);
+    wait_until(
+        "the last engine leads every partition",
+        TAKEOVER,
+        || async {
+            let status = ha.client.cluster_status().await.ok()?;
+            status
+                .partitions
+                .iter()
+                .all(|p| p.leader.as_deref() == Some(last_id.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+    let handover = signalled_at.elapsed();
+    let exit = blocking(|| ha.engines[stopping].process.wait_for_exit(READY));
+    assert!(exit.success(), "a drained engine exits 0, got {exit}");
+    println!(
+        "ha: SIGTERM to {stopping_id} (leading {:?}); {last_id} leads all {PARTITIONS} after {:.2}s",
+        status
+            .engines
+            .iter()
+            .find(|e| e.id == stopping_id)
+            .map(|e| e.partitions.clone()),
+        handover.as_secs_f64()
+    );
+    ha.keep_log(stopping);
+    // The last engine runs new sagas of every partition.
+    let mut more = plan(&mut StdRng::seed_from_u64(seed ^ 1), seed ^ 1, &defs, 12);
+    for p in &mut more {
+        p.index += plans.len();
+    }
+    let more_stats = Arc::new(StartStats::default());
+    let mut more_ids = Vec::new();
+    for p in &more {
+        more_ids.push(start_one(&ha.client, p, &more_stats).await);
+    }
+    let mut all_plans: Vec<SagaPlan> = plans.iter().cloned().collect();
+    all_plans.extend(more);
+    let mut all_ids = saga_ids.clone();
+    all_ids.extend(more_ids);
+    ha.judge(
+        &all_plans,
+        &all_ids,
+        &format!("seed {seed}, after the handover"),
+    )
+    .await;
+
+    // Another partition count is refused.
+    let odd = ha.spawn_engine(&["--partitions", "2"]);
+    let exit = blocking(|| ha.engines[odd].process.wait_for_exit(READY));
+    assert!(!exit.success(), "{exit}");
+    let log = ha.engines[odd].process.log();
+    assert!(
+        log.contains("E-PARTITIONS") && log.contains("has 4 partitions"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

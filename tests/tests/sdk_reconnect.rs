@@ -61,6 +61,7 @@ fn task(saga: &str, input: serde_json::Value) -> Task {
         input,
         context: Default::default(),
         timeout_ms: 30_000,
+        partition: 0,
     }
 }
 

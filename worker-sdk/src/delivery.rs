@@ -346,7 +346,7 @@ async fn publish(
     };
     let payload =
         bytes::Bytes::from(serde_json::to_vec(&result).expect("a TaskResult always serializes"));
-    let subject = shared.subjects.result(&shared.service);
+    let subject = shared.subjects.result_in(&shared.service, task.partition);
     let msg_id = result_msg_id(&task.saga_id, &task.step_id, task.kind, task.attempt);
     let send = || async {
         let mut headers = async_nats::HeaderMap::new();

@@ -377,6 +377,7 @@ mod tests {
             input,
             context: Default::default(),
             timeout_ms: 1_000,
+            partition: 0,
         }
     }
 

@@ -79,7 +79,7 @@
 //!     saga_id: "s-1".into(), saga_name: "order".into(), step_id: "reserve".into(),
 //!     kind: TaskKind::Action, service: "inventory".into(), operation: "reserve".into(),
 //!     attempt: 1, idempotency_key: "s-1.reserve.action".into(),
-//!     input: json!({"qty": qty}), context: Default::default(), timeout_ms: 5_000,
+//!     input: json!({"qty": qty}), context: Default::default(), timeout_ms: 5_000, partition: 0,
 //! };
 //!
 //! assert_eq!(worker.run_one(task(3)).await, Outcome::Ok { output: json!({"reserved": 3}) });

@@ -47,7 +47,7 @@ impl TaskContext {
     ///     saga_id: "s1".into(), saga_name: "order".into(), step_id: "charge".into(),
     ///     kind: TaskKind::Action, service: "payments".into(), operation: "charge".into(),
     ///     attempt: 1, idempotency_key: "s1.charge.action".into(),
-    ///     input: serde_json::json!({"amount": 5}), context: Default::default(), timeout_ms: 1000,
+    ///     input: serde_json::json!({"amount": 5}), context: Default::default(), timeout_ms: 1000, partition: 0,
     /// };
     /// let ctx = TaskContext::test(task);
     /// assert_eq!(ctx.idempotency_key(), "s1.charge.action");
@@ -159,6 +159,7 @@ mod tests {
             .into_iter()
             .collect(),
             timeout_ms: 5_000,
+            partition: 0,
         }
     }
 

@@ -246,6 +246,7 @@ fn task(saga: &str, operation: &str, attempt: u32, input: serde_json::Value) -> 
         input,
         context: Default::default(),
         timeout_ms: 10_000,
+        partition: 0,
     }
 }
 

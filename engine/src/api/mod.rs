@@ -59,17 +59,17 @@ enum Route {
     Refuse,
 }
 
-/// The local partition's handle, or returns the answer of the leader (or
-/// the refusal) from the enclosing method.
+/// The handle of partition `$p` when this engine leads it, or returns the
+/// answer of its leader (or the refusal) from the enclosing method.
 macro_rules! routed {
-    ($self:ident, $op:expr, $req:expr) => {
-        routed!($self, $op, $req, None)
+    ($self:ident, $p:expr, $op:expr, $req:expr) => {
+        routed!($self, $p, $op, $req, None)
     };
-    ($self:ident, $op:expr, $req:expr, $headers:expr) => {
-        match $self.route() {
+    ($self:ident, $p:expr, $op:expr, $req:expr, $headers:expr) => {
+        match $self.route($p) {
             Route::Local(handle) => handle,
             Route::Forward(f) => return f.call($op, $req, $headers).await,
-            Route::Refuse => return Err(route::not_leader()),
+            Route::Refuse => return Err(route::not_leader($p)),
         }
     };
 }
@@ -119,8 +119,14 @@ const STATS_PAGE: usize = 1024;
 /// code. Cheap to clone.
 #[derive(Clone)]
 pub struct Api {
-    store: Arc<dyn Store>,
-    /// The partition's handle while this engine leads it.
+    /// Each partition's store (this engine's copy), by partition number.
+    stores: Arc<[Arc<dyn Store>]>,
+    /// The partition every request goes to, for the API serving requests
+    /// forwarded to the leader of one partition.
+    pin: Option<u32>,
+    /// Where starts without a key go next when no partition is led here.
+    next: Arc<std::sync::atomic::AtomicU32>,
+    /// The handles of the partitions this engine leads.
     role: route::Role,
     /// Where requests go while it does not (`None`: they are refused).
     forward: Option<route::Forwarder>,
@@ -135,19 +141,23 @@ pub struct Api {
 impl Api {
     /// The API over `store` (reads) and `partition` (state changes).
     pub fn new(store: Arc<dyn Store>, partition: PartitionHandle) -> Self {
-        Self::routed(store, route::Role::leading(partition), None)
+        Self::routed(vec![store], route::Role::leading(partition), None)
     }
 
     /// The API of an engine in a cluster: it answers from its partition
     /// while `role` leads, and forwards every request with `forward` (or
     /// refuses it, `None`) while it does not.
+    /// `stores` holds each partition's store, by number, as many as `role`
+    /// has partitions.
     pub fn routed(
-        store: Arc<dyn Store>,
+        stores: Vec<Arc<dyn Store>>,
         role: route::Role,
         forward: Option<route::Forwarder>,
     ) -> Self {
         Self {
-            store,
+            stores: stores.into(),
+            pin: None,
+            next: Arc::default(),
             role,
             forward,
             cluster: None,
@@ -162,21 +172,80 @@ impl Api {
         self
     }
 
-    /// The same API, refusing (`E-NO-LEADER`) instead of forwarding while
-    /// it does not lead: what serves requests forwarded to the leader.
-    pub fn leader_only(&self) -> Self {
+    /// The same API for partition `partition` alone, refusing
+    /// (`E-NO-LEADER`) instead of forwarding while it does not lead it:
+    /// what serves the requests forwarded to that partition's leader.
+    pub fn leader_of(&self, partition: u32) -> Self {
         Self {
             forward: None,
+            pin: Some(partition),
             ..self.clone()
         }
     }
 
-    /// Where a request goes now.
-    fn route(&self) -> Route {
-        match self.role.handle() {
+    /// The same API for partition `partition` alone, forwarding to its
+    /// leader.
+    fn only(&self, partition: u32) -> Self {
+        Self {
+            pin: Some(partition),
+            ..self.clone()
+        }
+    }
+
+    /// The installation's partition count.
+    fn partitions(&self) -> u32 {
+        self.role.partitions()
+    }
+
+    /// Whether a request spans every partition (not pinned to one, more
+    /// than one).
+    fn spans(&self) -> bool {
+        self.pin.is_none() && self.partitions() > 1
+    }
+
+    /// The partition of saga `id`.
+    fn of_saga(&self, id: &str) -> u32 {
+        self.pin
+            .unwrap_or_else(|| jetsaga_protocol::partition::of_saga(id, self.partitions()))
+    }
+
+    /// The partition of idempotency key `key`.
+    fn of_key(&self, key: &str) -> u32 {
+        self.pin
+            .unwrap_or_else(|| jetsaga_protocol::partition::of_key(key, self.partitions()))
+    }
+
+    /// The partition of a start without a key: one this engine leads
+    /// (no hop to another engine), in turn, else any, in turn.
+    fn pick(&self) -> u32 {
+        if let Some(p) = self.pin {
+            return p;
+        }
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let led = self.role.led();
+        if led.is_empty() {
+            turn % self.partitions()
+        } else {
+            led[turn as usize % led.len()]
+        }
+    }
+
+    /// The partition a request about no saga in particular reads.
+    fn home(&self) -> u32 {
+        self.pin.unwrap_or(0)
+    }
+
+    /// This engine's store of `partition`.
+    fn store(&self, partition: u32) -> &Arc<dyn Store> {
+        &self.stores[(partition as usize).min(self.stores.len() - 1)]
+    }
+
+    /// Where a request for `partition` goes now.
+    fn route(&self, partition: u32) -> Route {
+        match self.role.handle(partition) {
             Some(handle) => Route::Local(handle),
             None => match &self.forward {
-                Some(f) => Route::Forward(Box::new(f.clone())),
+                Some(f) => Route::Forward(Box::new(f.to(partition))),
                 None => Route::Refuse,
             },
         }
@@ -233,7 +302,11 @@ impl Api {
             h.insert(crate::trace::HEADER_TRACEPARENT, tp);
             h
         });
-        let partition = routed!(self, Op::SagaStart, &req, headers);
+        let p = match &req.idempotency_key {
+            Some(key) => self.of_key(key),
+            None => self.pick(),
+        };
+        let partition = routed!(self, p, Op::SagaStart, &req, headers);
         partition
             .start(StartCommand {
                 saga: req.saga,
@@ -248,6 +321,7 @@ impl Api {
     pub async fn get(&self, id: &str) -> Result<SagaDetail, ApiError> {
         routed!(
             self,
+            self.of_saga(id),
             Op::SagaGet,
             &GetRequest {
                 id: Some(id.to_string()),
@@ -259,18 +333,17 @@ impl Api {
 
     /// [`Api::get`] from this engine's store.
     async fn get_local(&self, id: &str) -> Result<SagaDetail, ApiError> {
-        let saga = self
-            .store
+        let store = self.store(self.of_saga(id));
+        let saga = store
             .saga(id)
             .map_err(internal)?
             .ok_or_else(|| api_error(ErrorCode::NotFound, format!("no saga with id {id}")))?;
-        let definition = self
-            .store
+        let definition = store
             .definition(&saga.name, saga.definition_version)
             .map_err(internal)?
             .ok_or_else(|| internal(format!("saga {id} has no stored definition")))?;
         let queue_position = if saga.status == SagaStatus::Pending {
-            self.store.queue_position(id).map_err(internal)?
+            store.queue_position(id).map_err(internal)?
         } else {
             None
         };
@@ -281,8 +354,10 @@ impl Api {
     /// `E-NOT-FOUND`. Only reads: a start with that key not yet consumed
     /// stays unconsumed.
     pub async fn get_by_key(&self, key: &str) -> Result<SagaDetail, ApiError> {
+        let p = self.of_key(key);
         routed!(
             self,
+            p,
             Op::SagaGet,
             &GetRequest {
                 id: None,
@@ -290,7 +365,7 @@ impl Api {
             }
         );
         let id = self
-            .store
+            .store(p)
             .saga_by_idempotency_key(key)
             .map_err(internal)?
             .ok_or_else(|| {
@@ -321,41 +396,53 @@ impl Api {
     /// given), newest first, on a blocking thread: `since` stops it at the
     /// first saga id (a UUIDv7) older than `now - since`, so its cost
     /// follows the sagas in the window, not the store.
+    ///
+    /// With more than one partition, each partition's sagas are read from
+    /// this engine's copy of it: current for the partitions it leads,
+    /// behind by the standby lag for the others.
     pub async fn stats(&self, req: &StatsRequest) -> Result<SagaStats, ApiError> {
-        routed!(self, Op::SagaStats, req);
+        let stores: Vec<Arc<dyn Store>> = if self.spans() {
+            self.stores.to_vec()
+        } else {
+            routed!(self, self.home(), Op::SagaStats, req);
+            vec![self.store(self.home()).clone()]
+        };
         let created_after = req
             .since
             .map(|since| crate::partition::now_ms().saturating_sub(since));
-        let store = self.store.clone();
         let name = req.saga.clone();
         tokio::task::spawn_blocking(move || {
             let mut sagas = Vec::new();
-            let mut cursor = None;
-            loop {
-                let page = store
-                    .list_sagas(&SagaFilter {
-                        state: None,
-                        name: name.clone(),
-                        before: cursor.take(),
-                        limit: STATS_PAGE,
-                    })
-                    .map_err(internal)?;
-                let exhausted = page.len() < STATS_PAGE;
-                cursor = page.last().map(|s| s.id.clone());
-                for saga in page {
-                    if let (Some(after), Some(id_ms)) = (created_after, uuid_v7_millis(&saga.id))
-                        && id_ms < after
-                    {
-                        return Ok(stats::summarize(&sagas, created_after));
+            'stores: for store in stores {
+                let mut cursor = None;
+                loop {
+                    let page = store
+                        .list_sagas(&SagaFilter {
+                            state: None,
+                            name: name.clone(),
+                            before: cursor.take(),
+                            limit: STATS_PAGE,
+                        })
+                        .map_err(internal)?;
+                    let exhausted = page.len() < STATS_PAGE;
+                    cursor = page.last().map(|s| s.id.clone());
+                    for saga in page {
+                        if let (Some(after), Some(id_ms)) =
+                            (created_after, uuid_v7_millis(&saga.id))
+                            && id_ms < after
+                        {
+                            continue 'stores;
+                        }
+                        if created_after.is_none_or(|a| saga.created_at >= a) {
+                            sagas.push(saga);
+                        }
                     }
-                    if created_after.is_none_or(|a| saga.created_at >= a) {
-                        sagas.push(saga);
+                    if exhausted {
+                        continue 'stores;
                     }
-                }
-                if exhausted {
-                    return Ok(stats::summarize(&sagas, created_after));
                 }
             }
+            Ok(stats::summarize(&sagas, created_after))
         })
         .await
         .map_err(internal)?
@@ -368,9 +455,16 @@ impl Api {
     /// UUIDv7s made when the saga is created: `created_before` bounds the
     /// ids scanned from above (with a minute to spare for clock skew) and the
     /// scan stops at the first id older than `created_after`.
+    ///
+    /// With more than one partition, each partition's leader answers its
+    /// page and the pages are merged by id.
     pub async fn list(&self, req: &ListRequest) -> Result<SagaPage, ApiError> {
-        // Forwarded as a page (cursor included): see `handle_forwarded`.
-        routed!(self, Op::SagaList, req);
+        if self.spans() {
+            return self.list_merged(req).await;
+        }
+        let p = self.home();
+        // Forwarded as a page (cursor included): see `handle`.
+        routed!(self, p, Op::SagaList, req);
         if let Some(cursor) = &req.before {
             check_cursor(cursor)?;
         }
@@ -392,7 +486,7 @@ impl Api {
         // One more than asked tells whether there is a next page.
         let want = limit.saturating_add(1);
         let mut sagas = if req.created_after.is_none() && req.created_before.is_none() {
-            self.store
+            self.store(p)
                 .list_sagas(&SagaFilter {
                     state: req.state.map(|s| s.name().to_string()),
                     name: req.name.clone(),
@@ -401,7 +495,7 @@ impl Api {
                 })
                 .map_err(internal)?
         } else {
-            self.list_in_time_range(req, want)?
+            self.list_in_time_range(p, req, want)?
         };
         let next = if sagas.len() > limit {
             sagas.truncate(limit);
@@ -415,7 +509,34 @@ impl Api {
         })
     }
 
-    fn list_in_time_range(&self, req: &ListRequest, want: usize) -> Result<Vec<Saga>, ApiError> {
+    /// A page of every partition's sagas: each partition's page, merged.
+    async fn list_merged(&self, req: &ListRequest) -> Result<SagaPage, ApiError> {
+        let limit = match req.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n,
+        };
+        let pages = futures::future::try_join_all(
+            (0..self.partitions()).map(|p| async move { self.only(p).list(req).await }),
+        )
+        .await?;
+        let more = pages.iter().any(|page| page.next.is_some());
+        let mut sagas: Vec<_> = pages.into_iter().flat_map(|page| page.sagas).collect();
+        sagas.sort_by(|a, b| b.id.cmp(&a.id));
+        let next = if sagas.len() > limit || more {
+            sagas.truncate(limit);
+            sagas.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        Ok(SagaPage { sagas, next })
+    }
+
+    fn list_in_time_range(
+        &self,
+        p: u32,
+        req: &ListRequest,
+        want: usize,
+    ) -> Result<Vec<Saga>, ApiError> {
         let in_range = |s: &Saga| {
             req.created_after.is_none_or(|a| s.created_at >= a)
                 && req.created_before.is_none_or(|b| s.created_at < b)
@@ -431,7 +552,7 @@ impl Api {
         let mut out = Vec::new();
         loop {
             let page = self
-                .store
+                .store(p)
                 .list_sagas(&SagaFilter {
                     state: req.state.map(|s| s.name().to_string()),
                     name: req.name.clone(),
@@ -466,7 +587,7 @@ impl Api {
     /// Cancels a saga (with or without compensating what completed) and
     /// returns it as it is once the cancel is durable.
     pub async fn cancel(&self, req: CancelRequest) -> Result<SagaDetail, ApiError> {
-        let partition = routed!(self, Op::SagaCancel, &req);
+        let partition = routed!(self, self.of_saga(&req.id), Op::SagaCancel, &req);
         let reason = req.reason.unwrap_or_else(|| {
             if req.compensate {
                 "cancelled with compensation".into()
@@ -486,7 +607,7 @@ impl Api {
     /// (with `compensation_only`, only the former is accepted). Any other
     /// state answers `E-NOT-APPLICABLE`.
     pub async fn retry(&self, req: RetryRequest) -> Result<SagaDetail, ApiError> {
-        let partition = routed!(self, Op::SagaRetry, &req);
+        let partition = routed!(self, self.of_saga(&req.id), Op::SagaRetry, &req);
         let saga = partition
             .retry(req.id.clone(), req.compensation_only)
             .await?;
@@ -498,7 +619,8 @@ impl Api {
     /// start a new saga). A saga that is not terminal answers
     /// `E-NOT-APPLICABLE`; an unknown id `E-NOT-FOUND`.
     pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
-        let partition = match self.route() {
+        let p = self.of_saga(id);
+        let partition = match self.route(p) {
             Route::Local(handle) => handle,
             Route::Forward(f) => {
                 let _: SagaRef = f
@@ -506,7 +628,7 @@ impl Api {
                     .await?;
                 return Ok(());
             }
-            Route::Refuse => return Err(route::not_leader()),
+            Route::Refuse => return Err(route::not_leader(p)),
         };
         partition.delete(id.to_string()).await
     }
@@ -524,8 +646,12 @@ impl Api {
     /// The current version of every definition, by name, each with whether
     /// its policy lets it start in this engine's environment.
     pub async fn definitions(&self) -> Result<Vec<DefinitionListing>, ApiError> {
-        if let Route::Local(_) = self.route() {
-            return Ok(self.listings(self.store.list_definitions().map_err(internal)?));
+        if let Route::Local(_) = self.route(self.home()) {
+            return Ok(self.listings(
+                self.store(self.home())
+                    .list_definitions()
+                    .map_err(internal)?,
+            ));
         }
         // Page through the leader's.
         let mut out: Vec<DefinitionListing> = Vec::new();
@@ -550,13 +676,16 @@ impl Api {
         &self,
         req: &DefListRequest,
     ) -> Result<Vec<DefinitionListing>, ApiError> {
-        routed!(self, Op::DefList, req);
+        routed!(self, self.home(), Op::DefList, req);
         let limit = match req.limit {
             0 => MAX_LIST_LIMIT,
             n if n <= MAX_LIST_LIMIT => n,
             n => return Err(limit_refused(n)),
         };
-        let mut definitions = self.store.list_definitions().map_err(internal)?;
+        let mut definitions = self
+            .store(self.home())
+            .list_definitions()
+            .map_err(internal)?;
         definitions.sort_by(|a, b| a.name.cmp(&b.name));
         let page = definitions
             .into_iter()
@@ -600,8 +729,12 @@ impl Api {
                     api_error(ErrorCode::InvalidDefinition, format!("{}: {e}", e.code()))
                 })?;
         }
+        if self.spans() {
+            return self.apply_everywhere(definitions, services).await;
+        }
         let partition = routed!(
             self,
+            self.home(),
             Op::DefApply,
             &ApplyRequest {
                 definitions: definitions.to_vec(),
@@ -613,7 +746,10 @@ impl Api {
         let mut triggers_changed = false;
         let triggers = self.role.triggers();
         if let Some(guard) = &triggers {
-            let current = self.store.list_definitions().map_err(internal)?;
+            let current = self
+                .store(self.home())
+                .list_definitions()
+                .map_err(internal)?;
             guard.check(definitions, &current).await?;
             triggers_changed = definitions.iter().any(|def| {
                 let before = current
@@ -649,9 +785,47 @@ impl Api {
         Ok(out)
     }
 
-    /// Every service with a policy: its breaker, held and in-flight tasks.
+    /// [`Api::apply`] in every partition, one after the other from
+    /// partition 0, each through its leader; answers partition 0's. A
+    /// partition that fails stops it: applying the same file again applies
+    /// it to the partitions that lack it (the others find it unchanged).
+    async fn apply_everywhere(
+        &self,
+        definitions: &[SagaDefinition],
+        services: &[ServicePolicy],
+    ) -> Result<Vec<AppliedDefinition>, ApiError> {
+        let mut first = None;
+        for p in 0..self.partitions() {
+            match Box::pin(self.only(p).apply(definitions, services)).await {
+                Ok(applied) => {
+                    first.get_or_insert(applied);
+                }
+                Err(mut e) if p > 0 => {
+                    e.message = format!(
+                        "applied to partitions 0 to {}, not to partition {p}: {}; apply the file again",
+                        p - 1,
+                        e.message
+                    );
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(first.unwrap_or_default())
+    }
+
+    /// Every service with a policy: its breaker, held and in-flight tasks
+    /// (with more than one partition, each partition's, added up by
+    /// [`merge_services`]).
     pub async fn breakers(&self) -> Result<Vec<ServiceStatus>, ApiError> {
-        let partition = routed!(self, Op::BreakerList, &serde_json::json!({}));
+        if self.spans() {
+            let all = futures::future::try_join_all(
+                (0..self.partitions()).map(|p| async move { self.only(p).breakers().await }),
+            )
+            .await?;
+            return Ok(merge_services(all.into_iter().flatten()));
+        }
+        let partition = routed!(self, self.home(), Op::BreakerList, &serde_json::json!({}));
         let services = partition.services().await?;
         Ok(services.into_iter().map(view::service_status).collect())
     }
@@ -659,8 +833,18 @@ impl Api {
     /// One service's breaker, held and in-flight tasks; `E-NOT-FOUND` when
     /// no policy names it.
     pub async fn breaker(&self, service: &str) -> Result<ServiceStatus, ApiError> {
+        if self.spans() {
+            let all = futures::future::try_join_all(
+                (0..self.partitions()).map(|p| async move { self.only(p).breaker(service).await }),
+            )
+            .await?;
+            return merge_services(all)
+                .pop()
+                .ok_or_else(|| internal("no partition"));
+        }
         let partition = routed!(
             self,
+            self.home(),
             Op::BreakerGet,
             &ServiceRef {
                 service: service.to_string()
@@ -680,8 +864,18 @@ impl Api {
         service: &str,
         state: Option<ForcedState>,
     ) -> Result<ServiceStatus, ApiError> {
+        if self.spans() {
+            let mut all = Vec::new();
+            for p in 0..self.partitions() {
+                all.push(Box::pin(self.only(p).reset_breaker(service, state)).await?);
+            }
+            return merge_services(all)
+                .pop()
+                .ok_or_else(|| internal("no partition"));
+        }
         let partition = routed!(
             self,
+            self.home(),
             Op::BreakerReset,
             &BreakerReset {
                 service: service.to_string(),
@@ -733,24 +927,24 @@ impl Api {
     /// leader drains it, releases its lease, and does not take it again
     /// for a lease TTL, so that another engine takes it.
     pub async fn step_down(&self, req: &StepDownRequest) -> Result<StepDownReply, ApiError> {
-        if req.partition >= crate::cluster::PARTITIONS {
+        if req.partition >= self.partitions() {
             return Err(api_error(
                 ErrorCode::BadRequest,
                 format!(
                     "no partition {}; the installation has {}",
                     req.partition,
-                    crate::cluster::PARTITIONS
+                    self.partitions()
                 ),
             ));
         }
-        routed!(self, Op::ClusterStepDown, req);
+        routed!(self, req.partition, Op::ClusterStepDown, req);
         let Some(cluster) = &self.cluster else {
             return Err(api_error(
                 ErrorCode::NotApplicable,
                 "this engine runs without a cluster: there is nobody to hand over to",
             ));
         };
-        self.role.request_step_down();
+        self.role.request_step_down(req.partition);
         Ok(StepDownReply {
             partition: req.partition,
             released_by: cluster.engine.clone(),
@@ -759,13 +953,79 @@ impl Api {
 
     /// Reads from the store, to tell that it is open and readable.
     pub fn check_store(&self) -> Result<(), ApiError> {
-        self.store.next_timer().map(|_| ()).map_err(|e| {
-            api_error(
-                ErrorCode::Unavailable,
-                format!("the store cannot be read: {e}"),
-            )
+        for store in self.stores.iter() {
+            store.next_timer().map_err(|e| {
+                api_error(
+                    ErrorCode::Unavailable,
+                    format!("the store cannot be read: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Durable starts and triggered starts go where API starts go.
+impl crate::partition::Starts for Api {
+    fn local(&self, key: Option<&str>) -> Option<PartitionHandle> {
+        let p = match key {
+            Some(key) => self.of_key(key),
+            None => self.pick(),
+        };
+        self.role.handle(p)
+    }
+
+    fn start(
+        &self,
+        start: StartCommand,
+    ) -> futures::future::BoxFuture<'static, Result<StartReply, ApiError>> {
+        let api = self.clone();
+        Box::pin(async move {
+            let request = StartRequest {
+                saga: start.saga,
+                input: start.input,
+                idempotency_key: start.idempotency_key,
+            };
+            api.start_traced(request, start.trace_parent.as_deref())
+                .await
         })
     }
+}
+
+/// The services of every partition, one status per service: counts added
+/// up, the breaker in its most closed-off state (open before half-open
+/// before closed), its history merged by time.
+fn merge_services(all: impl IntoIterator<Item = ServiceStatus>) -> Vec<ServiceStatus> {
+    fn rank(state: &str) -> u8 {
+        match state {
+            "open" => 2,
+            "half_open" => 1,
+            _ => 0,
+        }
+    }
+    let mut by_name: std::collections::BTreeMap<String, ServiceStatus> = Default::default();
+    for s in all {
+        match by_name.get_mut(&s.service) {
+            None => {
+                by_name.insert(s.service.clone(), s);
+            }
+            Some(m) => {
+                if rank(&s.state) > rank(&m.state) {
+                    m.state = s.state.clone();
+                    m.since = s.since;
+                    m.half_opens_at = s.half_opens_at;
+                }
+                m.failures += s.failures;
+                m.successes += s.successes;
+                m.probe_in_flight |= s.probe_in_flight;
+                m.held += s.held;
+                m.in_flight += s.in_flight;
+                m.history.extend(s.history);
+                m.history.sort_by_key(|t| t.at);
+            }
+        }
+    }
+    by_name.into_values().collect()
 }
 
 /// The smallest UUIDv7 string whose time is `ms`: every id made at `ms` or
@@ -841,19 +1101,20 @@ pub async fn listen(
 pub enum Door {
     /// `<prefix>.api.<op>`, served by every engine in a queue group.
     Api,
-    /// `<prefix>.lead.0.<op>`, served by the leader only: requests other
-    /// engines forward ([`route`]).
-    Leader,
+    /// `<prefix>.lead.<partition>.<op>`, served by the partition's leader
+    /// only: requests other engines forward ([`route`]).
+    Leader(u32),
 }
 
-/// Subscribes to the subject only the leader of partition 0 serves
+/// Subscribes to the subject only the leader of `partition` serves
 /// ([`Door::Leader`]); like [`listen`], returns once the server has it.
 pub async fn listen_as_leader(
     client: &async_nats::Client,
     subjects: &Subjects,
+    partition: u32,
 ) -> anyhow::Result<async_nats::Subscriber> {
     let sub = client
-        .queue_subscribe(subjects.leader_api_wildcard(0), QUEUE_GROUP.into())
+        .queue_subscribe(subjects.leader_api_wildcard(partition), QUEUE_GROUP.into())
         .await?;
     client.flush().await?;
     Ok(sub)
@@ -888,7 +1149,7 @@ pub async fn serve(
             };
             let name = match door {
                 Door::Api => subjects.api_op_name(&msg.subject),
-                Door::Leader => subjects.leader_api_op_name(0, &msg.subject),
+                Door::Leader(p) => subjects.leader_api_op_name(p, &msg.subject),
             }
             .unwrap_or_default();
             let body = match name.parse::<Op>() {
@@ -1000,7 +1261,7 @@ async fn handle(op: Op, msg: &Message, api: &Api, door: Door) -> Vec<u8> {
             .await,
         ),
         // Forwarded lists answer the whole page, cursor included.
-        Op::SagaList if door == Door::Leader => reply(
+        Op::SagaList if matches!(door, Door::Leader(_)) => reply(
             async {
                 let req: ListRequest = parse(op, payload)?;
                 api.list(&req).await

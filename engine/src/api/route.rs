@@ -1,6 +1,7 @@
 //! Which engine answers: the leader of the partition answers from its own
 //! partition and store; every other engine forwards the request to it, on
-//! the subject only the leader serves (`<prefix>.lead.<partition>.<op>`),
+//! the subject only the leader of the request's partition serves
+//! (`<prefix>.lead.<partition>.<op>`),
 //! and relays its answer. During a takeover no engine serves that subject
 //! for a moment: a forwarded request waits for the new leader (up to the
 //! forward timeout) instead of failing.
@@ -15,36 +16,80 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Whether this engine leads partition 0 right now, with the handle to its
-/// partition when it does.
-#[derive(Clone, Default)]
+/// Which partitions this engine leads right now, with the handle to each
+/// partition it leads.
+#[derive(Clone)]
 pub struct Role {
-    handle: Arc<RwLock<Option<PartitionHandle>>>,
-    /// The leader's trigger consumer's guard ([`crate::triggers`]).
+    handles: Arc<RwLock<Vec<Option<PartitionHandle>>>>,
+    /// The leader's trigger consumer's guard ([`crate::triggers`]); the
+    /// leader of partition 0 runs it.
     triggers: Arc<RwLock<Option<ApplyGuard>>>,
-    step_down: Arc<Notify>,
+    step_down: Arc<Vec<Notify>>,
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Self::of(1)
+    }
 }
 
 impl Role {
-    /// A role that always leads through `handle` (a single engine without
-    /// a cluster, or a test).
+    /// A role in an installation of `partitions`, leading none yet.
+    pub fn of(partitions: u32) -> Self {
+        let n = partitions.max(1) as usize;
+        Self {
+            handles: Arc::new(RwLock::new(vec![None; n])),
+            triggers: Arc::default(),
+            step_down: Arc::new((0..n).map(|_| Notify::new()).collect()),
+        }
+    }
+
+    /// A role that always leads its one partition through `handle` (a
+    /// single engine without a cluster, or a test).
     pub fn leading(handle: PartitionHandle) -> Self {
         let role = Self::default();
-        role.set(Some(handle));
+        role.set(0, Some(handle));
         role
     }
 
-    /// Leads through `handle` from now on (`None`: no longer leads).
-    pub fn set(&self, handle: Option<PartitionHandle>) {
-        *self.handle.write().unwrap_or_else(|e| e.into_inner()) = handle;
+    /// The installation's partition count.
+    pub fn partitions(&self) -> u32 {
+        self.step_down.len() as u32
     }
 
-    /// The partition's handle while this engine leads it.
-    pub fn handle(&self) -> Option<PartitionHandle> {
-        self.handle
+    /// Leads `partition` through `handle` from now on (`None`: no longer
+    /// leads it).
+    pub fn set(&self, partition: u32, handle: Option<PartitionHandle>) {
+        if let Some(slot) = self
+            .handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(partition as usize)
+        {
+            *slot = handle;
+        }
+    }
+
+    /// The handle of `partition` while this engine leads it.
+    pub fn handle(&self, partition: u32) -> Option<PartitionHandle> {
+        self.handles
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .get(partition as usize)
+            .cloned()
+            .flatten()
+    }
+
+    /// The partitions this engine leads now.
+    pub fn led(&self) -> Vec<u32> {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some())
+            .map(|(p, _)| p as u32)
+            .collect()
     }
 
     /// Sets the guard of the trigger consumer the leader runs.
@@ -60,23 +105,30 @@ impl Role {
             .clone()
     }
 
-    /// Asks the engine to hand its partition over (`cluster.step-down`).
-    pub fn request_step_down(&self) {
+    /// Asks the engine to hand `partition` over (`cluster.step-down`).
+    pub fn request_step_down(&self, partition: u32) {
         // Only a term waiting now hears it: none is kept for the next one.
-        self.step_down.notify_waiters();
+        if let Some(n) = self.step_down.get(partition as usize) {
+            n.notify_waiters();
+        }
     }
 
-    /// Completes when a step-down was asked for.
-    pub async fn step_down_requested(&self) {
-        self.step_down.notified().await;
+    /// Completes when a step-down of `partition` was asked for.
+    pub async fn step_down_requested(&self, partition: u32) {
+        match self.step_down.get(partition as usize) {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
-/// Sends requests to the leader of partition 0.
+/// Sends requests to the leader of a partition.
 #[derive(Clone)]
 pub struct Forwarder {
     client: async_nats::Client,
     subjects: Subjects,
+    /// The partition whose leader it sends to.
+    partition: u32,
     /// How long a request waits for a leader in all.
     wait: Duration,
 }
@@ -88,7 +140,16 @@ impl Forwarder {
         Self {
             client,
             subjects,
+            partition: 0,
             wait,
+        }
+    }
+
+    /// The same forwarder, to the leader of `partition`.
+    pub fn to(&self, partition: u32) -> Self {
+        Self {
+            partition,
+            ..self.clone()
         }
     }
 
@@ -102,7 +163,7 @@ impl Forwarder {
         let payload: bytes::Bytes = serde_json::to_vec(request)
             .map_err(|e| api_error(ErrorCode::Internal, format!("cannot encode {op}: {e}")))?
             .into();
-        let subject = self.subjects.leader_api(0, op);
+        let subject = self.subjects.leader_api(self.partition, op);
         let deadline = Instant::now() + self.wait;
         let mut pause = Duration::from_millis(20);
         loop {
@@ -131,7 +192,7 @@ impl Forwarder {
                     }
                 },
                 Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                    "no engine leads partition 0 right now".to_string()
+                    format!("no engine leads partition {} right now", self.partition)
                 }
                 Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
                     return Err(api_error(
@@ -158,10 +219,11 @@ impl Forwarder {
     }
 }
 
-/// The refusal of a request that reached an engine which does not lead.
-pub fn not_leader() -> ApiError {
+/// The refusal of a request that reached an engine which does not lead
+/// `partition`.
+pub fn not_leader(partition: u32) -> ApiError {
     api_error(
         ErrorCode::NoLeader,
-        "this engine does not lead partition 0 (the lease moved); retry",
+        format!("this engine does not lead partition {partition} (the lease moved); retry"),
     )
 }

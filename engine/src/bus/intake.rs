@@ -14,11 +14,13 @@
 
 use crate::crash_points;
 use crate::metrics::reject;
-use crate::partition::{Command, PartitionHandle, StartCommand};
+use crate::partition::{Command, PartitionHandle, StartCommand, Starts};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use jetsaga_protocol::{
-    HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, StartRequest, TaskResult, parse_result_msg_id,
+    ErrorCode, HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, StartRequest, TaskResult,
+    parse_result_msg_id,
 };
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Which stream a consumer reads.
@@ -39,26 +41,102 @@ impl Source {
     }
 }
 
-/// Consumes `consumer` until `shutdown`, feeding the partition.
+/// Where a consumer's messages go.
+#[derive(Clone)]
+pub enum Feed {
+    /// Results, to the partition whose consumer it is.
+    Results(PartitionHandle),
+    /// Durable starts, to the partition their key belongs to: through its
+    /// handle when this engine leads it, else through its leader.
+    Starts(Arc<dyn Starts>),
+}
+
+impl Feed {
+    fn source(&self) -> Source {
+        match self {
+            Feed::Results(_) => Source::Results,
+            Feed::Starts(_) => Source::Starts,
+        }
+    }
+}
+
+/// Consumes `consumer` until `shutdown`, feeding the partitions.
 pub async fn run(
-    source: Source,
+    feed: Feed,
     consumer: PullConsumer,
-    partition: PartitionHandle,
     max_payload: usize,
     prefix_tokens: usize,
     shutdown: CancellationToken,
 ) {
+    let source = feed.source();
     super::consume_each(&consumer, source.label(), &shutdown, |msg| {
-        let partition = partition.clone();
+        let feed = feed.clone();
         async move {
             let Some(cmd) = decode(source, msg, max_payload, prefix_tokens).await else {
                 return true;
             };
             crash_points::pass(crash_points::INTAKE_BEFORE_SEND);
-            partition.send(cmd).await.is_ok()
+            match (feed, cmd) {
+                (Feed::Results(partition), cmd) => partition.send(cmd).await.is_ok(),
+                (
+                    Feed::Starts(starts),
+                    Command::Start {
+                        start,
+                        ack: Some(msg),
+                        ..
+                    },
+                ) => match starts.local(start.idempotency_key.as_deref()) {
+                    Some(partition) => partition
+                        .send(Command::Start {
+                            start,
+                            reply: None,
+                            ack: Some(msg),
+                        })
+                        .await
+                        .is_ok(),
+                    None => {
+                        forward_start(&*starts, start, msg).await;
+                        true
+                    }
+                },
+                (Feed::Starts(_), _) => true,
+            }
         }
     })
     .await
+}
+
+/// Starts `start` through the leader of its partition on another engine,
+/// then acknowledges `msg`, as the partition does with its own (a refusal
+/// too: the leader's door counts it); no leader leaves it to come again.
+async fn forward_start(starts: &dyn Starts, start: StartCommand, msg: jetstream::Message) {
+    match starts.start(start).await {
+        Ok(_) => {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "start ack failed; the start comes again and its key finds the saga");
+            }
+        }
+        Err(e)
+            if matches!(
+                e.error_code(),
+                Some(ErrorCode::NoLeader | ErrorCode::Unavailable)
+            ) =>
+        {
+            tracing::warn!(error = %e.message, "durable start not taken by its partition's leader; it comes again");
+            let _ = msg
+                .ack_with(jetstream::AckKind::Nak(Some(
+                    std::time::Duration::from_secs(1),
+                )))
+                .await;
+        }
+        // Refused for good (the leader's door counted it): not again.
+        Err(e) => {
+            tracing::warn!(code = %e.code, error = %e.message, "durable start refused");
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "could not acknowledge a refused start");
+            }
+        }
+    }
 }
 
 /// Why a message is refused: the reason label logged and counted
@@ -206,7 +284,8 @@ pub(crate) fn check_size(
 }
 
 /// Decodes the payload of a message on the results stream, and accepts it
-/// only on its service's own subject: `<prefix>.result.<service>` (the
+/// only on its service's own subject: `<prefix>.result.<service>` or
+/// `<prefix>.result.<service>.<partition>` (the
 /// prefix being `prefix_tokens` tokens) with `<service>` the body's
 /// `service`. The subject is what NATS permissions confine a service's
 /// workers to; the partition then applies the result only to a step of that
@@ -222,8 +301,14 @@ fn decode_result(
     let result = serde_json::from_slice::<TaskResult>(payload)
         .map_err(|e| ("malformed", format!("undecodable result on {subject}: {e}")))?;
     let tokens: Vec<&str> = subject.splitn(prefix_tokens + 2, '.').collect();
+    // `<service>`, or `<service>.<partition>` for a saga of a partition
+    // other than 0 (the consumer of each partition reads its own).
     let service = match tokens.as_slice() {
-        [.., "result", service] if tokens.len() == prefix_tokens + 2 => Some(*service),
+        [.., "result", rest] if tokens.len() == prefix_tokens + 2 => match rest.split_once('.') {
+            None => Some(*rest),
+            Some((service, partition)) if partition.parse::<u32>().is_ok() => Some(service),
+            Some(_) => None,
+        },
         _ => None,
     };
     if service != Some(result.service.as_str()) {
@@ -501,6 +586,8 @@ mod tests {
             result in task_result(),
             other in "[a-z]{1,8}",
         ) {
+            // A service is one subject token: no dots.
+            prop_assume!(!result.service.contains('.'));
             let payload = serde_json::to_vec(&result).unwrap();
             let subject = format!("jetsaga.result.{}", result.service);
             let decoded = decode_result(&subject, &payload, payload.len(), 1);
@@ -566,6 +653,8 @@ mod tests {
             "jetsaga.result.y",
             "jetsaga.result",
             "jetsaga.result.x.y",
+            "jetsaga.result.y.3",
+            "jetsaga.result.x.3.4",
             "jetsaga.task.x",
             "a.b.result.x",
         ] {
@@ -578,6 +667,8 @@ mod tests {
             );
         }
         assert!(decode_result("a.b.result.x", ok, 4096, 2).is_ok());
+        // A saga of partition 3 answers on `<prefix>.result.<service>.3`.
+        assert!(decode_result("jetsaga.result.x.3", ok, 4096, 1).is_ok());
         let (reason, detail) =
             decode_start("jetsaga.start.order", b"{\"input\": ", None, 4096, 1).unwrap_err();
         assert_eq!(reason, "malformed");

@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 
 use crate::clock::now_ms;
 
+/// How long an engine that leads its share of partitions leaves a lease
+/// its holder released to the engines short of theirs.
+const RELEASED_GRACE: Duration = Duration::from_millis(200);
+
 /// What a lease key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseValue {
@@ -138,17 +142,23 @@ impl Leases {
     /// and whether its revision is new (a renewal: it was alive then), so
     /// the caller can tell when the partition is led, and since when not.
     /// `not_before`: the engine does not take the lease before then (after
-    /// it stepped down, so that another engine gets it).
+    /// it stepped down, so that another engine gets it). `eager`: whether
+    /// it is short of its share of partitions; one that is not leaves a
+    /// free lease a TTL longer to the engines that are, so that partitions
+    /// spread (its own lease it takes back at once either way).
     pub async fn acquire(
         &self,
         partition: u32,
         not_before: Option<Instant>,
         stop: &tokio_util::sync::CancellationToken,
+        eager: impl Fn() -> bool,
         mut on_holder: impl FnMut(&LeaseValue, bool),
     ) -> Option<Held> {
         let key = lease_key(partition);
         // The revision seen and when it was first seen.
         let mut seen: Option<(u64, Instant)> = None;
+        // Since when the lease has been free (expired or absent).
+        let mut free_since: Option<Instant> = None;
         let mut watch = None;
         loop {
             if stop.is_cancelled() {
@@ -182,7 +192,14 @@ impl Leases {
                     // store's lock holds one process to it): a restart
                     // takes its own lease back at once.
                     let expired = first_seen.elapsed() >= ttl;
-                    if (mine || expired) && may_take {
+                    let free_for = if expired {
+                        free_since.get_or_insert_with(Instant::now).elapsed()
+                    } else {
+                        free_since = None;
+                        Duration::ZERO
+                    };
+                    let spread = eager() || free_for >= ttl;
+                    if (mine || (expired && spread)) && may_take {
                         if let Some(mut held) = self.take(partition, entry.revision).await {
                             held.expired = !mine;
                             held.own_previous = value.filter(|_| mine);
@@ -190,10 +207,27 @@ impl Leases {
                         }
                         continue;
                     }
-                    wait = wait.min(ttl.saturating_sub(first_seen.elapsed()));
+                    wait = wait.min(if expired {
+                        ttl.saturating_sub(free_for)
+                    } else {
+                        ttl.saturating_sub(first_seen.elapsed())
+                    });
                 }
-                Ok(_) => {
-                    if may_take {
+                Ok(entry) => {
+                    // Released by its holder (handed over): taken at once,
+                    // by an engine short of its share first. Never held
+                    // yet: left to those a TTL longer.
+                    let grace = if entry.is_some() {
+                        RELEASED_GRACE
+                    } else {
+                        self.timing.ttl
+                    };
+                    let free_for = free_since.get_or_insert_with(Instant::now).elapsed();
+                    let spread = eager() || free_for >= grace;
+                    if !spread {
+                        wait = wait.min(grace.saturating_sub(free_for));
+                    }
+                    if may_take && spread {
                         if let Some(held) = self.take(partition, 0).await {
                             return Some(held);
                         }

@@ -32,9 +32,6 @@ use crate::streams::StreamSettings;
 pub use journal::{Journal, JournalError, Mark, Record};
 pub use lease::{Held, LeaseTiming, Leases, Lost};
 
-/// The partitions an installation has (more are not yet served).
-pub const PARTITIONS: u32 = 1;
-
 /// Errors while joining the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -47,7 +44,7 @@ pub enum ClusterError {
         reason: String,
     },
     /// The installation records another partition count.
-    #[error("{code}: the installation under prefix {prefix:?} has {recorded} partitions, recorded in NATS at its first start, and this engine serves {configured}; run an engine of the release that set it up, or give this one another prefix", code = ErrorCode::Partitions)]
+    #[error("{code}: the installation under prefix {prefix:?} has {recorded} partitions, recorded in NATS at its first start, and this engine was configured with {configured}; start it with --partitions {recorded} (the count is fixed for the installation's life), or give it another prefix", code = ErrorCode::Partitions)]
     Partitions {
         /// Prefix.
         prefix: String,

@@ -232,7 +232,8 @@ pub async fn tail(
                         since += 1;
                     }
                     applied.store(record.number, Ordering::Relaxed);
-                    metrics::gauge!(crate::metrics::STANDBY_LAG_MS).set(lag_ms(&record) as f64);
+                    metrics::gauge!(crate::metrics::STANDBY_LAG_MS, "partition" => partition.to_string())
+                        .set(lag_ms(&record) as f64);
                     if since >= every {
                         if let Err(e) = snapshots.take(&store, partition, mark.outbox_from).await {
                             tracing::warn!(partition, error = %e, "snapshot failed; trying again after as many records");

@@ -82,6 +82,8 @@ pub struct Layer {
     pub lease_renew: Option<Duration>,
     /// `snapshot_every`.
     pub snapshot_every: Option<u64>,
+    /// `partitions`.
+    pub partitions: Option<u32>,
     /// `log_format`.
     pub log_format: Option<LogFormat>,
     /// `log`.
@@ -277,6 +279,7 @@ impl Layer {
             lease_ttl: env.parse_with("lease_ttl", duration)?,
             lease_renew: env.parse_with("lease_renew", duration)?,
             snapshot_every: env.parse("snapshot_every")?,
+            partitions: env.parse("partitions")?,
             log_format: env.parse_with("log_format", log_format)?,
             log: env.string("log"),
         })
@@ -437,6 +440,7 @@ impl Layer {
         set!("lease_ttl", config.lease_ttl, self.lease_ttl);
         set!("lease_renew", config.lease_renew, self.lease_renew);
         set!("snapshot_every", config.snapshot_every, self.snapshot_every);
+        set!("partitions", config.partitions, self.partitions);
         set!("log_format", config.log_format, self.log_format);
         set!("log", config.log, self.log.map(Some));
     }

@@ -44,6 +44,7 @@ pub const KEYS: &[&str] = &[
     "lease_ttl",
     "lease_renew",
     "snapshot_every",
+    "partitions",
     "log_format",
     "log",
 ];

@@ -45,6 +45,7 @@ fn sample(key: &str, which: u8) -> String {
         | "max_running_sagas"
         | "http_max_connections"
         | "snapshot_every"
+        | "partitions"
         | "max_definition_steps"
         | "max_definition_fan_out"
         | "max_definition_bytes" => format!("{}", 2 + which),

@@ -9,6 +9,36 @@ use jetsaga_protocol::{ApiError, ErrorCode, StartReply, TaskResult};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+/// Where starts go: the partition their key belongs to, led by this
+/// engine or by another. The request API implements it; the intake of
+/// durable starts and the trigger consumers use it.
+pub trait Starts: Send + Sync {
+    /// The handle of the partition a start with `key` belongs to, when
+    /// this engine leads it (a start without a key may go to any).
+    fn local(&self, key: Option<&str>) -> Option<PartitionHandle>;
+    /// Starts a saga through the leader of its partition, here or on
+    /// another engine, once the start is durable there.
+    fn start(
+        &self,
+        start: StartCommand,
+    ) -> futures::future::BoxFuture<'static, Result<StartReply, ApiError>>;
+}
+
+/// [`Starts`] of an engine that leads its one partition.
+impl Starts for PartitionHandle {
+    fn local(&self, _key: Option<&str>) -> Option<PartitionHandle> {
+        Some(self.clone())
+    }
+
+    fn start(
+        &self,
+        start: StartCommand,
+    ) -> futures::future::BoxFuture<'static, Result<StartReply, ApiError>> {
+        let handle = self.clone();
+        Box::pin(async move { PartitionHandle::start(&handle, start).await })
+    }
+}
+
 /// A request to start a saga.
 #[derive(Debug, Clone)]
 pub struct StartCommand {

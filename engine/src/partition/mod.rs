@@ -10,8 +10,9 @@
 //! observed by [`SagaMetrics`], which derives the saga and step metrics from
 //! the saga before and after it.
 //!
-//! The key space already exists ([`partition_of`]); the engine runs one
-//! partition today.
+//! An installation has a fixed number of partitions; which one a saga
+//! belongs to is [`jetsaga_protocol::partition`]'s to say, and each
+//! partition is one [`Partition`] on the engine that leads it.
 
 mod command;
 mod commit;
@@ -24,7 +25,7 @@ mod start;
 mod tests;
 mod transition;
 
-pub use command::{Command, PartitionHandle, ServicesCommand, StartCommand, api_error};
+pub use command::{Command, PartitionHandle, ServicesCommand, StartCommand, Starts, api_error};
 pub use journaled::{JournalWriter, Marks};
 
 use crate::metrics::SagaMetrics;
@@ -38,25 +39,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-/// Number of partitions of the key space. Sagas map to partitions by id.
-pub const PARTITIONS: u32 = 1;
-
 /// A reply channel of a request to the partition, with the answer to send.
 type Reply<T> = (oneshot::Sender<Result<T, ApiError>>, Result<T, ApiError>);
-
-/// The partition that owns saga `saga_id`.
-pub fn partition_of(saga_id: &str) -> u32 {
-    // FNV-1a: stable across releases and platforms, unlike `DefaultHasher`.
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in saga_id.as_bytes() {
-        hash ^= u32::from(*b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    #[allow(clippy::modulo_one)] // one partition today; the key space is already real
-    {
-        hash % PARTITIONS
-    }
-}
 
 pub use crate::clock::now_ms;
 
@@ -120,6 +104,9 @@ pub struct Partition {
     unsent: Vec<crate::cluster::Record>,
     /// What the batch wrote besides its changes, for the next record.
     staged: journaled::Staged,
+    /// This partition's number, and the installation's partition count.
+    number: u32,
+    count: u32,
 }
 
 impl Partition {
@@ -151,8 +138,20 @@ impl Partition {
             journal: None,
             unsent: Vec::new(),
             staged: journaled::Staged::default(),
+            number: 0,
+            count: 1,
         };
         (partition, PartitionHandle { tx })
+    }
+
+    /// Makes this partition `number` of an installation of `count`: the
+    /// ids of the sagas it starts say so ([`jetsaga_protocol::partition`]),
+    /// and its tasks name it, so that their results come to it.
+    pub fn with_number(mut self, number: u32, count: u32) -> Self {
+        self.number = number;
+        self.count = count.max(1);
+        self.metrics = SagaMetrics::of_partition(number, self.count);
+        self
     }
 
     /// Sets the engine's environment (`environment` in the configuration),

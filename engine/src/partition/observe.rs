@@ -30,7 +30,7 @@ impl Partition {
 
     /// Publishes the gauges of the limits and of the services that changed.
     pub(super) fn publish_gauges(&mut self) {
-        crate::metrics::publish_limits(self.limits.take_gauges());
-        crate::metrics::publish_services(self.services.take_report());
+        crate::metrics::publish_limits(self.limits.take_gauges(), self.metrics.partition());
+        crate::metrics::publish_services(self.services.take_report(), self.metrics.partition());
     }
 }

@@ -116,6 +116,7 @@ impl Partition {
             input: saga.input.clone(),
             context,
             timeout_ms: sd.timeout.as_millis() as u64,
+            partition: self.number,
         };
         let mut headers = vec![
             (HEADER_SAGA_ID.to_string(), saga.id.clone()),

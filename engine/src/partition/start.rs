@@ -97,7 +97,10 @@ impl Partition {
         self.definitions
             .insert((def.name.clone(), def.version), def.clone());
         let now = now_ms();
-        let id = uuid::Uuid::now_v7().to_string();
+        let mut id = uuid::Uuid::now_v7().to_string();
+        if self.count > 1 {
+            id = jetsaga_protocol::partition::mark_saga_id(&id, self.number);
+        }
         let mut saga = machine::new_saga(
             id.clone(),
             &def,

@@ -1,12 +1,6 @@
 use super::*;
 use jetsaga_core::saga::state::TimerKind;
 
-#[test]
-fn partition_key_space_is_stable() {
-    assert_eq!(partition_of("0192f5a0-0000-7000-8000-000000000000"), 0);
-    assert!(partition_of("anything") < PARTITIONS);
-}
-
 fn saga(id: &str, status: jetsaga_core::saga::state::SagaStatus) -> Saga {
     Saga {
         id: id.to_owned(),

@@ -229,6 +229,7 @@ pub(crate) mod testing {
             input,
             context,
             timeout_ms: 10_000,
+            partition: 0,
         }
     }
 
