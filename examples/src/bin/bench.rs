@@ -79,6 +79,10 @@ struct Args {
     /// Every saga fails at its last step and rolls back (compensations run).
     #[arg(long)]
     compensation: bool,
+    /// The engine's partitions (one engine leads them all: each is its own
+    /// task, store, journal and relay).
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -280,6 +284,7 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
         prefix: PREFIX.into(),
         data_dir: data_dir.clone(),
         replicas: replicas(args),
+        partitions: args.partitions,
         ..Config::default()
     };
     let engine_stop = CancellationToken::new();
@@ -670,6 +675,7 @@ async fn main() -> Result<()> {
             "cluster": args.cluster,
             "replicas": replicas(&args),
             "server_sync_always": args.sync_always,
+            "partitions": args.partitions,
         },
         "engine": engine,
         "floor": floor,
