@@ -648,7 +648,7 @@ async fn the_console_shows_sagas_and_acts_by_role() {
 /// The session cookie's flags and lifecycle, and the open console of an
 /// engine without tokens, over plain HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_are_cookies_with_csrf() {
+async fn console_sessions_are_http_only_cookies_with_csrf() {
     let tokens = Tokens::new();
     let world = World::start(&["--http-listen", "127.0.0.1:0", &tokens.flag()]).await;
     let addr = world.engine.http_addr();
