@@ -1327,7 +1327,11 @@ async fn saga(cli: &Cli, cmd: &SagaCommand) -> anyhow::Result<i32> {
                     // Where it lives: its partition and that partition's
                     // leader (best effort: an older engine has no cluster).
                     if let Ok(status) = client.cluster_status().await
-                        && let Some(p) = status.partitions.first()
+                        && let Some(p) =
+                            status.partitions.get(jetsaga_protocol::partition::of_saga(
+                                &detail.saga.id,
+                                status.partitions.len() as u32,
+                            ) as usize)
                     {
                         println!(
                             "partition {}, led by {}",

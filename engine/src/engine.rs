@@ -590,7 +590,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     )
     .with_environment(config.environment.clone())
     .with_definition_limits(config.definition_limits())
-    .with_cluster(cluster.clone());
+    .with_cluster(cluster.clone())
+    .with_queues(client.clone(), subjects.clone());
 
     // The doors every engine serves, leader or not.
     let doors_stop = CancellationToken::new();

@@ -22,7 +22,7 @@
 //! | `saga_compensations_total` | counter | `saga_name`, `step`, `service`, `outcome` (compensation attempts) |
 //! | `saga_queue_depth` | gauge | `service` |
 //! | `engine_rejected_messages_total` | counter | `reason` |
-//! | `engine_http_auth_refused_total` | counter | `reason` (`missing`, `malformed`, `unknown`, `forbidden`: [`AUTH_REFUSED_REASONS`]) |
+//! | `engine_http_auth_refused_total` | counter | `reason` (`missing`, `malformed`, `unknown`, `session`, `csrf`, `forbidden`: [`AUTH_REFUSED_REASONS`]) |
 //! | `engine_publish_duplicates_total` | counter | |
 //! | `engine_events_total` | counter | `type` (lifecycle events committed to the outbox) |
 //! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
@@ -112,7 +112,14 @@ pub const LEADERLESS: &str = "engine_partition_leaderless_seconds";
 
 /// The `reason`s of the HTTP API's refused requests, each created at zero
 /// (the API's `Refusal::reason`).
-pub const AUTH_REFUSED_REASONS: [&str; 4] = ["missing", "malformed", "unknown", "forbidden"];
+pub const AUTH_REFUSED_REASONS: [&str; 6] = [
+    "missing",
+    "malformed",
+    "unknown",
+    "session",
+    "csrf",
+    "forbidden",
+];
 
 /// How often [`poll_gauges`] polls, by default.
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
@@ -643,7 +650,7 @@ async fn poll_queues(js: &jetstream::Context, subjects: &Subjects, services: &BT
 /// Tasks in `service`'s work queue: its consumer's undelivered plus
 /// unacknowledged messages; without a consumer (no worker came yet), the
 /// stream's messages on the service's task subject.
-async fn queue_depth(
+pub(crate) async fn queue_depth(
     js: &jetstream::Context,
     subjects: &Subjects,
     service: &str,

@@ -373,6 +373,10 @@ impl Https {
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.send("GET", path, token, "").await
+    }
+
+    async fn send(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
         let tcp = TcpStream::connect(&self.addr).await.expect("connect");
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = self
@@ -380,7 +384,7 @@ impl Https {
             .connect(name, tcp)
             .await
             .expect("TLS handshake");
-        exchange(tls, "GET", path, token, "application/json", "").await
+        exchange(tls, method, path, token, "application/json", body).await
     }
 }
 
@@ -440,6 +444,17 @@ async fn https_with_a_token() {
     assert_eq!((a.status, a.code().as_str()), (401, "E-UNAUTHENTICATED"));
     let a = https.get("/health", None).await;
     assert_eq!(a.status, 200);
+    // The console's session cookie is Secure under HTTPS.
+    let login = json!({ "token": tokens.operate }).to_string();
+    let a = https.send("POST", "/ui/login", None, &login).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let cookie = a.header("set-cookie").expect("a session cookie");
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
     // Plain HTTP gets no answer from an HTTPS listener.
     let mut plain = TcpStream::connect(&addr).await.unwrap();
     plain

@@ -12,6 +12,9 @@
 //! | `operate` | also start, cancel, retry and delete sagas |
 //! | `admin` | also apply and validate definitions, reset breakers |
 //!
+//! The web console logs in with a token once and is then known by a
+//! session cookie instead ([`super::session`]).
+//!
 //! With no tokens configured every route is open, as it is for `jetsaga
 //! dev` on `127.0.0.1`.
 //!
@@ -46,6 +49,12 @@ pub enum Refusal {
     Malformed,
     /// A bearer token no configured digest matches.
     Unknown,
+    /// A console session cookie that names no live session (it expired,
+    /// was logged out, or the engine restarted since the login).
+    Session,
+    /// A request that changes something, authenticated by a console
+    /// session cookie, without the session's CSRF value in its header.
+    Csrf,
     /// A known token whose role is below the route's.
     Forbidden {
         /// Who asked.
@@ -62,12 +71,14 @@ impl Refusal {
             Refusal::Missing => "missing",
             Refusal::Malformed => "malformed",
             Refusal::Unknown => "unknown",
+            Refusal::Session => "session",
+            Refusal::Csrf => "csrf",
             Refusal::Forbidden { .. } => "forbidden",
         }
     }
 
     /// Every reason, for the metric's series at zero.
-    pub const REASONS: [&'static str; 4] = crate::metrics::AUTH_REFUSED_REASONS;
+    pub const REASONS: [&'static str; 6] = crate::metrics::AUTH_REFUSED_REASONS;
 }
 
 /// The configured tokens, as the HTTP API checks them.

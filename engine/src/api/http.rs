@@ -19,19 +19,26 @@
 //! | `POST /v1/sagas/{id}/retry` | retry a finished saga: resume its rollback, or run it again |
 //! | `DELETE /v1/sagas/{id}` | delete a finished saga (204) |
 //! | `GET /v1/definitions` | the current version of every definition |
+//! | `GET /v1/definitions/{name}/versions/{version}` | one stored version of a definition |
 //! | `POST /v1/definitions` | apply a definitions file (YAML or JSON) |
 //! | `POST /v1/definitions/validate` | check a definitions file, reporting every problem |
 //! | `GET /v1/breakers` | every service with a policy: breaker state, held and in-flight tasks |
 //! | `GET /v1/breakers/{service}` | one service's breaker state, held and in-flight tasks |
 //! | `POST /v1/breakers/{service}/reset` | close a service's breaker, releasing its held tasks; body `{"state": "open"}` forces it open |
+//! | `GET /v1/services` | every service of a definition or policy: queue depth, breaker, held and in-flight tasks |
+//! | `GET /v1/cluster` | the engines and partitions: each partition's leader |
 //! | `GET /health` | the process serves (always 200) |
 //! | `GET /ready` | the store is readable and NATS connected (200), or why not (503) |
 //! | `GET /openapi.json` | the OpenAPI document |
 //! | `GET /metrics` | Prometheus metrics, text exposition format ([`crate::metrics`]) |
 //!
+//! The web console is served under `/ui/` ([`console`]), outside the
+//! OpenAPI document: its pages and its login, session and logout calls.
+//!
 //! When tokens are configured (`http_tokens`, [`super::auth`]), every route
 //! but `/health`, `/ready`, `/metrics` and `/openapi.json` needs
-//! `Authorization: Bearer <token>` of the role the route table gives it:
+//! `Authorization: Bearer <token>` (or the console's session cookie,
+//! [`super::session`]) of the role the route table gives it:
 //! 401 `E-UNAUTHENTICATED` without a known token, 403 `E-FORBIDDEN` below
 //! the role. Those four stay open for probes and scrapers; none of them
 //! reveals a saga, and the OpenAPI document is the public contract. With
@@ -43,6 +50,7 @@
 //! from posting to an engine on `localhost` without a CORS preflight.
 
 use super::auth::{Caller, Refusal, Role, Tokens};
+use super::session::{self, Sessions};
 use super::{Api, view};
 use axum::Router;
 use axum::body::Bytes;
@@ -60,8 +68,9 @@ use jetsaga_core::saga::definition::{DefinitionError, DefinitionLimits, Format};
 use jetsaga_core::saga::state::Millis;
 use jetsaga_protocol::api::{
     AppliedDefinitions, BreakerList, BreakerResetBody, CancelRequest, CancelSagaRequest,
-    DefinitionFile, DefinitionList, ListRequest, RetryRequest, RetrySagaRequest, SagaDetail,
-    SagaPage, SagaState, SagaStats, SagaStatus, ServiceStatus, StartReply, StatsRequest,
+    ClusterStatus, DefinitionFile, DefinitionList, ListRequest, RetryRequest, RetrySagaRequest,
+    SagaDefinition, SagaDetail, SagaPage, SagaState, SagaStats, SagaStatus, ServiceList,
+    ServiceStatus, StartReply, StatsRequest,
 };
 use jetsaga_protocol::{ApiError, ErrorCode, HEADER_START_KEY, StartRequest};
 use jetsaga_store::DEFAULT_LIST_LIMIT;
@@ -76,6 +85,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::{IntoParams, OpenApi, ToSchema};
+
+mod console;
 
 /// Room for the JSON around a saga input: bodies may be this much larger
 /// than `max_payload` (inputs themselves are held to `max_payload`).
@@ -104,6 +115,8 @@ struct HttpState {
     definition_limits: DefinitionLimits,
     /// The OpenAPI document, rendered once.
     openapi: Bytes,
+    /// Who may call.
+    auth: Arc<Auth>,
 }
 
 impl HttpState {
@@ -178,6 +191,12 @@ fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/sagas/{id}/retry", Operate, retry_saga),
         Route::new(Method::DELETE, "/v1/sagas/{id}", Operate, delete_saga),
         Route::new(Method::GET, "/v1/definitions", Read, list_definitions),
+        Route::new(
+            Method::GET,
+            "/v1/definitions/{name}/versions/{version}",
+            Read,
+            get_definition_version,
+        ),
         Route::new(Method::POST, "/v1/definitions", Admin, apply_definitions),
         Route::new(
             Method::POST,
@@ -187,6 +206,8 @@ fn routes() -> Vec<Route> {
         ),
         Route::new(Method::GET, "/v1/breakers", Read, list_breakers),
         Route::new(Method::GET, "/v1/breakers/{service}", Read, get_breaker),
+        Route::new(Method::GET, "/v1/services", Read, list_services),
+        Route::new(Method::GET, "/v1/cluster", Read, cluster_status),
         Route::new(
             Method::POST,
             "/v1/breakers/{service}/reset",
@@ -208,7 +229,7 @@ fn router(
     nats: async_nats::Client,
     max_payload: usize,
     body_timeout: Duration,
-    tokens: Tokens,
+    auth: Auth,
     shutdown: CancellationToken,
 ) -> Router {
     let body_limit = max_payload.saturating_add(BODY_HEADROOM);
@@ -219,6 +240,7 @@ fn router(
         .borrow()
         .as_ref()
         .map_or_else(DefinitionLimits::default, Api::definition_limits);
+    let auth = Arc::new(auth);
     let state = HttpState {
         api,
         definition_limits,
@@ -227,8 +249,10 @@ fn router(
         body_limit,
         body_timeout,
         openapi: Bytes::from(openapi),
+        auth: auth.clone(),
     };
-    routed(&Arc::new(tokens))
+    routed(&auth)
+        .merge(console::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -238,14 +262,14 @@ fn router(
 /// A router with every route of [`routes`], each under the method and
 /// path the table gives and behind a [`Guard`] of its role, waiting for
 /// its state.
-fn routed(tokens: &Arc<Tokens>) -> Router<HttpState> {
+fn routed(auth: &Arc<Auth>) -> Router<HttpState> {
     routes().into_iter().fold(Router::new(), |router, route| {
         let filter = MethodFilter::try_from(route.method.clone())
             .unwrap_or_else(|e| panic!("route {} {}: {e}", route.method, route.path));
         let mut handler = (route.handler)(filter);
         if let Some(needs) = route.role {
             let guard = Guard {
-                tokens: tokens.clone(),
+                auth: auth.clone(),
                 needs,
             };
             handler = handler.route_layer(middleware::from_fn_with_state(guard, authorize));
@@ -254,24 +278,77 @@ fn routed(tokens: &Arc<Tokens>) -> Router<HttpState> {
     })
 }
 
-/// What a route's guard knows: the tokens, and the role the route needs.
+/// Who may call the HTTP API: the bearer tokens, and the console's
+/// sessions opened with them.
+#[derive(Default)]
+struct Auth {
+    /// The configured tokens; none leaves every route open.
+    tokens: Tokens,
+    /// The console's sessions ([`session`]).
+    sessions: Sessions,
+    /// Whether the listener speaks HTTPS (the session cookie is `Secure`).
+    secure: bool,
+}
+
+impl Auth {
+    /// Who sent a request with `headers`, when it may call a route of
+    /// `method` that `needs` a role; `None` when no tokens are configured.
+    ///
+    /// A bearer token, when the request has an `Authorization` header;
+    /// otherwise the console's session cookie, whose requests that change
+    /// something must also carry the session's CSRF value
+    /// ([`session::CSRF_HEADER`]).
+    fn caller(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        needs: Role,
+    ) -> Result<Option<Caller>, Refusal> {
+        if !self.tokens.enabled() {
+            return Ok(None);
+        }
+        if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+            return self
+                .tokens
+                .check(Some(authorization.to_str().unwrap_or_default()), needs);
+        }
+        let cookies = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let id = session::cookie_value(cookies).ok_or(Refusal::Missing)?;
+        let session = self.sessions.get(id).ok_or(Refusal::Session)?;
+        let csrf = headers
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if !method.is_safe() && !session.csrf_matches(csrf) {
+            return Err(Refusal::Csrf);
+        }
+        if session.caller.role < needs {
+            return Err(Refusal::Forbidden {
+                caller: session.caller,
+                needs,
+            });
+        }
+        Ok(Some(session.caller))
+    }
+}
+
+/// What a route's guard knows: who may call, and the role the route needs.
 #[derive(Clone)]
 struct Guard {
-    tokens: Arc<Tokens>,
+    auth: Arc<Auth>,
     needs: Role,
 }
 
-/// Lets a request through to its route when its bearer token has the
-/// route's role (or no tokens are configured), and logs who made a request
-/// that changes something; refuses it otherwise, before its body is read.
+/// Lets a request through to its route when its bearer token (or console
+/// session) has the route's role, or no tokens are configured, and logs
+/// who made a request that changes something; refuses it otherwise, before
+/// its body is read.
 async fn authorize(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or_default());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    match guard.tokens.check(authorization, guard.needs) {
+    match guard.auth.caller(request.headers(), &method, guard.needs) {
         Ok(None) => next.run(request).await,
         Ok(Some(Caller { name, role })) => {
             let response = next.run(request).await;
@@ -312,6 +389,18 @@ fn refuse_caller(refusal: &Refusal, method: &Method, path: &str) -> Response {
             ErrorCode::Unauthenticated,
             "the bearer token is none of the engine's http_tokens".to_string(),
             "Bearer realm=\"jetsaga\", error=\"invalid_token\"",
+        ),
+        Refusal::Session => (
+            ErrorCode::Unauthenticated,
+            "the console session is over (it expired, was logged out, or the engine restarted); log in again".to_string(),
+            "Bearer realm=\"jetsaga\", error=\"invalid_token\"",
+        ),
+        Refusal::Csrf => (
+            ErrorCode::Forbidden,
+            format!(
+                "{method} {path} with a console session cookie needs the session's `X-Jetsaga-Csrf` header; a request from another site cannot have it"
+            ),
+            "",
         ),
         Refusal::Forbidden { caller, needs } => (
             ErrorCode::Forbidden,
@@ -405,7 +494,11 @@ pub async fn serve(
         nats,
         max_payload,
         limits.body_timeout,
-        security.tokens,
+        Auth {
+            secure: security.tls.is_some(),
+            tokens: security.tokens,
+            sessions: Sessions::default(),
+        },
         shutdown.clone(),
     );
     let tls = security.tls;
@@ -1299,6 +1392,38 @@ async fn list_definitions(State(state): State<HttpState>) -> Result<Response, Ht
     Ok(json(StatusCode::OK, &DefinitionList { definitions }))
 }
 
+/// One stored version of a definition (versions run from 1 to the
+/// current one, which `GET /v1/definitions` shows). A version never
+/// changes once stored.
+#[utoipa::path(
+    get,
+    path = "/v1/definitions/{name}/versions/{version}",
+    tag = "definitions",
+    params(
+        ("name" = String, Path, description = "Definition name"),
+        ("version" = u32, Path, description = "Version, from 1"),
+    ),
+    responses(
+        (status = 200, description = "The definition version", body = SagaDefinition),
+        (status = 400, description = "E-BAD-REQUEST: the version is not a number", body = ErrorBody),
+        (status = 404, description = "E-NOT-FOUND: no such definition or version", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn get_definition_version(
+    State(state): State<HttpState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let (name, version) = path
+        .map(|Path(p)| p)
+        .map_err(|e| HttpError::bad_request(format!("bad path: {}", e.body_text())))?;
+    let version = version.parse::<u32>().map_err(|_| {
+        HttpError::bad_request(format!("version {version:?} is not a number from 1"))
+    })?;
+    let definition = state.api()?.definition_version(&name, version)?;
+    Ok(json(StatusCode::OK, &definition))
+}
+
 /// Apply a definitions file: each saga whose definition changed gets a new
 /// version; running sagas keep theirs. Nothing is stored when the file has
 /// a problem.
@@ -1395,6 +1520,40 @@ async fn reset_breaker(
         StatusCode::OK,
         &state.api()?.reset_breaker(&service, body.state).await?,
     ))
+}
+
+/// Every service a current definition has a step on or a policy names:
+/// the tasks in its work queue, and its breaker, held and in-flight tasks
+/// when a policy names it.
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "services",
+    responses(
+        (status = 200, description = "The services, by name", body = ServiceList),
+        (status = 503, description = "E-UNAVAILABLE: the engine is shutting down", body = ErrorBody),
+        (status = 500, description = "E-INTERNAL", body = ErrorBody),
+    )
+)]
+async fn list_services(State(state): State<HttpState>) -> Result<Response, HttpError> {
+    let services = state.api()?.services().await?;
+    Ok(json(StatusCode::OK, &ServiceList { services }))
+}
+
+/// The engines of the installation and each partition's leader, lease and
+/// journal, from what every engine records in NATS (any engine answers).
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "The engines and partitions", body = ClusterStatus),
+        (status = 503, description = "E-UNAVAILABLE: NATS does not answer", body = ErrorBody),
+        (status = 409, description = "E-NOT-APPLICABLE: the engine runs without a cluster", body = ErrorBody),
+    )
+)]
+async fn cluster_status(State(state): State<HttpState>) -> Result<Response, HttpError> {
+    Ok(json(StatusCode::OK, &state.api()?.cluster_status().await?))
 }
 
 fn service_name(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
@@ -1567,11 +1726,14 @@ async fn prometheus_metrics() -> Response {
         retry_saga,
         delete_saga,
         list_definitions,
+        get_definition_version,
         apply_definitions,
         validate_definitions,
         list_breakers,
         get_breaker,
         reset_breaker,
+        list_services,
+        cluster_status,
         health,
         ready,
         openapi_json,
@@ -1581,7 +1743,8 @@ async fn prometheus_metrics() -> Response {
     tags(
         (name = "sagas", description = "Saga instances"),
         (name = "definitions", description = "Saga definitions"),
-        (name = "services", description = "Service circuit breakers and in-flight limits"),
+        (name = "services", description = "Services: queue depth, circuit breakers and in-flight limits"),
+        (name = "cluster", description = "Engines and partitions"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -1639,7 +1802,7 @@ mod tests {
             "documented routes the router does not serve: {unserved:?}"
         );
         // Building the router checks that no two routes overlap.
-        let _ = routed(&Arc::default());
+        let _ = routed(&Arc::default()).merge(console::routes());
     }
 
     #[test]

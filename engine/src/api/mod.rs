@@ -27,8 +27,8 @@ use jetsaga_core::saga::state::{Millis, Saga, SagaStatus};
 use jetsaga_protocol::api::{
     AppliedDefinition, BreakerReset, CancelRequest, ClusterStatus, DefListRequest,
     DefinitionListing, ForcedState, GetRequest, ListRequest, MAX_LIST_LIMIT, RetryRequest,
-    SagaDetail, SagaPage, SagaRef, SagaStats, ServiceRef, ServiceStatus, StatsRequest,
-    StepDownReply, StepDownRequest,
+    SagaDetail, SagaPage, SagaRef, SagaStats, ServiceOverview, ServiceRef, ServiceStatus,
+    StatsRequest, StepDownReply, StepDownRequest,
 };
 use jetsaga_protocol::{
     ApiError, ApiReply, ErrorCode, HEADER_START_KEY, StartReply, StartRequest, Subjects,
@@ -46,6 +46,7 @@ mod golden;
 pub mod http;
 pub mod https;
 pub mod route;
+pub mod session;
 mod stats;
 pub mod view;
 
@@ -111,6 +112,9 @@ const ID_CLOCK_SLACK_MS: Millis = 60_000;
 /// Sagas read from the store per round while a time range is filtered.
 const SCAN_PAGE: usize = 256;
 
+/// How long [`Api::services`] waits for one work queue's depth.
+pub const QUEUE_DEPTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Sagas read from the store per round by [`Api::stats`].
 const STATS_PAGE: usize = 1024;
 
@@ -136,6 +140,9 @@ pub struct Api {
     environment: Option<String>,
     /// The size limits applied definitions must keep to.
     definition_limits: DefinitionLimits,
+    /// JetStream and the installation's subjects, for the services' queue
+    /// depths.
+    queues: Option<(async_nats::jetstream::Context, Subjects)>,
 }
 
 impl Api {
@@ -163,7 +170,15 @@ impl Api {
             cluster: None,
             environment: None,
             definition_limits: DefinitionLimits::default(),
+            queues: None,
         }
+    }
+
+    /// Reads the services' queue depths ([`Api::services`]) from the work
+    /// queues of `subjects`' installation over `client`.
+    pub fn with_queues(mut self, client: async_nats::Client, subjects: Subjects) -> Self {
+        self.queues = Some((async_nats::jetstream::new(client), subjects));
+        self
     }
 
     /// Answers `cluster.status` from `cluster`.
@@ -828,6 +843,82 @@ impl Api {
         let partition = routed!(self, self.home(), Op::BreakerList, &serde_json::json!({}));
         let services = partition.services().await?;
         Ok(services.into_iter().map(view::service_status).collect())
+    }
+
+    /// Every service a current definition has a step on or a policy names,
+    /// by name: the definitions that use it, its queue depth (`None` when
+    /// NATS does not answer within [`QUEUE_DEPTH_WAIT`], or without
+    /// [`with_queues`](Self::with_queues)), and its breaker status when a
+    /// policy names it.
+    pub async fn services(&self) -> Result<Vec<ServiceOverview>, ApiError> {
+        let policies = self.breakers().await?;
+        let mut services: std::collections::BTreeMap<String, ServiceOverview> = policies
+            .into_iter()
+            .map(|status| {
+                let overview = ServiceOverview {
+                    service: status.service.clone(),
+                    sagas: Vec::new(),
+                    queue_depth: None,
+                    status: Some(status),
+                };
+                (overview.service.clone(), overview)
+            })
+            .collect();
+        for def in self
+            .store(self.home())
+            .list_definitions()
+            .map_err(internal)?
+        {
+            for step in &def.steps {
+                let entry =
+                    services
+                        .entry(step.service.clone())
+                        .or_insert_with(|| ServiceOverview {
+                            service: step.service.clone(),
+                            sagas: Vec::new(),
+                            queue_depth: None,
+                            status: None,
+                        });
+                if !entry.sagas.contains(&def.name) {
+                    entry.sagas.push(def.name.clone());
+                }
+            }
+        }
+        if let Some((js, subjects)) = &self.queues {
+            for overview in services.values_mut() {
+                let depth = crate::metrics::queue_depth(js, subjects, &overview.service);
+                overview.queue_depth = match tokio::time::timeout(QUEUE_DEPTH_WAIT, depth).await {
+                    Ok(Ok(depth)) => Some(depth),
+                    Ok(Err(e)) => {
+                        tracing::debug!(service = %overview.service, error = %e, "cannot read the queue depth");
+                        None
+                    }
+                    Err(_) => None,
+                };
+            }
+        }
+        Ok(services.into_values().collect())
+    }
+
+    /// Version `version` of definition `name`; `E-NOT-FOUND` when it has
+    /// none. Versions never change once stored, so this engine's store
+    /// answers, leader or not.
+    pub fn definition_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<jetsaga_protocol::api::SagaDefinition, ApiError> {
+        let definition = self
+            .store(self.home())
+            .definition(name, version)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                api_error(
+                    ErrorCode::NotFound,
+                    format!("no version {version} of definition {name:?}"),
+                )
+            })?;
+        Ok(view::definition_view(&definition))
     }
 
     /// One service's breaker, held and in-flight tasks; `E-NOT-FOUND` when

@@ -41,8 +41,8 @@ pub use saga::{
     StepStatus,
 };
 pub use service::{
-    BreakerList, BreakerReset, BreakerResetBody, BreakerTransition, ForcedState, ServiceRef,
-    ServiceStatus,
+    BreakerList, BreakerReset, BreakerResetBody, BreakerTransition, ForcedState, ServiceList,
+    ServiceOverview, ServiceRef, ServiceStatus,
 };
 pub use state::{SagaState, UnknownState};
 pub use stats::{DefinitionStats, Durations, SagaStats, Stats};

@@ -62,6 +62,30 @@ pub struct BreakerList {
     pub services: Vec<ServiceStatus>,
 }
 
+/// One service, as the console's services page shows it: how many tasks
+/// wait for its workers, and its breaker and limits when a policy names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceOverview {
+    /// Service name (the work queue).
+    pub service: String,
+    /// The current definitions with a step on it, by name.
+    pub sagas: Vec<String>,
+    /// Tasks in its work queue not yet acknowledged by a worker (delivered
+    /// or not); `null` when NATS did not answer in time.
+    pub queue_depth: Option<u64>,
+    /// Its breaker, held and in-flight tasks, when a policy names it.
+    pub status: Option<ServiceStatus>,
+}
+
+/// Every service of a current definition or policy, sorted by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceList {
+    /// The services.
+    pub services: Vec<ServiceOverview>,
+}
+
 /// Names one service (`breaker.get`, `breaker.reset`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRef {
