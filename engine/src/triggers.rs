@@ -57,7 +57,7 @@
 
 use crate::bus::{BusError, StreamSettings, intake};
 use crate::metrics::reject;
-use crate::partition::{StartCommand, Starts, api_error};
+use crate::partition::{Command, StartCommand, Starts, api_error};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
 use jetsaga_core::saga::definition::{SagaDefinition, Trigger, input_pointer};
 use jetsaga_protocol::pattern::{collide, covers, overlap_in_part, reduce};
@@ -66,7 +66,7 @@ use jetsaga_store::DefinitionTable;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -686,7 +686,31 @@ async fn handle(
             idempotency_key: Some(key),
             trace_parent: trace_parent.clone(),
         };
-        answers.push((def.name.clone(), rt.starts.start(start)));
+        // Into the partition's queue now when it is led here, so that
+        // starts keep the order of their messages; through the leader of
+        // its partition otherwise.
+        let answer = match rt.starts.local(start.idempotency_key.as_deref()) {
+            Some(partition) => {
+                let (tx, rx) = oneshot::channel();
+                let sent = partition
+                    .send(Command::Start {
+                        start,
+                        reply: Some(tx),
+                        ack: None,
+                    })
+                    .await;
+                if sent.is_err() {
+                    return false;
+                }
+                Box::pin(async move {
+                    rx.await.unwrap_or_else(|_| {
+                        Err(api_error(ErrorCode::Unavailable, "the partition stopped"))
+                    })
+                })
+            }
+            None => rt.starts.start(start),
+        };
+        answers.push((def.name.clone(), answer));
     }
     // Acknowledged once every start it caused is durable (the partition
     // answers after its group commit) or refused; not at all if the engine

@@ -39,8 +39,11 @@
 //!   `--definitions`: the partitions spread over the engines, the same
 //!   idempotency key gives the same saga through any engine, sagas land in
 //!   every partition, and after a `kill -9` of an engine its partitions are
-//!   led by the others and every saga ends exactly once; an engine
-//!   configured with another partition count refuses to start.
+//!   led by the others and every saga ends exactly once; after a SIGTERM of
+//!   another the last engine leads them all at once and runs new sagas,
+//!   started by request and as durable starts routed to their keys'
+//!   partitions; an engine configured with another partition count refuses
+//!   to start.
 //! - `chaos_of_leader_kills_and_a_nats_node`: 300 sagas with faults while
 //!   the current leader is killed (and restarted) again and again and a
 //!   NATS node dies once. Seeded; `JETSAGA_HA_SEED=<u64>` replays a run.
@@ -990,11 +993,40 @@ async fn partitions_spread_over_the_engines_and_fail_over() {
     }
     let more_stats = Arc::new(StartStats::default());
     let mut more_ids = Vec::new();
-    for p in &more {
+    // Half of them as durable starts (a JetStream publish, the key as
+    // `Nats-Msg-Id`), which the leader of partition 0 reads and routes to
+    // each key's partition; the rest through the request API.
+    let js = async_nats::jetstream::new(ha.nats.client().await);
+    let (durable, requested) = more.split_at(more.len() / 2);
+    for p in durable {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", p.key.as_str());
+        let body = serde_json::json!({ "input": p.input }).to_string();
+        js.publish_with_headers(format!("jetsaga.start.{}", p.saga), headers, body.into())
+            .await
+            .expect("publish a durable start")
+            .await
+            .expect("the starts stream takes it");
+    }
+    for p in durable {
+        let detail = wait_until(
+            &format!("the durable start of {}", p.key),
+            TAKEOVER,
+            || async { ha.client.get_by_key(&p.key).await.ok() },
+        )
+        .await;
+        assert_eq!(
+            partition::of_saga(&detail.saga.id, PARTITIONS),
+            partition::of_key(&p.key, PARTITIONS),
+            "a durable start lives in its key's partition"
+        );
+        more_ids.push(detail.saga.id);
+    }
+    for p in requested {
         more_ids.push(start_one(&ha.client, p, &more_stats).await);
     }
     let mut all_plans: Vec<SagaPlan> = plans.iter().cloned().collect();
-    all_plans.extend(more);
+    all_plans.extend(more.iter().cloned());
     let mut all_ids = saga_ids.clone();
     all_ids.extend(more_ids);
     ha.judge(
