@@ -34,6 +34,9 @@
 //!   no result is rejected for an unknown saga.
 //! - `a_nats_node_killed_under_load`: the node leading the journal stream
 //!   dies while sagas run; all finish exactly once.
+//! - `a_paused_leader_is_deposed_and_writes_nothing`: a leader frozen
+//!   (SIGSTOP) past its lease is replaced; thawed, it stands by or exits on
+//!   the journal's fence, and every saga still ends exactly once.
 //! - `partitions_spread_over_the_engines_and_fail_over`: an installation
 //!   of 4 partitions and three engines started at once with the same
 //!   `--definitions`: the partitions spread over the engines, the same
@@ -764,6 +767,62 @@ async fn three_engines_started_at_once_with_the_same_definitions() {
     let plans = Arc::new(plan(&mut StdRng::seed_from_u64(seed), seed, &defs, 12));
     let stats = Arc::new(StartStats::default());
     let starts = Starts::spawn(&ha.client, &plans, 0..12, Duration::ZERO, &stats);
+    let ids = ids_in_order(&plans, starts.join().await);
+    ha.judge(&plans, &ids, &format!("seed {seed}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_deposed_and_writes_nothing() {
+    let seed = seed();
+    println!("ha: seed {seed} (replay with JETSAGA_HA_SEED={seed})");
+    let mut ha = Ha::with_engines(2).await;
+    let defs = apply_definitions(&ha.client).await;
+    let _workers = ha.workers();
+    let plans = Arc::new(plan(&mut StdRng::seed_from_u64(seed), seed, &defs, 30));
+    let stats = Arc::new(StartStats::default());
+    let starts = Starts::spawn(
+        &ha.client,
+        &plans,
+        0..plans.len(),
+        Duration::from_millis(40),
+        &stats,
+    );
+    starts.wait_started(10).await;
+
+    // Freeze the leader past its lease: the other engine takes over while
+    // the frozen one still believes it leads, with batches in its hands.
+    let leader = ha.leader().await;
+    let offsets = ha.offsets();
+    ha.engines[leader].process.signal(Signal::SIGSTOP);
+    let (next, _) = ha.wait_for_line(&offsets, LEADING, Some(leader)).await;
+    assert_ne!(next, leader);
+    ha.engines[leader].process.signal(Signal::SIGCONT);
+    // Thawed, it finds out: its renewal is too late (it stands by), or its
+    // next append fails on the fence (it exits E-DEPOSED). Either way it
+    // writes nothing after the new leader's first record.
+    let from = offsets[leader] as usize;
+    let outcome = wait_until("the thawed leader to step aside", TAKEOVER, || async {
+        let log = ha.engines[leader].process.log();
+        let tail = log.get(from.min(log.len())..).unwrap_or("").to_string();
+        if tail.contains("E-DEPOSED") {
+            Some("deposed by the fence")
+        } else if tail.contains("lost the lease of partition 0") {
+            Some("lost its lease")
+        } else {
+            None
+        }
+    })
+    .await;
+    println!("ha: the thawed leader {} {outcome}", ha.ids[leader]);
+    if outcome == "deposed by the fence" {
+        let exit = blocking(|| ha.engines[leader].process.wait_for_exit(READY));
+        assert!(
+            !exit.success(),
+            "a deposed engine exits with an error: {exit}"
+        );
+    }
+    assert_eq!(ha.leader().await, next, "the new leader keeps leading");
+
     let ids = ids_in_order(&plans, starts.join().await);
     ha.judge(&plans, &ids, &format!("seed {seed}")).await;
 }
