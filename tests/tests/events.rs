@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 const DOOMED: &str = r#"
 sagas:
   doomed:
+    step_events: true
     steps:
       - id: first
         service: gate
@@ -223,6 +224,32 @@ async fn completed_and_compensated_sagas_publish_their_lifecycle() {
         ]
     );
     assert!(seen.iter().all(|l| l.contains(&ok)), "{seen:?}");
+}
+
+/// Like `two_steps`, without `step_events`.
+const QUIET: &str = r#"
+sagas:
+  quiet:
+    steps:
+      - { id: first, service: gate, operation: work, compensation: undo, timeout: 30s }
+      - { id: second, service: gate, operation: wait, timeout: 30s, depends_on: [first] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_events_are_published_only_when_the_definition_asks() {
+    let world = World::start(&[]).await;
+    world.apply_yaml(QUIET).await;
+    let release = Arc::new(Notify::new());
+    let _worker = gate_worker(&world, release.clone()).await;
+    let id = world.start_saga("quiet", json!({})).await;
+    release.notify_one();
+    assert_eq!(world.finished(&id).await.saga.status, SagaStatus::Completed);
+    // Published in order: a step event would come before saga.completed.
+    let events = events_of(&world, &id, 2).await;
+    assert_eq!(
+        check("quiet", &id, &events),
+        ["saga.started", "saga.completed"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

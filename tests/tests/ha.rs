@@ -775,7 +775,7 @@ async fn three_engines_started_at_once_with_the_same_definitions() {
 async fn a_paused_leader_is_deposed_and_writes_nothing() {
     let seed = seed();
     println!("ha: seed {seed} (replay with JETSAGA_HA_SEED={seed})");
-    let mut ha = Ha::with_engines(2).await;
+    let ha = Ha::with_engines(2).await;
     let defs = apply_definitions(&ha.client).await;
     let _workers = ha.workers();
     let plans = Arc::new(plan(&mut StdRng::seed_from_u64(seed), seed, &defs, 30));

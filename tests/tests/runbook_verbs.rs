@@ -16,6 +16,7 @@ use tokio::io::AsyncBufReadExt;
 const DEFS: &str = r#"
 sagas:
   one_step:
+    step_events: true
     steps:
       - { id: only, service: echo, operation: echo, timeout: 30s }
   stuck:

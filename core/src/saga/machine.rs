@@ -116,6 +116,7 @@
 //!     triggers: vec![],
 //!     policy: Default::default(),
 //!     max_running: None,
+//!     step_events: false,
 //! };
 //! let inputs = Inputs { now: 1_000, random: 0.5 };
 //! let mut saga = new_saga("s-1".into(), &def, serde_json::json!({}), None, inputs.now);

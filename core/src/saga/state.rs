@@ -469,6 +469,21 @@ pub enum LifecycleEvent {
     },
 }
 
+impl LifecycleEvent {
+    /// Whether it is about one step (published only for definitions with
+    /// `step_events`), not the whole saga.
+    pub fn is_step(&self) -> bool {
+        matches!(
+            self,
+            LifecycleEvent::StepSucceeded { .. }
+                | LifecycleEvent::StepRetrying { .. }
+                | LifecycleEvent::StepFailed { .. }
+                | LifecycleEvent::StepCompensated { .. }
+                | LifecycleEvent::StepCompensationFailed { .. }
+        )
+    }
+}
+
 /// Why an event was not applied. Rejections change nothing; the engine logs
 /// and counts them and acknowledges the message that carried them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -161,6 +161,7 @@ pub fn definition_view(d: &def::SagaDefinition) -> dto::SagaDefinition {
             environments: d.policy.environments.clone(),
         },
         max_running: d.max_running,
+        step_events: d.step_events,
     }
 }
 

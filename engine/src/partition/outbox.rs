@@ -15,7 +15,8 @@ impl Partition {
     ///
     /// Each lifecycle event becomes an outbox message (a CloudEvent, see
     /// [`crate::events`]) numbered by the saga's event sequence, which the
-    /// transition advances and stores with the saga.
+    /// transition advances and stores with the saga; step events only for
+    /// a definition with `step_events`.
     ///
     /// Tasks pass through service admission ([`jetsaga_core::admission`]): ended
     /// attempts count for their service's breaker and free room first, then
@@ -49,6 +50,11 @@ impl Partition {
                 }
                 Effect::Lifecycle(event) => {
                     log_lifecycle(saga, def, &event);
+                    // Step events only for definitions that ask for them:
+                    // each is one more message stored per step.
+                    if event.is_step() && !def.step_events {
+                        continue;
+                    }
                     let seq = saga.event_seq;
                     saga.event_seq += 1;
                     let message =

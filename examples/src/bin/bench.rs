@@ -29,7 +29,7 @@ use jetsaga_examples::stats::nearest_rank;
 use jetsaga_protocol::api::SagaState;
 use jetsaga_worker::{StepError, TaskContext, Worker};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -455,6 +455,27 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
 }
 
 /// Connects to the server(s) of `url`, a comma-separated list.
+/// Every stream's last sequence: how many messages it has stored in its
+/// life, deleted ones included.
+async fn stored_messages(js: &jetstream::Context) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    let mut streams = js.streams();
+    while let Some(info) = streams.next().await {
+        let info = info?;
+        out.insert(info.config.name.clone(), info.state.last_sequence);
+    }
+    Ok(out)
+}
+
+/// The messages each stream stored between `before` and `after`.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(name, last)| (name.clone(), last - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 async fn connect(url: &str) -> Result<async_nats::Client> {
     let addrs = url
         .split(',')
@@ -471,6 +492,7 @@ fn replicas(args: &Args) -> usize {
 async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> {
     let nats = connect(url).await?;
     let js = jetstream::new(nats.clone());
+    let stored_before = stored_messages(&js).await?;
     let tasks_stream = js
         .get_or_create_stream(stream::Config {
             name: "BENCHFLOOR_TASKS".into(),
@@ -578,9 +600,12 @@ async fn floor_phase(args: &Args, url: &str, round_trips: u64) -> Result<Value> 
     for w in floor_workers {
         let _ = w.await;
     }
+    // Read before the streams go.
+    let stored = delta(&stored_before, &stored_messages(&js).await?);
     let _ = js.delete_stream("BENCHFLOOR_TASKS").await;
     let _ = js.delete_stream("BENCHFLOOR_RESULTS").await;
     Ok(json!({
+        "stored_by_stream": stored,
         "round_trips": round_trips,
         "wall_s": wall,
         "round_trips_per_s": round_trips as f64 / wall,
@@ -641,9 +666,12 @@ async fn main() -> Result<()> {
     };
 
     let counter = Arc::new(AtomicU64::new(0));
+    let js = jetstream::new(probe.clone());
     let s0 = server_cpu(&server_pids);
+    let m0 = stored_messages(&js).await?;
     let mut engine = engine_phase(&args, &url, counter).await?;
     let s1 = server_cpu(&server_pids);
+    let m1 = stored_messages(&js).await?;
     let round_trips = engine["step_round_trips"].as_u64().unwrap_or(0);
     let mut floor = floor_phase(&args, &url, round_trips).await?;
     let s2 = server_cpu(&server_pids);
@@ -651,6 +679,21 @@ async fn main() -> Result<()> {
         engine["nats_server_cpu_s"] = json!(b - a);
         floor["nats_server_cpu_s"] = json!(c - b);
     }
+    // What each side stored in JetStream, per step round trip.
+    let per = |n: &BTreeMap<String, u64>, trips: f64| {
+        let total: u64 = n.values().sum();
+        json!({ "total": total, "per_round_trip": total as f64 / trips, "by_stream": n })
+    };
+    let trips = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    engine["stored_messages"] = per(&delta(&m0, &m1), trips(&engine, "step_round_trips"));
+    let floor_stored: BTreeMap<String, u64> = serde_json::from_value(
+        floor
+            .as_object_mut()
+            .and_then(|f| f.remove("stored_by_stream"))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    floor["stored_messages"] = per(&floor_stored, trips(&floor, "round_trips"));
 
     let per_saga = engine["round_trips_per_saga"].as_f64().unwrap_or(f64::NAN);
     let throughput_ratio = engine["steps_per_s"].as_f64().unwrap_or(f64::NAN)
@@ -748,6 +791,13 @@ async fn main() -> Result<()> {
         ms(e, "p50_ms") / per_saga,
         ms(f, "p50_ms"),
         latency_ratio
+    );
+    println!(
+        "| {:<30} | {:>12.2} | {:>12.2} | {:>8.3} |",
+        "stored messages / round trip",
+        num(&e["stored_messages"]["per_round_trip"]),
+        num(&f["stored_messages"]["per_round_trip"]),
+        num(&e["stored_messages"]["per_round_trip"]) / num(&f["stored_messages"]["per_round_trip"])
     );
     println!(
         "| {:<30} | {:>12.2} | {:>12.2} | {:>8} |",

@@ -33,6 +33,9 @@ pub struct SagaDefinition {
     /// Unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<u32>,
+    /// Whether the step lifecycle events are published.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step_events: bool,
 }
 
 impl SagaDefinition {

@@ -47,6 +47,7 @@ pub(super) fn definition(name: &str, operation: &str) -> SagaDefinition {
         triggers: Vec::new(),
         policy: Default::default(),
         max_running: None,
+        step_events: false,
     }
 }
 

@@ -26,6 +26,7 @@ pub const FINISH: Duration = Duration::from_secs(60);
 pub const TWO_STEPS: &str = r#"
 sagas:
   two_steps:
+    step_events: true
     steps:
       - id: first
         service: gate

@@ -158,5 +158,6 @@ fn build_saga(
         triggers,
         policy,
         max_running,
+        step_events: raw.step_events,
     })
 }

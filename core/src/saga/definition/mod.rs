@@ -121,6 +121,13 @@ pub struct SagaDefinition {
     /// Unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<u32>,
+    /// Whether the step-level lifecycle events (`step.succeeded`,
+    /// `step.retrying`, `step.failed`, `step.compensated`,
+    /// `step.compensation_failed`) are published; the saga-level ones
+    /// always are. Off by default: each is one more message stored per
+    /// step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step_events: bool,
 }
 
 /// One step of a saga.

@@ -33,6 +33,8 @@ pub(super) struct RawSaga {
     /// reported by validation, naming the field.
     #[serde(default)]
     pub(super) max_running: Option<i64>,
+    #[serde(default)]
+    pub(super) step_events: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,6 +59,7 @@ impl Def {
             triggers: Vec::new(),
             policy: Default::default(),
             max_running: None,
+            step_events: false,
         })
     }
 

@@ -38,6 +38,7 @@ fn definitions() -> impl Strategy<Value = SagaDefinition> {
             triggers: Vec::new(),
             policy: Default::default(),
             max_running: None,
+            step_events: false,
         })
 }
 
