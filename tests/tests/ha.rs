@@ -47,6 +47,9 @@
 //!   started by request and as durable starts routed to their keys'
 //!   partitions; an engine configured with another partition count refuses
 //!   to start.
+//! - `chaos_of_engine_kills_with_partitions`: 150 sagas with faults over 3
+//!   partitions and 3 engines, a random engine that leads something killed
+//!   and restarted three times; each of its partitions begins a new term.
 //! - `chaos_of_leader_kills_and_a_nats_node`: 300 sagas with faults while
 //!   the current leader is killed (and restarted) again and again and a
 //!   NATS node dies once. Seeded; `JETSAGA_HA_SEED=<u64>` replays a run.
@@ -831,12 +834,12 @@ async fn a_paused_leader_is_deposed_and_writes_nothing() {
 /// `partitions_spread_over_the_engines_and_fail_over`.
 const PARTITIONS: u32 = 4;
 
-/// Waits until each of the `PARTITIONS` partitions is led by an engine of
+/// Waits until each of the `partitions` partitions is led by an engine of
 /// `alive` (ids), as both the leases and the leaders' heartbeats say, and
 /// each of them leads at least one; answers the status.
-async fn spread(ha: &Ha, alive: &[&str]) -> ClusterStatus {
+async fn spread(ha: &Ha, alive: &[&str], partitions: u32) -> ClusterStatus {
     wait_until(
-        &format!("{PARTITIONS} partitions led by each of {alive:?}"),
+        &format!("{partitions} partitions led by each of {alive:?}"),
         TAKEOVER,
         || async {
             let status = ha.client.cluster_status().await.ok()?;
@@ -851,8 +854,8 @@ async fn spread(ha: &Ha, alive: &[&str]) -> ClusterStatus {
                 .flat_map(|e| e.partitions.iter().map(|p| (*p, e.id.as_str())))
                 .collect();
             by_beat.sort();
-            let agree = by_lease.len() == PARTITIONS as usize
-                && by_beat.len() == PARTITIONS as usize
+            let agree = by_lease.len() == partitions as usize
+                && by_beat.len() == partitions as usize
                 && by_beat.iter().zip(&by_lease).all(|((_, a), b)| a == b);
             let each = alive.iter().all(|id| {
                 status
@@ -891,7 +894,7 @@ async fn partitions_spread_over_the_engines_and_fail_over() {
     }
     let ids: Vec<String> = ha.ids.clone();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let status = spread(&ha, &ids).await;
+    let status = spread(&ha, &ids, PARTITIONS).await;
     println!(
         "ha: {PARTITIONS} partitions spread over three engines {:.2}s after they were started together: {:?}",
         started_at.elapsed().as_secs_f64(),
@@ -978,7 +981,7 @@ async fn partitions_spread_over_the_engines_and_fail_over() {
     .await;
     let takeover = killed_at.elapsed();
     // And the heartbeats agree (the killed engine's has aged out).
-    let status = spread(&ha, &alive).await;
+    let status = spread(&ha, &alive, PARTITIONS).await;
     println!(
         "ha: kill -9 of {victim_id}; its partitions led again after {:.2}s, the heartbeats agree after {:.2}s: {:?}",
         takeover.as_secs_f64(),
@@ -1355,5 +1358,106 @@ async fn chaos_of_leader_kills_and_a_nats_node() {
         count_lines(&logs, LEADING),
         count_lines(&logs, "caught up with the journal"),
         count_lines(&logs, "stale or duplicate"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_of_engine_kills_with_partitions() {
+    const SAGAS: usize = 150;
+    const KILLS: usize = 3;
+    let seed = seed();
+    println!("ha: seed {seed} (replay with JETSAGA_HA_SEED={seed})");
+    let began = Instant::now();
+    let mut ha = Ha::new().await;
+    for _ in 0..3 {
+        ha.start_engine(&["--partitions", "3"]);
+    }
+    // The first engine took all three; they spread, one each.
+    let ids: Vec<String> = ha.ids.clone();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    spread(&ha, &ids, 3).await;
+    println!(
+        "ha: +{:>5.1}s the partitions spread, one per engine",
+        began.elapsed().as_secs_f64()
+    );
+    let defs = apply_definitions(&ha.client).await;
+    let _workers = ha.workers();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let plans = Arc::new(plan(&mut rng, seed, &defs, SAGAS));
+    let stats = Arc::new(StartStats::default());
+    let chunk = SAGAS / (KILLS + 1);
+    let mut starters = Vec::new();
+    for k in 0..=KILLS {
+        let range = k * chunk..if k == KILLS { SAGAS } else { (k + 1) * chunk };
+        let gap = Duration::from_millis(rng.random_range(0..40));
+        let starts = Starts::spawn(&ha.client, &plans, range.clone(), gap, &stats);
+        if k == KILLS {
+            starters.push(starts);
+            break;
+        }
+        starts.wait_started(range.len() / 2).await;
+        starters.push(starts);
+        // Kill an engine that leads something, with its partitions' epochs.
+        let status = ha.status().await;
+        let leaders: Vec<&str> = status
+            .partitions
+            .iter()
+            .filter_map(|p| p.leader.as_deref())
+            .collect();
+        let victim_id = leaders[rng.random_range(0..leaders.len())].to_string();
+        let victim = ha.index_of(&victim_id);
+        let terms: Vec<(u32, u64)> = status
+            .partitions
+            .iter()
+            .filter(|p| p.leader.as_deref() == Some(victim_id.as_str()))
+            .map(|p| (p.partition, p.epoch.unwrap_or(0)))
+            .collect();
+        let down = Duration::from_millis(rng.random_range(0..3000));
+        let killed_at = Instant::now();
+        ha.kill(victim);
+        tokio::time::sleep(down).await;
+        blocking(|| ha.engines[victim].respawn());
+        blocking(|| ha.engines[victim].wait_ready());
+        // Each partition it led begins a new term, on another engine or
+        // on it again.
+        wait_until(
+            "new terms of the killed engine's partitions",
+            TAKEOVER,
+            || async {
+                let status = ha.client.cluster_status().await.ok()?;
+                terms
+                    .iter()
+                    .all(|(p, epoch)| {
+                        status
+                            .partitions
+                            .iter()
+                            .any(|s| s.partition == *p && s.epoch.is_some_and(|e| e > *epoch))
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        println!(
+            "ha: +{:>5.1}s kill -9 {victim_id} leading {:?} ({down:?} down): new terms after {:.2}s",
+            began.elapsed().as_secs_f64(),
+            terms.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            killed_at.elapsed().as_secs_f64()
+        );
+    }
+    let mut started = Vec::new();
+    for s in starters {
+        started.extend(s.join().await);
+    }
+    let ids = ids_in_order(&plans, started);
+    ha.judge(
+        &plans,
+        &ids,
+        &format!("seed {seed}; replay with JETSAGA_HA_SEED={seed}"),
+    )
+    .await;
+    println!(
+        "ha: {SAGAS} sagas over 3 partitions through {KILLS} engine kills in {:.1}s; {} starts retried",
+        began.elapsed().as_secs_f64(),
+        stats.retries.load(Ordering::Relaxed)
     );
 }
