@@ -936,6 +936,15 @@ impl ServiceAdmission {
         }
     }
 
+    /// Every service with gauges here: with a policy, or with tasks held or
+    /// in flight.
+    pub fn services(&self) -> Vec<String> {
+        let mut all: BTreeSet<String> = self.policies.keys().cloned().collect();
+        all.extend(self.held.keys().cloned());
+        all.extend(self.counts.keys().cloned());
+        all.into_iter().collect()
+    }
+
     /// What changed for operators to see since the last call: the gauges of
     /// every service touched, and the breaker transitions, in order.
     pub fn take_report(&mut self) -> ServiceReport {

@@ -370,6 +370,27 @@ impl SagaMetrics {
         }
     }
 
+    /// Sets the partition's gauges to zero as it stops leading: the engine
+    /// that leads it next reports them, and a sum over the engines must
+    /// not count them twice. `services` are those it had gauges for.
+    pub fn retire(&self, services: &[String]) {
+        let partition = self.partition();
+        for name in &self.known {
+            self.active(name).set(0.0);
+            metrics::gauge!(
+                QUEUED_SAGAS,
+                &with_partition(vec![("saga_name", name.clone())], partition)
+            )
+            .set(0.0);
+        }
+        metrics::gauge!(RUNNING_SAGAS, &with_partition(vec![], partition)).set(0.0);
+        for service in services {
+            let labels = with_partition(vec![("service", service.clone())], partition);
+            metrics::gauge!(HELD_TASKS, &labels).set(0.0);
+            metrics::gauge!(SERVICE_IN_FLIGHT, &labels).set(0.0);
+        }
+    }
+
     /// The `partition` label's value, when the gauges carry one.
     pub fn partition(&self) -> Option<&str> {
         self.partition.as_deref()

@@ -501,7 +501,11 @@ async fn sigterm_hands_the_partition_over() {
 async fn step_down_hands_the_partition_over_and_keeps_the_engine() {
     let seed = seed();
     println!("ha: seed {seed} (replay with JETSAGA_HA_SEED={seed})");
-    let ha = Ha::with_engines(2).await;
+    let mut ha = Ha::new().await;
+    for _ in 0..2 {
+        ha.start_engine(&["--http-listen", "127.0.0.1:0"]);
+    }
+    assert_eq!(ha.leader().await, 0, "the first engine started leads");
     let defs = apply_definitions(&ha.client).await;
     let _workers = ha.workers();
     let plans = Arc::new(plan(&mut StdRng::seed_from_u64(seed), seed, &defs, 20));
@@ -510,6 +514,21 @@ async fn step_down_hands_the_partition_over_and_keeps_the_engine() {
     before.wait_started(10).await;
 
     let leader = ha.leader().await;
+    // Its saga gauges, before and after it hands over: a standby reports
+    // none, so that a sum over the engines counts each saga once.
+    let active = |i: usize| {
+        let addr = ha.engines[i].http_addr();
+        let names: Vec<String> = defs.keys().cloned().collect();
+        async move {
+            let mut sum = 0.0;
+            for name in names {
+                let series = format!(r#"saga_active{{saga_name="{name}"}}"#);
+                sum += metric_value(&addr, &series).await.unwrap_or(0.0);
+            }
+            sum
+        }
+    };
+    let active_before = active(leader).await;
     let offsets = ha.offsets();
     let asked_at = Instant::now();
     let reply = ha.client.step_down(0).await.expect("cluster step-down 0");
@@ -517,7 +536,7 @@ async fn step_down_hands_the_partition_over_and_keeps_the_engine() {
     assert_eq!(reply.released_by, ha.ids[leader], "the leader answers");
     let (next, _) = ha.wait_for_line(&offsets, LEADING, Some(leader)).await;
     println!(
-        "ha: step-down of {}; {} leads after {:.2}s",
+        "ha: step-down of {} ({active_before} sagas active on it); {} leads after {:.2}s",
         ha.ids[leader],
         ha.ids[next],
         asked_at.elapsed().as_secs_f64()
@@ -539,6 +558,11 @@ async fn step_down_hands_the_partition_over_and_keeps_the_engine() {
             .iter()
             .any(|e| e.id == ha.ids[leader] && e.partitions.is_empty()),
         "it beats as a standby: {status:?}"
+    );
+    assert_eq!(
+        active(leader).await,
+        0.0,
+        "the engine that stepped down reports no running sagas"
     );
 
     let after = Starts::spawn(

@@ -86,6 +86,8 @@ impl Partition {
                 break;
             }
         }
+        // Another engine reports its numbers from now on.
+        self.metrics.retire(&self.services.services());
         tracing::info!("partition stopped");
         Ok(())
     }
