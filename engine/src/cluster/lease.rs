@@ -355,13 +355,24 @@ impl Leases {
         held: &mut Held,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Option<Lost> {
+        // After a renewal that did not get through, the next one waits a
+        // little (not a busy loop of failures while JetStream elects).
+        let mut pause = Duration::from_millis(10);
         loop {
             let next = self.timing.renew.saturating_sub(held.renewed.elapsed());
             tokio::select! {
                 _ = stop.cancelled() => return None,
-                _ = tokio::time::sleep(next.max(Duration::from_millis(10))) => {}
+                _ = tokio::time::sleep(next.max(pause)) => {}
             }
-            if let Err(lost) = self.renew(held).await {
+            let before = held.renewed;
+            let renewed = self.renew(held).await;
+            pause = if held.renewed == before {
+                (self.timing.renew / 10)
+                    .clamp(Duration::from_millis(20), Duration::from_millis(200))
+            } else {
+                Duration::from_millis(10)
+            };
+            if let Err(lost) = renewed {
                 metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
                 return Some(lost);
             }
