@@ -936,13 +936,18 @@ impl ServiceAdmission {
         }
     }
 
-    /// Every service with gauges here: with a policy, or with tasks held or
-    /// in flight.
-    pub fn services(&self) -> Vec<String> {
+    /// Every service with gauges here (with a policy, or with tasks held
+    /// or in flight), each with whether it has a breaker.
+    pub fn services(&self) -> Vec<(String, bool)> {
         let mut all: BTreeSet<String> = self.policies.keys().cloned().collect();
         all.extend(self.held.keys().cloned());
         all.extend(self.counts.keys().cloned());
-        all.into_iter().collect()
+        all.into_iter()
+            .map(|s| {
+                let breaker = self.breaker_config(&s).is_some();
+                (s, breaker)
+            })
+            .collect()
     }
 
     /// What changed for operators to see since the last call: the gauges of

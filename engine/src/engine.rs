@@ -418,7 +418,6 @@ impl Shared {
             .call_once(|| tracing::info!("engine draining"));
     }
 
-    /// Logs "engine ready" once.
     /// Whether this engine leads fewer partitions than its share.
     fn short_of_share(&self) -> bool {
         let alive = self.alive.load(std::sync::atomic::Ordering::Relaxed).max(1) as u32;
@@ -456,6 +455,7 @@ impl Shared {
         }
     }
 
+    /// Logs "engine ready" once.
     fn ready(&self) {
         self.ready.call_once(|| {
             tracing::info!(prefix = %self.config.prefix, nats = %self.config.nats.url, data_dir = %self.config.data_dir.display(), engine = %self.cluster.engine, "engine ready");

@@ -372,8 +372,10 @@ impl SagaMetrics {
 
     /// Sets the partition's gauges to zero as it stops leading: the engine
     /// that leads it next reports them, and a sum over the engines must
-    /// not count them twice. `services` are those it had gauges for.
-    pub fn retire(&self, services: &[String]) {
+    /// not count them twice, nor an alert see a breaker it no longer
+    /// runs. `services` are those it had gauges for, each with whether it
+    /// has a breaker.
+    pub fn retire(&self, services: &[(String, bool)]) {
         let partition = self.partition();
         for name in &self.known {
             self.active(name).set(0.0);
@@ -384,10 +386,13 @@ impl SagaMetrics {
             .set(0.0);
         }
         metrics::gauge!(RUNNING_SAGAS, &with_partition(vec![], partition)).set(0.0);
-        for service in services {
+        for (service, breaker) in services {
             let labels = with_partition(vec![("service", service.clone())], partition);
             metrics::gauge!(HELD_TASKS, &labels).set(0.0);
             metrics::gauge!(SERVICE_IN_FLIGHT, &labels).set(0.0);
+            if *breaker {
+                metrics::gauge!(BREAKER_STATE, &labels).set(0.0);
+            }
         }
     }
 

@@ -809,12 +809,22 @@ impl Api {
         definitions: &[SagaDefinition],
         services: &[ServicePolicy],
     ) -> Result<Vec<AppliedDefinition>, ApiError> {
-        let mut first = None;
+        let mut first: Option<Vec<AppliedDefinition>> = None;
         for p in 0..self.partitions() {
             match Box::pin(self.only(p).apply(definitions, services)).await {
-                Ok(applied) => {
-                    first.get_or_insert(applied);
-                }
+                Ok(applied) => match &first {
+                    None => first = Some(applied),
+                    // Each partition numbers its versions: after an apply
+                    // that failed part-way and another file since, they can
+                    // disagree. Said, not hidden.
+                    Some(zero) => {
+                        for (a, b) in zero.iter().zip(&applied) {
+                            if a.version != b.version {
+                                tracing::warn!(saga = %a.name, partition_0 = a.version, partition = p, version = b.version, "the partitions number this definition's versions differently (an earlier apply failed part-way); each saga keeps the version of its own partition");
+                            }
+                        }
+                    }
+                },
                 Err(mut e) if p > 0 => {
                     e.message = format!(
                         "applied to partitions 0 to {}, not to partition {p}: {}; apply the file again",
@@ -1083,9 +1093,10 @@ impl crate::partition::Starts for Api {
     }
 }
 
-/// The services of every partition, one status per service: counts added
-/// up, the breaker in its most closed-off state (open before half-open
-/// before closed), its history merged by time.
+/// The services of every partition, one status per service: counts and
+/// in-flight limits (each holds per partition) added up, the breaker in its
+/// most closed-off state (open before half-open before closed), its
+/// history merged by time.
 fn merge_services(all: impl IntoIterator<Item = ServiceStatus>) -> Vec<ServiceStatus> {
     fn rank(state: &str) -> u8 {
         match state {
@@ -1111,6 +1122,12 @@ fn merge_services(all: impl IntoIterator<Item = ServiceStatus>) -> Vec<ServiceSt
                 m.probe_in_flight |= s.probe_in_flight;
                 m.held += s.held;
                 m.in_flight += s.in_flight;
+                // The limit holds per partition: their sum is the most
+                // in flight over all of them.
+                m.max_in_flight = match (m.max_in_flight, s.max_in_flight) {
+                    (Some(a), Some(b)) => Some(a.saturating_add(b)),
+                    (a, b) => a.or(b),
+                };
                 m.history.extend(s.history);
                 m.history.sort_by_key(|t| t.at);
             }

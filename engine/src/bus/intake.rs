@@ -21,7 +21,9 @@ use jetsaga_protocol::{
     parse_result_msg_id,
 };
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Which stream a consumer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +71,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let source = feed.source();
+    // Starts for partitions led elsewhere are forwarded concurrently (up to
+    // FORWARDS at once), each acknowledged when its leader answers, so
+    // that one slow or leaderless partition does not hold up the others.
+    let forwards = TaskTracker::new();
+    let room = Arc::new(Semaphore::new(FORWARDS));
     super::consume_each(&consumer, source.label(), &shutdown, |msg| {
         let feed = feed.clone();
+        let (forwards, room) = (forwards.clone(), room.clone());
         async move {
             let Some(cmd) = decode(source, msg, max_payload, prefix_tokens).await else {
                 return true;
@@ -95,7 +103,13 @@ pub async fn run(
                         .await
                         .is_ok(),
                     None => {
-                        forward_start(&*starts, start, msg).await;
+                        let Ok(permit) = room.acquire_owned().await else {
+                            return false;
+                        };
+                        forwards.spawn(async move {
+                            forward_start(&*starts, start, msg).await;
+                            drop(permit);
+                        });
                         true
                     }
                 },
@@ -103,8 +117,13 @@ pub async fn run(
             }
         }
     })
-    .await
+    .await;
+    forwards.close();
+    forwards.wait().await;
 }
+
+/// Durable starts forwarded to other engines at once, at most.
+const FORWARDS: usize = 64;
 
 /// Starts `start` through the leader of its partition on another engine,
 /// then acknowledges `msg`, as the partition does with its own (a refusal
@@ -163,6 +182,7 @@ async fn decode(
                     .then(|| {
                         oversized_failure(
                             msg.subject.as_str(),
+                            prefix_tokens,
                             header(&msg, HEADER_MSG_ID).as_deref(),
                             header(&msg, HEADER_SAGA_ID).as_deref(),
                             msg.payload.len(),
@@ -234,11 +254,29 @@ pub(crate) fn stream_position(msg: &jetstream::Message) -> Option<String> {
 /// The reason a payload over `max_payload` is counted under.
 pub(crate) const OVERSIZED: &str = "oversized";
 
+/// The service a result subject names: `<prefix>.result.<service>`, or
+/// `<prefix>.result.<service>.<partition>` for a saga of a partition other
+/// than 0 (each partition's consumer reads its own); the prefix is
+/// `prefix_tokens` tokens.
+fn result_service(subject: &str, prefix_tokens: usize) -> Option<&str> {
+    let tokens: Vec<&str> = subject.splitn(prefix_tokens + 2, '.').collect();
+    match tokens.as_slice() {
+        [.., "result", rest] if tokens.len() == prefix_tokens + 2 => match rest.split_once('.') {
+            None => Some(*rest),
+            Some((service, partition)) if partition.parse::<u32>().is_ok() => Some(service),
+            Some(_) => None,
+        },
+        _ => None,
+    }
+}
+
 /// The fatal failure of the attempt an oversized result answers, when its
 /// `Nats-Msg-Id` (`msg_id`) names one and agrees with its `Jetsaga-Saga-Id`
-/// (`saga_header`, when present); the service is the subject's last token.
+/// (`saga_header`, when present); the service is the one the subject names
+/// ([`result_service`]).
 pub(crate) fn oversized_failure(
     subject: &str,
+    prefix_tokens: usize,
     msg_id: Option<&str>,
     saga_header: Option<&str>,
     size: usize,
@@ -248,7 +286,7 @@ pub(crate) fn oversized_failure(
     if saga_header.is_some_and(|s| s != saga_id) {
         return None;
     }
-    let service = subject.rsplit('.').next()?.to_string();
+    let service = result_service(subject, prefix_tokens)?.to_string();
     Some(TaskResult {
         saga_id,
         step_id,
@@ -300,18 +338,7 @@ fn decode_result(
     check_size(subject, payload, max_payload)?;
     let result = serde_json::from_slice::<TaskResult>(payload)
         .map_err(|e| ("malformed", format!("undecodable result on {subject}: {e}")))?;
-    let tokens: Vec<&str> = subject.splitn(prefix_tokens + 2, '.').collect();
-    // `<service>`, or `<service>.<partition>` for a saga of a partition
-    // other than 0 (the consumer of each partition reads its own).
-    let service = match tokens.as_slice() {
-        [.., "result", rest] if tokens.len() == prefix_tokens + 2 => match rest.split_once('.') {
-            None => Some(*rest),
-            Some((service, partition)) if partition.parse::<u32>().is_ok() => Some(service),
-            Some(_) => None,
-        },
-        _ => None,
-    };
-    if service != Some(result.service.as_str()) {
+    if result_service(subject, prefix_tokens) != Some(result.service.as_str()) {
         return Err((
             "subject_mismatch",
             format!(
@@ -706,6 +733,7 @@ mod tests {
         let id = jetsaga_protocol::result_msg_id("s-1", "pay", TaskKind::Action, 2);
         let result = oversized_failure(
             "acme.prod.result.payments",
+            2,
             Some(&id),
             Some("s-1"),
             9000,
@@ -723,6 +751,17 @@ mod tests {
         );
         assert_eq!(result.service, "payments");
         assert!(!result.replayed);
+        // A saga of partition 3 answers on `<prefix>.result.<service>.3`.
+        let in_partition = oversized_failure(
+            "acme.prod.result.payments.3",
+            2,
+            Some(&id),
+            None,
+            9000,
+            4096,
+        )
+        .expect("the header names the attempt");
+        assert_eq!(in_partition.service, "payments");
         let Outcome::Fatal { error } = &result.outcome else {
             panic!("fatal: {result:?}");
         };
@@ -735,17 +774,17 @@ mod tests {
         // Without the header the attempt is unknown, and a saga header that
         // disagrees makes the header untrustworthy: dropped as before.
         assert_eq!(
-            oversized_failure("jetsaga.result.p", None, Some("s-1"), 9000, 4096),
+            oversized_failure("jetsaga.result.p", 1, None, Some("s-1"), 9000, 4096),
             None
         );
         assert_eq!(
-            oversized_failure("jetsaga.result.p", Some(&id), Some("s-2"), 9000, 4096),
+            oversized_failure("jetsaga.result.p", 1, Some(&id), Some("s-2"), 9000, 4096),
             None
         );
         assert_eq!(
-            oversized_failure("jetsaga.result.p", Some("junk"), None, 9000, 4096),
+            oversized_failure("jetsaga.result.p", 1, Some("junk"), None, 9000, 4096),
             None
         );
-        assert!(oversized_failure("jetsaga.result.p", Some(&id), None, 9000, 4096).is_some());
+        assert!(oversized_failure("jetsaga.result.p", 1, Some(&id), None, 9000, 4096).is_some());
     }
 }

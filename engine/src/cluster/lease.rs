@@ -144,8 +144,10 @@ impl Leases {
     /// `not_before`: the engine does not take the lease before then (after
     /// it stepped down, so that another engine gets it). `eager`: whether
     /// it is short of its share of partitions; one that is not leaves a
-    /// free lease a TTL longer to the engines that are, so that partitions
-    /// spread (its own lease it takes back at once either way).
+    /// lease that was never taken a TTL longer, and one its holder released
+    /// 200 ms longer, to the engines that are, so that partitions spread.
+    /// An expired lease (its holder died) and its own lease it takes at
+    /// once either way.
     pub async fn acquire(
         &self,
         partition: u32,
@@ -191,15 +193,12 @@ impl Leases {
                     // The same engine id is the same data directory (the
                     // store's lock holds one process to it): a restart
                     // takes its own lease back at once.
+                    // An expired lease is taken at once by whoever sees it
+                    // first: a takeover is not delayed for balance (the
+                    // leaders spread the partitions again afterwards).
                     let expired = first_seen.elapsed() >= ttl;
-                    let free_for = if expired {
-                        free_since.get_or_insert_with(Instant::now).elapsed()
-                    } else {
-                        free_since = None;
-                        Duration::ZERO
-                    };
-                    let spread = eager() || free_for >= ttl;
-                    if (mine || (expired && spread)) && may_take {
+                    free_since = None;
+                    if (mine || expired) && may_take {
                         if let Some(mut held) = self.take(partition, entry.revision).await {
                             held.expired = !mine;
                             held.own_previous = value.filter(|_| mine);
@@ -207,11 +206,7 @@ impl Leases {
                         }
                         continue;
                     }
-                    wait = wait.min(if expired {
-                        ttl.saturating_sub(free_for)
-                    } else {
-                        ttl.saturating_sub(first_seen.elapsed())
-                    });
+                    wait = wait.min(ttl.saturating_sub(first_seen.elapsed()));
                 }
                 Ok(entry) => {
                     // Released by its holder (handed over): taken at once,

@@ -132,6 +132,7 @@ impl Partition {
             );
             crash_points::pass(crash_points::PARTITION_AFTER_COMMIT);
             let store = self.store.clone();
+            let number = self.number;
             let journaled = self.journal.is_some();
             let append = match self.journal.as_mut() {
                 Some(writer) if !records.is_empty() => Some(writer.append(records)),
@@ -145,7 +146,7 @@ impl Partition {
                                 .await
                                 .map_err(|e| {
                                     PartitionError::Journal(crate::cluster::JournalError::Nats {
-                                        partition: 0,
+                                        partition: number,
                                         reason: format!("the append task failed: {e}"),
                                     })
                                 })?

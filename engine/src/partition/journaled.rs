@@ -202,9 +202,10 @@ impl Partition {
                 if records.is_empty() {
                     return Ok(());
                 }
+                let number = self.number;
                 let first = writer.append(records).await.map_err(|e| {
                     PartitionError::Journal(JournalError::Nats {
-                        partition: 0,
+                        partition: number,
                         reason: format!("the append task failed: {e}"),
                     })
                 })??;

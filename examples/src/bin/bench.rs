@@ -454,9 +454,9 @@ async fn engine_phase(args: &Args, url: &str, counter: Arc<AtomicU64>) -> Result
     }))
 }
 
-/// Connects to the server(s) of `url`, a comma-separated list.
 /// Every stream's last sequence: how many messages it has stored in its
-/// life, deleted ones included.
+/// life, deleted ones included (with `--nats-url`, other streams of the
+/// account count too).
 async fn stored_messages(js: &jetstream::Context) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     let mut streams = js.streams();
@@ -471,11 +471,15 @@ async fn stored_messages(js: &jetstream::Context) -> Result<BTreeMap<String, u64
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after
         .iter()
-        .map(|(name, last)| (name.clone(), last - before.get(name).copied().unwrap_or(0)))
+        .map(|(name, last)| {
+            let since = last.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (name.clone(), since)
+        })
         .filter(|(_, n)| *n > 0)
         .collect()
 }
 
+/// Connects to the server(s) of `url`, a comma-separated list.
 async fn connect(url: &str) -> Result<async_nats::Client> {
     let addrs = url
         .split(',')
