@@ -112,6 +112,36 @@ fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `text` without the items marked `#[cfg(test)]`: a `mod x;` line, or
+/// an item and its braces (`mod tests { ... }`); the rest of the file,
+/// after them too, is kept.
+fn without_tests(text: &str) -> String {
+    let mut out = String::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        // The item: past further attributes, to its `;` or its last brace.
+        let mut depth: i64 = 0;
+        let mut opened = false;
+        for item in lines.by_ref() {
+            let trimmed = item.trim();
+            if !opened && (trimmed.starts_with("#[") || trimmed.is_empty()) {
+                continue;
+            }
+            depth += item.matches('{').count() as i64 - item.matches('}').count() as i64;
+            opened |= item.contains('{');
+            if (!opened && trimmed.ends_with(';')) || (opened && depth <= 0) {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The top-level modules of `krate`'s library and the ones each imports
 /// through `crate::`, test code and comments left out.
 fn module_imports(krate: &str) -> Result<Graph> {
@@ -131,8 +161,8 @@ fn module_imports(krate: &str) -> Result<Graph> {
             continue;
         }
         let text = std::fs::read_to_string(&file)?;
-        // Unit tests may reach anywhere; they are cut at `#[cfg(test)]`.
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        // Unit tests may reach anywhere: their items are left out.
+        let code = without_tests(&text);
         let imports = graph.entry(module.clone()).or_default();
         for line in code.lines() {
             let line = line.trim_start();
@@ -216,7 +246,7 @@ fn sibling_imports(krate: &str) -> Result<Vec<(String, Graph)>> {
             continue;
         }
         let text = std::fs::read_to_string(file)?;
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code = without_tests(&text);
         let mut imports = BTreeSet::new();
         for line in code.lines().map(str::trim_start) {
             if line.starts_with("//") {
@@ -277,4 +307,23 @@ fn the_cycle_check_finds_a_circle() {
         cycle(&graph),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
+}
+
+#[test]
+fn test_items_are_left_out_and_the_code_after_them_kept() {
+    let text = "use crate::a;\n#[cfg(test)]\nmod golden;\nuse crate::b;\n#[cfg(test)]\n#[allow(dead_code)]\nmod tests {\n    use crate::c;\n    fn f() { let _ = crate::d; }\n}\nfn g() { crate::e::h(); }\n";
+    let kept = without_tests(text);
+    for (module, expected) in [
+        ("a", true),
+        ("b", true),
+        ("c", false),
+        ("d", false),
+        ("e", true),
+    ] {
+        assert_eq!(
+            kept.contains(&format!("crate::{module}")),
+            expected,
+            "crate::{module} in:\n{kept}"
+        );
+    }
 }
