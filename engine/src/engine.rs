@@ -482,10 +482,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     metrics::install();
     let files = read_definition_files(&config.definitions, &config.definition_limits())?;
     let partitions = config.partitions;
+    // The store is opened (and locked) before anything else; with more
+    // than one partition, once NATS has confirmed the count, so that a
+    // wrong `--partitions` leaves no directories behind.
     let mut stores = Vec::new();
-    for p in 0..partitions {
-        let dir = partition_dir(&config.data_dir, p, partitions);
-        stores.push(Arc::new(SledStore::open(&dir)?));
+    if partitions == 1 {
+        stores.push(Arc::new(SledStore::open(&config.data_dir)?));
     }
     let engine_id =
         cluster::engine_id(config.engine_id.as_deref(), &config.data_dir).map_err(|e| {
@@ -537,6 +539,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     .await
     .map_err(|e| EngineError::Runtime(e.to_string()))?;
     ::metrics::gauge!(metrics::PARTITIONS).set(f64::from(partitions));
+    if partitions > 1 {
+        for p in 0..partitions {
+            let dir = partition_dir(&config.data_dir, p, partitions);
+            stores.push(Arc::new(SledStore::open(&dir)?));
+        }
+    }
     let mut slots = Vec::new();
     for (p, store) in (0..partitions).zip(stores) {
         let local = cluster::members::Local::default();

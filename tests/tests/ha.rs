@@ -1133,6 +1133,11 @@ async fn partitions_spread_over_the_engines_and_fail_over() {
         log.contains("E-PARTITIONS") && log.contains("has 4 partitions"),
         "{log}"
     );
+    let odd_dir = ha.dir.path().join(&ha.ids[odd]);
+    assert!(
+        !odd_dir.join("partition-0").exists(),
+        "a refused count leaves no partition stores behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
