@@ -9,6 +9,7 @@
 mod common;
 
 use common::{World, http_exchange};
+use jetsaga_protocol::api::SagaStatus;
 use jetsaga_tests::{NatsServer, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -449,5 +450,42 @@ async fn start_up_names_the_stream_of_another_installation_that_took_a_subject()
             && err.contains("change the trigger that captures `jetsaga.task.payments`")
             && err.contains("another prefix"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggered_sagas_live_in_their_keys_partitions() {
+    // One engine leading three partitions: each event's saga goes to the
+    // partition of its key (`trigger:<saga>:<event id>`), and runs there.
+    let world = World::start(&["--partitions", "3"]).await;
+    world.apply_yaml(ORDERS).await;
+    let _echo = world.echo_worker().await;
+    let nats = world.nats.client().await;
+    for i in 0..9 {
+        nats.publish(
+            "orders.created",
+            cloud_event(
+                &format!("ce-{i}"),
+                json!({"id": format!("o-{i}"), "total": i}),
+            )
+            .into(),
+        )
+        .await
+        .unwrap();
+    }
+    nats.flush().await.unwrap();
+    wait_sagas(&world, "fulfil_order", 9).await;
+    let mut partitions = std::collections::BTreeSet::new();
+    for summary in world.sagas_of("fulfil_order").await {
+        let detail = world.finished(&summary.id).await;
+        assert_eq!(detail.saga.status, SagaStatus::Completed, "{detail:?}");
+        let key = detail.saga.idempotency_key.expect("a trigger key");
+        let p = jetsaga_protocol::partition::of_saga(&summary.id, 3);
+        assert_eq!(p, jetsaga_protocol::partition::of_key(&key, 3), "{key}");
+        partitions.insert(p);
+    }
+    assert!(
+        partitions.len() > 1,
+        "nine keys over three partitions: {partitions:?}"
     );
 }
