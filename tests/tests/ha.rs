@@ -300,6 +300,23 @@ impl Ha {
         all.iter().filter(|s| !s.state.is_terminal()).count()
     }
 
+    /// Starts plans `rest` once the starts of `before` are under way,
+    /// then judges every saga of `plans` (see [`judge`](Self::judge)).
+    async fn start_rest_and_judge(
+        &self,
+        plans: &Arc<Vec<SagaPlan>>,
+        before: Starts,
+        rest: std::ops::Range<usize>,
+        stats: &Arc<StartStats>,
+        seed: u64,
+    ) {
+        let after = Starts::spawn(&self.client, plans, rest, Duration::from_millis(20), stats);
+        let mut started = before.join().await;
+        started.extend(after.join().await);
+        let ids = ids_in_order(plans, started);
+        self.judge(plans, &ids, &format!("seed {seed}")).await;
+    }
+
     /// Waits until every saga of `plans` (started as `ids`) is terminal and
     /// judges them against their plans and the ledger.
     async fn judge(&self, plans: &[SagaPlan], ids: &[String], context: &str) {
@@ -486,17 +503,8 @@ async fn sigterm_hands_the_partition_over() {
         "cluster status names the new leader"
     );
 
-    let after = Starts::spawn(
-        &ha.client,
-        &plans,
-        20..30,
-        Duration::from_millis(20),
-        &stats,
-    );
-    let mut started = before.join().await;
-    started.extend(after.join().await);
-    let ids = ids_in_order(&plans, started);
-    ha.judge(&plans, &ids, &format!("seed {seed}")).await;
+    ha.start_rest_and_judge(&plans, before, 20..30, &stats, seed)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,17 +575,8 @@ async fn step_down_hands_the_partition_over_and_keeps_the_engine() {
         "the engine that stepped down reports no running sagas"
     );
 
-    let after = Starts::spawn(
-        &ha.client,
-        &plans,
-        10..20,
-        Duration::from_millis(20),
-        &stats,
-    );
-    let mut started = before.join().await;
-    started.extend(after.join().await);
-    let ids = ids_in_order(&plans, started);
-    ha.judge(&plans, &ids, &format!("seed {seed}")).await;
+    ha.start_rest_and_judge(&plans, before, 10..20, &stats, seed)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
