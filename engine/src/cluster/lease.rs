@@ -159,7 +159,7 @@ impl Leases {
         let key = lease_key(partition);
         // The revision seen and when it was first seen.
         let mut seen: Option<(u64, Instant)> = None;
-        // Since when the lease has been free (expired or absent).
+        // Since when the key has been absent or released.
         let mut free_since: Option<Instant> = None;
         let mut watch = None;
         loop {
@@ -192,10 +192,10 @@ impl Leases {
                     }
                     // The same engine id is the same data directory (the
                     // store's lock holds one process to it): a restart
-                    // takes its own lease back at once.
-                    // An expired lease is taken at once by whoever sees it
-                    // first: a takeover is not delayed for balance (the
-                    // leaders spread the partitions again afterwards).
+                    // takes its own lease back at once. An expired lease
+                    // is taken at once by whoever sees it first: a
+                    // takeover is not delayed for balance (the leaders
+                    // spread the partitions again afterwards).
                     let expired = first_seen.elapsed() >= ttl;
                     free_since = None;
                     if (mine || expired) && may_take {
