@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{World, metric_value, metric_value_once_served};
+use common::{World, metric_value, metric_value_once_served, wait_metric};
 use jetsaga_protocol::ApiReply;
 use jetsaga_protocol::api::{DefinitionListing, SagaDetail};
 use jetsaga_tests::{NatsServer, wait_until};
@@ -221,14 +221,21 @@ const READY: &[u8] = b"GET /ready HTTP/1.1\r\nHost: engine\r\n\r\n";
 async fn stalled_http_connections_are_closed_after_their_timeouts() {
     let (_world, addr) =
         http_world(&["--http-header-timeout", "1s", "--http-body-timeout", "1s"]).await;
+    let header_timeouts = r#"engine_rejected_messages_total{reason="header_timeout"}"#;
+    assert_eq!(metric_value(&addr, header_timeouts).await, Some(0.0));
 
-    // Silent, half a head: closed without an answer to a request.
+    // Silent, half a head: closed without an answer to a request, and
+    // counted.
     let silent = answer_before_close(&addr, b"", "a silent connection").await;
     assert!(!silent.contains(" 200 "), "{silent}");
     let half = answer_before_close(&addr, b"GET /health HTTP/1.1\r\nHost: en", "half a head").await;
     assert!(!half.contains(" 200 "), "{half}");
 
-    // Idle after an answer: the answer, then the close.
+    wait_metric(&addr, header_timeouts, 2.0).await;
+
+    // Idle after an answer: the answer, then the close, which is what
+    // keep-alive is for and not counted (checked below, once the close is
+    // long past).
     let idle = answer_before_close(&addr, HEALTH, "an idle kept-alive connection").await;
     assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
 
@@ -239,6 +246,7 @@ async fn stalled_http_connections_are_closed_after_their_timeouts() {
     assert!(answer.contains("E-REQUEST-TIMEOUT"), "{answer}");
     let series = r#"engine_rejected_messages_total{reason="E-REQUEST-TIMEOUT"}"#;
     assert_eq!(metric_value(&addr, series).await, Some(1.0));
+    assert_eq!(metric_value(&addr, header_timeouts).await, Some(2.0));
 
     // And the engine serves on.
     let (status, _) = common::http_exchange(&addr, "GET", "/health", None).await;

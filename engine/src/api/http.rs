@@ -62,7 +62,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::service::TowerToHyperService;
 use jetsaga_core::saga::definition::{DefinitionError, DefinitionLimits, Format};
 use jetsaga_core::saga::state::Millis;
@@ -78,7 +78,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -86,8 +85,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+mod connection;
 mod console;
 mod overflow;
+
+pub use connection::{HEADER_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
 
 /// Room for the JSON around a saga input: bodies may be this much larger
 /// than `max_payload` (inputs themselves are held to `max_payload`).
@@ -540,10 +542,9 @@ pub async fn serve(
                 match tls {
                     None => overflow.handle(stream).await,
                     Some(tls) => {
-                        let handshake = tls.accept(stream);
-                        if let Ok(Ok(stream)) =
-                            tokio::time::timeout(overflow::REFUSAL_TIMEOUT, handshake).await
-                        {
+                        let handshake =
+                            connection::handshake(&tls, stream, overflow::REFUSAL_TIMEOUT);
+                        if let Some(stream) = handshake.await {
                             overflow.handle(stream).await;
                         }
                     }
@@ -559,12 +560,11 @@ pub async fn serve(
         );
         connections.spawn(async move {
             match tls {
-                None => serve_connection(&http1, stream, service, shutdown).await,
+                None => connection::serve(&http1, stream, service, shutdown).await,
                 Some(tls) => {
-                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(&http1, stream, service, shutdown).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    let handshake = connection::handshake(&tls, stream, limits.header_timeout);
+                    if let Some(stream) = handshake.await {
+                        connection::serve(&http1, stream, service, shutdown).await;
                     }
                 }
             }
@@ -582,30 +582,6 @@ pub async fn serve(
     // Whatever connection lingers, it no longer holds the partition.
     gate.send_replace(None);
     Ok(())
-}
-
-/// Serves one connection (plain TCP or TLS) until it ends, or gracefully
-/// once `shutdown` is cancelled.
-async fn serve_connection<S>(
-    http1: &http1::Builder,
-    stream: S,
-    service: TowerToHyperService<Router>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = http1.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP connection closed");
-    }
 }
 
 /// How long the accept loop pauses after an accept error.

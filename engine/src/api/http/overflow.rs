@@ -65,7 +65,7 @@ impl Overflow {
                 read: 0,
                 stream,
             };
-            super::serve_connection(&self.http1, stream, self.service, self.shutdown).await;
+            super::connection::serve(&self.http1, stream, self.service, self.shutdown).await;
             drop(permit);
             return;
         }
