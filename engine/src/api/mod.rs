@@ -431,7 +431,9 @@ impl Api {
             .map(|since| crate::partition::now_ms().saturating_sub(since));
         let name = req.saga.clone();
         tokio::task::spawn_blocking(move || {
-            let mut sagas = Vec::new();
+            // Counted page by page: what stays of a saga read is its state
+            // and duration, whatever the store holds.
+            let mut summary = stats::Summary::default();
             'stores: for store in stores {
                 let mut cursor = None;
                 loop {
@@ -453,7 +455,7 @@ impl Api {
                             continue 'stores;
                         }
                         if created_after.is_none_or(|a| saga.created_at >= a) {
-                            sagas.push(saga);
+                            summary.add(&saga);
                         }
                     }
                     if exhausted {
@@ -461,7 +463,7 @@ impl Api {
                     }
                 }
             }
-            Ok(stats::summarize(&sagas, created_after))
+            Ok(summary.finish(created_after))
         })
         .await
         .map_err(internal)?

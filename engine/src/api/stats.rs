@@ -68,31 +68,53 @@ fn durations(d: &[Millis]) -> Option<Durations> {
     })
 }
 
+/// Statistics being gathered, saga by saga: what it keeps of each is its
+/// state and duration, so sagas can be read a page at a time and dropped.
+#[derive(Default)]
+pub(super) struct Summary {
+    overall: Tally,
+    per: BTreeMap<String, Tally>,
+}
+
+impl Summary {
+    /// Counts `saga`.
+    pub(super) fn add(&mut self, saga: &Saga) {
+        self.overall.add(saga);
+        match self.per.get_mut(&saga.name) {
+            Some(t) => t.add(saga),
+            None => self.per.entry(saga.name.clone()).or_default().add(saga),
+        }
+    }
+
+    /// The statistics of the sagas counted, per definition (by name) and
+    /// overall.
+    pub(super) fn finish(self, created_after: Option<Millis>) -> SagaStats {
+        SagaStats {
+            created_after,
+            overall: self.overall.stats(),
+            definitions: self
+                .per
+                .into_iter()
+                .map(|(name, t)| DefinitionStats {
+                    name,
+                    stats: t.stats(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Statistics of `sagas`, per definition (by name) and overall.
-pub(super) fn summarize<'a>(
+#[cfg(test)]
+fn summarize<'a>(
     sagas: impl IntoIterator<Item = &'a Saga>,
     created_after: Option<Millis>,
 ) -> SagaStats {
-    let mut overall = Tally::default();
-    let mut per: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut summary = Summary::default();
     for saga in sagas {
-        overall.add(saga);
-        match per.get_mut(&saga.name) {
-            Some(t) => t.add(saga),
-            None => per.entry(saga.name.clone()).or_default().add(saga),
-        }
+        summary.add(saga);
     }
-    SagaStats {
-        created_after,
-        overall: overall.stats(),
-        definitions: per
-            .into_iter()
-            .map(|(name, t)| DefinitionStats {
-                name,
-                stats: t.stats(),
-            })
-            .collect(),
-    }
+    summary.finish(created_after)
 }
 
 #[cfg(test)]
