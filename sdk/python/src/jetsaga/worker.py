@@ -96,6 +96,8 @@ class Worker:
         self.metrics_server: Any = None
         self._handlers = Handlers()
         self._stop = asyncio.Event()
+        #: Set once the worker pulls tasks (its streams and consumer are ready).
+        self.ready = asyncio.Event()
 
     # -- registration -------------------------------------------------------
 
@@ -160,7 +162,6 @@ class Worker:
         ``JETSAGA_NATS_*`` variables). Raises :class:`WorkerError` when the
         service's consumer or the server cannot be used.
         """
-        self._stop = asyncio.Event()
         if len(self._handlers) == 0:
             log.warning(
                 "worker of %s has no handlers; every task is reported retryable", self.service
@@ -217,6 +218,8 @@ class Worker:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            self._stop.clear()
+            self.ready.clear()
             if own and nc is not None:
                 try:
                     await nc.drain()
@@ -264,6 +267,7 @@ class Worker:
             self.names.service_consumer(self.service),
             ack_wait,
         )
+        self.ready.set()
         await self._pull_loop(nc, shared, ack_wait, tasks)
 
     async def _setup(self, nc: NATS) -> delivery.Shared | None:
