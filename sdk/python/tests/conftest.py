@@ -3,18 +3,14 @@ client per test (see harness.py for where the binaries come from)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import REPO, Engine, NatsServer, Process, python_worker
 
 from jetsaga import Client
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from harness import REPO, Engine, NatsServer, Process, python_worker  # noqa: E402
 
 EXAMPLES = REPO / "examples" / "python"
 BOOKING_WORKERS = EXAMPLES / "booking_workers.py"
