@@ -285,3 +285,13 @@ def stopping(*procs: Process) -> Iterator[None]:
     finally:
         for p in procs:
             p.kill()
+
+
+def ledgers(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every service's ledger lines under ``directory``, by service."""
+    return {p.stem: ledger(p) for p in sorted(directory.glob("*.jsonl"))}
+
+
+def effect_ops(entries: list[dict[str, Any]]) -> list[str]:
+    """The operations of the effect lines (duplicates left out), sorted."""
+    return sorted(e["operation"] for e in effects(entries))
