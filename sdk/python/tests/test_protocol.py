@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ import nats
 import pytest
 from harness import NatsServer
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 
 from jetsaga import StepError, TaskContext, Worker
 from jetsaga.jetstream import last_msg
@@ -72,7 +78,15 @@ class Bench:
         self.nc = nc
         self.js = js
         self.calls: list[dict[str, Any]] = []
-        self.worker = Worker("pay", ack_wait=1.0, name="bench")
+        self.registry = CollectorRegistry()
+        self.worker = Worker(
+            "pay",
+            ack_wait=1.0,
+            name="bench",
+            metrics_registry=self.registry,
+            metrics_port=0,
+            metrics_addr="127.0.0.1",
+        )
         self.hooks: dict[int, Any] = {}
 
         @self.worker.handler("charge")
@@ -83,9 +97,15 @@ class Bench:
                 return await hook(ctx)  # type: ignore[no-any-return]
             return {"charged": input["amount"], "attempt": ctx.attempt}
 
-    async def send(self, doc: dict[str, Any] | bytes) -> None:
+    async def send(
+        self, doc: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+    ) -> None:
         body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-        await self.js.publish(f"{PREFIX}.task.pay", body)
+        await self.js.publish(f"{PREFIX}.task.pay", body, headers=headers)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        value = self.registry.get_sample_value(name, {"service": "pay", **labels})
+        return None if value is None else float(value)
 
     async def record(self, doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]] | None:
         part = doc.get("partition", 0)
@@ -273,3 +293,49 @@ async def test_a_legacy_idempotency_record_is_replayed(tmp_path: Path) -> None:
     finally:
         await nc.close()
         server.kill()
+
+
+SPANS = InMemorySpanExporter()
+
+
+def tracer_provider() -> None:
+    """Installs an in-memory span exporter as the global provider, once."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(SPANS))
+        trace.set_tracer_provider(provider)
+
+
+async def test_metrics_are_served_under_the_rust_sdks_names(bench: Bench) -> None:
+    await bench.send(task(6))
+    await bench.settled()
+    await bench.send(task(6, attempt=2))
+    await bench.settled()
+    labels = {"operation": "charge", "kind": "action"}
+    assert bench.metric("worker_tasks_total", **labels, outcome="ok") == 2
+    assert bench.metric("worker_replays_total") == 1
+    assert bench.metric("worker_handler_duration_seconds_count", **labels) == 1
+    assert bench.metric("worker_in_flight") == 0
+    port = bench.worker.metrics_server.server_port
+    text = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    )
+    assert (
+        b'worker_tasks_total{kind="action",operation="charge",outcome="ok",service="pay"} 2.0'
+        in (text)
+    )
+
+
+async def test_the_task_span_is_a_child_of_the_engines_attempt_span(bench: Bench) -> None:
+    tracer_provider()
+    SPANS.clear()
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    parent = "5d7f2b0c6e1a9f34"
+    await bench.send(task(7), headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    await bench.settled()
+    [span] = [s for s in SPANS.get_finished_spans() if s.name == "task"]
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == parent
+    assert span.attributes["saga.id"] == "saga-7"
+    assert span.attributes["attempt"] == 1
+    assert span.attributes["outcome"] == "ok"
