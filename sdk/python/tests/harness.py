@@ -181,7 +181,7 @@ class Process:
 class NatsServer:
     """A nats-server with JetStream on a free port, its own store dir."""
 
-    def __init__(self, workdir: Path, name: str = "nats") -> None:
+    def __init__(self, workdir: Path, name: str = "nats", extra_config: str = "") -> None:
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
         self.port = free_port()
@@ -189,7 +189,7 @@ class NatsServer:
         self.config = self.dir / "nats.conf"
         self.config.write_text(
             f'server_name: "{name}"\nlisten: "127.0.0.1:{self.port}"\n'
-            f'jetstream {{\n  store_dir: "{self.store}"\n}}\n'
+            f'jetstream {{\n  store_dir: "{self.store}"\n}}\n{extra_config}\n'
         )
         self.process = Process(
             name, [nats_server_binary(), "--config", str(self.config)], self.dir / "nats.log"

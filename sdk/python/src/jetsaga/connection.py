@@ -158,10 +158,17 @@ async def connect(options: NatsOptions, *, retry: asyncio.Event | None = None) -
     kwargs.update(
         error_cb=_log_error, disconnected_cb=_log_disconnect, reconnected_cb=_log_reconnect
     )
+    # nats-py applies its reconnect settings to the first connect too, where
+    # unlimited attempts would retry refused credentials forever: connect
+    # once without them (retrying here while no server answers), then let
+    # the connection reconnect for good.
+    kwargs.update(allow_reconnect=False, max_reconnect_attempts=1)
     delay = 0.2
     while True:
         try:
             nc: NATS = await nats.connect(**kwargs)
+            nc.options["allow_reconnect"] = True
+            nc.options["max_reconnect_attempts"] = -1
             return nc
         except (OSError, nats.errors.NoServersError, asyncio.TimeoutError) as e:
             if retry is None:
