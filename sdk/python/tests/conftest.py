@@ -80,7 +80,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     procs: list[Process] = [engine.process, nats.process]
     try:
         engine.apply(DEFINITIONS / "create_booking.yaml")
-        client = await Client.connect(nats.url)
+        client = await Client.connect(nats.url, timeout=3.0)
         w = World(tmp_path, nats, engine, client, procs)
         try:
             yield w

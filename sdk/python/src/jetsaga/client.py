@@ -20,6 +20,9 @@ from .connection import NatsOptions, connect
 from .errors import EngineError
 from .names import DEFAULT_PREFIX, Names
 
+#: Codes after which :meth:`Client.wait` asks again (until its deadline).
+TRANSIENT_CODES = frozenset({"E-TIMEOUT", "E-NO-ENGINE", "E-UNAVAILABLE", "E-NO-LEADER"})
+
 TERMINAL_STATES = frozenset(
     {"completed", "compensated", "failed", "partially_compensated", "cancelled"}
 )
@@ -322,7 +325,9 @@ class Client:
         """Waits until the saga is terminal and returns it. Follows the
         engine's progress notifications and reads the saga on each one, and
         every ``poll`` seconds anyway (notifications are best effort).
-        Raises ``EngineError("E-TIMEOUT")`` when ``timeout`` passes first."""
+        A read that times out or finds no engine (a reconnect, an engine
+        restart or takeover) is tried again. Raises
+        ``EngineError("E-TIMEOUT")`` when ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
         woken = asyncio.Event()
 
@@ -330,16 +335,28 @@ class Client:
             woken.set()
 
         sub = await self._nc.subscribe(self._names.progress(saga_id), cb=on_progress)
+        state = "unknown"
         try:
             while True:
-                saga = await self.status(saga_id)
-                if saga.terminal:
-                    return saga
+                left = deadline - time.monotonic()
+                try:
+                    saga = Saga.from_detail(
+                        await self.request(
+                            "saga.get", {"id": saga_id}, timeout=max(0.1, min(self._timeout, left))
+                        )
+                    )
+                except EngineError as e:
+                    # A reconnect or an engine takeover in progress: ask again.
+                    if e.code not in TRANSIENT_CODES:
+                        raise
+                else:
+                    if saga.terminal:
+                        return saga
+                    state = saga.state
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise EngineError(
-                        "E-TIMEOUT",
-                        f"saga {saga_id} is still {saga.state} after {timeout}s",
+                        "E-TIMEOUT", f"saga {saga_id} is still {state} after {timeout}s"
                     )
                 woken.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
