@@ -200,6 +200,20 @@ async def test_a_second_delivery_replays_the_record_without_running_the_handler(
     assert "Nats-Expected-Last-Subject-Sequence" not in headers
 
 
+async def test_the_same_task_again_is_acknowledged_without_a_second_result(
+    bench: Bench,
+) -> None:
+    t = task(8)
+    await bench.send(t)
+    await bench.settled()
+    await bench.send(t)  # the same attempt delivered again (a lost ack)
+    await bench.settled()
+    assert len(bench.calls) == 1
+    info = await bench.js.stream_info("JETSAGA_RESULTS")
+    assert info.state.messages == 0, "the record is that attempt's result already"
+    assert bench.metric("worker_replays_total") == 1
+
+
 async def test_retryable_outcomes_are_not_recorded(bench: Bench) -> None:
     async def busy(ctx: TaskContext) -> Any:
         raise StepError.retryable("busy", retry_after=2)

@@ -208,6 +208,16 @@ async def _work(shared: Shared, ctx: TaskContext) -> Outcome:
         ) from None
     except RecordUnreadable as e:
         raise Unfinished(str(e), UNREADABLE_RECORD_DELIVERY_AFTER) from None
+    if isinstance(found, RecordedResult) and found.is_of(task):
+        # Recorded by an earlier delivery of this very task (its ack was
+        # lost, or its worker died): the engine has that result already.
+        shared.metrics.replayed(shared.service)
+        log.info(
+            "outcome of %s already recorded for this attempt (%s); acknowledging the task",
+            task.idempotency_key,
+            found.outcome.status,
+        )
+        return found.outcome
     if found is not None:
         earlier = found.outcome if isinstance(found, RecordedResult) else found
         shared.metrics.replayed(shared.service)
@@ -260,6 +270,10 @@ async def _work(shared: Shared, ctx: TaskContext) -> Outcome:
         recorded.outcome.status,
         outcome.status,
     )
+    if recorded.same_attempt:
+        # Another delivery of this very task: its record is this attempt's result.
+        crash.passing("after_publish")
+        return recorded.outcome
     await _publish_result(shared, task, recorded.outcome, replayed=True)
     crash.passing("after_publish")
     return recorded.outcome

@@ -97,15 +97,11 @@ async def last_msg(
     nc: NATS, stream: str, subject: str, *, direct: bool, timeout: float = 5.0
 ) -> StoredMsg | None:
     """The last message on ``subject`` in ``stream``, ``None`` when there is
-    none: a direct get (answered by any replica) or ``STREAM.MSG.GET``
-    (answered by the leader)."""
+    none: a direct get (``$JS.API.DIRECT.GET.<stream>.<subject>``, answered
+    by any replica) or ``STREAM.MSG.GET`` (answered by the leader)."""
     if direct:
         try:
-            reply = await nc.request(
-                f"{API}.DIRECT.GET.{stream}",
-                json.dumps({"last_by_subj": subject}).encode(),
-                timeout=timeout,
-            )
+            reply = await nc.request(f"{API}.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
         except nats.errors.NoRespondersError:
             raise JsError(503, 0, f"direct get on {stream}: no responders") from None
         except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as e:

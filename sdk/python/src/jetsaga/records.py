@@ -7,7 +7,8 @@ Lookups read the last message on that subject: with a direct get when the
 stream has one replica and allows direct gets (that replica holds every
 acknowledged write), else with ``STREAM.MSG.GET``, which the leader answers.
 A legacy idempotency bucket (``<PREFIX>_IDEMPOTENCY``, from before the
-outcomes stream) is read too while it exists, never written.
+outcomes stream) that holds records is read too (``STREAM.MSG.GET``), never
+written.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ class Ours:
 
 @dataclass(frozen=True)
 class Theirs:
-    """Another attempt recorded its outcome first: that is the step's outcome."""
+    """Another delivery recorded its outcome first: that is the step's
+    outcome. ``same_attempt``: it answers this very attempt, so the engine
+    has it already and nothing more is published."""
 
     outcome: Outcome
+    same_attempt: bool = False
 
 
 Recorded = Ours | Theirs
@@ -54,19 +58,11 @@ def reads_direct(config: dict[str, Any]) -> bool:
 class Records:
     """The outcomes stream of one installation, and the legacy bucket if any."""
 
-    def __init__(
-        self,
-        nc: NATS,
-        names: Names,
-        *,
-        direct: bool,
-        legacy_direct: bool | None,
-    ) -> None:
+    def __init__(self, nc: NATS, names: Names, *, direct: bool, legacy: bool) -> None:
         self._nc = nc
         self._names = names
         self._direct = direct
-        # None: no legacy bucket.
-        self._legacy_direct = legacy_direct
+        self._legacy = legacy
 
     @property
     def direct(self) -> bool:
@@ -74,7 +70,7 @@ class Records:
 
     @property
     def has_legacy(self) -> bool:
-        return self._legacy_direct is not None
+        return self._legacy
 
     async def lookup(self, task: Task) -> RecordedResult | Outcome | None:
         """The recorded result of ``task``'s step (an Outcome alone when it
@@ -85,14 +81,14 @@ class Records:
         msg = await last_msg(self._nc, self._names.outcomes_stream, subject, direct=self._direct)
         if msg is not None:
             return self._decode(msg)
-        if self._legacy_direct is None:
+        if not self._legacy:
             return None
         bucket = self._names.legacy_bucket
         msg = await last_msg(
             self._nc,
             f"KV_{bucket}",
             f"$KV.{bucket}.{task.idempotency_key}",
-            direct=self._legacy_direct,
+            direct=False,
         )
         if msg is None or "KV-Operation" in msg.headers:
             return None
@@ -134,6 +130,8 @@ class Records:
             raise JsError(0, 0, f"{subject}: a record exists but could not be read back")
         theirs = self._decode(found)
         if theirs.is_of(task):
-            # Ours, written by an earlier try whose ack was lost.
-            return Ours()
+            if theirs.outcome.to_json() == json.loads(body).get("outcome"):
+                # Ours, written by an earlier try whose ack was lost.
+                return Ours()
+            return Theirs(theirs.outcome, same_attempt=True)
         return Theirs(theirs.outcome)

@@ -302,8 +302,8 @@ class Worker:
                 return None
             delay = min(delay * 2, 10.0)
         direct = reads_direct(outcomes.get("config", {}))
-        legacy_direct = None if legacy is None else reads_direct(legacy.get("config", {}))
-        if legacy is not None:
+        has_legacy = legacy is not None and int(legacy.get("state", {}).get("messages") or 0) > 0
+        if has_legacy:
             log.info("legacy idempotency bucket %s found: lookups read it too", names.legacy_bucket)
         engine_max: int | None = None
         if results is not None:
@@ -316,7 +316,7 @@ class Worker:
             service=self.service,
             worker_name=self.name,
             handlers=self._handlers,
-            records=Records(nc, names, direct=direct, legacy_direct=legacy_direct),
+            records=Records(nc, names, direct=direct, legacy=has_legacy),
             metrics=self.metrics,
             max_output=self.max_output_bytes,
             engine_max_payload=engine_max,
