@@ -3,6 +3,10 @@ workers (examples/python/booking_workers.py) as a process, their ledgers."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import time
+
 from conftest import World
 from harness import duplicates, effect_ops, ledgers
 
@@ -77,3 +81,25 @@ async def test_fatal_then_compensation(world: World) -> None:
     assert nf.startswith("nf_") and cancelled["effect"].startswith(f"cancelled fiscal note {nf} ")
     assert cancelled["kind"] == "compensation"
     assert cancelled["idempotency_key"] == f"{started.id}.create_nf.compensation"
+
+
+async def test_sigterm_drains_the_tasks_in_flight(world: World) -> None:
+    workers = world.booking_workers("py-draining")
+    started = await world.client.start(
+        "create_booking", {"faults": {"create_nf": {"delay_ms": 1500}}}
+    )
+    workers.wait_for_log("injected delay of 1500 ms into create_nf")
+    workers.signal(signal.SIGTERM)
+    assert workers.wait_exit(20) == 0
+    workers.wait_for_log("all workers drained; bye", timeout=1)
+    # The handler ran to its end and its result was out before the exit:
+    # the engine applies it with no worker running.
+    deadline = time.monotonic() + 15
+    while (saga := await world.client.status(started.id)).step("create_nf").state != "succeeded":
+        assert time.monotonic() < deadline, saga.step("create_nf").status
+        await asyncio.sleep(0.05)
+    assert effect_ops(ledgers(world.ledger_dir)["invoicing"]) == ["create_nf"]
+    # Nobody serves the next steps until a worker comes back.
+    assert saga.step("send_email").state in ("pending", "running")
+    world.booking_workers("py-back")
+    assert (await world.client.wait(started.id, timeout=60)).state == "completed"
