@@ -259,6 +259,11 @@ pub struct EngineArgs {
     /// JETSAGA_DUPLICATE_WINDOW] [default: 2m]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duplicate_window: Option<Duration>,
+    /// How long a step's recorded outcome (its idempotency record) is kept;
+    /// longer than any step is retried [env: JETSAGA_OUTCOME_TTL]
+    /// [default: 24h]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub outcome_ttl: Option<Duration>,
     /// Replicas of the engine's streams, 3 in a 3-node cluster [env:
     /// JETSAGA_REPLICAS] [default: 1]
     #[arg(long, value_name = "N")]
@@ -651,6 +656,7 @@ fn flag_layer(global: &GlobalArgs, engine: Option<&EngineArgs>) -> Layer {
         layer.environment = args.environment.clone();
         layer.max_payload = args.max_payload;
         layer.duplicate_window = args.duplicate_window;
+        layer.outcome_ttl = args.outcome_ttl;
         layer.ack_wait = args.ack_wait;
         layer.batch_size = args.batch_size;
         layer.max_running_sagas = args.max_running_sagas;
@@ -1587,7 +1593,7 @@ mod tests {
                 "duplicate_window" | "ack_wait" | "http_header_timeout" | "http_body_timeout" => {
                     "5s"
                 }
-                "retention" => "3d",
+                "retention" | "outcome_ttl" => "3d",
                 "lease_ttl" => "4s",
                 "lease_renew" => "2s",
                 "engine_id" => "flagged-engine",

@@ -45,6 +45,9 @@ pub mod tokens;
 use crate::retention::Retention;
 use jetsaga_core::saga::definition::{self, DefinitionLimits};
 use jetsaga_protocol::{self as protocol, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, ErrorCode};
+
+/// How long the outcomes stream keeps a step's recorded outcome by default.
+pub const DEFAULT_OUTCOME_TTL: Duration = Duration::from_secs(24 * 3600);
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +74,10 @@ pub struct Config {
     /// JetStream duplicate window of the engine's streams.
     #[serde(serialize_with = "serialize_duration")]
     pub duplicate_window: Duration,
+    /// How long the outcomes stream keeps a step's recorded outcome (its
+    /// idempotency record). Longer than any step is retried under one key.
+    #[serde(serialize_with = "serialize_duration")]
+    pub outcome_ttl: Duration,
     /// Ack wait of the engine's own consumers (results, starts). The engine
     /// acks within one group commit, so this only bounds how long messages a
     /// crashed engine had pulled wait before they are delivered again.
@@ -163,6 +170,7 @@ impl Default for Config {
             environment: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
             duplicate_window: Duration::from_secs(120),
+            outcome_ttl: DEFAULT_OUTCOME_TTL,
             ack_wait: Duration::from_secs(10),
             batch_size: 256,
             max_running_sagas: None,
@@ -280,6 +288,13 @@ impl Config {
         }
         if self.ack_wait < Duration::from_secs(1) {
             return Err(ConfigError::Invalid("ack_wait must be at least 1s".into()));
+        }
+        if self.outcome_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(format!(
+                "outcome_ttl must be at least 1m, and longer than any step is retried (default {}), not {}",
+                humantime::format_duration(DEFAULT_OUTCOME_TTL),
+                humantime::format_duration(self.outcome_ttl)
+            )));
         }
         if self.duplicate_window < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(

@@ -514,6 +514,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Engi
     }
     let settings = StreamSettings {
         duplicate_window: config.duplicate_window,
+        outcome_ttl: config.outcome_ttl,
         max_payload: config.max_payload,
         replicas: config.replicas,
     };
@@ -1032,11 +1033,21 @@ async fn lead(
     let consumers = async {
         // The leader of partition 0 also reads the durable starts (and
         // runs the triggers) for every partition.
-        let mut streams = vec![(
-            shared.subjects.results_stream(),
-            shared.subjects.engine_consumer_of(p),
-            shared.subjects.results_of(p, partitions),
-        )];
+        // Results: retryable ones and replays on the results work queue,
+        // terminal outcomes (each its step's idempotency record) on the
+        // outcomes stream.
+        let mut streams = vec![
+            (
+                shared.subjects.results_stream(),
+                shared.subjects.engine_consumer_of(p),
+                shared.subjects.results_of(p, partitions),
+            ),
+            (
+                shared.subjects.outcomes_stream(),
+                shared.subjects.engine_outcomes_consumer_of(p),
+                shared.subjects.outcomes_of(p),
+            ),
+        ];
         if p == 0 {
             streams.push((
                 shared.subjects.starts_stream(),
@@ -1044,20 +1055,23 @@ async fn lead(
                 shared.subjects.starts_wildcard(),
             ));
         }
-        if expired {
+        let mut consumers = Vec::new();
+        for (stream, name, filter) in streams {
             // The previous leader died with results and starts pulled and
             // not acknowledged: deliver them again now, not after the ack
             // wait.
-            for (stream, name, _) in &streams {
-                if bus::reset_engine_consumer(&shared.js, stream, name).await? {
+            let restart = if expired {
+                let restart = bus::reset_engine_consumer(&shared.js, &stream, &name).await?;
+                if restart.is_some() {
                     tracing::info!(partition = p, stream = %stream, "recreated the engine's consumer: what the previous leader had pulled comes again at once");
                 }
-            }
-        }
-        let mut consumers = Vec::new();
-        for (stream, name, filter) in streams {
+                restart
+            } else {
+                None
+            };
             consumers.push(
-                bus::engine_consumer(&shared.js, &stream, name, filter, config.ack_wait).await?,
+                bus::engine_consumer(&shared.js, &stream, name, filter, config.ack_wait, restart)
+                    .await?,
             );
         }
         Ok::<_, bus::BusError>(consumers)
@@ -1066,7 +1080,7 @@ async fn lead(
         Ok(c) => c.into_iter(),
         Err(e) => return stand_by(shared, p, renewal, e).await,
     };
-    let (results, starts) = (consumers.next(), consumers.next());
+    let (results, outcomes, starts) = (consumers.next(), consumers.next(), consumers.next());
     let relay_wake = Arc::new(Notify::new());
     let (partition, handle) = Partition::new(
         store.clone(),
@@ -1104,6 +1118,7 @@ async fn lead(
     };
     let feeds = [
         results.map(|c| (intake::Feed::Results(handle.clone()), c)),
+        outcomes.map(|c| (intake::Feed::Results(handle.clone()), c)),
         starts.map(|c| (intake::Feed::Starts(starts_to.clone()), c)),
     ];
     for (feed, consumer) in feeds.into_iter().flatten() {

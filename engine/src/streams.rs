@@ -63,6 +63,8 @@ pub enum BusError {
 pub struct StreamSettings {
     /// Duplicate window (`Nats-Msg-Id` de-duplication).
     pub duplicate_window: Duration,
+    /// How long the outcomes stream keeps a recorded outcome.
+    pub outcome_ttl: Duration,
     /// Largest message accepted by the streams.
     pub max_payload: usize,
     /// Replicas (1 on a single server).
@@ -70,7 +72,9 @@ pub struct StreamSettings {
 }
 
 /// Creates (or updates to the current settings) the tasks, results and starts
-/// work-queue streams and the events stream (limits retention, 7 days). Idempotent: every engine start calls it.
+/// work-queue streams, the events stream (limits retention, 7 days) and the
+/// outcomes stream (limits retention, one message per subject, kept
+/// `outcome_ttl`). Idempotent: every engine start calls it.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -115,7 +119,28 @@ pub async fn ensure_streams(
         };
         create_stream(js, config).await?;
     }
-    Ok(())
+    create_stream(js, outcomes_config(subjects, settings)).await
+}
+
+/// The outcomes stream: a step's terminal outcome is written once on its
+/// key's subject (`Nats-Expected-Last-Subject-Sequence: 0`) and is its
+/// idempotency record, read back by workers with direct gets; the engine's
+/// consumers read it without removing it, and it ages out after
+/// `outcome_ttl`.
+pub(crate) fn outcomes_config(subjects: &Subjects, settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        max_age: settings.outcome_ttl,
+        max_messages_per_subject: 1,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::Old,
+        ..stream_config(
+            subjects.outcomes_stream(),
+            "terminal step outcomes, one per idempotency key: the record and the result at once",
+            vec![subjects.outcomes_wildcard()],
+            stream::RetentionPolicy::Limits,
+            settings,
+        )
+    }
 }
 
 /// One of the engine's file streams: `settings`' duplicate window, replicas
@@ -242,12 +267,16 @@ pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Deletes the engine's durable consumer on `stream`, if it exists, so
 /// that [`engine_consumer`] creates it anew: the messages a dead engine had
 /// pulled and not acknowledged are then delivered at once instead of after
-/// the ack wait (a work queue keeps every message not acknowledged).
+/// the ack wait. A work queue keeps every message not acknowledged, so the
+/// new consumer starts at its beginning; a stream that keeps what was
+/// acknowledged too (the outcomes) is read again from the first message
+/// after the old consumer's ack floor, which [`engine_consumer`] is told
+/// through the returned [`Restart`].
 pub async fn reset_engine_consumer(
     js: &jetstream::Context,
     stream: &str,
     name: &str,
-) -> Result<bool, BusError> {
+) -> Result<Option<Restart>, BusError> {
     let stream_handle = js
         .get_stream(stream)
         .await
@@ -255,16 +284,43 @@ pub async fn reset_engine_consumer(
             stream: stream.to_string(),
             source,
         })?;
-    Ok(stream_handle.delete_consumer(name).await.is_ok())
+    let work_queue =
+        stream_handle.cached_info().config.retention == stream::RetentionPolicy::WorkQueue;
+    let floor = if work_queue {
+        None
+    } else {
+        match stream_handle.consumer_info(name).await {
+            Ok(info) => Some(info.ack_floor.stream_sequence),
+            // No consumer: nothing to reset.
+            Err(_) => return Ok(None),
+        }
+    };
+    if stream_handle.delete_consumer(name).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(Restart {
+        after: floor.unwrap_or(0),
+    }))
 }
 
-/// Gets or creates the engine's durable pull consumer `name` on `stream`.
+/// Where an engine consumer created anew by [`reset_engine_consumer`]
+/// starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// The last stream sequence known acknowledged (0: from the start).
+    pub after: u64,
+}
+
+/// Gets or creates the engine's durable pull consumer `name` on `stream`;
+/// one created here reads from after `restart`'s sequence when given,
+/// else from the start.
 pub async fn engine_consumer(
     js: &jetstream::Context,
     stream: &str,
     name: String,
     filter: String,
     ack_wait: Duration,
+    restart: Option<Restart>,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
     let err = |source| BusError::Consumer {
         stream: stream.to_string(),
@@ -283,6 +339,14 @@ pub async fn engine_consumer(
             &name,
             pull::Config {
                 filter_subject: filter,
+                deliver_policy: match restart {
+                    Some(Restart { after }) if after > 0 => {
+                        jetstream::consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: after + 1,
+                        }
+                    }
+                    _ => jetstream::consumer::DeliverPolicy::All,
+                },
                 ..pull_config(&name, "jetsaga engine", ack_wait)
             },
         )

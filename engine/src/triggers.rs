@@ -524,6 +524,7 @@ async fn setup(rt: &Runtime) -> Result<Generation, BusError> {
             rt.subjects.engine_consumer(),
             String::new(),
             rt.ack_wait,
+            None,
         )
         .await?;
         consumers.push((consumer, true));

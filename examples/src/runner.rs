@@ -62,11 +62,6 @@ pub struct Args {
     #[arg(long, env = "JETSAGA_ACK_WAIT", value_parser = humantime::parse_duration)]
     pub ack_wait: Option<Duration>,
 
-    /// Replicas of the idempotency bucket when this process creates it
-    /// (3 on a clustered NATS).
-    #[arg(long, env = "JETSAGA_IDEMPOTENCY_REPLICAS", default_value_t = 1)]
-    pub idempotency_replicas: usize,
-
     /// Serve Prometheus metrics (`GET /metrics`: the SDK's `worker_*`
     /// metrics) on this address, `HOST:PORT` (port 0: any free port, logged
     /// as `metrics listening addr=...`). Off by default; one port per
@@ -244,7 +239,6 @@ pub async fn run(bin: Binary, args: Args) -> anyhow::Result<()> {
         let mut builder = Worker::builder(service.name)
             .prefix(&args.prefix)
             .concurrency(args.concurrency)
-            .idempotency_replicas(args.idempotency_replicas)
             .name(&worker_name);
         if let Some(ack_wait) = args.ack_wait {
             builder = builder.ack_wait(ack_wait);

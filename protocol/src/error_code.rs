@@ -150,7 +150,6 @@ error_codes! {
     WorkerConfig = "E-WORKER-CONFIG", 500, "a worker builder setting is unusable";
     WorkerDuplicateHandler = "E-WORKER-DUPLICATE-HANDLER", 500, "two handlers registered for the same operation and kind";
     WorkerServerVersion = "E-WORKER-SERVER-VERSION", 500, "the NATS server is older than 2.12";
-    WorkerKv = "E-WORKER-KV", 500, "the idempotency bucket could not be created or opened";
     WorkerConsumerConflict = "E-WORKER-CONSUMER-CONFLICT", 500, "the service's consumer exists with other settings";
     // Metrics.
     MetricsListen = "E-METRICS-LISTEN", 500, "the metrics server cannot listen on its address";

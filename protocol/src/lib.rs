@@ -144,6 +144,48 @@ impl Subjects {
         format!("{}_RESULTS", self.stream_prefix)
     }
 
+    /// Subject of the terminal outcome of the task with `idempotency_key`,
+    /// of `service`, for a saga of `partition`:
+    /// `<prefix>.outcome.<service>.<partition>.<key>` (the partition always
+    /// written, 0 too). The first message on it is the step's idempotency
+    /// record and its result at once (written with
+    /// `Nats-Expected-Last-Subject-Sequence: 0`); see `docs/PROTOCOL.md`.
+    ///
+    /// ```
+    /// use jetsaga_protocol::Subjects;
+    /// let s = Subjects::new("jetsaga");
+    /// assert_eq!(
+    ///     s.outcome("payments", 0, "s1.charge.action"),
+    ///     "jetsaga.outcome.payments.0.s1.charge.action"
+    /// );
+    /// assert_eq!(s.outcomes_stream(), "JETSAGA_OUTCOMES");
+    /// ```
+    pub fn outcome(&self, service: &str, partition: u32, idempotency_key: &str) -> String {
+        format!(
+            "{}.outcome.{service}.{partition}.{idempotency_key}",
+            self.prefix
+        )
+    }
+    /// The outcomes of the sagas of `partition`: what the leader of that
+    /// partition reads.
+    pub fn outcomes_of(&self, partition: u32) -> String {
+        format!("{}.outcome.*.{partition}.>", self.prefix)
+    }
+    /// Wildcard of every outcome subject.
+    pub fn outcomes_wildcard(&self) -> String {
+        format!("{}.outcome.>", self.prefix)
+    }
+    /// Limits-retention stream holding outcomes, one message per
+    /// idempotency key, for the records' lifetime.
+    pub fn outcomes_stream(&self) -> String {
+        format!("{}_OUTCOMES", self.stream_prefix)
+    }
+    /// Name of the durable consumer with which the leader of `partition`
+    /// reads its outcomes: `<prefix>-engine-outcomes-p<partition>`.
+    pub fn engine_outcomes_consumer_of(&self, partition: u32) -> String {
+        format!("{}-outcomes-p{partition}", self.engine_consumer())
+    }
+
     /// Durable start subject for saga `saga_name` (JetStream, `Nats-Msg-Id` = idempotency key).
     pub fn start(&self, saga_name: &str) -> String {
         format!("{}.start.{saga_name}", self.prefix)
@@ -225,7 +267,9 @@ impl Subjects {
         format!("{}.progress.{saga_id}", self.prefix)
     }
 
-    /// JetStream key-value bucket in which workers record handler results.
+    /// JetStream key-value bucket in which workers recorded handler
+    /// outcomes before the [outcomes stream](Self::outcomes_stream); still
+    /// read by workers while it exists, never written.
     pub fn idempotency_bucket(&self) -> String {
         format!("{}_IDEMPOTENCY", self.stream_prefix)
     }
@@ -590,11 +634,14 @@ pub enum ApiReply<T> {
     Error(ApiError),
 }
 
-/// Whether `key` is usable as a KV key (the rule async-nats enforces).
+/// Whether `key` is usable as an idempotency key: the last tokens of an
+/// outcome subject ([`Subjects::outcome`]) and a KV key (the rule
+/// async-nats enforces, and no empty token).
 pub fn is_valid_kv_key(key: &str) -> bool {
     !key.is_empty()
         && !key.starts_with('.')
         && !key.ends_with('.')
+        && !key.contains("..")
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'=' | b'.'))

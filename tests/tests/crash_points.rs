@@ -151,14 +151,19 @@ fn expected_effects(sagas: &[Started]) -> BTreeMap<StepKey, usize> {
 }
 
 /// Waits for every saga to finish and checks its state, its steps' states
-/// and attempts, that the engine knows no other saga, and that the ledger
+/// and attempts (`deploy_attempts` of `deploy_containers`, one of every
+/// other step), that the engine knows no other saga, and that the ledger
 /// holds exactly the expected effects. Returns the ledger.
-async fn check_outcome(world: &World, sagas: &[Started]) -> Vec<LedgerEntry> {
+async fn check_outcome(
+    world: &World,
+    sagas: &[Started],
+    deploy_attempts: usize,
+) -> Vec<LedgerEntry> {
     for s in sagas {
         let d = terminal(world, &s.id).await;
         let states: Vec<String> = step_states(&d).into_iter().map(|(_, st)| st).collect();
         // (actions, compensations) each step ran.
-        let attempts: Vec<(usize, usize)> = d
+        let mut attempts: Vec<(usize, usize)> = d
             .saga
             .steps
             .iter()
@@ -171,6 +176,9 @@ async fn check_outcome(world: &World, sagas: &[Started]) -> Vec<LedgerEntry> {
                 (st.attempts.len() - comp, comp)
             })
             .collect();
+        // The retried deploys, counted as one for the plans below.
+        assert_eq!(attempts[1].0, deploy_attempts, "saga {}", s.id);
+        attempts[1].0 = 1;
         match s.plan {
             Complete => {
                 assert_eq!(d.saga.status, SagaStatus::Completed, "saga {}", s.id);
@@ -292,37 +300,48 @@ fn last_before_crash<'a>(log: &'a str, needle: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {needle:?} before the crash in:\n{log}"))
 }
 
-/// Waits until the engine's results consumer has nothing pending and
-/// nothing unacknowledged (what the killed engine had pulled came again
-/// after `ack_wait` and was acknowledged), then returns its deliveries
-/// beyond one per message: the results the engine received more than once.
+/// Waits until the engine's consumers of results (the results stream:
+/// retryable results and replays) and outcomes (the outcomes stream:
+/// recorded outcomes) have nothing pending and nothing unacknowledged (what
+/// the killed engine had pulled came again after `ack_wait` and was
+/// acknowledged), then returns their deliveries beyond one per message:
+/// the results the engine received more than once.
 async fn results_redelivered(world: &World) -> u64 {
     let js = async_nats::jetstream::new(world.nats.client().await);
     let subjects = Subjects::new("jetsaga");
-    let mut stream = js
-        .get_stream(subjects.results_stream())
-        .await
-        .expect("results stream");
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .get_consumer(&subjects.engine_consumer())
-        .await
-        .expect("engine consumer");
-    let delivered = wait_until("every result acknowledged", SETTLE, || {
-        let mut consumer = consumer.clone();
-        async move {
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0)
-                .then_some(info.delivered.consumer_sequence)
-        }
-    })
-    .await;
-    let messages = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    delivered - messages
+    let mut redelivered = 0;
+    for (stream, consumer) in [
+        (subjects.results_stream(), subjects.engine_consumer()),
+        (
+            subjects.outcomes_stream(),
+            subjects.engine_outcomes_consumer_of(0),
+        ),
+    ] {
+        let mut stream = js.get_stream(&stream).await.expect("results stream");
+        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(&consumer)
+            .await
+            .expect("engine consumer");
+        let delivered = wait_until("every result acknowledged", SETTLE, || {
+            let mut consumer = consumer.clone();
+            async move {
+                let info = consumer.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0)
+                    .then_some(info.delivered.consumer_sequence)
+            }
+        })
+        .await;
+        // Every message of both streams is a result (the engine consumers
+        // are the same since the first start: none was created anew).
+        let messages = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        redelivered += delivered - messages;
+    }
+    redelivered
 }
 
 /// The engine side of a test: the world after the crash and restart.
@@ -353,7 +372,7 @@ async fn engine_crash(point: &str, actions: &str) -> EngineRun {
     crashed_at(&world.engine.process, point);
     let crashed_log = world.engine.process.log();
     world.engine.restart();
-    let entries = check_outcome(&world, &sagas).await;
+    let entries = check_outcome(&world, &sagas, 1).await;
     assert!(
         ledger::duplicate_counts(&entries).is_empty(),
         "a handler ran twice: {:?}",
@@ -514,7 +533,7 @@ async fn engine_killed_before_answering_a_start_keeps_the_saga() {
         id: again.saga_id,
         plan: Complete,
     }];
-    let entries = check_outcome(&world, &sagas).await;
+    let entries = check_outcome(&world, &sagas, 1).await;
     assert!(ledger::duplicate_counts(&entries).is_empty());
 }
 
@@ -578,7 +597,7 @@ struct WorkerRun {
 /// `FAILPOINTS=<point>=<actions>`, the other services in another; waits for
 /// that worker to die at `point`, restarts it without crash points, and
 /// checks the outcome. The engine never sees a result twice.
-async fn worker_crash(point: &str, actions: &str) -> WorkerRun {
+async fn worker_crash(point: &str, actions: &str, faults: &Value) -> WorkerRun {
     let failpoints = format!("{point}={actions}");
     let world = World::start(&["--ack-wait", ACK_WAIT]).await;
     world.apply_example("deploy_environment").await;
@@ -610,11 +629,12 @@ async fn worker_crash(point: &str, actions: &str) -> WorkerRun {
         &[("FAILPOINTS", &failpoints), log_filter],
     );
     assert_armed(&doomed);
-    let sagas = start_all(&world, &WORKER_PLANS, &json!({})).await;
+    let sagas = start_all(&world, &WORKER_PLANS, faults).await;
 
     let task = TaskRef::parse(&crashed_at(&doomed, point));
     let restarted = world.example_workers_with_env("deploy-workers", &args, &[log_filter]);
-    let entries = check_outcome(&world, &sagas).await;
+    let retried = faults["deploy_containers"]["times"].as_u64().unwrap_or(0);
+    let entries = check_outcome(&world, &sagas, 1 + retried as usize).await;
     // The saga may finish before the task comes again (after `ack_wait`)
     // when the result was out already: wait for the restarted worker to
     // acknowledge it, on its second delivery.
@@ -672,21 +692,19 @@ impl WorkerRun {
             .collect()
     }
 
-    /// The restarted worker's `result published` line for the crashed task.
-    fn republished(&self) -> &str {
-        let lines: Vec<&str> = self
-            .restarted_log
+    /// The restarted worker's lines for the crashed task that contain
+    /// `needle`.
+    fn lines_of_task(&self, needle: &str) -> Vec<&str> {
+        self.restarted_log
             .lines()
-            .filter(|l| l.contains("result published") && self.task.is_in(l))
-            .collect();
-        assert_eq!(lines.len(), 1, "{}", self.restarted_log);
-        lines[0]
+            .filter(|l| l.contains(needle) && self.task.is_in(l))
+            .collect()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_after_handler_before_record() {
-    let run = worker_crash("worker.after_handler", "return").await;
+    let run = worker_crash("worker.after_handler", "return", &json!({})).await;
     run.assert_effect_by_killed_worker();
     // Nothing was recorded: the redelivered task ran the handler again, and
     // the downstream idempotency key (the ledger's) suppressed the repeat,
@@ -702,43 +720,64 @@ async fn worker_killed_after_handler_before_record() {
     )[0];
     assert!(dup.worker.ends_with(&format!(":{}", run.restarted_pid)));
     assert!(run.replays().is_empty(), "{}", run.restarted_log);
-    let line = run.republished();
-    assert_eq!(field(line, "replayed"), Some("false"), "{line}");
-    assert_eq!(field(line, "duplicate"), Some("false"), "{line}");
+    // The restarted worker's outcome is the record, and so the result.
+    assert_eq!(
+        run.lines_of_task("outcome recorded as the result").len(),
+        1,
+        "{}",
+        run.restarted_log
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_after_record_before_publish() {
-    // The outcome was recorded: the redelivered task replayed it without
-    // running the handler, and its result reached JetStream for the first time.
-    assert_replayed(
-        worker_crash("worker.after_record", "1*off->return").await,
-        false,
+async fn worker_killed_after_record_before_ack() {
+    // The outcome was recorded, which is publishing it: the redelivered
+    // task found this attempt's record, ran nothing and published nothing.
+    let run = worker_crash("worker.after_record", "1*off->return", &json!({})).await;
+    run.assert_effect_by_killed_worker();
+    assert!(ledger::duplicate_counts(&run.entries).is_empty());
+    assert_eq!(
+        run.lines_of_task("this attempt's outcome is recorded already")
+            .len(),
+        1,
+        "{}",
+        run.restarted_log
+    );
+    assert!(
+        run.lines_of_task("result published").is_empty()
+            && run
+                .lines_of_task("outcome recorded as the result")
+                .is_empty(),
+        "{}",
+        run.restarted_log
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_after_publish_before_ack() {
-    // The result was out: the redelivered task replayed the record, and
-    // JetStream dropped the second result by its Nats-Msg-Id.
-    assert_replayed(
-        worker_crash("worker.after_publish", "2*off->return").await,
-        true,
-    );
-}
-
-/// The killed worker's effect happened once; the redelivered task replayed
-/// its recorded outcome, and JetStream took its result as a `duplicate` or not.
-fn assert_replayed(run: WorkerRun, duplicate: bool) {
-    run.assert_effect_by_killed_worker();
+    // Every deploy's first attempt fails retryably (not recorded: published
+    // on the results subject); the worker dies after the first such
+    // publish. The redelivered task (after `ack_wait`) either ran the
+    // handler again (the fault struck before any effect again) or, when the
+    // second attempt had recorded its outcome meanwhile, replayed that;
+    // either way its result bore the first one's Nats-Msg-Id and JetStream
+    // dropped it. The second attempts did the effects, once each.
+    let faults = json!({"deploy_containers": {"fail": "retryable", "times": 1}});
+    let run = worker_crash("worker.after_publish", "return", &faults).await;
     assert!(ledger::duplicate_counts(&run.entries).is_empty());
-    let replays = run.replays();
-    assert_eq!(replays.len(), 1, "{}", run.restarted_log);
-    assert!(run.task.is_in(replays[0]), "{}", replays[0]);
-    let line = run.republished();
-    assert_eq!(field(line, "replayed"), Some("true"), "{line}");
-    let duplicate = duplicate.to_string();
-    assert_eq!(field(line, "duplicate"), Some(duplicate.as_str()), "{line}");
+    let effects = ledger::effects(
+        &run.entries,
+        &run.task.saga_id,
+        &run.task.step_id,
+        run.task.kind,
+    );
+    assert_eq!(effects.len(), 1, "{effects:?}");
+    assert_eq!(effects[0].attempt, 2, "{:?}", effects[0]);
+    let republished = run.lines_of_task("result published");
+    assert_eq!(republished.len(), 1, "{}", run.restarted_log);
+    let line = republished[0];
+    assert_eq!(field(line, "duplicate"), Some("true"), "{line}");
+    assert_eq!(field(line, "attempt"), Some("1"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,7 +804,7 @@ async fn nats_server_killed_with_steps_in_flight() {
     world.nats.kill();
     world.nats.restart();
 
-    let entries = check_outcome(&world, &sagas).await;
+    let entries = check_outcome(&world, &sagas, 1).await;
     // Handlers caught by the kill may run twice (a task redelivered while
     // its first run waits for NATS); the ledger's key makes that harmless,
     // and the effects above are exact either way.

@@ -11,6 +11,7 @@ mod common;
 use async_nats::{Event, ServerError};
 use common::World;
 use jetsaga_engine::config::{NatsConfig, Secret};
+use jetsaga_protocol::TaskKind;
 use jetsaga_protocol::api::{SagaStatus, StepStatus};
 use jetsaga_tests::{NatsServer, workspace_root};
 use jetsaga_worker::{TaskContext, Worker};
@@ -197,6 +198,17 @@ async fn a_worker_is_confined_to_its_own_services_tasks_and_results() {
     )
     .await;
 
+    // Nor may it record an outcome for email's step: the record subjects
+    // of the outcomes stream are per service.
+    let key = jetsaga_protocol::idempotency_key(&mail, "send", TaskKind::Action);
+    assert_denied(
+        &payments,
+        &mut denied,
+        &format!("jetsaga.outcome.email.0.{key}"),
+        forged("email"),
+    )
+    .await;
+
     // On its own result subject it may publish, but the engine applies a
     // result only to a step of the subject's service.
     let js = async_nats::jetstream::new(payments.clone());
@@ -218,6 +230,21 @@ async fn a_worker_is_confined_to_its_own_services_tasks_and_results() {
         .engine
         .process
         .wait_for_log("reason=\"wrong_service\"", VIOLATION);
+    // The same on its own outcome subjects: recorded there, refused by the
+    // engine, and no record of email's step.
+    let from = world.engine.process.log_len();
+    js.publish(
+        format!("jetsaga.outcome.payments.0.{key}"),
+        forged("email").into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    world
+        .engine
+        .process
+        .wait_for_log_from(from, "reason=\"subject_mismatch\"", VIOLATION);
 
     // A read-only client reads, and cannot act.
     let (viewer, mut viewer_denied) = connect_as(&world.nats, "viewer").await;

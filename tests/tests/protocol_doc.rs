@@ -1,12 +1,14 @@
 //! What docs/PROTOCOL.md tells a worker written with a plain NATS client
 //! about the JetStream API, checked against a real nats-server: consumer
-//! creation that never changes a shared consumer, the `STREAM.MSG.GET`
-//! reply shape, direct gets on a bucket without `allow_direct`, and writing
-//! a record over a delete marker.
+//! creation that never changes a shared consumer, and the outcome record
+//! (first write wins, 10071, the direct get and `STREAM.MSG.GET` reply
+//! shapes) on the outcomes stream as the engine creates it.
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use jetsaga_engine::bus::{StreamSettings, ensure_streams};
+use jetsaga_protocol::Subjects;
 use jetsaga_tests::NatsServer;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -82,41 +84,37 @@ async fn consumer_create_with_action_create_never_changes_a_shared_consumer() {
 }
 
 #[tokio::test]
-async fn idempotency_lookups_and_records_as_documented() {
+async fn outcome_lookups_and_records_as_documented() {
     let nats = NatsServer::start();
     let client = nats.client().await;
     let js = jetstream::new(client.clone());
-    // The bucket as another client may create it: a KV stream without
-    // `allow_direct`.
-    js.create_stream(jetstream::stream::Config {
-        name: "KV_JETSAGA_IDEMPOTENCY".into(),
-        subjects: vec!["$KV.JETSAGA_IDEMPOTENCY.>".into()],
-        max_messages_per_subject: 1,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: false,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let bucket: kv::Store = js.get_key_value("JETSAGA_IDEMPOTENCY").await.unwrap();
-    let stream = "KV_JETSAGA_IDEMPOTENCY";
+    // The streams as the engine creates them.
+    let settings = StreamSettings {
+        duplicate_window: Duration::from_secs(120),
+        outcome_ttl: Duration::from_secs(24 * 3600),
+        max_payload: 512 * 1024,
+        replicas: 1,
+    };
+    ensure_streams(&js, &Subjects::new("jetsaga"), &settings)
+        .await
+        .unwrap();
+    let stream = "JETSAGA_OUTCOMES";
     let key = "0192f5a0-1234-7000-8000-00000000abcd.pay.action";
-    let subject = format!("$KV.JETSAGA_IDEMPOTENCY.{key}");
+    let subject = format!("jetsaga.outcome.payments.0.{key}");
 
-    // A direct get on a stream without `allow_direct`: no responders.
+    // No record: a direct get answers status 404 and no payload; a
+    // STREAM.MSG.GET answers 404 / 10037.
+    let direct_subject = format!("$JS.API.DIRECT.GET.{stream}.{subject}");
     let direct = client
-        .request(
-            format!("$JS.API.DIRECT.GET.{stream}.{subject}"),
-            Vec::new().into(),
-        )
-        .await;
-    assert!(
-        matches!(&direct, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        .request(direct_subject.clone(), Vec::new().into())
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.status,
+        Some(async_nats::StatusCode::NOT_FOUND),
         "{direct:?}"
     );
-
-    // No record: 404 / 10037.
+    assert!(direct.payload.is_empty());
     let get = format!("$JS.API.STREAM.MSG.GET.{stream}");
     let none = api(&client, &get, json!({"last_by_subj": subject})).await;
     assert_eq!(
@@ -126,76 +124,87 @@ async fn idempotency_lookups_and_records_as_documented() {
     assert_eq!(none["error"]["code"], 404, "{none}");
     assert_eq!(none["error"]["err_code"], 10037, "{none}");
 
-    // A record: create-only write, then the reply's base64 `data`, and in
-    // base64 `hdrs` the headers it was published with (no `KV-Operation`).
-    let record = |expected: u64| {
+    // The record: the result, published first-write-wins.
+    let headers = |msg_id: &str| {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expected.to_string().as_str(),
-        );
+        headers.insert("Nats-Msg-Id", msg_id);
+        headers.insert("Jetsaga-Saga-Id", "0192f5a0-1234-7000-8000-00000000abcd");
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
         headers
     };
-    let outcome = br#"{"status":"ok","output":{"charge_id":"ch_1"}}"#;
+    let result = |attempt: u32| {
+        serde_json::to_vec(&json!({
+            "saga_id": "0192f5a0-1234-7000-8000-00000000abcd", "step_id": "pay",
+            "kind": "action", "attempt": attempt, "service": "payments",
+            "outcome": {"status": "ok", "output": {"charge_id": "ch_1"}},
+            "replayed": false, "worker": "w"}))
+        .unwrap()
+    };
+    let msg_id = "result.0192f5a0-1234-7000-8000-00000000abcd.pay.action.1";
     let ack = js
-        .publish_with_headers(subject.clone(), record(0), outcome.as_slice().into())
+        .publish_with_headers(subject.clone(), headers(msg_id), result(1).into())
         .await
         .unwrap()
         .await
         .unwrap();
+    assert_eq!(ack.stream, stream);
+
+    // The direct get answers the message itself: its payload, its headers
+    // and `Nats-Sequence` among them.
+    let found = client
+        .request(direct_subject.clone(), Vec::new().into())
+        .await
+        .unwrap();
+    assert_eq!(found.payload.as_ref(), result(1).as_slice());
+    let found_headers = found.headers.expect("a record has headers");
+    assert_eq!(
+        found_headers.get("Nats-Sequence").map(|v| v.as_str()),
+        Some(ack.sequence.to_string().as_str())
+    );
+    assert_eq!(
+        found_headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(msg_id)
+    );
+    // STREAM.MSG.GET: base64 `data`, and in base64 `hdrs` the headers it
+    // was published with.
     let found = api(&client, &get, json!({"last_by_subj": subject})).await;
     let message = &found["message"];
     assert_eq!(message["subject"], subject.as_str(), "{found}");
     assert_eq!(message["seq"], ack.sequence, "{found}");
     let hdrs = STANDARD.decode(message["hdrs"].as_str().unwrap()).unwrap();
     let hdrs = String::from_utf8(hdrs).unwrap();
-    assert_eq!(
-        hdrs,
-        "NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 0\r\n\r\n"
+    assert!(hdrs.starts_with("NATS/1.0\r\n"), "{hdrs:?}");
+    assert!(
+        hdrs.contains(&format!("Nats-Msg-Id: {msg_id}\r\n")),
+        "{hdrs:?}"
     );
+    assert!(hdrs.ends_with("\r\n\r\n"), "{hdrs:?}");
     let data = STANDARD.decode(message["data"].as_str().unwrap()).unwrap();
-    assert_eq!(data, outcome);
+    assert_eq!(data, result(1));
 
-    // A second create-only write: 10071, a message exists.
+    // The same publish again (its ack lost): 10071 as well, the
+    // expectation being checked before the duplicate window; the record
+    // read back is this attempt's own, so it is ours.
+    let again = js
+        .publish_with_headers(subject.clone(), headers(msg_id), result(1).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("10071"), "{again}");
+    // Another attempt's first write: 10071, a record exists; the record is
+    // unchanged.
     let second = js
-        .publish_with_headers(subject.clone(), record(0), outcome.as_slice().into())
+        .publish_with_headers(
+            subject.clone(),
+            headers("result.0192f5a0-1234-7000-8000-00000000abcd.pay.action.2"),
+            result(2).into(),
+        )
         .await
         .unwrap()
         .await
         .unwrap_err();
     assert!(second.to_string().contains("10071"), "{second}");
-
-    // A delete marker: headers in base64 `hdrs` with `KV-Operation: DEL`,
-    // no `data`; a create-only write fails, one expecting the marker's
-    // sequence succeeds.
-    bucket.delete(key).await.unwrap();
-    let marker = api(&client, &get, json!({"last_by_subj": subject})).await;
-    let message = &marker["message"];
-    let hdrs = STANDARD.decode(message["hdrs"].as_str().unwrap()).unwrap();
-    let hdrs = String::from_utf8(hdrs).unwrap();
-    assert!(hdrs.starts_with("NATS/1.0\r\n"), "{hdrs:?}");
-    assert!(hdrs.contains("KV-Operation: DEL\r\n"), "{hdrs:?}");
-    assert!(hdrs.ends_with("\r\n\r\n"), "{hdrs:?}");
-    assert!(message.get("data").is_none(), "{marker}");
-    let over_marker = js
-        .publish_with_headers(subject.clone(), record(0), outcome.as_slice().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
-    assert!(over_marker.to_string().contains("10071"), "{over_marker}");
-    let marker_seq = message["seq"].as_u64().unwrap();
-    js.publish_with_headers(
-        subject.clone(),
-        record(marker_seq),
-        outcome.as_slice().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    assert_eq!(
-        bucket.get(key).await.unwrap().as_deref(),
-        Some(outcome.as_slice())
-    );
+    let kept = api(&client, &get, json!({"last_by_subj": subject})).await;
+    assert_eq!(kept["message"]["seq"], ack.sequence, "{kept}");
 }

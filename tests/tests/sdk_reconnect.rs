@@ -39,6 +39,7 @@ async fn eager_client(server: &NatsServer) -> async_nats::Client {
 async fn engine_streams(js: &jetstream::Context, max_payload: usize) {
     let settings = StreamSettings {
         duplicate_window: Duration::from_secs(120),
+        outcome_ttl: Duration::from_secs(3600),
         max_payload,
         replicas: 1,
     };

@@ -21,15 +21,16 @@
 //! | name | the process dies when |
 //! |---|---|
 //! | `worker.after_handler` | the handler returned (its effect happened), nothing recorded yet |
-//! | `worker.after_record` | the outcome is recorded in the idempotency bucket, the result not published |
-//! | `worker.after_publish` | the result is published (JetStream acknowledged it), the task not acknowledged |
+//! | `worker.after_record` | a terminal outcome is recorded on its key's outcome subject (which is the engine's copy of the result too), the task not acknowledged |
+//! | `worker.after_publish` | the result is published (JetStream acknowledged it; for a recorded outcome, right after `worker.after_record`), the task not acknowledged |
 //!
 //! The example worker binaries call [`setup`]; the integration tests
 //! (`tests/tests/crash_points.rs`) drive each point.
 
 /// `worker.after_handler`: the handler returned, nothing recorded.
 pub const AFTER_HANDLER: &str = "worker.after_handler";
-/// `worker.after_record`: outcome recorded, result not published.
+/// `worker.after_record`: outcome recorded (and so published), task not
+/// acknowledged.
 pub const AFTER_RECORD: &str = "worker.after_record";
 /// `worker.after_publish`: result published, task not acknowledged.
 pub const AFTER_PUBLISH: &str = "worker.after_publish";

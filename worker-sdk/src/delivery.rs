@@ -4,34 +4,39 @@
 //!
 //! 1. decode the [`Task`]; a message that is not one is terminated
 //!    (`AckKind::Term`) so that it is not redelivered forever;
-//! 2. look up the idempotency record under the task's key; if there is one,
-//!    skip the handler and report the recorded outcome (`replayed: true`);
+//! 2. look up the record of the task's idempotency key in the outcomes
+//!    stream; if there is one, skip the handler and report the recorded
+//!    outcome (`replayed: true`) on the results subject;
 //! 3. otherwise run the handler (its own tokio task, the task's deadline,
 //!    panics caught) — see [`execute`];
-//! 4. record a terminal outcome (`ok` or `fatal`, never `retryable`) in the
-//!    bucket;
-//! 5. publish the [`TaskResult`] to JetStream with `Nats-Msg-Id` =
-//!    [`result_msg_id`] and wait for the stream's acknowledgement;
-//! 6. acknowledge the task with a double (confirmed) ack.
+//! 4. a terminal outcome (`ok` or `fatal`) is published as the result on
+//!    its key's outcome subject, first write wins: that message is the
+//!    record and the engine's copy at once. If another delivery wrote
+//!    first, its outcome is reported instead (replayed on the results
+//!    subject when it was another attempt's). A `retryable` outcome is not
+//!    recorded: it is published on the results subject;
+//! 5. acknowledge the task with a double (confirmed) ack.
 //!
-//! In-progress acks are sent every `ack_wait / 3` from 2 to 5, so a long
-//! handler does not get its task redelivered. If 2, 4 or 5 still fail after
-//! retries, the task is not acknowledged but negatively acknowledged with a
-//! delay: it is delivered again, and the record (if 4 succeeded) makes the
-//! second delivery replay instead of running the effect again. A crash at
-//! any point has the same effect as that, after `ack_wait`.
+//! Every publish carries `Nats-Msg-Id` = [`result_msg_id`] and waits for the
+//! stream's acknowledgement. In-progress acks are sent every `ack_wait / 3`
+//! from 2 to 4, so a long handler does not get its task redelivered. If 2
+//! or 4 still fail after retries, the task is not acknowledged but
+//! negatively acknowledged with a delay: it is delivered again, and the
+//! record (if 4 wrote it) makes the second delivery replay instead of
+//! running the effect again. A crash at any point has the same effect as
+//! that, after `ack_wait`.
 //!
 //! The [`crash_points`] `worker.after_handler` (after 3),
-//! `worker.after_record` (after 4) and `worker.after_publish` (after 5) let
-//! tests kill the process at each of these places.
+//! `worker.after_record` (once the outcome is recorded, in 4) and
+//! `worker.after_publish` (once the result is published, before 5; for a
+//! recorded outcome the same moment as after the record) let tests kill the
+//! process at each of these places.
 
 use crate::crash_points;
 use crate::handler::{Handlers, OutputLimit, execute};
 use crate::metrics;
-use crate::protocol::{
-    HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, Subjects, Task, TaskResult, result_msg_id,
-};
-use crate::store::{RecordError, Recorded, Records, is_valid_key};
+use crate::protocol::{Outcome, Subjects, Task, TaskResult, result_msg_id};
+use crate::store::{Found, RecordError, Recorded, Records, is_valid_key, result_headers};
 use crate::task::TaskContext;
 use async_nats::jetstream::{self, AckKind};
 use backon::{ExponentialBuilder, Retryable};
@@ -62,8 +67,9 @@ pub(crate) struct Shared {
     pub(crate) handlers: Handlers,
     /// JetStream context results are published with.
     pub(crate) js: jetstream::Context,
-    /// Idempotency records.
-    pub(crate) records: Records,
+    /// Idempotency records, once the outcomes stream exists (the engine
+    /// creates it; tasks are pulled only once it is open).
+    pub(crate) records: std::sync::OnceLock<Records>,
     /// The worker's own cap on handler output (`max_output_bytes`), if set.
     pub(crate) max_output: Option<usize>,
     /// The engine's `max_payload` as read from the results stream's largest
@@ -203,12 +209,24 @@ async fn process(
     }
     let ctx = TaskContext::received(Arc::new(task));
     let work = async {
-        let (outcome, replayed) = produce_outcome(shared, &ctx).await?;
-        // Recorded before the result leaves: the engine may close the
-        // attempt span as soon as it applies the result, while this span
-        // lasts until the acknowledgement.
-        record_outcome(&tracing::Span::current(), &outcome);
-        publish(shared, ctx.task(), &outcome, replayed).await?;
+        let Some(records) = shared.records.get() else {
+            // Tasks are pulled only once the outcomes stream is open.
+            return Err(Unfinished::Lookup(RecordError::Unavailable(
+                "the outcomes stream is not open yet".into(),
+            )));
+        };
+        let report = produce_outcome(shared, records, &ctx).await?;
+        let outcome = match report {
+            Report::Recorded(outcome) => outcome,
+            Report::Publish { outcome, replayed } => {
+                // Recorded before the result leaves: the engine may close
+                // the attempt span as soon as it applies the result, while
+                // this span lasts until the acknowledgement.
+                record_outcome(&tracing::Span::current(), &outcome);
+                publish(shared, ctx.task(), &outcome, replayed).await?;
+                outcome
+            }
+        };
         Ok::<_, Unfinished>(outcome)
     };
     let finished = with_progress(msg, ack_wait, work).await;
@@ -246,37 +264,71 @@ async fn process(
     }
 }
 
-/// Steps 2 to 4: the outcome to report, and whether it was replayed from
-/// the record rather than produced now.
+/// What is left to do once the outcome is known.
+enum Report {
+    /// The outcome is recorded as this attempt's result, on its key's
+    /// outcome subject, where the engine reads it: nothing to publish.
+    Recorded(Outcome),
+    /// The outcome is to be published on the results subject: retryable
+    /// (not recorded), or `replayed` from a record.
+    Publish {
+        /// The outcome.
+        outcome: Outcome,
+        /// Whether it was read from the record rather than produced now.
+        replayed: bool,
+    },
+}
+
+/// Steps 2 to 4: the outcome, recorded when terminal, and what is left to
+/// publish.
 async fn produce_outcome(
     shared: &Shared,
+    records: &Records,
     ctx: &TaskContext,
-) -> Result<(Outcome, bool), Unfinished> {
+) -> Result<Report, Unfinished> {
+    let task = ctx.task();
     let key = ctx.idempotency_key();
     if !is_valid_key(key) {
         // Without a valid key there is no record, so no exactly-once: refuse.
         let outcome = Outcome::Fatal {
             error: format!(
-                "task has idempotency key {key:?}, which is not a valid key-value key; use protocol::idempotency_key"
+                "task has idempotency key {key:?}, which is not a valid key (subject tokens of letters, digits, - / _ = separated by dots); use protocol::idempotency_key"
             ),
         };
         warn!(key = %key, "task has an invalid idempotency key; reporting it as fatal");
-        return Ok((outcome, false));
+        return Ok(Report::Publish {
+            outcome,
+            replayed: false,
+        });
     }
 
-    let found = (|| shared.records.lookup(key))
+    let found = (|| records.lookup(&shared.subjects, task))
         .retry(backoff(5))
         .when(RecordError::is_transient)
         .notify(|e, after| warn!(error = %e, ?after, "idempotency lookup failed; retrying"))
         .await
         .map_err(Unfinished::Lookup)?;
-    if let Some(outcome) = found {
+    if let Some(Found {
+        outcome,
+        this_attempt,
+    }) = found
+    {
         metrics::replayed(&shared.service);
+        if this_attempt {
+            info!(
+                outcome = outcome.as_str(),
+                "this attempt's outcome is recorded already, and so published; not running the handler"
+            );
+            return Ok(Report::Recorded(outcome));
+        }
         info!(
             outcome = outcome.as_str(),
             "outcome already recorded; replaying it without running the handler"
         );
-        return Ok((outcome, true));
+        return Ok(Report::Publish {
+            outcome,
+            replayed: true,
+        });
     }
 
     let started = Instant::now();
@@ -304,10 +356,17 @@ async fn produce_outcome(
     crash_points::pass(crash_points::AFTER_HANDLER);
     if matches!(outcome, Outcome::Retryable { .. }) {
         // Not recorded: the next attempt must run the handler again.
-        return Ok((outcome, false));
+        return Ok(Report::Publish {
+            outcome,
+            replayed: false,
+        });
     }
 
-    let recorded = (|| shared.records.record(key, &outcome))
+    // Recorded before it leaves, as in `process`.
+    record_outcome(&tracing::Span::current(), &outcome);
+    let result = result_of(shared, task, &outcome, false);
+    let msg_id = result_msg_id(&task.saga_id, &task.step_id, task.kind, task.attempt);
+    let recorded = (|| records.record(&shared.js, &shared.subjects, task, &result, &msg_id))
         .retry(backoff(8))
         .when(RecordError::is_transient)
         .notify(|e, after| warn!(error = %e, ?after, "recording the outcome failed; retrying"))
@@ -315,26 +374,35 @@ async fn produce_outcome(
         .map_err(Unfinished::Record)?;
     crash_points::pass(crash_points::AFTER_RECORD);
     Ok(match recorded {
-        Recorded::Ours => (outcome, false),
-        Recorded::Theirs(theirs) => {
+        Recorded::Ours => {
+            debug!(outcome = outcome.as_str(), "outcome recorded as the result");
+            Report::Recorded(outcome)
+        }
+        Recorded::SameAttempt(theirs) => {
             warn!(
                 ours = outcome.as_str(),
                 recorded = theirs.as_str(),
-                "another run of this step recorded its outcome first; reporting that one (pass ctx.idempotency_key() to downstream services to make concurrent runs harmless)"
+                "another delivery of this attempt recorded its outcome first; that one is the result (pass ctx.idempotency_key() to downstream services to make concurrent runs harmless)"
             );
-            (theirs, true)
+            Report::Recorded(theirs)
+        }
+        Recorded::Earlier(theirs) => {
+            warn!(
+                ours = outcome.as_str(),
+                recorded = theirs.as_str(),
+                "an earlier attempt of this step recorded its outcome first; reporting that one (pass ctx.idempotency_key() to downstream services to make concurrent runs harmless)"
+            );
+            Report::Publish {
+                outcome: theirs,
+                replayed: true,
+            }
         }
     })
 }
 
-/// Step 5: publishes the result and waits for the stream's ack.
-async fn publish(
-    shared: &Shared,
-    task: &Task,
-    outcome: &Outcome,
-    replayed: bool,
-) -> Result<(), Unfinished> {
-    let result = TaskResult {
+/// The result message of `task` with `outcome`.
+fn result_of(shared: &Shared, task: &Task, outcome: &Outcome, replayed: bool) -> TaskResult {
+    TaskResult {
         saga_id: task.saga_id.clone(),
         step_id: task.step_id.clone(),
         kind: task.kind,
@@ -343,15 +411,24 @@ async fn publish(
         outcome: outcome.clone(),
         replayed,
         worker: shared.name.clone(),
-    };
+    }
+}
+
+/// Publishes a result that is not a record (retryable, or replayed) on the
+/// results subject and waits for the stream's ack.
+async fn publish(
+    shared: &Shared,
+    task: &Task,
+    outcome: &Outcome,
+    replayed: bool,
+) -> Result<(), Unfinished> {
+    let result = result_of(shared, task, outcome, replayed);
     let payload =
         bytes::Bytes::from(serde_json::to_vec(&result).expect("a TaskResult always serializes"));
     let subject = shared.subjects.result_in(&shared.service, task.partition);
     let msg_id = result_msg_id(&task.saga_id, &task.step_id, task.kind, task.attempt);
     let send = || async {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(HEADER_MSG_ID, msg_id.as_str());
-        headers.insert(HEADER_SAGA_ID, task.saga_id.as_str());
+        let headers = result_headers(&msg_id, &task.saga_id);
         let ack = shared
             .js
             .publish_with_headers(subject.clone(), headers, payload.clone())

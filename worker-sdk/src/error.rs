@@ -132,17 +132,6 @@ pub enum WorkerError {
         /// Version the server reported.
         version: String,
     },
-    /// The idempotency key-value bucket could not be created or opened.
-    #[error(
-        "{code}: cannot create or open the idempotency bucket {bucket}: {source}; check that JetStream is enabled and the account may create streams",
-        code = ErrorCode::WorkerKv,
-    )]
-    Bucket {
-        /// Bucket name.
-        bucket: String,
-        /// Cause.
-        source: BoxError,
-    },
     /// The service's durable consumer exists with a configuration this
     /// worker cannot use.
     #[error(

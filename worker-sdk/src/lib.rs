@@ -97,10 +97,12 @@
 //! happen once:
 //!
 //! - Before acknowledging a task, the worker records the handler's terminal
-//!   outcome (success or fatal error) in a JetStream key-value bucket under
-//!   the task's idempotency key. A task delivered again after that (a crash
-//!   before the ack, an ack lost, a retry of the engine) is not run again:
-//!   the recorded outcome is reported, marked `replayed`.
+//!   outcome (success or fatal error) in the engine's outcomes stream, on
+//!   the subject of the task's idempotency key, first write wins; that
+//!   message is the result the engine reads too. A task delivered again
+//!   after that (a crash before the ack, an ack lost, a retry of the
+//!   engine) is not run again: the recorded outcome is reported, marked
+//!   `replayed`.
 //! - Retryable errors, panics and deadline overruns are not recorded: the
 //!   next attempt runs the handler again.
 //! - The window that remains is a handler whose effect happened but whose

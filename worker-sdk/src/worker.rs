@@ -10,9 +10,10 @@
 //!   ([`Subjects::service_consumer`], filter [`Subjects::task`], explicit
 //!   acks, `ack_wait` as configured, unlimited deliveries). Whichever worker
 //!   comes first creates it; the others use it as it is (its `ack_wait` wins).
-//! - The idempotency bucket ([`Subjects::idempotency_bucket`]) is created by
-//!   the first worker that needs it (file storage, history 1, records live
-//!   `idempotency_ttl`).
+//! - The outcomes stream ([`Subjects::outcomes_stream`]), where terminal
+//!   outcomes are recorded (see the `store` module), is created by the
+//!   engine too, and waited for in the same way: no task is pulled before
+//!   it is open.
 //!
 //! # The loop
 //!
@@ -67,6 +68,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -92,8 +94,6 @@ const DRAIN_GRACE: Duration = Duration::from_millis(300);
 const DEFAULT_CONCURRENCY: usize = 16;
 /// Default consumer `ack_wait`.
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
-/// Default lifetime of idempotency records.
-const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Oldest nats-server release jetsaga works with.
 const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
@@ -110,10 +110,6 @@ pub struct WorkerBuilder {
     concurrency: usize,
     /// Consumer `ack_wait` when this worker creates the consumer.
     ack_wait: Duration,
-    /// Lifetime of idempotency records when this worker creates the bucket.
-    idempotency_ttl: Duration,
-    /// Replicas of the idempotency bucket when this worker creates it.
-    idempotency_replicas: usize,
     /// Identity reported in results; `None` for `<hostname>-<pid>`.
     name: Option<String>,
     /// Cap on handler output below the one derived from the server and the
@@ -145,8 +141,6 @@ impl Worker {
             prefix: protocol::DEFAULT_PREFIX.to_string(),
             concurrency: DEFAULT_CONCURRENCY,
             ack_wait: DEFAULT_ACK_WAIT,
-            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
-            idempotency_replicas: 1,
             name: None,
             max_output: None,
             handlers: Handlers::default(),
@@ -563,6 +557,13 @@ async fn ensure_consumer(
             existing.ack_policy
         )));
     }
+    if shared.records.get().is_none() {
+        let records = Records::open(&shared.js, subjects)
+            .await
+            .map_err(Setup::Transient)?;
+        // Another setup may have opened them meanwhile: either will do.
+        let _ = shared.records.set(records);
+    }
     let effective = existing.ack_wait;
     if effective != ack_wait {
         warn!(
@@ -594,22 +595,6 @@ impl WorkerBuilder {
     /// waits before another worker gets it, not how long handlers may run.
     pub fn ack_wait(mut self, d: Duration) -> Self {
         self.ack_wait = d;
-        self
-    }
-
-    /// How long idempotency records live (default 24 h), used when this
-    /// worker creates the bucket. Must exceed the longest time a task can be
-    /// redelivered or retried: the sagas' timeout.
-    pub fn idempotency_ttl(mut self, d: Duration) -> Self {
-        self.idempotency_ttl = d;
-        self
-    }
-
-    /// Replicas of the idempotency bucket (default 1), used when this worker
-    /// creates it. Use 3 on a clustered NATS so that records survive the
-    /// loss of a server.
-    pub fn idempotency_replicas(mut self, n: usize) -> Self {
-        self.idempotency_replicas = n;
         self
     }
 
@@ -682,8 +667,9 @@ impl WorkerBuilder {
         .await
     }
 
-    /// Checks the settings, connects the JetStream pieces (creates the
-    /// idempotency bucket if missing; gets or creates the service's durable
+    /// Checks the settings, connects the JetStream pieces (opens the
+    /// engine's outcomes stream for the idempotency records when it exists;
+    /// gets or creates the service's durable
     /// consumer) and returns a worker ready to run.
     ///
     /// If the tasks stream does not exist yet (the engine creates it), this
@@ -694,13 +680,6 @@ impl WorkerBuilder {
         let name = self.worker_name();
         let subjects = Subjects::new(&self.prefix);
         let js = jetstream::new(client);
-        let records = Records::open(
-            &js,
-            &subjects.idempotency_bucket(),
-            self.idempotency_ttl,
-            self.idempotency_replicas,
-        )
-        .await?;
         if self.handlers.is_empty() {
             warn!(service = %self.service, "worker has no handlers; every task will be reported as retryable");
         }
@@ -711,7 +690,7 @@ impl WorkerBuilder {
             name,
             handlers: self.handlers,
             js,
-            records,
+            records: OnceLock::new(),
             max_output: self.max_output,
             engine_max_payload: AtomicUsize::new(0),
         });
@@ -749,17 +728,6 @@ impl WorkerBuilder {
             return Err(invalid(format!(
                 "ack_wait {:?} is too short; use at least 100ms (default 30s)",
                 self.ack_wait
-            )));
-        }
-        if self.idempotency_ttl.is_zero() {
-            return Err(invalid(
-                "idempotency_ttl must be longer than the sagas' timeout (default 24h)".into(),
-            ));
-        }
-        if self.idempotency_replicas == 0 || self.idempotency_replicas > 5 {
-            return Err(invalid(format!(
-                "idempotency_replicas must be between 1 and 5, not {}",
-                self.idempotency_replicas
             )));
         }
         if let Some((kind, operation)) = self.handlers.first_duplicate() {

@@ -1,5 +1,5 @@
 //! The worker against a real nats-server: results, replay from the
-//! idempotency record, in-progress acks, garbage, shutdown drain.
+//! recorded outcome, in-progress acks, garbage, shutdown drain.
 //!
 //! Each test starts its own `nats-server -js` on a free port of 127.0.0.1
 //! with a temp store dir. The binary is `$JETSAGA_NATS_SERVER`, else
@@ -94,8 +94,14 @@ struct Env {
     client: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
-    results: PullConsumer,
+    /// What the engine reads: the results stream (retryable results and
+    /// replays) and the outcomes stream (recorded outcomes), merged.
+    results: tokio::sync::Mutex<Results>,
 }
+
+/// The messages of the results and outcomes streams, as they come.
+type Results =
+    futures::stream::Select<jetstream::consumer::pull::Stream, jetstream::consumer::pull::Stream>;
 
 impl Env {
     async fn new() -> Result<Self> {
@@ -117,18 +123,35 @@ impl Env {
                 ..Default::default()
             })
             .await?;
-        let results = results_stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some("test-results".into()),
+        // As the engine creates it (engine/src/streams.rs `outcomes_config`).
+        let outcomes_stream = js
+            .create_stream(stream::Config {
+                name: subjects.outcomes_stream(),
+                subjects: vec![subjects.outcomes_wildcard()],
+                retention: stream::RetentionPolicy::Limits,
+                max_messages_per_subject: 1,
+                allow_direct: true,
+                max_age: Duration::from_secs(3600),
                 ..Default::default()
             })
             .await?;
+        let mut merged = Vec::new();
+        for stream in [&results_stream, &outcomes_stream] {
+            let consumer: PullConsumer = stream
+                .create_consumer(jetstream::consumer::pull::Config {
+                    durable_name: Some("test-results".into()),
+                    ..Default::default()
+                })
+                .await?;
+            merged.push(consumer.messages().await?);
+        }
+        let (outcomes, results) = (merged.pop().unwrap(), merged.pop().unwrap());
         Ok(Self {
             server,
             client,
             js,
             subjects,
-            results,
+            results: tokio::sync::Mutex::new(futures::stream::select(results, outcomes)),
         })
     }
 
@@ -161,50 +184,58 @@ impl Env {
         Ok(())
     }
 
-    /// Next result, with its headers, waiting up to `wait`.
-    async fn next_result(&self, wait: Duration) -> Result<(TaskResult, async_nats::HeaderMap)> {
-        let mut batch = self
-            .results
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await?;
-        let Some(msg) = batch.next().await.transpose().map_err(anyhow::Error::msg)? else {
-            bail!("no result within {wait:?}");
+    /// Next result (from either stream), with its subject and headers,
+    /// waiting up to `wait`.
+    async fn next_message(
+        &self,
+        wait: Duration,
+    ) -> Result<Option<(TaskResult, String, async_nats::HeaderMap)>> {
+        let mut results = self.results.lock().await;
+        let msg = match tokio::time::timeout(wait, results.next()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => bail!("the results' pull streams ended"),
+            Ok(Some(msg)) => msg.map_err(anyhow::Error::msg)?,
         };
         msg.ack().await.map_err(anyhow::Error::msg)?;
         let headers = msg.headers.clone().unwrap_or_default();
-        Ok((serde_json::from_slice(&msg.payload)?, headers))
+        Ok(Some((
+            serde_json::from_slice(&msg.payload)?,
+            msg.subject.to_string(),
+            headers,
+        )))
+    }
+
+    /// Next result, with its headers, waiting up to `wait`.
+    async fn next_result(&self, wait: Duration) -> Result<(TaskResult, async_nats::HeaderMap)> {
+        match self.next_message(wait).await? {
+            Some((result, _, headers)) => Ok((result, headers)),
+            None => bail!("no result within {wait:?}"),
+        }
     }
 
     /// Asserts that no result arrives within `wait`.
     async fn no_result(&self, wait: Duration) -> Result<()> {
-        let mut batch = self
-            .results
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await?;
-        if let Some(msg) = batch.next().await.transpose().map_err(anyhow::Error::msg)? {
-            bail!(
-                "unexpected result: {}",
-                String::from_utf8_lossy(&msg.payload)
-            );
+        if let Some((result, subject, _)) = self.next_message(wait).await? {
+            bail!("unexpected result on {subject}: {result:?}");
         }
         Ok(())
     }
 
+    /// The outcome recorded for `key` of a payments step of partition 0.
     async fn record(&self, key: &str) -> Result<Option<Outcome>> {
-        let kv = self
-            .js
-            .get_key_value(self.subjects.idempotency_bucket())
-            .await?;
-        Ok(match kv.get(key).await? {
-            Some(b) => Some(serde_json::from_slice(&b)?),
-            None => None,
-        })
+        let stream = self.js.get_stream(self.subjects.outcomes_stream()).await?;
+        match stream
+            .get_last_raw_message_by_subject(&self.subjects.outcome("payments", 0, key))
+            .await
+        {
+            Ok(msg) => Ok(Some(
+                serde_json::from_slice::<TaskResult>(&msg.payload)?.outcome,
+            )),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn consumer_info(&self, service: &str) -> Result<jetstream::consumer::Info> {
@@ -294,26 +325,19 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn result_then_replay_without_running_again() -> Result<()> {
-    // The worker creates the bucket: one replica, direct gets allowed, so
-    // lookups read with `DIRECT.GET`.
+    // The outcomes stream as the engine creates it: one replica, direct
+    // gets allowed, so lookups read with `DIRECT.GET`.
     result_then_replay(Env::new().await?).await
 }
 
 #[tokio::test]
 async fn replay_with_lookups_from_the_stream_leader() -> Result<()> {
-    // A bucket without direct gets (as a replicated one is read): lookups go
-    // to the leader with `STREAM.MSG.GET`.
+    // A stream without direct gets (as a replicated one is read): lookups
+    // go to the leader with `STREAM.MSG.GET`.
     let env = Env::new().await?;
-    env.js
-        .create_key_value(jetstream::kv::Config {
-            bucket: env.subjects.idempotency_bucket(),
-            history: 1,
-            ..Default::default()
-        })
-        .await?;
     let mut config = env
         .js
-        .get_stream(format!("KV_{}", env.subjects.idempotency_bucket()))
+        .get_stream(env.subjects.outcomes_stream())
         .await?
         .cached_info()
         .config
@@ -330,7 +354,9 @@ async fn result_then_replay(env: Env) -> Result<()> {
 
     let t = task("s1", "charge", 1, json!({}));
     env.publish_task(&t, "").await?;
-    let (result, headers) = env.next_result(WAIT).await?;
+    let (result, subject, headers) = env.next_message(WAIT).await?.context("no result for s1")?;
+    // A terminal outcome is its own record, on its key's subject.
+    assert_eq!(subject, "jetsaga.outcome.payments.0.s1.charge.action");
     assert_eq!(result.saga_id, "s1");
     assert_eq!(result.attempt, 1);
     assert_eq!(result.worker, "w1");
@@ -349,15 +375,17 @@ async fn result_then_replay(env: Env) -> Result<()> {
         Some(expected.clone())
     );
 
-    // The same task delivered again: replayed, and its result (same
-    // Nats-Msg-Id as the first) deduplicated by the results stream.
+    // The same task delivered again: its record is this attempt's result,
+    // which the engine has: nothing is published.
     env.publish_task(&t, ".again").await?;
     env.no_result(Duration::from_secs(1)).await?;
     assert_eq!(env.consumer_info("payments").await?.num_pending, 0);
-    // A second attempt: replayed under its own result id.
+    // A second attempt: replayed under its own result id, on the results
+    // subject (the record stays as it is).
     env.publish_task(&task("s1", "charge", 2, json!({})), "")
         .await?;
-    let (second, headers) = env.next_result(WAIT).await?;
+    let (second, subject, headers) = env.next_message(WAIT).await?.context("no replay")?;
+    assert_eq!(subject, "jetsaga.result.payments");
     assert!(second.replayed);
     assert_eq!(second.attempt, 2);
     assert_eq!(second.outcome, expected);
@@ -611,48 +639,83 @@ async fn worker_waits_for_the_tasks_stream() -> Result<()> {
     Ok(())
 }
 
+/// A payments worker whose handler stands for another run of the step that
+/// records its fatal outcome, as attempt `recorded_attempt`, while this one
+/// runs.
+fn racing_payments(js: jetstream::Context, recorded_attempt: u32) -> WorkerBuilder {
+    Worker::builder("payments").handler("charge", move |ctx: TaskContext, _: serde_json::Value| {
+        let js = js.clone();
+        async move {
+            let other = TaskResult {
+                saga_id: ctx.saga_id().into(),
+                step_id: ctx.step_id().into(),
+                kind: ctx.kind(),
+                attempt: recorded_attempt,
+                service: ctx.service().into(),
+                outcome: Outcome::Fatal {
+                    error: "declined by the other run".into(),
+                },
+                replayed: false,
+                worker: "other".into(),
+            };
+            let subjects = Subjects::new(protocol::DEFAULT_PREFIX);
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(serde_json::to_vec(&other).unwrap().into())
+                .expected_last_subject_sequence(0);
+            js.send_publish(
+                subjects.outcome("payments", 0, ctx.idempotency_key()),
+                publish,
+            )
+            .await
+            .map_err(StepError::retryable)?
+            .await
+            .map_err(StepError::retryable)?;
+            Ok(json!({"mine": true}))
+        }
+    })
+}
+
 #[tokio::test]
 async fn first_recorded_outcome_wins_over_a_concurrent_run() -> Result<()> {
     init_tracing();
     let env = Env::new().await?;
-    let kv = env
-        .js
-        .create_key_value(jetstream::kv::Config {
-            bucket: env.subjects.idempotency_bucket(),
-            history: 1,
-            ..Default::default()
-        })
-        .await?;
-    // The handler stands for a second run of the step that records its
-    // outcome while this one is running.
-    let builder = Worker::builder("payments").handler(
-        "charge",
-        move |ctx: TaskContext, _: serde_json::Value| {
-            let kv = kv.clone();
-            async move {
-                let other = Outcome::Fatal {
-                    error: "declined by the other run".into(),
-                };
-                kv.put(
-                    ctx.idempotency_key(),
-                    serde_json::to_vec(&other).unwrap().into(),
-                )
-                .await
-                .map_err(StepError::retryable)?;
-                Ok(json!({"mine": true}))
-            }
-        },
-    );
-    let (token, handle) = env.run(builder).await?;
-    let t = task("s9", "charge", 1, json!({}));
-    env.publish_task(&t, "").await?;
-    let (r, _) = env.next_result(WAIT).await?;
     let recorded = Outcome::Fatal {
         error: "declined by the other run".into(),
     };
-    assert_eq!(r.outcome, recorded);
-    assert!(r.replayed);
-    assert_eq!(env.record(&t.idempotency_key).await?, Some(recorded));
+    // Attempt 1 recorded its outcome while attempt 2 ran: attempt 2
+    // reports attempt 1's outcome, replayed, on the results subject.
+    let (token, handle) = env.run(racing_payments(env.js.clone(), 1)).await?;
+    let t = task("s9", "charge", 2, json!({}));
+    env.publish_task(&t, "").await?;
+    let (first, subject, _) = env.next_message(WAIT).await?.context("no record")?;
+    assert_eq!(
+        (first.attempt, subject.as_str()),
+        (1, "jetsaga.outcome.payments.0.s9.charge.action")
+    );
+    let (r, subject, _) = env.next_message(WAIT).await?.context("no replay")?;
+    assert_eq!(subject, "jetsaga.result.payments");
+    assert_eq!((r.attempt, &r.outcome, r.replayed), (2, &recorded, true));
+    assert_eq!(
+        env.record(&t.idempotency_key).await?,
+        Some(recorded.clone())
+    );
+    env.no_result(Duration::from_millis(500)).await?;
+    token.cancel();
+    handle.await??;
+
+    // Another delivery of the same attempt recorded first: its record is
+    // the attempt's result, and nothing more is published.
+    let (token, handle) = env.run(racing_payments(env.js.clone(), 1)).await?;
+    let t = task("s10", "charge", 1, json!({}));
+    env.publish_task(&t, "").await?;
+    let (r, subject, _) = env.next_message(WAIT).await?.context("no record")?;
+    assert_eq!(subject, "jetsaga.outcome.payments.0.s10.charge.action");
+    assert_eq!(
+        (r.attempt, &r.outcome, r.worker.as_str()),
+        (1, &recorded, "other")
+    );
+    env.no_result(Duration::from_secs(1)).await?;
+    assert_eq!(env.consumer_info("payments").await?.num_ack_pending, 0);
     token.cancel();
     handle.await??;
     Ok(())

@@ -256,8 +256,9 @@ pub(crate) const OVERSIZED: &str = "oversized";
 
 /// The service a result subject names: `<prefix>.result.<service>`, or
 /// `<prefix>.result.<service>.<partition>` for a saga of a partition other
-/// than 0 (each partition's consumer reads its own); the prefix is
-/// `prefix_tokens` tokens.
+/// than 0 (each partition's consumer reads its own), or the outcome subject
+/// `<prefix>.outcome.<service>.<partition>.<idempotency key>`; the prefix
+/// is `prefix_tokens` tokens.
 fn result_service(subject: &str, prefix_tokens: usize) -> Option<&str> {
     let tokens: Vec<&str> = subject.splitn(prefix_tokens + 2, '.').collect();
     match tokens.as_slice() {
@@ -266,6 +267,17 @@ fn result_service(subject: &str, prefix_tokens: usize) -> Option<&str> {
             Some((service, partition)) if partition.parse::<u32>().is_ok() => Some(service),
             Some(_) => None,
         },
+        [.., "outcome", rest] if tokens.len() == prefix_tokens + 2 => {
+            let mut parts = rest.splitn(3, '.');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(service), Some(partition), Some(key))
+                    if partition.parse::<u32>().is_ok() && !key.is_empty() =>
+                {
+                    Some(service)
+                }
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -343,8 +355,9 @@ fn decode_result(
             "subject_mismatch",
             format!(
                 "result for service `{}` published on {subject}: a result is accepted \
-                 only on its own service's subject, <prefix>.result.{}",
-                result.service, result.service
+                 only on its own service's subjects, <prefix>.result.{} and \
+                 <prefix>.outcome.{}.<partition>.<key>",
+                result.service, result.service, result.service
             ),
         ));
     }
@@ -684,18 +697,26 @@ mod tests {
             "jetsaga.result.x.3.4",
             "jetsaga.task.x",
             "a.b.result.x",
+            "jetsaga.outcome.y.0.s.a.action",
+            "jetsaga.outcome.x.0",
+            "jetsaga.outcome.x.p.s.a.action",
+            "jetsaga.outcome.x",
         ] {
             let (reason, detail) = decode_result(subject, ok, 4096, 1).unwrap_err();
             assert_eq!(reason, "subject_mismatch", "{subject}");
             assert!(
                 detail.contains(&format!("published on {subject}"))
-                    && detail.ends_with("<prefix>.result.x"),
+                    && detail.ends_with("<prefix>.outcome.x.<partition>.<key>"),
                 "{detail}"
             );
         }
         assert!(decode_result("a.b.result.x", ok, 4096, 2).is_ok());
         // A saga of partition 3 answers on `<prefix>.result.<service>.3`.
         assert!(decode_result("jetsaga.result.x.3", ok, 4096, 1).is_ok());
+        // A terminal outcome comes on its key's subject of the outcomes
+        // stream, `<prefix>.outcome.<service>.<partition>.<key>`.
+        assert!(decode_result("jetsaga.outcome.x.0.s.a.action", ok, 4096, 1).is_ok());
+        assert!(decode_result("a.b.outcome.x.7.s.a.action.g2", ok, 4096, 2).is_ok());
         let (reason, detail) =
             decode_start("jetsaga.start.order", b"{\"input\": ", None, 4096, 1).unwrap_err();
         assert_eq!(reason, "malformed");

@@ -37,6 +37,9 @@ pub struct Layer {
     /// `duplicate_window`.
     #[serde(default, deserialize_with = "humantime_option")]
     pub duplicate_window: Option<Duration>,
+    /// `outcome_ttl`.
+    #[serde(default, deserialize_with = "humantime_option")]
+    pub outcome_ttl: Option<Duration>,
     /// `ack_wait`.
     #[serde(default, deserialize_with = "humantime_option")]
     pub ack_wait: Option<Duration>,
@@ -259,6 +262,7 @@ impl Layer {
             environment: env.string("environment"),
             max_payload: env.parse("max_payload")?,
             duplicate_window: env.parse_with("duplicate_window", duration)?,
+            outcome_ttl: env.parse_with("outcome_ttl", duration)?,
             ack_wait: env.parse_with("ack_wait", duration)?,
             batch_size: env.parse("batch_size")?,
             max_running_sagas: env.parse("max_running_sagas")?,
@@ -377,6 +381,7 @@ impl Layer {
             config.duplicate_window,
             self.duplicate_window
         );
+        set!("outcome_ttl", config.outcome_ttl, self.outcome_ttl);
         set!("ack_wait", config.ack_wait, self.ack_wait);
         set!("batch_size", config.batch_size, self.batch_size);
         set!(

@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "environment",
     "max_payload",
     "duplicate_window",
+    "outcome_ttl",
     "ack_wait",
     "batch_size",
     "max_running_sagas",

@@ -36,6 +36,7 @@ fn sample(key: &str, which: u8) -> String {
         "duplicate_window" | "ack_wait" | "http_header_timeout" | "http_body_timeout" => {
             format!("{}s", 30 + which)
         }
+        "outcome_ttl" => format!("{}h", 30 + which),
         "retention" => format!("{}h", 1 + which),
         "lease_ttl" => format!("{}s", 10 + which),
         "lease_renew" => format!("{}ms", 1500 + u32::from(which)),
