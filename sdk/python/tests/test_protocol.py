@@ -302,6 +302,11 @@ async def test_a_legacy_idempotency_record_is_replayed(tmp_path: Path) -> None:
         assert body["outcome"] == {"status": "ok", "output": {"old": True}}
         assert body["replayed"] is True and body["attempt"] == 3
         assert (await kv.status()).values == 1, "nothing new is written to the bucket"
+        # A bucket deleted while the worker runs is no longer looked at.
+        await js.delete_key_value("JETSAGA_IDEMPOTENCY")
+        await bench.send(task(10))
+        await bench.settled()
+        assert [c["key"] for c in bench.calls] == ["saga-10.charge.action"]
         bench.worker.stop()
         await asyncio.wait_for(run, 15)
     finally:

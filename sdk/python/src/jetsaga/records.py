@@ -20,7 +20,14 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from .jetstream import WRONG_LAST_SEQUENCE, JsError, StoredMsg, last_msg, publish
+from .jetstream import (
+    STREAM_NOT_FOUND,
+    WRONG_LAST_SEQUENCE,
+    JsError,
+    StoredMsg,
+    last_msg,
+    publish,
+)
 from .names import Names
 from .outcome import Outcome, RecordedResult
 from .task import Task
@@ -84,12 +91,19 @@ class Records:
         if not self._legacy:
             return None
         bucket = self._names.legacy_bucket
-        msg = await last_msg(
-            self._nc,
-            f"KV_{bucket}",
-            f"$KV.{bucket}.{task.idempotency_key}",
-            direct=False,
-        )
+        try:
+            msg = await last_msg(
+                self._nc, f"KV_{bucket}", f"$KV.{bucket}.{task.idempotency_key}", direct=False
+            )
+        except JsError as e:
+            if e.err_code != STREAM_NOT_FOUND:
+                raise
+            log.info(
+                "the bucket of earlier idempotency records %s is gone; no longer looking there",
+                bucket,
+            )
+            self._legacy = False
+            return None
         if msg is None or "KV-Operation" in msg.headers:
             return None
         try:
