@@ -213,29 +213,36 @@ class NatsServer:
 
 
 class Engine:
-    """``jetsaga server`` with its own store dir."""
+    """``jetsaga server`` with its own store dir (``env``: extra variables,
+    ``JETSAGA_NATS_PASSWORD`` say)."""
 
-    def __init__(self, nats: NatsServer, workdir: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        nats: NatsServer,
+        workdir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        nats_user: str | None = None,
+    ) -> None:
         self.nats = nats
         self.data = workdir / "engine"
+        user = ["--nats-user", nats_user] if nats_user else []
         argv = [
-            bin_path("jetsaga"),
-            "--nats-url",
-            nats.url,
-            "server",
-            "--data-dir",
-            str(self.data),
-            *extra,
-        ]
-        self.process = Process("engine", argv, workdir / "engine.log", {"JETSAGA_LOG": "info"})
+            bin_path("jetsaga"), "--nats-url", nats.url, "server", "--data-dir", str(self.data),
+            *user, *extra,
+        ]  # fmt: skip
+        self.process = Process(
+            "engine", argv, workdir / "engine.log", {"JETSAGA_LOG": "info", **(env or {})}
+        )
         self.process.wait_for_log("engine ready")
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> str:
         out = subprocess.run(
             [bin_path("jetsaga"), *args, "--nats-url", self.nats.url],
             capture_output=True,
             text=True,
             timeout=60,
+            env={**os.environ, **(env or {})},
         )
         if out.returncode != 0:
             raise AssertionError(f"jetsaga {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
