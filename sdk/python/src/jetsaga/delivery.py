@@ -239,11 +239,13 @@ async def _work(shared: Shared, ctx: TaskContext) -> Outcome:
     finally:
         elapsed = time.monotonic() - started
         shared.metrics.handler_ended(shared.service, task.operation, task.kind, elapsed)
+    where = f"saga {task.saga_id} step {task.step_id} {task.kind} attempt {task.attempt}"
     if outcome.status == "retryable":
-        log.warning("handler failed (retryable) in %.3fs: %s", elapsed, outcome.error)
+        log.warning("%s: handler failed (retryable) in %.3fs: %s", where, elapsed, outcome.error)
+    elif outcome.status == "fatal":
+        log.info("%s: handler failed (fatal) in %.3fs: %s", where, elapsed, outcome.error)
     else:
-        verb = "succeeded" if outcome.status == "ok" else "failed (fatal)"
-        log.info("handler %s in %.3fs", verb, elapsed)
+        log.info("%s: handler succeeded in %.3fs", where, elapsed)
     crash.passing("after_handler")
 
     if not outcome.terminal:
