@@ -190,13 +190,13 @@ async def test_a_second_delivery_replays_the_record_without_running_the_handler(
     await bench.send(first)
     await bench.settled()
     again = task(2, attempt=2)
-    await bench.send(again)
+    await bench.send(again, headers={"Jetsaga-Result-Token": "9f3a"})
     await bench.settled()
     assert len(bench.calls) == 1
     [(body, headers)] = await bench.results(1)
     assert body["attempt"] == 2 and body["replayed"] is True
     assert body["outcome"] == {"status": "ok", "output": {"charged": 2, "attempt": 1}}
-    assert headers["Nats-Msg-Id"] == "result.saga-2.charge.action.2"
+    assert headers["Nats-Msg-Id"] == "result.saga-2.charge.action.2.9f3a"
     assert "Nats-Expected-Last-Subject-Sequence" not in headers
 
 

@@ -47,6 +47,8 @@ def test_names_follow_the_protocol() -> None:
     assert n.outcome("pay", 0, "s.a.action") == "acme.prod.outcome.pay.0.s.a.action"
     assert Names().outcomes_stream == "JETSAGA_OUTCOMES"
     assert result_msg_id("s", "a", "action", 2) == "result.s.a.action.2"
+    assert result_msg_id("s", "a", "action", 2, "9f3a") == "result.s.a.action.2.9f3a"
+    assert result_msg_id("s", "a", "action", 2, "a.b") == "result.s.a.action.2"
     with pytest.raises(ValueError, match="invalid subject prefix"):
         Names("bad prefix")
     with pytest.raises(ValueError):

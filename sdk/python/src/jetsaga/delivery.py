@@ -22,6 +22,7 @@ delay; the record makes the next delivery a replay.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -36,7 +37,7 @@ from . import crash, tracing
 from .handler import Handlers, execute
 from .jetstream import JsError, publish
 from .metrics import Metrics
-from .names import Names, is_valid_key, result_msg_id
+from .names import HEADER_RESULT_TOKEN, Names, is_valid_key, result_msg_id
 from .outcome import Outcome, OutputLimit, RecordedResult, result_body
 from .records import Ours, Records, RecordUnreadable
 from .task import Task, TaskContext, TaskDecodeError
@@ -104,8 +105,9 @@ async def retrying(
 
 
 def _headers(task: Task) -> dict[str, str]:
+    msg_id = result_msg_id(task.saga_id, task.step_id, task.kind, task.attempt, task.result_token)
     return {
-        "Nats-Msg-Id": result_msg_id(task.saga_id, task.step_id, task.kind, task.attempt),
+        "Nats-Msg-Id": msg_id,
         "Jetsaga-Saga-Id": task.saga_id,
     }
 
@@ -131,6 +133,9 @@ async def handle(shared: Shared, msg: Msg, ack_wait: float, release: Callable[[]
             except Exception as err:
                 log.warning("could not terminate message %s: %s", seq, err)
             return
+        token = (msg.headers or {}).get(HEADER_RESULT_TOKEN)
+        if token is not None:
+            task = dataclasses.replace(task, result_token=token)
         await _process(shared, msg, task, ack_wait, release)
     finally:
         release()

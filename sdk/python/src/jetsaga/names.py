@@ -80,9 +80,23 @@ class Names:
         return f"{self.prefix}.start.{saga}"
 
 
-def result_msg_id(saga_id: str, step_id: str, kind: str, attempt: int) -> str:
-    """``Nats-Msg-Id`` of a result: ``result.<saga>.<step>.<kind>.<attempt>``."""
-    return f"result.{saga_id}.{step_id}.{kind}.{attempt}"
+#: Header of a task: a random token, the same on every delivery of the task,
+#: that its results carry at the end of their ``Nats-Msg-Id``.
+HEADER_RESULT_TOKEN = "Jetsaga-Result-Token"
+
+_RESULT_TOKEN = re.compile(r"^[A-Za-z0-9]{1,64}$")
+
+
+def result_msg_id(
+    saga_id: str, step_id: str, kind: str, attempt: int, token: str | None = None
+) -> str:
+    """``Nats-Msg-Id`` of a result: ``result.<saga>.<step>.<kind>.<attempt>``,
+    followed by ``.<token>`` when the task carries a usable result token
+    (1 to 64 ASCII letters and digits)."""
+    plain = f"result.{saga_id}.{step_id}.{kind}.{attempt}"
+    if token is not None and _RESULT_TOKEN.match(token):
+        return f"{plain}.{token}"
+    return plain
 
 
 _KEY_TOKEN = re.compile(r"^[-/_=.A-Za-z0-9]+$")

@@ -35,6 +35,8 @@ class Task:
     timeout_ms: int
     context: Mapping[str, Any] = field(default_factory=dict)
     partition: int = 0
+    #: The task message's ``Jetsaga-Result-Token`` header, if any.
+    result_token: str | None = None
 
     @classmethod
     def decode(cls, payload: bytes) -> Task:
