@@ -16,14 +16,14 @@ from typing import Any
 import nats
 import pytest
 from harness import NatsServer
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from jetsaga import StepError, TaskContext, Worker
+from jetsaga import StepError, TaskContext, Worker, WorkerError
 from jetsaga.jetstream import last_msg
 
 PREFIX = "jetsaga"
@@ -358,3 +358,48 @@ async def test_the_task_span_is_a_child_of_the_engines_attempt_span(bench: Bench
     assert span.attributes["saga.id"] == "saga-7"
     assert span.attributes["attempt"] == 1
     assert span.attributes["outcome"] == "ok"
+
+
+async def test_an_existing_consumer_is_used_as_it_is_or_refused_when_it_filters_otherwise(
+    tmp_path: Path,
+) -> None:
+    server = NatsServer(tmp_path)
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        await setup_streams(js)
+        # Another worker created the consumer with its own ack_wait: used as it is.
+        await js.add_consumer(
+            "JETSAGA_TASKS",
+            ConsumerConfig(
+                durable_name="jetsaga-svc-pay", filter_subject="jetsaga.task.pay",
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=7.0, max_deliver=-1,
+            ),
+        )  # fmt: skip
+        bench = Bench(nc, js)
+        run = asyncio.ensure_future(bench.worker.run(nc=nc, handle_signals=False))
+        await asyncio.wait_for(bench.worker.ready.wait(), 10)
+        await bench.send(task(11))
+        await bench.settled()
+        assert len(bench.calls) == 1
+        info = await js.consumer_info("JETSAGA_TASKS", "jetsaga-svc-pay")
+        assert info.config.ack_wait == 7.0, "the worker did not change the shared consumer"
+        bench.worker.stop()
+        await asyncio.wait_for(run, 15)
+
+        # A consumer of that name filtering another subject: refused.
+        await js.delete_consumer("JETSAGA_TASKS", "jetsaga-svc-pay")
+        await js.add_consumer(
+            "JETSAGA_TASKS",
+            ConsumerConfig(
+                durable_name="jetsaga-svc-pay", filter_subject="jetsaga.task.other",
+                ack_policy=AckPolicy.EXPLICIT,
+            ),
+        )  # fmt: skip
+        with pytest.raises(WorkerError) as e:
+            await asyncio.wait_for(Bench(nc, js).worker.run(nc=nc, handle_signals=False), 10)
+        assert e.value.code == "E-WORKER-CONSUMER-CONFLICT"
+        assert "jetsaga.task.other" in e.value.message
+    finally:
+        await nc.close()
+        server.kill()
