@@ -302,6 +302,13 @@ async def test_a_legacy_idempotency_record_is_replayed(tmp_path: Path) -> None:
         assert body["outcome"] == {"status": "ok", "output": {"old": True}}
         assert body["replayed"] is True and body["attempt"] == 3
         assert (await kv.status()).values == 1, "nothing new is written to the bucket"
+        # A removed record (a DEL marker) is no record: the handler runs.
+        await kv.put("saga-12.charge.action", b'{"status":"fatal","error":"old"}')
+        await kv.delete("saga-12.charge.action")
+        await bench.send(task(12))
+        await bench.settled()
+        assert [c["key"] for c in bench.calls] == ["saga-12.charge.action"]
+        bench.calls.clear()
         # A bucket deleted while the worker runs is no longer looked at.
         await js.delete_key_value("JETSAGA_IDEMPOTENCY")
         await bench.send(task(10))
