@@ -410,3 +410,34 @@ async def test_an_existing_consumer_is_used_as_it_is_or_refused_when_it_filters_
     finally:
         await nc.close()
         server.kill()
+
+
+async def test_cancelling_run_finishes_the_tasks_in_flight_first(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path)
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        await setup_streams(js)
+        bench = Bench(nc, js)
+        started = asyncio.Event()
+
+        async def slow(ctx: TaskContext) -> Any:
+            started.set()
+            await asyncio.sleep(1.0)
+            return {"slow": True}
+
+        bench.hooks[13] = slow
+        run = asyncio.ensure_future(bench.worker.run(nc=nc, handle_signals=False))
+        await asyncio.wait_for(bench.worker.ready.wait(), 10)
+        await bench.send(task(13))
+        await asyncio.wait_for(started.wait(), 10)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, 15)
+        # By the time run() gave up, the task was recorded and acknowledged.
+        assert (await js.stream_info("JETSAGA_TASKS")).state.messages == 0
+        found = await bench.record(task(13))
+        assert found is not None and found[0]["outcome"]["output"] == {"slow": True}
+    finally:
+        await nc.close()
+        server.kill()
