@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -177,6 +178,7 @@ class Client:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        tls_required: bool = False,
     ) -> Client:
         """Connects to NATS (or uses ``nc``, which :meth:`close` then leaves open)."""
         if nc is not None:
@@ -193,6 +195,8 @@ class Client:
             tls_key=tls_key,
             name="jetsaga-py-client",
         )
+        if tls_required:
+            options = dataclasses.replace(options, tls_required=True)
         return cls(await connect(options), prefix=prefix, timeout=timeout, own=True)
 
     @property

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -201,7 +202,7 @@ class Worker:
                     name=self.name,
                 )
                 if tls_required:
-                    options = NatsOptions(**{**options.__dict__, "tls_required": True})
+                    options = dataclasses.replace(options, tls_required=True)
                 try:
                     nc = await connect(options, retry=self._stop)
                 except asyncio.CancelledError:
