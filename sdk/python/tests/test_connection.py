@@ -117,3 +117,12 @@ async def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
             await Client.connect(server.url, tls_ca=certs["ca.pem"])
     finally:
         server.kill()
+
+
+async def test_tls_required_refuses_a_server_without_tls(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path)
+    try:
+        with pytest.raises(ValueError, match="does not use TLS"):
+            await Client.connect(server.url, tls_required=True)
+    finally:
+        server.kill()

@@ -167,6 +167,12 @@ async def connect(options: NatsOptions, *, retry: asyncio.Event | None = None) -
     while True:
         try:
             nc: NATS = await nats.connect(**kwargs)
+            if options.tls_required and not nc._server_info.get("tls_required"):
+                await nc.close()
+                raise ValueError(
+                    f"the NATS server at {options.url} does not use TLS, and tls_required "
+                    "refuses to connect without it"
+                )
             nc.options["allow_reconnect"] = True
             nc.options["max_reconnect_attempts"] = -1
             return nc
