@@ -119,7 +119,8 @@ pub struct Config {
     #[serde(serialize_with = "serialize_duration")]
     pub http_body_timeout: Duration,
     /// Most HTTP connections open at once; more are answered 503
-    /// `E-TOO-MANY-CONNECTIONS` and closed.
+    /// `E-TOO-MANY-CONNECTIONS` and closed, except probes of `/health` and
+    /// `/ready`.
     pub http_max_connections: usize,
     /// Bearer tokens of the HTTP API, each with a name and a role, kept as
     /// SHA-256 digests ([`tokens`]). With none, every HTTP route

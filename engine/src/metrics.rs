@@ -322,6 +322,9 @@ pub const REJECT_REASONS: &[&str] = &[
     "trigger_id",
     "trigger_mapping",
     "trigger_unmatched",
+    // HTTP connections closed unanswered (`api::http::HEADER_TIMEOUT`, ...).
+    "header_timeout",
+    "tls_handshake_timeout",
 ];
 
 // ---------------------------------------------------------------------------
@@ -934,7 +937,12 @@ mod tests {
             Rejection::NotApplicable("x".into()),
         ]
         .map(|r| r.reason());
-        for reason in reasons.into_iter().chain([crate::bus::intake::OVERSIZED]) {
+        let fixed = [
+            crate::bus::intake::OVERSIZED,
+            crate::api::http::HEADER_TIMEOUT,
+            crate::api::http::TLS_HANDSHAKE_TIMEOUT,
+        ];
+        for reason in reasons.into_iter().chain(fixed) {
             assert!(REJECT_REASONS.contains(&reason), "{reason}");
         }
     }

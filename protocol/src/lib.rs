@@ -34,6 +34,12 @@ pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 pub const HEADER_IDEMPOTENCY_KEY: &str = "Jetsaga-Idempotency-Key";
 /// Header carrying the saga id on task and result messages.
 pub const HEADER_SAGA_ID: &str = "Jetsaga-Saga-Id";
+/// Header of a task message: a random token, the same on every delivery of
+/// the task, that its results carry in their `Nats-Msg-Id`
+/// ([`result_msg_id_with`]). Only the workers of the task's service can
+/// read it, so no other client can publish a result id ahead of them and
+/// have JetStream drop their result as a duplicate.
+pub const HEADER_RESULT_TOKEN: &str = "Jetsaga-Result-Token";
 /// Header carrying a start request's idempotency key on the NATS request API.
 pub const HEADER_START_KEY: &str = "Idempotency-Key";
 
@@ -450,9 +456,47 @@ pub fn task_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32) -
     format!("task.{saga_id}.{step_id}.{}.{attempt}", kind.as_str())
 }
 
-/// `Nats-Msg-Id` of a result message.
+/// `Nats-Msg-Id` of a result message, for a task without a
+/// [`HEADER_RESULT_TOKEN`].
 pub fn result_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32) -> String {
     format!("result.{saga_id}.{step_id}.{}.{attempt}", kind.as_str())
+}
+
+/// `Nats-Msg-Id` of a result message of a task whose
+/// [`HEADER_RESULT_TOKEN`] is `token`:
+/// `result.<saga>.<step>.<kind>.<attempt>.<token>`, or the plain
+/// [`result_msg_id`] without a usable token (1 to 64 ASCII letters and
+/// digits).
+///
+/// ```
+/// use jetsaga_protocol::{TaskKind, result_msg_id_with};
+/// assert_eq!(
+///     result_msg_id_with("s-1", "pay", TaskKind::Action, 2, Some("9f3a")),
+///     "result.s-1.pay.action.2.9f3a"
+/// );
+/// assert_eq!(
+///     result_msg_id_with("s-1", "pay", TaskKind::Action, 2, Some("a.b")),
+///     "result.s-1.pay.action.2"
+/// );
+/// ```
+pub fn result_msg_id_with(
+    saga_id: &str,
+    step_id: &str,
+    kind: TaskKind,
+    attempt: u32,
+    token: Option<&str>,
+) -> String {
+    let plain = result_msg_id(saga_id, step_id, kind, attempt);
+    match token {
+        Some(token) if is_result_token(token) => format!("{plain}.{token}"),
+        _ => plain,
+    }
+}
+
+/// Whether `token` is usable in a result id: 1 to 64 ASCII letters and
+/// digits.
+fn is_result_token(token: &str) -> bool {
+    (1..=64).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// The attempt a [`result_msg_id`] names: saga id, step id, kind, attempt.
@@ -465,10 +509,16 @@ pub fn result_msg_id(saga_id: &str, step_id: &str, kind: TaskKind, attempt: u32)
 ///     Some(("s-1".to_string(), "pay".to_string(), TaskKind::Compensation, 3))
 /// );
 /// assert_eq!(parse_result_msg_id("task.s-1.pay.action.1"), None);
+/// // With the task's result token.
+/// assert_eq!(
+///     parse_result_msg_id("result.s-1.pay.action.3.9f3a"),
+///     Some(("s-1".to_string(), "pay".to_string(), TaskKind::Action, 3))
+/// );
 /// ```
 pub fn parse_result_msg_id(id: &str) -> Option<(String, String, TaskKind, u32)> {
     let mut parts = id.split('.');
-    let (Some("result"), Some(saga_id), Some(step_id), Some(kind), Some(attempt), None) = (
+    let (Some("result"), Some(saga_id), Some(step_id), Some(kind), Some(attempt), token, None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -478,6 +528,9 @@ pub fn parse_result_msg_id(id: &str) -> Option<(String, String, TaskKind, u32)> 
     ) else {
         return None;
     };
+    if token.is_some_and(|t| !is_result_token(t)) {
+        return None;
+    }
     let kind = match kind {
         "action" => TaskKind::Action,
         "compensation" => TaskKind::Compensation,

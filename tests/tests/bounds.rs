@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{World, metric_value, metric_value_once_served};
+use common::{World, metric_value, metric_value_once_served, wait_metric};
 use jetsaga_protocol::ApiReply;
 use jetsaga_protocol::api::{DefinitionListing, SagaDetail};
 use jetsaga_tests::{NatsServer, wait_until};
@@ -215,20 +215,27 @@ async fn read_answer(stream: &mut TcpStream) -> String {
 }
 
 const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: engine\r\n\r\n";
-const HEALTH_ONCE: &[u8] = b"GET /health HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n";
+const READY: &[u8] = b"GET /ready HTTP/1.1\r\nHost: engine\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http_connections_are_closed_after_their_timeouts() {
     let (_world, addr) =
         http_world(&["--http-header-timeout", "1s", "--http-body-timeout", "1s"]).await;
+    let header_timeouts = r#"engine_rejected_messages_total{reason="header_timeout"}"#;
+    assert_eq!(metric_value(&addr, header_timeouts).await, Some(0.0));
 
-    // Silent, half a head: closed without an answer to a request.
+    // Silent, half a head: closed without an answer to a request, and
+    // counted.
     let silent = answer_before_close(&addr, b"", "a silent connection").await;
     assert!(!silent.contains(" 200 "), "{silent}");
     let half = answer_before_close(&addr, b"GET /health HTTP/1.1\r\nHost: en", "half a head").await;
     assert!(!half.contains(" 200 "), "{half}");
 
-    // Idle after an answer: the answer, then the close.
+    wait_metric(&addr, header_timeouts, 2.0).await;
+
+    // Idle after an answer: the answer, then the close, which is what
+    // keep-alive is for and not counted (checked below, once the close is
+    // long past).
     let idle = answer_before_close(&addr, HEALTH, "an idle kept-alive connection").await;
     assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
 
@@ -239,6 +246,7 @@ async fn stalled_http_connections_are_closed_after_their_timeouts() {
     assert!(answer.contains("E-REQUEST-TIMEOUT"), "{answer}");
     let series = r#"engine_rejected_messages_total{reason="E-REQUEST-TIMEOUT"}"#;
     assert_eq!(metric_value(&addr, series).await, Some(1.0));
+    assert_eq!(metric_value(&addr, header_timeouts).await, Some(2.0));
 
     // And the engine serves on.
     let (status, _) = common::http_exchange(&addr, "GET", "/health", None).await;
@@ -256,7 +264,7 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_limit_are_refused_and_counted() {
+async fn connections_over_the_limit_are_refused_and_counted_but_probes_are_answered() {
     // Held connections are not timed out here.
     let (_world, addr) =
         http_world(&["--http-max-connections", "2", "--http-header-timeout", "1h"]).await;
@@ -268,29 +276,47 @@ async fn connections_over_the_limit_are_refused_and_counted() {
         assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
         held.push(stream);
     }
-    // A third is refused, with an answer saying why.
-    let refused = answer_before_close(&addr, b"", "a connection over the limit").await;
+    // A third is refused, with an answer saying why: silent, or with any
+    // request but a probe.
+    let refused = answer_before_close(&addr, b"", "a silent connection over the limit").await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("E-TOO-MANY-CONNECTIONS"), "{refused}");
-    let refused = answer_before_close(&addr, HEALTH, "a request over the limit").await;
+    let sagas = b"GET /v1/sagas HTTP/1.1\r\nHost: engine\r\n\r\n";
+    let refused = answer_before_close(&addr, sagas, "a request over the limit").await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("E-TOO-MANY-CONNECTIONS"), "{refused}");
 
-    // Once one closes, /health answers on a new connection.
+    // The liveness and readiness probes are answered all the same, and
+    // their connections closed after the answer (answer_before_close waits
+    // for the close).
+    let health = answer_before_close(&addr, HEALTH, "/health over the limit").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(r#""status":"ok""#), "{health}");
+    let ready = answer_before_close(&addr, READY, "/ready over the limit").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.contains(r#""status":"ready""#), "{ready}");
+
+    // Once one closes, /metrics is served: the two refusals are counted, the
+    // probes are not. Until the engine has seen the close, /metrics itself
+    // is refused, and counted too.
     drop(held.pop());
-    let health = wait_until("/health on a freed connection", CLOSE_BOUND, || async {
-        let answer = answer_before_close(&addr, HEALTH_ONCE, "/health").await;
-        answer.starts_with("HTTP/1.1 200").then_some(answer)
-    })
-    .await;
-    assert!(health.contains("ok"), "{health}");
-    // The /health connection just closed may still count against the limit
-    // until the engine has seen it close: /metrics is read once it is served.
     let series = r#"engine_rejected_messages_total{reason="E-TOO-MANY-CONNECTIONS"}"#;
-    let refusals = wait_until("the refusals on /metrics", CLOSE_BOUND, || {
-        metric_value_once_served(&addr, series)
-    })
+    let metrics_refused = std::sync::atomic::AtomicUsize::new(0);
+    let (counter, at) = (&metrics_refused, addr.as_str());
+    let refusals = wait_until(
+        "/metrics on a freed connection",
+        CLOSE_BOUND,
+        || async move {
+            let value = metric_value_once_served(at, series).await;
+            if value.is_none() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            value
+        },
+    )
     .await;
-    assert!(refusals >= 2.0, "{refusals}");
+    let metrics_refused = metrics_refused.into_inner();
+    assert_eq!(refusals, (2 + metrics_refused) as f64);
     // The held connection was served throughout.
     let mut kept = held.pop().expect("one held");
     kept.write_all(HEALTH).await.expect("send");

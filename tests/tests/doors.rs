@@ -13,6 +13,9 @@ use jetsaga_worker::{TaskContext, Worker};
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// How long the waits below allow.
+const READY: Duration = Duration::from_secs(20);
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -143,6 +146,62 @@ async fn the_same_idempotency_key_gives_the_same_saga_through_every_door() {
         .unwrap();
     assert_eq!(all.len(), 2, "one saga per key: {all:?}");
     assert!(all.iter().all(|s| s.state == SagaState::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_start_repeated_past_the_duplicate_window_is_still_one_saga() {
+    // A duplicate window of 1 s on the engine's streams: JetStream keeps the
+    // repeat below, and only the engine's key table can tell it is one.
+    let world = World::start(&["--duplicate-window", "1s"]).await;
+    world.apply_yaml(common::ONE_STEP).await;
+    let _w = world.echo_worker().await;
+    let nats = world.nats.client().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let publish = || async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "order-3");
+        js.publish_with_headers(
+            "jetsaga.start.one_step",
+            headers,
+            r#"{"input":{"n":3}}"#.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("the starts stream's acknowledgement")
+    };
+    let first = publish().await;
+    assert!(!first.duplicate);
+    let started = jetsaga_tests::wait_until("the first start's saga", READY, || {
+        let client = world.client.clone();
+        async move { client.get_by_key("order-3").await.ok() }
+    })
+    .await;
+    let id = started.saga.id.clone();
+    world.finished(&id).await;
+
+    // The same start again until JetStream stops dropping it as a
+    // duplicate: the window has passed, and that copy is stored for the
+    // engine.
+    let second = jetsaga_tests::wait_until("the duplicate window to pass", READY, || async {
+        let ack = publish().await;
+        (!ack.duplicate).then_some(ack)
+    })
+    .await;
+    assert!(second.sequence > first.sequence);
+    // The engine has taken it once the work queue is empty again.
+    jetsaga_tests::wait_until("the engine to take the repeat", READY, || async {
+        let mut stream = js.get_stream("JETSAGA_STARTS").await.ok()?;
+        let info = stream.info().await.ok()?;
+        (info.state.messages == 0).then_some(())
+    })
+    .await;
+
+    let sagas = world.sagas_of("one_step").await;
+    assert_eq!(sagas.len(), 1, "one saga for one key: {sagas:?}");
+    assert_eq!(sagas[0].id, id);
+    let by_key = world.client.get_by_key("order-3").await.unwrap();
+    assert_eq!(by_key.saga.id, id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ mod common;
 use common::World;
 use common::tls::TestCa;
 use jetsaga_engine::api::auth::{HttpToken, Role, new_token};
-use jetsaga_tests::{bin_path, run_command};
+use jetsaga_tests::{bin_path, run_command, wait_until};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -344,6 +344,70 @@ async fn a_listener_beyond_loopback_needs_tokens_or_http_insecure() {
     };
     let a = http.get("/v1/sagas", None).await;
     assert_eq!(a.status, 200, "open behind a proxy: {a:?}");
+}
+
+/// A connection that does not finish its TLS handshake within
+/// `http_header_timeout` is closed and counted, and so is one that finishes
+/// it and then sends no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_https_connections_are_closed_and_counted() {
+    let ca = TestCa::new("http-ca");
+    let (cert, key) = ca.server_cert();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let world = World::start(&[
+        "--http-listen",
+        "127.0.0.1:0",
+        "--http-tls-cert",
+        &cert,
+        "--http-tls-key",
+        &key,
+        "--http-header-timeout",
+        "1s",
+    ])
+    .await;
+    let addr = world.engine.http_addr();
+    let https = Https::new(addr.clone(), &ca);
+    let counted = |reason: &'static str| {
+        let https = &https;
+        async move {
+            let a = https.get("/metrics", None).await;
+            assert_eq!(a.status, 200, "{a:?}");
+            let series = format!(r#"engine_rejected_messages_total{{reason="{reason}"}}"#);
+            common::series_value(&a.body, &series)
+        }
+    };
+    assert_eq!(counted("tls_handshake_timeout").await, Some(0.0));
+    assert_eq!(counted("header_timeout").await, Some(0.0));
+
+    // No handshake at all: closed after the timeout.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let mut raw = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), silent.read_to_end(&mut raw)).await;
+    assert!(closed.is_ok(), "still open without a handshake");
+    wait_until(
+        "the handshake timeout counted",
+        Duration::from_secs(15),
+        || async { (counted("tls_handshake_timeout").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+
+    // A handshake, then no request: closed and counted as such.
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = https
+        .connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let closed = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut raw)).await;
+    assert!(closed.is_ok(), "still open without a request");
+    wait_until(
+        "the header timeout counted",
+        Duration::from_secs(15),
+        || async { (counted("header_timeout").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    assert_eq!(counted("tls_handshake_timeout").await, Some(1.0));
 }
 
 /// A TLS client of the engine's HTTPS listener that trusts `ca`.

@@ -653,6 +653,8 @@ async fn a_fresh_engine_exports_known_counters_at_zero() {
         "trigger_id",
         "trigger_mapping",
         "trigger_unmatched",
+        "header_timeout",
+        "tls_handshake_timeout",
     ];
     let types = [
         "saga.started",

@@ -289,6 +289,23 @@ async fn a_worker_is_confined_to_its_own_services_tasks_and_results() {
         detail.saga.steps[0].status,
         StepStatus::Running { attempt: 1 }
     );
+    // Nor can it have email's result dropped by publishing, on its own
+    // subjects, a message with the id email's result would bear without
+    // the task's token (which only email's workers can read): JetStream
+    // de-duplicates ids per stream, whatever the subject.
+    let predictable = jetsaga_protocol::result_msg_id(&mail, "send", TaskKind::Action, 1);
+    for subject in [
+        "jetsaga.result.payments".to_string(),
+        format!("jetsaga.outcome.payments.0.{key}.squat"),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", predictable.as_str());
+        js.publish_with_headers(subject, headers, forged("payments").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
     let (email, _) = connect_as(&world.nats, "email").await;
     let _email_worker = worker(email, "email", "send", json!("sent"))
         .await

@@ -2,7 +2,11 @@
 //! about the JetStream API, checked against a real nats-server: consumer
 //! creation that never changes a shared consumer, and the outcome record
 //! (first write wins, 10071, the direct get and `STREAM.MSG.GET` reply
-//! shapes) on the outcomes stream as the engine creates it.
+//! shapes) on the outcomes stream as the engine creates it. And the
+//! document itself: self-contained (no links or paths into the repository,
+//! which an outside team does not have), and never telling a reader to
+//! look a saga up with `saga.start`, which starts it when its durable start
+//! is still waiting.
 
 use async_nats::jetstream;
 use base64::Engine as _;
@@ -207,4 +211,156 @@ async fn outcome_lookups_and_records_as_documented() {
     assert!(second.to_string().contains("10071"), "{second}");
     let kept = api(&client, &get, json!({"last_by_subj": subject})).await;
     assert_eq!(kept["message"]["seq"], ack.sequence, "{kept}");
+}
+
+/// docs/PROTOCOL.md, without its fenced code blocks.
+fn protocol_prose() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let text = std::fs::read_to_string(path).expect("docs/PROTOCOL.md");
+    let mut prose = String::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced {
+            prose.push_str(line);
+            prose.push('\n');
+        }
+    }
+    prose
+}
+
+/// The targets of the Markdown links in `text`: inline `[text](target)`
+/// and reference definitions `[label]: target`.
+fn link_targets(text: &str) -> Vec<String> {
+    let mut targets: Vec<String> = text
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target.to_string()))
+        .collect();
+    targets.extend(text.lines().filter_map(|line| {
+        let (label, target) = line.trim_start().strip_prefix('[')?.split_once("]:")?;
+        (!label.is_empty()).then(|| target.trim().to_string())
+    }));
+    targets
+}
+
+/// Words of `text` that name a file or folder of the repository: Markdown
+/// or Rust files, or paths under its top-level folders.
+fn repository_paths(text: &str) -> Vec<String> {
+    const FOLDERS: &[&str] = &[
+        "docs/",
+        "deploy/",
+        "engine/",
+        "core/",
+        "cli/",
+        "protocol/",
+        "store/",
+        "tests/",
+        "examples/",
+        "worker-sdk/",
+        "scripts/",
+    ];
+    text.split(|c: char| c.is_whitespace() || "`()[]<>,;:\"'".contains(c))
+        .map(|w| w.trim_end_matches('.'))
+        .filter(|w| {
+            let file = w.split('#').next().unwrap_or(w);
+            file.ends_with(".md")
+                || file.ends_with(".rs")
+                || FOLDERS.iter().any(|f| w.starts_with(f))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_protocol_document_links_only_to_itself_and_the_web() {
+    let prose = protocol_prose();
+    let outside: Vec<String> = link_targets(&prose)
+        .into_iter()
+        .filter(|t| !(t.starts_with('#') || t.starts_with("https://") || t.starts_with("http://")))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "PROTOCOL.md must be self-contained; it links to {outside:?}: inline what the reader needs"
+    );
+    let paths = repository_paths(&prose);
+    assert!(
+        paths.is_empty(),
+        "PROTOCOL.md must be self-contained; it names {paths:?}: inline what the reader needs"
+    );
+}
+
+#[test]
+fn the_checks_of_the_protocol_document_catch_what_they_look_for() {
+    let text = "See [SECURITY.md](SECURITY.md), [x](../README.md#a), [ok](#limits), \
+        [web](https://nats.io) and docs/BENCHMARKS.md (Scale) or `engine/src/api/http.rs`.\n\
+        [ref]: ERRORS.md\n";
+    assert_eq!(
+        link_targets(text),
+        [
+            "SECURITY.md",
+            "../README.md#a",
+            "#limits",
+            "https://nats.io",
+            "ERRORS.md"
+        ]
+    );
+    assert_eq!(
+        repository_paths(text),
+        [
+            "SECURITY.md",
+            "SECURITY.md",
+            "../README.md#a",
+            "docs/BENCHMARKS.md",
+            "engine/src/api/http.rs",
+            "ERRORS.md"
+        ]
+    );
+    assert_eq!(
+        reads_with_saga_start(
+            "Nothing is sent back. Read the saga with `saga.start` using the same key."
+        ),
+        ["Read the saga with `saga.start` using the same key"]
+    );
+    assert!(
+        reads_with_saga_start(
+            "This lookup only reads: unlike a `saga.start` with the same key, it never creates a saga."
+        )
+        .is_empty()
+    );
+}
+
+/// The sentences of `text` that tell a reader to read or look up a saga by
+/// means of `saga.start` ("read it with `saga.start`", "look it up using
+/// `saga.start`").
+fn reads_with_saga_start(text: &str) -> Vec<String> {
+    const READS: &[&str] = &["read", "look up", "look it up", "lookup", "find", "fetch"];
+    const MEANS: &[&str] = &["with", "using", "via", "through", "by", "call", "send"];
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    joined
+        .split(". ")
+        .map(|s| s.trim().trim_end_matches('.').to_string())
+        .filter(|sentence| {
+            let lower = sentence.to_lowercase();
+            let Some(at) = lower.find("`saga.start`") else {
+                return false;
+            };
+            let before = &lower[..at];
+            let means = before
+                .split_whitespace()
+                .last()
+                .is_some_and(|w| MEANS.contains(&w.trim_start_matches('(')));
+            means && READS.iter().any(|r| before.contains(r))
+        })
+        .collect()
+}
+
+#[test]
+fn the_protocol_document_never_reads_a_saga_with_saga_start() {
+    let found = reads_with_saga_start(&protocol_prose());
+    assert!(
+        found.is_empty(),
+        "PROTOCOL.md tells a reader to read a saga with `saga.start`, which starts it when its durable start was not consumed yet; use `saga.get` with `idempotency_key`: {found:?}"
+    );
 }

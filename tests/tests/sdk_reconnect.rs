@@ -182,12 +182,13 @@ async fn worker_pulls_again_at_once_after_a_server_restart() {
     token.cancel();
 }
 
-/// A consumer of the results stream, as the engine has one.
+/// A consumer of the outcomes stream, as the engine has one: the tests
+/// below read terminal results only, which are recorded there.
 async fn results(js: &jetstream::Context) -> PullConsumer {
     let subjects = Subjects::new(protocol::DEFAULT_PREFIX);
-    js.get_stream(subjects.results_stream())
+    js.get_stream(subjects.outcomes_stream())
         .await
-        .expect("results stream")
+        .expect("outcomes stream")
         .create_consumer(jetstream::consumer::pull::Config {
             durable_name: Some("test-results".into()),
             ..Default::default()

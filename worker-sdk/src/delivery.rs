@@ -17,7 +17,8 @@
 //!    recorded: it is published on the results subject;
 //! 5. acknowledge the task with a double (confirmed) ack.
 //!
-//! Every publish carries `Nats-Msg-Id` = [`result_msg_id`] and waits for the
+//! Every publish carries `Nats-Msg-Id` = [`result_msg_id_with`] (with the
+//! task's result token) and waits for the
 //! stream's acknowledgement. In-progress acks are sent every `ack_wait / 3`
 //! from 2 to 4, so a long handler does not get its task redelivered. If 2
 //! or 4 still fail after retries, the task is not acknowledged but
@@ -35,7 +36,9 @@
 use crate::crash_points;
 use crate::handler::{Handlers, OutputLimit, execute};
 use crate::metrics;
-use crate::protocol::{Outcome, Subjects, Task, TaskResult, result_msg_id};
+use crate::protocol::{
+    HEADER_RESULT_TOKEN, Outcome, Subjects, Task, TaskResult, result_msg_id_with,
+};
 use crate::store::{Found, RecordError, Recorded, Records, is_valid_key, result_headers};
 use crate::task::TaskContext;
 use async_nats::jetstream::{self, AckKind};
@@ -207,6 +210,21 @@ async fn process(
             shared.service
         );
     }
+    // Every result of this task bears its id: the same on each delivery
+    // (so JetStream drops a repeat), and with the task's token, which no
+    // other service's worker can read, so none can claim the id first.
+    let token = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_RESULT_TOKEN))
+        .map(|v| v.as_str().to_string());
+    let msg_id = result_msg_id_with(
+        &task.saga_id,
+        &task.step_id,
+        task.kind,
+        task.attempt,
+        token.as_deref(),
+    );
     let ctx = TaskContext::received(Arc::new(task));
     let work = async {
         let Some(records) = shared.records.get() else {
@@ -215,7 +233,7 @@ async fn process(
                 "the outcomes stream is not open yet".into(),
             )));
         };
-        let report = produce_outcome(shared, records, &ctx).await?;
+        let report = produce_outcome(shared, records, &ctx, &msg_id).await?;
         let outcome = match report {
             Report::Recorded(outcome) => outcome,
             Report::Publish { outcome, replayed } => {
@@ -223,7 +241,7 @@ async fn process(
                 // the attempt span as soon as it applies the result, while
                 // this span lasts until the acknowledgement.
                 record_outcome(&tracing::Span::current(), &outcome);
-                publish(shared, ctx.task(), &outcome, replayed).await?;
+                publish(shared, ctx.task(), &outcome, replayed, &msg_id).await?;
                 outcome
             }
         };
@@ -285,6 +303,7 @@ async fn produce_outcome(
     shared: &Shared,
     records: &Records,
     ctx: &TaskContext,
+    msg_id: &str,
 ) -> Result<Report, Unfinished> {
     let task = ctx.task();
     let key = ctx.idempotency_key();
@@ -365,8 +384,7 @@ async fn produce_outcome(
     // Recorded before it leaves, as in `process`.
     record_outcome(&tracing::Span::current(), &outcome);
     let result = result_of(shared, task, &outcome, false);
-    let msg_id = result_msg_id(&task.saga_id, &task.step_id, task.kind, task.attempt);
-    let recorded = (|| records.record(&shared.js, &shared.subjects, task, &result, &msg_id))
+    let recorded = (|| records.record(&shared.js, &shared.subjects, task, &result, msg_id))
         .retry(backoff(8))
         .when(RecordError::is_transient)
         .notify(|e, after| warn!(error = %e, ?after, "recording the outcome failed; retrying"))
@@ -421,14 +439,14 @@ async fn publish(
     task: &Task,
     outcome: &Outcome,
     replayed: bool,
+    msg_id: &str,
 ) -> Result<(), Unfinished> {
     let result = result_of(shared, task, outcome, replayed);
     let payload =
         bytes::Bytes::from(serde_json::to_vec(&result).expect("a TaskResult always serializes"));
     let subject = shared.subjects.result_in(&shared.service, task.partition);
-    let msg_id = result_msg_id(&task.saga_id, &task.step_id, task.kind, task.attempt);
     let send = || async {
-        let headers = result_headers(&msg_id, &task.saga_id);
+        let headers = result_headers(msg_id, &task.saga_id);
         let ack = shared
             .js
             .publish_with_headers(subject.clone(), headers, payload.clone())

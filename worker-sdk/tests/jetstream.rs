@@ -404,6 +404,40 @@ async fn result_then_replay(env: Env) -> Result<()> {
 }
 
 #[tokio::test]
+async fn results_bear_the_tasks_result_token_in_their_id() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let (token, handle) = env.run(payments(Arc::new(AtomicUsize::new(0)))).await?;
+    for (saga, mode, subject) in [
+        ("t1", "ok", "jetsaga.outcome.payments.0.t1.charge.action"),
+        ("t2", "retry", "jetsaga.result.payments"),
+    ] {
+        let t = task(saga, "charge", 1, json!({"mode": mode}));
+        let mut headers = async_nats::HeaderMap::new();
+        let id = protocol::task_msg_id(&t.saga_id, &t.step_id, t.kind, t.attempt);
+        headers.insert(HEADER_MSG_ID, id.as_str());
+        headers.insert(protocol::HEADER_RESULT_TOKEN, "0f1e2d3c4b5a6978");
+        env.js
+            .publish_with_headers(
+                env.subjects.task("payments"),
+                headers,
+                serde_json::to_vec(&t)?.into(),
+            )
+            .await?
+            .await?;
+        let (_, got_subject, headers) = env.next_message(WAIT).await?.context("no result")?;
+        assert_eq!(got_subject, subject);
+        assert_eq!(
+            headers.get(HEADER_MSG_ID).map(|v| v.as_str()),
+            Some(format!("result.{saga}.charge.action.1.0f1e2d3c4b5a6978").as_str())
+        );
+    }
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
+
+#[tokio::test]
 async fn fatal_is_recorded_retryable_and_panic_are_not() -> Result<()> {
     init_tracing();
     let env = Env::new().await?;

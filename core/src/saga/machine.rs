@@ -21,7 +21,13 @@
 //!   and never sooner than [`MIN_RETRY_DELAY`] (100 ms), so that a policy of
 //!   zero delays cannot spin.
 //!   A timed-out attempt's outcome is unknown, so the next attempt is
-//!   dispatched at once under the same idempotency key; workers deduplicate.
+//!   dispatched at once under the same idempotency key (workers
+//!   deduplicate), but never sooner than [`MIN_RETRY_DELAY`] after the
+//!   timed-out attempt started: a shorter step timeout makes the step wait
+//!   for the rest (`retry_waiting`). A rollback does not fail a step that
+//!   waits after a timeout (its effect may be in place) but drains it like
+//!   an in-flight one; a cancel without compensation leaves it naming the
+//!   timed-out attempt.
 //!   An action whose last attempt timed out is not `failed` (its effect may
 //!   be in place) but `compensation_failed` ("action outcome unknown after N
 //!   timed-out attempts"): while running, the saga rolls back as for a
@@ -535,13 +541,28 @@ impl Transition<'_> {
         let max_attempts = def.retry.max_attempts;
         let made = self.round_attempt(step, kind, attempt);
         if made < max_attempts {
-            // Re-dispatching at once is safe: the idempotency key is the same,
-            // so a worker that did the work replays its recorded result.
+            // Re-dispatching is safe: the idempotency key is the same, so a
+            // worker that did the work replays its recorded result. It waits
+            // only for the retry floor, which a short step timeout must not
+            // undercut.
+            let error = format!("timed out after {timeout}");
+            let started_at = self.saga.steps[step]
+                .attempts
+                .iter()
+                .rev()
+                .find(|a| a.kind == kind && a.number == attempt)
+                .map_or(self.inputs.now, |a| a.started_at);
+            let floor = Millis::try_from(MIN_RETRY_DELAY.as_millis()).unwrap_or(Millis::MAX);
+            let due = started_at.saturating_add(floor);
+            if due > self.inputs.now {
+                self.wait_for_retry(step, kind, attempt + 1, due, error);
+                return;
+            }
             self.lifecycle(LifecycleEvent::StepRetrying {
                 step,
                 kind,
                 next_attempt: attempt + 1,
-                error: format!("timed out after {timeout}"),
+                error,
             });
             let generation = self.current_generation(step, kind);
             self.dispatch(step, kind, attempt + 1, generation);
@@ -629,6 +650,18 @@ impl Transition<'_> {
         let asked = Duration::from_millis(retry_after_ms.unwrap_or(0)).min(policy.max_delay);
         let wait = backoff.max(asked).max(MIN_RETRY_DELAY);
         let due = self.after(wait);
+        self.wait_for_retry(step, kind, next_attempt, due, error);
+    }
+
+    /// The step waits until `due` to dispatch attempt `next_attempt`.
+    fn wait_for_retry(
+        &mut self,
+        step: usize,
+        kind: TaskKind,
+        next_attempt: u32,
+        due: Millis,
+        error: String,
+    ) {
         self.saga.steps[step].status = match kind {
             TaskKind::Action => StepStatus::RetryWaiting {
                 attempt: next_attempt,
@@ -719,17 +752,21 @@ impl Transition<'_> {
     // ----- saga transitions -----
 
     /// The saga starts rolling back: pending steps are skipped, steps waiting
-    /// for a retry fail (their last attempt had no effect), in-flight steps
-    /// are drained. The rollback scheduler runs in [`Self::advance`].
+    /// for a retry after an error fail (their last attempt had no effect),
+    /// in-flight steps and steps waiting for a retry after a timeout are
+    /// drained. The rollback scheduler runs in [`Self::advance`].
     fn start_compensating(&mut self, reason: String) {
         self.saga.status = SagaStatus::Compensating {
             reason: reason.clone(),
         };
         self.lifecycle(LifecycleEvent::SagaCompensating { reason });
         for step in 0..self.saga.steps.len() {
-            match self.saga.steps[step].status {
+            let state = &self.saga.steps[step];
+            match state.status {
                 StepStatus::Pending => self.saga.steps[step].status = StepStatus::Skipped,
-                StepStatus::RetryWaiting { attempt, .. } => {
+                StepStatus::RetryWaiting { attempt, .. }
+                    if !last_timed_out(state, TaskKind::Action) =>
+                {
                     self.effects.push(Effect::CancelTimer {
                         timer: TimerKind::Retry {
                             step,
@@ -746,7 +783,8 @@ impl Transition<'_> {
     }
 
     /// Stops the saga without compensating: in-flight attempts are
-    /// abandoned (their results will be ignored), waiting work is dropped.
+    /// abandoned (their results will be ignored), waiting work is dropped
+    /// (a step whose last attempt timed out keeps naming that attempt).
     fn cancel_without_compensation(&mut self, reason: String) {
         for step in 0..self.saga.steps.len() {
             let status = self.saga.steps[step].status.clone();
@@ -769,6 +807,30 @@ impl Transition<'_> {
                     });
                 }
                 StepStatus::Pending => self.saga.steps[step].status = StepStatus::Skipped,
+                StepStatus::RetryWaiting { attempt, .. }
+                | StepStatus::CompensationRetryWaiting { attempt, .. }
+                    if last_timed_out(&self.saga.steps[step], waiting_kind(&status)) =>
+                {
+                    // Its last attempt timed out, and the next one waits for
+                    // the retry floor: like an abandoned attempt, the status
+                    // names the attempt whose outcome is unknown.
+                    let kind = waiting_kind(&status);
+                    self.saga.steps[step].status = match kind {
+                        TaskKind::Action => StepStatus::Running {
+                            attempt: attempt - 1,
+                        },
+                        TaskKind::Compensation => StepStatus::Compensating {
+                            attempt: attempt - 1,
+                        },
+                    };
+                    self.effects.push(Effect::CancelTimer {
+                        timer: TimerKind::Retry {
+                            step,
+                            kind,
+                            attempt,
+                        },
+                    });
+                }
                 StepStatus::RetryWaiting { attempt, .. } => {
                     self.saga.steps[step].status = StepStatus::Skipped;
                     self.effects.push(Effect::CancelTimer {
@@ -1107,6 +1169,25 @@ fn last_error(state: &StepState, kind: TaskKind) -> String {
         }
         Some(AttemptOutcome::TimedOut) => "timed out".to_owned(),
         _ => "unknown error".to_owned(),
+    }
+}
+
+/// Whether the step's last attempt of `kind` timed out (its outcome is
+/// unknown). The latest attempt of a kind is always kept in the history.
+fn last_timed_out(state: &StepState, kind: TaskKind) -> bool {
+    state
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.kind == kind)
+        .is_some_and(|a| a.outcome == Some(AttemptOutcome::TimedOut))
+}
+
+/// The kind of work a waiting status waits to dispatch.
+fn waiting_kind(status: &StepStatus) -> TaskKind {
+    match status {
+        StepStatus::CompensationRetryWaiting { .. } => TaskKind::Compensation,
+        _ => TaskKind::Action,
     }
 }
 

@@ -27,7 +27,7 @@
 //! | `POST /v1/breakers/{service}/reset` | close a service's breaker, releasing its held tasks; body `{"state": "open"}` forces it open |
 //! | `GET /v1/services` | every service of a definition or policy: queue depth, breaker, held and in-flight tasks |
 //! | `GET /v1/cluster` | the engines and partitions: each partition's leader |
-//! | `GET /health` | the process serves (always 200) |
+//! | `GET /health` | the process serves (always 200, also beyond `http_max_connections`: [`overflow`]) |
 //! | `GET /ready` | the store is readable and NATS connected (200), or why not (503) |
 //! | `GET /openapi.json` | the OpenAPI document |
 //! | `GET /metrics` | Prometheus metrics, text exposition format ([`crate::metrics`]) |
@@ -62,7 +62,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::service::TowerToHyperService;
 use jetsaga_core::saga::definition::{DefinitionError, DefinitionLimits, Format};
 use jetsaga_core::saga::state::Millis;
@@ -78,7 +78,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -86,7 +85,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+mod connection;
 mod console;
+mod overflow;
+
+pub use connection::{HEADER_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
 
 /// Room for the JSON around a saga input: bodies may be this much larger
 /// than `max_payload` (inputs themselves are held to `max_payload`).
@@ -432,7 +435,7 @@ pub struct Limits {
     /// answers 408 `E-REQUEST-TIMEOUT`.
     pub body_timeout: Duration,
     /// Most connections open at once; more are answered 503
-    /// `E-TOO-MANY-CONNECTIONS` and closed.
+    /// `E-TOO-MANY-CONNECTIONS` and closed, probes excepted ([`overflow`]).
     pub max_connections: usize,
 }
 
@@ -477,8 +480,9 @@ impl Security {
 /// Each connection is served by hyper's HTTP/1 connection with a header
 /// read timeout, after a TLS handshake (bounded by the same timeout) when
 /// `security.tls` is set; a semaphore of `limits.max_connections` permits
-/// bounds how many are open, and a connection that finds none is refused
-/// ([`refuse`]).
+/// bounds how many are open, and a connection that finds none is served
+/// only if it is a probe of `/health` or `/ready`, and refused otherwise
+/// ([`overflow`]).
 pub async fn serve(
     listener: TcpListener,
     api: Api,
@@ -509,6 +513,15 @@ pub async fn serve(
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    let mut once = http1.clone();
+    once.keep_alive(false);
+    let overflow = overflow::Overflow {
+        http1: once,
+        service: service.clone(),
+        shutdown: shutdown.clone(),
+        probes: Arc::new(Semaphore::new(overflow::PROBE_CONNECTIONS)),
+        max_connections: limits.max_connections,
+    };
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -524,15 +537,15 @@ pub async fn serve(
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let tls = tls.clone();
+            let (tls, overflow) = (tls.clone(), overflow.clone());
             connections.spawn(async move {
                 match tls {
-                    None => refuse(stream, limits.max_connections).await,
+                    None => overflow.handle(stream).await,
                     Some(tls) => {
-                        if let Ok(Ok(stream)) =
-                            tokio::time::timeout(REFUSAL_TIMEOUT, tls.accept(stream)).await
-                        {
-                            refuse(stream, limits.max_connections).await;
+                        let handshake =
+                            connection::handshake(&tls, stream, overflow::REFUSAL_TIMEOUT);
+                        if let Some(stream) = handshake.await {
+                            overflow.handle(stream).await;
                         }
                     }
                 }
@@ -547,12 +560,11 @@ pub async fn serve(
         );
         connections.spawn(async move {
             match tls {
-                None => serve_connection(&http1, stream, service, shutdown).await,
+                None => connection::serve(&http1, stream, service, shutdown).await,
                 Some(tls) => {
-                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(&http1, stream, service, shutdown).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    let handshake = connection::handshake(&tls, stream, limits.header_timeout);
+                    if let Some(stream) = handshake.await {
+                        connection::serve(&http1, stream, service, shutdown).await;
                     }
                 }
             }
@@ -572,60 +584,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection (plain TCP or TLS) until it ends, or gracefully
-/// once `shutdown` is cancelled.
-async fn serve_connection<S>(
-    http1: &http1::Builder,
-    stream: S,
-    service: TowerToHyperService<Router>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = http1.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP connection closed");
-    }
-}
-
 /// How long the accept loop pauses after an accept error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How long a refused connection is given to take its answer.
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Answers a connection over the limit 503 `E-TOO-MANY-CONNECTIONS`,
-/// counts it, and closes it once the client has read the answer (or after
-/// [`REFUSAL_TIMEOUT`]), so that the answer is not lost to a reset.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, max: usize) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let code = ErrorCode::TooManyConnections;
-    let message = format!(
-        "the engine already serves {max} HTTP connections (http_max_connections); retry later, reuse connections, or raise http_max_connections"
-    );
-    crate::metrics::reject("http", code.as_str(), &message);
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while stream.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
-    })
-    .await;
-}
 
 // ---------------------------------------------------------------------------
 // Errors

@@ -112,6 +112,10 @@ const ID_CLOCK_SLACK_MS: Millis = 60_000;
 /// Sagas read from the store per round while a time range is filtered.
 const SCAN_PAGE: usize = 256;
 
+/// Requests one NATS API subscription ([`serve`]) handles at once; the
+/// next waits in the subscription until one is answered.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
+
 /// How long [`Api::services`] waits for one work queue's depth.
 pub const QUEUE_DEPTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -1239,7 +1243,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(256));
+    let limit = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,

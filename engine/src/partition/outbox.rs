@@ -6,7 +6,8 @@ use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::state::TimerKind;
 use jetsaga_core::saga::state::{Effect, LifecycleEvent, Saga};
 use jetsaga_protocol::{
-    self as protocol, self, HEADER_IDEMPOTENCY_KEY, HEADER_SAGA_ID, Task, TaskKind,
+    self as protocol, self, HEADER_IDEMPOTENCY_KEY, HEADER_RESULT_TOKEN, HEADER_SAGA_ID, Task,
+    TaskKind,
 };
 use jetsaga_store::{Change, OutboxMessage, TimerRow};
 
@@ -127,6 +128,11 @@ impl Partition {
         let mut headers = vec![
             (HEADER_SAGA_ID.to_string(), saga.id.clone()),
             (HEADER_IDEMPOTENCY_KEY.to_string(), idempotency_key),
+            // Stored with the row, so every publish of it carries the same.
+            (
+                HEADER_RESULT_TOKEN.to_string(),
+                format!("{:016x}", rand::random::<u64>()),
+            ),
         ];
         if let Some(tp) = crate::trace::task_traceparent(saga, &sd.id, kind, attempt) {
             headers.push((crate::trace::HEADER_TRACEPARENT.to_string(), tp));

@@ -572,7 +572,7 @@ pub async fn metric_value_once_served(addr: &str, series: &str) -> Option<f64> {
 }
 
 /// The value of `series` in the Prometheus text `text`.
-fn series_value(text: &str, series: &str) -> Option<f64> {
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?

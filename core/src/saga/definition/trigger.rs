@@ -40,11 +40,20 @@ pub(super) fn build_triggers(raw: Vec<RawTrigger>) -> Vec<Trigger> {
 /// Checks that `subject` is a NATS subject a trigger may listen on: dot
 /// separated non-empty tokens without whitespace, `*` and `>` only as whole
 /// tokens, `>` only last, not a `$` system subject (`$JS.`, `$KV.`, …), not
-/// a reply inbox (`_INBOX.`), not `>` alone, and not a subject of any
-/// installation's engine (`<prefix>.task.…`, `.result.…`, `.start.…`,
-/// `.api.…`, `.progress.…`), whose streams capture or serve it. Lifecycle
-/// events (`<prefix>.event.…`) pass here: the engine checks them against
-/// its own prefix when the definition is applied.
+/// a reply inbox (`_INBOX.`), not wildcards alone (`>`, `*.>`, `*.*.*`),
+/// and not a subject of any installation's engine (`<prefix>.<kind>.…` for
+/// every kind of [`jetsaga_protocol::SUBJECT_KINDS`] but `event`: `task`,
+/// `result`, `start`, `api`, `progress`, `journal`, `lead`), whose streams
+/// capture or serve it. Lifecycle events (`<prefix>.event.…`) pass here:
+/// the engine checks them against its own prefix when the definition is
+/// applied.
+///
+/// A wildcard where an installation's prefix or kind could stand
+/// (`acme.*.payments`, `orders.>`) is not refused: it could match
+/// `acme.task.payments` of an installation with prefix `acme`, but so could
+/// almost any application subject with a wildcard, and refusing those would
+/// refuse legitimate triggers. Start-up names the stream that overlaps
+/// when that happens.
 pub fn validate_trigger_subject(subject: &str) -> Result<(), String> {
     if subject.is_empty() {
         return Err("the subject is empty".into());
@@ -60,9 +69,6 @@ pub fn validate_trigger_subject(subject: &str) -> Result<(), String> {
             "`{}` is a system subject; triggers listen on application subjects",
             Escaped(subject)
         ));
-    }
-    if subject == ">" {
-        return Err("`>` alone would capture every message; name the subjects".into());
     }
     if subject == "_INBOX" || subject.starts_with("_INBOX.") {
         return Err(format!(
@@ -93,6 +99,12 @@ pub fn validate_trigger_subject(subject: &str) -> Result<(), String> {
                 Escaped(subject)
             ));
         }
+    }
+    if tokens.iter().all(|t| *t == "*" || *t == ">") {
+        return Err(format!(
+            "`{}` is wildcards alone: it would capture every message of that shape, the engine subjects of every installation among them; name the subjects (`orders.>`, `orders.*.created`)",
+            Escaped(subject)
+        ));
     }
     if let Some((prefix, kind)) = jetsaga_protocol::installation_subject(subject)
         && kind != "event"

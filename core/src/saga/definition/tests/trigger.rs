@@ -16,6 +16,8 @@ fn any_installations_engine_subjects_are_refused() {
         ("acme.prod.start.>", "acme.prod", "start"),
         ("jetsaga.api.saga.start", "jetsaga", "api"),
         ("other.progress.*", "other", "progress"),
+        ("acme.journal.>", "acme", "journal"),
+        ("jetsaga.lead.0.saga.get", "jetsaga", "lead"),
     ] {
         let e = with_trigger(subject).unwrap_err();
         assert_eq!(e.code(), "E-DEF-TRIGGER", "{subject}");
@@ -43,6 +45,22 @@ fn system_subjects_and_inboxes_are_refused() {
 }
 
 #[test]
+fn wildcards_alone_are_refused_like_a_lone_gt() {
+    // `*.>` matches `jetsaga.task.payments` and every other installation's
+    // engine subjects, as `>` does.
+    for subject in [">", "*.>", "*.*.>", "*.*.*", "*"] {
+        let e = with_trigger(subject).unwrap_err();
+        assert_eq!(e.code(), "E-DEF-TRIGGER", "{subject}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "bad.yaml: saga `s`: field `triggers[0].subject`: `{subject}` is wildcards alone: it would capture every message of that shape, the engine subjects of every installation among them; name the subjects (`orders.>`, `orders.*.created`)"
+            )
+        );
+    }
+}
+
+#[test]
 fn application_subjects_and_lifecycle_events_pass() {
     // Lifecycle events pass here; the engine checks their prefix on apply.
     for subject in [
@@ -53,6 +71,10 @@ fn application_subjects_and_lifecycle_events_pass() {
         "shop.task",
         "task.created",
         "jetsaga.event.order.saga.completed",
+        // Could stand for `acme.task.payments` of an installation `acme`,
+        // but so could most subjects with a wildcard: not refused.
+        "acme.*.payments",
+        "*.created",
     ] {
         assert!(with_trigger(subject).is_ok(), "{subject}");
     }

@@ -127,6 +127,160 @@ fn step_timeout_redispatches_at_once_and_fences_the_old_attempt() {
 }
 
 #[test]
+fn a_timeout_shorter_than_the_retry_floor_waits_for_it_under_the_same_key() {
+    // A 1 ms step timeout and no worker: without the floor, ~1000 attempts a
+    // second.
+    let mut h = Def::chain(1)
+        .attempts(0, 3)
+        .step_timeout(0, Duration::from_millis(1))
+        .start();
+    let started = h.now;
+    h.now += 1;
+    let effects = h
+        .fire(TimerKind::StepTimeout {
+            step: 0,
+            kind: A,
+            attempt: 1,
+        })
+        .unwrap();
+    let retry = TimerKind::Retry {
+        step: 0,
+        kind: A,
+        attempt: 2,
+    };
+    let due = started + 100;
+    assert_eq!(
+        effects,
+        vec![
+            Effect::ScheduleTimer {
+                timer: retry.clone(),
+                due,
+            },
+            lifecycle(LifecycleEvent::StepRetrying {
+                step: 0,
+                kind: A,
+                next_attempt: 2,
+                error: "timed out after 1ms".into(),
+            }),
+        ]
+    );
+    assert_eq!(*h.status(0), StepStatus::RetryWaiting { attempt: 2, due });
+    assert_eq!(
+        h.saga.steps[0].attempts[0].outcome,
+        Some(AttemptOutcome::TimedOut)
+    );
+
+    h.now = due;
+    let effects = h.fire(retry).unwrap();
+    // The next attempt keeps the timed-out attempt's key (generation 0).
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Dispatch {
+                step: 0,
+                kind: A,
+                attempt: 2,
+                generation: 0,
+            },
+            Effect::ScheduleTimer {
+                timer: TimerKind::StepTimeout {
+                    step: 0,
+                    kind: A,
+                    attempt: 2,
+                },
+                due: due + 1,
+            },
+        ]
+    );
+    assert_eq!(h.saga.steps[0].attempts[1].started_at, due);
+}
+
+#[test]
+fn a_timeout_that_fires_past_the_retry_floor_redispatches_at_once() {
+    // The timer fired late (the engine was busy): the attempt already
+    // lasted the floor, so nothing more to wait for.
+    let mut h = Def::chain(1)
+        .step_timeout(0, Duration::from_millis(1))
+        .start();
+    h.now += 100;
+    let effects = h
+        .fire(TimerKind::StepTimeout {
+            step: 0,
+            kind: A,
+            attempt: 1,
+        })
+        .unwrap();
+    assert_eq!(dispatches(&effects), vec![(0, A, 2)]);
+    assert_eq!(*h.status(0), StepStatus::Running { attempt: 2 });
+}
+
+#[test]
+fn a_rollback_drains_an_action_waiting_for_the_floor_after_a_timeout() {
+    // s0 succeeded; s1 timed out at 1 ms and waits for the floor when the
+    // saga is cancelled with compensation. Its effect may be in place: it
+    // is not failed but re-dispatched, and its outcome decides.
+    let mut h = Def::chain(2)
+        .step_timeout(1, Duration::from_millis(1))
+        .start();
+    h.result(0, A, 1, ok()).unwrap();
+    h.now += 1;
+    h.fire(TimerKind::StepTimeout {
+        step: 1,
+        kind: A,
+        attempt: 1,
+    })
+    .unwrap();
+    let effects = h.cancel(true).unwrap();
+    assert!(dispatches(&effects).is_empty());
+    assert!(matches!(
+        *h.status(1),
+        StepStatus::RetryWaiting { attempt: 2, .. }
+    ));
+    assert_eq!(*h.status(0), StepStatus::Succeeded);
+
+    h.now += 99;
+    let effects = h
+        .fire(TimerKind::Retry {
+            step: 1,
+            kind: A,
+            attempt: 2,
+        })
+        .unwrap();
+    assert_eq!(dispatches(&effects), vec![(1, A, 2)]);
+    // It did its work: both steps are undone in reverse order.
+    let effects = h.result(1, A, 2, ok()).unwrap();
+    assert_eq!(dispatches(&effects), vec![(1, C, 1)]);
+}
+
+#[test]
+fn a_cancel_leaves_a_step_waiting_for_the_floor_after_a_timeout_naming_that_attempt() {
+    let mut h = Def::chain(1)
+        .step_timeout(0, Duration::from_millis(1))
+        .start();
+    h.now += 1;
+    h.fire(TimerKind::StepTimeout {
+        step: 0,
+        kind: A,
+        attempt: 1,
+    })
+    .unwrap();
+    let effects = h.cancel(false).unwrap();
+    assert!(effects.contains(&Effect::CancelTimer {
+        timer: TimerKind::Retry {
+            step: 0,
+            kind: A,
+            attempt: 2,
+        },
+    }));
+    // Not skipped: attempt 1 may have done its work.
+    assert_eq!(*h.status(0), StepStatus::Running { attempt: 1 });
+    assert_eq!(
+        h.saga.steps[0].attempts.last().unwrap().outcome,
+        Some(AttemptOutcome::TimedOut)
+    );
+}
+
+#[test]
 fn exhausted_timeouts_of_a_running_action_leave_its_outcome_unknown_and_roll_back() {
     // a -> b, c independent; b has 2 attempts, both time out.
     let mut h = Def::steps(vec![

@@ -186,6 +186,8 @@ fn draining_step_timeouts_redispatch_and_an_unknown_outcome_blocks_the_rollback(
     assert_eq!(*h.status(0), StepStatus::Compensating { attempt: 1 });
     h.result(0, C, 1, ok()).unwrap();
 
+    h.now += STEP_TIMEOUT_MS;
+
     let effects = h
         .fire(TimerKind::StepTimeout {
             step: 1,
@@ -198,6 +200,7 @@ fn draining_step_timeouts_redispatch_and_an_unknown_outcome_blocks_the_rollback(
         vec![(1, A, 2)],
         "re-dispatched while draining"
     );
+    h.now += STEP_TIMEOUT_MS;
     let effects = h
         .fire(TimerKind::StepTimeout {
             step: 1,
@@ -332,6 +335,7 @@ fn fatal_compensation_and_compensation_timeouts() {
     let mut h = Def::chain(2).attempts(0, 2).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, fatal("boom")).unwrap();
+    h.now += STEP_TIMEOUT_MS;
     let effects = h
         .fire(TimerKind::StepTimeout {
             step: 0,
@@ -340,6 +344,7 @@ fn fatal_compensation_and_compensation_timeouts() {
         })
         .unwrap();
     assert_eq!(dispatches(&effects), vec![(0, C, 2)]);
+    h.now += STEP_TIMEOUT_MS;
     h.fire(TimerKind::StepTimeout {
         step: 0,
         kind: C,

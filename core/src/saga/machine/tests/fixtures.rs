@@ -75,6 +75,12 @@ impl Def {
         self
     }
 
+    /// Every attempt of step `step` times out after `timeout`.
+    pub(super) fn step_timeout(mut self, step: usize, timeout: Duration) -> Self {
+        self.0.steps[step].timeout = timeout;
+        self
+    }
+
     /// Step `step` retries under `retry`.
     pub(super) fn retry(mut self, step: usize, retry: RetryPolicy) -> Self {
         self.0.steps[step].retry = retry;

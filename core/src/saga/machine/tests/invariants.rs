@@ -182,7 +182,15 @@ impl Sim {
                     let last = state.attempts.last().expect("an in-flight attempt");
                     assert_eq!((last.kind, last.number), (kind, number));
                     if cancelled {
-                        assert_eq!(last.outcome, Some(AttemptOutcome::Abandoned));
+                        // Abandoned in flight, or timed out and then waiting
+                        // for the retry floor.
+                        assert!(
+                            matches!(
+                                last.outcome,
+                                Some(AttemptOutcome::Abandoned | AttemptOutcome::TimedOut)
+                            ),
+                            "step {i}: {last:?}"
+                        );
                     } else {
                         assert_eq!(last.outcome, None);
                         assert!(self.tasks.contains(&(i, kind, number)));
@@ -300,12 +308,24 @@ impl Sim {
                     | StepStatus::Succeeded
             ))),
             SagaStatus::Compensating { .. } => {
-                assert!(
-                    statuses().all(|s| !matches!(
-                        s,
-                        StepStatus::Pending | StepStatus::RetryWaiting { .. }
-                    ))
-                );
+                // An action waits for a retry during a rollback only after
+                // a timeout (its effect may be in place), for the floor.
+                for state in &saga.steps {
+                    assert_ne!(state.status, StepStatus::Pending);
+                    if matches!(state.status, StepStatus::RetryWaiting { .. }) {
+                        let last = state
+                            .attempts
+                            .iter()
+                            .rev()
+                            .find(|a| a.kind == TaskKind::Action);
+                        assert_eq!(
+                            last.and_then(|a| a.outcome.clone()),
+                            Some(AttemptOutcome::TimedOut),
+                            "{:?} while compensating",
+                            state.status
+                        );
+                    }
+                }
                 assert!(statuses().any(is_busy), "compensating with nothing to do");
             }
             SagaStatus::Completed => {

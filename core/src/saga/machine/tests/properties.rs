@@ -6,10 +6,11 @@ use super::sim::Sim;
 use super::*;
 use proptest::prelude::*;
 
-/// 2–7 steps, each depending on a random subset of the earlier ones.
+/// 2–7 steps, each depending on a random subset of the earlier ones, with
+/// a step timeout above the retry floor or below it.
 fn definitions() -> impl Strategy<Value = SagaDefinition> {
     (
-        prop::collection::vec((any::<u8>(), any::<bool>(), 1u32..=3), 2..=7),
+        prop::collection::vec((any::<u8>(), any::<bool>(), 1u32..=3, any::<bool>()), 2..=7),
         any::<bool>(),
     )
         .prop_map(|(specs, with_timeout)| SagaDefinition {
@@ -19,21 +20,27 @@ fn definitions() -> impl Strategy<Value = SagaDefinition> {
             steps: specs
                 .iter()
                 .enumerate()
-                .map(|(i, &(mask, compensable, max_attempts))| StepDefinition {
-                    id: format!("s{i}"),
-                    service: "svc".into(),
-                    operation: "op".into(),
-                    compensation: compensable.then(|| "undo".into()),
-                    timeout: Duration::from_secs(10),
-                    retry: RetryPolicy {
-                        max_attempts,
-                        initial_delay: Duration::from_secs(1),
-                        max_delay: Duration::from_secs(30),
-                        backoff_factor: 2.0,
-                        jitter: 0.2,
+                .map(
+                    |(i, &(mask, compensable, max_attempts, short))| StepDefinition {
+                        id: format!("s{i}"),
+                        service: "svc".into(),
+                        operation: "op".into(),
+                        compensation: compensable.then(|| "undo".into()),
+                        timeout: if short {
+                            Duration::from_millis(10)
+                        } else {
+                            Duration::from_secs(10)
+                        },
+                        retry: RetryPolicy {
+                            max_attempts,
+                            initial_delay: Duration::from_secs(1),
+                            max_delay: Duration::from_secs(30),
+                            backoff_factor: 2.0,
+                            jitter: 0.2,
+                        },
+                        depends_on: (0..i).filter(|j| mask & (1 << j) != 0).collect(),
                     },
-                    depends_on: (0..i).filter(|j| mask & (1 << j) != 0).collect(),
-                })
+                )
                 .collect(),
             triggers: Vec::new(),
             policy: Default::default(),
