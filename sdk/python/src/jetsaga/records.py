@@ -97,7 +97,13 @@ class Records:
             )
         except JsError as e:
             if e.err_code != STREAM_NOT_FOUND:
-                raise
+                raise JsError(
+                    e.code,
+                    e.err_code,
+                    f"{e.description}; reading the bucket of earlier records {bucket} needs "
+                    f"$JS.API.STREAM.MSG.GET.KV_{bucket} (docs/PROTOCOL.md, subject "
+                    "permissions): allow it, or delete the bucket once its records aged out",
+                ) from None
             log.info(
                 "the bucket of earlier idempotency records %s is gone; no longer looking there",
                 bucket,
