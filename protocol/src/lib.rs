@@ -687,6 +687,12 @@ pub enum ApiReply<T> {
     Error(ApiError),
 }
 
+/// The one field of the output a success reports in place of an output
+/// too large to carry (over the handler output limit): its value says why
+/// it was dropped. The outcome stays a success: the effect happened, and
+/// the step is compensated on a rollback.
+pub const OUTPUT_DROPPED: &str = "jetsaga_output_dropped";
+
 /// Whether `key` is usable as an idempotency key: the last tokens of an
 /// outcome subject ([`Subjects::outcome`]) and a KV key (the rule
 /// async-nats enforces, and no empty token).

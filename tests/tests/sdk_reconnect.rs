@@ -222,11 +222,15 @@ fn blob_worker() -> WorkerBuilder {
         .handler("make", |_, n: usize| async move { Ok("x".repeat(n)) })
 }
 
-/// The error of a fatal outcome; panics on any other.
-fn fatal(outcome: Outcome) -> String {
+/// Why the output of a success was dropped (too large to carry); panics
+/// on any other outcome.
+fn dropped(outcome: Outcome) -> String {
     match outcome {
-        Outcome::Fatal { error } => error,
-        other => panic!("expected a fatal outcome, got {:?}", other.as_str()),
+        Outcome::Ok { output } => output[protocol::OUTPUT_DROPPED]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected a dropped output, got {output}"))
+            .to_string(),
+        other => panic!("expected a success, got {:?}", other.as_str()),
     }
 }
 
@@ -252,12 +256,13 @@ async fn output_cap_follows_the_server_max_payload() {
         other => panic!("expected the 1 MiB output, got {:?}", other.as_str()),
     }
 
-    // Over the engine's limit (3 MiB, under the server's 4 MiB): a clear
-    // fatal error naming the size and the limit.
+    // Over the engine's limit (3 MiB, under the server's 4 MiB): still a
+    // success (the effect happened), its output replaced by a clear note
+    // naming the size and the limit.
     publish_task(&js, &task("too-big", serde_json::json!(3 * mib))).await;
     let result = next_result(&results).await;
     assert_eq!(result.saga_id, "too-big");
-    let error = fatal(result.outcome);
+    let error = dropped(result.outcome);
     let size = 3 * mib + 2; // the JSON string's quotes
     assert!(
         error.contains(&format!("handler output is {size} bytes"))
@@ -281,7 +286,7 @@ async fn output_cap_follows_the_engine_max_payload_and_the_builder() {
 
     publish_task(&js, &task("engine-limit", serde_json::json!(1024 * 1024))).await;
     let result = next_result(&results).await;
-    let error = fatal(result.outcome);
+    let error = dropped(result.outcome);
     let limit = DEFAULT_MAX_PAYLOAD - 16 * 1024;
     assert!(
         error.contains(&format!("more than the limit of {limit}")),
@@ -299,7 +304,7 @@ async fn output_cap_follows_the_engine_max_payload_and_the_builder() {
     t.step_id = "make2".into();
     t.idempotency_key = protocol::idempotency_key("builder-limit", "make2", TaskKind::Action);
     publish_task(&js, &t).await;
-    let error = fatal(next_result(&results).await.outcome);
+    let error = dropped(next_result(&results).await.outcome);
     assert!(
         error.contains(&format!("more than the limit of {}", 100 * 1024)),
         "{error}"

@@ -3,7 +3,7 @@
 //! loop and [`WorkerBuilder::run_one`](crate::WorkerBuilder::run_one) go
 //! through [`execute`], so a unit test sees exactly what production does.
 
-use crate::protocol::{DEFAULT_MAX_PAYLOAD, Outcome, TaskKind};
+use crate::protocol::{DEFAULT_MAX_PAYLOAD, OUTPUT_DROPPED, Outcome, TaskKind};
 use crate::{StepError, TaskContext};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -121,9 +121,11 @@ impl OutputLimit {
         )
     }
 
-    /// `outcome`, or a fatal outcome if it is an output over the limit; an
-    /// error's text over the limit is cut to fit (its outcome stays what it
-    /// is), so that the result still fits in a message the engine takes.
+    /// `outcome`, kept within the limit so that the result fits in a
+    /// message the engine takes: an output over it is replaced by a note
+    /// ([`OUTPUT_DROPPED`]), an error's text over it is cut to fit. The
+    /// outcome itself never changes: a success whose output cannot be
+    /// carried still happened, and must stay compensable.
     pub(crate) fn check(&self, outcome: Outcome) -> Outcome {
         match outcome {
             Outcome::Ok { output } => self.check_output(output),
@@ -140,17 +142,20 @@ impl OutputLimit {
         }
     }
 
-    /// `Ok` with `output`, or a fatal outcome if it is over the limit.
+    /// `Ok` with `output`, or, if it is over the limit, `Ok` with an
+    /// object whose one field [`OUTPUT_DROPPED`] says why it was dropped.
     fn check_output(&self, output: serde_json::Value) -> Outcome {
         let size = json_size(&output);
         if size <= self.bytes {
             return Outcome::Ok { output };
         }
-        Outcome::Fatal {
-            error: format!(
-                "handler output is {size} bytes of JSON, more than the limit of {} ({}); store large data elsewhere and return a reference to it",
-                self.bytes, self.source
-            ),
+        let why = format!(
+            "handler output is {size} bytes of JSON, more than the limit of {} ({}), so it was dropped; the step succeeded (and is compensated on a rollback); store large data elsewhere and return a reference to it",
+            self.bytes, self.source
+        );
+        tracing::error!("{why}");
+        Outcome::Ok {
+            output: serde_json::json!({ OUTPUT_DROPPED: why }),
         }
     }
 
@@ -297,7 +302,8 @@ fn encode<O: Serialize>(result: Result<O, StepError>) -> Outcome {
 /// happened. Never panics and never outlives the task's deadline: the
 /// handler runs in its own tokio task, a panic becomes a retryable outcome,
 /// and at the deadline the handler is cancelled and the outcome is retryable.
-/// An output over `limit` becomes a fatal outcome.
+/// An output over `limit` is dropped, the success kept (see
+/// [`OutputLimit::check`]).
 pub(crate) async fn execute(
     handlers: &Handlers,
     worker_name: &str,
@@ -522,7 +528,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_output_is_fatal() {
+    async fn an_oversized_output_is_dropped_and_the_success_kept() {
         let w = Worker::builder("blobs")
             .handler("make", |_, n: usize| async move { Ok("x".repeat(n)) });
         let mut t = task(
@@ -531,29 +537,34 @@ mod tests {
             json!(super::DEFAULT_MAX_OUTPUT_BYTES - 2),
         );
         t.service = "blobs".into();
-        assert!(matches!(w.run_one(t.clone()).await, Outcome::Ok { .. }));
+        assert!(matches!(w.run_one(t.clone()).await, Outcome::Ok { output } if output.is_string()));
         t.input = json!(super::DEFAULT_MAX_OUTPUT_BYTES - 1);
-        match w.run_one(t.clone()).await {
-            Outcome::Fatal { error } => assert!(
-                error.starts_with(&format!(
-                    "handler output is {} bytes of JSON, more than the limit of {} (the engine's max_payload of 524288 bytes",
-                    super::DEFAULT_MAX_OUTPUT_BYTES + 1,
-                    super::DEFAULT_MAX_OUTPUT_BYTES
-                )),
-                "{error}"
-            ),
-            other => panic!("expected fatal, got {other:?}"),
-        }
+        let dropped = |outcome: Outcome| match outcome {
+            Outcome::Ok { output } => output[crate::protocol::OUTPUT_DROPPED]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("expected the dropped note, got {output}")),
+            other => panic!("expected a success, got {other:?}"),
+        };
+        let why = dropped(w.run_one(t.clone()).await);
+        assert!(
+            why.starts_with(&format!(
+                "handler output is {} bytes of JSON, more than the limit of {} (the engine's max_payload of 524288 bytes",
+                super::DEFAULT_MAX_OUTPUT_BYTES + 1,
+                super::DEFAULT_MAX_OUTPUT_BYTES
+            )),
+            "{why}"
+        );
         // The worker's own cap.
         let w = w.max_output_bytes(1000);
         t.input = json!(999);
-        match w.run_one(t).await {
-            Outcome::Fatal { error } => assert!(
-                error.contains("1001 bytes of JSON, more than the limit of 1000 (the worker's max_output_bytes)"),
-                "{error}"
+        let why = dropped(w.run_one(t).await);
+        assert!(
+            why.contains(
+                "1001 bytes of JSON, more than the limit of 1000 (the worker's max_output_bytes)"
             ),
-            other => panic!("expected fatal, got {other:?}"),
-        }
+            "{why}"
+        );
     }
 
     #[test]

@@ -604,8 +604,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Caps a handler's output at `bytes` of JSON; a larger output fails
-    /// the step as fatal, with an error naming its size and the cap.
+    /// Caps a handler's output at `bytes` of JSON; a larger output is
+    /// dropped, the step still succeeding with an output naming its size
+    /// and the cap (`{"jetsaga_output_dropped": "..."}`).
     ///
     /// Without it the cap is what a result message can carry: the smaller
     /// of the NATS server's `max_payload` and the engine's `--max-payload`
