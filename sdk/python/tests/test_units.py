@@ -120,12 +120,13 @@ def test_output_limit_is_the_smallest_source() -> None:
     assert OutputLimit.derive(40_000, None, None).bytes == 30_000
 
 
-def test_an_output_over_the_limit_is_fatal_and_an_error_text_is_cut() -> None:
+def test_an_output_over_the_limit_is_dropped_and_an_error_text_is_cut() -> None:
     limit = OutputLimit(100, "the worker's max_output_bytes")
     assert limit.check(Outcome.ok("x" * 50)) == Outcome.ok("x" * 50)
     big = limit.check(Outcome.ok("x" * 200))
-    assert big.status == "fatal"
-    assert "202 bytes of JSON, more than the limit of 100" in big.error
+    assert big.status == "ok" and list(big.output) == ["jetsaga_output_dropped"]
+    assert "202 bytes of JSON, more than the limit of 100" in big.output["jetsaga_output_dropped"]
+    assert "so it was dropped; the step succeeded" in big.output["jetsaga_output_dropped"]
     wide = OutputLimit(300, "the worker's max_output_bytes")
     long = wide.check(Outcome.retryable("é\n" * 300, 5))
     assert long.status == "retryable" and long.retry_after_ms == 5
@@ -154,6 +155,8 @@ def make_worker() -> Worker:
             await asyncio.sleep(3600)
         if order.qty == 500:
             return {"blob": "z" * 5000}  # type: ignore[dict-item]
+        if order.qty == 501:
+            return {"when": object()}  # type: ignore[dict-item]
         return {"reserved": order.qty, "attempt": ctx.attempt}
 
     @w.compensation("release")
@@ -171,7 +174,11 @@ async def test_handlers_report_their_outcomes() -> None:
     boom = await w.run_one(task_doc(input={"qty": 99}))
     assert boom.status == "retryable" and "RuntimeError: boom" in boom.error
     big = await w.run_one(task_doc(input={"qty": 500}))
-    assert big.status == "fatal" and "more than the limit of 1000" in big.error
+    assert big.status == "ok"
+    assert "more than the limit of 1000" in big.output["jetsaga_output_dropped"]
+    odd = await w.run_one(task_doc(input={"qty": 501}))
+    assert odd.status == "ok"
+    assert "cannot be serialized as JSON" in odd.output["jetsaga_output_dropped"]
 
 
 async def test_input_that_does_not_validate_is_fatal() -> None:

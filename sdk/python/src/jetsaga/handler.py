@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import StepError
-from .outcome import Outcome, OutputLimit
+from .outcome import Outcome, OutputLimit, unserializable
 from .task import Kind, TaskContext
 
 log = logging.getLogger("jetsaga.worker")
@@ -125,5 +125,5 @@ async def execute(
     try:
         output = _encode_output(value)
     except Exception as e:
-        return Outcome.fatal(f"handler output cannot be serialized as JSON: {e}")
+        return unserializable(e)
     return limit.check(Outcome.ok(output))

@@ -4,12 +4,15 @@ cap on what a result may carry."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .task import Task
 
 Status = Literal["ok", "retryable", "fatal"]
+
+log = logging.getLogger("jetsaga.worker")
 
 #: nats-server's default ``max_payload``, assumed while the server's is unknown.
 NATS_DEFAULT_MAX_PAYLOAD = 1024 * 1024
@@ -19,6 +22,9 @@ ENGINE_DEFAULT_MAX_PAYLOAD = 512 * 1024
 ENVELOPE_ROOM = 16 * 1024
 #: What the engine adds to ``max_payload`` for its streams' largest message.
 STREAM_HEADROOM = 64 * 1024
+#: The one field of the output a success reports in place of an output too
+#: large to carry; its value says why it was dropped.
+OUTPUT_DROPPED = "jetsaga_output_dropped"
 
 
 def dumps(value: Any) -> bytes:
@@ -141,6 +147,17 @@ def result_body(task: Task, outcome: Outcome, *, replayed: bool, worker: str) ->
     )
 
 
+def unserializable(error: Exception) -> Outcome:
+    """The success of a handler whose output is not JSON: its effect
+    happened, so it stays a success, its output replaced by a note."""
+    why = (
+        f"handler output cannot be serialized as JSON ({error}), so it was dropped; the step "
+        "succeeded (and is compensated on a rollback); return JSON-ready data"
+    )
+    log.error("%s", why)
+    return Outcome.ok({OUTPUT_DROPPED: why})
+
+
 def _envelope_room(max_payload: int) -> int:
     return min(ENVELOPE_ROOM, max_payload // 4)
 
@@ -190,19 +207,24 @@ class OutputLimit:
         return cls.derive(NATS_DEFAULT_MAX_PAYLOAD, ENGINE_DEFAULT_MAX_PAYLOAD, configured)
 
     def check(self, outcome: Outcome) -> Outcome:
-        """``outcome``, a fatal one if its output is over the limit, or with
-        its error text cut to fit (the status stays what it is)."""
+        """``outcome`` as it can be carried: a success whose output is over
+        the limit stays a success (its effect happened, and a rollback must
+        compensate it) with the output replaced by ``{OUTPUT_DROPPED: why}``;
+        an error text over the limit is cut to fit (the status stays)."""
         if outcome.status == "ok":
             try:
                 size = len(dumps(outcome.output))
             except (TypeError, ValueError) as e:
-                return Outcome.fatal(f"handler output cannot be serialized as JSON: {e}")
+                return unserializable(e)
             if size <= self.bytes:
                 return outcome
-            return Outcome.fatal(
+            why = (
                 f"handler output is {size} bytes of JSON, more than the limit of {self.bytes} "
-                f"({self.source}); store large data elsewhere and return a reference to it"
+                f"({self.source}), so it was dropped; the step succeeded (and is compensated "
+                "on a rollback); store large data elsewhere and return a reference to it"
             )
+            log.error("%s", why)
+            return Outcome.ok({OUTPUT_DROPPED: why})
         error = self.cap_error(outcome.error)
         if error is outcome.error:
             return outcome
