@@ -285,14 +285,22 @@ impl Handlers {
     }
 }
 
-/// Turns a handler's result into the outcome to report.
+/// Turns a handler's result into the outcome to report. A success whose
+/// output does not serialize stays a success (its effect happened), its
+/// output replaced by a note ([`OUTPUT_DROPPED`]), as one too large is.
 fn encode<O: Serialize>(result: Result<O, StepError>) -> Outcome {
     match result {
         Ok(output) => match serde_json::to_value(output) {
             Ok(output) => Outcome::Ok { output },
-            Err(e) => Outcome::Fatal {
-                error: format!("handler output cannot be serialized as JSON: {e}"),
-            },
+            Err(e) => {
+                let why = format!(
+                    "handler output cannot be serialized as JSON ({e}), so it was dropped; the step succeeded (and is compensated on a rollback)"
+                );
+                tracing::error!("{why}");
+                Outcome::Ok {
+                    output: serde_json::json!({ OUTPUT_DROPPED: why }),
+                }
+            }
         },
         Err(e) => e.into_outcome(),
     }
@@ -565,6 +573,23 @@ mod tests {
             ),
             "{why}"
         );
+    }
+
+    #[test]
+    fn an_output_that_does_not_serialize_is_dropped_and_the_success_kept() {
+        // JSON object keys must be strings.
+        let output: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        match super::encode(Ok::<_, StepError>(output)) {
+            Outcome::Ok { output } => assert!(
+                output[crate::protocol::OUTPUT_DROPPED]
+                    .as_str()
+                    .is_some_and(
+                        |why| why.starts_with("handler output cannot be serialized as JSON")
+                    ),
+                "{output}"
+            ),
+            other => panic!("expected a success, got {other:?}"),
+        }
     }
 
     #[test]
