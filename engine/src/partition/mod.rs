@@ -202,6 +202,30 @@ impl Partition {
     }
 }
 
+/// One copy of a saga per batch: when `pending` (the batch's changes not
+/// yet written) holds a record of saga `id`, that copy is dropped and
+/// `change` (the later transition's, about to carry the saga's new record)
+/// takes what it knew of the stored record (its prior) and the key it
+/// binds. The earlier change keeps its outbox rows, timers and the rest,
+/// but writes (and journals) no record. So a batch that applies many
+/// results of one saga (a fan-out) encodes, writes and journals its record
+/// once. Returns whether there was such a copy.
+fn take_earlier_copy(pending: &mut [Change], id: &str, change: &mut Change) -> bool {
+    let Some(earlier) = pending
+        .iter_mut()
+        .rev()
+        .find(|c| c.saga.as_ref().is_some_and(|s| s.id == id))
+    else {
+        return false;
+    };
+    earlier.saga = None;
+    change.prior = std::mem::take(&mut earlier.prior);
+    if change.idempotency_key.is_none() {
+        change.idempotency_key = earlier.idempotency_key.take();
+    }
+    true
+}
+
 /// The latest state of saga `id` among `changes` (in write order).
 fn latest_saga<'a>(changes: &'a [Change], id: &str) -> Option<&'a Saga> {
     changes

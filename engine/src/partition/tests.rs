@@ -52,3 +52,51 @@ fn a_batch_reads_its_own_unwritten_changes() {
     assert_eq!(bound_saga(&batch, "order-2"), None);
     assert_eq!(bound_saga(&[], "order-1"), None);
 }
+
+/// A batch keeps one copy of each saga's record: a later transition's
+/// change takes the earlier one's prior (the stored record's) and key, and
+/// the earlier change keeps its outbox rows and timers without a record.
+#[test]
+fn a_batch_writes_one_record_per_saga() {
+    use jetsaga_core::saga::state::SagaStatus;
+    use jetsaga_store::Prior;
+    let mut batch = vec![
+        Change {
+            saga: Some(saga("a", SagaStatus::Running)),
+            prior: Prior::Absent,
+            idempotency_key: Some("order-1".to_owned()),
+            timers_add: vec![],
+            ..Change::default()
+        },
+        Change {
+            saga: Some(saga("b", SagaStatus::Running)),
+            ..Change::default()
+        },
+    ];
+    let mut later = Change {
+        timers_remove: vec![("a".to_owned(), TimerKind::SagaTimeout)],
+        ..Change::default()
+    };
+    assert!(take_earlier_copy(&mut batch, "a", &mut later));
+    later.saga = Some(saga("a", SagaStatus::Completed));
+    batch.push(later);
+    assert_eq!(batch[0].saga, None);
+    assert_eq!(batch[0].idempotency_key, None);
+    assert_eq!(batch[2].prior, Prior::Absent);
+    assert_eq!(batch[2].idempotency_key.as_deref(), Some("order-1"));
+    assert_eq!(
+        batch[2].timers_remove,
+        [("a".to_owned(), TimerKind::SagaTimeout)]
+    );
+    assert_eq!(bound_saga(&batch, "order-1"), Some("a"));
+    assert_eq!(
+        latest_saga(&batch, "a").map(|s| &s.status),
+        Some(&SagaStatus::Completed)
+    );
+    // Saga `b` had no earlier copy; nothing moves.
+    let mut other = Change::default();
+    assert!(!take_earlier_copy(&mut batch, "c", &mut other));
+    assert_eq!(other, Change::default());
+    let records = batch.iter().filter(|c| c.saga.is_some()).count();
+    assert_eq!(records, 2, "one record each for a and b");
+}

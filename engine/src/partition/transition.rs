@@ -244,8 +244,10 @@ impl Partition {
         let id = saga.id.clone();
         let state = saga.status.name();
         let terminal = saga.status.is_terminal();
-        if change.prior == Prior::Unknown
-            && let Some(stored) = self.active.get(&id).or_else(|| self.pending_saga(&id))
+        if super::take_earlier_copy(&mut self.pending, &id, &mut change) {
+            // The batch's earlier change of this saga writes no record now.
+        } else if change.prior == Prior::Unknown
+            && let Some(stored) = self.active.get(&id)
         {
             // The store moves the index entries without decoding the record.
             change.prior = Prior::of(stored);
