@@ -297,6 +297,13 @@ impl Config {
                 humantime::format_duration(self.outcome_ttl)
             )));
         }
+        if self.outcome_ttl < self.duplicate_window {
+            return Err(ConfigError::Invalid(format!(
+                "outcome_ttl ({}) must be at least duplicate_window ({}): JetStream refuses a stream whose duplicate window is longer than its max age",
+                humantime::format_duration(self.outcome_ttl),
+                humantime::format_duration(self.duplicate_window)
+            )));
+        }
         if self.duplicate_window < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(
                 "duplicate_window must be at least 1s".into(),

@@ -126,13 +126,16 @@ pub async fn ensure_streams(
 /// key's subject (`Nats-Expected-Last-Subject-Sequence: 0`) and is its
 /// idempotency record, read back by workers with direct gets; the engine's
 /// consumers read it without removing it, and it ages out after
-/// `outcome_ttl`.
+/// `outcome_ttl`. A second message on a subject is refused even without
+/// the expectation (discard new, per subject), so a client that forgets
+/// it cannot replace a record.
 pub(crate) fn outcomes_config(subjects: &Subjects, settings: &StreamSettings) -> stream::Config {
     stream::Config {
         max_age: settings.outcome_ttl,
         max_messages_per_subject: 1,
         allow_direct: true,
-        discard: stream::DiscardPolicy::Old,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
         ..stream_config(
             subjects.outcomes_stream(),
             "terminal step outcomes, one per idempotency key: the record and the result at once",

@@ -329,7 +329,7 @@ impl Subjects {
 /// `<prefix>.task.…`, `.result.…`, `.start.…`, `.api.…`, `.progress.…`,
 /// `.event.…`, `.journal.…`, `.lead.…` (see [`Subjects`]).
 pub const SUBJECT_KINDS: &[&str] = &[
-    "task", "result", "start", "api", "progress", "event", "journal", "lead",
+    "task", "result", "outcome", "start", "api", "progress", "event", "journal", "lead",
 ];
 
 /// Whether `subject` has the shape of a subject of some installation,

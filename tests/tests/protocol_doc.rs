@@ -211,6 +211,16 @@ async fn outcome_lookups_and_records_as_documented() {
     assert!(second.to_string().contains("10071"), "{second}");
     let kept = api(&client, &get, json!({"last_by_subj": subject})).await;
     assert_eq!(kept["message"]["seq"], ack.sequence, "{kept}");
+    // Without the expectation a second message is refused all the same
+    // (discard new, per subject): a careless writer cannot replace a record.
+    let careless = js
+        .publish(subject.clone(), result(3).into())
+        .await
+        .unwrap()
+        .await;
+    assert!(careless.is_err(), "{careless:?}");
+    let kept = api(&client, &get, json!({"last_by_subj": subject})).await;
+    assert_eq!(kept["message"]["seq"], ack.sequence, "{kept}");
 }
 
 /// docs/PROTOCOL.md, without its fenced code blocks.

@@ -5,8 +5,10 @@
 //! 1. decode the [`Task`]; a message that is not one is terminated
 //!    (`AckKind::Term`) so that it is not redelivered forever;
 //! 2. look up the record of the task's idempotency key in the outcomes
-//!    stream; if there is one, skip the handler and report the recorded
-//!    outcome (`replayed: true`) on the results subject;
+//!    stream; if there is one, skip the handler: a record of this very
+//!    attempt is its result already (nothing to publish), another
+//!    attempt's is reported for this one (`replayed: true`) on the
+//!    results subject;
 //! 3. otherwise run the handler (its own tokio task, the task's deadline,
 //!    panics caught) — see [`execute`];
 //! 4. a terminal outcome (`ok` or `fatal`) is published as the result on
@@ -14,7 +16,9 @@
 //!    record and the engine's copy at once. If another delivery wrote
 //!    first, its outcome is reported instead (replayed on the results
 //!    subject when it was another attempt's). A `retryable` outcome is not
-//!    recorded: it is published on the results subject;
+//!    recorded: it is published on the results subject, unless a lookup
+//!    made just before finds that another run recorded an outcome
+//!    meanwhile, which is then reported instead;
 //! 5. acknowledge the task with a double (confirmed) ack.
 //!
 //! Every publish carries `Nats-Msg-Id` = [`result_msg_id_with`] (with the
@@ -374,10 +378,39 @@ async fn produce_outcome(
     }
     crash_points::pass(crash_points::AFTER_HANDLER);
     if matches!(outcome, Outcome::Retryable { .. }) {
-        // Not recorded: the next attempt must run the handler again.
-        return Ok(Report::Publish {
-            outcome,
-            replayed: false,
+        // Not recorded: the next attempt must run the handler again. But
+        // another delivery of the step running at the same time may have
+        // recorded an outcome meanwhile (its effect happened): that one is
+        // reported instead, so that a retryable never overtakes it.
+        let found = (|| records.lookup(&shared.subjects, task))
+            .retry(backoff(5))
+            .when(RecordError::is_transient)
+            .notify(|e, after| warn!(error = %e, ?after, "idempotency lookup failed; retrying"))
+            .await
+            .map_err(Unfinished::Lookup)?;
+        return Ok(match found {
+            Some(Found {
+                outcome: recorded,
+                this_attempt,
+            }) => {
+                warn!(
+                    ours = outcome.as_str(),
+                    recorded = recorded.as_str(),
+                    "another run of this step recorded its outcome while this one failed retryably; reporting the recorded one"
+                );
+                if this_attempt {
+                    Report::Recorded(recorded)
+                } else {
+                    Report::Publish {
+                        outcome: recorded,
+                        replayed: true,
+                    }
+                }
+            }
+            None => Report::Publish {
+                outcome,
+                replayed: false,
+            },
         });
     }
 

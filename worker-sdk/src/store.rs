@@ -20,13 +20,13 @@
 //! lags, so lookups go to the stream leader (`STREAM.MSG.GET`) instead.
 //!
 //! Records written before the outcomes stream existed are in the key-value
-//! bucket [`Subjects::idempotency_bucket`]; while that bucket exists and
-//! holds any, a lookup that finds no outcome looks there too. Nothing is
-//! written there any more.
+//! bucket [`Subjects::idempotency_bucket`]; while that bucket exists, a
+//! lookup that finds no outcome looks there too. Nothing is written there
+//! any more.
 
 use crate::error::BoxError;
 use crate::protocol::{HEADER_MSG_ID, HEADER_SAGA_ID, Outcome, Subjects, Task, TaskResult};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, kv};
@@ -99,7 +99,7 @@ pub(crate) struct Records {
     /// How lookups read it.
     reads: Reads,
     /// The bucket of the records written before the outcomes stream, while
-    /// it holds any.
+    /// it exists.
     legacy: RwLock<Option<kv::Store>>,
 }
 
@@ -131,7 +131,7 @@ pub(crate) use jetsaga_protocol::is_valid_kv_key as is_valid_key;
 impl Records {
     /// Opens the outcomes stream, which the engine creates: an error
     /// message to log (and try again later) while it does not exist. Notes
-    /// the bucket of earlier records when it holds any.
+    /// the bucket of earlier records when it exists.
     pub(crate) async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self, String> {
         let name = subjects.outcomes_stream();
         let stream = js.get_stream(&name).await.map_err(|e| {
@@ -140,7 +140,7 @@ impl Records {
             )
         })?;
         let reads = Reads::for_stream(&stream.cached_info().config);
-        let legacy = legacy_bucket(js, subjects).await;
+        let legacy = legacy_bucket(js, subjects).await?;
         tracing::debug!(stream = %name, ?reads, legacy = legacy.is_some(), "idempotency lookups");
         Ok(Self {
             stream,
@@ -308,14 +308,34 @@ fn same_attempt(result: &TaskResult, task: &Task) -> bool {
 }
 
 /// The key-value bucket of the records written before the outcomes stream,
-/// when it exists and holds any record.
-async fn legacy_bucket(js: &jetstream::Context, subjects: &Subjects) -> Option<kv::Store> {
-    let kv = js.get_key_value(subjects.idempotency_bucket()).await.ok()?;
-    let holds = kv.stream.cached_info().state.messages > 0;
-    if holds {
-        tracing::info!(bucket = %kv.name, "looking up earlier idempotency records in this bucket too, until it is empty or deleted");
+/// when it exists; an error other than its absence is for the caller to
+/// try again (a lookup without it could run a recorded step again).
+async fn legacy_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<Option<kv::Store>, String> {
+    let bucket = subjects.idempotency_bucket();
+    let unknown = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot tell whether the idempotency bucket {bucket} of an earlier version is there ({e}); trying again"
+        )
+    };
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => {}
+        Err(e) => {
+            return match e.kind() {
+                GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(unknown(&e)),
+            };
+        }
     }
-    holds.then_some(kv)
+    let kv = js.get_key_value(&bucket).await.map_err(|e| unknown(&e))?;
+    tracing::info!(bucket = %kv.name, "looking up earlier idempotency records in this bucket too, until it is deleted");
+    Ok(Some(kv))
 }
 
 /// The headers of a result published on the results subject.

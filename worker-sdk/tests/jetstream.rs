@@ -675,8 +675,18 @@ async fn worker_waits_for_the_tasks_stream() -> Result<()> {
 
 /// A payments worker whose handler stands for another run of the step that
 /// records its fatal outcome, as attempt `recorded_attempt`, while this one
-/// runs.
+/// runs; this one then succeeds.
 fn racing_payments(js: jetstream::Context, recorded_attempt: u32) -> WorkerBuilder {
+    racing_payments_then(js, recorded_attempt, false)
+}
+
+/// As [`racing_payments`], this run failing retryably when
+/// `then_retryable`.
+fn racing_payments_then(
+    js: jetstream::Context,
+    recorded_attempt: u32,
+    then_retryable: bool,
+) -> WorkerBuilder {
     Worker::builder("payments").handler("charge", move |ctx: TaskContext, _: serde_json::Value| {
         let js = js.clone();
         async move {
@@ -704,6 +714,9 @@ fn racing_payments(js: jetstream::Context, recorded_attempt: u32) -> WorkerBuild
             .map_err(StepError::retryable)?
             .await
             .map_err(StepError::retryable)?;
+            if then_retryable {
+                return Err(StepError::retryable("the bank is busy"));
+            }
             Ok(json!({"mine": true}))
         }
     })
@@ -750,6 +763,45 @@ async fn first_recorded_outcome_wins_over_a_concurrent_run() -> Result<()> {
     );
     env.no_result(Duration::from_secs(1)).await?;
     assert_eq!(env.consumer_info("payments").await?.num_ack_pending, 0);
+    token.cancel();
+    handle.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retryable_never_overtakes_an_outcome_recorded_meanwhile() -> Result<()> {
+    init_tracing();
+    let env = Env::new().await?;
+    let recorded = Outcome::Fatal {
+        error: "declined by the other run".into(),
+    };
+    // Another delivery of this very attempt recorded its outcome while
+    // this one failed retryably: the record is the attempt's result, and
+    // the retryable is not published.
+    let (token, handle) = env
+        .run(racing_payments_then(env.js.clone(), 1, true))
+        .await?;
+    env.publish_task(&task("s11", "charge", 1, json!({})), "")
+        .await?;
+    let (r, subject, _) = env.next_message(WAIT).await?.context("no record")?;
+    assert_eq!(subject, "jetsaga.outcome.payments.0.s11.charge.action");
+    assert_eq!((r.attempt, &r.outcome), (1, &recorded));
+    env.no_result(Duration::from_secs(1)).await?;
+    assert_eq!(env.consumer_info("payments").await?.num_ack_pending, 0);
+    token.cancel();
+    handle.await??;
+
+    // An earlier attempt's: replayed for this one instead of the retryable.
+    let (token, handle) = env
+        .run(racing_payments_then(env.js.clone(), 1, true))
+        .await?;
+    env.publish_task(&task("s12", "charge", 2, json!({})), "")
+        .await?;
+    let (first, _, _) = env.next_message(WAIT).await?.context("no record")?;
+    assert_eq!(first.attempt, 1);
+    let (r, subject, _) = env.next_message(WAIT).await?.context("no replay")?;
+    assert_eq!(subject, "jetsaga.result.payments");
+    assert_eq!((r.attempt, &r.outcome, r.replayed), (2, &recorded, true));
     token.cancel();
     handle.await??;
     Ok(())

@@ -506,6 +506,21 @@ fn validation_names_what_is_wrong() {
     let cases: Vec<(Config, &str)> = vec![
         (
             Config {
+                outcome_ttl: Duration::from_secs(30),
+                ..Config::default()
+            },
+            "outcome_ttl must be at least 1m",
+        ),
+        (
+            Config {
+                outcome_ttl: Duration::from_secs(120),
+                duplicate_window: Duration::from_secs(600),
+                ..Config::default()
+            },
+            "outcome_ttl (2m) must be at least duplicate_window (10m)",
+        ),
+        (
+            Config {
                 replicas: 6,
                 ..Config::default()
             },

@@ -11,7 +11,9 @@
    subject with ``Nats-Expected-Last-Subject-Sequence: 0``: it is the record
    and the engine's result at once. If another attempt recorded first, its
    outcome is replayed for this attempt on the results subject. A
-   ``retryable`` outcome is not recorded: it goes to the results subject;
+   ``retryable`` outcome is not recorded: it goes to the results subject,
+   unless a second lookup finds that another run recorded an outcome
+   meanwhile, which is then reported instead;
 5. ``+ACK`` the task with a confirmed ack.
 
 In-progress acks (``+WPI``) go out every ``ack_wait / 3`` from 2 to 4.
@@ -254,6 +256,28 @@ async def _work(shared: Shared, ctx: TaskContext) -> Outcome:
     crash.passing("after_handler")
 
     if not outcome.terminal:
+        # Not recorded. But another delivery of the step running at the same
+        # time may have recorded an outcome meanwhile (its effect happened):
+        # that one is reported instead, so that a retryable never overtakes it.
+        try:
+            again = await retrying("outcome lookup", lambda: shared.records.lookup(task), 3)
+        except JsError as e:
+            raise Unfinished(f"could not look up the outcome record: {e}") from None
+        except RecordUnreadable as e:
+            raise Unfinished(str(e), UNREADABLE_RECORD_DELIVERY_AFTER) from None
+        if again is not None:
+            theirs = again.outcome if isinstance(again, RecordedResult) else again
+            log.warning(
+                "another run of this step recorded its outcome (%s) while this one failed "
+                "retryably; reporting the recorded one",
+                theirs.status,
+            )
+            if isinstance(again, RecordedResult) and again.is_of(task):
+                crash.passing("after_publish")
+                return theirs
+            await _publish_result(shared, task, theirs, replayed=True)
+            crash.passing("after_publish")
+            return theirs
         await _publish_result(shared, task, outcome, replayed=False)
         crash.passing("after_publish")
         return outcome

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "jetsaga"
 
-_PREFIX_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_PREFIX_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _stream_prefix(prefix: str) -> str:
@@ -26,7 +26,7 @@ class Names:
 
     def __post_init__(self) -> None:
         tokens = self.prefix.split(".")
-        if not self.prefix or not all(_PREFIX_TOKEN.match(t) for t in tokens):
+        if not self.prefix or not all(_PREFIX_TOKEN.fullmatch(t) for t in tokens):
             raise ValueError(
                 f"invalid subject prefix {self.prefix!r}: one or more tokens of ASCII letters, "
                 "digits, '_' and '-', separated by dots"
@@ -84,7 +84,7 @@ class Names:
 #: that its results carry at the end of their ``Nats-Msg-Id``.
 HEADER_RESULT_TOKEN = "Jetsaga-Result-Token"
 
-_RESULT_TOKEN = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_RESULT_TOKEN = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 def result_msg_id(
@@ -94,18 +94,18 @@ def result_msg_id(
     followed by ``.<token>`` when the task carries a usable result token
     (1 to 64 ASCII letters and digits)."""
     plain = f"result.{saga_id}.{step_id}.{kind}.{attempt}"
-    if token is not None and _RESULT_TOKEN.match(token):
+    if token is not None and _RESULT_TOKEN.fullmatch(token):
         return f"{plain}.{token}"
     return plain
 
 
-_KEY_TOKEN = re.compile(r"^[-/_=.A-Za-z0-9]+$")
+_KEY_TOKEN = re.compile(r"[-/_=.A-Za-z0-9]+")
 
 
 def is_valid_key(key: str) -> bool:
     """Whether ``key`` can be the tail of a subject (a valid NATS KV key)."""
     return (
-        bool(_KEY_TOKEN.match(key))
+        bool(_KEY_TOKEN.fullmatch(key))
         and not key.startswith(".")
         and not key.endswith(".")
         and ".." not in key

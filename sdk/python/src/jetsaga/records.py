@@ -7,7 +7,7 @@ Lookups read the last message on that subject: with a direct get when the
 stream has one replica and allows direct gets (that replica holds every
 acknowledged write), else with ``STREAM.MSG.GET``, which the leader answers.
 A legacy idempotency bucket (``<PREFIX>_IDEMPOTENCY``, from before the
-outcomes stream) that holds records is read too (``STREAM.MSG.GET``), never
+outcomes stream) is read too while it exists (``STREAM.MSG.GET``), never
 written.
 """
 
@@ -135,19 +135,25 @@ class Records:
         errors (the caller retries)."""
         subject = self._names.outcome(task.service, task.partition, task.idempotency_key)
         try:
-            await publish(
+            ack = await publish(
                 self._nc,
                 subject,
                 body,
                 {**headers, "Nats-Expected-Last-Subject-Sequence": "0"},
             )
-            return Ours()
+            if not ack.duplicate:
+                return Ours()
+            # A message with this attempt's id was stored within the
+            # duplicate window (a server that checks the id before the
+            # expectation): read which outcome the record holds.
         except JsError as e:
             if e.err_code != WRONG_LAST_SEQUENCE:
+                # 10164 (a replicated stream still writing the subject's
+                # record) and the rest: the caller tries again.
                 raise
         found = await last_msg(self._nc, self._names.outcomes_stream, subject, direct=self._direct)
         if found is None:
-            raise JsError(0, 0, f"{subject}: a record exists but could not be read back")
+            raise JsError(0, 0, f"{subject}: a record exists but could not be read back yet")
         theirs = self._decode(found)
         if theirs.is_of(task):
             if theirs.outcome.to_json() == json.loads(body).get("outcome"):

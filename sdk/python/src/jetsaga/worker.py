@@ -290,7 +290,7 @@ class Worker:
                 results = await stream_info(nc, names.results_stream)
                 legacy = await stream_info(nc, f"KV_{names.legacy_bucket}")
             except JsError as e:
-                missing.append(f"(JetStream unavailable: {e})")
+                missing.append(f"(the streams cannot be read: {e})")
             if not missing and outcomes is not None:
                 break
             log.warning(
@@ -303,7 +303,9 @@ class Worker:
                 return None
             delay = min(delay * 2, 10.0)
         direct = reads_direct(outcomes.get("config", {}))
-        has_legacy = legacy is not None and int(legacy.get("state", {}).get("messages") or 0) > 0
+        # Read while it exists, records or not: a worker of the earlier
+        # version may still be writing there.
+        has_legacy = legacy is not None
         if has_legacy:
             log.info("legacy idempotency bucket %s found: lookups read it too", names.legacy_bucket)
         engine_max: int | None = None

@@ -17,6 +17,7 @@ fn any_installations_engine_subjects_are_refused() {
         ("jetsaga.api.saga.start", "jetsaga", "api"),
         ("other.progress.*", "other", "progress"),
         ("acme.journal.>", "acme", "journal"),
+        ("acme.outcome.>", "acme", "outcome"),
         ("jetsaga.lead.0.saga.get", "jetsaga", "lead"),
     ] {
         let e = with_trigger(subject).unwrap_err();
