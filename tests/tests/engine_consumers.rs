@@ -35,8 +35,8 @@ async fn pull(consumer: &PullConsumer, n: usize, ack: Option<AckKind>) -> Vec<u6
     seqs
 }
 
-#[tokio::test]
-async fn a_reset_consumer_reads_the_outcomes_again_from_after_the_ack_floor() {
+/// A nats-server with the engine's streams.
+async fn engine_streams() -> (NatsServer, jetstream::Context, Subjects) {
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
     let subjects = Subjects::new("jetsaga");
@@ -49,6 +49,12 @@ async fn a_reset_consumer_reads_the_outcomes_again_from_after_the_ack_floor() {
     ensure_streams(&js, &subjects, &settings)
         .await
         .expect("streams");
+    (nats, js, subjects)
+}
+
+#[tokio::test]
+async fn a_reset_consumer_reads_the_outcomes_again_from_after_the_ack_floor() {
+    let (_nats, js, subjects) = engine_streams().await;
     for i in 1..=10 {
         js.publish(
             subjects.outcome("payments", 0, &format!("s{i}.charge.action")),
@@ -109,18 +115,7 @@ async fn a_reset_consumer_reads_the_outcomes_again_from_after_the_ack_floor() {
 
 #[tokio::test]
 async fn a_reset_consumer_reads_a_work_queue_from_its_start() {
-    let nats = NatsServer::start();
-    let js = jetstream::new(nats.client().await);
-    let subjects = Subjects::new("jetsaga");
-    let settings = StreamSettings {
-        duplicate_window: Duration::from_secs(120),
-        outcome_ttl: Duration::from_secs(3600),
-        max_payload: 64 * 1024,
-        replicas: 1,
-    };
-    ensure_streams(&js, &subjects, &settings)
-        .await
-        .expect("streams");
+    let (_nats, js, subjects) = engine_streams().await;
     for _ in 0..5 {
         js.publish(subjects.result("payments"), "{}".into())
             .await
