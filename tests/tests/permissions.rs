@@ -212,39 +212,42 @@ async fn a_worker_is_confined_to_its_own_services_tasks_and_results() {
     // On its own result subject it may publish, but the engine applies a
     // result only to a step of the subject's service.
     let js = async_nats::jetstream::new(payments.clone());
-    js.publish("jetsaga.result.payments", forged("email").into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    world
-        .engine
-        .process
-        .wait_for_log("reason=\"subject_mismatch\"", VIOLATION);
-    js.publish("jetsaga.result.payments", forged("payments").into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    world
-        .engine
-        .process
-        .wait_for_log("reason=\"wrong_service\"", VIOLATION);
-    // The same on its own outcome subjects: recorded there, refused by the
-    // engine, and no record of email's step.
-    let from = world.engine.process.log_len();
-    js.publish(
-        format!("jetsaga.outcome.payments.0.{key}"),
-        forged("email").into(),
+    let refused = |subject: String, payload: Vec<u8>, reason: &'static str| {
+        let (js, world) = (js.clone(), &world);
+        async move {
+            let from = world.engine.process.log_len();
+            js.publish(subject, payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            world.engine.process.wait_for_log_from(
+                from,
+                &format!("reason=\"{reason}\""),
+                VIOLATION,
+            );
+        }
+    };
+    refused(
+        "jetsaga.result.payments".into(),
+        forged("email"),
+        "subject_mismatch",
     )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    world
-        .engine
-        .process
-        .wait_for_log_from(from, "reason=\"subject_mismatch\"", VIOLATION);
+    .await;
+    refused(
+        "jetsaga.result.payments".into(),
+        forged("payments"),
+        "wrong_service",
+    )
+    .await;
+    // The same on its own outcome subjects (stored there, on payments'
+    // subject: no record of email's step).
+    refused(
+        format!("jetsaga.outcome.payments.0.{key}"),
+        forged("email"),
+        "subject_mismatch",
+    )
+    .await;
 
     // A read-only client reads, and cannot act.
     let (viewer, mut viewer_denied) = connect_as(&world.nats, "viewer").await;

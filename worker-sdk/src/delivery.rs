@@ -286,6 +286,21 @@ async fn process(
     }
 }
 
+impl Report {
+    /// What is left to do for a recorded outcome: nothing when it is this
+    /// attempt's result, else replaying it for this attempt.
+    fn of(found: Found) -> Self {
+        if found.this_attempt {
+            Report::Recorded(found.outcome)
+        } else {
+            Report::Publish {
+                outcome: found.outcome,
+                replayed: true,
+            }
+        }
+    }
+}
+
 /// What is left to do once the outcome is known.
 enum Report {
     /// The outcome is recorded as this attempt's result, on its key's
@@ -325,33 +340,20 @@ async fn produce_outcome(
         });
     }
 
-    let found = (|| records.lookup(&shared.subjects, task))
-        .retry(backoff(5))
-        .when(RecordError::is_transient)
-        .notify(|e, after| warn!(error = %e, ?after, "idempotency lookup failed; retrying"))
-        .await
-        .map_err(Unfinished::Lookup)?;
-    if let Some(Found {
-        outcome,
-        this_attempt,
-    }) = found
-    {
+    if let Some(found) = look_up(shared, records, task).await? {
         metrics::replayed(&shared.service);
-        if this_attempt {
+        if found.this_attempt {
             info!(
-                outcome = outcome.as_str(),
+                outcome = found.outcome.as_str(),
                 "this attempt's outcome is recorded already, and so published; not running the handler"
             );
-            return Ok(Report::Recorded(outcome));
+        } else {
+            info!(
+                outcome = found.outcome.as_str(),
+                "outcome already recorded; replaying it without running the handler"
+            );
         }
-        info!(
-            outcome = outcome.as_str(),
-            "outcome already recorded; replaying it without running the handler"
-        );
-        return Ok(Report::Publish {
-            outcome,
-            replayed: true,
-        });
+        return Ok(Report::of(found));
     }
 
     let started = Instant::now();
@@ -382,30 +384,14 @@ async fn produce_outcome(
         // another delivery of the step running at the same time may have
         // recorded an outcome meanwhile (its effect happened): that one is
         // reported instead, so that a retryable never overtakes it.
-        let found = (|| records.lookup(&shared.subjects, task))
-            .retry(backoff(5))
-            .when(RecordError::is_transient)
-            .notify(|e, after| warn!(error = %e, ?after, "idempotency lookup failed; retrying"))
-            .await
-            .map_err(Unfinished::Lookup)?;
-        return Ok(match found {
-            Some(Found {
-                outcome: recorded,
-                this_attempt,
-            }) => {
+        return Ok(match look_up(shared, records, task).await? {
+            Some(found) => {
                 warn!(
                     ours = outcome.as_str(),
-                    recorded = recorded.as_str(),
+                    recorded = found.outcome.as_str(),
                     "another run of this step recorded its outcome while this one failed retryably; reporting the recorded one"
                 );
-                if this_attempt {
-                    Report::Recorded(recorded)
-                } else {
-                    Report::Publish {
-                        outcome: recorded,
-                        replayed: true,
-                    }
-                }
+                Report::of(found)
             }
             None => Report::Publish {
                 outcome,
@@ -429,26 +415,31 @@ async fn produce_outcome(
             debug!(outcome = outcome.as_str(), "outcome recorded as the result");
             Report::Recorded(outcome)
         }
-        Recorded::SameAttempt(theirs) => {
+        Recorded::Theirs(found) => {
             warn!(
                 ours = outcome.as_str(),
-                recorded = theirs.as_str(),
-                "another delivery of this attempt recorded its outcome first; that one is the result (pass ctx.idempotency_key() to downstream services to make concurrent runs harmless)"
+                recorded = found.outcome.as_str(),
+                this_attempt = found.this_attempt,
+                "another run of this step recorded its outcome first; reporting that one (pass ctx.idempotency_key() to downstream services to make concurrent runs harmless)"
             );
-            Report::Recorded(theirs)
-        }
-        Recorded::Earlier(theirs) => {
-            warn!(
-                ours = outcome.as_str(),
-                recorded = theirs.as_str(),
-                "an earlier attempt of this step recorded its outcome first; reporting that one (pass ctx.idempotency_key() to downstream services to make concurrent runs harmless)"
-            );
-            Report::Publish {
-                outcome: theirs,
-                replayed: true,
-            }
+            Report::of(found)
         }
     })
+}
+
+/// Looks up the record of `task`'s key, trying again while the stream does
+/// not answer.
+async fn look_up(
+    shared: &Shared,
+    records: &Records,
+    task: &Task,
+) -> Result<Option<Found>, Unfinished> {
+    (|| records.lookup(&shared.subjects, task))
+        .retry(backoff(5))
+        .when(RecordError::is_transient)
+        .notify(|e, after| warn!(error = %e, ?after, "idempotency lookup failed; retrying"))
+        .await
+        .map_err(Unfinished::Lookup)
 }
 
 /// The result message of `task` with `outcome`.

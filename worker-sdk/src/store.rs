@@ -71,15 +71,15 @@ pub(crate) enum Recorded {
     /// have been written by an earlier try of this same call whose
     /// acknowledgement was lost).
     Ours,
-    /// Another delivery of this same attempt recorded another outcome
-    /// first: that is the attempt's result, already the engine's to read.
-    SameAttempt(Outcome),
-    /// An earlier attempt recorded its outcome first: it is the step's
-    /// outcome, to be replayed for this attempt.
-    Earlier(Outcome),
+    /// Another run recorded another outcome first: that is the step's
+    /// outcome. Of this same attempt (another delivery of it), it is the
+    /// attempt's result, already the engine's to read; of an earlier
+    /// attempt, it is to be replayed for this one.
+    Theirs(Found),
 }
 
-/// What [`Records::lookup`] found.
+/// A recorded outcome, as [`Records::lookup`] and [`Records::record`] find
+/// it.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Found {
     /// The recorded outcome.
@@ -202,29 +202,34 @@ impl Records {
             // within the duplicate window (an earlier try of this call, or
             // another delivery of the attempt): read which outcome it holds.
             // 10071: the key has a record: whose?
-            Ok(_) => self.compare(&subject, result).await,
+            Ok(_) => self.compare(&subject, task, result).await,
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                self.compare(&subject, result).await
+                self.compare(&subject, task, result).await
             }
             Err(e) => Err(RecordError::Unavailable(Box::new(e))),
         }
     }
 
     /// Which outcome the record on `subject` holds, next to `result`.
-    async fn compare(&self, subject: &str, result: &TaskResult) -> Result<Recorded, RecordError> {
+    async fn compare(
+        &self,
+        subject: &str,
+        task: &Task,
+        result: &TaskResult,
+    ) -> Result<Recorded, RecordError> {
         let Some(theirs) = self.last(subject).await? else {
             return Err(RecordError::Unavailable(
                 "the record was removed while it was being written".into(),
             ));
         };
-        let same_attempt = theirs.saga_id == result.saga_id
-            && theirs.step_id == result.step_id
-            && theirs.kind == result.kind
-            && theirs.attempt == result.attempt;
-        Ok(match (same_attempt, theirs.outcome == result.outcome) {
-            (true, true) => Recorded::Ours,
-            (true, false) => Recorded::SameAttempt(theirs.outcome),
-            (false, _) => Recorded::Earlier(theirs.outcome),
+        let this_attempt = same_attempt(&theirs, task);
+        Ok(if this_attempt && theirs.outcome == result.outcome {
+            Recorded::Ours
+        } else {
+            Recorded::Theirs(Found {
+                outcome: theirs.outcome,
+                this_attempt,
+            })
         })
     }
 

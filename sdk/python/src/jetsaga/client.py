@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -193,10 +192,9 @@ class Client:
             tls_ca=tls_ca,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            tls_required=tls_required or None,
             name="jetsaga-py-client",
         )
-        if tls_required:
-            options = dataclasses.replace(options, tls_required=True)
         return cls(await connect(options), prefix=prefix, timeout=timeout, own=True)
 
     @property

@@ -207,35 +207,17 @@ async def _work(shared: Shared, ctx: TaskContext) -> Outcome:
         crash.passing("after_publish")
         return outcome
 
-    try:
-        found = await retrying("outcome lookup", lambda: shared.records.lookup(task), 3)
-    except JsError as e:
-        raise Unfinished(
-            f"could not look up the outcome record, so the handler was not run: {e}"
-        ) from None
-    except RecordUnreadable as e:
-        raise Unfinished(str(e), UNREADABLE_RECORD_DELIVERY_AFTER) from None
-    if isinstance(found, RecordedResult) and found.is_of(task):
-        # Recorded by an earlier delivery of this very task (its ack was
-        # lost, or its worker died): the engine has that result already.
-        shared.metrics.replayed(shared.service)
-        log.info(
-            "outcome of %s already recorded for this attempt (%s); acknowledging the task",
-            task.idempotency_key,
-            found.outcome.status,
-        )
-        return found.outcome
+    found = await _look_up(shared, task)
     if found is not None:
-        earlier = found.outcome if isinstance(found, RecordedResult) else found
         shared.metrics.replayed(shared.service)
-        log.info(
-            "outcome of %s already recorded (%s); replaying it without running the handler",
-            task.idempotency_key,
-            earlier.status,
-        )
-        await _publish_result(shared, task, earlier, replayed=True)
-        crash.passing("after_publish")
-        return earlier
+        if isinstance(found, RecordedResult) and found.is_of(task):
+            # Recorded by an earlier delivery of this very task (its ack
+            # was lost, or its worker died): the engine has that result.
+            message = "outcome of %s already recorded for this attempt (%s); acknowledging the task"
+        else:
+            message = "outcome of %s already recorded (%s); replaying it, the handler not run"
+        log.info(message, task.idempotency_key, _recorded_outcome(found).status)
+        return await _report_recorded(shared, task, found)
 
     started = time.monotonic()
     shared.metrics.handler_started(shared.service)
@@ -259,25 +241,14 @@ async def _work(shared: Shared, ctx: TaskContext) -> Outcome:
         # Not recorded. But another delivery of the step running at the same
         # time may have recorded an outcome meanwhile (its effect happened):
         # that one is reported instead, so that a retryable never overtakes it.
-        try:
-            again = await retrying("outcome lookup", lambda: shared.records.lookup(task), 3)
-        except JsError as e:
-            raise Unfinished(f"could not look up the outcome record: {e}") from None
-        except RecordUnreadable as e:
-            raise Unfinished(str(e), UNREADABLE_RECORD_DELIVERY_AFTER) from None
+        again = await _look_up(shared, task)
         if again is not None:
-            theirs = again.outcome if isinstance(again, RecordedResult) else again
             log.warning(
                 "another run of this step recorded its outcome (%s) while this one failed "
                 "retryably; reporting the recorded one",
-                theirs.status,
+                _recorded_outcome(again).status,
             )
-            if isinstance(again, RecordedResult) and again.is_of(task):
-                crash.passing("after_publish")
-                return theirs
-            await _publish_result(shared, task, theirs, replayed=True)
-            crash.passing("after_publish")
-            return theirs
+            return await _report_recorded(shared, task, again)
         await _publish_result(shared, task, outcome, replayed=False)
         crash.passing("after_publish")
         return outcome
@@ -298,16 +269,38 @@ async def _work(shared: Shared, ctx: TaskContext) -> Outcome:
     log.warning(
         "another run of this step recorded its outcome first (%s, ours %s); reporting that one "
         "(pass ctx.idempotency_key to downstream services to make concurrent runs harmless)",
-        recorded.outcome.status,
+        recorded.result.outcome.status,
         outcome.status,
     )
-    if recorded.same_attempt:
-        # Another delivery of this very task: its record is this attempt's result.
-        crash.passing("after_publish")
-        return recorded.outcome
-    await _publish_result(shared, task, recorded.outcome, replayed=True)
+    return await _report_recorded(shared, task, recorded.result)
+
+
+async def _look_up(shared: Shared, task: Task) -> RecordedResult | Outcome | None:
+    """The record of ``task``'s key (an Outcome alone from the legacy
+    bucket); a lookup that keeps failing leaves the task unfinished."""
+    try:
+        return await retrying("outcome lookup", lambda: shared.records.lookup(task), 3)
+    except JsError as e:
+        raise Unfinished(
+            f"could not look up the outcome record, so the handler's outcome is not reported: {e}"
+        ) from None
+    except RecordUnreadable as e:
+        raise Unfinished(str(e), UNREADABLE_RECORD_DELIVERY_AFTER) from None
+
+
+def _recorded_outcome(found: RecordedResult | Outcome) -> Outcome:
+    return found.outcome if isinstance(found, RecordedResult) else found
+
+
+async def _report_recorded(shared: Shared, task: Task, found: RecordedResult | Outcome) -> Outcome:
+    """Reports a recorded outcome for ``task``'s attempt: nothing to publish
+    when the record is this very attempt's result (the engine has it),
+    else a replay on the results subject."""
+    outcome = _recorded_outcome(found)
+    if not (isinstance(found, RecordedResult) and found.is_of(task)):
+        await _publish_result(shared, task, outcome, replayed=True)
     crash.passing("after_publish")
-    return recorded.outcome
+    return outcome
 
 
 async def _publish_result(shared: Shared, task: Task, outcome: Outcome, *, replayed: bool) -> None:

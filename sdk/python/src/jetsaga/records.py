@@ -46,12 +46,11 @@ class Ours:
 
 @dataclass(frozen=True)
 class Theirs:
-    """Another delivery recorded its outcome first: that is the step's
-    outcome. ``same_attempt``: it answers this very attempt, so the engine
-    has it already and nothing more is published."""
+    """Another run recorded its outcome first: ``result``, the step's
+    outcome (when it answers this very attempt, the engine has it already
+    and nothing more is published)."""
 
-    outcome: Outcome
-    same_attempt: bool = False
+    result: RecordedResult
 
 
 Recorded = Ours | Theirs
@@ -155,9 +154,7 @@ class Records:
         if found is None:
             raise JsError(0, 0, f"{subject}: a record exists but could not be read back yet")
         theirs = self._decode(found)
-        if theirs.is_of(task):
-            if theirs.outcome.to_json() == json.loads(body).get("outcome"):
-                # Ours, written by an earlier try whose ack was lost.
-                return Ours()
-            return Theirs(theirs.outcome, same_attempt=True)
-        return Theirs(theirs.outcome)
+        if theirs.is_of(task) and theirs.outcome.to_json() == json.loads(body).get("outcome"):
+            # Ours, written by an earlier try whose ack was lost.
+            return Ours()
+        return Theirs(theirs)

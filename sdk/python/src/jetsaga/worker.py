@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -199,10 +198,9 @@ class Worker:
                     tls_ca=tls_ca,
                     tls_cert=tls_cert,
                     tls_key=tls_key,
+                    tls_required=tls_required or None,
                     name=self.name,
                 )
-                if tls_required:
-                    options = dataclasses.replace(options, tls_required=True)
                 try:
                     nc = await connect(options, retry=self._stop)
                 except asyncio.CancelledError:

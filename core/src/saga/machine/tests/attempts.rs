@@ -136,13 +136,7 @@ fn a_timeout_shorter_than_the_retry_floor_waits_for_it_under_the_same_key() {
         .start();
     let started = h.now;
     h.now += 1;
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 0,
-            kind: A,
-            attempt: 1,
-        })
-        .unwrap();
+    let effects = h.time_out(0, A, 1).unwrap();
     let retry = TimerKind::Retry {
         step: 0,
         kind: A,
@@ -203,13 +197,7 @@ fn a_timeout_that_fires_past_the_retry_floor_redispatches_at_once() {
         .step_timeout(0, Duration::from_millis(1))
         .start();
     h.now += 100;
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 0,
-            kind: A,
-            attempt: 1,
-        })
-        .unwrap();
+    let effects = h.time_out(0, A, 1).unwrap();
     assert_eq!(dispatches(&effects), vec![(0, A, 2)]);
     assert_eq!(*h.status(0), StepStatus::Running { attempt: 2 });
 }
@@ -224,12 +212,7 @@ fn a_rollback_drains_an_action_waiting_for_the_floor_after_a_timeout() {
         .start();
     h.result(0, A, 1, ok()).unwrap();
     h.now += 1;
-    h.fire(TimerKind::StepTimeout {
-        step: 1,
-        kind: A,
-        attempt: 1,
-    })
-    .unwrap();
+    h.time_out(1, A, 1).unwrap();
     let effects = h.cancel(true).unwrap();
     assert!(dispatches(&effects).is_empty());
     assert!(matches!(
@@ -258,12 +241,7 @@ fn a_cancel_leaves_a_step_waiting_for_the_floor_after_a_timeout_naming_that_atte
         .step_timeout(0, Duration::from_millis(1))
         .start();
     h.now += 1;
-    h.fire(TimerKind::StepTimeout {
-        step: 0,
-        kind: A,
-        attempt: 1,
-    })
-    .unwrap();
+    h.time_out(0, A, 1).unwrap();
     let effects = h.cancel(false).unwrap();
     assert!(effects.contains(&Effect::CancelTimer {
         timer: TimerKind::Retry {
@@ -293,22 +271,10 @@ fn exhausted_timeouts_of_a_running_action_leave_its_outcome_unknown_and_roll_bac
     h.result(0, A, 1, ok()).unwrap(); // b dispatched
     h.result(2, A, 1, ok()).unwrap();
     h.now += STEP_TIMEOUT_MS;
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 1,
-            kind: A,
-            attempt: 1,
-        })
-        .unwrap();
+    let effects = h.time_out(1, A, 1).unwrap();
     assert_eq!(dispatches(&effects), vec![(1, A, 2)]);
     h.now += STEP_TIMEOUT_MS;
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 1,
-            kind: A,
-            attempt: 2,
-        })
-        .unwrap();
+    let effects = h.time_out(1, A, 2).unwrap();
 
     // b may have done its work: not failed but stuck, and the saga rolls
     // back. c is compensated; a waits for b, which blocks it.
@@ -353,13 +319,7 @@ fn an_action_out_of_attempts_after_a_timeout_stops_the_saga_at_once_when_nothing
     // (s0 is blocked by s1), so the rollback ends in the same transition.
     let mut h = Def::chain(2).attempts(1, 1).timeout_secs(90).start();
     h.result(0, A, 1, ok()).unwrap();
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 1,
-            kind: A,
-            attempt: 1,
-        })
-        .unwrap();
+    let effects = h.time_out(1, A, 1).unwrap();
     let error = "action outcome unknown after 1 timed-out attempts".to_owned();
     let reason = format!("step s1 failed: {error}");
     assert_eq!(

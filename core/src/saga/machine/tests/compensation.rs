@@ -188,26 +188,14 @@ fn draining_step_timeouts_redispatch_and_an_unknown_outcome_blocks_the_rollback(
 
     h.now += STEP_TIMEOUT_MS;
 
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 1,
-            kind: A,
-            attempt: 1,
-        })
-        .unwrap();
+    let effects = h.time_out(1, A, 1).unwrap();
     assert_eq!(
         dispatches(&effects),
         vec![(1, A, 2)],
         "re-dispatched while draining"
     );
     h.now += STEP_TIMEOUT_MS;
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 1,
-            kind: A,
-            attempt: 2,
-        })
-        .unwrap();
+    let effects = h.time_out(1, A, 2).unwrap();
     let error = "action outcome unknown after 2 timed-out attempts".to_owned();
     assert!(
         effects.contains(&lifecycle(LifecycleEvent::StepCompensationFailed {
@@ -236,12 +224,7 @@ fn unknown_outcome_while_draining_blocks_compensation_of_its_dependencies() {
     .start();
     h.result(0, A, 1, ok()).unwrap(); // b dispatched
     h.result(2, A, 1, fatal("boom")).unwrap();
-    h.fire(TimerKind::StepTimeout {
-        step: 1,
-        kind: A,
-        attempt: 1,
-    })
-    .unwrap();
+    h.time_out(1, A, 1).unwrap();
     assert!(h.saga.steps[0].attempts.iter().all(|a| a.kind == A));
     assert_eq!(
         h.saga.status,
@@ -336,21 +319,10 @@ fn fatal_compensation_and_compensation_timeouts() {
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, fatal("boom")).unwrap();
     h.now += STEP_TIMEOUT_MS;
-    let effects = h
-        .fire(TimerKind::StepTimeout {
-            step: 0,
-            kind: C,
-            attempt: 1,
-        })
-        .unwrap();
+    let effects = h.time_out(0, C, 1).unwrap();
     assert_eq!(dispatches(&effects), vec![(0, C, 2)]);
     h.now += STEP_TIMEOUT_MS;
-    h.fire(TimerKind::StepTimeout {
-        step: 0,
-        kind: C,
-        attempt: 2,
-    })
-    .unwrap();
+    h.time_out(0, C, 2).unwrap();
     assert_eq!(
         *h.status(0),
         StepStatus::CompensationFailed {

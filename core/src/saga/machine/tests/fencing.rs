@@ -73,11 +73,7 @@ fn timers_are_fenced_by_attempt() {
         attempt: 2
     })));
     // The step timeout of the attempt that already ended.
-    assert!(stale(h.fire(TimerKind::StepTimeout {
-        step: 0,
-        kind: A,
-        attempt: 1
-    })));
+    assert!(stale(h.time_out(0, A, 1)));
     assert_eq!(
         h.fire(TimerKind::Retry {
             step: 5,
@@ -100,11 +96,7 @@ fn timers_are_fenced_by_attempt() {
         attempt: 2
     })));
     // A step timeout of an attempt not yet dispatched.
-    assert!(stale(h.fire(TimerKind::StepTimeout {
-        step: 0,
-        kind: A,
-        attempt: 3
-    })));
+    assert!(stale(h.time_out(0, A, 3)));
     h.result(0, A, 2, ok()).unwrap();
     h.result(1, A, 1, ok()).unwrap();
     assert_eq!(

@@ -170,6 +170,20 @@ impl Harness {
         self.apply(Event::TimerFired(timer))
     }
 
+    /// Fires the step timeout of `attempt` of `step`'s `kind`.
+    pub(super) fn time_out(
+        &mut self,
+        step: usize,
+        kind: TaskKind,
+        attempt: u32,
+    ) -> Result<Vec<Effect>, Rejection> {
+        self.fire(TimerKind::StepTimeout {
+            step,
+            kind,
+            attempt,
+        })
+    }
+
     pub(super) fn cancel(&mut self, compensate: bool) -> Result<Vec<Effect>, Rejection> {
         self.apply(Event::Cancel {
             compensate,

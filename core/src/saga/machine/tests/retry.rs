@@ -78,14 +78,7 @@ fn retry_resumes_a_rollback_and_a_fatal_compensation_gets_a_fresh_key() {
         h.result(1, C, 1, fatal("refund service broken")),
         Err(Rejection::Stale { .. })
     ));
-    assert!(matches!(
-        h.fire(TimerKind::StepTimeout {
-            step: 1,
-            kind: C,
-            attempt: 1
-        }),
-        Err(Rejection::Stale { .. })
-    ));
+    assert!(matches!(h.time_out(1, C, 1), Err(Rejection::Stale { .. })));
 
     // The fixed compensation succeeds; s0 is compensated after it.
     let effects = h.result(1, C, 2, ok()).unwrap();
@@ -118,12 +111,7 @@ fn a_resumed_compensation_keeps_its_key_after_a_timeout_or_retryable_errors() {
     let mut h = Def::chain(2).attempts(0, 1).start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(1, A, 1, fatal("boom")).unwrap();
-    h.fire(TimerKind::StepTimeout {
-        step: 0,
-        kind: C,
-        attempt: 1,
-    })
-    .unwrap();
+    h.time_out(0, C, 1).unwrap();
     assert!(matches!(
         h.saga.status,
         SagaStatus::PartiallyCompensated { .. }
@@ -168,12 +156,7 @@ fn stuck_on_an_unknown_action() -> Harness {
     .start();
     h.result(0, A, 1, ok()).unwrap();
     h.result(2, A, 1, fatal("boom")).unwrap();
-    h.fire(TimerKind::StepTimeout {
-        step: 1,
-        kind: A,
-        attempt: 1,
-    })
-    .unwrap();
+    h.time_out(1, A, 1).unwrap();
     assert_eq!(
         h.saga.status,
         SagaStatus::PartiallyCompensated {
@@ -234,12 +217,7 @@ fn a_redispatched_action_that_failed_or_times_out_again() {
     // Still no answer: stuck again, counting this round's timeouts.
     let mut h = stuck_on_an_unknown_action();
     h.apply(retry(false)).unwrap();
-    h.fire(TimerKind::StepTimeout {
-        step: 1,
-        kind: A,
-        attempt: 2,
-    })
-    .unwrap();
+    h.time_out(1, A, 2).unwrap();
     assert_eq!(
         *h.status(1),
         StepStatus::CompensationFailed {
@@ -281,14 +259,7 @@ fn retry_runs_a_failed_saga_forward_again_under_a_new_generation() {
         h.result(0, A, 1, fatal("card declined")),
         Err(Rejection::Stale { .. })
     ));
-    assert!(matches!(
-        h.fire(TimerKind::StepTimeout {
-            step: 0,
-            kind: A,
-            attempt: 1
-        }),
-        Err(Rejection::Stale { .. })
-    ));
+    assert!(matches!(h.time_out(0, A, 1), Err(Rejection::Stale { .. })));
     // A full budget again: three attempts in this round.
     h.result(0, A, 2, retryable("busy", None)).unwrap();
     assert!(matches!(
