@@ -7,7 +7,7 @@ use crate::services::HeldTask;
 use crate::start_queue::QueuedRow;
 use crate::timers::TimerRow;
 use futures::future::BoxFuture;
-use jetsaga_core::saga::state::{Millis, Saga, SagaState, TimerKind};
+use jetsaga_core::saga::state::{Millis, Saga, SagaState, StepState, TimerKind};
 use serde::{Deserialize, Serialize};
 
 /// What the writer knows of the stored record a [`Change`] replaces, so the
@@ -104,13 +104,92 @@ impl<'de> Deserialize<'de> for Prior {
     }
 }
 
+/// A saga's record as a [`Change`] writes it: the whole saga, or its header
+/// and only the steps a transition wrote, so that what a transition writes
+/// (and journals) does not grow with the saga's size: neither its step
+/// count nor its input (which never changes, and is written with the
+/// whole saga only).
+///
+/// The serde form of [`SagaWrite::Whole`] is the saga itself (what a
+/// journal record held before steps were written apart), that of
+/// [`SagaWrite::Steps`] `{"header": …, "steps": [[index, step], …]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SagaWrite {
+    /// The header and the steps the transition wrote.
+    Steps {
+        /// The saga without its steps and input (`steps` is empty, `input`
+        /// null: neither is written).
+        header: Saga,
+        /// The steps written, by index.
+        steps: Vec<(u32, StepState)>,
+    },
+    /// The whole saga: a new one, or one rewritten whole.
+    Whole(Saga),
+}
+
+impl SagaWrite {
+    /// Saga `saga`'s header and steps `steps` (indexes into `saga.steps`;
+    /// one out of range is a bug and panics).
+    pub fn of_steps(saga: &Saga, steps: &[usize]) -> Self {
+        SagaWrite::Steps {
+            header: header_of(saga),
+            steps: steps
+                .iter()
+                .map(|&i| (i as u32, saga.steps[i].clone()))
+                .collect(),
+        }
+    }
+
+    /// The saga's header: everything but (possibly) its steps and input.
+    /// The id, name, state and times are always there.
+    pub fn header(&self) -> &Saga {
+        match self {
+            SagaWrite::Steps { header, .. } => header,
+            SagaWrite::Whole(saga) => saga,
+        }
+    }
+
+    /// The saga's id.
+    pub fn id(&self) -> &str {
+        &self.header().id
+    }
+}
+
+impl From<Saga> for SagaWrite {
+    fn from(saga: Saga) -> Self {
+        SagaWrite::Whole(saga)
+    }
+}
+
+/// `saga` without its steps and input (null): the part of a saga every
+/// transition writes.
+pub fn header_of(saga: &Saga) -> Saga {
+    Saga {
+        id: saga.id.clone(),
+        name: saga.name.clone(),
+        definition_version: saga.definition_version,
+        input: serde_json::Value::Null,
+        idempotency_key: saga.idempotency_key.clone(),
+        generation: saga.generation,
+        status: saga.status.clone(),
+        steps: Vec::new(),
+        created_at: saga.created_at,
+        updated_at: saga.updated_at,
+        finished_at: saga.finished_at,
+        trace_parent: saga.trace_parent.clone(),
+        event_seq: saga.event_seq,
+    }
+}
+
 /// One atomic state change. Its serde form (JSON) is what the journal
 /// carries.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Change {
-    /// The saga's new state (inserted or replaced). Indexes follow it.
+    /// The saga's new state (inserted or replaced): whole, or its header
+    /// and the steps that changed. Indexes follow it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub saga: Option<Saga>,
+    pub saga: Option<SagaWrite>,
     /// The stored record `saga` replaces, when the writer knows it
     /// ([`Prior::Unknown`] is always safe: the store then reads it).
     #[serde(default)]
@@ -229,9 +308,12 @@ mod tests {
     fn a_change_survives_json() {
         let prior_saga = saga(SagaStatus::Running);
         let change = Change {
-            saga: Some(saga(SagaStatus::Compensating {
-                reason: "step failed".into(),
-            })),
+            saga: Some(
+                saga(SagaStatus::Compensating {
+                    reason: "step failed".into(),
+                })
+                .into(),
+            ),
             prior: Prior::of(&prior_saga),
             idempotency_key: Some("req-1".into()),
             outbox: vec![message(1), message(2)],
@@ -308,5 +390,27 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("running"), "{err}");
+    }
+
+    #[test]
+    fn a_change_of_some_steps_survives_json_and_a_whole_saga_still_reads() {
+        let mut s = saga(SagaStatus::Running);
+        s.steps = vec![StepState::default(); 3];
+        s.steps[2].output = Some(serde_json::json!({ "ok": 1 }));
+        let change = Change {
+            saga: Some(SagaWrite::of_steps(&s, &[2])),
+            prior: Prior::of(&s),
+            ..Change::default()
+        };
+        let json = serde_json::to_value(&change).unwrap();
+        assert_eq!(json["saga"]["steps"][0][0], 2);
+        assert!(json["saga"]["header"]["input"].is_null());
+        assert_eq!(serde_json::from_value::<Change>(json).unwrap(), change);
+
+        // A journal record written before steps were written apart holds
+        // the whole saga: it reads as one.
+        let earlier = serde_json::json!({ "saga": serde_json::to_value(&s).unwrap() });
+        let back: Change = serde_json::from_value(earlier).unwrap();
+        assert_eq!(back.saga, Some(SagaWrite::Whole(s)));
     }
 }

@@ -182,7 +182,7 @@ mod tests {
                 ids.push(saga.id.clone());
                 store
                     .commit(Change {
-                        saga: Some(saga),
+                        saga: Some(saga.into()),
                         ..Change::default()
                     })
                     .unwrap();

@@ -59,7 +59,7 @@ mod tests {
         let key = s.idempotency_key.clone();
         store
             .commit(Change {
-                saga: Some(s),
+                saga: Some(s.into()),
                 idempotency_key: key,
                 timers_add: timers,
                 ..Change::default()

@@ -197,6 +197,32 @@ pub fn apply(
     event: Event,
     inputs: Inputs,
 ) -> Result<Vec<Effect>, Rejection> {
+    apply_noting_steps(saga, def, event, inputs).map(|applied| applied.effects)
+}
+
+/// What [`apply_noting_steps`] did to a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The effects, as [`apply`] returns them.
+    pub effects: Vec<Effect>,
+    /// Indexes of the steps the transition wrote, ascending, each once: a
+    /// step not listed is as it was. (A step listed may also be unchanged:
+    /// written with the value it had.) The rest of the saga, its header,
+    /// changes with every transition.
+    pub steps: Vec<usize>,
+}
+
+/// [`apply`], also saying which steps the transition wrote, so that the
+/// store writes those and the saga's header, not the whole saga.
+///
+/// Debug builds check the list: a step that changed but is not listed
+/// panics.
+pub fn apply_noting_steps(
+    saga: &mut Saga,
+    def: &SagaDefinition,
+    event: Event,
+    inputs: Inputs,
+) -> Result<Applied, Rejection> {
     if saga.steps.len() != def.steps.len() {
         return Err(Rejection::NotApplicable(format!(
             "saga {} has {} steps but definition {} v{} has {}",
@@ -207,11 +233,14 @@ pub fn apply(
             def.steps.len()
         )));
     }
+    #[cfg(debug_assertions)]
+    let before = saga.steps.clone();
     let mut t = Transition {
         saga,
         def,
         inputs,
         effects: Vec::new(),
+        touched: Vec::new(),
     };
     // Each handler checks everything that can reject the event before it
     // changes anything, so a rejection leaves the saga untouched.
@@ -229,7 +258,23 @@ pub fn apply(
     }
     t.advance();
     t.saga.updated_at = inputs.now;
-    Ok(t.effects)
+    let Transition {
+        saga,
+        effects,
+        touched: mut steps,
+        ..
+    } = t;
+    steps.sort_unstable();
+    steps.dedup();
+    #[cfg(debug_assertions)]
+    for (i, (was, is)) in before.iter().zip(&saga.steps).enumerate() {
+        assert!(
+            was == is || steps.binary_search(&i).is_ok(),
+            "step {i} of saga {} changed without being noted",
+            saga.id
+        );
+    }
+    Ok(Applied { effects, steps })
 }
 
 /// The attempt of a step that is in flight (dispatched, no result or timeout
@@ -274,15 +319,25 @@ pub fn is_rolled_back(status: &StepStatus) -> bool {
     )
 }
 
-/// One transition in progress: the saga being changed and the effects so far.
+/// One transition in progress: the saga being changed, the effects so far
+/// and the steps it wrote.
 struct Transition<'a> {
     saga: &'a mut Saga,
     def: &'a SagaDefinition,
     inputs: Inputs,
     effects: Vec<Effect>,
+    /// Indexes of the steps [`Self::step_mut`] handed out (with repeats).
+    touched: Vec<usize>,
 }
 
 impl Transition<'_> {
+    /// Step `step`, to change: every write to a step goes through here, so
+    /// that [`apply_noting_steps`] can say which steps a transition wrote.
+    fn step_mut(&mut self, step: usize) -> &mut StepState {
+        self.touched.push(step);
+        &mut self.saga.steps[step]
+    }
+
     // ----- event handlers: validate first, then change -----
 
     /// `Start`: a pending saga starts running.
@@ -484,7 +539,7 @@ impl Transition<'_> {
         let draining = self.is_compensating();
         match outcome {
             Outcome::Ok { output } => {
-                let state = &mut self.saga.steps[step];
+                let state = self.step_mut(step);
                 state.status = StepStatus::Succeeded;
                 state.output = Some(output);
                 self.lifecycle(LifecycleEvent::StepSucceeded { step });
@@ -510,7 +565,7 @@ impl Transition<'_> {
     fn compensation_result(&mut self, step: usize, attempt: u32, outcome: Outcome) {
         match outcome {
             Outcome::Ok { .. } => {
-                self.saga.steps[step].status = StepStatus::Compensated;
+                self.step_mut(step).status = StepStatus::Compensated;
                 self.lifecycle(LifecycleEvent::StepCompensated { step });
             }
             Outcome::Retryable {
@@ -611,7 +666,7 @@ impl Transition<'_> {
 
     /// The step's action failed for good; while running, the saga rolls back.
     fn fail_step(&mut self, step: usize, error: String) {
-        self.saga.steps[step].status = StepStatus::Failed {
+        self.step_mut(step).status = StepStatus::Failed {
             error: error.clone(),
         };
         self.lifecycle(LifecycleEvent::StepFailed {
@@ -627,7 +682,7 @@ impl Transition<'_> {
     /// The step's compensation failed for good (or its action's outcome is
     /// unknown): a person must act.
     fn compensation_failed(&mut self, step: usize, error: String) {
-        self.saga.steps[step].status = StepStatus::CompensationFailed {
+        self.step_mut(step).status = StepStatus::CompensationFailed {
             error: error.clone(),
         };
         self.lifecycle(LifecycleEvent::StepCompensationFailed { step, error });
@@ -662,7 +717,7 @@ impl Transition<'_> {
         due: Millis,
         error: String,
     ) {
-        self.saga.steps[step].status = match kind {
+        self.step_mut(step).status = match kind {
             TaskKind::Action => StepStatus::RetryWaiting {
                 attempt: next_attempt,
                 due,
@@ -692,7 +747,7 @@ impl Transition<'_> {
     /// (its first dispatch in a run or rollback, or a retry's): the retry
     /// budget counts from here, the attempt number goes on from the last one.
     fn start_round(&mut self, step: usize, kind: TaskKind, generation: u32) {
-        let state = &mut self.saga.steps[step];
+        let state = self.step_mut(step);
         let base = last_attempt_number(state, kind);
         match kind {
             TaskKind::Action => state.action_base = base,
@@ -706,7 +761,7 @@ impl Transition<'_> {
     fn dispatch(&mut self, step: usize, kind: TaskKind, attempt: u32, generation: u32) {
         let now = self.inputs.now;
         let due = self.after(self.step_def(step).timeout);
-        let state = &mut self.saga.steps[step];
+        let state = self.step_mut(step);
         state.status = match kind {
             TaskKind::Action => StepStatus::Running { attempt },
             TaskKind::Compensation => StepStatus::Compensating { attempt },
@@ -738,7 +793,8 @@ impl Transition<'_> {
     /// Records how an in-flight attempt ended.
     fn end_attempt(&mut self, step: usize, kind: TaskKind, attempt: u32, outcome: AttemptOutcome) {
         let now = self.inputs.now;
-        let record = self.saga.steps[step]
+        let record = self
+            .step_mut(step)
             .attempts
             .iter_mut()
             .rev()
@@ -763,7 +819,7 @@ impl Transition<'_> {
         for step in 0..self.saga.steps.len() {
             let state = &self.saga.steps[step];
             match state.status {
-                StepStatus::Pending => self.saga.steps[step].status = StepStatus::Skipped,
+                StepStatus::Pending => self.step_mut(step).status = StepStatus::Skipped,
                 StepStatus::RetryWaiting { attempt, .. }
                     if !last_timed_out(state, TaskKind::Action) =>
                 {
@@ -806,7 +862,7 @@ impl Transition<'_> {
                         },
                     });
                 }
-                StepStatus::Pending => self.saga.steps[step].status = StepStatus::Skipped,
+                StepStatus::Pending => self.step_mut(step).status = StepStatus::Skipped,
                 StepStatus::RetryWaiting { attempt, .. }
                 | StepStatus::CompensationRetryWaiting { attempt, .. }
                     if last_timed_out(&self.saga.steps[step], waiting_kind(&status)) =>
@@ -815,7 +871,7 @@ impl Transition<'_> {
                     // the retry floor: like an abandoned attempt, the status
                     // names the attempt whose outcome is unknown.
                     let kind = waiting_kind(&status);
-                    self.saga.steps[step].status = match kind {
+                    self.step_mut(step).status = match kind {
                         TaskKind::Action => StepStatus::Running {
                             attempt: attempt - 1,
                         },
@@ -832,7 +888,7 @@ impl Transition<'_> {
                     });
                 }
                 StepStatus::RetryWaiting { attempt, .. } => {
-                    self.saga.steps[step].status = StepStatus::Skipped;
+                    self.step_mut(step).status = StepStatus::Skipped;
                     self.effects.push(Effect::CancelTimer {
                         timer: TimerKind::Retry {
                             step,
@@ -844,7 +900,7 @@ impl Transition<'_> {
                 StepStatus::CompensationRetryWaiting { attempt, .. } => {
                     // The action's effect is in place and stays: no more
                     // compensation attempts are made.
-                    self.saga.steps[step].status = StepStatus::Succeeded;
+                    self.step_mut(step).status = StepStatus::Succeeded;
                     self.effects.push(Effect::CancelTimer {
                         timer: TimerKind::Retry {
                             step,
@@ -937,7 +993,8 @@ impl Transition<'_> {
                 break;
             }
         }
-        for (state, keep) in self.saga.steps.iter_mut().zip(keep) {
+        for (step, keep) in keep.into_iter().enumerate() {
+            let state = self.step_mut(step);
             if keep {
                 state.status = StepStatus::Succeeded;
             } else {
@@ -1019,7 +1076,7 @@ impl Transition<'_> {
                 if self.step_def(step).compensation.is_some() {
                     self.start_round(step, TaskKind::Compensation, self.saga.generation);
                 } else {
-                    self.saga.steps[step].status = StepStatus::NotCompensable;
+                    self.step_mut(step).status = StepStatus::NotCompensable;
                 }
                 changed = true;
             }

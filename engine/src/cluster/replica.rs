@@ -264,7 +264,7 @@ fn lag_ms(record: &Record) -> Millis {
     record
         .changes
         .iter()
-        .filter_map(|c| c.saga.as_ref().map(|s| s.updated_at))
+        .filter_map(|c| c.saga.as_ref().map(|s| s.header().updated_at))
         .max()
         .map_or(0, |t| crate::clock::now_ms().saturating_sub(t))
 }

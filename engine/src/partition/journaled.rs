@@ -174,12 +174,14 @@ impl Partition {
         let Some(writer) = self.journal.as_mut() else {
             let result = self.store.commit_many(&self.pending);
             self.pending.clear();
+            self.finished.clear();
             self.staged = Staged::default();
             return result.map_err(Into::into);
         };
         let mut record = writer.record();
         let position = writer.position(&record);
         let result = self.store.commit_journaled(&self.pending, position);
+        self.finished.clear();
         let staged = std::mem::take(&mut self.staged);
         record.definitions = staged.definitions;
         record.services = staged.services;

@@ -34,7 +34,7 @@ use jetsaga_core::limits::Admission;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::state::{Event, Inputs, Millis, Saga};
 use jetsaga_protocol::{ApiError, Subjects};
-use jetsaga_store::{Change, HeldTask, Store, StoreError};
+use jetsaga_store::{Change, HeldTask, SagaWrite, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -83,6 +83,10 @@ pub struct Partition {
     relay: Arc<Notify>,
     rx: mpsc::Receiver<Command>,
     active: HashMap<String, Saga>,
+    /// Sagas that finished in the batch being applied: their records in
+    /// [`Self::pending`] may hold only what changed, and the store has them
+    /// once the batch is written ([`Self::write_pending`] clears this).
+    finished: HashMap<String, Saga>,
     /// Changes of the batch being applied, not yet written: the store gets
     /// them in one transaction ([`Self::write_pending`]). Reads of state they
     /// touch look here first ([`Self::saga`], idempotency keys) or write them
@@ -127,6 +131,7 @@ impl Partition {
             relay,
             rx,
             active: HashMap::new(),
+            finished: HashMap::new(),
             pending: Vec::new(),
             definitions: HashMap::new(),
             metrics: SagaMetrics::default(),
@@ -168,22 +173,32 @@ impl Partition {
         self
     }
 
-    /// The saga with `id`: from the in-memory set of unfinished sagas, else
-    /// from the batch's changes not yet written, else from the store
-    /// (terminal sagas).
+    /// A copy of the saga with `id`: from the in-memory set of unfinished
+    /// sagas, else from those that finished in this batch, else from the
+    /// store (terminal sagas).
     fn saga(&self, id: &str) -> Result<Option<Saga>, StoreError> {
-        if let Some(s) = self.active.get(id) {
-            return Ok(Some(s.clone()));
-        }
-        match self.pending_saga(id) {
+        match self.active.get(id).or_else(|| self.finished.get(id)) {
             Some(s) => Ok(Some(s.clone())),
             None => self.store.saga(id),
         }
     }
 
-    /// The latest state of saga `id` in the batch's changes not yet written.
-    fn pending_saga(&self, id: &str) -> Option<&Saga> {
-        latest_saga(&self.pending, id)
+    /// The saga with `id`, to apply an event to: an unfinished one is taken
+    /// out of the in-memory set (not copied), and goes back with the
+    /// transition ([`Self::commit`]) or, on a rejection, unchanged
+    /// ([`Self::put_back`]).
+    fn take_saga(&mut self, id: &str) -> Result<Option<Saga>, StoreError> {
+        match self.active.remove(id) {
+            Some(s) => Ok(Some(s)),
+            None => self.saga(id),
+        }
+    }
+
+    /// Puts back a saga [`Self::take_saga`] gave out that did not change.
+    fn put_back(&mut self, saga: Saga) {
+        if !saga.status.is_terminal() {
+            self.active.insert(saga.id.clone(), saga);
+        }
     }
 
     /// The saga an idempotency key is bound to, the batch's changes not yet
@@ -203,35 +218,24 @@ impl Partition {
 }
 
 /// One copy of a saga per batch: when `pending` (the batch's changes not
-/// yet written) holds a record of saga `id`, that copy is dropped and
-/// `change` (the later transition's, about to carry the saga's new record)
-/// takes what it knew of the stored record (its prior) and the key it
+/// yet written) holds a record of saga `id`, that copy is taken out and
+/// returned, and `change` (the later transition's, about to carry the
+/// saga's new record, which must then also write what the earlier one
+/// did) takes what it knew of the stored record (its prior) and the key it
 /// binds. The earlier change keeps its outbox rows, timers and the rest,
 /// but writes (and journals) no record. So a batch that applies many
-/// results of one saga (a fan-out) encodes, writes and journals its record
-/// once. Returns whether there was such a copy.
-fn take_earlier_copy(pending: &mut [Change], id: &str, change: &mut Change) -> bool {
-    let Some(earlier) = pending
+/// results of one saga (a fan-out) encodes, writes and journals its
+/// header once.
+fn take_earlier_copy(pending: &mut [Change], id: &str, change: &mut Change) -> Option<SagaWrite> {
+    let earlier = pending
         .iter_mut()
         .rev()
-        .find(|c| c.saga.as_ref().is_some_and(|s| s.id == id))
-    else {
-        return false;
-    };
-    earlier.saga = None;
+        .find(|c| c.saga.as_ref().is_some_and(|s| s.id() == id))?;
     change.prior = std::mem::take(&mut earlier.prior);
     if change.idempotency_key.is_none() {
         change.idempotency_key = earlier.idempotency_key.take();
     }
-    true
-}
-
-/// The latest state of saga `id` among `changes` (in write order).
-fn latest_saga<'a>(changes: &'a [Change], id: &str) -> Option<&'a Saga> {
-    changes
-        .iter()
-        .rev()
-        .find_map(|c| c.saga.as_ref().filter(|s| s.id == id))
+    earlier.saga.take()
 }
 
 /// The task `changes` hold under sequence `seq`, if they do.
@@ -249,7 +253,7 @@ fn bound_saga<'a>(changes: &'a [Change], key: &str) -> Option<&'a str> {
             .as_deref()
             .filter(|k| *k == key)
             .and(c.saga.as_ref())
-            .map(|s| s.id.as_str())
+            .map(SagaWrite::id)
     })
 }
 

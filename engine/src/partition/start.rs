@@ -129,7 +129,7 @@ impl Partition {
         change.queue_remove.extend(dequeued);
         change.idempotency_key = start.idempotency_key;
         change.prior = Prior::Absent;
-        self.commit(saga, change, after)?;
+        self.commit(saga, None, change, after)?;
         tracing::info!(saga_id = %id, saga = %def.name, version = def.version, "saga started");
         Ok(StartReply {
             saga_id: id,
@@ -163,7 +163,7 @@ impl Partition {
             queue_add: vec![row],
             ..Change::default()
         };
-        self.commit(saga, change, after)?;
+        self.commit(saga, None, change, after)?;
         tracing::info!(
             saga_id = %id,
             saga = %def.name,
@@ -206,7 +206,7 @@ impl Partition {
             .next(|name| max_running.get(name).copied().flatten())
             .map(|(seq, row)| (seq, row.saga_id.clone()))
         {
-            let saga = self.active.get(&id).cloned();
+            let saga = self.active.remove(&id);
             let def = match &saga {
                 Some(s) => self.definition(&s.name, s.definition_version)?,
                 None => None,
@@ -215,7 +215,12 @@ impl Partition {
                 (Some(saga), Some(def)) => self
                     .apply_event(saga, &def, Event::Start, Vec::new(), after)?
                     .is_ok(),
-                _ => false,
+                (saga, _) => {
+                    if let Some(saga) = saga {
+                        self.put_back(saga);
+                    }
+                    false
+                }
             };
             if admitted {
                 tracing::info!(saga_id = %id, "saga admitted from the start queue");

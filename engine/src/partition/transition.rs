@@ -9,7 +9,7 @@ use jetsaga_core::saga::machine;
 use jetsaga_core::saga::state::{Event, Rejection, Saga};
 use jetsaga_core::saga::transition::Before;
 use jetsaga_protocol::{ApiError, ErrorCode, TaskResult};
-use jetsaga_store::{Change, Prior, StoreError};
+use jetsaga_store::{Change, Prior, SagaWrite, StoreError};
 
 impl Partition {
     pub(super) fn apply_result(
@@ -25,7 +25,7 @@ impl Partition {
             attempt = result.attempt
         )
         .entered();
-        let Some(saga) = self.saga(&result.saga_id)? else {
+        let Some(saga) = self.take_saga(&result.saga_id)? else {
             reject(
                 "result",
                 "unknown_saga",
@@ -33,33 +33,34 @@ impl Partition {
             );
             return Ok(());
         };
-        let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
-            reject(
-                "result",
+        let found = match self.definition(&saga.name, saga.definition_version)? {
+            None => Err((
                 "unknown_definition",
-                &format!("saga {} has no stored definition", saga.id),
-            );
-            return Ok(());
+                format!("saga {} has no stored definition", saga.id),
+            )),
+            Some(def) => match def.step_index(&result.step_id) {
+                None => Err((
+                    "unknown_step",
+                    format!("saga {} has no step `{}`", saga.id, result.step_id),
+                )),
+                Some(step) if def.steps[step].service != result.service => Err((
+                    "wrong_service",
+                    format!(
+                        "result for step `{}` of saga {} came from service `{}`, but the step belongs to `{}`",
+                        result.step_id, saga.id, result.service, def.steps[step].service
+                    ),
+                )),
+                Some(step) => Ok((def, step)),
+            },
         };
-        let Some(step) = def.step_index(&result.step_id) else {
-            reject(
-                "result",
-                "unknown_step",
-                &format!("saga {} has no step `{}`", saga.id, result.step_id),
-            );
-            return Ok(());
+        let (def, step) = match found {
+            Ok(found) => found,
+            Err((reason, message)) => {
+                self.put_back(saga);
+                reject("result", reason, &message);
+                return Ok(());
+            }
         };
-        if def.steps[step].service != result.service {
-            reject(
-                "result",
-                "wrong_service",
-                &format!(
-                    "result for step `{}` of saga {} came from service `{}`, but the step belongs to `{}`",
-                    result.step_id, saga.id, result.service, def.steps[step].service
-                ),
-            );
-            return Ok(());
-        }
         let event = Event::TaskResult {
             step,
             kind: result.kind,
@@ -80,20 +81,27 @@ impl Partition {
         refused: &str,
         after: &mut AfterFlush,
     ) -> Result<Result<Saga, ApiError>, PartitionError> {
-        let Some(saga) = self.saga(id)? else {
+        let Some(saga) = self.take_saga(id)? else {
             return Ok(Err(api_error(
                 ErrorCode::NotFound,
                 format!("no saga with id {id}"),
             )));
         };
         let Some(def) = self.definition(&saga.name, saga.definition_version)? else {
+            self.put_back(saga);
             return Ok(Err(api_error(
                 ErrorCode::Internal,
                 format!("saga {id} has no stored definition"),
             )));
         };
         match self.apply_event(saga, &def, event, Vec::new(), after)? {
-            Ok(saga) => Ok(Ok(saga)),
+            Ok(()) => match self.saga(id)? {
+                Some(saga) => Ok(Ok(saga)),
+                None => Ok(Err(api_error(
+                    ErrorCode::Internal,
+                    format!("saga {id} is gone after the transition"),
+                ))),
+            },
             Err(rejection) => Ok(Err(api_error(
                 ErrorCode::NotApplicable,
                 format!("{refused} saga {id}: {rejection}"),
@@ -154,7 +162,7 @@ impl Partition {
         }
         for row in due {
             let remove = vec![(row.saga_id.clone(), row.timer.clone())];
-            let saga = self.saga(&row.saga_id)?;
+            let saga = self.take_saga(&row.saga_id)?;
             let def = match &saga {
                 Some(s) => self.definition(&s.name, s.definition_version)?,
                 None => None,
@@ -164,7 +172,10 @@ impl Partition {
                     let event = Event::TimerFired(row.timer.clone());
                     let _ = self.apply_event(saga, &def, event, remove, after)?;
                 }
-                _ => {
+                (saga, _) => {
+                    if let Some(saga) = saga {
+                        self.put_back(saga);
+                    }
                     self.stage(
                         Change {
                             timers_remove: remove,
@@ -181,8 +192,10 @@ impl Partition {
         Ok(())
     }
 
-    /// Applies `event` to `saga` and commits the result. Rejections are
-    /// logged and counted; `timers_remove` is committed either way.
+    /// Applies `event` to `saga` (taken with [`Partition::take_saga`]) and
+    /// commits the result; a rejected event puts the saga back unchanged.
+    /// Rejections are logged and counted; `timers_remove` is committed
+    /// either way.
     pub(super) fn apply_event(
         &mut self,
         mut saga: Saga,
@@ -190,26 +203,28 @@ impl Partition {
         event: Event,
         timers_remove: Vec<(String, jetsaga_core::saga::state::TimerKind)>,
         after: &mut AfterFlush,
-    ) -> Result<Result<Saga, Rejection>, PartitionError> {
+    ) -> Result<Result<(), Rejection>, PartitionError> {
         let label = event_label(&event);
         // Operator events come from the API, whose door answers the caller
         // and counts a refusal itself, as for starts (see `handle`).
         let answered = matches!(event, Event::Cancel { .. } | Event::Retry { .. });
         let before = Before::of(&saga);
         let traced = crate::trace::enabled().then(|| saga.clone());
-        match machine::apply(&mut saga, def, event, inputs(now_ms())) {
-            Ok(effects) => {
+        match machine::apply_noting_steps(&mut saga, def, event, inputs(now_ms())) {
+            Ok(applied) => {
                 if let Some(earlier) = &traced {
                     crate::trace::observe(def, earlier, &saga);
                 }
                 let dequeued = self.observe(def, before, &saga);
-                let mut change = self.change_for(&mut saga, def, effects);
+                let mut change = self.change_for(&mut saga, def, applied.effects);
                 change.queue_remove.extend(dequeued);
                 change.timers_remove.extend(timers_remove);
-                self.commit(saga.clone(), change, after)?;
-                Ok(Ok(saga))
+                self.commit(saga, Some(applied.steps), change, after)?;
+                Ok(Ok(()))
             }
             Err(rejection) => {
+                let id = saga.id.clone();
+                self.put_back(saga);
                 if !timers_remove.is_empty() {
                     self.stage(
                         Change {
@@ -222,11 +237,11 @@ impl Partition {
                 let quiet = matches!(rejection, Rejection::Stale { .. } | Rejection::Terminal(_))
                     && label == "timer";
                 if quiet {
-                    tracing::debug!(saga_id = %saga.id, %rejection, "stale timer ignored");
+                    tracing::debug!(saga_id = %id, %rejection, "stale timer ignored");
                 } else if answered {
-                    tracing::debug!(saga_id = %saga.id, event = label, %rejection, "operator event refused; the caller is answered");
+                    tracing::debug!(saga_id = %id, event = label, %rejection, "operator event refused; the caller is answered");
                 } else {
-                    tracing::warn!(saga_id = %saga.id, event = label, %rejection, "event rejected");
+                    tracing::warn!(saga_id = %id, event = label, %rejection, "event rejected");
                     metrics::counter!(crate::metrics::REJECTED, "reason" => rejection.reason())
                         .increment(1);
                 }
@@ -235,28 +250,47 @@ impl Partition {
         }
     }
 
+    /// Stages saga `saga`'s new record with `change`: its header and the
+    /// steps `steps` lists (the transition wrote them), or, with `None` (a
+    /// new saga), the whole saga. An earlier record of the saga in this
+    /// batch is folded in (see `take_earlier_copy`): this one then also
+    /// writes the steps that one did.
     pub(super) fn commit(
         &mut self,
         saga: Saga,
+        steps: Option<Vec<usize>>,
         mut change: Change,
         after: &mut AfterFlush,
     ) -> Result<(), StoreError> {
         let id = saga.id.clone();
         let state = saga.status.name();
         let terminal = saga.status.is_terminal();
-        if super::take_earlier_copy(&mut self.pending, &id, &mut change) {
-            // The batch's earlier change of this saga writes no record now.
-        } else if change.prior == Prior::Unknown
-            && let Some(stored) = self.active.get(&id)
+        let earlier = super::take_earlier_copy(&mut self.pending, &id, &mut change);
+        if earlier.is_none()
+            && change.prior == Prior::Unknown
+            && let Some(stored) = self.active.get(&id).or_else(|| self.finished.get(&id))
         {
             // The store moves the index entries without decoding the record.
             change.prior = Prior::of(stored);
         }
-        change.saga = Some(saga.clone());
+        let steps = match (steps, earlier) {
+            (None, _) | (_, Some(SagaWrite::Whole(_))) => None,
+            (Some(steps), None) => Some(steps),
+            (Some(mut steps), Some(SagaWrite::Steps { steps: before, .. })) => {
+                steps.extend(before.iter().map(|(i, _)| *i as usize));
+                steps.sort_unstable();
+                steps.dedup();
+                Some(steps)
+            }
+        };
+        change.saga = Some(match steps {
+            Some(steps) => SagaWrite::of_steps(&saga, &steps),
+            None => SagaWrite::Whole(saga.clone()),
+        });
         self.stage(change, after);
         after.progress.push((id.clone(), state));
         if terminal {
-            self.active.remove(&id);
+            self.finished.insert(id, saga);
         } else {
             self.active.insert(id, saga);
         }

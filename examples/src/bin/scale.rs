@@ -315,7 +315,7 @@ fn running_saga(def: &SagaDefinition, n: usize, at: Millis, due: Millis) -> Chan
     ];
     Change {
         idempotency_key: saga.idempotency_key.clone(),
-        saga: Some(saga),
+        saga: Some(saga.into()),
         timers_add,
         ..Change::default()
     }
@@ -361,7 +361,7 @@ fn seed(
         seeded.finished_ids.push(saga.id.clone());
         store.commit(Change {
             idempotency_key: saga.idempotency_key.clone(),
-            saga: Some(saga),
+            saga: Some(saga.into()),
             ..Change::default()
         })?;
         if n > 0 && n % 20_000 == 0 {
@@ -374,7 +374,7 @@ fn seed(
         let at = now - 60_000 + 60_000 * n as Millis / args.unfinished.max(1) as Millis;
         let change = running_saga(&stored[n % stored.len()], args.finished + n, at, due);
         if let Some(s) = &change.saga {
-            seeded.unfinished_ids.push(s.id.clone());
+            seeded.unfinished_ids.push(s.id().to_owned());
         }
         store.commit(change)?;
     }

@@ -1,8 +1,10 @@
 //! A [`Change`] encoded for the group commit's transaction.
 
-use super::codec::{breaker_key, encode, finished_key, held_key, join, timer_ident, timer_key};
-use crate::{Change, Prior, StoreError};
-use jetsaga_core::saga::state::Millis;
+use super::codec::{
+    breaker_key, encode, finished_key, held_key, join, step_key, timer_ident, timer_key,
+};
+use crate::{Change, Prior, SagaWrite, StoreError, header_of};
+use jetsaga_core::saga::state::{Millis, StepState};
 #[cfg(debug_assertions)]
 use {
     super::codec::decode, jetsaga_core::saga::state::Saga,
@@ -12,12 +14,67 @@ use {
 /// A change's saga record and index keys, encoded.
 pub(super) struct SagaRow {
     pub(super) id: Vec<u8>,
+    /// The header (the saga without steps and input).
     pub(super) bytes: Vec<u8>,
+    /// The input, when the whole saga is written.
+    pub(super) input: Option<Vec<u8>>,
+    /// The step rows written.
+    pub(super) steps: Vec<Row>,
     pub(super) state_key: Vec<u8>,
     pub(super) name_key: Vec<u8>,
     pub(super) finished_key: Option<Vec<u8>>,
     pub(super) prior: Prior,
     pub(super) idempotency_key: Option<String>,
+}
+
+impl SagaRow {
+    fn of(write: &SagaWrite, change: &Change) -> Result<Self, StoreError> {
+        let saga = write.header();
+        let id = saga.id.as_bytes();
+        let (bytes, input, steps) = match write {
+            SagaWrite::Steps { header, steps } => (
+                encode("sagas", id, header)?,
+                None,
+                encode_steps(id, steps.iter().map(|(i, s)| (*i, s)))?,
+            ),
+            SagaWrite::Whole(saga) => (
+                encode("sagas", id, &header_of(saga))?,
+                Some(encode("saga_inputs", id, &saga.input)?),
+                encode_steps(
+                    id,
+                    saga.steps.iter().enumerate().map(|(i, s)| (i as u32, s)),
+                )?,
+            ),
+        };
+        Ok(SagaRow {
+            id: id.to_vec(),
+            bytes,
+            input,
+            steps,
+            state_key: join(saga.status.name().as_bytes(), id),
+            name_key: join(saga.name.as_bytes(), id),
+            finished_key: finished_key(saga),
+            prior: change.prior.clone(),
+            idempotency_key: change.idempotency_key.clone(),
+        })
+    }
+}
+
+/// A row to insert: key and value.
+pub(super) type Row = (Vec<u8>, Vec<u8>);
+
+/// The `saga_steps` rows of saga `id`'s steps `steps` (index, state).
+fn encode_steps<'a>(
+    id: &[u8],
+    steps: impl Iterator<Item = (u32, &'a StepState)>,
+) -> Result<Vec<Row>, StoreError> {
+    steps
+        .map(|(i, step)| {
+            let key = step_key(id, i);
+            let value = encode("saga_steps", &key, step)?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 /// A [`Change`] encoded for the transaction (outbox rows are added under
@@ -41,15 +98,7 @@ impl Encoded {
             "an idempotency key needs the saga it binds to"
         );
         let saga = match &change.saga {
-            Some(saga) => Some(SagaRow {
-                id: saga.id.as_bytes().to_vec(),
-                bytes: encode("sagas", saga.id.as_bytes(), saga)?,
-                state_key: join(saga.status.name().as_bytes(), saga.id.as_bytes()),
-                name_key: join(saga.name.as_bytes(), saga.id.as_bytes()),
-                finished_key: finished_key(saga),
-                prior: change.prior.clone(),
-                idempotency_key: change.idempotency_key.clone(),
-            }),
+            Some(write) => Some(SagaRow::of(write, change)?),
             None => None,
         };
         let timer_removes = change

@@ -36,6 +36,11 @@ pub(super) fn finished_key_at(at: Millis, id: &[u8]) -> Vec<u8> {
     key.extend_from_slice(id);
     key
 }
+/// `saga id ‖ 0x00 ‖ index u32`: the `saga_steps` key of a saga's step.
+pub(super) fn step_key(id: &[u8], index: u32) -> Vec<u8> {
+    join(id, &index.to_be_bytes())
+}
+
 /// Key of held task `seq` in the `admission` tree.
 pub(super) fn held_key(seq: u64) -> Vec<u8> {
     join_prefix(b'h', &seq.to_be_bytes())
@@ -99,6 +104,11 @@ pub(super) fn printable(tree: &str, key: &[u8]) -> String {
             let (due, ident) = key.split_at(8);
             let due = u64::from_be_bytes(due.try_into().unwrap_or_default());
             format!("{due}/{}", text(ident))
+        }
+        "saga_steps" if key.len() >= 5 => {
+            let (id, index) = key.split_at(key.len() - 4);
+            let index = u32::from_be_bytes(index.try_into().unwrap_or_default());
+            format!("{}{index}", text(id))
         }
         "definitions" if key.len() >= 5 => {
             let (name, version) = key.split_at(key.len() - 4);

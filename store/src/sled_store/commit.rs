@@ -62,6 +62,8 @@ impl SledStore {
 
         let (timer_delta, new_sagas) = (
             &self.sagas,
+            &self.saga_steps,
+            &self.saga_inputs,
             &self.idempotency,
             &self.by_state,
             &self.by_name,
@@ -76,6 +78,8 @@ impl SledStore {
             .transaction(
                 |(
                     sagas,
+                    saga_steps,
+                    saga_inputs,
                     idempotency,
                     by_state,
                     by_name,
@@ -157,6 +161,12 @@ impl SledStore {
                                 }
                             }
                             sagas.insert(id, saga.bytes.as_slice())?;
+                            if let Some(input) = &saga.input {
+                                saga_inputs.insert(id, input.as_slice())?;
+                            }
+                            for (key, value) in &saga.steps {
+                                saga_steps.insert(key.as_slice(), value.as_slice())?;
+                            }
                             if let Some(key) = &saga.idempotency_key {
                                 idempotency.insert(key.as_bytes(), id)?;
                             }
@@ -275,7 +285,7 @@ mod tests {
         s.idempotency_key = Some("req-1".into());
         store
             .commit(Change {
-                saga: Some(s.clone()),
+                saga: Some(s.clone().into()),
                 idempotency_key: Some("req-1".into()),
                 outbox: vec![msg(1), msg(2)],
                 timers_add: vec![timer("0001", TimerKind::SagaTimeout, 5_000)],
@@ -319,7 +329,7 @@ mod tests {
         store.sagas.insert("0001", &b"{not json"[..]).unwrap();
         let err = store
             .commit(Change {
-                saga: Some(saga("0001", "order", SagaStatus::Completed)),
+                saga: Some(saga("0001", "order", SagaStatus::Completed).into()),
                 idempotency_key: Some("k".into()),
                 outbox: vec![msg(1)],
                 timers_add: vec![timer("0001", TimerKind::SagaTimeout, 1)],
@@ -375,7 +385,7 @@ mod tests {
             .zip(priors)
             .enumerate()
             .map(|(i, (s, prior))| Change {
-                saga: Some(s.clone()),
+                saga: Some(s.clone().into()),
                 prior,
                 idempotency_key: (i == 0).then(|| "req-1".to_owned()),
                 outbox: vec![msg(i as u32)],
@@ -408,7 +418,7 @@ mod tests {
         for (store, prior) in [(&read, Prior::Unknown), (&batch, Prior::of(&steps[2]))] {
             store
                 .commit(Change {
-                    saga: Some(again.clone()),
+                    saga: Some(again.clone().into()),
                     prior,
                     ..Change::default()
                 })
@@ -429,14 +439,14 @@ mod tests {
         let err = store
             .commit_many(&[
                 Change {
-                    saga: Some(saga("0001", "order", running())),
+                    saga: Some(saga("0001", "order", running()).into()),
                     prior: Prior::Absent,
                     outbox: vec![msg(1)],
                     ..Change::default()
                 },
                 Change {
                     // Unknown prior: the damaged record is read, and fails.
-                    saga: Some(saga("0002", "order", SagaStatus::Completed)),
+                    saga: Some(saga("0002", "order", SagaStatus::Completed).into()),
                     timers_add: vec![timer("0002", TimerKind::SagaTimeout, 1)],
                     ..Change::default()
                 },

@@ -2,7 +2,7 @@
 //! ([`crate::GroupCommit::delete_saga`]).
 
 use super::SledStore;
-use super::codec::{decode, finished_key, join, timer_key, tx_error, u64_of};
+use super::codec::{decode, finished_key, join, step_key, timer_key, tx_error, u64_of};
 use crate::StoreError;
 use jetsaga_core::saga::state::Saga;
 use sled::Transactional;
@@ -25,6 +25,8 @@ impl SledStore {
         }
         let (deleted, removed_timers) = (
             &self.sagas,
+            &self.saga_inputs,
+            &self.saga_steps,
             &self.idempotency,
             &self.by_state,
             &self.by_name,
@@ -33,12 +35,35 @@ impl SledStore {
             &self.finished,
         )
             .transaction(
-                |(sagas, idempotency, by_state, by_name, timers, timer_index, finished)| {
+                |(
+                    sagas,
+                    inputs,
+                    steps,
+                    idempotency,
+                    by_state,
+                    by_name,
+                    timers,
+                    timer_index,
+                    finished,
+                )| {
                     let Some(bytes) = sagas.remove(id.as_bytes())? else {
                         return Ok((None, 0));
                     };
-                    let saga: Saga = decode("sagas", id.as_bytes(), &bytes)
-                        .map_err(ConflictableTransactionError::Abort)?;
+                    let abort = ConflictableTransactionError::Abort;
+                    let mut saga: Saga = decode("sagas", id.as_bytes(), &bytes).map_err(abort)?;
+                    if let Some(input) = inputs.remove(id.as_bytes())? {
+                        saga.input = decode("saga_inputs", id.as_bytes(), &input).map_err(abort)?;
+                    }
+                    // Numbered from 0 without gaps: the first missing one ends them.
+                    saga.steps.clear();
+                    loop {
+                        let key = step_key(id.as_bytes(), saga.steps.len() as u32);
+                        let Some(row) = steps.remove(key.as_slice())? else {
+                            break;
+                        };
+                        saga.steps
+                            .push(decode("saga_steps", &key, &row).map_err(abort)?);
+                    }
                     by_state.remove(join(saga.status.name().as_bytes(), id.as_bytes()))?;
                     by_name.remove(join(saga.name.as_bytes(), id.as_bytes()))?;
                     if let Some(key) = finished_key(&saga) {
@@ -87,7 +112,7 @@ mod tests {
         for s in [&doomed, &other] {
             store
                 .commit(Change {
-                    saga: Some(s.clone()),
+                    saga: Some(s.clone().into()),
                     idempotency_key: s.idempotency_key.clone(),
                     outbox: vec![msg(1)],
                     timers_add: vec![
@@ -150,7 +175,7 @@ mod tests {
         reborn.idempotency_key = Some("order-42".into());
         store
             .commit(Change {
-                saga: Some(reborn),
+                saga: Some(reborn.into()),
                 idempotency_key: Some("order-42".into()),
                 ..Change::default()
             })
@@ -177,7 +202,7 @@ mod tests {
             owner.idempotency_key = Some("shared".into());
             store
                 .commit(Change {
-                    saga: Some(owner),
+                    saga: Some(owner.into()),
                     idempotency_key: Some("shared".into()),
                     ..Change::default()
                 })
@@ -204,7 +229,7 @@ mod tests {
         s.idempotency_key = Some("k".into());
         store
             .commit(Change {
-                saga: Some(s),
+                saga: Some(s.into()),
                 idempotency_key: Some("k".into()),
                 timers_add: vec![timer("0001", TimerKind::SagaTimeout, 1)],
                 ..Change::default()

@@ -31,7 +31,7 @@ mod tests {
         s.idempotency_key = Some("order-42".into());
         store
             .commit(Change {
-                saga: Some(s),
+                saga: Some(s.into()),
                 idempotency_key: Some("order-42".into()),
                 ..Change::default()
             })

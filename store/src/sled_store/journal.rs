@@ -54,7 +54,7 @@ mod tests {
 
     fn start(id: &str) -> Change {
         Change {
-            saga: Some(saga(id, "order", running())),
+            saga: Some(saga(id, "order", running()).into()),
             prior: Prior::Absent,
             outbox: vec![msg(1)],
             timers_add: vec![timer(id, TimerKind::SagaTimeout, 5_000)],
@@ -144,7 +144,7 @@ mod tests {
         let err = store
             .commit_journaled(
                 &[Change {
-                    saga: Some(saga("0001", "order", SagaStatus::Completed)),
+                    saga: Some(saga("0001", "order", SagaStatus::Completed).into()),
                     outbox: vec![msg(2)],
                     ..Change::default()
                 }],

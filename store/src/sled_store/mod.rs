@@ -15,7 +15,9 @@
 //! |---------------------|------------------------------------------|--------------------|
 //! | `definitions`       | name ‖ 0x00 ‖ version u32                | definition JSON    |
 //! | `definition_latest` | name                                     | version u32        |
-//! | `sagas`             | saga id                                  | saga JSON          |
+//! | `sagas`             | saga id                                  | saga header JSON (below) |
+//! | `saga_steps`        | saga id ‖ 0x00 ‖ step index u32          | step JSON          |
+//! | `saga_inputs`       | saga id                                  | input JSON         |
 //! | `idempotency`       | idempotency key                          | saga id            |
 //! | `by_state`          | state name ‖ 0x00 ‖ saga id              | empty              |
 //! | `by_name`           | saga name ‖ 0x00 ‖ saga id               | empty              |
@@ -28,6 +30,17 @@
 //! |                     | `b` ‖ service                            | breaker state JSON |
 //! | `service_policies`  | service                                  | service policy JSON |
 //! | `meta`              | `journal`                                | [`crate::JournalPosition`] JSON |
+//!
+//! A saga is stored in parts: its header (the saga JSON with `steps`
+//! empty and `input` null), one row per step, and its input. A transition
+//! writes the header and the steps it changed
+//! ([`crate::SagaWrite::Steps`]), so its cost does not grow with the
+//! saga's step count or input; a new saga is written whole. Readers put
+//! the parts together in one (read-only) transaction, so that they never
+//! see a header of one transition with steps of another. Stores written
+//! before the split (format `1`) held the whole saga JSON in `sagas`;
+//! opening one splits every record once and marks the store format `2`
+//! (which earlier versions refuse to open).
 //!
 //! `finished` holds the terminal sagas by the time they finished (written in
 //! the transaction of the terminal transition, removed when the saga leaves
@@ -89,6 +102,10 @@ pub struct SledStore {
     definitions: Tree,
     definition_latest: Tree,
     sagas: Tree,
+    /// Each saga's steps, one row per step.
+    saga_steps: Tree,
+    /// Each saga's input.
+    saga_inputs: Tree,
     idempotency: Tree,
     by_state: Tree,
     by_name: Tree,

@@ -2,7 +2,7 @@
 //! in-memory counts, and the one-time backfill of the `finished` index.
 
 use super::SledStore;
-use super::codec::{finished_key, join, u64_of};
+use super::codec::{decode, encode, finished_key, join, step_key, u64_of};
 use crate::StoreError;
 use sled::Tree;
 use std::path::Path;
@@ -14,8 +14,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// database without any error, so a store directory that existed before but
 /// lacks the marker has lost its data and must not be used as if new.
 pub(super) const MARKER_KEY: &[u8] = b"jetsaga.store.format";
-/// Value of the marker: the on-disk format of this store.
-const MARKER_FORMAT: &[u8] = b"1";
+/// Value of the marker: the on-disk format of this store (`2`: sagas
+/// stored in parts, see the module docs of [`super`]).
+const MARKER_FORMAT: &[u8] = b"2";
+/// The format before sagas were stored in parts: opened, it is split.
+const MARKER_FORMAT_WHOLE_SAGAS: &[u8] = b"1";
 /// Key of the record in sled's default tree saying that the `finished` tree
 /// is complete (stores written before it existed are backfilled at open).
 const FINISHED_INDEX_KEY: &[u8] = b"jetsaga.store.finished_index";
@@ -93,8 +96,10 @@ impl SledStore {
     /// before.
     pub(super) fn from_db(db: sled::Db, path: String, existed: bool) -> Result<Self, StoreError> {
         let open_error = open_error(&path);
+        let mut split = false;
         match db.get(MARKER_KEY).map_err(&open_error)? {
             Some(format) if format.as_ref() == MARKER_FORMAT => {}
+            Some(format) if format.as_ref() == MARKER_FORMAT_WHOLE_SAGAS => split = true,
             Some(format) => {
                 return Err(damaged(
                     &path,
@@ -135,6 +140,8 @@ impl SledStore {
             definitions: tree("definitions")?,
             definition_latest: tree("definition_latest")?,
             sagas: tree("sagas")?,
+            saga_steps: tree("saga_steps")?,
+            saga_inputs: tree("saga_inputs")?,
             idempotency: tree("idempotency")?,
             by_state: tree("by_state")?,
             by_name: tree("by_name")?,
@@ -155,6 +162,9 @@ impl SledStore {
             commit_lock: Mutex::new(()),
             db,
         };
+        if split {
+            store.split_sagas()?;
+        }
         let outbox_rows = count(&store.outbox).map_err(&open_error)?;
         let timer_rows = count(&store.timers).map_err(&open_error)?;
         // One `by_name` row per saga, and its rows are smaller than records.
@@ -178,6 +188,41 @@ impl SledStore {
             store.backfill_finished()?;
         }
         Ok(store)
+    }
+
+    /// Stores every saga record of a format-1 store (the whole saga in
+    /// `sagas`) in parts (header, steps, input), then marks the store
+    /// format 2. Each saga's parts are written before its header, so a
+    /// crash midway leaves whole records that the next open splits again.
+    fn split_sagas(&self) -> Result<(), StoreError> {
+        let mut split = 0usize;
+        for entry in self.sagas.iter() {
+            let (id, bytes) = entry?;
+            let saga: jetsaga_core::saga::state::Saga = decode("sagas", &id, &bytes)?;
+            if saga.steps.is_empty() {
+                // Split by an open that crashed before marking the store
+                // (a definition has at least one step).
+                continue;
+            }
+            self.saga_inputs
+                .insert(&id, encode("saga_inputs", &id, &saga.input)?)?;
+            for (i, step) in saga.steps.iter().enumerate() {
+                let key = step_key(&id, i as u32);
+                let value = encode("saga_steps", &key, step)?;
+                self.saga_steps.insert(key, value)?;
+            }
+            let header = crate::header_of(&saga);
+            self.sagas.insert(&id, encode("sagas", &id, &header)?)?;
+            split += 1;
+        }
+        self.db.flush()?;
+        self.db.insert(MARKER_KEY, MARKER_FORMAT)?;
+        self.db.flush()?;
+        tracing::info!(
+            sagas = split,
+            "store: sagas stored in parts (header, steps, input); format 2"
+        );
+        Ok(())
     }
 
     /// Fills the `finished` tree from the terminal sagas of a store written
@@ -305,7 +350,7 @@ mod tests {
             s.idempotency_key = Some("req".into());
             store
                 .commit(Change {
-                    saga: Some(s),
+                    saga: Some(s.into()),
                     idempotency_key: Some("req".into()),
                     outbox: vec![msg(1), msg(2)],
                     timers_add: vec![timer("0001", TimerKind::SagaTimeout, 10)],
@@ -430,5 +475,102 @@ mod tests {
         let err = SledStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains("missing or damaged"), "{err}");
+    }
+
+    /// A saga of `steps` steps, each with one attempt, for the split tests.
+    fn whole(id: &str, steps: usize) -> Saga {
+        let mut s = saga(id, "order", running());
+        s.steps = (0..steps)
+            .map(|i| jetsaga_core::saga::state::StepState {
+                output: Some(serde_json::json!({ "step": i })),
+                ..Default::default()
+            })
+            .collect();
+        s
+    }
+
+    /// Writes `sagas` as a format-1 store held them (the whole saga JSON in
+    /// `sagas`, no parts), with `split` of them already split by an open
+    /// that crashed before marking the store.
+    fn format_1_store(dir: &std::path::Path, sagas: &[Saga], split: usize) {
+        let db = sled_config(dir).open().unwrap();
+        db.insert(MARKER_KEY, MARKER_FORMAT_WHOLE_SAGAS).unwrap();
+        let (records, by_state, by_name) = (
+            db.open_tree("sagas").unwrap(),
+            db.open_tree("by_state").unwrap(),
+            db.open_tree("by_name").unwrap(),
+        );
+        let (steps, inputs) = (
+            db.open_tree("saga_steps").unwrap(),
+            db.open_tree("saga_inputs").unwrap(),
+        );
+        for (n, s) in sagas.iter().enumerate() {
+            let id = s.id.as_bytes();
+            if n < split {
+                inputs
+                    .insert(id, serde_json::to_vec(&s.input).unwrap())
+                    .unwrap();
+                for (i, step) in s.steps.iter().enumerate() {
+                    steps
+                        .insert(step_key(id, i as u32), serde_json::to_vec(step).unwrap())
+                        .unwrap();
+                }
+                let header = crate::header_of(s);
+                records
+                    .insert(id, serde_json::to_vec(&header).unwrap())
+                    .unwrap();
+            } else {
+                records.insert(id, serde_json::to_vec(s).unwrap()).unwrap();
+            }
+            by_state.insert(join(b"running", id), &[]).unwrap();
+            by_name.insert(join(b"order", id), &[]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_format_1_store_is_split_into_parts_at_open_even_after_a_crash_midway() {
+        let dir = tempfile::tempdir().unwrap();
+        let sagas = [whole("0001", 3), whole("0002", 2), whole("0003", 1)];
+        format_1_store(dir.path(), &sagas, 1);
+        let store = SledStore::open(dir.path()).unwrap();
+        for s in &sagas {
+            assert_eq!(store.saga(&s.id).unwrap().as_ref(), Some(s), "{}", s.id);
+            let header: Saga =
+                serde_json::from_slice(&store.sagas.get(&s.id).unwrap().unwrap()).unwrap();
+            assert!(
+                header.steps.is_empty() && header.input.is_null(),
+                "{header:?}"
+            );
+        }
+        assert_eq!(store.saga_steps.len(), 6);
+        assert_eq!(store.saga_inputs.len(), 3);
+        assert_eq!(
+            store.db.get(MARKER_KEY).unwrap().as_deref(),
+            Some(MARKER_FORMAT)
+        );
+        assert_eq!(
+            ids(&store.unfinished_sagas().unwrap()),
+            vec!["0001", "0002", "0003"]
+        );
+        drop(store);
+        // Opened again, it is format 2 and nothing is split twice.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.saga("0002").unwrap().as_ref(), Some(&sagas[1]));
+    }
+
+    #[test]
+    fn a_store_of_a_later_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled_config(dir.path()).open().unwrap();
+            db.insert(MARKER_KEY, b"3").unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown store format \"3\""),
+            "{err}"
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! [`SagaTable`] on sled.
 
 use super::SledStore;
-use super::codec::{decode, join, printable};
+use super::codec::{decode, join, printable, step_key, tx_error};
 use crate::{DEFAULT_LIST_LIMIT, SagaFilter, SagaTable, StoreError};
 use jetsaga_core::saga::state::{Millis, Saga};
-use sled::IVec;
+use sled::{IVec, Transactional};
 use std::sync::atomic::Ordering;
 
 /// States a saga can still leave: what [`crate::SagaTable::unfinished_sagas`] returns.
@@ -51,15 +51,8 @@ impl SagaTable for SledStore {
                     Some(before) => self.sagas.range::<&[u8], _>(..before),
                     None => self.sagas.iter(),
                 };
-                let mut out = Vec::new();
-                for entry in iter.rev() {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let (id, bytes) = entry?;
-                    out.push(decode("sagas", &id, &bytes)?);
-                }
-                Ok(out)
+                let ids = iter.keys().rev().map(|k| k.map_err(StoreError::Io));
+                self.load_sagas(ids, |_| true, limit)
             }
         }
     }
@@ -132,11 +125,38 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Saga `id`, put together from its parts (header, input, steps) read
+    /// in one transaction: never a header of one commit with steps of
+    /// another. Decoding happens after it.
     pub(super) fn saga_by_key(&self, id: &[u8]) -> Result<Option<Saga>, StoreError> {
-        match self.sagas.get(id)? {
-            Some(bytes) => decode("sagas", id, &bytes).map(Some),
-            None => Ok(None),
+        let parts = (&self.sagas, &self.saga_inputs, &self.saga_steps)
+            .transaction(|(sagas, inputs, steps)| {
+                let Some(header) = sagas.get(id)? else {
+                    return Ok(None);
+                };
+                let input = inputs.get(id)?;
+                let mut rows = Vec::new();
+                // Steps are numbered from 0 without gaps (a saga is first
+                // written whole), so the first missing index is the end.
+                while let Some(row) = steps.get(step_key(id, rows.len() as u32))? {
+                    rows.push(row);
+                }
+                Ok(Some((header, input, rows)))
+            })
+            .map_err(tx_error)?;
+        let Some((header, input, rows)) = parts else {
+            return Ok(None);
+        };
+        let mut saga: Saga = decode("sagas", id, &header)?;
+        if let Some(input) = input {
+            saga.input = decode("saga_inputs", id, &input)?;
         }
+        saga.steps = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| decode("saga_steps", &step_key(id, i as u32), row))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(saga))
     }
 }
 #[cfg(test)]
@@ -335,6 +355,82 @@ mod tests {
                 ..SagaFilter::default()
             })
             .is_empty()
+        );
+    }
+
+    fn with_steps(id: &str, steps: usize) -> Saga {
+        let mut s = saga(id, "order", running());
+        s.steps = vec![jetsaga_core::saga::state::StepState::default(); steps];
+        s
+    }
+
+    #[test]
+    fn a_transition_writes_the_header_and_its_steps_only() {
+        let store = SledStore::temporary().unwrap();
+        let mut s = with_steps("0001", 3);
+        put(&store, s.clone());
+        let stored_step = |i: u32| store.saga_steps.get(step_key(b"0001", i)).unwrap().unwrap();
+        let untouched = stored_step(0);
+
+        s.steps[1].output = Some(serde_json::json!({ "paid": true }));
+        s.steps[2].output = Some(serde_json::json!({ "shipped": true }));
+        s.updated_at = 2_000;
+        let mut write = crate::SagaWrite::of_steps(&s, &[1]);
+        store
+            .commit(Change {
+                saga: Some(write.clone()),
+                prior: crate::Prior::of(&s),
+                ..Change::default()
+            })
+            .unwrap();
+        // Step 2 changed in memory but was not written; the input stays.
+        let read = store.saga("0001").unwrap().unwrap();
+        assert_eq!(read.steps[1], s.steps[1]);
+        assert_eq!(read.steps[2].output, None);
+        assert_eq!(read.input, s.input);
+        assert_eq!(read.updated_at, 2_000);
+        assert_eq!(stored_step(0), untouched);
+
+        // A header with an input or steps of its own does not replace them.
+        if let crate::SagaWrite::Steps { header, .. } = &mut write {
+            header.input = serde_json::json!("not the input");
+        }
+        store
+            .commit(Change {
+                saga: Some(write),
+                prior: crate::Prior::of(&s),
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(store.saga("0001").unwrap().unwrap().input, s.input);
+    }
+
+    #[test]
+    fn deleting_a_saga_removes_its_parts_and_returns_it_whole() {
+        let store = SledStore::temporary().unwrap();
+        let mut s = with_steps("0001", 2);
+        s.status = SagaStatus::Completed;
+        s.finished_at = Some(2_000);
+        put(&store, s.clone());
+        put(&store, with_steps("0002", 2));
+        assert_eq!(store.delete_saga("0001").unwrap(), Some(s));
+        assert_eq!(store.saga("0001").unwrap(), None);
+        assert_eq!(store.saga_steps.len(), 2, "the other saga's steps stay");
+        assert_eq!(store.saga_inputs.len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_step_row_is_named() {
+        let store = SledStore::temporary().unwrap();
+        put(&store, with_steps("0001", 2));
+        store
+            .saga_steps
+            .insert(step_key(b"0001", 1), &b"{not json"[..])
+            .unwrap();
+        let err = store.saga("0001").unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { key, .. } if key == "saga_steps/0001/1"),
+            "{err:?}"
         );
     }
 }

@@ -93,7 +93,7 @@ mod tests {
             // Held rows come and go with the saga change that holds them.
             store
                 .commit(Change {
-                    saga: Some(saga("0001", "order", running())),
+                    saga: Some(saga("0001", "order", running()).into()),
                     held_add: vec![(1, held(1)), (2, held(2)), (3, held(3))],
                     breakers: vec![
                         ("pay".into(), Some(open.clone())),

@@ -297,14 +297,14 @@ mod tests {
         done.finished_at = Some(2_000);
         let changes = vec![
             Change {
-                saga: Some(saga("0001", "order", running())),
+                saga: Some(saga("0001", "order", running()).into()),
                 prior: Prior::Absent,
                 outbox: vec![msg(1), msg(2)],
                 timers_add: vec![timer("0001", TimerKind::SagaTimeout, 9_000)],
                 ..Change::default()
             },
             Change {
-                saga: Some(done),
+                saga: Some(done.into()),
                 prior: Prior::Absent,
                 outbox: vec![msg(3)],
                 queue_add: vec![(

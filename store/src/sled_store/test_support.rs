@@ -79,7 +79,7 @@ pub(super) fn step_timeout(step: usize, attempt: u32) -> TimerKind {
 pub(super) fn put(store: &SledStore, s: Saga) {
     store
         .commit(Change {
-            saga: Some(s),
+            saga: Some(s.into()),
             ..Change::default()
         })
         .unwrap();
