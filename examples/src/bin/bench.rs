@@ -467,6 +467,17 @@ async fn stored_messages(js: &jetstream::Context) -> Result<BTreeMap<String, u64
     Ok(out)
 }
 
+/// The engine's journal stream (prefix `jetsaga`).
+const JOURNAL_STREAM: &str = "JETSAGA_JOURNAL";
+
+/// The bytes stream `name` holds now (0 if it does not exist).
+async fn stream_bytes(js: &jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.bytes),
+        Err(_) => 0,
+    }
+}
+
 /// The messages each stream stored between `before` and `after`.
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after
@@ -673,9 +684,11 @@ async fn main() -> Result<()> {
     let js = jetstream::new(probe.clone());
     let s0 = server_cpu(&server_pids);
     let m0 = stored_messages(&js).await?;
+    let j0 = stream_bytes(&js, JOURNAL_STREAM).await;
     let mut engine = engine_phase(&args, &url, counter).await?;
     let s1 = server_cpu(&server_pids);
     let m1 = stored_messages(&js).await?;
+    let j1 = stream_bytes(&js, JOURNAL_STREAM).await;
     let round_trips = engine["step_round_trips"].as_u64().unwrap_or(0);
     let mut floor = floor_phase(&args, &url, round_trips).await?;
     let s2 = server_cpu(&server_pids);
@@ -690,6 +703,10 @@ async fn main() -> Result<()> {
     };
     let trips = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
     engine["stored_messages"] = per(&delta(&m0, &m1), trips(&engine, "step_round_trips"));
+    // What the engine's journal records cost per step (none trimmed in a
+    // run shorter than a snapshot interval).
+    engine["journal_bytes_per_step"] =
+        json!(j1.saturating_sub(j0) as f64 / trips(&engine, "step_round_trips"));
     let floor_stored: BTreeMap<String, u64> = serde_json::from_value(
         floor
             .as_object_mut()
