@@ -88,6 +88,8 @@ pub const PUBLISH_DUPLICATES: &str = "engine_publish_duplicates_total";
 pub const OUTBOX_BACKLOG: &str = "engine_outbox_backlog";
 /// Armed durable timers (gauge).
 pub const TIMER_BACKLOG: &str = "engine_timer_backlog";
+/// Step timeouts armed in memory (gauge, per partition).
+pub const STEP_TIMEOUTS: &str = "engine_step_timeouts";
 /// Finished sagas deleted by retention (counter).
 pub const PRUNED_SAGAS: &str = "engine_pruned_sagas_total";
 /// Sagas in the store, finished or not (gauge).
@@ -210,7 +212,11 @@ fn describe() {
     );
     describe_gauge!(
         TIMER_BACKLOG,
-        "Durable timers armed (step timeouts, retry delays, saga timeouts)"
+        "Durable timers armed (retry delays, saga timeouts, timeouts of released held tasks)"
+    );
+    describe_gauge!(
+        STEP_TIMEOUTS,
+        "Step timeouts armed in memory: one per dispatched attempt in flight, rebuilt from the sagas at start and takeover"
     );
     describe_gauge!(
         RUNNING_SAGAS,
@@ -495,6 +501,12 @@ impl SagaMetrics {
             }
         }
     }
+}
+
+/// Sets the number of step timeouts armed in memory by the partition
+/// labelled `partition` (none with one partition).
+pub fn publish_step_timeouts(armed: usize, partition: Option<&str>) {
+    metrics::gauge!(STEP_TIMEOUTS, &with_partition(vec![], partition)).set(armed as f64);
 }
 
 /// Sets the concurrency limits' gauges ([`jetsaga_core::limits`]) of the

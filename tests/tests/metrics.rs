@@ -216,6 +216,7 @@ async fn engine_and_workers_export_what_the_dashboard_and_alerts_query() {
         ),
         ("engine_outbox_backlog".to_string(), Expect::Is(0.0)),
         ("engine_timer_backlog".to_string(), Expect::Is(0.0)),
+        ("engine_step_timeouts".to_string(), Expect::Is(0.0)),
     ];
     // Every service's queue, polled from JetStream: drained.
     for service in ["manifest", "container-engine", "gateway", "environment"] {

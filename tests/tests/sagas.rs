@@ -296,6 +296,86 @@ async fn a_step_timeout_dispatches_the_next_attempt_and_a_late_result_is_stale()
     assert_eq!(call.attempts[1].outcome, Some(AttemptOutcome::Ok));
 }
 
+/// Step timeouts are kept in memory: an engine restarted while an attempt
+/// is in flight arms its timeout again from the saga's record, due at the
+/// attempt's start plus the step's timeout, neither lost nor early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_timeout_armed_before_a_restart_fires_after_it_on_time() {
+    let mut world = World::start(&[]).await;
+    world.apply_yaml(TIMEOUT).await;
+    let nats = world.nats.client().await;
+    let js = async_nats::jetstream::new(nats);
+    let stream = js.get_stream("JETSAGA_TASKS").await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "jetsaga-svc-slow",
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("jetsaga-svc-slow".into()),
+                filter_subject: "jetsaga.task.slow".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut tasks = consumer.messages().await.unwrap();
+    let started = world
+        .client
+        .start("slow_step", json!({}), None)
+        .await
+        .unwrap();
+    let first = tasks.next().await.unwrap().unwrap();
+    let t1: Task = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(t1.attempt, 1);
+    first.ack().await.unwrap();
+    world.engine.kill();
+    world.engine.restart();
+    // Nothing answers attempt 1: the restarted engine times it out.
+    let second = tokio::time::timeout(Duration::from_secs(60), tasks.next())
+        .await
+        .expect("attempt 2 is dispatched after the restart")
+        .unwrap()
+        .unwrap();
+    let t2: Task = serde_json::from_slice(&second.payload).unwrap();
+    assert_eq!(t2.attempt, 2);
+    second.ack().await.unwrap();
+    let ok = TaskResult {
+        saga_id: t2.saga_id.clone(),
+        step_id: t2.step_id.clone(),
+        kind: t2.kind,
+        attempt: t2.attempt,
+        service: t2.service.clone(),
+        outcome: Outcome::Ok {
+            output: json!("attempt 2"),
+        },
+        replayed: false,
+        worker: "raw".into(),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    let msg_id =
+        jetsaga_worker::protocol::result_msg_id(&ok.saga_id, &ok.step_id, ok.kind, ok.attempt);
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    js.publish_with_headers(
+        "jetsaga.result.slow",
+        headers,
+        serde_json::to_vec(&ok).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let done = world.finished(&started.saga_id).await;
+    assert_eq!(done.saga.status, SagaStatus::Completed);
+    let call = step(&done, "call");
+    let timed_out = &call.attempts[0];
+    assert_eq!(timed_out.outcome, Some(AttemptOutcome::TimedOut));
+    let waited = timed_out.finished_at.unwrap() - timed_out.started_at;
+    assert!(
+        waited >= 1_000,
+        "attempt 1 timed out after {waited} ms, before its 1 s timeout"
+    );
+    assert_eq!(call.attempts[1].outcome, Some(AttemptOutcome::Ok));
+}
+
 const SLOW_SAGA: &str = r#"
 sagas:
   slow_saga:

@@ -236,7 +236,7 @@ pub fn apply_noting_steps(
     #[cfg(debug_assertions)]
     let before = saga.steps.clone();
     let mut t = Transition {
-        saga,
+        saga: &mut *saga,
         def,
         inputs,
         effects: Vec::new(),
@@ -259,7 +259,6 @@ pub fn apply_noting_steps(
     t.advance();
     t.saga.updated_at = inputs.now;
     let Transition {
-        saga,
         effects,
         touched: mut steps,
         ..

@@ -36,13 +36,17 @@ impl Partition {
             .resume(definitions.iter(), self.active.values());
         tracing::info!(unfinished = self.active.len(), "partition resumed");
         self.resume_services()?;
+        self.resume_step_timeouts()?;
         self.resume_limits(&definitions).await?;
         self.publish_gauges();
         let mut batch = Vec::with_capacity(self.batch_size);
         // The flush of the last batch, running while the next one is applied.
         let mut flushing: Option<Flushing> = None;
         loop {
-            let next_timer = self.store.next_timer()?.map(|t| t.due);
+            let next_timer = match (self.store.next_timer()?, self.timeouts.next_due()) {
+                (Some(t), Some(due)) => Some(t.due.min(due)),
+                (t, due) => t.map(|t| t.due).or(due),
+            };
             // Open circuit breakers half-open on time, too (`jetsaga_core::admission`).
             let next = match (next_timer, self.services.next_wake(now_ms())) {
                 (Some(a), Some(b)) => Some(a.min(b)),

@@ -23,6 +23,7 @@ mod services;
 mod start;
 #[cfg(test)]
 mod tests;
+mod timeouts;
 mod transition;
 
 pub use command::{Command, PartitionHandle, ServicesCommand, StartCommand, Starts, api_error};
@@ -87,6 +88,8 @@ pub struct Partition {
     /// [`Self::pending`] may hold only what changed, and the store has them
     /// once the batch is written ([`Self::write_pending`] clears this).
     finished: HashMap<String, Saga>,
+    /// Step timeouts of dispatched attempts, kept in memory ([`timeouts`]).
+    timeouts: timeouts::StepTimeouts,
     /// Changes of the batch being applied, not yet written: the store gets
     /// them in one transaction ([`Self::write_pending`]). Reads of state they
     /// touch look here first ([`Self::saga`], idempotency keys) or write them
@@ -132,6 +135,7 @@ impl Partition {
             rx,
             active: HashMap::new(),
             finished: HashMap::new(),
+            timeouts: timeouts::StepTimeouts::default(),
             pending: Vec::new(),
             definitions: HashMap::new(),
             metrics: SagaMetrics::default(),

@@ -32,5 +32,6 @@ impl Partition {
     pub(super) fn publish_gauges(&mut self) {
         crate::metrics::publish_limits(self.limits.take_gauges(), self.metrics.partition());
         crate::metrics::publish_services(self.services.take_report(), self.metrics.partition());
+        crate::metrics::publish_step_timeouts(self.timeouts.len(), self.metrics.partition());
     }
 }

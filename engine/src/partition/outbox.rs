@@ -30,6 +30,7 @@ impl Partition {
         effects: Vec<Effect>,
     ) -> Change {
         let mut change = Change::default();
+        let mut step_timeouts = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Dispatch {
@@ -41,13 +42,29 @@ impl Partition {
                     let message = self.task_message(saga, def, step, kind, attempt, generation);
                     self.route_task(saga, def, (step, kind, attempt), message, &mut change);
                 }
+                // A dispatched attempt's timeout is kept in memory
+                // (`super::timeouts`); other timers are stored.
+                Effect::ScheduleTimer {
+                    timer: timer @ TimerKind::StepTimeout { .. },
+                    due,
+                } => step_timeouts.push((timer, due)),
                 Effect::ScheduleTimer { timer, due } => change.timers_add.push(TimerRow {
                     saga_id: saga.id.clone(),
                     timer,
                     due,
                 }),
                 Effect::CancelTimer { timer } => {
-                    change.timers_remove.push((saga.id.clone(), timer))
+                    let in_memory = matches!(timer, TimerKind::StepTimeout { .. })
+                        && (self.timeouts.disarm(&saga.id, &timer) || {
+                            let armed = step_timeouts.len();
+                            step_timeouts.retain(|(t, _)| *t != timer);
+                            step_timeouts.len() < armed
+                        });
+                    if !in_memory {
+                        // A stored one: of a released held task, or armed
+                        // by an earlier version.
+                        change.timers_remove.push((saga.id.clone(), timer))
+                    }
                 }
                 Effect::Lifecycle(event) => {
                     log_lifecycle(saga, def, &event);
@@ -79,10 +96,10 @@ impl Partition {
                 attempt: h.attempt,
             })
             .collect();
-        if !held.is_empty() {
-            change
-                .timers_add
-                .retain(|t| t.saga_id != saga.id || !held.contains(&t.timer));
+        for (timer, due) in step_timeouts {
+            if !held.contains(&timer) {
+                self.timeouts.arm(&saga.id, timer, due);
+            }
         }
         self.services.note(saga);
         change.breakers = self.services.take_dirty();

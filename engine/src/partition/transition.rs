@@ -160,8 +160,15 @@ impl Partition {
             self.write_pending()?;
             due = self.store.due_timers(now, self.batch_size)?;
         }
-        for row in due {
-            let remove = vec![(row.saga_id.clone(), row.timer.clone())];
+        // Step timeouts kept in memory are current (never in the store):
+        // taking them out is disarming them.
+        let in_memory = self.timeouts.take_due(now, self.batch_size);
+        let stored = due.len();
+        for (n, row) in due.into_iter().chain(in_memory).enumerate() {
+            let remove = match n < stored {
+                true => vec![(row.saga_id.clone(), row.timer.clone())],
+                false => Vec::new(),
+            };
             let saga = self.take_saga(&row.saga_id)?;
             let def = match &saga {
                 Some(s) => self.definition(&s.name, s.definition_version)?,
@@ -176,6 +183,9 @@ impl Partition {
                     if let Some(saga) = saga {
                         self.put_back(saga);
                     }
+                    if remove.is_empty() {
+                        continue;
+                    }
                     self.stage(
                         Change {
                             timers_remove: remove,
@@ -189,6 +199,53 @@ impl Partition {
         // Breakers' open timeouts are timers too; and held tasks go out as
         // room freed in this batch (`jetsaga_core::admission`).
         self.fire_services(after)?;
+        Ok(())
+    }
+
+    /// Arms the step timeout of every attempt in flight of the resumed
+    /// sagas ([`super::timeouts`]), except held tasks' and those the store
+    /// holds.
+    pub(super) fn resume_step_timeouts(&mut self) -> Result<(), PartitionError> {
+        let stored = super::timeouts::stored_step_timeouts(
+            self.store
+                .due_timers(jetsaga_core::saga::state::Millis::MAX, usize::MAX)?,
+        );
+        let ids: Vec<String> = self.active.keys().cloned().collect();
+        for id in ids {
+            let Some(saga) = self.active.remove(&id) else {
+                continue;
+            };
+            if let Some(def) = self.definition(&saga.name, saga.definition_version)? {
+                let held: Vec<_> = self
+                    .services
+                    .held_of(&id)
+                    .into_iter()
+                    .map(|(_, h)| h.key)
+                    .collect();
+                let skip = |timer: &jetsaga_core::saga::state::TimerKind| {
+                    let jetsaga_core::saga::state::TimerKind::StepTimeout {
+                        step,
+                        kind,
+                        attempt,
+                    } = *timer
+                    else {
+                        return true;
+                    };
+                    stored.contains(&(id.clone(), timer.clone()))
+                        || held
+                            .iter()
+                            .any(|k| (k.step, k.kind, k.attempt) == (step, kind, attempt))
+                };
+                self.timeouts.rebuild(&saga, &def, &skip);
+            }
+            self.active.insert(id, saga);
+        }
+        if self.timeouts.len() > 0 {
+            tracing::info!(
+                step_timeouts = self.timeouts.len(),
+                "step timeouts of attempts in flight armed"
+            );
+        }
         Ok(())
     }
 
