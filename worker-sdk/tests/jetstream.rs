@@ -54,28 +54,58 @@ fn server_binary() -> PathBuf {
 }
 
 impl Server {
+    /// Starts a nats-server on a free port. The port is probed free and
+    /// then released, so a server of a test running alongside can take it
+    /// first; ours then fails to bind and exits. The server is given a
+    /// name of its own, and only a server answering with that name counts:
+    /// otherwise it starts again on another port.
     async fn start() -> Result<Self> {
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start().await? {
+                return Ok(server);
+            }
+        }
+        bail!("nats-server did not start on any of 5 free ports")
+    }
+
+    async fn try_start() -> Result<Option<Self>> {
         let store = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let name = format!("worker-sdk-test-{}-{port}", std::process::id());
         let child = Command::new(server_binary())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                &name,
+            ])
+            .arg("-sd")
             .arg(store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting nats-server")?;
-        let server = Server {
+        let mut server = Server {
             child,
             port,
             _store: store,
         };
         for _ in 0..100 {
+            if server.child.try_wait()?.is_some() {
+                return Ok(None);
+            }
             if let Ok(c) = async_nats::connect(server.url()).await {
+                if c.server_info().server_name != name {
+                    return Ok(None);
+                }
                 let js = jetstream::new(c);
                 if js.query_account().await.is_ok() {
-                    return Ok(server);
+                    return Ok(Some(server));
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
