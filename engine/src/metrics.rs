@@ -26,6 +26,7 @@
 //! | `engine_publish_duplicates_total` | counter | |
 //! | `engine_events_total` | counter | `type` (lifecycle events committed to the outbox) |
 //! | `engine_outbox_backlog`, `engine_timer_backlog` | gauge | |
+//! | `engine_step_timeouts` | gauge | (step timeouts armed in memory) |
 //! | `engine_breaker_state` | gauge | `service` (0 closed, 1 half-open, 2 open; [`jetsaga_core::admission`]) |
 //! | `engine_breaker_transitions_total` | counter | `service`, `to` (`open`, `half_open`, `closed`) |
 //! | `engine_held_tasks`, `engine_service_in_flight` | gauge | `service` (services with a policy) |
@@ -395,6 +396,7 @@ impl SagaMetrics {
             .set(0.0);
         }
         metrics::gauge!(RUNNING_SAGAS, &with_partition(vec![], partition)).set(0.0);
+        metrics::gauge!(STEP_TIMEOUTS, &with_partition(vec![], partition)).set(0.0);
         for (service, breaker) in services {
             let labels = with_partition(vec![("service", service.clone())], partition);
             metrics::gauge!(HELD_TASKS, &labels).set(0.0);

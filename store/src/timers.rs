@@ -25,4 +25,6 @@ pub trait TimerTable: Send + Sync {
     fn due_timers(&self, now: Millis, limit: usize) -> Result<Vec<TimerRow>, StoreError>;
     /// Number of armed timers.
     fn timers_len(&self) -> usize;
+    /// When `timer` of saga `saga_id` is due, if it is armed.
+    fn timer_due(&self, saga_id: &str, timer: &TimerKind) -> Result<Option<Millis>, StoreError>;
 }

@@ -211,12 +211,14 @@ sagas:
         retry: { max_attempts: 3, initial_delay: 100ms }
 "#;
 
-/// A worker speaking the wire protocol with a plain JetStream client: it
-/// keeps attempt 1 unanswered until attempt 2 arrives, then answers both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_timeout_dispatches_the_next_attempt_and_a_late_result_is_stale() {
-    let world = World::start(&[]).await;
-    world.apply_yaml(TIMEOUT).await;
+/// The tasks of service `slow`, read with a plain JetStream client (a
+/// worker speaking the wire protocol), and that client.
+async fn slow_tasks(
+    world: &World,
+) -> (
+    async_nats::jetstream::Context,
+    async_nats::jetstream::consumer::pull::Stream,
+) {
     let nats = world.nats.client().await;
     let js = async_nats::jetstream::new(nats);
     let stream = js.get_stream("JETSAGA_TASKS").await.unwrap();
@@ -231,7 +233,43 @@ async fn a_step_timeout_dispatches_the_next_attempt_and_a_late_result_is_stale()
         )
         .await
         .unwrap();
-    let mut tasks = consumer.messages().await.unwrap();
+    (js, consumer.messages().await.unwrap())
+}
+
+/// Answers `task` with success and `output` on service `slow`'s results
+/// subject, as a worker without the SDK would.
+async fn answer_slow(js: &async_nats::jetstream::Context, task: &Task, output: Value) {
+    let r = TaskResult {
+        saga_id: task.saga_id.clone(),
+        step_id: task.step_id.clone(),
+        kind: task.kind,
+        attempt: task.attempt,
+        service: task.service.clone(),
+        outcome: Outcome::Ok { output },
+        replayed: false,
+        worker: "raw".into(),
+    };
+    let msg_id = jetsaga_worker::protocol::result_msg_id(&r.saga_id, &r.step_id, r.kind, r.attempt);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    js.publish_with_headers(
+        "jetsaga.result.slow",
+        headers,
+        serde_json::to_vec(&r).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// A worker speaking the wire protocol with a plain JetStream client: it
+/// keeps attempt 1 unanswered until attempt 2 arrives, then answers both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_timeout_dispatches_the_next_attempt_and_a_late_result_is_stale() {
+    let world = World::start(&[]).await;
+    world.apply_yaml(TIMEOUT).await;
+    let (js, mut tasks) = slow_tasks(&world).await;
 
     let started = world
         .client
@@ -252,41 +290,13 @@ async fn a_step_timeout_dispatches_the_next_attempt_and_a_late_result_is_stale()
     );
     second.ack().await.unwrap();
 
-    let answer = |task: &Task, output: Value| TaskResult {
-        saga_id: task.saga_id.clone(),
-        step_id: task.step_id.clone(),
-        kind: task.kind,
-        attempt: task.attempt,
-        service: task.service.clone(),
-        outcome: Outcome::Ok { output },
-        replayed: false,
-        worker: "raw".into(),
-    };
-    let publish = |r: TaskResult| {
-        let js = js.clone();
-        async move {
-            let msg_id =
-                jetsaga_worker::protocol::result_msg_id(&r.saga_id, &r.step_id, r.kind, r.attempt);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", msg_id.as_str());
-            js.publish_with_headers(
-                "jetsaga.result.slow",
-                headers,
-                serde_json::to_vec(&r).unwrap().into(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        }
-    };
     // The late answer to attempt 1 comes while attempt 2 is in flight: stale.
-    publish(answer(&t1, json!("late attempt 1"))).await;
+    answer_slow(&js, &t1, json!("late attempt 1")).await;
     world
         .engine
         .process
         .wait_for_log("stale or duplicate", Duration::from_secs(10));
-    publish(answer(&t2, json!("from attempt 2"))).await;
+    answer_slow(&js, &t2, json!("from attempt 2")).await;
 
     let done = world.finished(&started.saga_id).await;
     assert_eq!(done.saga.status, SagaStatus::Completed);
@@ -303,21 +313,7 @@ async fn a_step_timeout_dispatches_the_next_attempt_and_a_late_result_is_stale()
 async fn a_step_timeout_armed_before_a_restart_fires_after_it_on_time() {
     let mut world = World::start(&[]).await;
     world.apply_yaml(TIMEOUT).await;
-    let nats = world.nats.client().await;
-    let js = async_nats::jetstream::new(nats);
-    let stream = js.get_stream("JETSAGA_TASKS").await.unwrap();
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "jetsaga-svc-slow",
-            async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("jetsaga-svc-slow".into()),
-                filter_subject: "jetsaga.task.slow".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut tasks = consumer.messages().await.unwrap();
+    let (js, mut tasks) = slow_tasks(&world).await;
     let started = world
         .client
         .start("slow_step", json!({}), None)
@@ -338,31 +334,7 @@ async fn a_step_timeout_armed_before_a_restart_fires_after_it_on_time() {
     let t2: Task = serde_json::from_slice(&second.payload).unwrap();
     assert_eq!(t2.attempt, 2);
     second.ack().await.unwrap();
-    let ok = TaskResult {
-        saga_id: t2.saga_id.clone(),
-        step_id: t2.step_id.clone(),
-        kind: t2.kind,
-        attempt: t2.attempt,
-        service: t2.service.clone(),
-        outcome: Outcome::Ok {
-            output: json!("attempt 2"),
-        },
-        replayed: false,
-        worker: "raw".into(),
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    let msg_id =
-        jetsaga_worker::protocol::result_msg_id(&ok.saga_id, &ok.step_id, ok.kind, ok.attempt);
-    headers.insert("Nats-Msg-Id", msg_id.as_str());
-    js.publish_with_headers(
-        "jetsaga.result.slow",
-        headers,
-        serde_json::to_vec(&ok).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    answer_slow(&js, &t2, json!("attempt 2")).await;
     let done = world.finished(&started.saga_id).await;
     assert_eq!(done.saga.status, SagaStatus::Completed);
     let call = step(&done, "call");

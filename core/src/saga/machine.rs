@@ -234,7 +234,9 @@ pub fn apply_noting_steps(
         )));
     }
     #[cfg(debug_assertions)]
-    let before = saga.steps.clone();
+    let untouched = saga.clone();
+    #[cfg(debug_assertions)]
+    let before = &untouched.steps;
     let mut t = Transition {
         saga: &mut *saga,
         def,
@@ -243,18 +245,28 @@ pub fn apply_noting_steps(
         touched: Vec::new(),
     };
     // Each handler checks everything that can reject the event before it
-    // changes anything, so a rejection leaves the saga untouched.
-    match event {
-        Event::Start => t.start()?,
+    // changes anything, so a rejection leaves the saga untouched (debug
+    // builds check).
+    let handled = match event {
+        Event::Start => t.start(),
         Event::TaskResult {
             step,
             kind,
             attempt,
             outcome,
-        } => t.task_result(step, kind, attempt, outcome)?,
-        Event::TimerFired(timer) => t.timer_fired(timer)?,
-        Event::Cancel { compensate, reason } => t.cancel(compensate, reason)?,
-        Event::Retry { compensation_only } => t.retry(compensation_only)?,
+        } => t.task_result(step, kind, attempt, outcome),
+        Event::TimerFired(timer) => t.timer_fired(timer),
+        Event::Cancel { compensate, reason } => t.cancel(compensate, reason),
+        Event::Retry { compensation_only } => t.retry(compensation_only),
+    };
+    if let Err(rejection) = handled {
+        #[cfg(debug_assertions)]
+        assert!(
+            *t.saga == untouched,
+            "a rejected event ({rejection}) changed saga {}",
+            untouched.id
+        );
+        return Err(rejection);
     }
     t.advance();
     t.saga.updated_at = inputs.now;

@@ -89,3 +89,146 @@ fn a_batch_writes_one_record_per_saga() {
     let records = batch.iter().filter(|c| c.saga.is_some()).count();
     assert_eq!(records, 2, "one record each for a and b");
 }
+
+/// A partition on a temporary store, its client never connected (nothing
+/// these tests do publishes), with definition `one` (one step, `svc`).
+async fn partition_with_one_step() -> (Partition, u32) {
+    use jetsaga_core::saga::definition::{RetryPolicy, StepDefinition};
+    let store: Arc<dyn Store> = Arc::new(jetsaga_store::SledStore::temporary().unwrap());
+    let def = SagaDefinition {
+        name: "one".to_owned(),
+        version: 0,
+        timeout: None,
+        steps: vec![StepDefinition {
+            id: "only".to_owned(),
+            service: "svc".to_owned(),
+            operation: "op".to_owned(),
+            compensation: None,
+            timeout: std::time::Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            depends_on: vec![],
+        }],
+        triggers: Vec::new(),
+        policy: Default::default(),
+        max_running: None,
+        step_events: false,
+    };
+    let version = store.put_definition(&def).unwrap().version;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect("127.0.0.1:1")
+        .await
+        .unwrap();
+    let (partition, _handle) = Partition::new(
+        store,
+        Subjects::new("jetsaga"),
+        client,
+        Arc::new(Notify::new()),
+        1024 * 1024,
+        64,
+    );
+    (partition, version)
+}
+
+/// Starts a saga of definition `one` with `input`; its id.
+fn start_one(p: &mut Partition, input: serde_json::Value, after: &mut AfterFlush) -> String {
+    let start = StartCommand {
+        saga: "one".to_owned(),
+        input,
+        idempotency_key: None,
+        trace_parent: None,
+    };
+    match p.start(start, after) {
+        Ok(reply) => reply.saga_id,
+        Err(_) => panic!("the start was refused"),
+    }
+}
+
+fn ok_result(saga_id: &str, attempt: u32) -> jetsaga_protocol::TaskResult {
+    jetsaga_protocol::TaskResult {
+        saga_id: saga_id.to_owned(),
+        step_id: "only".to_owned(),
+        kind: jetsaga_protocol::TaskKind::Action,
+        attempt,
+        service: "svc".to_owned(),
+        outcome: jetsaga_protocol::Outcome::Ok {
+            output: serde_json::json!({ "n": attempt }),
+        },
+        replayed: false,
+        worker: "test".to_owned(),
+    }
+}
+
+/// A saga that finishes in a batch is read from memory by the rest of the
+/// batch (the batch holds only its changed parts): a repeated result is
+/// refused, not applied to the record the store still has. The result's
+/// change knows the stored record (its prior), and the step timeout it
+/// armed in memory is disarmed.
+#[tokio::test]
+async fn a_saga_finished_earlier_in_the_batch_is_read_from_memory() {
+    use jetsaga_core::saga::state::SagaStatus;
+    use jetsaga_store::Prior;
+    let (mut p, _) = partition_with_one_step().await;
+    let mut after = AfterFlush::default();
+    let id = start_one(&mut p, serde_json::json!({ "order": 7 }), &mut after);
+    assert!(matches!(
+        p.pending.last().and_then(|c| c.saga.as_ref()),
+        Some(SagaWrite::Whole(_))
+    ));
+    assert_eq!(p.timeouts.len(), 1, "the dispatched attempt's timeout");
+    p.write_pending().unwrap();
+
+    p.apply_result(ok_result(&id, 1), &mut after).unwrap();
+    let change = p.pending.last().unwrap();
+    assert_eq!(
+        change.prior,
+        Prior::Stored {
+            state: "running",
+            finished: None
+        }
+    );
+    match change.saga.as_ref() {
+        Some(SagaWrite::Steps { header, steps }) => {
+            assert_eq!(header.status, SagaStatus::Completed);
+            assert_eq!(steps.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0]);
+        }
+        other => panic!("expected the header and step 0, got {other:?}"),
+    }
+    assert_eq!(p.timeouts.len(), 0);
+    assert!(!p.active.contains_key(&id) && p.finished.contains_key(&id));
+    let staged = p.pending.len();
+    p.apply_result(ok_result(&id, 1), &mut after).unwrap();
+    assert_eq!(p.pending.len(), staged, "the repeat changes nothing");
+
+    p.write_pending().unwrap();
+    assert!(p.finished.is_empty());
+    let stored = p.store.saga(&id).unwrap().unwrap();
+    assert_eq!(stored.status, SagaStatus::Completed);
+    assert_eq!(stored.input, serde_json::json!({ "order": 7 }));
+    assert_eq!(stored.steps[0].output, Some(serde_json::json!({ "n": 1 })));
+}
+
+/// A transition applied to a copy of a saga (not taken out of the
+/// in-memory set) that finishes it leaves no unfinished copy behind.
+#[tokio::test]
+async fn a_copy_that_finishes_replaces_the_unfinished_saga_in_memory() {
+    use jetsaga_core::saga::state::SagaStatus;
+    let (mut p, version) = partition_with_one_step().await;
+    let mut after = AfterFlush::default();
+    let id = start_one(&mut p, serde_json::json!({}), &mut after);
+    p.write_pending().unwrap();
+    let copy = p.saga(&id).unwrap().unwrap();
+    let def = p.definition("one", version).unwrap().unwrap();
+    let event = Event::Cancel {
+        compensate: false,
+        reason: "test".to_owned(),
+    };
+    p.apply_event(copy, &def, event, Vec::new(), &mut after)
+        .unwrap()
+        .unwrap();
+    assert!(!p.active.contains_key(&id));
+    assert!(matches!(
+        p.finished.get(&id).map(|s| &s.status),
+        Some(SagaStatus::Cancelled { .. })
+    ));
+}

@@ -17,7 +17,7 @@ use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine::in_flight_attempt;
 use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
 use jetsaga_store::TimerRow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 /// The step timeouts armed in memory, earliest first.
 #[derive(Debug, Default)]
@@ -118,11 +118,18 @@ impl StepTimeouts {
     }
 }
 
-/// The (saga id, timer) of each step timeout in `rows` (the store's timers).
-pub(super) fn stored_step_timeouts(rows: Vec<TimerRow>) -> HashSet<(String, TimerKind)> {
-    rows.into_iter()
-        .filter(|r| matches!(r.timer, TimerKind::StepTimeout { .. }))
-        .map(|r| (r.saga_id, r.timer))
+/// The step timeouts of `saga`'s attempts in flight.
+pub(super) fn in_flight(saga: &Saga) -> Vec<TimerKind> {
+    saga.steps
+        .iter()
+        .enumerate()
+        .filter_map(|(step, state)| {
+            in_flight_attempt(&state.status).map(|(kind, attempt)| TimerKind::StepTimeout {
+                step,
+                kind,
+                attempt,
+            })
+        })
         .collect()
 }
 
@@ -163,5 +170,72 @@ mod tests {
         );
         assert_eq!(t.take_due(100, 10).len(), 1);
         assert_eq!((t.len(), t.next_due()), (0, None));
+    }
+
+    /// The rebuild arms each attempt in flight at its start plus its step's
+    /// timeout, and leaves out what it is told to skip.
+    #[test]
+    fn a_rebuild_times_attempts_in_flight_from_their_start() {
+        use jetsaga_core::saga::definition::{RetryPolicy, StepDefinition};
+        use jetsaga_core::saga::state::{Attempt, SagaStatus, StepState, StepStatus};
+        let step = |id: &str| StepDefinition {
+            id: id.to_owned(),
+            service: "svc".to_owned(),
+            operation: "op".to_owned(),
+            compensation: None,
+            timeout: std::time::Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            depends_on: vec![],
+        };
+        let def = SagaDefinition {
+            name: "two".to_owned(),
+            version: 1,
+            timeout: None,
+            steps: vec![step("a"), step("b"), step("c")],
+            triggers: Vec::new(),
+            policy: Default::default(),
+            max_running: None,
+            step_events: false,
+        };
+        let running = |attempt: u32, started_at: Millis| StepState {
+            status: StepStatus::Running { attempt },
+            attempts: vec![Attempt {
+                kind: TaskKind::Action,
+                number: attempt,
+                generation: 0,
+                started_at,
+                finished_at: None,
+                outcome: None,
+            }],
+            ..Default::default()
+        };
+        let saga = Saga {
+            id: "s".to_owned(),
+            name: "two".to_owned(),
+            definition_version: 1,
+            input: serde_json::Value::Null,
+            idempotency_key: None,
+            generation: 0,
+            status: SagaStatus::Running,
+            steps: vec![running(1, 1_000), StepState::default(), running(2, 3_000)],
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+            trace_parent: None,
+            event_seq: 0,
+        };
+        assert_eq!(in_flight(&saga), vec![timeout(0, 1), timeout(2, 2)]);
+        let mut t = StepTimeouts::default();
+        t.rebuild(&saga, &def, &|timer| *timer == timeout(2, 2));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.take_due(5_999, 10), vec![]);
+        assert_eq!(
+            t.take_due(6_000, 10),
+            vec![TimerRow {
+                saga_id: "s".into(),
+                timer: timeout(0, 1),
+                due: 6_000
+            }]
+        );
     }
 }

@@ -6,7 +6,7 @@ use super::{AfterFlush, Partition, PartitionError, api_error, event_label, input
 use crate::metrics::reject;
 use jetsaga_core::saga::definition::SagaDefinition;
 use jetsaga_core::saga::machine;
-use jetsaga_core::saga::state::{Event, Rejection, Saga};
+use jetsaga_core::saga::state::{Event, Rejection, Saga, TimerKind};
 use jetsaga_core::saga::transition::Before;
 use jetsaga_protocol::{ApiError, ErrorCode, TaskResult};
 use jetsaga_store::{Change, Prior, SagaWrite, StoreError};
@@ -206,39 +206,48 @@ impl Partition {
     /// sagas ([`super::timeouts`]), except held tasks' and those the store
     /// holds.
     pub(super) fn resume_step_timeouts(&mut self) -> Result<(), PartitionError> {
-        let stored = super::timeouts::stored_step_timeouts(
-            self.store
-                .due_timers(jetsaga_core::saga::state::Millis::MAX, usize::MAX)?,
-        );
         let ids: Vec<String> = self.active.keys().cloned().collect();
         for id in ids {
-            let Some(saga) = self.active.remove(&id) else {
+            let Some((name, version)) = self
+                .active
+                .get(&id)
+                .map(|s| (s.name.clone(), s.definition_version))
+            else {
                 continue;
             };
-            if let Some(def) = self.definition(&saga.name, saga.definition_version)? {
-                let held: Vec<_> = self
-                    .services
-                    .held_of(&id)
-                    .into_iter()
-                    .map(|(_, h)| h.key)
-                    .collect();
-                let skip = |timer: &jetsaga_core::saga::state::TimerKind| {
-                    let jetsaga_core::saga::state::TimerKind::StepTimeout {
+            let Some(def) = self.definition(&name, version)? else {
+                continue;
+            };
+            let held: Vec<_> = self
+                .services
+                .held_of(&id)
+                .into_iter()
+                .map(|(_, h)| h.key)
+                .collect();
+            // Attempts in flight of one saga: a few lookups.
+            let mut skip = Vec::new();
+            if let Some(saga) = self.active.get(&id) {
+                for timer in super::timeouts::in_flight(saga) {
+                    let TimerKind::StepTimeout {
                         step,
                         kind,
                         attempt,
-                    } = *timer
+                    } = timer
                     else {
-                        return true;
+                        continue;
                     };
-                    stored.contains(&(id.clone(), timer.clone()))
-                        || held
-                            .iter()
-                            .any(|k| (k.step, k.kind, k.attempt) == (step, kind, attempt))
-                };
-                self.timeouts.rebuild(&saga, &def, &skip);
+                    let is_held = held
+                        .iter()
+                        .any(|k| (k.step, k.kind, k.attempt) == (step, kind, attempt));
+                    if is_held || self.store.timer_due(&id, &timer)?.is_some() {
+                        skip.push(timer);
+                    }
+                }
             }
-            self.active.insert(id, saga);
+            if let Some(saga) = self.active.get(&id) {
+                self.timeouts
+                    .rebuild(saga, &def, &|timer| skip.contains(timer));
+            }
         }
         if self.timeouts.len() > 0 {
             tracing::info!(
@@ -266,6 +275,9 @@ impl Partition {
         // and counts a refusal itself, as for starts (see `handle`).
         let answered = matches!(event, Event::Cancel { .. } | Event::Retry { .. });
         let before = Before::of(&saga);
+        // What the store holds now, unless an earlier change of the batch
+        // holds the saga (then `commit` takes that change's prior).
+        let prior = Prior::of(&saga);
         let traced = crate::trace::enabled().then(|| saga.clone());
         match machine::apply_noting_steps(&mut saga, def, event, inputs(now_ms())) {
             Ok(applied) => {
@@ -276,6 +288,7 @@ impl Partition {
                 let mut change = self.change_for(&mut saga, def, applied.effects);
                 change.queue_remove.extend(dequeued);
                 change.timers_remove.extend(timers_remove);
+                change.prior = prior;
                 self.commit(saga, Some(applied.steps), change, after)?;
                 Ok(Ok(()))
             }
@@ -307,9 +320,9 @@ impl Partition {
         }
     }
 
-    /// Stages saga `saga`'s new record with `change`: its header and the
-    /// steps `steps` lists (the transition wrote them), or, with `None` (a
-    /// new saga), the whole saga. An earlier record of the saga in this
+    /// Stages saga `saga`'s new record with `change` (whose `prior` the
+    /// caller set): its header and the steps `steps` lists (the transition
+    /// wrote them), or, with `None` (a new saga), the whole saga. An earlier record of the saga in this
     /// batch is folded in (see `take_earlier_copy`): this one then also
     /// writes the steps that one did.
     pub(super) fn commit(
@@ -322,14 +335,10 @@ impl Partition {
         let id = saga.id.clone();
         let state = saga.status.name();
         let terminal = saga.status.is_terminal();
+        // The change's prior (the stored record's, so that the store moves
+        // the index entries without reading it) is the caller's, or that
+        // of the batch's earlier change of the saga.
         let earlier = super::take_earlier_copy(&mut self.pending, &id, &mut change);
-        if earlier.is_none()
-            && change.prior == Prior::Unknown
-            && let Some(stored) = self.active.get(&id).or_else(|| self.finished.get(&id))
-        {
-            // The store moves the index entries without decoding the record.
-            change.prior = Prior::of(stored);
-        }
         let steps = match (steps, earlier) {
             (None, _) | (_, Some(SagaWrite::Whole(_))) => None,
             (Some(steps), None) => Some(steps),
@@ -346,7 +355,10 @@ impl Partition {
         });
         self.stage(change, after);
         after.progress.push((id.clone(), state));
+        // `saga` may be a copy (taken or not, see `take_saga`): it replaces
+        // whatever the in-memory set held.
         if terminal {
+            self.active.remove(&id);
             self.finished.insert(id, saga);
         } else {
             self.active.insert(id, saga);

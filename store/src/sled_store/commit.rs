@@ -18,6 +18,22 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use std::sync::atomic::Ordering;
 
+/// Refuses a record of some steps of a saga the store does not hold: it
+/// would be stored without its other steps and its input.
+fn partial_of_absent(
+    saga: &super::change::SagaRow,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    if saga.input.is_some() {
+        return Ok(());
+    }
+    Err(ConflictableTransactionError::Abort(StoreError::Encode {
+        key: super::codec::printable("sagas", &saga.id),
+        source: serde::ser::Error::custom(
+            "a change writes some steps of a saga the store does not hold (a new saga is written whole)",
+        ),
+    }))
+}
+
 impl SledStore {
     /// Writes `changes` in one transaction, and with them the journal
     /// `position` if given (checked to follow the stored one): the body of
@@ -122,6 +138,7 @@ impl SledStore {
                                             finished.remove(key)?;
                                         }
                                     } else {
+                                        partial_of_absent(saga)?;
                                         new_sagas += 1;
                                     }
                                     by_state.insert(saga.state_key.as_slice(), &[])?;
@@ -131,6 +148,7 @@ impl SledStore {
                                     }
                                 }
                                 Prior::Absent => {
+                                    partial_of_absent(saga)?;
                                     new_sagas += 1;
                                     by_state.insert(saga.state_key.as_slice(), &[])?;
                                     by_name.insert(saga.name_key.as_slice(), &[])?;

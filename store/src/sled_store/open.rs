@@ -4,7 +4,7 @@
 use super::SledStore;
 use super::codec::{decode, encode, finished_key, join, step_key, u64_of};
 use crate::StoreError;
-use sled::Tree;
+use sled::{Transactional, Tree};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -191,10 +191,11 @@ impl SledStore {
     }
 
     /// Stores every saga record of a format-1 store (the whole saga in
-    /// `sagas`) in parts (header, steps, input), then marks the store
-    /// format 2. Each saga's parts are written before its header, so a
-    /// crash midway leaves whole records that the next open splits again.
+    /// `sagas`) in parts (header, steps, input), one transaction per saga,
+    /// then marks the store format 2. A crash midway leaves sagas split
+    /// and sagas whole, and the next open splits the rest.
     fn split_sagas(&self) -> Result<(), StoreError> {
+        let total = self.sagas.len();
         let mut split = 0usize;
         for entry in self.sagas.iter() {
             let (id, bytes) = entry?;
@@ -204,23 +205,41 @@ impl SledStore {
                 // (a definition has at least one step).
                 continue;
             }
-            self.saga_inputs
-                .insert(&id, encode("saga_inputs", &id, &saga.input)?)?;
-            for (i, step) in saga.steps.iter().enumerate() {
-                let key = step_key(&id, i as u32);
-                let value = encode("saga_steps", &key, step)?;
-                self.saga_steps.insert(key, value)?;
-            }
-            let header = crate::header_of(&saga);
-            self.sagas.insert(&id, encode("sagas", &id, &header)?)?;
+            let input = encode("saga_inputs", &id, &saga.input)?;
+            let steps = saga
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    let key = step_key(&id, i as u32);
+                    let value = encode("saga_steps", &key, step)?;
+                    Ok((key, value))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let header = encode("sagas", &id, &crate::header_of(&saga))?;
+            // One saga's parts in one transaction.
+            (&self.sagas, &self.saga_inputs, &self.saga_steps)
+                .transaction(|(sagas, inputs, rows)| {
+                    inputs.insert(&*id, input.as_slice())?;
+                    for (key, value) in &steps {
+                        rows.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    sagas.insert(&*id, header.as_slice())?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(super::codec::tx_error)?;
             split += 1;
+            if split.is_multiple_of(10_000) {
+                tracing::info!(split, total, "store: splitting sagas into parts");
+            }
         }
         self.db.flush()?;
         self.db.insert(MARKER_KEY, MARKER_FORMAT)?;
         self.db.flush()?;
         tracing::info!(
             sagas = split,
-            "store: sagas stored in parts (header, steps, input); format 2"
+            "store: sagas stored in parts (header, steps, input); format 2 \
+             (`jetsaga store compact` reclaims the space the whole records held)"
         );
         Ok(())
     }

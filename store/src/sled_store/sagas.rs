@@ -433,4 +433,22 @@ mod tests {
             "{err:?}"
         );
     }
+
+    #[test]
+    fn some_steps_of_a_saga_the_store_does_not_hold_are_refused() {
+        let store = SledStore::temporary().unwrap();
+        let s = with_steps("0001", 2);
+        for prior in [crate::Prior::Unknown, crate::Prior::Absent] {
+            let err = store
+                .commit(Change {
+                    saga: Some(crate::SagaWrite::of_steps(&s, &[1])),
+                    prior,
+                    ..Change::default()
+                })
+                .unwrap_err();
+            assert!(err.to_string().contains("does not hold"), "{err}");
+        }
+        assert_eq!(store.saga("0001").unwrap(), None);
+        assert_eq!(store.saga_steps.len(), 0);
+    }
 }

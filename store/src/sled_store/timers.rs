@@ -1,9 +1,9 @@
 //! [`TimerTable`] on sled.
 
 use super::SledStore;
-use super::codec::decode;
+use super::codec::{decode, timer_ident, u64_of};
 use crate::{StoreError, TimerRow, TimerTable};
-use jetsaga_core::saga::state::Millis;
+use jetsaga_core::saga::state::{Millis, TimerKind};
 use std::sync::atomic::Ordering;
 
 impl TimerTable for SledStore {
@@ -30,6 +30,14 @@ impl TimerTable for SledStore {
 
     fn timers_len(&self) -> usize {
         self.timer_rows.load(Ordering::Relaxed)
+    }
+
+    fn timer_due(&self, saga_id: &str, timer: &TimerKind) -> Result<Option<Millis>, StoreError> {
+        let ident = timer_ident(saga_id, timer)?;
+        match self.timer_index.get(&ident)? {
+            Some(due) => Ok(Some(u64_of("timer_index", &ident, &due)?)),
+            None => Ok(None),
+        }
     }
 }
 
