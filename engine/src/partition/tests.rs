@@ -93,8 +93,13 @@ fn a_batch_writes_one_record_per_saga() {
 /// A partition on a temporary store, its client never connected (nothing
 /// these tests do publishes), with definition `one` (one step, `svc`).
 async fn partition_with_one_step() -> (Partition, u32) {
-    use jetsaga_core::saga::definition::{RetryPolicy, StepDefinition};
     let store: Arc<dyn Store> = Arc::new(jetsaga_store::SledStore::temporary().unwrap());
+    partition_on(store).await
+}
+
+/// [`partition_with_one_step`] on `store`.
+async fn partition_on(store: Arc<dyn Store>) -> (Partition, u32) {
+    use jetsaga_core::saga::definition::{RetryPolicy, StepDefinition};
     let def = SagaDefinition {
         name: "one".to_owned(),
         version: 0,
@@ -231,4 +236,55 @@ async fn a_copy_that_finishes_replaces_the_unfinished_saga_in_memory() {
         p.finished.get(&id).map(|s| &s.status),
         Some(SagaStatus::Cancelled { .. })
     ));
+}
+
+/// At start (or takeover) the partition arms the timeout of each attempt in
+/// flight, except one the store holds as a timer (a released held task's,
+/// or one an earlier version stored): that one fires from the store.
+#[tokio::test]
+async fn resuming_arms_step_timeouts_the_store_does_not_hold() {
+    use jetsaga_store::TimerRow;
+    let store: Arc<dyn Store> = Arc::new(jetsaga_store::SledStore::temporary().unwrap());
+    let (mut p, _) = partition_on(store.clone()).await;
+    let mut after = AfterFlush::default();
+    let id = start_one(&mut p, serde_json::json!({}), &mut after);
+    p.write_pending().unwrap();
+    drop(p);
+
+    let resumed = || async {
+        let (mut p, _) = partition_on(store.clone()).await;
+        for saga in p.store.unfinished_sagas().unwrap() {
+            p.active.insert(saga.id.clone(), saga);
+        }
+        p.resume_services().unwrap();
+        p.resume_step_timeouts().unwrap();
+        p
+    };
+    let mut p = resumed().await;
+    let started = p.active[&id].steps[0].attempts[0].started_at;
+    let fired = p.timeouts.take_due(u64::MAX, 10);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(
+        fired[0].due,
+        started + 30_000,
+        "the attempt's start plus 30 s"
+    );
+
+    let timer = TimerKind::StepTimeout {
+        step: 0,
+        kind: jetsaga_protocol::TaskKind::Action,
+        attempt: 1,
+    };
+    store
+        .commit(Change {
+            timers_add: vec![TimerRow {
+                saga_id: id.clone(),
+                timer: timer.clone(),
+                due: 42,
+            }],
+            ..Change::default()
+        })
+        .unwrap();
+    assert_eq!(store.timer_due(&id, &timer).unwrap(), Some(42));
+    assert_eq!(resumed().await.timeouts.len(), 0);
 }

@@ -361,6 +361,8 @@ impl Partition {
             self.active.remove(&id);
             self.finished.insert(id, saga);
         } else {
+            // A saga retried after it finished earlier in the batch.
+            self.finished.remove(&id);
             self.active.insert(id, saga);
         }
         Ok(())

@@ -124,6 +124,15 @@ impl SledStore {
                     for enc in &encoded {
                         if let Some(saga) = &enc.saga {
                             let id = saga.id.as_slice();
+                            // Some steps of a saga the store does not hold
+                            // (a store that diverged from its writer) are
+                            // refused, not stored without the rest.
+                            if matches!(saga.prior, Prior::Stored { .. })
+                                && saga.input.is_none()
+                                && sagas.get(id)?.is_none()
+                            {
+                                partial_of_absent(saga)?;
+                            }
                             #[cfg(debug_assertions)]
                             check_prior(sagas, id, &saga.prior)?;
                             match &saga.prior {

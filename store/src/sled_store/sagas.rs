@@ -438,7 +438,11 @@ mod tests {
     fn some_steps_of_a_saga_the_store_does_not_hold_are_refused() {
         let store = SledStore::temporary().unwrap();
         let s = with_steps("0001", 2);
-        for prior in [crate::Prior::Unknown, crate::Prior::Absent] {
+        let stored = crate::Prior::Stored {
+            state: "running",
+            finished: None,
+        };
+        for prior in [crate::Prior::Unknown, crate::Prior::Absent, stored] {
             let err = store
                 .commit(Change {
                     saga: Some(crate::SagaWrite::of_steps(&s, &[1])),
