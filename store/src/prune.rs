@@ -18,7 +18,7 @@ pub fn prune<S: SagaTable + GroupCommit + ?Sized>(
 ) -> Result<Vec<Saga>, StoreError> {
     let mut pruned = Vec::new();
     for id in store.finished_before(before, limit)? {
-        match store.saga(&id)? {
+        match store.saga_header(&id)? {
             Some(saga) if saga.status.is_terminal() => {}
             _ => continue,
         }

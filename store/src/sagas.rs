@@ -30,6 +30,12 @@ pub trait SagaTable: Send + Sync {
     fn saga(&self, id: &str) -> Result<Option<Saga>, StoreError>;
     /// Sagas matching `filter`, newest first.
     fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<Saga>, StoreError>;
+    /// One saga's header: the saga without its steps (empty) and input
+    /// (null), for a caller that reads its state, name and times (one read,
+    /// whatever the saga's size).
+    fn saga_header(&self, id: &str) -> Result<Option<Saga>, StoreError>;
+    /// [`SagaTable::list_sagas`], headers only (see [`SagaTable::saga_header`]).
+    fn list_saga_headers(&self, filter: &SagaFilter) -> Result<Vec<Saga>, StoreError>;
     /// Every saga that is not terminal, oldest first.
     fn unfinished_sagas(&self) -> Result<Vec<Saga>, StoreError>;
     /// Up to `limit` ids of terminal sagas that finished at or before

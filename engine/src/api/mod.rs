@@ -431,14 +431,14 @@ impl Api {
             .map(|since| crate::partition::now_ms().saturating_sub(since));
         let name = req.saga.clone();
         tokio::task::spawn_blocking(move || {
-            // Counted page by page: what stays of a saga read is its state
-            // and duration, whatever the store holds.
+            // Counted page by page, headers only: what stays of a saga
+            // read is its state and duration, whatever the store holds.
             let mut summary = stats::Summary::default();
             'stores: for store in stores {
                 let mut cursor = None;
                 loop {
                     let page = store
-                        .list_sagas(&SagaFilter {
+                        .list_saga_headers(&SagaFilter {
                             state: None,
                             name: name.clone(),
                             before: cursor.take(),

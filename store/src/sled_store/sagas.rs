@@ -7,6 +7,9 @@ use jetsaga_core::saga::state::{Millis, Saga};
 use sled::{IVec, Transactional};
 use std::sync::atomic::Ordering;
 
+/// How a listing reads each saga it lists: whole, or its header.
+type Load<'a> = dyn Fn(&[u8]) -> Result<Option<Saga>, StoreError> + 'a;
+
 /// States a saga can still leave: what [`crate::SagaTable::unfinished_sagas`] returns.
 const UNFINISHED_STATES: [&str; 3] = ["pending", "running", "compensating"];
 impl SagaTable for SledStore {
@@ -14,47 +17,15 @@ impl SagaTable for SledStore {
         self.saga_by_key(id.as_bytes())
     }
     fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<Saga>, StoreError> {
-        let limit = if filter.limit == 0 {
-            DEFAULT_LIST_LIMIT
-        } else {
-            filter.limit
-        };
-        let before = filter.before.as_deref().map(str::as_bytes);
-        let index = match (&filter.state, &filter.name) {
-            (Some(state), _) => Some((&self.by_state, state.as_bytes())),
-            (None, Some(name)) => Some((&self.by_name, name.as_bytes())),
-            (None, None) => None,
-        };
-        let keep = |s: &Saga| {
-            filter
-                .state
-                .as_deref()
-                .is_none_or(|st| s.status.name() == st)
-                && filter.name.as_deref().is_none_or(|n| s.name == n)
-        };
-        match index {
-            Some((tree, value)) => {
-                let prefix = join(value, b"");
-                let skip = prefix.len();
-                let iter = match before {
-                    Some(before) => tree.range(prefix.clone()..join(value, before)),
-                    None => tree.scan_prefix(&prefix),
-                };
-                let ids = iter.keys().rev().map(|k| {
-                    k.map(|k| k.subslice(skip, k.len() - skip))
-                        .map_err(StoreError::Io)
-                });
-                self.load_sagas(ids, keep, limit)
-            }
-            None => {
-                let iter = match before {
-                    Some(before) => self.sagas.range::<&[u8], _>(..before),
-                    None => self.sagas.iter(),
-                };
-                let ids = iter.keys().rev().map(|k| k.map_err(StoreError::Io));
-                self.load_sagas(ids, |_| true, limit)
-            }
-        }
+        self.list_with(filter, &|id| self.saga_by_key(id))
+    }
+
+    fn saga_header(&self, id: &str) -> Result<Option<Saga>, StoreError> {
+        self.header_by_key(id.as_bytes())
+    }
+
+    fn list_saga_headers(&self, filter: &SagaFilter) -> Result<Vec<Saga>, StoreError> {
+        self.list_with(filter, &|id| self.header_by_key(id))
     }
 
     fn unfinished_sagas(&self) -> Result<Vec<Saga>, StoreError> {
@@ -68,7 +39,9 @@ impl SagaTable for SledStore {
         }
         ids.sort();
         ids.dedup();
-        self.load_sagas(ids.into_iter().map(Ok), |_| true, usize::MAX)
+        self.load_sagas(ids.into_iter().map(Ok), |_| true, usize::MAX, &|id| {
+            self.saga_by_key(id)
+        })
     }
     fn finished_before(&self, before: Millis, limit: usize) -> Result<Vec<String>, StoreError> {
         // Every key finished at or before `before` sorts before (before + 1) ‖ ….
@@ -99,13 +72,59 @@ impl SagaTable for SledStore {
 }
 
 impl SledStore {
-    /// Loads the saga records of `ids`, in that order, keeping those that
-    /// pass `keep`, up to `limit`.
+    /// Sagas matching `filter`, newest first, each read with `load`.
+    fn list_with(&self, filter: &SagaFilter, load: &Load<'_>) -> Result<Vec<Saga>, StoreError> {
+        let limit = if filter.limit == 0 {
+            DEFAULT_LIST_LIMIT
+        } else {
+            filter.limit
+        };
+        let before = filter.before.as_deref().map(str::as_bytes);
+        let index = match (&filter.state, &filter.name) {
+            (Some(state), _) => Some((&self.by_state, state.as_bytes())),
+            (None, Some(name)) => Some((&self.by_name, name.as_bytes())),
+            (None, None) => None,
+        };
+        let keep = |s: &Saga| {
+            filter
+                .state
+                .as_deref()
+                .is_none_or(|st| s.status.name() == st)
+                && filter.name.as_deref().is_none_or(|n| s.name == n)
+        };
+        match index {
+            Some((tree, value)) => {
+                let prefix = join(value, b"");
+                let skip = prefix.len();
+                let iter = match before {
+                    Some(before) => tree.range(prefix.clone()..join(value, before)),
+                    None => tree.scan_prefix(&prefix),
+                };
+                let ids = iter.keys().rev().map(|k| {
+                    k.map(|k| k.subslice(skip, k.len() - skip))
+                        .map_err(StoreError::Io)
+                });
+                self.load_sagas(ids, keep, limit, load)
+            }
+            None => {
+                let iter = match before {
+                    Some(before) => self.sagas.range::<&[u8], _>(..before),
+                    None => self.sagas.iter(),
+                };
+                let ids = iter.keys().rev().map(|k| k.map_err(StoreError::Io));
+                self.load_sagas(ids, |_| true, limit, load)
+            }
+        }
+    }
+
+    /// Loads the sagas of `ids` with `load`, in that order, keeping those
+    /// that pass `keep`, up to `limit`.
     fn load_sagas(
         &self,
         ids: impl Iterator<Item = Result<IVec, StoreError>>,
         keep: impl Fn(&Saga) -> bool,
         limit: usize,
+        load: &Load<'_>,
     ) -> Result<Vec<Saga>, StoreError> {
         let mut out = Vec::new();
         for id in ids {
@@ -115,7 +134,7 @@ impl SledStore {
             let id = id?;
             // Indexes are written in the same transaction as the record, so a
             // missing record cannot happen; skipping is the safe reading.
-            let Some(saga) = self.saga_by_key(&id)? else {
+            let Some(saga) = load(&id)? else {
                 continue;
             };
             if keep(&saga) {
@@ -123,6 +142,14 @@ impl SledStore {
             }
         }
         Ok(out)
+    }
+
+    /// Saga `id`'s header (steps empty, input null): one read.
+    pub(super) fn header_by_key(&self, id: &[u8]) -> Result<Option<Saga>, StoreError> {
+        match self.sagas.get(id)? {
+            Some(bytes) => decode("sagas", id, &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Saga `id`, put together from its parts (header, input, steps) read
@@ -454,5 +481,23 @@ mod tests {
         }
         assert_eq!(store.saga("0001").unwrap(), None);
         assert_eq!(store.saga_steps.len(), 0);
+    }
+
+    #[test]
+    fn headers_are_read_without_steps_or_input() {
+        let store = SledStore::temporary().unwrap();
+        put(&store, with_steps("0001", 3));
+        put(&store, with_steps("0002", 2));
+        let header = store.saga_header("0001").unwrap().unwrap();
+        assert!(header.steps.is_empty() && header.input.is_null());
+        assert_eq!(header.status, running());
+        assert_eq!(store.saga_header("0003").unwrap(), None);
+        let filter = SagaFilter {
+            state: Some("running".into()),
+            ..SagaFilter::default()
+        };
+        let headers = store.list_saga_headers(&filter).unwrap();
+        assert_eq!(ids(&headers), ids(&store.list_sagas(&filter).unwrap()));
+        assert!(headers.iter().all(|h| h.steps.is_empty()));
     }
 }
