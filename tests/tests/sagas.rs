@@ -236,6 +236,18 @@ async fn slow_tasks(
     (js, consumer.messages().await.unwrap())
 }
 
+/// The next task of `tasks`, acknowledged; it must be attempt `attempt`.
+async fn next_task(
+    tasks: &mut async_nats::jetstream::consumer::pull::Stream,
+    attempt: u32,
+) -> Task {
+    let msg = tasks.next().await.unwrap().unwrap();
+    let task: Task = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(task.attempt, attempt);
+    msg.ack().await.unwrap();
+    task
+}
+
 /// Answers `task` with success and `output` on service `slow`'s results
 /// subject, as a worker without the SDK would.
 async fn answer_slow(js: &async_nats::jetstream::Context, task: &Task, output: Value) {
@@ -276,19 +288,13 @@ async fn a_step_timeout_dispatches_the_next_attempt_and_a_late_result_is_stale()
         .start("slow_step", json!({}), None)
         .await
         .unwrap();
-    let first = tasks.next().await.unwrap().unwrap();
-    let t1: Task = serde_json::from_slice(&first.payload).unwrap();
-    assert_eq!(t1.attempt, 1);
-    first.ack().await.unwrap();
+    let t1 = next_task(&mut tasks, 1).await;
     // Nothing answers attempt 1: after the step timeout the engine sends attempt 2.
-    let second = tasks.next().await.unwrap().unwrap();
-    let t2: Task = serde_json::from_slice(&second.payload).unwrap();
-    assert_eq!(t2.attempt, 2);
+    let t2 = next_task(&mut tasks, 2).await;
     assert_eq!(
         t2.idempotency_key, t1.idempotency_key,
         "the key is stable across attempts"
     );
-    second.ack().await.unwrap();
 
     // The late answer to attempt 1 comes while attempt 2 is in flight: stale.
     answer_slow(&js, &t1, json!("late attempt 1")).await;
@@ -319,21 +325,13 @@ async fn a_step_timeout_armed_before_a_restart_fires_after_it_on_time() {
         .start("slow_step", json!({}), None)
         .await
         .unwrap();
-    let first = tasks.next().await.unwrap().unwrap();
-    let t1: Task = serde_json::from_slice(&first.payload).unwrap();
-    assert_eq!(t1.attempt, 1);
-    first.ack().await.unwrap();
+    let t1 = next_task(&mut tasks, 1).await;
     world.engine.kill();
     world.engine.restart();
     // Nothing answers attempt 1: the restarted engine times it out.
-    let second = tokio::time::timeout(Duration::from_secs(60), tasks.next())
+    let t2 = tokio::time::timeout(Duration::from_secs(60), next_task(&mut tasks, 2))
         .await
-        .expect("attempt 2 is dispatched after the restart")
-        .unwrap()
-        .unwrap();
-    let t2: Task = serde_json::from_slice(&second.payload).unwrap();
-    assert_eq!(t2.attempt, 2);
-    second.ack().await.unwrap();
+        .expect("attempt 2 is dispatched after the restart");
     answer_slow(&js, &t2, json!("attempt 2")).await;
     let done = world.finished(&started.saga_id).await;
     assert_eq!(done.saga.status, SagaStatus::Completed);
