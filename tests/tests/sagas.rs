@@ -325,7 +325,7 @@ async fn a_step_timeout_armed_before_a_restart_fires_after_it_on_time() {
         .start("slow_step", json!({}), None)
         .await
         .unwrap();
-    let t1 = next_task(&mut tasks, 1).await;
+    next_task(&mut tasks, 1).await;
     world.engine.kill();
     world.engine.restart();
     // Nothing answers attempt 1: the restarted engine times it out.
