@@ -6,7 +6,7 @@
 //! in the saga's record (its step `Running` or `Compensating` it, its start
 //! time in the attempt), so its timeout is `started_at` plus the step's
 //! timeout, which the partition works out again for every saga it resumes
-//! ([`StepTimeouts::rebuild`]) when it starts or takes over.
+//! ([`in_flight`]) when it starts or takes over.
 //!
 //! Two kinds of step timeouts stay durable: those of tasks a breaker or
 //! in-flight limit held, armed when the task is released (from then, not
@@ -80,57 +80,34 @@ impl StepTimeouts {
     pub(super) fn len(&self) -> usize {
         self.due_of.len()
     }
-
-    /// Arms the timeout of every attempt in flight of `saga` (run by
-    /// `def`): due at the attempt's start plus its step's timeout. Skips
-    /// the attempts `skip` says are not timed from their start (held
-    /// tasks, which are timed from their release, and timeouts the store
-    /// holds).
-    pub(super) fn rebuild(
-        &mut self,
-        saga: &Saga,
-        def: &SagaDefinition,
-        skip: &dyn Fn(&TimerKind) -> bool,
-    ) {
-        for (step, state) in saga.steps.iter().enumerate() {
-            let Some((kind, attempt)) = in_flight_attempt(&state.status) else {
-                continue;
-            };
-            let started = state
-                .attempts
-                .iter()
-                .rev()
-                .find(|a| a.kind == kind && a.number == attempt && a.outcome.is_none());
-            let (Some(started), Some(sd)) = (started, def.steps.get(step)) else {
-                continue;
-            };
-            let timer = TimerKind::StepTimeout {
-                step,
-                kind,
-                attempt,
-            };
-            if skip(&timer) {
-                continue;
-            }
-            let timeout = Millis::try_from(sd.timeout.as_millis()).unwrap_or(Millis::MAX);
-            self.arm(&saga.id, timer, started.started_at.saturating_add(timeout));
-        }
-    }
 }
 
-/// The step timeouts of `saga`'s attempts in flight.
-pub(super) fn in_flight(saga: &Saga) -> Vec<TimerKind> {
-    saga.steps
-        .iter()
-        .enumerate()
-        .filter_map(|(step, state)| {
-            in_flight_attempt(&state.status).map(|(kind, attempt)| TimerKind::StepTimeout {
-                step,
-                kind,
-                attempt,
-            })
-        })
-        .collect()
+/// The step timeout of each attempt in flight of `saga` (run by `def`), due
+/// at the attempt's start plus its step's timeout: what a resuming
+/// partition arms, unless the task is held or the store holds the timeout.
+pub(super) fn in_flight(saga: &Saga, def: &SagaDefinition) -> Vec<(TimerKind, Millis)> {
+    let mut out = Vec::new();
+    for (step, state) in saga.steps.iter().enumerate() {
+        let Some((kind, attempt)) = in_flight_attempt(&state.status) else {
+            continue;
+        };
+        let started = state
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.kind == kind && a.number == attempt && a.outcome.is_none());
+        let (Some(started), Some(sd)) = (started, def.steps.get(step)) else {
+            continue;
+        };
+        let timeout = Millis::try_from(sd.timeout.as_millis()).unwrap_or(Millis::MAX);
+        let timer = TimerKind::StepTimeout {
+            step,
+            kind,
+            attempt,
+        };
+        out.push((timer, started.started_at.saturating_add(timeout)));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -172,10 +149,9 @@ mod tests {
         assert_eq!((t.len(), t.next_due()), (0, None));
     }
 
-    /// The rebuild arms each attempt in flight at its start plus its step's
-    /// timeout, and leaves out what it is told to skip.
+    /// An attempt in flight times out at its start plus its step's timeout.
     #[test]
-    fn a_rebuild_times_attempts_in_flight_from_their_start() {
+    fn attempts_in_flight_time_out_from_their_start() {
         use jetsaga_core::saga::definition::{RetryPolicy, StepDefinition};
         use jetsaga_core::saga::state::{Attempt, SagaStatus, StepState, StepStatus};
         let step = |id: &str| StepDefinition {
@@ -224,18 +200,9 @@ mod tests {
             trace_parent: None,
             event_seq: 0,
         };
-        assert_eq!(in_flight(&saga), vec![timeout(0, 1), timeout(2, 2)]);
-        let mut t = StepTimeouts::default();
-        t.rebuild(&saga, &def, &|timer| *timer == timeout(2, 2));
-        assert_eq!(t.len(), 1);
-        assert_eq!(t.take_due(5_999, 10), vec![]);
         assert_eq!(
-            t.take_due(6_000, 10),
-            vec![TimerRow {
-                saga_id: "s".into(),
-                timer: timeout(0, 1),
-                due: 6_000
-            }]
+            in_flight(&saga, &def),
+            vec![(timeout(0, 1), 6_000), (timeout(2, 2), 8_000)]
         );
     }
 }

@@ -224,29 +224,24 @@ impl Partition {
                 .into_iter()
                 .map(|(_, h)| h.key)
                 .collect();
-            // Attempts in flight of one saga: a few lookups.
-            let mut skip = Vec::new();
-            if let Some(saga) = self.active.get(&id) {
-                for timer in super::timeouts::in_flight(saga) {
-                    let TimerKind::StepTimeout {
-                        step,
-                        kind,
-                        attempt,
-                    } = timer
-                    else {
-                        continue;
-                    };
-                    let is_held = held
-                        .iter()
-                        .any(|k| (k.step, k.kind, k.attempt) == (step, kind, attempt));
-                    if is_held || self.store.timer_due(&id, &timer)?.is_some() {
-                        skip.push(timer);
-                    }
+            let Some(saga) = self.active.get(&id) else {
+                continue;
+            };
+            for (timer, due) in super::timeouts::in_flight(saga, &def) {
+                let TimerKind::StepTimeout {
+                    step,
+                    kind,
+                    attempt,
+                } = timer
+                else {
+                    continue;
+                };
+                let is_held = held
+                    .iter()
+                    .any(|k| (k.step, k.kind, k.attempt) == (step, kind, attempt));
+                if !is_held && self.store.timer_due(&id, &timer)?.is_none() {
+                    self.timeouts.arm(&id, timer, due);
                 }
-            }
-            if let Some(saga) = self.active.get(&id) {
-                self.timeouts
-                    .rebuild(saga, &def, &|timer| skip.contains(timer));
             }
         }
         if self.timeouts.len() > 0 {
