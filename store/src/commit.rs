@@ -141,6 +141,18 @@ impl SagaWrite {
         }
     }
 
+    /// What a transition of `saga` that wrote steps `steps` writes: the
+    /// whole saga while it is small enough to be stored in one row (see
+    /// [`fits_one_row`]; writing it whole then costs less than writing it
+    /// in parts), else its header and those steps.
+    pub fn of_transition(saga: &Saga, steps: &[usize]) -> Self {
+        if fits_one_row(saga) {
+            SagaWrite::Whole(saga.clone())
+        } else {
+            SagaWrite::of_steps(saga, steps)
+        }
+    }
+
     /// The saga's header: everything but (possibly) its steps and input.
     /// The id, name, state and times are always there.
     pub fn header(&self) -> &Saga {
@@ -160,6 +172,38 @@ impl From<Saga> for SagaWrite {
     fn from(saga: Saga) -> Self {
         SagaWrite::Whole(saga)
     }
+}
+
+/// The largest saga the store keeps in one row, in bytes of its stored
+/// form (a few bytes more than its JSON). A larger one is stored in parts
+/// (header, one row per step, input), so that a transition writes only
+/// what it changed.
+pub const ONE_ROW_MAX: usize = 4096;
+
+/// What the stored form of a saga in one row adds to its JSON: a 5-byte
+/// frame, and the header's `"input":null` and `"steps":[]` written besides
+/// the body's `{"input":…,"steps":…}`.
+pub(crate) const ONE_ROW_OVERHEAD: usize = 30;
+
+/// Whether `saga` is small enough to be stored in one row
+/// ([`ONE_ROW_MAX`]). Costs at most one serialisation of that many bytes,
+/// however large the saga.
+pub fn fits_one_row(saga: &Saga) -> bool {
+    /// Counts bytes, and fails past the limit (which stops serde).
+    struct Bounded(usize);
+    impl std::io::Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 + ONE_ROW_OVERHEAD > ONE_ROW_MAX {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(Bounded(0), saga).is_ok()
 }
 
 /// `saga` without its steps and input (null): the part of a saga every

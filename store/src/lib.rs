@@ -61,7 +61,7 @@ mod timers;
 pub mod compact;
 pub mod sled_store;
 
-pub use commit::{Change, GroupCommit, Prior, SagaWrite, header_of};
+pub use commit::{Change, GroupCommit, ONE_ROW_MAX, Prior, SagaWrite, fits_one_row, header_of};
 pub use definitions::{Applied, DefinitionTable};
 pub use disk::{DiskUsage, dir_bytes};
 pub use error::StoreError;

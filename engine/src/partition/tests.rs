@@ -168,14 +168,16 @@ fn ok_result(saga_id: &str, attempt: u32) -> jetsaga_protocol::TaskResult {
 /// batch (the batch holds only its changed parts): a repeated result is
 /// refused, not applied to the record the store still has. The result's
 /// change knows the stored record (its prior), and the step timeout it
-/// armed in memory is disarmed.
+/// armed in memory is disarmed. The saga is too large for one stored row,
+/// so its transitions write its header and the steps they changed.
 #[tokio::test]
 async fn a_saga_finished_earlier_in_the_batch_is_read_from_memory() {
     use jetsaga_core::saga::state::SagaStatus;
     use jetsaga_store::Prior;
     let (mut p, _) = partition_with_one_step().await;
     let mut after = AfterFlush::default();
-    let id = start_one(&mut p, serde_json::json!({ "order": 7 }), &mut after);
+    let input = serde_json::json!({ "order": 7, "blob": "x".repeat(jetsaga_store::ONE_ROW_MAX) });
+    let id = start_one(&mut p, input.clone(), &mut after);
     assert!(matches!(
         p.pending.last().and_then(|c| c.saga.as_ref()),
         Some(SagaWrite::Whole(_))
@@ -209,8 +211,27 @@ async fn a_saga_finished_earlier_in_the_batch_is_read_from_memory() {
     assert!(p.finished.is_empty());
     let stored = p.store.saga(&id).unwrap().unwrap();
     assert_eq!(stored.status, SagaStatus::Completed);
-    assert_eq!(stored.input, serde_json::json!({ "order": 7 }));
+    assert_eq!(stored.input, input);
     assert_eq!(stored.steps[0].output, Some(serde_json::json!({ "n": 1 })));
+}
+
+/// A small saga's transitions write it whole (one stored row).
+#[tokio::test]
+async fn a_small_saga_is_written_whole() {
+    let (mut p, _) = partition_with_one_step().await;
+    let mut after = AfterFlush::default();
+    let id = start_one(&mut p, serde_json::json!({ "order": 7 }), &mut after);
+    p.write_pending().unwrap();
+    p.apply_result(ok_result(&id, 1), &mut after).unwrap();
+    match p.pending.last().and_then(|c| c.saga.as_ref()) {
+        Some(SagaWrite::Whole(saga)) => assert_eq!(saga.steps.len(), 1),
+        other => panic!("expected the whole saga, got {other:?}"),
+    }
+    p.write_pending().unwrap();
+    assert_eq!(
+        p.store.saga(&id).unwrap().unwrap().steps[0].output,
+        Some(serde_json::json!({ "n": 1 }))
+    );
 }
 
 /// A transition applied to a copy of a saga (not taken out of the

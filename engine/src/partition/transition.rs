@@ -316,10 +316,12 @@ impl Partition {
     }
 
     /// Stages saga `saga`'s new record with `change` (whose `prior` the
-    /// caller set): its header and the steps `steps` lists (the transition
-    /// wrote them), or, with `None` (a new saga), the whole saga. An earlier record of the saga in this
-    /// batch is folded in (see `take_earlier_copy`): this one then also
-    /// writes the steps that one did.
+    /// caller set): the whole saga while it fits in one stored row, else
+    /// its header and the steps `steps` lists (the transition wrote them;
+    /// see `SagaWrite::of_transition`); with `None` (a new saga), the whole
+    /// saga. An earlier record of the saga in this batch is folded in (see
+    /// `take_earlier_copy`): this one then also writes the steps that one
+    /// did.
     pub(super) fn commit(
         &mut self,
         saga: Saga,
@@ -345,7 +347,7 @@ impl Partition {
             }
         };
         change.saga = Some(match steps {
-            Some(steps) => SagaWrite::of_steps(&saga, &steps),
+            Some(steps) => SagaWrite::of_transition(&saga, &steps),
             None => SagaWrite::Whole(saga.clone()),
         });
         self.stage(change, after);

@@ -1,25 +1,19 @@
 //! A [`Change`] encoded for the group commit's transaction.
 
 use super::codec::{
-    breaker_key, encode, finished_key, held_key, join, step_key, timer_ident, timer_key,
+    breaker_key, encode, encode_one_row, finished_key, held_key, join, step_key, timer_ident,
+    timer_key,
 };
-use crate::{Change, Prior, SagaWrite, StoreError, header_of};
-use jetsaga_core::saga::state::{Millis, StepState};
+use crate::{Change, Prior, SagaWrite, StoreError, fits_one_row, header_of};
+use jetsaga_core::saga::state::{Millis, Saga, StepState};
 #[cfg(debug_assertions)]
-use {
-    super::codec::decode, jetsaga_core::saga::state::Saga,
-    sled::transaction::ConflictableTransactionError,
-};
+use {super::codec::decode_header, sled::transaction::ConflictableTransactionError};
 
 /// A change's saga record and index keys, encoded.
 pub(super) struct SagaRow {
     pub(super) id: Vec<u8>,
-    /// The header (the saga without steps and input).
-    pub(super) bytes: Vec<u8>,
-    /// The input, when the whole saga is written.
-    pub(super) input: Option<Vec<u8>>,
-    /// The step rows written.
-    pub(super) steps: Vec<Row>,
+    /// The rows to write.
+    pub(super) form: RowForm,
     pub(super) state_key: Vec<u8>,
     pub(super) name_key: Vec<u8>,
     pub(super) finished_key: Option<Vec<u8>>,
@@ -27,30 +21,47 @@ pub(super) struct SagaRow {
     pub(super) idempotency_key: Option<String>,
 }
 
+/// How a saga write is stored (the module docs of [`super`]).
+pub(super) enum RowForm {
+    /// The whole saga in its `sagas` row: a [`SagaWrite::Whole`] of a saga
+    /// that [`fits_one_row`].
+    OneRow(Vec<u8>),
+    /// The header, and the input and step rows written: all of them for a
+    /// larger [`SagaWrite::Whole`], the steps it lists for a
+    /// [`SagaWrite::Steps`] (input `None`).
+    Parts {
+        header: Vec<u8>,
+        input: Option<Vec<u8>>,
+        steps: Vec<Row>,
+    },
+}
+
+impl RowForm {
+    /// Whether this writes only some of the saga (and needs the rest stored).
+    pub(super) fn is_partial(&self) -> bool {
+        matches!(self, RowForm::Parts { input: None, .. })
+    }
+}
+
 impl SagaRow {
     fn of(write: &SagaWrite, change: &Change) -> Result<Self, StoreError> {
         let saga = write.header();
         let id = saga.id.as_bytes();
-        let (bytes, input, steps) = match write {
-            SagaWrite::Steps { header, steps } => (
-                encode("sagas", id, header)?,
-                None,
-                encode_steps(id, steps.iter().map(|(i, s)| (*i, s)))?,
-            ),
-            SagaWrite::Whole(saga) => (
-                encode("sagas", id, &header_of(saga))?,
-                Some(encode("saga_inputs", id, &saga.input)?),
-                encode_steps(
-                    id,
-                    saga.steps.iter().enumerate().map(|(i, s)| (i as u32, s)),
-                )?,
-            ),
+        let form = match write {
+            SagaWrite::Steps { header, steps } => RowForm::Parts {
+                header: encode("sagas", id, header)?,
+                input: None,
+                steps: encode_steps(id, steps.iter().map(|(i, s)| (*i, s)))?,
+            },
+            SagaWrite::Whole(saga) if fits_one_row(saga) => {
+                let header = encode("sagas", id, &header_of(saga))?;
+                RowForm::OneRow(encode_one_row(id, &header, saga)?)
+            }
+            SagaWrite::Whole(saga) => parts_of_whole(saga)?,
         };
         Ok(SagaRow {
             id: id.to_vec(),
-            bytes,
-            input,
-            steps,
+            form,
             state_key: join(saga.status.name().as_bytes(), id),
             name_key: join(saga.name.as_bytes(), id),
             finished_key: finished_key(saga),
@@ -60,11 +71,24 @@ impl SagaRow {
     }
 }
 
+/// Every part of saga `saga`: header, input and all its steps.
+pub(super) fn parts_of_whole(saga: &Saga) -> Result<RowForm, StoreError> {
+    let id = saga.id.as_bytes();
+    Ok(RowForm::Parts {
+        header: encode("sagas", id, &header_of(saga))?,
+        input: Some(encode("saga_inputs", id, &saga.input)?),
+        steps: encode_steps(
+            id,
+            saga.steps.iter().enumerate().map(|(i, s)| (i as u32, s)),
+        )?,
+    })
+}
+
 /// A row to insert: key and value.
 pub(super) type Row = (Vec<u8>, Vec<u8>);
 
 /// The `saga_steps` rows of saga `id`'s steps `steps` (index, state).
-fn encode_steps<'a>(
+pub(super) fn encode_steps<'a>(
     id: &[u8],
     steps: impl Iterator<Item = (u32, &'a StepState)>,
 ) -> Result<Vec<Row>, StoreError> {
@@ -170,14 +194,12 @@ impl Encoded {
 /// index entries behind.
 #[cfg(debug_assertions)]
 pub(super) fn check_prior(
-    sagas: &sled::transaction::TransactionalTree,
+    stored: Option<&[u8]>,
     id: &[u8],
     prior: &Prior,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let stored = match sagas.get(id)? {
-        Some(bytes) => {
-            Some(decode::<Saga>("sagas", id, &bytes).map_err(ConflictableTransactionError::Abort)?)
-        }
+    let stored = match stored {
+        Some(bytes) => Some(decode_header(id, bytes).map_err(ConflictableTransactionError::Abort)?),
         None => None,
     };
     match (prior, stored) {

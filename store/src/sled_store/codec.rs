@@ -2,9 +2,10 @@
 //! docs), and the errors of reading them back.
 
 use crate::StoreError;
-use jetsaga_core::saga::state::{Millis, Saga, TimerKind};
-use serde::Serialize;
+use jetsaga_core::saga::state::{Millis, Saga, StepState, TimerKind};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sled::transaction::TransactionError;
 
 /// Key separator between variable-length parts.
@@ -140,6 +141,87 @@ pub(super) fn encode<T: Serialize + ?Sized>(
         key: printable(tree, key),
         source,
     })
+}
+
+/// First byte of a `sagas` row that holds the whole saga (a JSON header
+/// row starts with `{`).
+const ONE_ROW: u8 = 0x01;
+
+/// What a saga in one row holds besides its header.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    input: &'a Value,
+    steps: &'a [StepState],
+}
+
+#[derive(Deserialize)]
+struct Body {
+    input: Value,
+    steps: Vec<StepState>,
+}
+
+/// Saga `saga` in one `sagas` row: `0x01 ‖ header length u32 ‖ header JSON
+/// ‖ {"input": …, "steps": […]}`, so that reading the header alone does
+/// not decode the steps. `header` is the encoded header.
+pub(super) fn encode_one_row(id: &[u8], header: &[u8], saga: &Saga) -> Result<Vec<u8>, StoreError> {
+    let mut row = Vec::with_capacity(5 + header.len() + 64 * (saga.steps.len() + 1));
+    row.push(ONE_ROW);
+    row.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    row.extend_from_slice(header);
+    let body = BodyRef {
+        input: &saga.input,
+        steps: &saga.steps,
+    };
+    serde_json::to_writer(&mut row, &body).map_err(|source| StoreError::Encode {
+        key: printable("sagas", id),
+        source,
+    })?;
+    Ok(row)
+}
+
+/// Whether a `sagas` row holds the whole saga.
+pub(super) fn is_one_row(row: &[u8]) -> bool {
+    row.first() == Some(&ONE_ROW)
+}
+
+/// A one-row saga's header and body bytes.
+fn one_row_parts<'a>(id: &[u8], row: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt {
+        key: printable("sagas", id),
+        source: serde::de::Error::custom(what),
+    };
+    let len = row
+        .get(1..5)
+        .ok_or_else(|| corrupt("a one-row saga shorter than its frame"))?;
+    let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
+    let rest = &row[5..];
+    if len > rest.len() {
+        return Err(corrupt("a one-row saga's header runs past its end"));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// A `sagas` row decoded: the whole saga of one in one row, the header
+/// (`steps` empty, `input` null) of one stored in parts.
+pub(super) fn decode_saga_row(id: &[u8], row: &[u8]) -> Result<Saga, StoreError> {
+    if !is_one_row(row) {
+        return decode("sagas", id, row);
+    }
+    let (header, body) = one_row_parts(id, row)?;
+    let mut saga: Saga = decode("sagas", id, header)?;
+    let body: Body = decode("sagas", id, body)?;
+    saga.input = body.input;
+    saga.steps = body.steps;
+    Ok(saga)
+}
+
+/// The header of a `sagas` row, either form (`steps` empty, `input` null).
+pub(super) fn decode_header(id: &[u8], row: &[u8]) -> Result<Saga, StoreError> {
+    if is_one_row(row) {
+        decode("sagas", id, one_row_parts(id, row)?.0)
+    } else {
+        decode("sagas", id, row)
+    }
 }
 
 pub(super) fn tx_error(error: TransactionError<StoreError>) -> StoreError {

@@ -5,17 +5,18 @@
 use super::SledStore;
 #[cfg(debug_assertions)]
 use super::change::check_prior;
-use super::change::{Encoded, OutboxRow};
+use super::change::{Encoded, OutboxRow, RowForm, parts_of_whole};
 use super::codec::{
-    decode, encode, finished_key, finished_key_at, held_key, join, timer_key, tx_error, u64_of,
+    decode_header, decode_saga_row, encode, finished_key, finished_key_at, held_key, is_one_row,
+    join, printable, step_key, timer_key, tx_error, u64_of,
 };
 use super::journal::{JOURNAL_KEY, stored_position};
 use super::outbox::encode_outbox;
-use crate::{Change, GroupCommit, JournalPosition, Prior, StoreError};
+use crate::{Change, GroupCommit, JournalPosition, Prior, SagaWrite, StoreError};
 use futures::future::BoxFuture;
 use jetsaga_core::saga::state::Saga;
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use std::sync::atomic::Ordering;
 
 /// Refuses a record of some steps of a saga the store does not hold: it
@@ -23,7 +24,7 @@ use std::sync::atomic::Ordering;
 fn partial_of_absent(
     saga: &super::change::SagaRow,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
-    if saga.input.is_some() {
+    if !saga.form.is_partial() {
         return Ok(());
     }
     Err(ConflictableTransactionError::Abort(StoreError::Encode {
@@ -32,6 +33,79 @@ fn partial_of_absent(
             "a change writes some steps of a saga the store does not hold (a new saga is written whole)",
         ),
     }))
+}
+
+/// The trees a saga is stored in: `sagas`, `saga_steps`, `saga_inputs`.
+pub(super) type SagaTrees<'a> = (
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+);
+
+/// Writes saga form `form` (encoded from `write`) over `stored`, the saga's
+/// `sagas` row before it. Moving between the forms:
+/// - one row over parts: the parts' input and step rows are removed;
+/// - some steps over one row: the stored saga is decoded, the header and
+///   steps written put in it, and the whole saga written in parts (the
+///   writer sends some steps only of a saga too large for one row).
+pub(super) fn put_saga(
+    (sagas, saga_steps, saga_inputs): SagaTrees<'_>,
+    form: &RowForm,
+    write: &SagaWrite,
+    stored: Option<&[u8]>,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let abort = ConflictableTransactionError::Abort;
+    let id = write.id().as_bytes();
+    match form {
+        RowForm::OneRow(bytes) => {
+            if stored.is_some_and(|s| !is_one_row(s)) {
+                saga_inputs.remove(id)?;
+                // Numbered from 0 without gaps: the first missing one ends them.
+                let mut i = 0;
+                while saga_steps.remove(step_key(id, i))?.is_some() {
+                    i += 1;
+                }
+            }
+            sagas.insert(id, bytes.as_slice())?;
+        }
+        RowForm::Parts { .. } if form.is_partial() && stored.is_some_and(is_one_row) => {
+            let mut whole = decode_saga_row(id, stored.unwrap_or_default()).map_err(abort)?;
+            let SagaWrite::Steps { header, steps } = write else {
+                unreachable!("a partial row is written from some steps");
+            };
+            let mut saga = header.clone();
+            saga.input = std::mem::take(&mut whole.input);
+            saga.steps = std::mem::take(&mut whole.steps);
+            for (i, step) in steps {
+                let Some(slot) = saga.steps.get_mut(*i as usize) else {
+                    return Err(abort(StoreError::Encode {
+                        key: printable("saga_steps", &step_key(id, *i)),
+                        source: serde::ser::Error::custom(format!(
+                            "a change writes step {i} of a saga with {} steps",
+                            saga.steps.len()
+                        )),
+                    }));
+                };
+                *slot = step.clone();
+            }
+            let whole = parts_of_whole(&saga).map_err(abort)?;
+            put_saga((sagas, saga_steps, saga_inputs), &whole, write, stored)?;
+        }
+        RowForm::Parts {
+            header,
+            input,
+            steps,
+        } => {
+            if let Some(input) = input {
+                saga_inputs.insert(id, input.as_slice())?;
+            }
+            for (key, value) in steps {
+                saga_steps.insert(key.as_slice(), value.as_slice())?;
+            }
+            sagas.insert(id, header.as_slice())?;
+        }
+    }
+    Ok(())
 }
 
 impl SledStore {
@@ -121,25 +195,29 @@ impl SledStore {
                     }
                     let mut new_sagas = 0usize;
                     let mut delta: isize = 0;
-                    for enc in &encoded {
-                        if let Some(saga) = &enc.saga {
+                    for (change, enc) in changes.iter().zip(&encoded) {
+                        if let (Some(saga), Some(write)) = (&enc.saga, &change.saga) {
                             let id = saga.id.as_slice();
+                            // The stored row (this transaction's earlier
+                            // writes included): its form decides how the
+                            // parts are written, an Unknown prior's index
+                            // entries come from it. A new saga has none.
+                            let stored = match saga.prior {
+                                Prior::Absent => None,
+                                _ => sagas.get(id)?,
+                            };
                             // Some steps of a saga the store does not hold
                             // (a store that diverged from its writer) are
                             // refused, not stored without the rest.
-                            if matches!(saga.prior, Prior::Stored { .. })
-                                && saga.input.is_none()
-                                && sagas.get(id)?.is_none()
-                            {
+                            if stored.is_none() {
                                 partial_of_absent(saga)?;
                             }
                             #[cfg(debug_assertions)]
-                            check_prior(sagas, id, &saga.prior)?;
+                            check_prior(stored.as_deref(), id, &saga.prior)?;
                             match &saga.prior {
                                 Prior::Unknown => {
-                                    // Reads this transaction's earlier writes too.
-                                    if let Some(prev) = sagas.get(id)? {
-                                        let prev: Saga = decode("sagas", id, &prev)
+                                    if let Some(prev) = &stored {
+                                        let prev = decode_header(id, prev)
                                             .map_err(ConflictableTransactionError::Abort)?;
                                         by_state.remove(join(prev.status.name().as_bytes(), id))?;
                                         by_name.remove(join(prev.name.as_bytes(), id))?;
@@ -147,7 +225,6 @@ impl SledStore {
                                             finished.remove(key)?;
                                         }
                                     } else {
-                                        partial_of_absent(saga)?;
                                         new_sagas += 1;
                                     }
                                     by_state.insert(saga.state_key.as_slice(), &[])?;
@@ -157,7 +234,6 @@ impl SledStore {
                                     }
                                 }
                                 Prior::Absent => {
-                                    partial_of_absent(saga)?;
                                     new_sagas += 1;
                                     by_state.insert(saga.state_key.as_slice(), &[])?;
                                     by_name.insert(saga.name_key.as_slice(), &[])?;
@@ -187,13 +263,12 @@ impl SledStore {
                                     }
                                 }
                             }
-                            sagas.insert(id, saga.bytes.as_slice())?;
-                            if let Some(input) = &saga.input {
-                                saga_inputs.insert(id, input.as_slice())?;
-                            }
-                            for (key, value) in &saga.steps {
-                                saga_steps.insert(key.as_slice(), value.as_slice())?;
-                            }
+                            put_saga(
+                                (sagas, saga_steps, saga_inputs),
+                                &saga.form,
+                                write,
+                                stored.as_deref(),
+                            )?;
                             if let Some(key) = &saga.idempotency_key {
                                 idempotency.insert(key.as_bytes(), id)?;
                             }

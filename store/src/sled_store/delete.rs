@@ -2,7 +2,9 @@
 //! ([`crate::GroupCommit::delete_saga`]).
 
 use super::SledStore;
-use super::codec::{decode, finished_key, join, step_key, timer_key, tx_error, u64_of};
+use super::codec::{
+    decode, decode_saga_row, finished_key, is_one_row, join, step_key, timer_key, tx_error, u64_of,
+};
 use crate::StoreError;
 use jetsaga_core::saga::state::Saga;
 use sled::Transactional;
@@ -50,13 +52,13 @@ impl SledStore {
                         return Ok((None, 0));
                     };
                     let abort = ConflictableTransactionError::Abort;
-                    let mut saga: Saga = decode("sagas", id.as_bytes(), &bytes).map_err(abort)?;
+                    let mut saga = decode_saga_row(id.as_bytes(), &bytes).map_err(abort)?;
                     if let Some(input) = inputs.remove(id.as_bytes())? {
                         saga.input = decode("saga_inputs", id.as_bytes(), &input).map_err(abort)?;
                     }
-                    // Numbered from 0 without gaps: the first missing one ends them.
-                    saga.steps.clear();
-                    loop {
+                    // A saga in parts: its step rows, numbered from 0
+                    // without gaps (the first missing one ends them).
+                    while !is_one_row(&bytes) {
                         let key = step_key(id.as_bytes(), saga.steps.len() as u32);
                         let Some(row) = steps.remove(key.as_slice())? else {
                             break;

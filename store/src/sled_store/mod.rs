@@ -15,7 +15,7 @@
 //! |---------------------|------------------------------------------|--------------------|
 //! | `definitions`       | name ‖ 0x00 ‖ version u32                | definition JSON    |
 //! | `definition_latest` | name                                     | version u32        |
-//! | `sagas`             | saga id                                  | saga header JSON (below) |
+//! | `sagas`             | saga id                                  | saga row (below)   |
 //! | `saga_steps`        | saga id ‖ 0x00 ‖ step index u32          | step JSON          |
 //! | `saga_inputs`       | saga id                                  | input JSON         |
 //! | `idempotency`       | idempotency key                          | saga id            |
@@ -31,16 +31,22 @@
 //! | `service_policies`  | service                                  | service policy JSON |
 //! | `meta`              | `journal`                                | [`crate::JournalPosition`] JSON |
 //!
-//! A saga is stored in parts: its header (the saga JSON with `steps`
-//! empty and `input` null), one row per step, and its input. A transition
-//! writes the header and the steps it changed
-//! ([`crate::SagaWrite::Steps`]), so its cost does not grow with the
-//! saga's step count or input; a new saga is written whole. Readers put
-//! the parts together in one (read-only) transaction, so that they never
-//! see a header of one transition with steps of another. Stores written
-//! before the split (format `1`) held the whole saga JSON in `sagas`;
-//! opening one splits every record once and marks the store format `2`
-//! (which earlier versions refuse to open).
+//! A saga of up to [`crate::ONE_ROW_MAX`] bytes is stored in one `sagas`
+//! row, `0x01 ‖ header length u32 ‖ header JSON ‖ {"input": …, "steps":
+//! […]}` (the header alone decodes without the steps). A larger saga is
+//! stored in parts: its header (the saga JSON with `steps` empty and
+//! `input` null, a row starting with `{`), one row per step, and its
+//! input. The writer sends a small saga whole ([`crate::SagaWrite::Whole`])
+//! and a transition of a larger one as its header and the steps it changed
+//! ([`crate::SagaWrite::Steps`]), so a transition's cost does not grow with
+//! the saga's step count or input. The store moves a saga between the
+//! forms as it is written (`commit.rs`, `put_saga`). Readers read a
+//! one-row saga with one lookup and put the parts of a larger one together
+//! in one (read-only) transaction, so that they never see a header of one
+//! transition with steps of another. Stores of format `2` (every saga in
+//! parts) are read as they are; stores of format `1` held the whole saga
+//! JSON in `sagas`, and opening one stores every saga anew. Both are then
+//! marked format `3`, which earlier versions refuse to open.
 //!
 //! `finished` holds the terminal sagas by the time they finished (written in
 //! the transaction of the terminal transition, removed when the saga leaves

@@ -2,7 +2,9 @@
 //! in-memory counts, and the one-time backfill of the `finished` index.
 
 use super::SledStore;
-use super::codec::{decode, encode, finished_key, join, step_key, u64_of};
+use super::change::{RowForm, parts_of_whole};
+use super::codec::{decode, encode, encode_one_row, finished_key, is_one_row, join, u64_of};
+use super::commit::put_saga;
 use crate::StoreError;
 use sled::{Transactional, Tree};
 use std::path::Path;
@@ -14,11 +16,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// database without any error, so a store directory that existed before but
 /// lacks the marker has lost its data and must not be used as if new.
 pub(super) const MARKER_KEY: &[u8] = b"jetsaga.store.format";
-/// Value of the marker: the on-disk format of this store (`2`: sagas
-/// stored in parts, see the module docs of [`super`]).
-const MARKER_FORMAT: &[u8] = b"2";
-/// The format before sagas were stored in parts: opened, it is split.
+/// Value of the marker: the on-disk format of this store (`3`: a saga in
+/// one row or in parts, see the module docs of [`super`]).
+const MARKER_FORMAT: &[u8] = b"3";
+/// The format before sagas were stored in one row or in parts: each whole
+/// saga JSON in `sagas`. Opened, its sagas are stored anew.
 const MARKER_FORMAT_WHOLE_SAGAS: &[u8] = b"1";
+/// The format whose sagas were all stored in parts: a format-3 store as it
+/// is (its sagas move to one row as they are written).
+const MARKER_FORMAT_PARTS: &[u8] = b"2";
 /// Key of the record in sled's default tree saying that the `finished` tree
 /// is complete (stores written before it existed are backfilled at open).
 const FINISHED_INDEX_KEY: &[u8] = b"jetsaga.store.finished_index";
@@ -100,6 +106,10 @@ impl SledStore {
         match db.get(MARKER_KEY).map_err(&open_error)? {
             Some(format) if format.as_ref() == MARKER_FORMAT => {}
             Some(format) if format.as_ref() == MARKER_FORMAT_WHOLE_SAGAS => split = true,
+            Some(format) if format.as_ref() == MARKER_FORMAT_PARTS => {
+                db.insert(MARKER_KEY, MARKER_FORMAT).map_err(&open_error)?;
+                db.flush().map_err(&open_error)?;
+            }
             Some(format) => {
                 return Err(damaged(
                     &path,
@@ -190,47 +200,41 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Stores every saga record of a format-1 store (the whole saga in
-    /// `sagas`) in parts (header, steps, input), one transaction per saga,
-    /// then marks the store format 2. A crash midway leaves sagas split
-    /// and sagas whole, and the next open splits the rest.
+    /// Stores every saga record of a format-1 store (the whole saga JSON
+    /// in `sagas`) anew: in one row, or in parts (header, steps, input) if
+    /// it is larger, one transaction per saga; then marks the store format
+    /// 3. A crash midway leaves some sagas stored anew, and the next open
+    /// does the rest.
     fn split_sagas(&self) -> Result<(), StoreError> {
         let total = self.sagas.len();
         let mut split = 0usize;
         for entry in self.sagas.iter() {
             let (id, bytes) = entry?;
-            let saga: jetsaga_core::saga::state::Saga = decode("sagas", &id, &bytes)?;
-            if saga.steps.is_empty() {
-                // Split by an open that crashed before marking the store
-                // (a definition has at least one step).
+            if is_one_row(&bytes) {
                 continue;
             }
-            let input = encode("saga_inputs", &id, &saga.input)?;
-            let steps = saga
-                .steps
-                .iter()
-                .enumerate()
-                .map(|(i, step)| {
-                    let key = step_key(&id, i as u32);
-                    let value = encode("saga_steps", &key, step)?;
-                    Ok((key, value))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            let header = encode("sagas", &id, &crate::header_of(&saga))?;
-            // One saga's parts in one transaction.
-            (&self.sagas, &self.saga_inputs, &self.saga_steps)
-                .transaction(|(sagas, inputs, rows)| {
-                    inputs.insert(&*id, input.as_slice())?;
-                    for (key, value) in &steps {
-                        rows.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    sagas.insert(&*id, header.as_slice())?;
-                    Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+            let saga: jetsaga_core::saga::state::Saga = decode("sagas", &id, &bytes)?;
+            if saga.steps.is_empty() {
+                // Stored in parts by an open that crashed before marking
+                // the store (a definition has at least one step).
+                continue;
+            }
+            let form = if crate::fits_one_row(&saga) {
+                let header = encode("sagas", &id, &crate::header_of(&saga))?;
+                RowForm::OneRow(encode_one_row(&id, &header, &saga)?)
+            } else {
+                parts_of_whole(&saga)?
+            };
+            // One saga's parts in one transaction (no parts are stored yet).
+            let write = crate::SagaWrite::Whole(saga);
+            (&self.sagas, &self.saga_steps, &self.saga_inputs)
+                .transaction(|(sagas, steps, inputs)| {
+                    put_saga((sagas, steps, inputs), &form, &write, None)
                 })
                 .map_err(super::codec::tx_error)?;
             split += 1;
             if split.is_multiple_of(10_000) {
-                tracing::info!(split, total, "store: splitting sagas into parts");
+                tracing::info!(split, total, "store: storing sagas anew");
             }
         }
         self.db.flush()?;
@@ -238,8 +242,9 @@ impl SledStore {
         self.db.flush()?;
         tracing::info!(
             sagas = split,
-            "store: sagas stored in parts (header, steps, input); format 2 \
-             (`jetsaga store compact` reclaims the space the whole records held)"
+            "store: sagas stored anew, in one row or, when larger, in parts (header, \
+             steps, input); format 3 (`jetsaga store compact` reclaims the space the \
+             old records held)"
         );
         Ok(())
     }
@@ -350,7 +355,9 @@ fn count(tree: &Tree) -> Result<usize, sled::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sled_store::codec::step_key;
     use crate::sled_store::test_support::*;
+    use crate::{Change, GroupCommit, Prior, SagaWrite};
 
     #[test]
     fn reopen_finds_everything_and_outbox_stays_ordered() {
@@ -508,12 +515,13 @@ mod tests {
         s
     }
 
-    /// Writes `sagas` as a format-1 store held them (the whole saga JSON in
-    /// `sagas`, no parts), with `split` of them already split by an open
-    /// that crashed before marking the store.
-    fn format_1_store(dir: &std::path::Path, sagas: &[Saga], split: usize) {
+    /// Writes `sagas` as a store of format `format` held them: a format-1
+    /// store the whole saga JSON in `sagas`, no parts, with `split` of them
+    /// already in parts (by an open that crashed before marking the store);
+    /// a format-2 store all in parts.
+    fn old_store(dir: &std::path::Path, format: &[u8], sagas: &[Saga], split: usize) {
         let db = sled_config(dir).open().unwrap();
-        db.insert(MARKER_KEY, MARKER_FORMAT_WHOLE_SAGAS).unwrap();
+        db.insert(MARKER_KEY, format).unwrap();
         let (records, by_state, by_name) = (
             db.open_tree("sagas").unwrap(),
             db.open_tree("by_state").unwrap(),
@@ -547,23 +555,30 @@ mod tests {
         db.flush().unwrap();
     }
 
+    /// A saga too large for one row.
+    fn large(id: &str) -> Saga {
+        let mut s = whole(id, 2);
+        s.input = serde_json::json!({ "blob": "x".repeat(crate::ONE_ROW_MAX) });
+        s
+    }
+
     #[test]
-    fn a_format_1_store_is_split_into_parts_at_open_even_after_a_crash_midway() {
+    fn a_format_1_store_is_stored_anew_at_open_even_after_a_crash_midway() {
         let dir = tempfile::tempdir().unwrap();
-        let sagas = [whole("0001", 3), whole("0002", 2), whole("0003", 1)];
-        format_1_store(dir.path(), &sagas, 1);
+        let sagas = [whole("0001", 3), whole("0002", 2), large("0003")];
+        old_store(dir.path(), MARKER_FORMAT_WHOLE_SAGAS, &sagas, 1);
         let store = SledStore::open(dir.path()).unwrap();
         for s in &sagas {
             assert_eq!(store.saga(&s.id).unwrap().as_ref(), Some(s), "{}", s.id);
-            let header: Saga =
-                serde_json::from_slice(&store.sagas.get(&s.id).unwrap().unwrap()).unwrap();
-            assert!(
-                header.steps.is_empty() && header.input.is_null(),
-                "{header:?}"
-            );
         }
-        assert_eq!(store.saga_steps.len(), 6);
-        assert_eq!(store.saga_inputs.len(), 3);
+        let row = |id: &str| store.sagas.get(id).unwrap().unwrap();
+        // The one the crashed open had split stays in parts; the other
+        // small one is now one row, the large one in parts.
+        assert!(!is_one_row(&row("0001")));
+        assert!(is_one_row(&row("0002")));
+        assert!(!is_one_row(&row("0003")));
+        assert_eq!(store.saga_steps.len(), 3 + 2);
+        assert_eq!(store.saga_inputs.len(), 2);
         assert_eq!(
             store.db.get(MARKER_KEY).unwrap().as_deref(),
             Some(MARKER_FORMAT)
@@ -573,8 +588,38 @@ mod tests {
             vec!["0001", "0002", "0003"]
         );
         drop(store);
-        // Opened again, it is format 2 and nothing is split twice.
+        // Opened again, it is format 3 and nothing is stored anew twice.
         let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.saga("0002").unwrap().as_ref(), Some(&sagas[1]));
+    }
+
+    #[test]
+    fn a_format_2_store_opens_as_it_is_and_its_sagas_move_to_one_row_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let sagas = [whole("0001", 3), large("0002")];
+        old_store(dir.path(), MARKER_FORMAT_PARTS, &sagas, sagas.len());
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.db.get(MARKER_KEY).unwrap().as_deref(),
+            Some(MARKER_FORMAT)
+        );
+        for s in &sagas {
+            assert_eq!(store.saga(&s.id).unwrap().as_ref(), Some(s), "{}", s.id);
+        }
+        let mut small = sagas[0].clone();
+        small.steps[1].output = Some(serde_json::json!("rewritten"));
+        store
+            .commit(Change {
+                saga: Some(SagaWrite::of_transition(&small, &[1])),
+                prior: Prior::of(&sagas[0]),
+                ..Change::default()
+            })
+            .unwrap();
+        assert!(is_one_row(&store.sagas.get("0001").unwrap().unwrap()));
+        assert_eq!(store.saga("0001").unwrap(), Some(small));
+        // Its parts are gone; the large saga's stay.
+        assert_eq!(store.saga_steps.len(), 2);
+        assert_eq!(store.saga_inputs.len(), 1);
         assert_eq!(store.saga("0002").unwrap().as_ref(), Some(&sagas[1]));
     }
 
@@ -583,12 +628,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled_config(dir.path()).open().unwrap();
-            db.insert(MARKER_KEY, b"3").unwrap();
+            db.insert(MARKER_KEY, b"4").unwrap();
             db.flush().unwrap();
         }
         let err = SledStore::open(dir.path()).unwrap_err();
         assert!(
-            err.to_string().contains("unknown store format \"3\""),
+            err.to_string().contains("unknown store format \"4\""),
             "{err}"
         );
     }

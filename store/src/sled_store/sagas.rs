@@ -1,7 +1,9 @@
 //! [`SagaTable`] on sled.
 
 use super::SledStore;
-use super::codec::{decode, join, printable, step_key, tx_error};
+use super::codec::{
+    decode, decode_header, decode_saga_row, is_one_row, join, printable, step_key, tx_error,
+};
 use crate::{DEFAULT_LIST_LIMIT, SagaFilter, SagaTable, StoreError};
 use jetsaga_core::saga::state::{Millis, Saga};
 use sled::{IVec, Transactional};
@@ -147,20 +149,31 @@ impl SledStore {
     /// Saga `id`'s header (steps empty, input null): one read.
     pub(super) fn header_by_key(&self, id: &[u8]) -> Result<Option<Saga>, StoreError> {
         match self.sagas.get(id)? {
-            Some(bytes) => decode("sagas", id, &bytes).map(Some),
+            Some(row) => decode_header(id, &row).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Saga `id`, put together from its parts (header, input, steps) read
-    /// in one transaction: never a header of one commit with steps of
-    /// another. Decoding happens after it.
+    /// Saga `id`: one read of a saga stored in one row; the parts of one
+    /// stored in parts (header, input, steps) read in one transaction, so
+    /// never a header of one commit with steps of another. Decoding
+    /// happens after it.
     pub(super) fn saga_by_key(&self, id: &[u8]) -> Result<Option<Saga>, StoreError> {
+        let Some(row) = self.sagas.get(id)? else {
+            return Ok(None);
+        };
+        if is_one_row(&row) {
+            return decode_saga_row(id, &row).map(Some);
+        }
         let parts = (&self.sagas, &self.saga_inputs, &self.saga_steps)
             .transaction(|(sagas, inputs, steps)| {
+                // Read again: a commit may have come in between.
                 let Some(header) = sagas.get(id)? else {
                     return Ok(None);
                 };
+                if is_one_row(&header) {
+                    return Ok(Some((header, None, Vec::new())));
+                }
                 let input = inputs.get(id)?;
                 let mut rows = Vec::new();
                 // Steps are numbered from 0 without gaps (a saga is first
@@ -174,22 +187,26 @@ impl SledStore {
         let Some((header, input, rows)) = parts else {
             return Ok(None);
         };
-        let mut saga: Saga = decode("sagas", id, &header)?;
+        let mut saga = decode_saga_row(id, &header)?;
         if let Some(input) = input {
             saga.input = decode("saga_inputs", id, &input)?;
         }
-        saga.steps = rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| decode("saga_steps", &step_key(id, i as u32), row))
-            .collect::<Result<_, _>>()?;
+        if !rows.is_empty() {
+            saga.steps = rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| decode("saga_steps", &step_key(id, i as u32), row))
+                .collect::<Result<_, _>>()?;
+        }
         Ok(Some(saga))
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sled_store::test_support::*;
+    use crate::{GroupCommit, Prior, SagaWrite};
 
     #[test]
     fn state_index_follows_status_changes() {
@@ -391,10 +408,17 @@ mod tests {
         s
     }
 
+    /// A saga too large for one row: stored in parts.
+    fn large(id: &str, steps: usize) -> Saga {
+        let mut s = with_steps(id, steps);
+        s.input = serde_json::json!({ "blob": "x".repeat(crate::ONE_ROW_MAX) });
+        s
+    }
+
     #[test]
     fn a_transition_writes_the_header_and_its_steps_only() {
         let store = SledStore::temporary().unwrap();
-        let mut s = with_steps("0001", 3);
+        let mut s = large("0001", 3);
         put(&store, s.clone());
         let stored_step = |i: u32| store.saga_steps.get(step_key(b"0001", i)).unwrap().unwrap();
         let untouched = stored_step(0);
@@ -433,23 +457,103 @@ mod tests {
     }
 
     #[test]
+    fn a_small_saga_is_one_row_until_it_outgrows_it_and_one_row_again_when_it_fits() {
+        let store = SledStore::temporary().unwrap();
+        let mut s = with_steps("0001", 3);
+        put(&store, s.clone());
+        let one_row = || is_one_row(&store.sagas.get("0001").unwrap().unwrap());
+        assert!(one_row());
+        assert_eq!((store.saga_steps.len(), store.saga_inputs.len()), (0, 0));
+        assert_eq!(store.saga("0001").unwrap().as_ref(), Some(&s));
+
+        // A step's output outgrows the row: the writer sends that step only,
+        // and the store puts the stored saga and the step together in parts.
+        let before = Prior::of(&s);
+        s.steps[1].output = Some(serde_json::json!("y".repeat(crate::ONE_ROW_MAX)));
+        s.updated_at = 2_000;
+        let write = SagaWrite::of_transition(&s, &[1]);
+        assert!(matches!(write, SagaWrite::Steps { .. }));
+        store
+            .commit(Change {
+                saga: Some(write),
+                prior: before,
+                ..Change::default()
+            })
+            .unwrap();
+        assert!(!one_row());
+        assert_eq!((store.saga_steps.len(), store.saga_inputs.len()), (3, 1));
+        assert_eq!(store.saga("0001").unwrap().as_ref(), Some(&s));
+
+        // Small again (a retry cleared the output): one row, parts removed.
+        let before = Prior::of(&s);
+        s.steps[1].output = None;
+        let write = SagaWrite::of_transition(&s, &[1]);
+        assert!(matches!(write, SagaWrite::Whole(_)));
+        store
+            .commit(Change {
+                saga: Some(write),
+                prior: before,
+                ..Change::default()
+            })
+            .unwrap();
+        assert!(one_row());
+        assert_eq!((store.saga_steps.len(), store.saga_inputs.len()), (0, 0));
+        assert_eq!(store.saga("0001").unwrap(), Some(s.clone()));
+        assert_eq!(
+            store.saga_header("0001").unwrap(),
+            Some(crate::header_of(&s))
+        );
+    }
+
+    #[test]
+    fn a_step_past_the_end_of_a_one_row_saga_is_refused() {
+        let store = SledStore::temporary().unwrap();
+        let s = with_steps("0001", 2);
+        put(&store, s.clone());
+        let mut header = crate::header_of(&s);
+        header.updated_at = 2_000;
+        let err = store
+            .commit(Change {
+                saga: Some(SagaWrite::Steps {
+                    header,
+                    steps: vec![(5, s.steps[0].clone())],
+                }),
+                prior: Prior::of(&s),
+                ..Change::default()
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("step 5 of a saga with 2 steps"),
+            "{err}"
+        );
+        assert_eq!(store.saga("0001").unwrap(), Some(s));
+    }
+
+    #[test]
     fn deleting_a_saga_removes_its_parts_and_returns_it_whole() {
         let store = SledStore::temporary().unwrap();
-        let mut s = with_steps("0001", 2);
+        let mut s = large("0001", 2);
         s.status = SagaStatus::Completed;
         s.finished_at = Some(2_000);
+        let mut small = with_steps("0003", 2);
+        small.status = SagaStatus::Completed;
+        small.finished_at = Some(2_000);
         put(&store, s.clone());
-        put(&store, with_steps("0002", 2));
+        put(&store, large("0002", 2));
+        put(&store, small.clone());
         assert_eq!(store.delete_saga("0001").unwrap(), Some(s));
         assert_eq!(store.saga("0001").unwrap(), None);
         assert_eq!(store.saga_steps.len(), 2, "the other saga's steps stay");
         assert_eq!(store.saga_inputs.len(), 1);
+        assert_eq!(store.delete_saga("0003").unwrap(), Some(small));
+        assert_eq!(store.saga("0003").unwrap(), None);
+        assert_eq!(store.saga_steps.len(), 2);
     }
 
     #[test]
     fn a_corrupt_step_row_is_named() {
         let store = SledStore::temporary().unwrap();
-        put(&store, with_steps("0001", 2));
+        put(&store, large("0001", 2));
         store
             .saga_steps
             .insert(step_key(b"0001", 1), &b"{not json"[..])
@@ -486,7 +590,7 @@ mod tests {
     #[test]
     fn headers_are_read_without_steps_or_input() {
         let store = SledStore::temporary().unwrap();
-        put(&store, with_steps("0001", 3));
+        put(&store, large("0001", 3));
         put(&store, with_steps("0002", 2));
         let header = store.saga_header("0001").unwrap().unwrap();
         assert!(header.steps.is_empty() && header.input.is_null());
