@@ -29,13 +29,18 @@ const MARKER_FORMAT_PARTS: &[u8] = b"2";
 /// is complete (stores written before it existed are backfilled at open).
 const FINISHED_INDEX_KEY: &[u8] = b"jetsaga.store.finished_index";
 
-/// How the engine's sled database in `dir` is opened. No periodic flush:
-/// the engine flushes at every group commit and nothing it has not flushed
-/// is promised to anyone, so sled's background fsyncs would only cost IO.
+/// How often sled flushes (and fsyncs) the store in the background.
+const FLUSH_EVERY_MS: u64 = 500;
+
+/// How the engine's sled database in `dir` is opened. A journaled
+/// partition does not flush per batch (the journal makes a batch durable,
+/// and a store that lost its last writes catches up from it), so sled's
+/// own periodic flush bounds how far the store's file lags behind its
+/// writes; an unjournaled partition flushes at every group commit besides.
 pub(super) fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()
         .path(dir)
-        .flush_every_ms(None)
+        .flush_every_ms(Some(FLUSH_EVERY_MS))
         .mode(sled::Mode::HighThroughput)
 }
 
