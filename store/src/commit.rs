@@ -7,7 +7,7 @@ use crate::services::HeldTask;
 use crate::start_queue::QueuedRow;
 use crate::timers::TimerRow;
 use futures::future::BoxFuture;
-use jetsaga_core::saga::state::{Millis, Saga, SagaState, StepState, TimerKind};
+use jetsaga_core::saga::state::{AttemptOutcome, Millis, Saga, SagaState, StepState, TimerKind};
 use serde::{Deserialize, Serialize};
 
 /// What the writer knows of the stored record a [`Change`] replaces, so the
@@ -186,8 +186,11 @@ pub const ONE_ROW_MAX: usize = 4096;
 pub(crate) const ONE_ROW_OVERHEAD: usize = 30;
 
 /// Whether `saga` is small enough to be stored in one row
-/// ([`ONE_ROW_MAX`]). Costs at most one serialisation of that many bytes,
-/// however large the saga.
+/// ([`ONE_ROW_MAX`]). Costs at most about that many bytes' work, however
+/// large the saga: its input, outputs and errors are first measured from
+/// below, node by node (serde_json scans a whole string before it writes
+/// any of it, so a long one must not reach the serialiser), then the saga
+/// is serialised into a counter that stops at the limit.
 pub fn fits_one_row(saga: &Saga) -> bool {
     /// Counts bytes, and fails past the limit (which stops serde).
     struct Bounded(usize);
@@ -203,7 +206,42 @@ pub fn fits_one_row(saga: &Saga) -> bool {
             Ok(())
         }
     }
-    serde_json::to_writer(Bounded(0), saga).is_ok()
+    let mut at_least = 0;
+    let mut over = |n: usize| {
+        at_least += n;
+        at_least > ONE_ROW_MAX
+    };
+    let too_large = json_over(&saga.input, &mut over)
+        || saga.steps.iter().any(|step| {
+            step.output
+                .as_ref()
+                .is_some_and(|output| json_over(output, &mut over))
+                || step.attempts.iter().any(|attempt| match &attempt.outcome {
+                    Some(AttemptOutcome::Retryable { error } | AttemptOutcome::Fatal { error }) => {
+                        over(error.len())
+                    }
+                    _ => false,
+                })
+        });
+    !too_large && serde_json::to_writer(Bounded(0), saga).is_ok()
+}
+
+/// Feeds `over` a lower bound of the length of each node of `value` as
+/// JSON (a string its bytes, any other node one byte) until it answers
+/// true (then so does this): never more nodes than the bound it stops at.
+fn json_over(value: &serde_json::Value, over: &mut impl FnMut(usize) -> bool) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => over(s.len() + 2),
+        Value::Array(items) => over(2) || items.iter().any(|item| json_over(item, over)),
+        Value::Object(fields) => {
+            over(2)
+                || fields
+                    .iter()
+                    .any(|(key, item)| over(key.len() + 3) || json_over(item, over))
+        }
+        _ => over(1),
+    }
 }
 
 /// `saga` without its steps and input (null): the part of a saga every

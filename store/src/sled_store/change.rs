@@ -23,23 +23,35 @@ pub(super) struct SagaRow {
 
 /// How a saga write is stored (the module docs of [`super`]).
 pub(super) enum RowForm {
-    /// The whole saga in its `sagas` row: a [`SagaWrite::Whole`] of a saga
-    /// that [`fits_one_row`].
+    /// The whole saga in its `sagas` row: a saga that [`fits_one_row`].
     OneRow(Vec<u8>),
-    /// The header, and the input and step rows written: all of them for a
-    /// larger [`SagaWrite::Whole`], the steps it lists for a
-    /// [`SagaWrite::Steps`] (input `None`).
+    /// Every part of a larger saga: header, input, all its steps.
     Parts {
         header: Vec<u8>,
-        input: Option<Vec<u8>>,
+        input: Vec<u8>,
         steps: Vec<Row>,
     },
+    /// The header and the steps a [`SagaWrite::Steps`] lists: the rest of
+    /// the saga is stored already.
+    Steps { header: Vec<u8>, steps: Vec<Row> },
 }
 
 impl RowForm {
-    /// Whether this writes only some of the saga (and needs the rest stored).
-    pub(super) fn is_partial(&self) -> bool {
-        matches!(self, RowForm::Parts { input: None, .. })
+    /// Saga `saga`, whole: in one row if it fits, else in parts.
+    pub(super) fn of_whole(saga: &Saga) -> Result<Self, StoreError> {
+        let id = saga.id.as_bytes();
+        let header = encode("sagas", id, &header_of(saga))?;
+        if fits_one_row(saga) {
+            return Ok(RowForm::OneRow(encode_one_row(id, &header, saga)?));
+        }
+        Ok(RowForm::Parts {
+            header,
+            input: encode("saga_inputs", id, &saga.input)?,
+            steps: encode_steps(
+                id,
+                saga.steps.iter().enumerate().map(|(i, s)| (i as u32, s)),
+            )?,
+        })
     }
 }
 
@@ -48,16 +60,11 @@ impl SagaRow {
         let saga = write.header();
         let id = saga.id.as_bytes();
         let form = match write {
-            SagaWrite::Steps { header, steps } => RowForm::Parts {
+            SagaWrite::Steps { header, steps } => RowForm::Steps {
                 header: encode("sagas", id, header)?,
-                input: None,
                 steps: encode_steps(id, steps.iter().map(|(i, s)| (*i, s)))?,
             },
-            SagaWrite::Whole(saga) if fits_one_row(saga) => {
-                let header = encode("sagas", id, &header_of(saga))?;
-                RowForm::OneRow(encode_one_row(id, &header, saga)?)
-            }
-            SagaWrite::Whole(saga) => parts_of_whole(saga)?,
+            SagaWrite::Whole(saga) => RowForm::of_whole(saga)?,
         };
         Ok(SagaRow {
             id: id.to_vec(),
@@ -71,24 +78,11 @@ impl SagaRow {
     }
 }
 
-/// Every part of saga `saga`: header, input and all its steps.
-pub(super) fn parts_of_whole(saga: &Saga) -> Result<RowForm, StoreError> {
-    let id = saga.id.as_bytes();
-    Ok(RowForm::Parts {
-        header: encode("sagas", id, &header_of(saga))?,
-        input: Some(encode("saga_inputs", id, &saga.input)?),
-        steps: encode_steps(
-            id,
-            saga.steps.iter().enumerate().map(|(i, s)| (i as u32, s)),
-        )?,
-    })
-}
-
 /// A row to insert: key and value.
 pub(super) type Row = (Vec<u8>, Vec<u8>);
 
 /// The `saga_steps` rows of saga `id`'s steps `steps` (index, state).
-pub(super) fn encode_steps<'a>(
+fn encode_steps<'a>(
     id: &[u8],
     steps: impl Iterator<Item = (u32, &'a StepState)>,
 ) -> Result<Vec<Row>, StoreError> {

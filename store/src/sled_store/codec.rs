@@ -143,9 +143,62 @@ pub(super) fn encode<T: Serialize + ?Sized>(
     })
 }
 
-/// First byte of a `sagas` row that holds the whole saga (a JSON header
-/// row starts with `{`).
-const ONE_ROW: u8 = 0x01;
+/// First byte of a frame, `0x01 ‖ header length u32 ‖ header JSON ‖ body`:
+/// an outbox row (body: the raw payload) or a saga in one row (body: its
+/// input and steps). Rows written as JSON start with `{`.
+const FRAME: u8 = 0x01;
+
+/// A frame of `header` (encoded) and a body `write_body` appends, for the
+/// row `tree`/`key`.
+pub(super) fn frame(
+    tree: &str,
+    key: &[u8],
+    header: &[u8],
+    body_hint: usize,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
+) -> Result<Vec<u8>, StoreError> {
+    let len = u32::try_from(header.len()).map_err(|_| StoreError::Encode {
+        key: printable(tree, key),
+        source: serde::ser::Error::custom("a frame header over 4 GiB"),
+    })?;
+    let mut row = Vec::with_capacity(5 + header.len() + body_hint);
+    row.push(FRAME);
+    row.extend_from_slice(&len.to_be_bytes());
+    row.extend_from_slice(header);
+    write_body(&mut row)?;
+    Ok(row)
+}
+
+/// Whether a row is a frame (else JSON).
+pub(super) fn is_frame(row: &[u8]) -> bool {
+    row.first() == Some(&FRAME)
+}
+
+/// A frame's header and body.
+pub(super) type Framed<'a> = (&'a [u8], &'a [u8]);
+
+/// A frame's header and body; `None` for a row that is not a frame.
+pub(super) fn unframe<'a>(
+    tree: &str,
+    key: &[u8],
+    row: &'a [u8],
+) -> Result<Option<Framed<'a>>, StoreError> {
+    let Some((&FRAME, rest)) = row.split_first() else {
+        return Ok(None);
+    };
+    let corrupt = |what: &str| StoreError::Corrupt {
+        key: printable(tree, key),
+        source: serde::de::Error::custom(what),
+    };
+    let (len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("a frame shorter than its header length"))?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+    if rest.len() < len {
+        return Err(corrupt("a frame shorter than its header"));
+    }
+    Ok(Some(rest.split_at(len)))
+}
 
 /// What a saga in one row holds besides its header.
 #[derive(Serialize)]
@@ -160,54 +213,34 @@ struct Body {
     steps: Vec<StepState>,
 }
 
-/// Saga `saga` in one `sagas` row: `0x01 ‖ header length u32 ‖ header JSON
-/// ‖ {"input": …, "steps": […]}`, so that reading the header alone does
-/// not decode the steps. `header` is the encoded header.
+/// Saga `saga` in one `sagas` row: a frame of its header (`header`,
+/// encoded) and `{"input": …, "steps": […]}`, so that reading the header
+/// alone does not decode the steps.
 pub(super) fn encode_one_row(id: &[u8], header: &[u8], saga: &Saga) -> Result<Vec<u8>, StoreError> {
-    let mut row = Vec::with_capacity(5 + header.len() + 64 * (saga.steps.len() + 1));
-    row.push(ONE_ROW);
-    row.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    row.extend_from_slice(header);
-    let body = BodyRef {
-        input: &saga.input,
-        steps: &saga.steps,
-    };
-    serde_json::to_writer(&mut row, &body).map_err(|source| StoreError::Encode {
-        key: printable("sagas", id),
-        source,
-    })?;
-    Ok(row)
+    let hint = crate::ONE_ROW_MAX.saturating_sub(header.len());
+    frame("sagas", id, header, hint, |row| {
+        let body = BodyRef {
+            input: &saga.input,
+            steps: &saga.steps,
+        };
+        serde_json::to_writer(row, &body).map_err(|source| StoreError::Encode {
+            key: printable("sagas", id),
+            source,
+        })
+    })
 }
 
 /// Whether a `sagas` row holds the whole saga.
 pub(super) fn is_one_row(row: &[u8]) -> bool {
-    row.first() == Some(&ONE_ROW)
-}
-
-/// A one-row saga's header and body bytes.
-fn one_row_parts<'a>(id: &[u8], row: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt {
-        key: printable("sagas", id),
-        source: serde::de::Error::custom(what),
-    };
-    let len = row
-        .get(1..5)
-        .ok_or_else(|| corrupt("a one-row saga shorter than its frame"))?;
-    let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
-    let rest = &row[5..];
-    if len > rest.len() {
-        return Err(corrupt("a one-row saga's header runs past its end"));
-    }
-    Ok(rest.split_at(len))
+    is_frame(row)
 }
 
 /// A `sagas` row decoded: the whole saga of one in one row, the header
 /// (`steps` empty, `input` null) of one stored in parts.
 pub(super) fn decode_saga_row(id: &[u8], row: &[u8]) -> Result<Saga, StoreError> {
-    if !is_one_row(row) {
+    let Some((header, body)) = unframe("sagas", id, row)? else {
         return decode("sagas", id, row);
-    }
-    let (header, body) = one_row_parts(id, row)?;
+    };
     let mut saga: Saga = decode("sagas", id, header)?;
     let body: Body = decode("sagas", id, body)?;
     saga.input = body.input;
@@ -217,10 +250,9 @@ pub(super) fn decode_saga_row(id: &[u8], row: &[u8]) -> Result<Saga, StoreError>
 
 /// The header of a `sagas` row, either form (`steps` empty, `input` null).
 pub(super) fn decode_header(id: &[u8], row: &[u8]) -> Result<Saga, StoreError> {
-    if is_one_row(row) {
-        decode("sagas", id, one_row_parts(id, row)?.0)
-    } else {
-        decode("sagas", id, row)
+    match unframe("sagas", id, row)? {
+        Some((header, _)) => decode("sagas", id, header),
+        None => decode("sagas", id, row),
     }
 }
 

@@ -5,7 +5,7 @@
 use super::SledStore;
 #[cfg(debug_assertions)]
 use super::change::check_prior;
-use super::change::{Encoded, OutboxRow, RowForm, parts_of_whole};
+use super::change::{Encoded, OutboxRow, RowForm};
 use super::codec::{
     decode_header, decode_saga_row, encode, finished_key, finished_key_at, held_key, is_one_row,
     join, printable, step_key, timer_key, tx_error, u64_of,
@@ -24,15 +24,23 @@ use std::sync::atomic::Ordering;
 fn partial_of_absent(
     saga: &super::change::SagaRow,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
-    if !saga.form.is_partial() {
+    if !matches!(saga.form, RowForm::Steps { .. }) {
         return Ok(());
     }
-    Err(ConflictableTransactionError::Abort(StoreError::Encode {
-        key: super::codec::printable("sagas", &saga.id),
-        source: serde::ser::Error::custom(
-            "a change writes some steps of a saga the store does not hold (a new saga is written whole)",
-        ),
-    }))
+    Err(refused(
+        "sagas",
+        &saga.id,
+        "a change writes some steps of a saga the store does not hold (a new saga is written whole)"
+            .to_owned(),
+    ))
+}
+
+/// A change the store refuses: it does not fit what the store holds.
+fn refused(tree: &str, key: &[u8], why: String) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Encode {
+        key: printable(tree, key),
+        source: serde::ser::Error::custom(why),
+    })
 }
 
 /// The trees a saga is stored in: `sagas`, `saga_steps`, `saga_inputs`.
@@ -45,9 +53,13 @@ pub(super) type SagaTrees<'a> = (
 /// Writes saga form `form` (encoded from `write`) over `stored`, the saga's
 /// `sagas` row before it. Moving between the forms:
 /// - one row over parts: the parts' input and step rows are removed;
-/// - some steps over one row: the stored saga is decoded, the header and
-///   steps written put in it, and the whole saga written in parts (the
-///   writer sends some steps only of a saga too large for one row).
+/// - some steps over one row (the writer sends some steps only of a saga
+///   too large for one row): the stored saga is decoded and the header and
+///   steps written put in it, and the saga is written whole (in parts, or
+///   in one row if it fits after all, as when a writer of an earlier
+///   version sent it). This decodes and encodes in the transaction's
+///   closure, which sled may run more than once; it happens once per saga
+///   that outgrows its row.
 pub(super) fn put_saga(
     (sagas, saga_steps, saga_inputs): SagaTrees<'_>,
     form: &RowForm,
@@ -60,35 +72,36 @@ pub(super) fn put_saga(
         RowForm::OneRow(bytes) => {
             if stored.is_some_and(|s| !is_one_row(s)) {
                 saga_inputs.remove(id)?;
-                // Numbered from 0 without gaps: the first missing one ends them.
-                let mut i = 0;
-                while saga_steps.remove(step_key(id, i))?.is_some() {
-                    i += 1;
-                }
+                take_step_rows(saga_steps, id)?;
             }
             sagas.insert(id, bytes.as_slice())?;
         }
-        RowForm::Parts { .. } if form.is_partial() && stored.is_some_and(is_one_row) => {
-            let mut whole = decode_saga_row(id, stored.unwrap_or_default()).map_err(abort)?;
+        RowForm::Steps { .. } if stored.is_some_and(is_one_row) => {
             let SagaWrite::Steps { header, steps } = write else {
-                unreachable!("a partial row is written from some steps");
+                return Err(refused(
+                    "sagas",
+                    id,
+                    "a change's encoded form does not match it".to_owned(),
+                ));
             };
+            let mut whole = decode_saga_row(id, stored.unwrap_or_default()).map_err(abort)?;
             let mut saga = header.clone();
             saga.input = std::mem::take(&mut whole.input);
             saga.steps = std::mem::take(&mut whole.steps);
             for (i, step) in steps {
                 let Some(slot) = saga.steps.get_mut(*i as usize) else {
-                    return Err(abort(StoreError::Encode {
-                        key: printable("saga_steps", &step_key(id, *i)),
-                        source: serde::ser::Error::custom(format!(
+                    return Err(refused(
+                        "saga_steps",
+                        &step_key(id, *i),
+                        format!(
                             "a change writes step {i} of a saga with {} steps",
                             saga.steps.len()
-                        )),
-                    }));
+                        ),
+                    ));
                 };
                 *slot = step.clone();
             }
-            let whole = parts_of_whole(&saga).map_err(abort)?;
+            let whole = RowForm::of_whole(&saga).map_err(abort)?;
             put_saga((sagas, saga_steps, saga_inputs), &whole, write, stored)?;
         }
         RowForm::Parts {
@@ -96,9 +109,13 @@ pub(super) fn put_saga(
             input,
             steps,
         } => {
-            if let Some(input) = input {
-                saga_inputs.insert(id, input.as_slice())?;
+            saga_inputs.insert(id, input.as_slice())?;
+            for (key, value) in steps {
+                saga_steps.insert(key.as_slice(), value.as_slice())?;
             }
+            sagas.insert(id, header.as_slice())?;
+        }
+        RowForm::Steps { header, steps } => {
             for (key, value) in steps {
                 saga_steps.insert(key.as_slice(), value.as_slice())?;
             }
@@ -106,6 +123,22 @@ pub(super) fn put_saga(
         }
     }
     Ok(())
+}
+
+/// Removes saga `id`'s step rows and returns them in order (key, value).
+/// Steps are numbered from 0 without gaps: the first missing one ends them.
+pub(super) fn take_step_rows(
+    saga_steps: &TransactionalTree,
+    id: &[u8],
+) -> Result<Vec<(Vec<u8>, sled::IVec)>, ConflictableTransactionError<StoreError>> {
+    let mut rows = Vec::new();
+    loop {
+        let key = step_key(id, rows.len() as u32);
+        let Some(row) = saga_steps.remove(key.as_slice())? else {
+            return Ok(rows);
+        };
+        rows.push((key, row));
+    }
 }
 
 impl SledStore {
@@ -201,9 +234,10 @@ impl SledStore {
                             // The stored row (this transaction's earlier
                             // writes included): its form decides how the
                             // parts are written, an Unknown prior's index
-                            // entries come from it. A new saga has none.
+                            // entries come from it. A new saga has none
+                            // (debug builds read it anyway, to check that).
                             let stored = match saga.prior {
-                                Prior::Absent => None,
+                                Prior::Absent if !cfg!(debug_assertions) => None,
                                 _ => sagas.get(id)?,
                             };
                             // Some steps of a saga the store does not hold

@@ -3,8 +3,9 @@
 
 use super::SledStore;
 use super::codec::{
-    decode, decode_saga_row, finished_key, is_one_row, join, step_key, timer_key, tx_error, u64_of,
+    decode, decode_saga_row, finished_key, is_one_row, join, timer_key, tx_error, u64_of,
 };
+use super::commit::take_step_rows;
 use crate::StoreError;
 use jetsaga_core::saga::state::Saga;
 use sled::Transactional;
@@ -53,18 +54,20 @@ impl SledStore {
                     };
                     let abort = ConflictableTransactionError::Abort;
                     let mut saga = decode_saga_row(id.as_bytes(), &bytes).map_err(abort)?;
-                    if let Some(input) = inputs.remove(id.as_bytes())? {
-                        saga.input = decode("saga_inputs", id.as_bytes(), &input).map_err(abort)?;
-                    }
-                    // A saga in parts: its step rows, numbered from 0
-                    // without gaps (the first missing one ends them).
-                    while !is_one_row(&bytes) {
-                        let key = step_key(id.as_bytes(), saga.steps.len() as u32);
-                        let Some(row) = steps.remove(key.as_slice())? else {
-                            break;
-                        };
-                        saga.steps
-                            .push(decode("saga_steps", &key, &row).map_err(abort)?);
+                    // A saga in parts: its input and step rows too.
+                    if !is_one_row(&bytes) {
+                        if let Some(input) = inputs.remove(id.as_bytes())? {
+                            saga.input =
+                                decode("saga_inputs", id.as_bytes(), &input).map_err(abort)?;
+                        }
+                        let rows = take_step_rows(steps, id.as_bytes())?;
+                        if !rows.is_empty() {
+                            saga.steps = rows
+                                .iter()
+                                .map(|(key, row)| decode("saga_steps", key, row))
+                                .collect::<Result<_, _>>()
+                                .map_err(abort)?;
+                        }
                     }
                     by_state.remove(join(saga.status.name().as_bytes(), id.as_bytes()))?;
                     by_name.remove(join(saga.name.as_bytes(), id.as_bytes()))?;

@@ -2,8 +2,8 @@
 //! in-memory counts, and the one-time backfill of the `finished` index.
 
 use super::SledStore;
-use super::change::{RowForm, parts_of_whole};
-use super::codec::{decode, encode, encode_one_row, finished_key, is_one_row, join, u64_of};
+use super::change::RowForm;
+use super::codec::{decode, finished_key, is_one_row, join, u64_of};
 use super::commit::put_saga;
 use crate::StoreError;
 use sled::{Transactional, Tree};
@@ -25,6 +25,10 @@ const MARKER_FORMAT_WHOLE_SAGAS: &[u8] = b"1";
 /// The format whose sagas were all stored in parts: a format-3 store as it
 /// is (its sagas move to one row as they are written).
 const MARKER_FORMAT_PARTS: &[u8] = b"2";
+/// A format-1 store whose sagas are being stored anew: set before the
+/// first one is, so that an earlier version refuses the store by name
+/// rather than reading a saga it cannot decode.
+const MARKER_FORMAT_CONVERTING: &[u8] = b"3-from-1";
 /// Key of the record in sled's default tree saying that the `finished` tree
 /// is complete (stores written before it existed are backfilled at open).
 const FINISHED_INDEX_KEY: &[u8] = b"jetsaga.store.finished_index";
@@ -107,13 +111,21 @@ impl SledStore {
     /// before.
     pub(super) fn from_db(db: sled::Db, path: String, existed: bool) -> Result<Self, StoreError> {
         let open_error = open_error(&path);
-        let mut split = false;
+        // Which older format to bring to format 3 once the trees are open.
+        let mut from = None;
         match db.get(MARKER_KEY).map_err(&open_error)? {
             Some(format) if format.as_ref() == MARKER_FORMAT => {}
-            Some(format) if format.as_ref() == MARKER_FORMAT_WHOLE_SAGAS => split = true,
-            Some(format) if format.as_ref() == MARKER_FORMAT_PARTS => {
-                db.insert(MARKER_KEY, MARKER_FORMAT).map_err(&open_error)?;
+            Some(format) if format.as_ref() == MARKER_FORMAT_WHOLE_SAGAS => {
+                db.insert(MARKER_KEY, MARKER_FORMAT_CONVERTING)
+                    .map_err(&open_error)?;
                 db.flush().map_err(&open_error)?;
+                from = Some(MARKER_FORMAT_WHOLE_SAGAS);
+            }
+            Some(format) if format.as_ref() == MARKER_FORMAT_CONVERTING => {
+                from = Some(MARKER_FORMAT_WHOLE_SAGAS);
+            }
+            Some(format) if format.as_ref() == MARKER_FORMAT_PARTS => {
+                from = Some(MARKER_FORMAT_PARTS);
             }
             Some(format) => {
                 return Err(damaged(
@@ -177,8 +189,8 @@ impl SledStore {
             commit_lock: Mutex::new(()),
             db,
         };
-        if split {
-            store.split_sagas()?;
+        if from == Some(MARKER_FORMAT_WHOLE_SAGAS) {
+            store.store_whole_sagas_anew()?;
         }
         let outbox_rows = count(&store.outbox).map_err(&open_error)?;
         let timer_rows = count(&store.timers).map_err(&open_error)?;
@@ -202,17 +214,27 @@ impl SledStore {
         {
             store.backfill_finished()?;
         }
+        if from.is_some() {
+            // Last, so that a store that failed to open is left as it was.
+            store.db.insert(MARKER_KEY, MARKER_FORMAT)?;
+            store.db.flush()?;
+            tracing::info!(
+                from = %String::from_utf8_lossy(from.unwrap_or_default()),
+                "store: format 3 (a saga of up to {} bytes in one row, a larger one in parts)",
+                crate::ONE_ROW_MAX
+            );
+        }
         Ok(store)
     }
 
     /// Stores every saga record of a format-1 store (the whole saga JSON
     /// in `sagas`) anew: in one row, or in parts (header, steps, input) if
-    /// it is larger, one transaction per saga; then marks the store format
-    /// 3. A crash midway leaves some sagas stored anew, and the next open
-    /// does the rest.
-    fn split_sagas(&self) -> Result<(), StoreError> {
+    /// it is larger, one transaction per saga. A crash midway leaves some
+    /// sagas stored anew (the marker then says [`MARKER_FORMAT_CONVERTING`]),
+    /// and the next open does the rest. The caller marks the store format 3.
+    fn store_whole_sagas_anew(&self) -> Result<(), StoreError> {
         let total = self.sagas.len();
-        let mut split = 0usize;
+        let mut done = 0usize;
         for entry in self.sagas.iter() {
             let (id, bytes) = entry?;
             if is_one_row(&bytes) {
@@ -220,16 +242,12 @@ impl SledStore {
             }
             let saga: jetsaga_core::saga::state::Saga = decode("sagas", &id, &bytes)?;
             if saga.steps.is_empty() {
-                // Stored in parts by an open that crashed before marking
-                // the store (a definition has at least one step).
+                // Stored in parts by an open of an earlier version that
+                // crashed before marking the store (a definition has at
+                // least one step).
                 continue;
             }
-            let form = if crate::fits_one_row(&saga) {
-                let header = encode("sagas", &id, &crate::header_of(&saga))?;
-                RowForm::OneRow(encode_one_row(&id, &header, &saga)?)
-            } else {
-                parts_of_whole(&saga)?
-            };
+            let form = RowForm::of_whole(&saga)?;
             // One saga's parts in one transaction (no parts are stored yet).
             let write = crate::SagaWrite::Whole(saga);
             (&self.sagas, &self.saga_steps, &self.saga_inputs)
@@ -237,19 +255,16 @@ impl SledStore {
                     put_saga((sagas, steps, inputs), &form, &write, None)
                 })
                 .map_err(super::codec::tx_error)?;
-            split += 1;
-            if split.is_multiple_of(10_000) {
-                tracing::info!(split, total, "store: storing sagas anew");
+            done += 1;
+            if done.is_multiple_of(10_000) {
+                tracing::info!(done, total, "store: storing sagas anew");
             }
         }
         self.db.flush()?;
-        self.db.insert(MARKER_KEY, MARKER_FORMAT)?;
-        self.db.flush()?;
         tracing::info!(
-            sagas = split,
+            sagas = done,
             "store: sagas stored anew, in one row or, when larger, in parts (header, \
-             steps, input); format 3 (`jetsaga store compact` reclaims the space the \
-             old records held)"
+             steps, input) (`jetsaga store compact` reclaims the space the old records held)"
         );
         Ok(())
     }
@@ -596,6 +611,36 @@ mod tests {
         // Opened again, it is format 3 and nothing is stored anew twice.
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.saga("0002").unwrap().as_ref(), Some(&sagas[1]));
+    }
+
+    #[test]
+    fn a_conversion_of_this_version_that_crashed_midway_is_finished_and_refused_by_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let sagas = [whole("0001", 3), whole("0002", 2)];
+        old_store(dir.path(), MARKER_FORMAT_CONVERTING, &sagas, 0);
+        // The first saga was stored anew (one row) before the crash.
+        {
+            let db = sled_config(dir.path()).open().unwrap();
+            let header = serde_json::to_vec(&crate::header_of(&sagas[0])).unwrap();
+            let row = crate::sled_store::codec::encode_one_row(b"0001", &header, &sagas[0]);
+            db.open_tree("sagas")
+                .unwrap()
+                .insert("0001", row.unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        for s in &sagas {
+            assert_eq!(store.saga(&s.id).unwrap().as_ref(), Some(s), "{}", s.id);
+            assert!(is_one_row(&store.sagas.get(&s.id).unwrap().unwrap()));
+        }
+        assert_eq!(
+            store.db.get(MARKER_KEY).unwrap().as_deref(),
+            Some(MARKER_FORMAT)
+        );
+        // An earlier version's check: any marker but "1" and "2" is refused.
+        assert_ne!(MARKER_FORMAT_CONVERTING, MARKER_FORMAT_WHOLE_SAGAS);
+        assert_ne!(MARKER_FORMAT_CONVERTING, MARKER_FORMAT_PARTS);
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! [`OutboxTable`] on sled, and the outbox frame rows are stored as.
 
 use super::SledStore;
-use super::codec::{decode, encode, printable, tx_error, u64_of};
+use super::codec::{decode, encode, frame, tx_error, u64_of, unframe};
 use crate::{OutboxMessage, OutboxTable, StoreError};
 use std::sync::atomic::Ordering;
-
-/// First byte of an outbox frame. Rows written as JSON start with `{`.
-const OUTBOX_FRAME: u8 = 0x01;
 
 /// The header of an outbox frame: everything but the payload.
 #[derive(serde::Serialize)]
@@ -25,7 +22,7 @@ struct OutboxHeader {
     headers: Vec<(String, String)>,
 }
 
-/// `0x01 ‖ header length u32 ‖ header JSON ‖ payload`.
+/// A frame of the message's header and its raw payload.
 pub(super) fn encode_outbox(key: &[u8], msg: &OutboxMessage) -> Result<Vec<u8>, StoreError> {
     let header = encode(
         "outbox",
@@ -36,35 +33,17 @@ pub(super) fn encode_outbox(key: &[u8], msg: &OutboxMessage) -> Result<Vec<u8>, 
             headers: &msg.headers,
         },
     )?;
-    let len = u32::try_from(header.len()).map_err(|_| StoreError::Encode {
-        key: printable("outbox", key),
-        source: serde::ser::Error::custom("outbox header over 4 GiB"),
-    })?;
-    let mut frame = Vec::with_capacity(5 + header.len() + msg.payload.len());
-    frame.push(OUTBOX_FRAME);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&header);
-    frame.extend_from_slice(&msg.payload);
-    Ok(frame)
+    frame("outbox", key, &header, msg.payload.len(), |row| {
+        row.extend_from_slice(&msg.payload);
+        Ok(())
+    })
 }
 
 /// Reads an outbox row: a frame, or the JSON of rows written before frames.
 fn decode_outbox(key: &[u8], bytes: &[u8]) -> Result<OutboxMessage, StoreError> {
-    let Some((&OUTBOX_FRAME, rest)) = bytes.split_first() else {
+    let Some((header, payload)) = unframe("outbox", key, bytes)? else {
         return decode("outbox", key, bytes);
     };
-    let corrupt = |what: &str| StoreError::Corrupt {
-        key: printable("outbox", key),
-        source: serde::de::Error::custom(what),
-    };
-    let (len, rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or_else(|| corrupt("outbox frame shorter than its header length"))?;
-    let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
-    if rest.len() < len {
-        return Err(corrupt("outbox frame shorter than its header"));
-    }
-    let (header, payload) = rest.split_at(len);
     let header: OutboxHeader = decode("outbox", key, header)?;
     Ok(OutboxMessage {
         subject: header.subject,
@@ -109,6 +88,7 @@ impl OutboxTable for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sled_store::codec::is_frame;
     use crate::sled_store::test_support::*;
 
     #[test]
@@ -157,7 +137,7 @@ mod tests {
         let (seq, row) = store.outbox(u64::MAX, 1).unwrap().remove(0);
         assert_eq!(row, big);
         let stored = store.outbox.get(seq.to_be_bytes()).unwrap().unwrap();
-        assert_eq!(stored[0], OUTBOX_FRAME);
+        assert!(is_frame(&stored));
         assert!(stored.len() < big.payload.len() + 100, "{}", stored.len());
 
         // A row as the JSON format wrote it (say, before an upgrade).
@@ -173,7 +153,7 @@ mod tests {
         // A cut frame is reported as corrupt, never read as a short payload.
         store
             .outbox
-            .insert(key, &[OUTBOX_FRAME, 0, 0, 1, 0, b'{'][..])
+            .insert(key, &[0x01, 0, 0, 1, 0, b'{'][..])
             .unwrap();
         let err = store.outbox(u64::MAX, 10).unwrap_err();
         let cut = format!("outbox/{}", seq + 1);

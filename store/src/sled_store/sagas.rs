@@ -506,6 +506,105 @@ mod tests {
     }
 
     #[test]
+    fn a_one_row_saga_is_its_json_and_a_fixed_overhead_and_fits_up_to_the_limit() {
+        let mut s = with_steps("0001", 2);
+        let header = serde_json::to_vec(&crate::header_of(&s)).unwrap();
+        let row = crate::sled_store::codec::encode_one_row(b"0001", &header, &s).unwrap();
+        let json = serde_json::to_vec(&s).unwrap().len();
+        assert_eq!(row.len(), json + crate::commit::ONE_ROW_OVERHEAD);
+        // Grow the input to the last size that fits, then one byte more.
+        let base = json + crate::commit::ONE_ROW_OVERHEAD;
+        s.input = serde_json::json!({ "pad": "" });
+        let padded = serde_json::to_vec(&s).unwrap().len() + crate::commit::ONE_ROW_OVERHEAD;
+        s.input = serde_json::json!({ "pad": "x".repeat(crate::ONE_ROW_MAX - padded) });
+        let encoded = serde_json::to_vec(&s).unwrap().len() + crate::commit::ONE_ROW_OVERHEAD;
+        assert_eq!(encoded, crate::ONE_ROW_MAX, "from {base}");
+        assert!(crate::fits_one_row(&s));
+        s.input = serde_json::json!({ "pad": "x".repeat(crate::ONE_ROW_MAX - padded + 1) });
+        assert!(!crate::fits_one_row(&s));
+        // An input far past the limit, an output and an error likewise.
+        s.input = serde_json::json!(["y".repeat(1 << 20)]);
+        assert!(!crate::fits_one_row(&s));
+        s.input = serde_json::Value::Null;
+        s.steps[0].output = Some(serde_json::json!({ "big": vec![1; crate::ONE_ROW_MAX] }));
+        assert!(!crate::fits_one_row(&s));
+        s.steps[0].output = None;
+        s.steps[1]
+            .attempts
+            .push(jetsaga_core::saga::state::Attempt {
+                kind: jetsaga_protocol::TaskKind::Action,
+                number: 1,
+                generation: 0,
+                started_at: 1,
+                finished_at: Some(2),
+                outcome: Some(jetsaga_core::saga::state::AttemptOutcome::Fatal {
+                    error: "e".repeat(crate::ONE_ROW_MAX),
+                }),
+            });
+        assert!(!crate::fits_one_row(&s));
+    }
+
+    #[test]
+    fn a_damaged_one_row_saga_is_named() {
+        let store = SledStore::temporary().unwrap();
+        for row in [
+            &[0x01, 0, 0][..],
+            &[0x01, 0, 0, 0, 9, b'{'][..],
+            &[0x01, 0, 0, 0, 2, b'{', b'}', b'['][..],
+        ] {
+            store.sagas.insert("0001", row).unwrap();
+            let err = store.saga("0001").unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Corrupt { key, .. } if key == "sagas/0001"),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_transaction_takes_a_saga_out_of_one_row_and_back() {
+        let store = SledStore::temporary().unwrap();
+        let small = with_steps("0001", 2);
+        put(&store, small.clone());
+        let mut grown = small.clone();
+        grown.steps[0].output = Some(serde_json::json!("z".repeat(crate::ONE_ROW_MAX)));
+        let mut shrunk = grown.clone();
+        shrunk.steps[0].output = None;
+        shrunk.updated_at = 3_000;
+        store
+            .commit_many(&[
+                Change {
+                    saga: Some(SagaWrite::of_transition(&grown, &[0])),
+                    prior: Prior::Unknown,
+                    ..Change::default()
+                },
+                Change {
+                    saga: Some(SagaWrite::of_transition(&shrunk, &[0])),
+                    prior: Prior::Unknown,
+                    ..Change::default()
+                },
+            ])
+            .unwrap();
+        assert!(is_one_row(&store.sagas.get("0001").unwrap().unwrap()));
+        assert_eq!((store.saga_steps.len(), store.saga_inputs.len()), (0, 0));
+        assert_eq!(store.saga("0001").unwrap(), Some(shrunk));
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "prior Absent of a saga stored")]
+    fn debug_builds_catch_an_absent_prior_of_a_stored_saga() {
+        let store = SledStore::temporary().unwrap();
+        let s = with_steps("0001", 2);
+        put(&store, s.clone());
+        let _ = store.commit(Change {
+            saga: Some(s.into()),
+            prior: Prior::Absent,
+            ..Change::default()
+        });
+    }
+
+    #[test]
     fn a_step_past_the_end_of_a_one_row_saga_is_refused() {
         let store = SledStore::temporary().unwrap();
         let s = with_steps("0001", 2);
