@@ -186,11 +186,12 @@ pub const ONE_ROW_MAX: usize = 4096;
 pub(crate) const ONE_ROW_OVERHEAD: usize = 30;
 
 /// Whether `saga` is small enough to be stored in one row
-/// ([`ONE_ROW_MAX`]). Costs at most about that many bytes' work, however
-/// large the saga: its input, outputs and errors are first measured from
-/// below, node by node (serde_json scans a whole string before it writes
-/// any of it, so a long one must not reach the serialiser), then the saga
-/// is serialised into a counter that stops at the limit.
+/// ([`ONE_ROW_MAX`]). Its input, outputs, steps, attempts and their errors
+/// are first measured from below (serde_json scans a whole string before
+/// it writes any of it, so a long input must not reach the serialiser),
+/// then the saga is serialised into a counter that stops at the limit. So
+/// a large input or output costs at most about that many bytes' work; the
+/// saga's other strings (a status reason, say) are serialised as they are.
 pub fn fits_one_row(saga: &Saga) -> bool {
     /// Counts bytes, and fails past the limit (which stops serde).
     struct Bounded(usize);
@@ -211,16 +212,20 @@ pub fn fits_one_row(saga: &Saga) -> bool {
         at_least += n;
         at_least > ONE_ROW_MAX
     };
+    // A step and an attempt are each at least `{}` in JSON, an error its
+    // bytes and quotes.
     let too_large = json_over(&saga.input, &mut over)
         || saga.steps.iter().any(|step| {
-            step.output
-                .as_ref()
-                .is_some_and(|output| json_over(output, &mut over))
+            over(2)
+                || step
+                    .output
+                    .as_ref()
+                    .is_some_and(|output| json_over(output, &mut over))
                 || step.attempts.iter().any(|attempt| match &attempt.outcome {
                     Some(AttemptOutcome::Retryable { error } | AttemptOutcome::Fatal { error }) => {
-                        over(error.len())
+                        over(error.len() + 2)
                     }
-                    _ => false,
+                    _ => over(2),
                 })
         });
     !too_large && serde_json::to_writer(Bounded(0), saga).is_ok()

@@ -54,13 +54,16 @@ impl SledStore {
                     };
                     let abort = ConflictableTransactionError::Abort;
                     let mut saga = decode_saga_row(id.as_bytes(), &bytes).map_err(abort)?;
-                    // A saga in parts: its input and step rows too.
+                    // Its input and step rows (a saga in parts; a one-row
+                    // saga has none, unless a writer's prior was wrong):
+                    // removed either way, read only for a saga in parts.
+                    let input = inputs.remove(id.as_bytes())?;
+                    let rows = take_step_rows(steps, id.as_bytes())?;
                     if !is_one_row(&bytes) {
-                        if let Some(input) = inputs.remove(id.as_bytes())? {
+                        if let Some(input) = input {
                             saga.input =
                                 decode("saga_inputs", id.as_bytes(), &input).map_err(abort)?;
                         }
-                        let rows = take_step_rows(steps, id.as_bytes())?;
                         if !rows.is_empty() {
                             saga.steps = rows
                                 .iter()

@@ -216,8 +216,11 @@ impl SledStore {
         }
         if from.is_some() {
             // Last, so that a store that failed to open is left as it was.
-            store.db.insert(MARKER_KEY, MARKER_FORMAT)?;
-            store.db.flush()?;
+            store
+                .db
+                .insert(MARKER_KEY, MARKER_FORMAT)
+                .map_err(&open_error)?;
+            store.db.flush().map_err(&open_error)?;
             tracing::info!(
                 from = %String::from_utf8_lossy(from.unwrap_or_default()),
                 "store: format 3 (a saga of up to {} bytes in one row, a larger one in parts)",
@@ -539,7 +542,8 @@ mod tests {
     /// store the whole saga JSON in `sagas`, no parts, with `split` of them
     /// already in parts (by an open that crashed before marking the store);
     /// a format-2 store all in parts.
-    fn old_store(dir: &std::path::Path, format: &[u8], sagas: &[Saga], split: usize) {
+    /// Returns the open database, for the caller to add to or drop.
+    fn old_store(dir: &std::path::Path, format: &[u8], sagas: &[Saga], split: usize) -> sled::Db {
         let db = sled_config(dir).open().unwrap();
         db.insert(MARKER_KEY, format).unwrap();
         let (records, by_state, by_name) = (
@@ -573,6 +577,7 @@ mod tests {
             by_name.insert(join(b"order", id), &[]).unwrap();
         }
         db.flush().unwrap();
+        db
     }
 
     /// A saga too large for one row.
@@ -586,7 +591,7 @@ mod tests {
     fn a_format_1_store_is_stored_anew_at_open_even_after_a_crash_midway() {
         let dir = tempfile::tempdir().unwrap();
         let sagas = [whole("0001", 3), whole("0002", 2), large("0003")];
-        old_store(dir.path(), MARKER_FORMAT_WHOLE_SAGAS, &sagas, 1);
+        drop(old_store(dir.path(), MARKER_FORMAT_WHOLE_SAGAS, &sagas, 1));
         let store = SledStore::open(dir.path()).unwrap();
         for s in &sagas {
             assert_eq!(store.saga(&s.id).unwrap().as_ref(), Some(s), "{}", s.id);
@@ -614,21 +619,33 @@ mod tests {
     }
 
     #[test]
-    fn a_conversion_of_this_version_that_crashed_midway_is_finished_and_refused_by_earlier_ones() {
+    fn a_format_1_conversion_that_fails_midway_stays_marked_as_one_and_is_finished_later() {
         let dir = tempfile::tempdir().unwrap();
         let sagas = [whole("0001", 3), whole("0002", 2)];
-        old_store(dir.path(), MARKER_FORMAT_CONVERTING, &sagas, 0);
-        // The first saga was stored anew (one row) before the crash.
-        {
-            let db = sled_config(dir.path()).open().unwrap();
-            let header = serde_json::to_vec(&crate::header_of(&sagas[0])).unwrap();
-            let row = crate::sled_store::codec::encode_one_row(b"0001", &header, &sagas[0]);
-            db.open_tree("sagas")
-                .unwrap()
-                .insert("0001", row.unwrap())
-                .unwrap();
-            db.flush().unwrap();
-        }
+        let db = old_store(dir.path(), MARKER_FORMAT_WHOLE_SAGAS, &sagas, 0);
+        // The second saga's record is damaged: the conversion stops there.
+        let records = db.open_tree("sagas").unwrap();
+        let good = records.insert("0002", &b"{not json"[..]).unwrap().unwrap();
+        db.flush().unwrap();
+        drop((records, db));
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { key, .. } if key == "sagas/0002"),
+            "{err:?}"
+        );
+        // An earlier version refuses the half-converted store by name: its
+        // marker is neither "1" nor "2". The first saga is one row already.
+        let db = reopen_raw(dir.path());
+        assert_eq!(
+            db.get(MARKER_KEY).unwrap().as_deref(),
+            Some(MARKER_FORMAT_CONVERTING)
+        );
+        let records = db.open_tree("sagas").unwrap();
+        assert!(is_one_row(&records.get("0001").unwrap().unwrap()));
+        // Repaired, the next open converts the rest and marks the store 3.
+        records.insert("0002", good).unwrap();
+        db.flush().unwrap();
+        drop((records, db));
         let store = SledStore::open(dir.path()).unwrap();
         for s in &sagas {
             assert_eq!(store.saga(&s.id).unwrap().as_ref(), Some(s), "{}", s.id);
@@ -638,16 +655,53 @@ mod tests {
             store.db.get(MARKER_KEY).unwrap().as_deref(),
             Some(MARKER_FORMAT)
         );
-        // An earlier version's check: any marker but "1" and "2" is refused.
-        assert_ne!(MARKER_FORMAT_CONVERTING, MARKER_FORMAT_WHOLE_SAGAS);
-        assert_ne!(MARKER_FORMAT_CONVERTING, MARKER_FORMAT_PARTS);
+    }
+
+    #[test]
+    fn a_format_2_store_that_fails_to_open_stays_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = old_store(dir.path(), MARKER_FORMAT_PARTS, &[whole("0001", 2)], 1);
+        // An outbox key of the wrong length fails the open after the marker
+        // was read.
+        db.open_tree("outbox")
+            .unwrap()
+            .insert(b"bad", &b"x"[..])
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        assert!(SledStore::open(dir.path()).is_err());
+        let db = reopen_raw(dir.path());
+        assert_eq!(
+            db.get(MARKER_KEY).unwrap().as_deref(),
+            Some(MARKER_FORMAT_PARTS)
+        );
+    }
+
+    /// The database in `dir`, opened as sled opens it (waiting, as
+    /// [`SledStore::open`] does, for a just-dropped store's lock).
+    fn reopen_raw(dir: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match sled_config(dir).open() {
+                Ok(db) => return db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]
     fn a_format_2_store_opens_as_it_is_and_its_sagas_move_to_one_row_when_written() {
         let dir = tempfile::tempdir().unwrap();
         let sagas = [whole("0001", 3), large("0002")];
-        old_store(dir.path(), MARKER_FORMAT_PARTS, &sagas, sagas.len());
+        drop(old_store(
+            dir.path(),
+            MARKER_FORMAT_PARTS,
+            &sagas,
+            sagas.len(),
+        ));
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             store.db.get(MARKER_KEY).unwrap().as_deref(),

@@ -520,6 +520,9 @@ mod tests {
         let encoded = serde_json::to_vec(&s).unwrap().len() + crate::commit::ONE_ROW_OVERHEAD;
         assert_eq!(encoded, crate::ONE_ROW_MAX, "from {base}");
         assert!(crate::fits_one_row(&s));
+        let header = serde_json::to_vec(&crate::header_of(&s)).unwrap();
+        let row = crate::sled_store::codec::encode_one_row(b"0001", &header, &s).unwrap();
+        assert_eq!(row.len(), crate::ONE_ROW_MAX);
         s.input = serde_json::json!({ "pad": "x".repeat(crate::ONE_ROW_MAX - padded + 1) });
         assert!(!crate::fits_one_row(&s));
         // An input far past the limit, an output and an error likewise.
@@ -547,10 +550,17 @@ mod tests {
     #[test]
     fn a_damaged_one_row_saga_is_named() {
         let store = SledStore::temporary().unwrap();
+        // A valid header followed by a broken body.
+        let header = serde_json::to_vec(&crate::header_of(&with_steps("0001", 1))).unwrap();
+        let mut broken_body = vec![0x01];
+        broken_body.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        broken_body.extend_from_slice(&header);
+        broken_body.extend_from_slice(b"{\"input\":null,\"steps\":[");
         for row in [
             &[0x01, 0, 0][..],
             &[0x01, 0, 0, 0, 9, b'{'][..],
             &[0x01, 0, 0, 0, 2, b'{', b'}', b'['][..],
+            &broken_body[..],
         ] {
             store.sagas.insert("0001", row).unwrap();
             let err = store.saga("0001").unwrap_err();
