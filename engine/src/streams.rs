@@ -192,22 +192,18 @@ pub(crate) async fn create_stream(
 ) -> Result<(), BusError> {
     let name = config.name.clone();
     let subjects = config.subjects.clone();
-    let mut created = None;
-    for (attempt, wait) in STREAM_SETUP_WAITS.into_iter().enumerate() {
-        match tokio::time::timeout(wait, js.create_or_update_stream(config.clone())).await {
-            Ok(result) => {
-                created = Some(result);
-                break;
-            }
-            Err(_) => {
-                tracing::warn!(stream = %name, attempt = attempt + 1, waited = ?wait, "stream setup unanswered; asking again");
+    let once = || async {
+        for (attempt, wait) in STREAM_SETUP_WAITS.into_iter().enumerate() {
+            match tokio::time::timeout(wait, js.create_or_update_stream(config.clone())).await {
+                Ok(result) => return result,
+                Err(_) => {
+                    tracing::warn!(stream = %name, attempt = attempt + 1, waited = ?wait, "stream setup unanswered; asking again");
+                }
             }
         }
-    }
-    let created = match created {
-        Some(result) => result,
-        None => js.create_or_update_stream(config).await,
+        js.create_or_update_stream(config.clone()).await
     };
+    let created = while_no_peers_yet(&name, once).await;
     match created {
         Ok(_) => Ok(()),
         Err(source) => Err(match overlapping_stream(js, &name, &subjects).await {
@@ -223,6 +219,53 @@ pub(crate) async fn create_stream(
             },
         }),
     }
+}
+
+/// How often a stream or bucket is asked for again while JetStream has not
+/// seen enough peers online for its replicas (about 20 s in all).
+const NO_PEERS_RETRIES: usize = 12;
+
+/// Runs `setup` (creating the stream or bucket `what`), and again, with a
+/// jittered backoff, while it fails because JetStream has not seen enough
+/// peers online to place the asset's replicas (error 10005, "no suitable
+/// peers for placement"). On a cluster that has just formed, the meta
+/// leader learns that the other nodes are online a moment after they
+/// report healthy, so an engine started then meets it once or twice.
+pub(crate) async fn while_no_peers_yet<T, E, F, Fut>(what: &str, setup: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error + 'static,
+{
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(NO_PEERS_RETRIES);
+    setup
+        .retry(backoff)
+        .when(|e| no_peers_yet(e))
+        .notify(|e, wait| {
+            tracing::warn!(asset = what, error = %e, retry_in = ?wait, "JetStream has not seen enough peers online for the replicas yet; asking again");
+        })
+        .await
+}
+
+/// Whether `error` (or one of its sources) is JetStream's "no suitable
+/// peers for placement" (10005).
+fn no_peers_yet(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(created) = e.downcast_ref::<jetstream::context::CreateStreamError>()
+            && let jetstream::context::CreateStreamErrorKind::JetStream(api) = created.kind()
+            && api.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The first stream other than `own` with a subject that overlaps one of
@@ -404,5 +447,73 @@ pub async fn consume_each<F, Fut>(
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{
+        CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stream creation refused by JetStream with `err_code`.
+    fn refused(err_code: u64) -> CreateStreamError {
+        let api: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400,
+            "err_code": err_code,
+            "description": "no suitable peers for placement, peer offline",
+        }))
+        .unwrap();
+        CreateStreamError::new(CreateStreamErrorKind::JetStream(api))
+    }
+
+    #[test]
+    fn no_peers_is_recognised_alone_and_inside_a_bucket_error() {
+        assert!(no_peers_yet(&refused(10005)));
+        let bucket =
+            CreateKeyValueError::with_source(CreateKeyValueErrorKind::BucketCreate, refused(10005));
+        assert!(no_peers_yet(&bucket));
+        assert!(!no_peers_yet(&refused(10047)), "another JetStream error");
+        assert!(!no_peers_yet(&CreateStreamError::new(
+            CreateStreamErrorKind::TimedOut
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn setup_is_asked_again_while_no_peers_are_seen_and_not_for_other_errors() {
+        let calls = AtomicUsize::new(0);
+        let result = while_no_peers_yet("T", || async {
+            match calls.fetch_add(1, Ordering::Relaxed) {
+                0 | 1 => Err(refused(10005)),
+                _ => Ok("created"),
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), "created");
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+
+        let calls = AtomicUsize::new(0);
+        let result: Result<(), _> = while_no_peers_yet("T", || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err(refused(10047))
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "another error is not retried"
+        );
+
+        let calls = AtomicUsize::new(0);
+        let result: Result<(), _> = while_no_peers_yet("T", || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err(refused(10005))
+        })
+        .await;
+        assert!(result.is_err(), "it gives up in the end");
+        assert_eq!(calls.load(Ordering::Relaxed), NO_PEERS_RETRIES + 1);
     }
 }

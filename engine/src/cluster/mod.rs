@@ -149,17 +149,21 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
     let name = config.bucket.clone();
     match js.get_key_value(&name).await {
         Ok(kv) => Ok(kv),
-        Err(_) => match js.create_key_value(config).await {
-            Ok(kv) => Ok(kv),
-            // Another engine created it meanwhile.
-            Err(first) => js
-                .get_key_value(&name)
+        Err(_) => {
+            match crate::streams::while_no_peers_yet(&name, || js.create_key_value(config.clone()))
                 .await
-                .map_err(|_| ClusterError::Setup {
-                    what: format!("the key-value bucket {name}"),
-                    reason: first.to_string(),
-                }),
-        },
+            {
+                Ok(kv) => Ok(kv),
+                // Another engine created it meanwhile.
+                Err(first) => js
+                    .get_key_value(&name)
+                    .await
+                    .map_err(|_| ClusterError::Setup {
+                        what: format!("the key-value bucket {name}"),
+                        reason: first.to_string(),
+                    }),
+            }
+        }
     }
 }
 

@@ -40,8 +40,8 @@ impl Snapshots {
         let name = subjects.snapshots_bucket();
         let bucket = match js.get_object_store(&name).await {
             Ok(b) => b,
-            Err(_) => match js
-                .create_object_store(object_store::Config {
+            Err(_) => match crate::streams::while_no_peers_yet(&name, || {
+                js.create_object_store(object_store::Config {
                     bucket: name.clone(),
                     description: Some(
                         "jetsaga: the latest snapshot of each partition's store".into(),
@@ -50,7 +50,8 @@ impl Snapshots {
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })
-                .await
+            })
+            .await
             {
                 Ok(b) => b,
                 Err(first) => js
