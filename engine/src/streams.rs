@@ -252,6 +252,31 @@ where
         .await
 }
 
+/// The JetStream asset (a bucket) `name`: found with `get`, else made with
+/// `create` (asked again while no peers are seen, see
+/// [`while_no_peers_yet`]), else found again (another engine made it
+/// meanwhile). The error is `create`'s.
+pub(crate) async fn get_or_create<T, GE, CE, G, GF, C, CF>(
+    name: &str,
+    get: G,
+    create: C,
+) -> Result<T, CE>
+where
+    G: Fn() -> GF,
+    GF: Future<Output = Result<T, GE>>,
+    C: FnMut() -> CF,
+    CF: Future<Output = Result<T, CE>>,
+    CE: std::error::Error + 'static,
+{
+    if let Ok(found) = get().await {
+        return Ok(found);
+    }
+    match while_no_peers_yet(name, create).await {
+        Ok(made) => Ok(made),
+        Err(first) => get().await.map_err(|_| first),
+    }
+}
+
 /// Whether `error` (or one of its sources) is JetStream's "no suitable
 /// peers for placement" (10005).
 fn no_peers_yet(error: &(dyn std::error::Error + 'static)) -> bool {

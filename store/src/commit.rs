@@ -207,6 +207,13 @@ pub fn fits_one_row(saga: &Saga) -> bool {
             Ok(())
         }
     }
+    !too_large_from_below(saga) && serde_json::to_writer(Bounded(0), saga).is_ok()
+}
+
+/// Whether `saga`'s input, outputs, steps, attempts and errors alone,
+/// measured from below, make it too large for one row (see
+/// [`fits_one_row`]).
+pub(crate) fn too_large_from_below(saga: &Saga) -> bool {
     let mut at_least = 0;
     let mut over = |n: usize| {
         at_least += n;
@@ -214,7 +221,7 @@ pub fn fits_one_row(saga: &Saga) -> bool {
     };
     // A step and an attempt are each at least `{}` in JSON, an error its
     // bytes and quotes.
-    let too_large = json_over(&saga.input, &mut over)
+    json_over(&saga.input, &mut over)
         || saga.steps.iter().any(|step| {
             over(2)
                 || step
@@ -227,8 +234,7 @@ pub fn fits_one_row(saga: &Saga) -> bool {
                     }
                     _ => over(2),
                 })
-        });
-    !too_large && serde_json::to_writer(Bounded(0), saga).is_ok()
+        })
 }
 
 /// Feeds `over` a lower bound of the length of each node of `value` as

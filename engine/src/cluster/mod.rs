@@ -147,24 +147,16 @@ impl Cluster {
 
 async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {
     let name = config.bucket.clone();
-    match js.get_key_value(&name).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => {
-            match crate::streams::while_no_peers_yet(&name, || js.create_key_value(config.clone()))
-                .await
-            {
-                Ok(kv) => Ok(kv),
-                // Another engine created it meanwhile.
-                Err(first) => js
-                    .get_key_value(&name)
-                    .await
-                    .map_err(|_| ClusterError::Setup {
-                        what: format!("the key-value bucket {name}"),
-                        reason: first.to_string(),
-                    }),
-            }
-        }
-    }
+    crate::streams::get_or_create(
+        &name,
+        || js.get_key_value(&name),
+        || js.create_key_value(config.clone()),
+    )
+    .await
+    .map_err(|first| ClusterError::Setup {
+        what: format!("the key-value bucket {name}"),
+        reason: first.to_string(),
+    })
 }
 
 /// How many times the partition count is asked for before an engine gives up.

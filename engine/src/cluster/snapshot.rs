@@ -38,9 +38,10 @@ impl Snapshots {
         journal: Journal,
     ) -> Result<Self, String> {
         let name = subjects.snapshots_bucket();
-        let bucket = match js.get_object_store(&name).await {
-            Ok(b) => b,
-            Err(_) => match crate::streams::while_no_peers_yet(&name, || {
+        let bucket = crate::streams::get_or_create(
+            &name,
+            || js.get_object_store(&name),
+            || {
                 js.create_object_store(object_store::Config {
                     bucket: name.clone(),
                     description: Some(
@@ -50,16 +51,10 @@ impl Snapshots {
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })
-            })
-            .await
-            {
-                Ok(b) => b,
-                Err(first) => js
-                    .get_object_store(&name)
-                    .await
-                    .map_err(|_| format!("cannot create the snapshot bucket {name}: {first}"))?,
             },
-        };
+        )
+        .await
+        .map_err(|first| format!("cannot create the snapshot bucket {name}: {first}"))?;
         Ok(Self { bucket, journal })
     }
 

@@ -1,10 +1,11 @@
 //! A [`Change`] encoded for the group commit's transaction.
 
 use super::codec::{
-    breaker_key, encode, encode_one_row, finished_key, held_key, join, step_key, timer_ident,
-    timer_key,
+    breaker_key, encode, encode_one_row_within, finished_key, held_key, join, step_key,
+    timer_ident, timer_key,
 };
-use crate::{Change, Prior, SagaWrite, StoreError, fits_one_row, header_of};
+use crate::commit::too_large_from_below;
+use crate::{Change, ONE_ROW_MAX, Prior, SagaWrite, StoreError, header_of};
 use jetsaga_core::saga::state::{Millis, Saga, StepState};
 #[cfg(debug_assertions)]
 use {super::codec::decode_header, sled::transaction::ConflictableTransactionError};
@@ -41,8 +42,12 @@ impl RowForm {
     pub(super) fn of_whole(saga: &Saga) -> Result<Self, StoreError> {
         let id = saga.id.as_bytes();
         let header = encode("sagas", id, &header_of(saga))?;
-        if fits_one_row(saga) {
-            return Ok(RowForm::OneRow(encode_one_row(id, &header, saga)?));
+        // What `fits_one_row` decides, without serialising the saga twice:
+        // the row is its JSON and `ONE_ROW_OVERHEAD` bytes.
+        if !too_large_from_below(saga)
+            && let Some(row) = encode_one_row_within(id, &header, saga, ONE_ROW_MAX)?
+        {
+            return Ok(RowForm::OneRow(row));
         }
         Ok(RowForm::Parts {
             header,

@@ -161,7 +161,7 @@ pub(super) fn frame(
         key: printable(tree, key),
         source: serde::ser::Error::custom("a frame header over 4 GiB"),
     })?;
-    let mut row = Vec::with_capacity(5 + header.len() + body_hint);
+    let mut row = Vec::with_capacity((5 + header.len()).saturating_add(body_hint));
     row.push(FRAME);
     row.extend_from_slice(&len.to_be_bytes());
     row.extend_from_slice(header);
@@ -215,19 +215,57 @@ struct Body {
 
 /// Saga `saga` in one `sagas` row: a frame of its header (`header`,
 /// encoded) and `{"input": …, "steps": […]}`, so that reading the header
-/// alone does not decode the steps.
-pub(super) fn encode_one_row(id: &[u8], header: &[u8], saga: &Saga) -> Result<Vec<u8>, StoreError> {
-    let hint = crate::ONE_ROW_MAX.saturating_sub(header.len());
-    frame("sagas", id, header, hint, |row| {
-        let body = BodyRef {
-            input: &saga.input,
-            steps: &saga.steps,
-        };
-        serde_json::to_writer(row, &body).map_err(|source| StoreError::Encode {
-            key: printable("sagas", id),
-            source,
-        })
-    })
+/// alone does not decode the steps. `None` once the row would pass `max`
+/// bytes (the serialiser is stopped there, so this costs at most about
+/// `max` bytes' work for a saga whose strings are short).
+pub(super) fn encode_one_row_within(
+    id: &[u8],
+    header: &[u8],
+    saga: &Saga,
+    max: usize,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Appends to the row, and fails past `max` (which stops serde).
+    struct Capped<'a> {
+        row: &'a mut Vec<u8>,
+        max: usize,
+    }
+    impl std::io::Write for Capped<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.row.len() + buf.len() > self.max {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
+            self.row.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut too_large = false;
+    let row = frame(
+        "sagas",
+        id,
+        header,
+        max.min(crate::ONE_ROW_MAX).saturating_sub(header.len()),
+        |row| {
+            let body = BodyRef {
+                input: &saga.input,
+                steps: &saga.steps,
+            };
+            match serde_json::to_writer(Capped { row, max }, &body) {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_io() => {
+                    too_large = true;
+                    Ok(())
+                }
+                Err(source) => Err(StoreError::Encode {
+                    key: printable("sagas", id),
+                    source,
+                }),
+            }
+        },
+    )?;
+    Ok((!too_large && row.len() <= max).then_some(row))
 }
 
 /// Whether a `sagas` row holds the whole saga.
